@@ -1,0 +1,431 @@
+"""Shared constants, the one YAML config loader, metrics and small I/O helpers.
+
+Every script of the pipeline imports what it shares from here, so each concept exists once:
+
+- constants of the processed format (SPEC §4-5): 30-s epochs of 1,024 samples at 34.133 Hz, 1,200 per night;
+- the 4-class stage map and names (SPEC §3);
+- `load_config(path, overrides)`: reads one YAML file, rejects unknown/missing keys, wrong types and
+  non-booleans such as the reference's `flase`, and returns a plain nested dict;
+- `compute_metrics(...)`: pooled accuracy, Cohen's kappa, weighted F1, per-class report, confusion matrix and
+  per-subject kappa, the paper's definitions (Kotzen et al., IEEE JBHI 2023);
+- `atomic_output(path)`: write to a temporary name, fsync, then rename, so no half-written file carries a
+  final name;
+- `setup_logging(...)`: one console handler plus an optional file handler.
+
+Nothing heavy runs on import; this module needs only numpy and PyYAML (scikit-learn inside `compute_metrics`).
+
+Usage: `cfg = load_config("configs/config_demo.yaml", {"training.num_epochs": 2})`
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import yaml
+
+# ----------------------------------------------------------------------------------------------------------
+# Constants (SPEC §3-5)
+REPO_DIR = Path(__file__).resolve().parent
+DATA_DIR = REPO_DIR / "data"
+WINDOW_SECONDS = 30  # one scoring epoch, AASM
+SAMPLES_PER_WINDOW = 1024  # 30 s at 34.133 Hz (SleepPPG-Net input rate)
+TARGET_FS = SAMPLES_PER_WINDOW / WINDOW_SECONDS  # 34.1333... Hz = 256 Hz x 2/15
+WINDOWS_PER_SUBJECT = 1200  # the first 10 h of each night (SleepPPG-Net)
+N_CLASSES = 4
+IGNORE_INDEX = -1  # unscored / movement / padding: ignored by loss and metrics
+STAGE_NAMES = ("Wake", "Light", "Deep", "REM")
+
+# NSRR EventConcept (the part before '|' is the name, after it the code) -> 4-class label.
+# Stage 1/2 are "Light", Stage 3/4 "Deep" (R&K Stage 4 is N3 in AASM terms).
+CONCEPT_TO_CLASS = {
+    "Wake|0": 0,
+    "Stage 1 sleep|1": 1,
+    "Stage 2 sleep|2": 1,
+    "Stage 3 sleep|3": 2,
+    "Stage 4 sleep|4": 2,
+    "REM sleep|5": 3,
+    "Movement|6": IGNORE_INDEX,
+    "Unscored|9": IGNORE_INDEX,
+}
+
+MESA_ID_PATTERN = r"mesa[-_]?sleep[-_]?(\d+)"  # file name -> subject ID (the reference's pattern)
+
+log = logging.getLogger("sleepppg")
+
+
+def read_id_list(path: str | os.PathLike) -> list[str]:
+    """Read one subject ID per line (4 digits, leading zeros kept); blank lines and '#' comments ignored."""
+    ids = []
+    for line in Path(path).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            ids.append(line.zfill(4))
+    return ids
+
+
+def sleepppg_test_subjects() -> list[str]:
+    """The 204 held-out MESA subject IDs of SleepPPG-Net (Kotzen et al. 2023), from data/."""
+    return read_id_list(DATA_DIR / "sleepppg_net_test_subjects.txt")
+
+
+def mesa_commercial_ids() -> list[str]:
+    """The 1,900 subject IDs of the NSRR MESA commercial-use release, from data/."""
+    return read_id_list(DATA_DIR / "mesa_commercial_use_ids.txt")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config: one schema, one loader. Every key is required (the shipped YAMLs list them all), so a typo
+# cannot silently fall back to a default.
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the file and the key."""
+
+
+class Choice:
+    """A string restricted to a fixed set of values."""
+
+    def __init__(self, *values: str):
+        self.values = values
+
+    def __repr__(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in self.values)
+
+
+OptionalStr = (str, type(None))
+
+CONFIG_SCHEMA: dict[str, dict[str, Any]] = {
+    "data": {
+        "ppg_file": str,
+        "ecg_file": str,
+        "index_file": str,
+        "batch_size": int,
+        "num_workers": int,
+        "windows_per_subject": int,
+    },
+    "preprocessing": {
+        "edf_dir": str,
+        "xml_dir": str,
+        "out_dir": str,
+        "workers": int,
+        "resample_method": Choice("linear", "polyphase"),
+        "ppg_channels": list,
+        "compression": Choice("none", "lzf", "gzip"),
+        "chunk_windows": int,
+    },
+    "training": {
+        "num_epochs": int,
+        "learning_rate": float,
+        "weight_decay": float,
+        "patience": int,
+        "use_sleepppg_test_set": bool,
+        "num_runs": int,
+        "seed": int,
+        "grad_clip": float,
+        "lr_factor": float,
+        "lr_patience": int,
+    },
+    "model": {
+        "ppg_only": {"enabled": bool},
+        "real_ecg": {"enabled": bool, "fusion_strategy": Choice("concat", "attention", "gated")},
+        "generated_ecg": {"enabled": bool},
+    },
+    "output": {
+        "save_dir": str,
+        "save_frequency": int,
+        "save_intermediate": bool,
+    },
+    "gpu": {
+        "device_id": int,
+        "mixed_precision": bool,
+        "compile": bool,
+    },
+    "inference": {
+        "only_inference": bool,
+        "random_seed": int,
+        "save_dir": str,
+        "best_model": str,
+        "cache_root": str,
+        "save_csv": bool,
+        "save_graph": bool,
+        "save_json": bool,
+        "edf_file": str,
+        "n_subjects": int,
+        "batch_size": int,
+    },
+}
+
+# Values that must be positive (> 0) or non-negative (>= 0); checked after types.
+_POSITIVE = {
+    "data.batch_size", "data.windows_per_subject", "preprocessing.chunk_windows", "training.num_epochs",
+    "training.learning_rate", "training.num_runs", "training.grad_clip", "training.lr_factor",
+    "output.save_frequency", "inference.n_subjects", "inference.batch_size",
+}
+_NON_NEGATIVE = {
+    "data.num_workers", "preprocessing.workers", "training.weight_decay", "training.patience",
+    "training.lr_patience", "gpu.device_id",
+}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping (the reference's sample config has
+    `random_seed` and `save_dir` twice under `inference`; YAML silently keeps the last one)."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _check_value(key: str, value: Any, expected: Any) -> Any:
+    """Return `value` if it matches `expected` (a type, a Choice or a tuple of types), else raise."""
+    if isinstance(expected, Choice):
+        if value not in expected.values:
+            raise ConfigError(f"key '{key}': got {value!r}, expected {expected!r}")
+        return value
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"key '{key}': got {value!r}, expected a boolean (true or false)")
+        return value
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"key '{key}': got {value!r}, expected an integer")
+        return value
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"key '{key}': got {value!r}, expected a number")
+        return float(value)
+    if expected is list:
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"key '{key}': got {value!r}, expected a non-empty list of strings")
+        return value
+    if not isinstance(value, expected):
+        raise ConfigError(f"key '{key}': got {value!r}, expected {getattr(expected, '__name__', expected)}")
+    return value
+
+
+def validate_config(raw: Any, schema: dict = CONFIG_SCHEMA, prefix: str = "") -> dict:
+    """Check `raw` against `schema`; return a validated deep copy. Raises ConfigError naming the key."""
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{where}' must be a mapping of keys, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(schema))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(prefix + str(k) for k in unknown)} "
+                          f"(allowed in {where}: {', '.join(schema)})")
+    missing = [prefix + k for k in schema if k not in raw]
+    if missing:
+        raise ConfigError(f"missing key(s): {', '.join(missing)}")
+    out = {}
+    for key, expected in schema.items():
+        full = prefix + key
+        if isinstance(expected, dict):
+            out[key] = validate_config(raw[key], expected, full + ".")
+            continue
+        value = _check_value(full, raw[key], expected)
+        if full in _POSITIVE and value <= 0:
+            raise ConfigError(f"key '{full}': must be > 0, got {value!r}")
+        if full in _NON_NEGATIVE and value < 0:
+            raise ConfigError(f"key '{full}': must be >= 0, got {value!r}")
+        out[key] = copy.deepcopy(value)
+    return out
+
+
+def _set_dotted(cfg: dict, dotted: str, value: Any) -> None:
+    node = cfg
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(f"override '{dotted}': no such section '{part}'")
+        node = node[part]
+    if parts[-1] not in node:
+        raise ConfigError(f"override '{dotted}': no such key")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> dict:
+    """Load and validate a YAML config.
+
+    Args:
+        path: the YAML file. Relative paths inside it are relative to the current directory, as in the reference.
+        overrides: dotted keys -> values (from command-line flags), applied before validation. The YAML
+            file itself is never rewritten.
+    Returns:
+        The validated config as a nested dict.
+    Raises:
+        ConfigError: naming the file and the offending key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        for dotted, value in (overrides or {}).items():
+            _set_dotted(raw, dotted, value)
+        return validate_config(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Metrics (paper definitions: pooled over all scored epochs, and per subject)
+
+
+def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, subject_ids: np.ndarray | None = None) -> dict:
+    """Sleep-staging metrics over scored epochs (labels != -1).
+
+    Args:
+        y_true: true 4-class labels, any shape; -1 entries are ignored.
+        y_pred: predicted labels, same shape.
+        subject_ids: subject of each entry, same shape; enables per-subject kappa.
+    Returns:
+        dict with `n_epochs`, `accuracy`, `kappa` (pooled Cohen's kappa), `f1_weighted`,
+        `classification_report` (scikit-learn's dict), `confusion_matrix` (4x4 list, rows = true),
+        and when `subject_ids` is given `per_subject_kappa` ({id: kappa}) and `per_subject_kappa_stats`
+        (n, min, max, mean, std, median, q1, q3; subjects whose kappa is undefined - a single class in both
+        truth and prediction - are listed in `undefined_kappa_subjects` and left out of the statistics).
+    """
+    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+
+    y_true = np.asarray(y_true).reshape(-1)
+    y_pred = np.asarray(y_pred).reshape(-1)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has {y_true.size} entries but y_pred has {y_pred.size}")
+    mask = y_true != IGNORE_INDEX
+    t, p = y_true[mask], y_pred[mask]
+    labels = list(range(N_CLASSES))
+    out: dict[str, Any] = {"n_epochs": int(mask.sum())}
+    if t.size == 0:
+        raise ValueError("no scored epochs (every label is -1): nothing to evaluate")
+    out["accuracy"] = float(accuracy_score(t, p))
+    out["kappa"] = _kappa(t, p)
+    out["f1_weighted"] = float(f1_score(t, p, labels=labels, average="weighted", zero_division=0))
+    out["classification_report"] = classification_report(
+        t, p, labels=labels, target_names=list(STAGE_NAMES), output_dict=True, zero_division=0)
+    out["confusion_matrix"] = confusion_matrix(t, p, labels=labels).tolist()
+    if subject_ids is not None:
+        sids = np.asarray(subject_ids).reshape(-1)
+        if sids.shape != y_true.shape:
+            raise ValueError("subject_ids must have one entry per label")
+        sids = sids[mask]
+        per_subject, undefined = {}, []
+        for sid in sorted(set(sids.tolist())):
+            sel = sids == sid
+            k = _kappa(t[sel], p[sel])
+            if math.isnan(k):
+                undefined.append(_as_str(sid))
+            else:
+                per_subject[_as_str(sid)] = k
+        out["per_subject_kappa"] = per_subject
+        out["undefined_kappa_subjects"] = undefined
+        out["per_subject_kappa_stats"] = summary_stats(list(per_subject.values()))
+    return out
+
+
+def _kappa(t: np.ndarray, p: np.ndarray) -> float:
+    """Cohen's kappa; NaN when undefined (truth and prediction a single identical class)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    if t.size == 0:
+        return float("nan")
+    if np.unique(np.concatenate([t, p])).size == 1:
+        return float("nan")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(cohen_kappa_score(t, p, labels=list(range(N_CLASSES))))
+
+
+def _as_str(sid: Any) -> str:
+    return sid.decode() if isinstance(sid, bytes) else str(sid)
+
+
+def summary_stats(values: list[float]) -> dict:
+    """n, min, max, mean, std, median and quartiles of a list (NaN-free); all NaN when empty."""
+    arr = np.asarray(values, dtype=float)
+    if arr.size == 0:
+        return {k: float("nan") for k in ("min", "max", "mean", "std", "median", "q1", "q3")} | {"n": 0}
+    return {
+        "n": int(arr.size), "min": float(arr.min()), "max": float(arr.max()), "mean": float(arr.mean()),
+        "std": float(arr.std()), "median": float(np.median(arr)),
+        "q1": float(np.percentile(arr, 25)), "q3": float(np.percentile(arr, 75)),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# I/O helpers
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success fsync it and rename it to `path`.
+
+    On any exception (or KeyboardInterrupt) the temporary file is removed and `path` is untouched, so a
+    final name never holds a half-written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` atomically (see `atomic_output`)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+
+
+def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> None:
+    """Log to stderr (and to `log_file` when given) with one fixed format. Safe to call more than once."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    root = logging.getLogger()
+    root.setLevel(level)
+    if not any(getattr(h, "_sleepppg_console", False) for h in root.handlers):
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(fmt)
+        console._sleepppg_console = True  # type: ignore[attr-defined]
+        root.addHandler(console)
+    if log_file is not None:
+        log_file = Path(log_file)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == log_file.resolve()
+                   for h in root.handlers):
+            handler = logging.FileHandler(log_file)
+            handler.setFormatter(fmt)
+            root.addHandler(handler)

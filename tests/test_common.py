@@ -1,0 +1,112 @@
+"""Tests for sleepppg_common: config validation, metrics against scikit-learn, atomic writes, ID lists."""
+import numpy as np
+import pytest
+from sklearn.metrics import cohen_kappa_score
+
+from sleepppg_common import (ConfigError, atomic_output, compute_metrics, load_config, mesa_commercial_ids,
+                             sleepppg_test_subjects)
+
+CONFIGS = ["configs/config_cloud.yaml", "configs/config_demo.yaml"]
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_shipped_configs_are_valid(path):
+    cfg = load_config(path)
+    assert cfg["data"]["windows_per_subject"] == 1200
+    assert cfg["inference"]["only_inference"] is False
+
+
+def _write(tmp_path, text_from, old, new):
+    src = open(text_from).read()
+    assert old in src
+    p = tmp_path / "cfg.yaml"
+    p.write_text(src.replace(old, new, 1))
+    return p
+
+
+def test_flase_is_rejected_naming_the_key(tmp_path):
+    p = _write(tmp_path, CONFIGS[0], "only_inference: false", "only_inference: flase")
+    with pytest.raises(ConfigError, match="inference.only_inference"):
+        load_config(p)
+
+
+def test_unknown_key_is_rejected(tmp_path):
+    p = _write(tmp_path, CONFIGS[0], "  batch_size: 8", "  batch_sise: 8")
+    with pytest.raises(ConfigError, match="data.batch_sise"):
+        load_config(p)
+
+
+def test_wrong_type_and_range(tmp_path):
+    p = _write(tmp_path, CONFIGS[0], "  batch_size: 8", "  batch_size: eight")
+    with pytest.raises(ConfigError, match="data.batch_size"):
+        load_config(p)
+    p = _write(tmp_path, CONFIGS[0], "  batch_size: 8", "  batch_size: 0")
+    with pytest.raises(ConfigError, match="must be > 0"):
+        load_config(p)
+    p = _write(tmp_path, CONFIGS[0], "fusion_strategy: attention", "fusion_strategy: sum")
+    with pytest.raises(ConfigError, match="model.real_ecg.fusion_strategy"):
+        load_config(p)
+
+
+def test_missing_and_duplicate_keys(tmp_path):
+    p = _write(tmp_path, CONFIGS[0], "  patience: 10", "")
+    with pytest.raises(ConfigError, match="training.patience"):
+        load_config(p)
+    p = _write(tmp_path, CONFIGS[0], "  random_seed: 42", "  random_seed: 42\n  random_seed: 7")
+    with pytest.raises(ConfigError, match="duplicate key 'random_seed'"):
+        load_config(p)
+
+
+def test_overrides_apply_and_are_validated():
+    cfg = load_config(CONFIGS[1], {"training.num_epochs": 2, "data.windows_per_subject": 40})
+    assert cfg["training"]["num_epochs"] == 2 and cfg["data"]["windows_per_subject"] == 40
+    with pytest.raises(ConfigError, match="no such key"):
+        load_config(CONFIGS[1], {"training.epochs": 2})
+    with pytest.raises(ConfigError, match="training.num_epochs"):
+        load_config(CONFIGS[1], {"training.num_epochs": "2"})
+
+
+def test_metrics_match_sklearn_and_ignore_unscored():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(-1, 4, size=(3, 200))
+    y_pred = np.where(rng.random((3, 200)) < 0.7, y_true.clip(0), rng.integers(0, 4, size=(3, 200)))
+    sids = np.repeat(np.array(["0001", "0002", "0003"]), 200).reshape(3, 200)
+    m = compute_metrics(y_true, y_pred, sids)
+    keep = y_true.reshape(-1) != -1
+    assert m["n_epochs"] == keep.sum()
+    assert m["kappa"] == pytest.approx(cohen_kappa_score(y_true.reshape(-1)[keep], y_pred.reshape(-1)[keep]))
+    for i, sid in enumerate(["0001", "0002", "0003"]):
+        k = y_true[i] != -1
+        assert m["per_subject_kappa"][sid] == pytest.approx(cohen_kappa_score(y_true[i][k], y_pred[i][k]))
+    assert m["per_subject_kappa_stats"]["n"] == 3
+    assert np.array(m["confusion_matrix"]).sum() == keep.sum()
+
+
+def test_metrics_undefined_subject_kappa_is_reported_not_averaged():
+    y_true = np.array([1, 1, 1, 0, 1, 2, 3])
+    y_pred = np.array([1, 1, 1, 0, 1, 2, 2])
+    sids = np.array(["a", "a", "a", "b", "b", "b", "b"])
+    m = compute_metrics(y_true, y_pred, sids)
+    assert m["undefined_kappa_subjects"] == ["a"]
+    assert list(m["per_subject_kappa"]) == ["b"]
+    with pytest.raises(ValueError, match="no scored epochs"):
+        compute_metrics(np.array([-1, -1]), np.array([0, 1]))
+
+
+def test_atomic_output_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    with atomic_output(target) as tmp:
+        tmp.write_text("whole")
+    assert target.read_text() == "whole" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_id_lists():
+    test_ids = sleepppg_test_subjects()
+    all_ids = set(mesa_commercial_ids())
+    assert len(test_ids) == 204 and len(all_ids) == 1900
+    assert sum(i in all_ids for i in test_ids) == 193  # SPEC §7
