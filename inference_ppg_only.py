@@ -1,0 +1,760 @@
+"""Stage nights with a trained SleepPPG-Net (PPG only): test-set nights from the processed HDF5 files (with
+labels: metrics) or raw EDF recordings (no labels), with a validated per-night cache, CSV files, hypnograms
+and a sleep report.
+
+Modes
+- HDF5 analysis (`inference.only_inference: false`): the valid subjects (exactly `data.windows_per_subject`
+  windows) that are on the fixed SleepPPG-Net test list, sorted, shuffled with `inference.random_seed`, the
+  first `inference.n_subjects`. Per subject: accuracy and Cohen's kappa over the scored epochs (label != -1);
+  summary: mean/std over subjects plus pooled figures (`sleepppg_common.compute_metrics`).
+- EDF (`inference.only_inference: true`, or `--edf PATH|FOLDER|GLOB`): one EDF, every *.edf of a folder, or
+  a glob. Each night is preprocessed by `extract_mesa_data.preprocess_recording` (the training
+  preprocessing: `preprocessing.resample_method`, `preprocessing.ppg_channels`) to the model's number of
+  30-s windows, and cached in `<inference.cache_root>/<id>/` as `ppg_windows.npy` (float32, n_windows x 1024)
+  + `meta.json`. The cache is reused only when meta.json matches the EDF (absolute path, size, mtime_ns) and
+  the preprocessing settings (method, channel patterns, n_windows, PREPROCESSING_VERSION); a stale, truncated
+  or otherwise unreadable cache is rebuilt, with a log line saying why.
+
+Only recorded epochs are staged: a night shorter than the model's span (10 h = 1,200 epochs) gets
+predictions for its recorded epochs only (the zero padding is never reported as sleep); a longer night is
+staged over its first 10 h and flagged (`truncated: true` and a log line). In HDF5 mode the recorded epochs are
+those up to the last window that holds signal or a label (the padding windows are all zeros).
+
+Outputs under `<inference.save_dir or --out>/<run_id>/` (run_id = start time, YYYYmmdd_HHMMSS):
+- `result.json`: run settings, one entry per night in `items` (subject_id, cache_used, epochs staged,
+  truncated, files written, sleep_report, and in HDF5 mode performance and the scored sleep report),
+  `failures` (subject/file and reason), and in HDF5 mode `metrics` (per-subject mean/std and pooled).
+- `csv/<id>/<id>.csv`: one row per staged epoch, columns
+  epoch,time_hours,pred_idx,pred_name,true_idx,true_name,mismatch,p_wake,p_light,p_deep,p_rem
+  (time_hours = epoch start from the recording start; p_* = softmax of the logits, summing to 1;
+  true_*/mismatch empty where there is no label: always in EDF mode, unscored epochs in HDF5 mode).
+- `graph/<id>/<id>.png`: predicted hypnogram; with labels also `<id>_with_label.png` (scored vs predicted,
+  mistakes marked, accuracy and kappa in the title).
+- `inference.log`.
+
+Sleep report (`sleep_report`), per night, over the staged epochs e = 0..N-1 of `epoch_s` seconds each
+(30 s), counted from the start of the recording, which is taken as lights-off (the files carry no separate
+lights-off/on markers). Sleep = Light, Deep or REM. Epochs without a stage (-1; only in scored hypnograms)
+count toward no total and no stage, but keep their place in time.
+- time_in_bed_min: number of staged (scored) epochs x epoch length, i.e. the recorded, scored time.
+- total_sleep_time_min (TST): sleep epochs x epoch length.
+- sleep_efficiency_pct: 100 x TST / time in bed.
+- sleep_onset_latency_min: from the recording start to the start of the first sleep epoch.
+- sleep_period_min: from sleep onset to the end of the last sleep epoch (the final awakening).
+- waso_min (wake after sleep onset): Wake epochs after sleep onset and before the final awakening x epoch
+  length; wake after the final awakening is not counted.
+- rem_latency_min: from sleep onset to the start of the first REM epoch.
+- stage_minutes: minutes of Wake, Light, Deep and REM; stage_percent_of_tst: Light, Deep and REM as % of
+  TST; wake_percent_of_time_in_bed: Wake as % of time in bed.
+Latencies and the sleep period are None when there is no sleep (REM latency also when there is no REM);
+percentages are None when their denominator is zero.
+
+Exit status: 0 when every night was staged, 1 when any night failed (the others still run and result.json
+lists the failures), 2 on bad setup (config, checkpoint, no EDF found, data files, device).
+
+Usage: python inference_ppg_only.py --config configs/config_demo.yaml [--edf DIR] [--checkpoint best_model.pth]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import glob
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from sleepppg_common import (IGNORE_INDEX, MESA_ID_PATTERN, N_CLASSES, SAMPLES_PER_WINDOW, STAGE_NAMES,
+                             TARGET_FS, WINDOW_SECONDS, WINDOWS_PER_SUBJECT, ConfigError, atomic_output,
+                             compute_metrics, load_config, setup_logging, summary_stats, write_text_atomic)
+
+# ----------------------------------------------------------------------------------------------------------
+# Constants
+PREPROCESSING_VERSION = 1  # bump when extract_mesa_data's PPG preprocessing changes: invalidates every cache
+CACHE_WINDOWS_FILE = "ppg_windows.npy"  # float32 (n_windows, 1024), z-scored PPG at 34.13 Hz, zero-padded
+CACHE_META_FILE = "meta.json"  # EDF signature + preprocessing settings + night facts; written last
+CSV_COLUMNS = ("epoch", "time_hours", "pred_idx", "pred_name", "true_idx", "true_name", "mismatch",
+               "p_wake", "p_light", "p_deep", "p_rem")
+SLEEP_STAGES = (1, 2, 3)  # Light, Deep, REM (class indices, SPEC §3)
+WAKE, REM = 0, 3
+HYPNOGRAM_LEVEL = {0: 3, 3: 2, 1: 1, 2: 0}  # plot order, top to bottom: Wake, REM, Light, Deep (clinical)
+FIGURE_DPI = 110  # enough to read 1,200 epochs on a 12-inch-wide figure; higher only slows saving
+EXIT_OK, EXIT_NIGHT_FAILED, EXIT_BAD_SETUP = 0, 1, 2
+
+log = logging.getLogger("inference_ppg_only")
+
+
+class SetupError(RuntimeError):
+    """Bad setup (missing checkpoint, no EDF found, wrong device, ...): the run stops with exit status 2."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sleep report
+
+
+def sleep_report(stages_W: Sequence[int] | np.ndarray, epoch_s: float = WINDOW_SECONDS) -> dict:
+    """Standard sleep statistics of one hypnogram (definitions in the module docstring).
+
+    Args:
+        stages_W: stage per epoch (0 Wake, 1 Light, 2 Deep, 3 REM, -1 no stage), in time order from the
+            recording start.
+        epoch_s: epoch length in seconds (30).
+    Returns:
+        dict of minutes (floats), percentages and None where undefined.
+    """
+    stages_W = np.asarray(stages_W, dtype=np.int64).reshape(-1)
+    bad = (stages_W < IGNORE_INDEX) | (stages_W >= N_CLASSES)
+    if bad.any():
+        raise ValueError(f"stages must be -1..{N_CLASSES - 1}, got {sorted(set(stages_W[bad].tolist()))}")
+    epoch_min = epoch_s / 60.0
+    counts = {name: int((stages_W == k).sum()) for k, name in enumerate(STAGE_NAMES)}
+    n_scored = int((stages_W != IGNORE_INDEX).sum())
+    sleep_idx = np.flatnonzero(np.isin(stages_W, SLEEP_STAGES))
+    tst_epochs = int(sleep_idx.size)
+    report: dict[str, Any] = {
+        "epoch_s": float(epoch_s),
+        "n_epochs": int(stages_W.size),
+        "n_scored_epochs": n_scored,
+        "time_in_bed_min": n_scored * epoch_min,
+        "total_sleep_time_min": tst_epochs * epoch_min,
+        "sleep_efficiency_pct": 100.0 * tst_epochs / n_scored if n_scored else None,
+        "sleep_onset_latency_min": None,
+        "sleep_period_min": None,
+        "waso_min": None,
+        "rem_latency_min": None,
+        "stage_minutes": {name: c * epoch_min for name, c in counts.items()},
+        "stage_percent_of_tst": {STAGE_NAMES[k]: (100.0 * counts[STAGE_NAMES[k]] / tst_epochs
+                                                  if tst_epochs else None) for k in SLEEP_STAGES},
+        "wake_percent_of_time_in_bed": 100.0 * counts[STAGE_NAMES[WAKE]] / n_scored if n_scored else None,
+    }
+    if tst_epochs:
+        onset, last = int(sleep_idx[0]), int(sleep_idx[-1])
+        report["sleep_onset_latency_min"] = onset * epoch_min
+        report["sleep_period_min"] = (last - onset + 1) * epoch_min
+        report["waso_min"] = int((stages_W[onset:last + 1] == WAKE).sum()) * epoch_min
+        rem_idx = np.flatnonzero(stages_W == REM)
+        if rem_idx.size:
+            report["rem_latency_min"] = (int(rem_idx[0]) - onset) * epoch_min
+    return report
+
+
+def format_sleep_report(subject_id: str, report: dict, extra: str = "") -> str:
+    """A few human-readable lines for the console summary."""
+    def fmt(v: float | None, unit: str) -> str:
+        return "n/a" if v is None else f"{v:.1f}{unit}"
+
+    mins, pct = report["stage_minutes"], report["stage_percent_of_tst"]
+    stages = "  ".join(f"{name} {mins[name]:.1f} min" + ("" if name == "Wake" else f" ({fmt(pct[name], '%')})")
+                       for name in STAGE_NAMES)
+    return (f"[{subject_id}]{extra}\n"
+            f"  time in bed {fmt(report['time_in_bed_min'], ' min')}, TST {fmt(report['total_sleep_time_min'], ' min')}, "
+            f"efficiency {fmt(report['sleep_efficiency_pct'], '%')}, "
+            f"onset latency {fmt(report['sleep_onset_latency_min'], ' min')}, WASO {fmt(report['waso_min'], ' min')}, "
+            f"REM latency {fmt(report['rem_latency_min'], ' min')}, "
+            f"sleep period {fmt(report['sleep_period_min'], ' min')}\n"
+            f"  {stages}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Small helpers: ids, inputs, JSON
+
+
+def subject_id_for(edf_path: str | os.PathLike) -> str:
+    """MESA subject ID from a file name (mesa-sleep-0010.edf -> '0010'), else the file stem."""
+    stem = Path(edf_path).stem
+    match = re.search(MESA_ID_PATTERN, stem, flags=re.IGNORECASE)
+    return match.group(1) if match else stem
+
+
+def resolve_edf_inputs(spec: str) -> list[Path]:
+    """EDF files named by `spec`: a file, a folder (its *.edf, any case, sorted) or a glob pattern (sorted).
+
+    Raises:
+        SetupError: when nothing matches, naming what was searched.
+    """
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".edf")
+        if not found:
+            raise SetupError(f"no .edf file in folder {path}")
+        return found
+    if glob.has_magic(spec):
+        found = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
+        if not found:
+            raise SetupError(f"no file matches the pattern {spec!r}")
+        return found
+    raise SetupError(f"EDF input not found: {spec} (give a file, a folder or a glob pattern)")
+
+
+def unique_ids(paths: Sequence[Path]) -> list[str]:
+    """Subject IDs for `paths`, made unique within the run (a repeated ID gets _2, _3 ...)."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        sid = subject_id_for(p)
+        seen[sid] = seen.get(sid, 0) + 1
+        out.append(sid if seen[sid] == 1 else f"{sid}_{seen[sid]}")
+    return out
+
+
+def json_safe(obj: Any) -> Any:
+    """Replace NaN/inf by None and numpy scalars by Python ones, so json.dumps writes strict JSON."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def make_run_dir(root: Path) -> Path:
+    """A new folder `root/<YYYYmmdd_HHMMSS>` (with _2, _3 ... if that second is taken)."""
+    stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+    for k in range(1, 1000):
+        run_dir = root / (stamp if k == 1 else f"{stamp}_{k}")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=False)
+            return run_dir
+        except FileExistsError:
+            continue
+    raise SetupError(f"cannot create a run folder under {root}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cache: <cache_root>/<id>/ppg_windows.npy + meta.json
+
+
+def edf_signature(edf_path: Path) -> dict:
+    """What identifies an EDF's content cheaply: absolute path, size (bytes) and mtime (ns)."""
+    st = edf_path.stat()
+    return {"path": str(edf_path.resolve()), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+def preprocessing_settings(resample_method: str, ppg_channels: Iterable[str], n_windows: int) -> dict:
+    """The settings a cached night depends on; any difference invalidates the cache."""
+    return {"version": PREPROCESSING_VERSION, "resample_method": resample_method,
+            "ppg_channels": [p.lower() for p in ppg_channels], "n_windows": int(n_windows),
+            "samples_per_window": SAMPLES_PER_WINDOW, "target_fs": TARGET_FS}
+
+
+def load_cache(cache_dir: Path, signature: dict, settings: dict) -> tuple[np.ndarray | None, dict | None, str]:
+    """Read a cached night if it is valid for this EDF and these settings.
+
+    Returns:
+        (ppg_windows_WS, meta, "") when valid; (None, None, reason) when missing, stale or corrupt.
+    """
+    meta_path, npy_path = cache_dir / CACHE_META_FILE, cache_dir / CACHE_WINDOWS_FILE
+    if not meta_path.exists() and not npy_path.exists():
+        return None, None, "no cache yet"
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("edf") != signature:
+            return None, None, "the EDF changed (path, size or mtime differ)"
+        if meta.get("settings") != settings:
+            return None, None, "the preprocessing settings changed"
+        n_windows = settings["n_windows"]
+        n_recorded = int(meta["n_recorded_windows"])
+        if not 0 < n_recorded <= n_windows:
+            return None, None, f"bad n_recorded_windows {n_recorded} in meta.json"
+        windows_WS = np.load(npy_path, allow_pickle=False)
+    except FileNotFoundError as err:
+        return None, None, f"incomplete cache ({Path(err.filename).name} missing)"
+    except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as err:
+        # ValueError covers bad JSON and a truncated/garbled .npy; AttributeError a JSON that is not an object
+        return None, None, f"corrupt cache ({type(err).__name__}: {err})"
+    if windows_WS.dtype != np.float32 or windows_WS.shape != (n_windows, SAMPLES_PER_WINDOW):
+        return None, None, f"corrupt cache (array {windows_WS.dtype} {windows_WS.shape})"
+    if not np.isfinite(windows_WS).all():
+        return None, None, "corrupt cache (non-finite values)"
+    return windows_WS, meta, ""
+
+
+def write_cache(cache_dir: Path, windows_WS: np.ndarray, meta: dict) -> None:
+    """Write a night's cache atomically: drop the old meta.json, write the .npy, then meta.json last, so a
+    crash at any point leaves either a complete valid cache or one that `load_cache` rejects."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    (cache_dir / CACHE_META_FILE).unlink(missing_ok=True)
+    with atomic_output(cache_dir / CACHE_WINDOWS_FILE) as tmp:
+        with open(tmp, "wb") as fh:  # a file handle: np.save on a path would append ".npy" to the temp name
+            np.save(fh, np.ascontiguousarray(windows_WS, dtype=np.float32), allow_pickle=False)
+    write_text_atomic(cache_dir / CACHE_META_FILE, json.dumps(json_safe(meta), indent=2))
+
+
+@dataclasses.dataclass
+class Night:
+    """One night ready for the model."""
+
+    subject_id: str
+    ppg_windows_WS: np.ndarray  # float32 (n_windows, 1024), zero-padded past n_recorded
+    n_recorded: int  # epochs to stage (recorded, within the model's span)
+    truncated: bool  # the recording was longer than the model's span; only its start is staged
+    labels_W: np.ndarray | None = None  # int64 (n_windows,) in HDF5 mode
+    info: dict = dataclasses.field(default_factory=dict)  # what goes into result.json
+
+
+def recording_seconds(pre: dict, edf_path: Path) -> float | None:
+    """The PPG recording length in seconds, from the preprocessing result or the EDF header."""
+    for key in ("duration_s", "recording_s"):
+        if pre.get(key) is not None:
+            return float(pre[key])
+    return None
+
+
+def prepare_edf_night(edf_path: Path, subject_id: str, cache_root: Path, settings: dict) -> Night:
+    """Cached or freshly preprocessed PPG windows of one EDF.
+
+    Raises:
+        extract_mesa_data.BadRecordingError (a ValueError) or OSError for an unusable recording.
+    """
+    import extract_mesa_data  # imported here: it pulls in scipy and (inside its readers) mne
+
+    n_windows = settings["n_windows"]
+    cache_dir = cache_root / subject_id
+    signature = edf_signature(edf_path)
+    windows_WS, meta, reason = load_cache(cache_dir, signature, settings)
+    cache_used = windows_WS is not None
+    if not cache_used:
+        if reason != "no cache yet":
+            log.info("%s: rebuilding cache in %s: %s", subject_id, cache_dir, reason)
+        t0 = time.perf_counter()
+        pre = extract_mesa_data.preprocess_recording(
+            edf_path, n_windows=n_windows, method=settings["resample_method"],
+            ppg_patterns=tuple(settings["ppg_channels"]))
+        windows_WS = np.asarray(pre["ppg_windows"], dtype=np.float32)
+        if windows_WS.shape != (n_windows, SAMPLES_PER_WINDOW):
+            raise ValueError(f"preprocessing returned shape {windows_WS.shape}, expected "
+                             f"{(n_windows, SAMPLES_PER_WINDOW)}")
+        duration_s = recording_seconds(pre, edf_path)
+        n_recorded = int(pre["n_recorded_windows"])
+        meta = {
+            "subject_id": subject_id, "edf": signature, "settings": settings,
+            "n_recorded_windows": n_recorded,
+            "recording_hours": None if duration_s is None else duration_s / 3600.0,
+            "truncated": (bool(duration_s > n_windows * WINDOW_SECONDS) if duration_s is not None
+                          else bool(pre.get("truncated", False))),
+            "ppg_channel": pre.get("ppg_channel"), "ppg_fs": pre.get("ppg_fs"),
+            "created_at": dt.datetime.now().isoformat(timespec="seconds"),
+            "preprocess_s": round(time.perf_counter() - t0, 3),
+        }
+        write_cache(cache_dir, windows_WS, meta)
+    n_recorded = int(meta["n_recorded_windows"])
+    truncated = bool(meta.get("truncated", False))
+    if truncated:
+        log.warning("%s: recording is %.2f h long; staging only its first %.1f h (%d epochs)", subject_id,
+                    meta.get("recording_hours") or float("nan"), n_windows * WINDOW_SECONDS / 3600, n_windows)
+    info = {"edf_file": signature["path"], "cache_dir": str(cache_dir), "cache_used": cache_used,
+            "ppg_channel": meta.get("ppg_channel"), "ppg_fs": meta.get("ppg_fs"),
+            "recording_hours": meta.get("recording_hours")}
+    return Night(subject_id, windows_WS, n_recorded, truncated, None, info)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model forward
+
+
+def predict_proba(model: torch.nn.Module, windows_BWS: np.ndarray, device: torch.device,
+                  bf16: bool = False) -> np.ndarray:
+    """Stage probabilities for a batch of nights.
+
+    Args:
+        windows_BWS: float32 (B, n_windows, 1024) preprocessed PPG.
+        bf16: autocast to bfloat16 (CUDA only).
+    Returns:
+        float32 (B, n_windows, 4): softmax over the 4 classes of the model's logits.
+    """
+    if windows_BWS.ndim != 3 or windows_BWS.shape[2] != SAMPLES_PER_WINDOW:
+        raise ValueError(f"expected (B, n_windows, {SAMPLES_PER_WINDOW}) windows, got {windows_BWS.shape}")
+    B, W, S = windows_BWS.shape
+    ppg_B1T = torch.from_numpy(np.ascontiguousarray(windows_BWS, dtype=np.float32)).reshape(B, 1, W * S)
+    ppg_B1T = ppg_B1T.to(device, non_blocking=True)
+    with torch.inference_mode():
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+            logits_BCW = model(ppg_B1T)
+        if logits_BCW.shape != (B, N_CLASSES, W):
+            raise ValueError(f"model returned {tuple(logits_BCW.shape)}, expected {(B, N_CLASSES, W)}")
+        probs_BWC = torch.softmax(logits_BCW.float(), dim=1).permute(0, 2, 1)
+    return probs_BWC.cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Outputs: CSV and hypnograms
+
+
+def write_csv(path: Path, probs_WC: np.ndarray, epoch_s: float = WINDOW_SECONDS,
+              true_W: np.ndarray | None = None) -> None:
+    """One row per staged epoch (columns CSV_COLUMNS); true_*/mismatch empty where there is no label."""
+    pred_W = probs_WC.argmax(axis=1)
+    lines = [",".join(CSV_COLUMNS)]
+    for e, (p, probs) in enumerate(zip(pred_W.tolist(), probs_WC.tolist())):
+        t = "" if true_W is None else int(true_W[e])
+        if t == "" or t == IGNORE_INDEX:
+            truth = ",,"
+        else:
+            truth = f"{t},{STAGE_NAMES[t]},{int(t != p)}"
+        lines.append(f"{e},{e * epoch_s / 3600:.6f},{p},{STAGE_NAMES[p]},{truth},"
+                     + ",".join(f"{v:.6f}" for v in probs))
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def _step_xy(stages_W: np.ndarray, epoch_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """x (hours, epoch edges) and y (plot level, NaN where unscored) for a post-step hypnogram line."""
+    levels = np.array([HYPNOGRAM_LEVEL.get(int(s), np.nan) for s in stages_W], dtype=float)
+    x = np.arange(stages_W.size + 1) * epoch_s / 3600
+    return x, np.append(levels, levels[-1] if levels.size else np.nan)
+
+
+def _draw_hypnogram(ax, stages_W: np.ndarray, epoch_s: float, label: str) -> None:
+    x, y = _step_xy(stages_W, epoch_s)
+    ax.step(x, y, where="post", color="black", linewidth=1.0, label=label)
+    rem_y = np.where(y == HYPNOGRAM_LEVEL[REM], y, np.nan)  # REM drawn thick and red, as in clinical plots
+    ax.step(x, rem_y, where="post", color="tab:red", linewidth=3.0)
+    ax.set_yticks([HYPNOGRAM_LEVEL[k] for k in range(N_CLASSES)], list(STAGE_NAMES))
+    ax.set_ylim(-0.5, 3.5)
+    ax.set_xlim(0, max(x[-1], epoch_s / 3600))
+    ax.grid(alpha=0.3, linestyle="--")
+
+
+def plot_hypnogram(path: Path, pred_W: np.ndarray, title: str, epoch_s: float = WINDOW_SECONDS,
+                   true_W: np.ndarray | None = None) -> None:
+    """Save a predicted hypnogram; with `true_W`, scored (top) and predicted (bottom, mistakes as red x)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if true_W is None:
+        fig, ax = plt.subplots(figsize=(12, 3))
+        _draw_hypnogram(ax, pred_W, epoch_s, "predicted")
+        ax.set_xlabel("Time from recording start (h)")
+        ax.set_title(title)
+    else:
+        fig, (ax_true, ax) = plt.subplots(2, 1, figsize=(12, 5.2), sharex=True)
+        _draw_hypnogram(ax_true, true_W, epoch_s, "scored")
+        ax_true.set_ylabel("Scored")
+        _draw_hypnogram(ax, pred_W, epoch_s, "predicted")
+        ax.set_ylabel("Predicted")
+        wrong = np.flatnonzero((true_W != IGNORE_INDEX) & (true_W != pred_W))
+        if wrong.size:
+            ax.scatter((wrong + 0.5) * epoch_s / 3600, [HYPNOGRAM_LEVEL[int(pred_W[i])] for i in wrong],
+                       marker="x", s=14, color="tab:red", linewidths=0.8, label=f"mistake ({wrong.size})",
+                       zorder=3)
+            ax.legend(loc="upper right", fontsize=8)
+        ax.set_xlabel("Time from recording start (h)")
+        ax_true.set_title(title)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=FIGURE_DPI)
+    plt.close(fig)
+
+
+def write_night_outputs(run_dir: Path, night: Night, probs_WC: np.ndarray, flags: dict,
+                        performance: dict | None = None) -> dict:
+    """CSV and hypnograms of one night (as the flags allow); returns the paths written (None if skipped)."""
+    sid = night.subject_id
+    pred_W = probs_WC.argmax(axis=1)
+    true_W = None if night.labels_W is None else night.labels_W[:night.n_recorded]
+    paths: dict[str, str | None] = {"csv": None, "graph_pred": None, "graph_with_label": None}
+    if flags["save_csv"]:
+        csv_path = run_dir / "csv" / sid / f"{sid}.csv"
+        write_csv(csv_path, probs_WC, WINDOW_SECONDS, true_W)
+        paths["csv"] = str(csv_path)
+    if flags["save_graph"]:
+        hours = night.n_recorded * WINDOW_SECONDS / 3600
+        note = " (first part of a longer recording)" if night.truncated else ""
+        png = run_dir / "graph" / sid / f"{sid}.png"
+        plot_hypnogram(png, pred_W, f"{sid}: predicted hypnogram, {hours:.2f} h{note}")
+        paths["graph_pred"] = str(png)
+        if true_W is not None and performance is not None:
+            kappa = performance.get("kappa")
+            kappa_txt = "undefined" if kappa is None else f"{kappa:.3f}"
+            png_lab = run_dir / "graph" / sid / f"{sid}_with_label.png"
+            plot_hypnogram(png_lab, pred_W, f"{sid}: kappa {kappa_txt}, accuracy {performance['accuracy']:.1%} "
+                           f"({performance['n_scored_epochs']} scored epochs)", true_W=true_W)
+            paths["graph_with_label"] = str(png_lab)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Modes
+
+
+def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def stage_nights(model: torch.nn.Module, nights: list[Night], device: torch.device, bf16: bool) -> list[np.ndarray]:
+    """Forward a batch of nights together; returns each night's probabilities over its staged epochs."""
+    windows_BWS = np.stack([n.ppg_windows_WS for n in nights])
+    probs_BWC = predict_proba(model, windows_BWS, device, bf16)
+    return [probs_BWC[i, :n.n_recorded] for i, n in enumerate(nights)]
+
+
+def run_edf_mode(model, n_windows: int, cfg: dict, edf_paths: list[Path], run_dir: Path | None,
+                 device: torch.device, flags: dict) -> tuple[list[dict], list[dict]]:
+    """Stage every EDF (preprocess or reuse the cache, forward in batches, write outputs)."""
+    from tqdm import tqdm
+
+    import extract_mesa_data
+
+    pre_cfg, inf_cfg = cfg["preprocessing"], cfg["inference"]
+    settings = preprocessing_settings(pre_cfg["resample_method"], pre_cfg["ppg_channels"], n_windows)
+    cache_root = Path(inf_cfg["cache_root"])
+    items, failures = [], []
+    ids = unique_ids(edf_paths)
+    bf16 = cfg["gpu"]["mixed_precision"]
+    pending = list(zip(ids, edf_paths))
+    with tqdm(total=len(pending), desc="nights", unit="night", disable=None) as bar:
+        for chunk in _batches(pending, cfg["inference"]["batch_size"]):
+            nights = []
+            for sid, path in chunk:
+                try:
+                    nights.append(prepare_edf_night(path, sid, cache_root, settings))
+                except (extract_mesa_data.BadRecordingError, ValueError, OSError) as err:
+                    log.error("%s: skipped %s: %s", sid, path, err)
+                    failures.append({"subject_id": sid, "edf_file": str(path), "error": f"{type(err).__name__}: {err}"})
+                    bar.update(1)
+            if not nights:
+                continue
+            for night, probs_WC in zip(nights, stage_nights(model, nights, device, bf16)):
+                report = sleep_report(probs_WC.argmax(axis=1))
+                item = {"subject_id": night.subject_id, "mode": "EDF", "n_epochs_staged": night.n_recorded,
+                        "hours_staged": night.n_recorded * WINDOW_SECONDS / 3600, "truncated": night.truncated,
+                        **night.info, "sleep_report": report}
+                if run_dir is not None:
+                    item.update(write_night_outputs(run_dir, night, probs_WC, flags))
+                items.append(item)
+                bar.update(1)
+    return items, failures
+
+
+def recorded_epochs(ppg_WS: np.ndarray, labels_W: np.ndarray) -> int:
+    """Epochs up to the last window that holds signal or a label (trailing padding windows are all zero)."""
+    has_data = np.any(ppg_WS != 0, axis=1) | (labels_W != IGNORE_INDEX)
+    idx = np.flatnonzero(has_data)
+    return int(idx[-1]) + 1 if idx.size else 0
+
+
+def select_test_subjects(subjects: Sequence[str], n_subjects: int, seed: int) -> list[str]:
+    """The reference's selection: sort, shuffle with `seed` (numpy default_rng), take the first n."""
+    pool = sorted(subjects)
+    np.random.default_rng(seed).shuffle(pool)
+    if n_subjects > len(pool):
+        log.warning("n_subjects=%d but only %d test subjects are available: staging all of them",
+                    n_subjects, len(pool))
+    return pool[:n_subjects]
+
+
+def run_hdf5_mode(model, n_windows: int, cfg: dict, n_subjects: int, run_dir: Path | None,
+                  device: torch.device, flags: dict) -> tuple[list[dict], list[dict], dict | None]:
+    """Stage test-set nights from the processed HDF5 files; per-subject and pooled metrics."""
+    from tqdm import tqdm
+
+    import multimodal_dataset_aligned as mda
+
+    data_cfg, inf_cfg = cfg["data"], cfg["inference"]
+    if data_cfg["windows_per_subject"] != n_windows:
+        raise SetupError(f"the checkpoint's model stages {n_windows} windows per night but "
+                         f"data.windows_per_subject is {data_cfg['windows_per_subject']}")
+    paths = mda.data_paths_from_config(cfg)
+    for key in ("ppg", "index"):
+        if not Path(paths[key]).is_file():
+            raise SetupError(f"processed data file not found: {paths[key]} (run extract_mesa_data.py first)")
+    dataset = mda.PPGOnlyDataset({"ppg": paths["ppg"], "index": paths["index"]}, split="test",
+                                 use_sleepppg_test_set=True, windows_per_subject=n_windows)
+    if not dataset.subjects:
+        raise SetupError("no valid subject of the processed data is on the SleepPPG-Net test list")
+    chosen = select_test_subjects(dataset.subjects, n_subjects, inf_cfg["random_seed"])
+    position = {sid: i for i, sid in enumerate(dataset.subjects)}
+    items, failures = [], []
+    all_true, all_pred, all_sid, accs, kappas = [], [], [], [], []
+    bf16 = cfg["gpu"]["mixed_precision"]
+    for chunk in tqdm(list(_batches(chosen, inf_cfg["batch_size"])), desc="batches", unit="batch", disable=None):
+        nights = []
+        for sid in chunk:
+            ppg_1T, labels_W = dataset[position[sid]][:2]
+            ppg_WS = np.asarray(ppg_1T, dtype=np.float32).reshape(n_windows, SAMPLES_PER_WINDOW)
+            labels_W = np.asarray(labels_W, dtype=np.int64)
+            n_rec = recorded_epochs(ppg_WS, labels_W)
+            if n_rec == 0 or not (labels_W != IGNORE_INDEX).any():
+                log.error("%s: skipped: no recorded or scored epochs", sid)
+                failures.append({"subject_id": sid, "error": "no recorded or scored epochs"})
+                continue
+            nights.append(Night(sid, ppg_WS, n_rec, False, labels_W,
+                                {"ppg_file": str(Path(paths["ppg"]).resolve()),
+                                 "index_file": str(Path(paths["index"]).resolve())}))
+        if not nights:
+            continue
+        for night, probs_WC in zip(nights, stage_nights(model, nights, device, bf16)):
+            pred_W = probs_WC.argmax(axis=1)
+            true_W = night.labels_W[:night.n_recorded]
+            m = compute_metrics(true_W, pred_W)
+            perf = {"accuracy": m["accuracy"], "kappa": json_safe(m["kappa"]), "n_scored_epochs": m["n_epochs"]}
+            accs.append(m["accuracy"])
+            if perf["kappa"] is not None:
+                kappas.append(m["kappa"])
+            all_true.append(true_W)
+            all_pred.append(pred_W)
+            all_sid.append(np.full(true_W.size, night.subject_id))
+            item = {"subject_id": night.subject_id, "mode": "H5", "n_epochs_staged": night.n_recorded,
+                    "hours_staged": night.n_recorded * WINDOW_SECONDS / 3600, "truncated": False,
+                    **night.info, "performance": perf, "sleep_report": sleep_report(pred_W),
+                    "sleep_report_scored": sleep_report(true_W)}
+            if run_dir is not None:
+                item.update(write_night_outputs(run_dir, night, probs_WC, flags, perf))
+            items.append(item)
+    metrics = None
+    if items:
+        pooled = compute_metrics(np.concatenate(all_true), np.concatenate(all_pred), np.concatenate(all_sid))
+        acc_stats, kappa_stats = summary_stats(accs), summary_stats(kappas)
+        metrics = {"subjects": len(items), "acc_mean": acc_stats["mean"], "acc_std": acc_stats["std"],
+                   "kappa_mean": kappa_stats["mean"], "kappa_std": kappa_stats["std"],
+                   "kappa_median": kappa_stats["median"], "per_subject_accuracy": acc_stats,
+                   "per_subject_kappa": kappa_stats, "pooled": pooled}
+    return items, failures, metrics
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Setup
+
+
+def pick_device(requested: str | None, cfg: dict) -> torch.device:
+    """--device, else cuda:<gpu.device_id> when CUDA is available, else CPU."""
+    if requested is None:
+        return torch.device(f"cuda:{cfg['gpu']['device_id']}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError as err:
+        raise SetupError(f"bad --device {requested!r}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SetupError(f"--device {requested} asked for CUDA, but no CUDA device is available")
+    return device
+
+
+def load_model(checkpoint: str, device: torch.device) -> tuple[torch.nn.Module, dict, int]:
+    """Rebuild the PPG-only model from its checkpoint alone; returns (model in eval mode, info, n_windows)."""
+    import multimodal_sleep_model
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise SetupError(f"checkpoint not found: {path} (set inference.best_model or pass --checkpoint)")
+    try:
+        model, ckpt = multimodal_sleep_model.load_model_from_checkpoint(path, map_location="cpu",
+                                                                          expected_kind="ppg_only")
+    except (ValueError, KeyError, RuntimeError, OSError) as err:
+        raise SetupError(f"cannot load checkpoint {path}: {err}") from None
+    model_args = dict(ckpt.get("model_args") or {})
+    n_windows = int(model_args.get("n_windows", WINDOWS_PER_SUBJECT))
+    model.to(device).eval()
+    info = {"path": str(path.resolve()), "model_kind": ckpt.get("model_kind"), "model_args": model_args,
+            "epoch": ckpt.get("epoch")}
+    return model, info, n_windows
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML config (configs/config_cloud.yaml or config_demo.yaml)")
+    p.add_argument("--checkpoint", help="model checkpoint (.pth); overrides inference.best_model")
+    p.add_argument("--edf", help="EDF mode on this file, folder (*.edf) or glob; overrides inference.edf_file "
+                                 "and only_inference")
+    p.add_argument("--out", help="output root; overrides inference.save_dir (a run folder is made inside)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda:<gpu.device_id> if available, else cpu)")
+    p.add_argument("--n-subjects", type=int, help="HDF5 mode: subjects to stage; overrides inference.n_subjects")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    overrides: dict[str, Any] = {}
+    if args.checkpoint:
+        overrides["inference.best_model"] = args.checkpoint
+    if args.out:
+        overrides["inference.save_dir"] = args.out
+    if args.n_subjects is not None:
+        overrides["inference.n_subjects"] = args.n_subjects
+    if args.edf:
+        overrides["inference.edf_file"] = args.edf
+        overrides["inference.only_inference"] = True
+    try:
+        cfg = load_config(args.config, overrides)
+        inf = cfg["inference"]
+        edf_mode = inf["only_inference"]
+        edf_paths = resolve_edf_inputs(inf["edf_file"]) if edf_mode else []
+        device = pick_device(args.device, cfg)
+        model, model_info, n_windows = load_model(inf["best_model"], device)
+    except (ConfigError, SetupError) as err:
+        log.error("%s", err)
+        return EXIT_BAD_SETUP
+
+    flags = {k: inf[k] for k in ("save_csv", "save_graph", "save_json")}
+    run_dir = make_run_dir(Path(inf["save_dir"]))
+    setup_logging(run_dir / "inference.log")
+    started = dt.datetime.now().isoformat(timespec="seconds")
+    log.info("run %s: %s mode, model %s (%d windows = %.1f h), device %s", run_dir.name,
+             "EDF" if edf_mode else "HDF5", model_info["path"], n_windows, n_windows * WINDOW_SECONDS / 3600, device)
+    t0 = time.perf_counter()
+    metrics = None
+    try:
+        if edf_mode:
+            items, failures = run_edf_mode(model, n_windows, cfg, edf_paths, run_dir, device, flags)
+        else:
+            items, failures, metrics = run_hdf5_mode(model, n_windows, cfg, inf["n_subjects"], run_dir, device, flags)
+    except SetupError as err:
+        log.error("%s", err)
+        return EXIT_BAD_SETUP
+    elapsed = time.perf_counter() - t0
+
+    result = {
+        "run_id": run_dir.name, "mode": "EDF" if edf_mode else "H5", "config": str(Path(args.config).resolve()),
+        "model_checkpoint": model_info["path"], "model": model_info, "device": str(device),
+        "random_seed": inf["random_seed"], "started_at": started,
+        "finished_at": dt.datetime.now().isoformat(timespec="seconds"), "elapsed_s": round(elapsed, 3),
+        "n_windows": n_windows, "epoch_s": WINDOW_SECONDS,
+        "preprocessing": (preprocessing_settings(cfg["preprocessing"]["resample_method"],
+                                                 cfg["preprocessing"]["ppg_channels"], n_windows)
+                          if edf_mode else None),
+        "cache_root": str(Path(inf["cache_root"]).resolve()) if edf_mode else None,
+        "n_ok": len(items), "n_failed": len(failures), "items": items, "failures": failures, "metrics": metrics,
+    }
+    if flags["save_json"]:
+        write_text_atomic(run_dir / "result.json", json.dumps(json_safe(result), indent=2, ensure_ascii=False))
+
+    for item in items:
+        extra = ""
+        if "performance" in item:
+            perf = item["performance"]
+            kappa = "undefined" if perf["kappa"] is None else f"{perf['kappa']:.3f}"
+            extra = f" accuracy {perf['accuracy']:.3f}, kappa {kappa}"
+        elif item.get("cache_used") is not None:
+            extra = f" {item['hours_staged']:.2f} h staged, cache {'reused' if item['cache_used'] else 'built'}"
+            if item["truncated"]:
+                extra += " (recording longer than the model's span: first part only)"
+        print(format_sleep_report(item["subject_id"], item["sleep_report"], extra))
+    if metrics is not None:
+        print(f"{metrics['subjects']} subjects: accuracy {metrics['acc_mean']:.3f} +/- {metrics['acc_std']:.3f}, "
+              f"kappa {metrics['kappa_mean']:.3f} +/- {metrics['kappa_std']:.3f} (per subject); pooled accuracy "
+              f"{metrics['pooled']['accuracy']:.3f}, kappa {metrics['pooled']['kappa']:.3f}")
+    for fail in failures:
+        print(f"FAILED {fail['subject_id']}: {fail['error']}")
+    print(f"{len(items)} night(s) staged, {len(failures)} failed in {elapsed:.1f} s. Results at: {run_dir}")
+    return EXIT_NIGHT_FAILED if failures else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
