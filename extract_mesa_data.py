@@ -1,0 +1,764 @@
+"""Preprocess MESA polysomnography (EDF + NSRR XML) into the HDF5 windows and labels SleepPPG-Net trains on.
+
+For every subject with both files: read the PPG (Pleth) and ECG (EKG) channels with mne, filter, resample
+to 34.133 Hz (1,024 samples per 30-s epoch), clip at mean +/- 3 SD and z-score (SPEC §4, Kotzen et al. 2023),
+cut into 1,200 windows (the first 10 h, zero-padded) and label each 30-s epoch from the XML stage runs
+(Wake 0, Light 1, Deep 2, REM 3, -1 unscored or beyond the recording).
+
+Outputs (SPEC §5) in the output folder (default ./mesa-x), rows in sorted subject-ID order:
+- mesa_ppg_with_labels.h5: ppg (N_windows, 1024) float32, labels (N_windows,) int64, subject_ids (N_windows,) S4;
+- mesa_real_ecg.h5: ecg (N_windows, 1024) float32 (zeros without ECG), has_real_ecg, subject_ids, labels,
+  real_ecg_indices;
+- mesa_subject_index.h5: subjects/<id>/window_indices with attrs n_windows, has_ecg, n_recorded_windows;
+- data_stats.npy/.txt, failed_subjects.json (id, file, kind, reason per skipped subject),
+  extract_manifest.json (settings, sources, subjects: says whether a rerun is up to date), logs/processing.log.
+
+How it runs: worker processes preprocess subjects one at a time and each writes `<out>/.parts/<id>.npz`
+(temporary name, then rename), so a run killed at any moment resumes without redoing finished subjects. The
+main process then streams the parts, in sorted ID order, into pre-sized HDF5 datasets written under temporary
+names and renamed at the end. Memory stays at about one subject per process whatever the cohort size.
+Bad data (no PPG, unreadable/truncated EDF, missing/malformed XML, no stage events, NaNs, flat PPG, a file
+without its partner) is logged, skipped and listed; exit status 1 if any subject failed, 0 if none, 2 on bad
+setup (missing folder, unwritable output, no subjects).
+
+Usage: python extract_mesa_data.py --config configs/config_cloud.yaml --workers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from sleepppg_common import (CONCEPT_TO_CLASS, IGNORE_INDEX, SAMPLES_PER_WINDOW, STAGE_NAMES, TARGET_FS,
+                             WINDOW_SECONDS, WINDOWS_PER_SUBJECT, ConfigError, atomic_output, load_config,
+                             setup_logging, write_text_atomic)
+
+log = logging.getLogger("extract_mesa_data")
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "config_cloud.yaml"
+PPG_PATTERNS = ("pleth", "ppg", "bvp")  # SPEC §3: first EDF label containing one of these (any case)
+PPG_FILE = "mesa_ppg_with_labels.h5"
+ECG_FILE = "mesa_real_ecg.h5"
+INDEX_FILE = "mesa_subject_index.h5"
+FAILED_FILE = "failed_subjects.json"
+MANIFEST_FILE = "extract_manifest.json"
+PARTS_DIR = ".parts"
+FORMAT_VERSION = 1  # bump when the part/HDF5 layout changes, so old parts are not reused
+
+# PPG: Chebyshev II low-pass, order 8, 40 dB stop band, 8 Hz (SleepPPG-Net, Kotzen et al. 2023)
+PPG_FILTER_ORDER = 8
+PPG_STOP_DB = 40.0
+PPG_CUTOFF_HZ = 8.0
+# ECG: Butterworth band-pass, order 4, 0.5-40 Hz (the reference); the upper edge is capped below Nyquist
+ECG_FILTER_ORDER = 4
+ECG_BAND_HZ = (0.5, 40.0)
+ECG_MAX_NYQUIST_FRACTION = 0.99  # as the reference: upper edge at 0.99 x Nyquist when 40 Hz is above it
+CLIP_SD = 3.0  # clip at mean +/- 3 SD before z-scoring
+ZSCORE_EPS = 1e-8  # as the reference, avoids 0/0 on a constant signal
+MAX_NONFINITE_FRACTION = 0.01  # up to 1% NaN/inf samples (short dropouts) are interpolated; more -> bad
+MAX_FLAT_FRACTION = 0.5  # a PPG whose 30-s segments are constant in more than half the night is "flat"
+FLAT_STD = 1e-12  # a segment with a standard deviation below this (physical units) is constant
+EPOCH_TOLERANCE = 1e-6  # in epochs: XML times like 29.9999999 s count as the 30-s boundary
+
+
+class BadRecordingError(ValueError):
+    """One subject's data cannot be used; `kind` is a short machine-readable reason (e.g. 'no_ppg_channel')."""
+
+    def __init__(self, message: str, kind: str = "bad_recording"):
+        super().__init__(message)
+        self.kind = kind
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Channels
+
+
+def find_ppg_channel(ch_names: list[str], patterns: tuple[str, ...] | list[str] = PPG_PATTERNS) -> str | None:
+    """The first channel label containing one of `patterns` (case-insensitive), or None."""
+    for name in ch_names:
+        low = name.lower()
+        if any(p.lower() in low for p in patterns):
+            return name
+    return None
+
+
+def find_ecg_channel(ch_names: list[str]) -> str | None:
+    """The ECG channel (SPEC §3): an ecg/ekg label with lead II ('ii' or '2') first, then any ecg, then any ekg."""
+    rules = (
+        lambda s: ("ecg" in s or "ekg" in s) and ("ii" in s or "2" in s),
+        lambda s: "ecg" in s,
+        lambda s: "ekg" in s,
+    )
+    for rule in rules:
+        for name in ch_names:
+            if rule(name.lower()):
+                return name
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Signal preprocessing (SPEC §4)
+
+
+def _fs_fraction(fs: float) -> Fraction:
+    return Fraction(fs).limit_denominator(1_000_000)
+
+
+def resampled_length(n_samples: int, fs: float) -> int:
+    """Samples at TARGET_FS covering `n_samples` at `fs` (floor of duration x 34.133 Hz, exact arithmetic:
+    a 10-h night at 256 Hz gives exactly 1,228,800)."""
+    return math.floor(n_samples * Fraction(SAMPLES_PER_WINDOW, WINDOW_SECONDS) / _fs_fraction(fs))
+
+
+def resample(x: np.ndarray, fs: float, method: str = "linear") -> np.ndarray:
+    """Resample `x` (1-D, at `fs` Hz) to TARGET_FS; returns float64 of length `resampled_length`.
+
+    'linear' is the reference's: linear interpolation of the new samples spread evenly over the old index
+    range [0, n-1]. 'polyphase' uses scipy.signal.resample_poly with the exact ratio (256 Hz -> up 2, down 15).
+    """
+    n_out = resampled_length(x.size, fs)
+    if method == "linear":
+        old_idx = np.arange(x.size, dtype=np.float64)
+        new_idx = np.linspace(0.0, x.size - 1, n_out)
+        return np.interp(new_idx, old_idx, x)
+    if method == "polyphase":
+        from scipy.signal import resample_poly
+
+        ratio = Fraction(SAMPLES_PER_WINDOW, WINDOW_SECONDS) / _fs_fraction(fs)
+        return resample_poly(x, ratio.numerator, ratio.denominator)[:n_out]
+    raise ValueError(f"unknown resample method {method!r} (linear or polyphase)")
+
+
+def clip_zscore(x: np.ndarray) -> np.ndarray:
+    """Clip at mean +/- 3 SD, then z-score; float32."""
+    mu, sd = x.mean(), x.std()
+    clipped = np.clip(x, mu - CLIP_SD * sd, mu + CLIP_SD * sd)
+    return ((clipped - clipped.mean()) / (clipped.std() + ZSCORE_EPS)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _ppg_sos(fs: float) -> np.ndarray:
+    from scipy.signal import cheby2
+
+    return cheby2(PPG_FILTER_ORDER, PPG_STOP_DB, PPG_CUTOFF_HZ, btype="lowpass", output="sos", fs=fs)
+
+
+@functools.lru_cache(maxsize=16)
+def _ecg_sos(fs: float) -> np.ndarray:
+    from scipy.signal import butter
+
+    high = min(ECG_BAND_HZ[1], ECG_MAX_NYQUIST_FRACTION * fs / 2)
+    return butter(ECG_FILTER_ORDER, [ECG_BAND_HZ[0], high], btype="bandpass", output="sos", fs=fs)
+
+
+def _check_input(signal: np.ndarray, fs: float, min_fs: float, what: str) -> np.ndarray:
+    signal = np.asarray(signal, dtype=np.float64)
+    if signal.ndim != 1:
+        raise ValueError(f"{what} must be 1-D, got shape {signal.shape}")
+    if not fs > min_fs:
+        raise BadRecordingError(f"{what} sampled at {fs} Hz; need more than {min_fs} Hz", kind="low_sampling_rate")
+    if signal.size < fs * WINDOW_SECONDS:
+        raise BadRecordingError(f"{what} shorter than one 30-s epoch ({signal.size} samples at {fs} Hz)",
+                                kind="too_short")
+    return signal
+
+
+def preprocess_ppg(signal: np.ndarray, fs: float, method: str = "linear") -> np.ndarray:
+    """PPG -> SleepPPG-Net input: Chebyshev II low-pass (order 8, 40 dB, 8 Hz, zero-phase), resample to
+    34.133 Hz, clip at mean +/- 3 SD, z-score.
+
+    Args:
+        signal: 1-D raw PPG, any unit, at `fs` Hz (finite values; see `repair_nonfinite`).
+        fs: sampling rate in Hz (> 16 so that 8 Hz is below Nyquist).
+        method: 'linear' (the reference) or 'polyphase'.
+    Returns:
+        float32 1-D array of `resampled_length(len(signal), fs)` samples (the whole night, not truncated).
+    """
+    from scipy.signal import sosfiltfilt
+
+    x = _check_input(signal, fs, 2 * PPG_CUTOFF_HZ, "PPG")
+    return clip_zscore(resample(sosfiltfilt(_ppg_sos(float(fs)), x), fs, method))
+
+
+def preprocess_ecg(signal: np.ndarray, fs: float, method: str = "linear") -> np.ndarray:
+    """ECG -> Butterworth band-pass (order 4, 0.5-40 Hz, zero-phase; upper edge capped at 0.99 x Nyquist),
+    then the same resample, clip and z-score as `preprocess_ppg`. Returns float32 1-D at 34.133 Hz."""
+    from scipy.signal import sosfiltfilt
+
+    x = _check_input(signal, fs, 2 * ECG_BAND_HZ[0] / ECG_MAX_NYQUIST_FRACTION, "ECG")
+    return clip_zscore(resample(sosfiltfilt(_ecg_sos(float(fs)), x), fs, method))
+
+
+def to_windows(x: np.ndarray, n_windows: int = WINDOWS_PER_SUBJECT) -> np.ndarray:
+    """Cut a 1-D signal at 34.133 Hz into (n_windows, 1024) float32: truncated, or zero-padded at the end."""
+    out = np.zeros(n_windows * SAMPLES_PER_WINDOW, dtype=np.float32)
+    n = min(x.size, out.size)
+    out[:n] = x[:n]
+    return out.reshape(n_windows, SAMPLES_PER_WINDOW)
+
+
+def repair_nonfinite(x: np.ndarray, what: str) -> np.ndarray:
+    """Linearly interpolate NaN/inf samples when they are at most 1% of the signal (short dropouts);
+    raise BadRecordingError (kind 'nan_signal') when there are more."""
+    bad = ~np.isfinite(x)
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return x
+    if n_bad > MAX_NONFINITE_FRACTION * x.size:
+        raise BadRecordingError(f"{what}: {n_bad} of {x.size} samples are NaN/inf "
+                                f"(more than {MAX_NONFINITE_FRACTION:.0%})", kind="nan_signal")
+    idx = np.arange(x.size)
+    x = x.copy()
+    x[bad] = np.interp(idx[bad], idx[~bad], x[~bad])
+    return x
+
+
+def flat_fraction(x: np.ndarray, fs: float) -> float:
+    """Share of whole 30-s segments of `x` whose values are constant (sensor off or saturated)."""
+    seg = int(round(fs * WINDOW_SECONDS))
+    n_seg = x.size // seg
+    if n_seg == 0:
+        return 1.0 if x.size == 0 or np.std(x) < FLAT_STD else 0.0
+    segments = x[:n_seg * seg].reshape(n_seg, seg)
+    return float(np.mean(segments.std(axis=1) < FLAT_STD))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Labels (SPEC §3)
+
+
+def _child_text(event: ET.Element, tag: str) -> str | None:
+    child = event.find(tag)
+    return child.text.strip() if child is not None and child.text is not None else None
+
+
+def xml_to_labels(xml_path: str | os.PathLike, n_windows: int = WINDOWS_PER_SUBJECT) -> np.ndarray:
+    """NSRR XML stage runs -> one 4-class label per 30-s epoch.
+
+    Epoch i covers [30 i, 30 i + 30) s from the recording start; a stage event (EventType 'Stages|Stages')
+    labels every epoch whose start lies in [Start, Start + Duration). Where runs overlap, the later event in
+    the file wins. Concepts map through CONCEPT_TO_CLASS (Movement, Unscored and unknown concepts -> -1);
+    epochs no run covers stay -1; events past `n_windows` epochs are ignored.
+
+    Returns:
+        int64 array (n_windows,).
+    Raises:
+        BadRecordingError: kind 'missing_xml', 'malformed_xml' (unparsable, or a stage event without a numeric
+            Start/Duration) or 'no_stage_events'.
+    """
+    labels = np.full(n_windows, IGNORE_INDEX, dtype=np.int64)
+    try:
+        root = ET.parse(xml_path).getroot()
+    except FileNotFoundError:
+        raise BadRecordingError(f"XML not found: {xml_path}", kind="missing_xml") from None
+    except (ET.ParseError, OSError, UnicodeDecodeError) as err:
+        raise BadRecordingError(f"malformed XML {Path(xml_path).name}: {err}", kind="malformed_xml") from None
+    n_stage_events = 0
+    for event in root.iter("ScoredEvent"):
+        if _child_text(event, "EventType") != "Stages|Stages":
+            continue
+        n_stage_events += 1
+        concept = _child_text(event, "EventConcept")
+        try:
+            start = float(_child_text(event, "Start"))
+            duration = float(_child_text(event, "Duration"))
+        except (TypeError, ValueError):
+            raise BadRecordingError(f"{Path(xml_path).name}: stage event {n_stage_events} has no numeric "
+                                    "Start/Duration", kind="malformed_xml") from None
+        if not (math.isfinite(start) and math.isfinite(duration)) or duration <= 0:
+            continue
+        first = max(0, math.ceil(start / WINDOW_SECONDS - EPOCH_TOLERANCE))
+        stop = min(n_windows, math.ceil((start + duration) / WINDOW_SECONDS - EPOCH_TOLERANCE))
+        if first < stop:
+            labels[first:stop] = CONCEPT_TO_CLASS.get(concept, IGNORE_INDEX)
+    if n_stage_events == 0:
+        raise BadRecordingError(f"{Path(xml_path).name}: no stage events (EventType 'Stages|Stages')",
+                                kind="no_stage_events")
+    return labels
+
+
+# ----------------------------------------------------------------------------------------------------------
+# EDF reading
+
+
+def _check_edf_size(edf_path: Path) -> None:
+    """Raise BadRecordingError when the file is shorter than its header declares (a truncated download);
+    mne would silently read the records that are there."""
+    try:
+        with open(edf_path, "rb") as fh:
+            head = fh.read(256)
+            n_records = int(head[236:244].decode("ascii").strip())
+            n_signals = int(head[252:256].decode("ascii").strip())
+            fh.seek(256 + n_signals * 216)
+            samples = fh.read(n_signals * 8).decode("ascii")
+        per_record = sum(int(samples[i * 8:(i + 1) * 8].strip()) for i in range(n_signals))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BadRecordingError(f"unreadable EDF header {edf_path.name}: {err}", kind="unreadable_edf") from None
+    if n_records < 0:  # -1 = unknown (still being recorded); nothing to compare against
+        return
+    expected = 256 * (n_signals + 1) + n_records * per_record * 2  # 2 bytes per EDF sample
+    actual = edf_path.stat().st_size
+    if actual < expected:
+        raise BadRecordingError(f"truncated EDF {edf_path.name}: {actual} bytes, header declares {expected}",
+                                kind="truncated_edf")
+
+
+def _read_channel(edf_path: Path, channel: str) -> tuple[np.ndarray, float]:
+    """One channel at its own sampling rate (mne resamples every included channel to the highest rate, so
+    PPG and ECG are read separately)."""
+    import mne
+
+    raw = mne.io.read_raw_edf(edf_path, include=[channel], preload=False, verbose="error")
+    return raw.get_data()[0], float(raw.info["sfreq"])
+
+
+def read_edf(edf_path: str | os.PathLike, ppg_patterns: tuple[str, ...] | list[str] = PPG_PATTERNS) -> dict:
+    """Read the PPG and (if present) ECG channels of one EDF with mne, each at its native rate.
+
+    Returns:
+        dict(ppg=float64 1-D, ppg_fs=Hz, ppg_channel=label, ecg=float64 1-D or None, ecg_fs=Hz or None,
+        duration_s=PPG duration in s). Values are in mne's units (volts for uV/mV channels).
+    Raises:
+        BadRecordingError: kind 'missing_edf', 'unreadable_edf', 'truncated_edf' or 'no_ppg_channel'.
+    """
+    import mne
+
+    edf_path = Path(edf_path)
+    if not edf_path.is_file():
+        raise BadRecordingError(f"EDF not found: {edf_path}", kind="missing_edf")
+    _check_edf_size(edf_path)
+    try:
+        ch_names = mne.io.read_raw_edf(edf_path, preload=False, verbose="error").ch_names
+        ppg_channel = find_ppg_channel(ch_names, ppg_patterns)
+        if ppg_channel is None:
+            raise BadRecordingError(f"no PPG channel (labels containing {list(ppg_patterns)}) in {edf_path.name}; "
+                                    f"channels: {ch_names}", kind="no_ppg_channel")
+        ppg, ppg_fs = _read_channel(edf_path, ppg_channel)
+        ecg_channel = find_ecg_channel(ch_names)
+        ecg, ecg_fs = _read_channel(edf_path, ecg_channel) if ecg_channel else (None, None)
+    except (ValueError, OSError, RuntimeError, IndexError, KeyError, EOFError, UnicodeDecodeError) as err:
+        if isinstance(err, BadRecordingError):
+            raise
+        raise BadRecordingError(f"unreadable EDF {edf_path.name}: {type(err).__name__}: {err}",
+                                kind="unreadable_edf") from None
+    return {"ppg": ppg, "ppg_fs": ppg_fs, "ppg_channel": ppg_channel, "ecg": ecg, "ecg_fs": ecg_fs,
+            "duration_s": ppg.size / ppg_fs}
+
+
+def preprocess_recording(edf_path: str | os.PathLike, n_windows: int = WINDOWS_PER_SUBJECT,
+                         method: str = "linear", ppg_patterns: tuple[str, ...] | list[str] = PPG_PATTERNS,
+                         ) -> dict:
+    """Read one EDF and turn it into model input.
+
+    Returns:
+        dict(ppg_windows (n_windows, 1024) float32, ecg_windows (n_windows, 1024) float32 or None,
+        has_ecg bool, n_recorded_windows = epochs holding recorded PPG (at most n_windows), ppg_channel, ppg_fs).
+        An ECG that is flat or mostly NaN is dropped (has_ecg False) rather than failing the subject.
+    Raises:
+        BadRecordingError: reading errors (see `read_edf`), 'nan_signal', 'flat_ppg', 'too_short',
+            'low_sampling_rate'.
+    """
+    rec = read_edf(edf_path, ppg_patterns)
+    ppg = repair_nonfinite(rec["ppg"], "PPG")
+    flat = flat_fraction(ppg, rec["ppg_fs"])
+    if flat > MAX_FLAT_FRACTION:
+        raise BadRecordingError(f"flat PPG: {flat:.0%} of 30-s segments are constant", kind="flat_ppg")
+    ppg_z = preprocess_ppg(ppg, rec["ppg_fs"], method)
+    ecg_windows = None
+    if rec["ecg"] is not None:
+        try:
+            ecg = repair_nonfinite(rec["ecg"], "ECG")
+            if flat_fraction(ecg, rec["ecg_fs"]) > MAX_FLAT_FRACTION:
+                raise BadRecordingError("flat ECG", kind="flat_ecg")
+            ecg_windows = to_windows(preprocess_ecg(ecg, rec["ecg_fs"], method), n_windows)
+        except BadRecordingError as err:
+            log.warning("%s: ECG not used (%s)", Path(edf_path).name, err)
+    return {
+        "ppg_windows": to_windows(ppg_z, n_windows),
+        "ecg_windows": ecg_windows,
+        "has_ecg": ecg_windows is not None,
+        "n_recorded_windows": min(n_windows, math.ceil(ppg_z.size / SAMPLES_PER_WINDOW)),
+        "ppg_channel": rec["ppg_channel"],
+        "ppg_fs": rec["ppg_fs"],
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One subject -> one part file (runs in worker processes)
+
+
+def _file_signature(path: Path | None) -> list | None:
+    if path is None or not path.exists():
+        return None
+    st = path.stat()
+    return [path.name, st.st_size, st.st_mtime_ns]
+
+
+def _settings_key(settings: dict) -> str:
+    keyed = {k: settings[k] for k in ("windows_per_subject", "resample_method", "ppg_channels")}
+    return json.dumps({"format": FORMAT_VERSION, **keyed}, sort_keys=True)
+
+
+def _part_signature(settings: dict, edf: Path | None, xml: Path | None) -> str:
+    text = json.dumps([_settings_key(settings), _file_signature(edf), _file_signature(xml)], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_part_meta(part: Path) -> dict | None:
+    try:
+        with np.load(part) as npz:
+            return json.loads(str(npz["meta"]))
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+
+
+def process_subject(job: dict) -> dict:
+    """Preprocess one subject and write `<parts>/<id>.npz` atomically.
+
+    Args:
+        job: dict(id, edf, xml, part, signature, windows_per_subject, resample_method, ppg_channels).
+    Returns:
+        dict(id, ok, kind, reason, seconds, has_ecg, n_recorded_windows); bad data gives ok=False with the
+        reason instead of raising.
+    """
+    t0 = time.perf_counter()
+    sid = job["id"]
+    try:
+        n_windows = job["windows_per_subject"]
+        labels = xml_to_labels(job["xml"], n_windows)
+        rec = preprocess_recording(job["edf"], n_windows, job["resample_method"], tuple(job["ppg_channels"]))
+    except BadRecordingError as err:
+        return {"id": sid, "ok": False, "kind": err.kind, "reason": str(err),
+                "seconds": time.perf_counter() - t0}
+    labels[rec["n_recorded_windows"]:] = IGNORE_INDEX  # epochs beyond the recording
+    meta = {"id": sid, "signature": job["signature"], "has_ecg": rec["has_ecg"],
+            "n_recorded_windows": rec["n_recorded_windows"], "ppg_channel": rec["ppg_channel"],
+            "ppg_fs": rec["ppg_fs"]}
+    arrays = {"ppg": rec["ppg_windows"], "labels": labels, "meta": np.array(json.dumps(meta))}
+    if rec["has_ecg"]:
+        arrays["ecg"] = rec["ecg_windows"]
+    part = Path(job["part"])
+    with atomic_output(part) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    return {"id": sid, "ok": True, "kind": None, "reason": None, "seconds": time.perf_counter() - t0,
+            "has_ecg": rec["has_ecg"], "n_recorded_windows": rec["n_recorded_windows"]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Assembly: parts -> three HDF5 files
+
+
+def _compression_args(compression: str) -> dict:
+    return {} if compression == "none" else {"compression": compression}
+
+
+def assemble(out_dir: Path, subjects: list[str], parts_dir: Path, settings: dict) -> dict:
+    """Stream the part files of `subjects` (sorted) into the three SPEC §5 HDF5 files; return statistics."""
+    import h5py
+
+    n_windows = settings["windows_per_subject"]
+    total = len(subjects) * n_windows
+    sid_dtype = f"S{max(4, max(len(s) for s in subjects))}"
+    chunk_rows = min(settings["chunk_windows"], total)
+    signal_args = dict(shape=(total, SAMPLES_PER_WINDOW), dtype=np.float32, fillvalue=np.float32(0),
+                       chunks=(chunk_rows, SAMPLES_PER_WINDOW), **_compression_args(settings["compression"]))
+    label_counts: Counter = Counter()
+    has_ecg_by_subject: dict[str, bool] = {}
+    with contextlib.ExitStack() as stack:
+        tmp_ppg, tmp_ecg, tmp_index = (stack.enter_context(atomic_output(out_dir / name))
+                                       for name in (PPG_FILE, ECG_FILE, INDEX_FILE))
+        f_ppg = stack.enter_context(h5py.File(tmp_ppg, "w"))
+        f_ecg = stack.enter_context(h5py.File(tmp_ecg, "w"))
+        f_index = stack.enter_context(h5py.File(tmp_index, "w"))
+        d_ppg = f_ppg.create_dataset("ppg", **signal_args)
+        d_ecg = f_ecg.create_dataset("ecg", **signal_args)
+        labels_all = np.empty(total, dtype=np.int64)
+        has_ecg_all = np.empty(total, dtype=bool)
+        subjects_group = f_index.create_group("subjects")
+        for i, sid in enumerate(subjects):
+            rows = slice(i * n_windows, (i + 1) * n_windows)
+            with np.load(parts_dir / f"{sid}.npz") as part:
+                meta = json.loads(str(part["meta"]))
+                d_ppg[rows] = part["ppg"]
+                if meta["has_ecg"]:
+                    d_ecg[rows] = part["ecg"]  # without ECG the rows keep the fill value 0
+                labels_all[rows] = part["labels"]
+            has_ecg_all[rows] = meta["has_ecg"]
+            has_ecg_by_subject[sid] = meta["has_ecg"]
+            g = subjects_group.create_group(sid)
+            g.create_dataset("window_indices", data=np.arange(rows.start, rows.stop, dtype=np.int64))
+            g.attrs["n_windows"] = n_windows
+            g.attrs["has_ecg"] = bool(meta["has_ecg"])
+            g.attrs["n_recorded_windows"] = int(meta["n_recorded_windows"])
+        subject_ids = np.repeat(np.array(subjects, dtype=sid_dtype), n_windows)
+        for f in (f_ppg, f_ecg):
+            f.create_dataset("labels", data=labels_all)
+            f.create_dataset("subject_ids", data=subject_ids)
+        f_ecg.create_dataset("has_real_ecg", data=has_ecg_all)
+        f_ecg.create_dataset("real_ecg_indices", data=np.flatnonzero(has_ecg_all).astype(np.int64))
+        settings_attrs = {"windows_per_subject": n_windows, "resample_method": settings["resample_method"]}
+        f_ppg.attrs.update(sampling_rate=TARGET_FS, window_duration=WINDOW_SECONDS,
+                           samples_per_window=SAMPLES_PER_WINDOW, total_windows=total,
+                           total_subjects=len(subjects), **settings_attrs)
+        n_ecg = int(has_ecg_all.sum())
+        f_ecg.attrs.update(windows_with_real_ecg=n_ecg, windows_without_real_ecg=total - n_ecg)
+        f_index.attrs.update(total_subjects=len(subjects), total_windows=total, **settings_attrs)
+        valid = labels_all[labels_all != IGNORE_INDEX]
+        label_counts.update({int(k): int(v) for k, v in zip(*np.unique(valid, return_counts=True))})
+    return {
+        "total_windows": total, "total_subjects": len(subjects), "windows_with_real_ecg": n_ecg,
+        "windows_without_real_ecg": total - n_ecg, "ppg_shape": (total, SAMPLES_PER_WINDOW),
+        "ecg_shape": (total, SAMPLES_PER_WINDOW), "valid_labels": int(valid.size),
+        "label_distribution": dict(sorted(label_counts.items())), "sampling_rate": TARGET_FS,
+        "window_duration": WINDOW_SECONDS, "samples_per_window": SAMPLES_PER_WINDOW,
+        "windows_per_subject": n_windows, "resample_method": settings["resample_method"],
+        "file_structure": {PPG_FILE: ["ppg", "labels", "subject_ids"],
+                           ECG_FILE: ["ecg", "has_real_ecg", "subject_ids", "labels", "real_ecg_indices"],
+                           INDEX_FILE: ["subjects/{subject_id}/window_indices"]},
+    }
+
+
+def write_stats(out_dir: Path, stats: dict) -> None:
+    """data_stats.npy (a pickled dict, as the reference: np.load(..., allow_pickle=True).item()) and .txt."""
+    with atomic_output(out_dir / "data_stats.npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.array(stats, dtype=object), allow_pickle=True)
+    lines = ["MESA sleep data processing statistics", "=" * 50, "",
+             f"Total windows: {stats['total_windows']}", f"Total subjects: {stats['total_subjects']}",
+             f"Windows with real ECG: {stats['windows_with_real_ecg']}",
+             f"Windows without real ECG: {stats['windows_without_real_ecg']}",
+             f"Valid labels: {stats['valid_labels']}", "", "Label distribution:"]
+    lines += [f"  {STAGE_NAMES[k]}: {v}" for k, v in stats["label_distribution"].items()]
+    lines += ["", f"Sampling rate: {stats['sampling_rate']} Hz",
+              f"Window duration: {stats['window_duration']} seconds",
+              f"Samples per window: {stats['samples_per_window']}",
+              f"Windows per subject: {stats['windows_per_subject']}",
+              f"Resample method: {stats['resample_method']}", ""]
+    write_text_atomic(out_dir / "data_stats.txt", "\n".join(lines))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Driver
+
+
+def find_subjects(edf_dir: Path, xml_dir: Path) -> tuple[dict[str, tuple[Path | None, Path | None]], dict]:
+    """All subject IDs seen in either folder -> (edf or None, xml or None), plus {id: reason} for IDs with
+    duplicate files (not processed)."""
+    from verify_mesa_dataset import EDF_SUFFIX, XML_SUFFIX, scan_dir
+
+    edf_by_id, xml_by_id = scan_dir(edf_dir, EDF_SUFFIX), scan_dir(xml_dir, XML_SUFFIX)
+    subjects, duplicates = {}, {}
+    for sid in sorted(edf_by_id.keys() | xml_by_id.keys()):
+        edfs, xmls = edf_by_id.get(sid, []), xml_by_id.get(sid, [])
+        if len(edfs) > 1 or len(xmls) > 1:
+            duplicates[sid] = f"more than one file for this ID: {edfs + xmls}"
+        subjects[sid] = (edf_dir / edfs[0] if edfs else None, xml_dir / xmls[0] if xmls else None)
+    return subjects, duplicates
+
+
+def resolve_settings(args: argparse.Namespace) -> dict:
+    """Settings from the config (--config, else configs/config_cloud.yaml) with flags on top."""
+    cfg = load_config(args.config or DEFAULT_CONFIG)
+    pre = cfg["preprocessing"]
+    settings = {
+        "edf_dir": args.edf_dir or pre["edf_dir"],
+        "xml_dir": args.xml_dir or pre["xml_dir"],
+        "out_dir": args.out_dir or pre["out_dir"],
+        "workers": args.workers if args.workers is not None else pre["workers"],
+        "resample_method": args.resample_method or pre["resample_method"],
+        "ppg_channels": [p.lower() for p in pre["ppg_channels"]],
+        "compression": args.compression or pre["compression"],
+        "chunk_windows": pre["chunk_windows"],
+        "windows_per_subject": args.windows_per_subject or cfg["data"]["windows_per_subject"],
+    }
+    if settings["workers"] == 0:
+        settings["workers"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return settings
+
+
+def _check_setup(settings: dict) -> str | None:
+    """A message describing bad setup, or None."""
+    for key in ("edf_dir", "xml_dir"):
+        if not Path(settings[key]).is_dir():
+            return f"{key.replace('_', ' ')} {settings[key]} is not a folder"
+    out = Path(settings["out_dir"])
+    try:
+        (out / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / ".write_test", "ok")
+        (out / ".write_test").unlink()
+    except OSError as err:
+        return f"output folder {out} is not writable: {err}"
+    if settings["workers"] < 1:
+        return f"--workers must be >= 1, got {settings['workers']}"
+    if settings["windows_per_subject"] < 1:
+        return f"--windows-per-subject must be >= 1, got {settings['windows_per_subject']}"
+    return None
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Temporaries left by a killed run (atomic_output names them .<final name>.<random>.tmp)."""
+    for tmp in list(out_dir.glob(".*.tmp")) + list((out_dir / PARTS_DIR).glob(".*.tmp")):
+        tmp.unlink(missing_ok=True)
+
+
+def _run_jobs(jobs: list[dict], workers: int) -> list[dict]:
+    from tqdm import tqdm
+
+    results = []
+    bar = tqdm(total=len(jobs), desc="subjects", unit="subject", disable=not jobs)
+    if workers == 1 or len(jobs) <= 1:
+        for job in jobs:
+            results.append(process_subject(job))
+            bar.update()
+    else:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            for result in pool.map(process_subject, jobs):
+                results.append(result)
+                bar.update()
+    bar.close()
+    return results
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="YAML config (preprocessing section and data.windows_per_subject); "
+                                         "default: the defaults of configs/config_cloud.yaml")
+    parser.add_argument("--edf-dir", help="EDF folder (default ./mesa-commercial-use/polysomnography/edfs)")
+    parser.add_argument("--xml-dir", help="XML folder (default .../polysomnography/annotations-events-nsrr)")
+    parser.add_argument("--out-dir", help="output folder (default ./mesa-x)")
+    parser.add_argument("--workers", type=int, help="processes (default: preprocessing.workers; 0 = all cores)")
+    parser.add_argument("--subjects", help="only these IDs, comma-separated (e.g. 0001,0002)")
+    parser.add_argument("--limit", type=int, help="only the first N subject IDs (sorted)")
+    parser.add_argument("--overwrite", action="store_true", help="redo every subject, ignoring earlier results")
+    parser.add_argument("--keep-parts", action="store_true", help="keep the per-subject part files after success")
+    parser.add_argument("--windows-per-subject", type=int, help="windows per night (default 1200 = 10 h)")
+    parser.add_argument("--resample-method", choices=("linear", "polyphase"))
+    parser.add_argument("--compression", choices=("none", "lzf", "gzip"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    try:
+        settings = resolve_settings(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    problem = _check_setup(settings)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    out_dir, parts_dir = Path(settings["out_dir"]), Path(settings["out_dir"]) / PARTS_DIR
+    edf_dir, xml_dir = Path(settings["edf_dir"]), Path(settings["xml_dir"])
+    setup_logging(out_dir / "logs" / "processing.log")
+
+    all_subjects, duplicates = find_subjects(edf_dir, xml_dir)
+    wanted = sorted(all_subjects)
+    if args.subjects:
+        requested = sorted({s.strip() for s in args.subjects.split(",") if s.strip()})
+        unknown = [s for s in requested if s not in all_subjects]
+        if unknown:
+            print(f"error: --subjects: no EDF or XML file for {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        wanted = requested
+    if args.limit is not None:
+        wanted = wanted[:max(args.limit, 0)]
+    if not any(all_subjects[s][0] and all_subjects[s][1] for s in wanted):
+        print(f"error: no EDF/XML pairs to process in {edf_dir} and {xml_dir}", file=sys.stderr)
+        return 2
+
+    sources = {sid: [_file_signature(all_subjects[sid][0]), _file_signature(all_subjects[sid][1])]
+               for sid in wanted}
+    manifest_key = {"settings": _settings_key(settings), "compression": settings["compression"],
+                    "chunk_windows": settings["chunk_windows"], "sources": sources}
+    manifest_path = out_dir / MANIFEST_FILE
+    outputs_exist = all((out_dir / name).is_file() for name in (PPG_FILE, ECG_FILE, INDEX_FILE))
+    if not args.overwrite and outputs_exist and manifest_path.is_file():
+        previous = json.loads(manifest_path.read_text())
+        if previous.get("key") == manifest_key:
+            n_failed = len(previous.get("failed", []))
+            print(f"up to date: {out_dir} already holds {len(previous['subjects'])} subjects "
+                  f"({n_failed} failed earlier; see {FAILED_FILE}); use --overwrite to redo")
+            return 1 if n_failed else 0
+    manifest_path.unlink(missing_ok=True)  # outputs are about to change: the old manifest no longer holds
+    _remove_stale_temporaries(out_dir)
+
+    failed: list[dict] = []
+    jobs, reused = [], []
+    for sid in wanted:
+        edf, xml = all_subjects[sid]
+        if sid in duplicates:
+            failed.append({"id": sid, "file": str(edf or xml), "kind": "duplicate_files", "reason": duplicates[sid]})
+        elif edf is None:
+            failed.append({"id": sid, "file": str(xml), "kind": "missing_edf", "reason": "XML without an EDF"})
+        elif xml is None:
+            failed.append({"id": sid, "file": str(edf), "kind": "missing_xml", "reason": "EDF without an XML"})
+        else:
+            signature = _part_signature(settings, edf, xml)
+            part = parts_dir / f"{sid}.npz"
+            meta = None if args.overwrite or not part.is_file() else _read_part_meta(part)
+            if meta is not None and meta.get("signature") == signature:
+                reused.append(sid)
+                continue
+            jobs.append({"id": sid, "edf": str(edf), "xml": str(xml), "part": str(part), "signature": signature,
+                         "windows_per_subject": settings["windows_per_subject"],
+                         "resample_method": settings["resample_method"],
+                         "ppg_channels": settings["ppg_channels"]})
+    for item in failed:
+        log.warning("subject %s skipped (%s): %s", item["id"], item["kind"], item["reason"])
+    log.info("%d subjects: %d to process, %d reused from %s, %d without a usable pair; %d worker(s)",
+             len(wanted), len(jobs), len(reused), parts_dir, len(failed), settings["workers"])
+
+    ok = list(reused)
+    files_by_id = {job["id"]: job["edf"] for job in jobs}
+    for result in _run_jobs(jobs, settings["workers"]):
+        if result["ok"]:
+            ok.append(result["id"])
+        else:
+            log.warning("subject %s skipped (%s): %s", result["id"], result["kind"], result["reason"])
+            failed.append({"id": result["id"], "file": files_by_id[result["id"]], "kind": result["kind"],
+                           "reason": result["reason"]})
+    ok.sort()
+    failed.sort(key=lambda item: item["id"])
+    write_text_atomic(out_dir / FAILED_FILE, json.dumps(failed, indent=2) + "\n")
+
+    if ok:
+        log.info("assembling %d subjects into %s", len(ok), out_dir)
+        stats = assemble(out_dir, ok, parts_dir, settings)
+        stats["failed_subjects"] = len(failed)
+        write_stats(out_dir, stats)
+        manifest = {"key": manifest_key, "subjects": ok, "failed": [f["id"] for f in failed]}
+        write_text_atomic(manifest_path, json.dumps(manifest, indent=1) + "\n")
+        if not args.keep_parts:
+            for sid in ok:
+                (parts_dir / f"{sid}.npz").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                parts_dir.rmdir()
+    else:
+        log.error("no subject could be processed; no HDF5 written")
+
+    seconds = time.perf_counter() - t_start
+    by_kind = Counter(item["kind"] for item in failed)
+    print(f"done in {seconds:.1f} s: {len(ok)} subjects ok ({len(reused)} reused), {len(failed)} failed"
+          + (" (" + ", ".join(f"{k}: {v}" for k, v in sorted(by_kind.items())) + f"; see {out_dir / FAILED_FILE})"
+             if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
