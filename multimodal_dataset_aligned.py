@@ -1,0 +1,388 @@
+"""The train/val/test split and the night-per-item datasets over the processed MESA HDF5 files.
+
+Inputs (SPEC §5, written by extract_mesa_data.py):
+    mesa_ppg_with_labels.h5   `ppg` (N_windows, 1024) z-scored PPG at 34.13 Hz, `labels` (N_windows,) in {-1..3}
+    mesa_real_ecg.h5          `ecg` (N_windows, 1024), same rows as the PPG file (PPG+ECG model only)
+    mesa_subject_index.h5     `subjects/<id>/window_indices` (rows of that night), attrs `n_windows`, `has_ecg`
+
+Split (SPEC §7, as the reference): the valid subjects are those whose `n_windows` equals `windows_per_subject`
+(1,200 = 10 h). Test = the 204 SleepPPG-Net test IDs that are valid, in the paper's order; the other valid
+subjects are split 80/20 into train/val by `sklearn.model_selection.train_test_split` with the seed (42).
+With `use_sleepppg_test_set=False`: a random 80/20 train/test split, then 80/20 train/val, both with the seed.
+
+Items: one night each.
+    PPGOnlyDataset          (ppg_1T float32 (1, W*1024), labels_W int64 (W,)) [, index]
+    MultiModalSleepDataset  (ppg_1T, ecg_1T, labels_W) [, index]
+A night is one contiguous row range, so an item is one HDF5 read per array. Files are opened lazily, once per
+process (keyed by PID), so DataLoader workers (`num_workers > 0`) each get their own handle.
+
+Usage: `python multimodal_dataset_aligned.py --config configs/config_cloud.yaml` prints the split and which
+SleepPPG-Net test IDs are missing from the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import h5py
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from sleepppg_common import SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT, load_config, sleepppg_test_subjects
+
+# ----------------------------------------------------------------------------------------------------------
+# Constants (file names and split fractions from the reference; SPEC §5, §7)
+PPG_FILE_NAME = "mesa_ppg_with_labels.h5"
+ECG_FILE_NAME = "mesa_real_ecg.h5"
+GENERATED_ECG_FILE_NAME = "mesa_generated_ecg.h5"  # the reference's name; nothing here writes it
+INDEX_FILE_NAME = "mesa_subject_index.h5"
+VAL_FRACTION = 0.2  # of the non-test subjects
+TEST_FRACTION = 0.2  # of the valid subjects, only when the SleepPPG-Net test list is not used
+SPLITS = ("train", "val", "test")
+MODEL_TYPES = ("ppg_only", "real_ecg", "generated_ecg")
+SLEEPPPG_TEST_SUBJECTS = sleepppg_test_subjects()  # the 204 held-out IDs (Kotzen et al. 2023), data/ list
+
+log = logging.getLogger("sleepppg.dataset")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Paths, index and split (small pure functions)
+
+
+def resolve_data_paths(data_path: dict | str | os.PathLike, need_ecg: bool = False,
+                       use_generated_ecg: bool = False) -> dict:
+    """{"ppg", "index"[, "ecg"]} from a dict (keys ppg, index, ecg or real_ecg) or a folder; files must exist."""
+    if isinstance(data_path, dict):
+        paths = {"ppg": data_path["ppg"], "index": data_path["index"]}
+        if need_ecg:
+            ecg = data_path.get("ecg", data_path.get("real_ecg"))
+            if ecg is None:
+                raise ValueError("data_path has no 'ecg' entry, needed by the PPG+ECG model")
+            paths["ecg"] = ecg
+    else:
+        folder = Path(data_path)
+        paths = {"ppg": folder / PPG_FILE_NAME, "index": folder / INDEX_FILE_NAME}
+        if need_ecg:
+            paths["ecg"] = folder / (GENERATED_ECG_FILE_NAME if use_generated_ecg else ECG_FILE_NAME)
+    paths = {k: Path(v) for k, v in paths.items()}
+    for key, path in paths.items():
+        if not path.is_file():
+            raise FileNotFoundError(f"{key.upper()} file not found: {path}")
+    return paths
+
+
+def data_paths_from_config(cfg: dict) -> dict:
+    """{"ppg", "ecg", "index"} paths from a loaded config's `data` section."""
+    data = cfg["data"]
+    return {"ppg": data["ppg_file"], "ecg": data["ecg_file"], "index": data["index_file"]}
+
+
+def read_window_counts(index_file: str | os.PathLike) -> dict[str, int]:
+    """{subject ID: n_windows attribute} for every subject in the index file, IDs sorted."""
+    with h5py.File(index_file, "r") as f:
+        if "subjects" not in f:
+            raise ValueError(f"{index_file} has no 'subjects' group; is it a mesa_subject_index.h5?")
+        group = f["subjects"]
+        return {sid: int(group[sid].attrs["n_windows"]) for sid in sorted(group.keys())}
+
+
+def valid_subjects(window_counts: dict[str, int], windows_per_subject: int) -> list[str]:
+    """Sorted IDs whose night has exactly `windows_per_subject` windows (the reference's rule)."""
+    return sorted(sid for sid, n in window_counts.items() if n == windows_per_subject)
+
+
+def missing_test_subjects(valid: list[str]) -> list[str]:
+    """SleepPPG-Net test IDs that are not among the valid subjects, in the paper's order."""
+    valid_set = set(valid)
+    return [s for s in SLEEPPPG_TEST_SUBJECTS if s not in valid_set]
+
+
+def split_subjects(valid: list[str], use_sleepppg_test_set: bool = True,
+                   seed: int = 42) -> tuple[list[str], list[str], list[str]]:
+    """(train, val, test) subject IDs from the sorted valid IDs, as the reference splits them (SPEC §7).
+
+    Raises ValueError when there are too few subjects for a non-empty train and val set.
+    """
+    if use_sleepppg_test_set:
+        valid_set = set(valid)
+        test = [s for s in SLEEPPPG_TEST_SUBJECTS if s in valid_set]
+        test_set = set(test)
+        rest = [s for s in valid if s not in test_set]
+        if len(rest) < 2:
+            raise ValueError(f"too few subjects to split: {len(valid)} valid, {len(test)} of them in the "
+                             f"SleepPPG-Net test set, {len(rest)} left for train/val (need at least 2)")
+        train, val = train_test_split(rest, test_size=VAL_FRACTION, random_state=seed)
+    else:
+        if len(valid) < 3:
+            raise ValueError(f"too few subjects to split: {len(valid)} valid (need at least 3 for train, val "
+                             f"and test)")
+        train, test = train_test_split(list(valid), test_size=TEST_FRACTION, random_state=seed)
+        train, val = train_test_split(train, test_size=VAL_FRACTION, random_state=seed)
+    return list(train), list(val), list(test)
+
+
+def read_night_starts(index_file: str | os.PathLike, subjects: list[str], windows_per_subject: int) -> np.ndarray:
+    """First row of each subject's night; raises ValueError unless its rows are start..start+W-1."""
+    starts = np.empty(len(subjects), dtype=np.int64)
+    with h5py.File(index_file, "r") as f:
+        for i, sid in enumerate(subjects):
+            rows = f[f"subjects/{sid}/window_indices"][()]
+            if rows.size != windows_per_subject:
+                raise ValueError(f"{index_file}: subject {sid} lists {rows.size} window indices but "
+                                 f"n_windows = {windows_per_subject}")
+            if not np.array_equal(rows, np.arange(rows[0], rows[0] + windows_per_subject)):
+                raise ValueError(f"{index_file}: the windows of subject {sid} are not one contiguous block of "
+                                 f"rows (this loader reads each night as one slice)")
+            starts[i] = rows[0]
+    return starts
+
+
+@dataclass
+class Split:
+    """The subject split of one dataset folder."""
+
+    train: list[str]
+    val: list[str]
+    test: list[str]
+    valid: list[str]  # all subjects with a full-length night
+    n_indexed: int  # subjects in the index file
+    missing_test: list[str]  # SleepPPG-Net test IDs not among the valid subjects (sleepppg mode only)
+
+
+def make_split(index_file: str | os.PathLike, windows_per_subject: int = WINDOWS_PER_SUBJECT,
+               use_sleepppg_test_set: bool = True, seed: int = 42) -> Split:
+    """Read the index file and split its valid subjects (see `split_subjects`)."""
+    counts = read_window_counts(index_file)
+    valid = valid_subjects(counts, windows_per_subject)
+    train, val, test = split_subjects(valid, use_sleepppg_test_set, seed)
+    missing = missing_test_subjects(valid) if use_sleepppg_test_set else []
+    return Split(train, val, test, valid, len(counts), missing)
+
+
+def load_labels(ppg_file: str | os.PathLike, index_file: str | os.PathLike, subjects: list[str],
+                windows_per_subject: int = WINDOWS_PER_SUBJECT) -> np.ndarray:
+    """Labels of the given subjects' nights, int64 (n_subjects, W), reading only the label array."""
+    starts = read_night_starts(index_file, subjects, windows_per_subject)
+    with h5py.File(ppg_file, "r") as f:
+        labels_N = f["labels"][()].astype(np.int64)  # ~2.3 M int64 for MESA: one read beats 1,900 small ones
+    if len(starts) and starts.max() + windows_per_subject > labels_N.size:
+        raise ValueError(f"{ppg_file} has {labels_N.size} label rows, fewer than the index file refers to")
+    rows_SW = starts[:, None] + np.arange(windows_per_subject)[None, :]
+    return labels_N[rows_SW]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Datasets
+
+
+class NightDataset(Dataset):
+    """One full night per item from the processed HDF5 files; the shared base of the two datasets below.
+
+    Args:
+        data_path: {"ppg", "index"[, "ecg"]} paths or the folder holding the SPEC §5 files.
+        split: "train", "val" or "test".
+        transform: optional callable on the 1-D float32 signals (ppg) or (ppg, ecg), as the reference.
+        seed: split seed (42 in the paper's setup).
+        use_sleepppg_test_set: test = the SleepPPG-Net test IDs (True) or a random 20% (False).
+        windows_per_subject: W, windows per night (1,200 for MESA; smaller for synthetic tests).
+        return_index: also return the item index (to gather DDP results without duplicates).
+    """
+
+    modalities: tuple[str, ...] = ("ppg",)
+
+    def __init__(self, data_path: dict | str | os.PathLike, split: str = "train",
+                 transform: Callable | None = None, seed: int = 42, use_sleepppg_test_set: bool = True,
+                 windows_per_subject: int = WINDOWS_PER_SUBJECT, return_index: bool = False,
+                 use_generated_ecg: bool = False):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.split, self.transform, self.seed = split, transform, seed
+        self.use_sleepppg_test_set = use_sleepppg_test_set
+        self.windows_per_subject = int(windows_per_subject)
+        self.return_index = return_index
+        self.paths = resolve_data_paths(data_path, need_ecg="ecg" in self.modalities,
+                                        use_generated_ecg=use_generated_ecg)
+        self.split_info = make_split(self.paths["index"], self.windows_per_subject, use_sleepppg_test_set, seed)
+        self.subjects: list[str] = getattr(self.split_info, split)
+        self.starts = read_night_starts(self.paths["index"], self.subjects, self.windows_per_subject)
+        self._check_arrays()
+        self._files: dict[str, h5py.File] = {}
+        self._pid: int | None = None
+        log.debug("%s set: %d subjects", split, len(self.subjects))
+
+    def _check_arrays(self) -> None:
+        """Fail now, not inside a worker, if an array is missing or too short for the index."""
+        needed_rows = int(self.starts.max()) + self.windows_per_subject if len(self.starts) else 0
+        for key in self.modalities:
+            with h5py.File(self.paths[key], "r") as f:
+                arrays = (key, "labels") if key == "ppg" else (key,)
+                for name in arrays:
+                    if name not in f:
+                        raise ValueError(f"{self.paths[key]} has no '{name}' dataset")
+                    ds = f[name]
+                    if ds.shape[0] < needed_rows:
+                        raise ValueError(f"{self.paths[key]}: '{name}' has {ds.shape[0]} rows but the index "
+                                         f"refers to rows up to {needed_rows}")
+                    if name != "labels" and ds.shape[1:] != (SAMPLES_PER_WINDOW,):
+                        raise ValueError(f"{self.paths[key]}: '{name}' rows must hold {SAMPLES_PER_WINDOW} "
+                                         f"samples, got shape {ds.shape}")
+
+    def _open(self) -> dict[str, h5py.File]:
+        """The HDF5 handles of this process, opened on first use (after a fork, workers open their own)."""
+        if self._pid != os.getpid():
+            self._files = {key: h5py.File(self.paths[key], "r") for key in self.modalities}
+            self._pid = os.getpid()
+        return self._files
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_files"], state["_pid"] = {}, None  # handles cannot be pickled (spawned workers reopen)
+        return state
+
+    def close(self) -> None:
+        """Close this process's file handles (they reopen on the next item)."""
+        if self._pid == os.getpid():
+            for f in self._files.values():
+                f.close()
+        self._files, self._pid = {}, None
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+    def read_night(self, idx: int) -> dict[str, np.ndarray]:
+        """{"ppg": float32 (W*1024,), ["ecg": ...,] "labels": int64 (W,)} of item `idx`, one slice per array."""
+        start = int(self.starts[idx])
+        rows = np.s_[start:start + self.windows_per_subject]
+        files = self._open()
+        night = {}
+        for key in self.modalities:
+            signal_WS = np.empty((self.windows_per_subject, SAMPLES_PER_WINDOW), dtype=np.float32)
+            files[key][key].read_direct(signal_WS, source_sel=rows)  # converts float64 files on the fly
+            night[key] = signal_WS.reshape(-1)
+        night["labels"] = files["ppg"]["labels"][rows].astype(np.int64, copy=False)
+        return night
+
+    def __getitem__(self, idx: int):
+        night = self.read_night(idx)
+        signals = [night[key] for key in self.modalities]
+        if self.transform is not None:
+            out = self.transform(*signals)
+            signals = list(out) if len(signals) > 1 else [out]
+        item = [torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32)).unsqueeze(0) for s in signals]
+        item.append(torch.from_numpy(night["labels"]))
+        if self.return_index:
+            item.append(idx)
+        return tuple(item)
+
+
+class PPGOnlyDataset(NightDataset):
+    """Items (ppg_1T float32 (1, W*1024), labels_W int64 (W,))[, idx]. Arguments as `NightDataset`."""
+
+    modalities = ("ppg",)
+
+    def __init__(self, data_path, split="train", transform=None, seed=42, use_sleepppg_test_set=True,
+                 windows_per_subject=WINDOWS_PER_SUBJECT, return_index=False):
+        super().__init__(data_path, split, transform, seed, use_sleepppg_test_set, windows_per_subject,
+                         return_index)
+
+
+class MultiModalSleepDataset(NightDataset):
+    """Items (ppg_1T, ecg_1T, labels_W)[, idx]; the ECG rows align with the PPG rows. Arguments as
+    `NightDataset`; `use_generated_ecg` picks mesa_generated_ecg.h5 when `data_path` is a folder."""
+
+    modalities = ("ppg", "ecg")
+
+    def __init__(self, data_path, split="train", use_generated_ecg=False, transform=None, seed=42,
+                 use_sleepppg_test_set=True, windows_per_subject=WINDOWS_PER_SUBJECT, return_index=False):
+        self.use_generated_ecg = use_generated_ecg
+        super().__init__(data_path, split, transform, seed, use_sleepppg_test_set, windows_per_subject,
+                         return_index, use_generated_ecg=use_generated_ecg)
+
+
+def get_dataloaders(data_path: dict | str | os.PathLike, batch_size: int = 1, num_workers: int = 0,
+                    use_generated_ecg: bool = False, model_type: str = "ppg_only",
+                    use_sleepppg_test_set: bool = True, windows_per_subject: int = WINDOWS_PER_SUBJECT,
+                    seed: int = 42, distributed: bool = False, pin_memory: bool = False,
+                    return_index: bool = False) -> tuple[Any, ...]:
+    """(train_loader, val_loader, test_loader, train_ds, val_ds, test_ds), as the reference returns them.
+
+    The training loader shuffles with torch's global RNG (seed it; its state in a checkpoint makes resumed
+    runs reproducible). With `distributed=True` each loader gets a DistributedSampler (shuffling only for
+    train; call `train_loader.sampler.set_epoch(epoch)` every epoch); it pads the last rank's share with
+    repeated nights, so use `return_index=True` to drop duplicates when gathering results.
+    """
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+    common = dict(seed=seed, use_sleepppg_test_set=use_sleepppg_test_set,
+                  windows_per_subject=windows_per_subject, return_index=return_index)
+    if model_type == "ppg_only":
+        datasets = [PPGOnlyDataset(data_path, split=s, **common) for s in SPLITS]
+    else:
+        generated = use_generated_ecg or model_type == "generated_ecg"
+        datasets = [MultiModalSleepDataset(data_path, split=s, use_generated_ecg=generated, **common)
+                    for s in SPLITS]
+    info = datasets[0].split_info
+    log.info("split: %d subjects indexed, %d valid (%d windows); train %d, val %d, test %d",
+             info.n_indexed, len(info.valid), windows_per_subject, len(info.train), len(info.val), len(info.test))
+    if info.missing_test:
+        log.warning("%d SleepPPG-Net test subjects are not in the data (or not %d windows long), e.g. %s",
+                    len(info.missing_test), windows_per_subject, info.missing_test[:10])
+    loaders = []
+    for split, ds in zip(SPLITS, datasets):
+        shuffle = split == "train"
+        sampler = DistributedSampler(ds, shuffle=shuffle, seed=seed) if distributed else None
+        loaders.append(DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None,
+                                  sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+                                  persistent_workers=num_workers > 0))
+    return (*loaders, *datasets)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Print the train/val/test split of the processed data.")
+    p.add_argument("--config", required=True, help="YAML config (data.* paths, training.seed, "
+                                                   "training.use_sleepppg_test_set)")
+    p.add_argument("--windows-per-subject", type=int, default=None,
+                   help="override data.windows_per_subject")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    overrides = {} if args.windows_per_subject is None else {"data.windows_per_subject": args.windows_per_subject}
+    try:
+        cfg = load_config(args.config, overrides)
+        wps = cfg["data"]["windows_per_subject"]
+        use_test_set, seed = cfg["training"]["use_sleepppg_test_set"], cfg["training"]["seed"]
+        paths = resolve_data_paths(data_paths_from_config(cfg), need_ecg=False)
+        split = make_split(paths["index"], wps, use_test_set, seed)
+        for name in SPLITS:  # the same checks the datasets make (contiguous nights)
+            read_night_starts(paths["index"], getattr(split, name), wps)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from err
+    print(f"index: {paths['index']}")
+    print(f"subjects in index: {split.n_indexed}; valid ({wps} windows): {len(split.valid)}; "
+          f"excluded: {split.n_indexed - len(split.valid)}")
+    mode = "SleepPPG-Net test set" if use_test_set else "random 80/20"
+    print(f"split ({mode}, seed {seed}): train {len(split.train)}, val {len(split.val)}, test {len(split.test)}")
+    if use_test_set:
+        print(f"SleepPPG-Net test IDs present: {len(split.test)} of {len(SLEEPPPG_TEST_SUBJECTS)}; "
+              f"missing: {len(split.missing_test)}"
+              + (f" (first: {', '.join(split.missing_test[:10])})" if split.missing_test else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
