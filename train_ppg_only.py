@@ -1,0 +1,1014 @@
+"""Train SleepPPG-Net (PPG only) or its PPG+ECG variant on the processed MESA HDF5 files, then test it.
+
+Reference behaviour (SPEC §7) with its defects fixed: the model returns logits that go straight into
+CrossEntropyLoss; the loss is summed over scored epochs and divided by their number (label -1 = unscored or
+padding, ignored); class weights are inverse frequencies over *all* training labels (read from the label
+array, not the signals); checkpoints are loaded with `weights_only=True`.
+
+Inputs: the three HDF5 files named in the config (`data.ppg_file`, `data.index_file`, and `data.ecg_file` for
+the PPG+ECG model), nights of `data.windows_per_subject` windows x 1,024 samples (30 s at 34.13 Hz).
+
+Outputs, one folder per run: `<output.save_dir>/<model>_<YYYYmmdd_HHMMSS>[_runN]/`
+    checkpoints/  config.json, best_model.pth (lowest validation loss), checkpoint_epoch_N.pth (every
+                  output.save_frequency epochs), last.pth (every epoch, for --resume)
+    logs/         TensorBoard: Train/Loss, Val/Loss, Val/Overall_Accuracy, Val/Overall_Kappa, Val/Overall_F1,
+                  Val/Median_Kappa, Train/Learning_Rate, Time/Epoch_Seconds, Speed/Train_Nights_per_s, a
+                  confusion-matrix image and a validation hypnogram each epoch, hparams with test metrics
+    results/      test_results.json, confusion_matrix_epoch_<N|final>.png
+    console_logs/ <run folder name>.log (the console log, through a logging file handler)
+With several runs (`training.num_runs` or --runs) a `summary_results_<timestamp>.json` in save_dir holds the
+mean/median/std of the test metrics over runs (seed = training.seed + run, as the reference).
+
+Every checkpoint holds everything needed to continue (model kind and arguments, weights, config, epoch,
+metrics, history, optimizer/scheduler state, early-stopping state, RNG states) in weights_only-safe types, and
+is written atomically. On CPU a run resumed from `last.pth` ends with the same history and weights as an
+uninterrupted run.
+
+Multi-GPU: `torchrun --nproc_per_node=K train_ppg_only.py ...` trains with DistributedDataParallel; rank 0
+logs and saves; validation and test metrics are computed over the whole set, gathered from all ranks.
+
+Usage: python train_ppg_only.py --config configs/config_cloud.yaml --model ppg_only [--epochs 2] [--resume]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sleepppg_common import (
+    IGNORE_INDEX,
+    N_CLASSES,
+    STAGE_NAMES,
+    ConfigError,
+    atomic_output,
+    compute_metrics,
+    load_config,
+    setup_logging,
+    summary_stats,
+    validate_config,
+    write_text_atomic,
+)
+
+log = logging.getLogger("train_ppg_only")
+
+MODEL_KINDS = ("ppg_only", "real_ecg")  # what --model may name besides "both"
+LAST_CHECKPOINT = "last.pth"  # rewritten after every epoch; --resume continues from it
+BEST_CHECKPOINT = "best_model.pth"  # lowest validation loss (reference)
+# Keys of the per-epoch history; deterministic values only, so a resumed run reproduces them exactly.
+HISTORY_KEYS = ("train_losses", "val_losses", "val_overall_accuracies", "val_overall_kappas",
+                "val_overall_f1_scores", "val_median_kappas", "learning_rates")
+EPOCH_SEED_STRIDE = 1_000_003  # per-epoch shuffle seed = run seed * stride + epoch (a prime, so runs differ)
+HYPNOGRAM_LEVEL = {0: 3, 3: 2, 1: 1, 2: 0}  # class -> plot height: Wake on top, then REM, Light, Deep
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loss and class weights
+
+
+def masked_cross_entropy(logits_BCW: torch.Tensor, labels_BW: torch.Tensor,
+                         class_weights_C: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy summed over scored epochs, and how many epochs were scored.
+
+    Args:
+        logits_BCW: raw class scores (B, C, W); cast to float32 so bf16 autocast does not round the loss.
+        labels_BW: int64 labels (B, W); IGNORE_INDEX (-1) marks unscored epochs and padding.
+        class_weights_C: optional per-class weights (C,).
+    Returns:
+        (loss_sum, n_valid): the weighted sum of per-epoch losses over labels != -1 (a scalar tensor) and the
+        number of such epochs (an int64 scalar tensor). The mean loss is loss_sum / n_valid: every scored epoch
+        counts once, padding not at all (the reference divided by the padded count).
+    """
+    loss_sum = F.cross_entropy(logits_BCW.float(), labels_BW, weight=class_weights_C,
+                               ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss_sum, (labels_BW != IGNORE_INDEX).sum()
+
+
+def class_weights_from_labels(labels: np.ndarray, n_classes: int = N_CLASSES) -> np.ndarray:
+    """Inverse-frequency class weights, normalised to sum to `n_classes` (as the reference).
+
+    Args:
+        labels: int labels of any shape (all training nights); -1 is ignored.
+    Returns:
+        float32 (n_classes,); a class that never occurs is counted once, so its weight stays finite.
+    """
+    labels = np.asarray(labels).ravel()
+    counts = np.bincount(labels[labels >= 0], minlength=n_classes)[:n_classes].astype(np.float64)
+    inverse = 1.0 / np.maximum(counts, 1.0)
+    return (inverse / inverse.sum() * n_classes).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Small helpers: seeds and RNG state, JSON, folders
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(run_seed: int, epoch: int) -> int:
+    """Shuffle seed of one epoch: a function of (run seed, epoch) only, so a resumed run shuffles alike."""
+    return (run_seed * EPOCH_SEED_STRIDE + epoch) % 2**63
+
+
+def capture_rng_state(device: torch.device) -> dict:
+    """RNG states of torch (CPU, and `device` if CUDA), numpy and python as weights_only-safe types."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def restore_rng_state(state: dict, device: torch.device) -> None:
+    """Inverse of capture_rng_state (the CUDA state only when both the checkpoint and `device` are CUDA)."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON types: numpy scalars/arrays to python, NaN/inf to None (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write_json(path: Path, payload: Any) -> None:
+    write_text_atomic(path, json.dumps(json_safe(payload), indent=2) + "\n")
+
+
+def new_run_dir(save_dir: Path, model_kind: str, run_id: int | None) -> Path:
+    """Create `<save_dir>/<model>_<YYYYmmdd_HHMMSS>[_runN]` (with a numeric suffix if that name is taken)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
+    name = f"{model_kind}_{stamp}" + (f"_run{run_id}" if run_id is not None else "")
+    save_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1000):
+        path = save_dir / (name if attempt == 0 else f"{name}_{attempt + 1}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise SystemExit(f"could not create a run folder under {save_dir} (1000 names taken)")
+
+
+def run_subdirs(run_dir: Path) -> dict[str, Path]:
+    dirs = {name: run_dir / name for name in ("checkpoints", "logs", "results", "console_logs")}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
+def newest_run_checkpoint(save_dir: Path, model_kind: str) -> Path:
+    """checkpoints/last.pth of the most recently updated `<model_kind>_*` run under save_dir."""
+    candidates = [p for p in save_dir.glob(f"{model_kind}_*/checkpoints/{LAST_CHECKPOINT}") if p.is_file()]
+    if not candidates:
+        raise SystemExit(f"--resume: no {model_kind} run with checkpoints/{LAST_CHECKPOINT} under {save_dir}")
+    return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def resolve_resume_path(path: str) -> Path:
+    """A checkpoint file, a run folder (-> checkpoints/last.pth) or a checkpoints folder (-> last.pth)."""
+    p = Path(path)
+    for candidate in (p, p / "checkpoints" / LAST_CHECKPOINT, p / LAST_CHECKPOINT):
+        if candidate.is_file():
+            return candidate
+    raise SystemExit(f"--resume: {path} is neither a checkpoint file nor a run folder holding "
+                     f"checkpoints/{LAST_CHECKPOINT}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Figures (matplotlib with the Agg backend, imported only when a figure is drawn)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_figure(cm: np.ndarray, title: str):
+    """Confusion matrix (rows = true stage) with counts and row-normalised shading."""
+    plt = _pyplot()
+    cm = np.asarray(cm)
+    row_sums = cm.sum(axis=1, keepdims=True)
+    frac = np.divide(cm, row_sums, out=np.zeros(cm.shape, dtype=float), where=row_sums > 0)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{cm[i, j]:d}", ha="center", va="center",
+                    color="white" if frac[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(STAGE_NAMES)), STAGE_NAMES)
+    ax.set_yticks(range(len(STAGE_NAMES)), STAGE_NAMES)
+    ax.set_xlabel("Predicted stage")
+    ax.set_ylabel("True stage")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def hypnogram_figure(labels_W: np.ndarray, preds_W: np.ndarray, title: str):
+    """True and predicted hypnogram of one night; unscored epochs (-1) left blank."""
+    plt = _pyplot()
+    hours = np.arange(labels_W.size) * 30 / 3600
+    to_level = np.vectorize(lambda c: HYPNOGRAM_LEVEL.get(int(c), np.nan), otypes=[float])
+    scored = labels_W != IGNORE_INDEX
+    true_level = np.where(scored, to_level(labels_W), np.nan)
+    pred_level = np.where(scored, to_level(preds_W), np.nan)
+    fig, ax = plt.subplots(figsize=(9, 3))
+    ax.step(hours, true_level, where="post", color="black", lw=1.2, label="true")
+    ax.step(hours, pred_level, where="post", color="tab:orange", lw=1.0, alpha=0.8, label="predicted")
+    order = sorted(HYPNOGRAM_LEVEL, key=HYPNOGRAM_LEVEL.get)
+    ax.set_yticks([HYPNOGRAM_LEVEL[c] for c in order], [STAGE_NAMES[c] for c in order])
+    ax.set_xlabel("Time (h)")
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: Path) -> None:
+    plt = _pyplot()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Distributed context
+
+
+class DistContext:
+    """Rank/world of this process; a single process when not launched by torchrun (WORLD_SIZE unset or 1)."""
+
+    def __init__(self) -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def init(self, device: torch.device) -> None:
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+        log.info("distributed: rank %d of %d, backend %s", self.rank, self.world_size, backend)
+
+    def close(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        """rank 0's `obj` on every rank."""
+        if not self.enabled:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_gather(self, obj: Any) -> list:
+        if not self.enabled:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        if not self.enabled:
+            return values
+        return [float(sum(v)) for v in zip(*self.all_gather(values))]
+
+
+def resolve_device(requested: str, device_id: int, ctx: DistContext) -> torch.device:
+    """--device: 'auto' (CUDA if present, else CPU with a warning), 'cpu', 'cuda' or 'cuda:N'.
+
+    Under torchrun each process takes cuda:LOCAL_RANK. Asking for CUDA without one stops the run.
+    """
+    if requested == "cpu":
+        return torch.device("cpu")
+    has_cuda = torch.cuda.is_available()
+    if requested == "auto":
+        if not has_cuda:
+            log.warning("no CUDA device found: training on the CPU (slow for full MESA nights)")
+            return torch.device("cpu")
+        requested = "cuda"
+    if not requested.startswith("cuda"):
+        raise SystemExit(f"--device must be auto, cpu, cuda or cuda:N, got {requested!r}")
+    if not has_cuda:
+        raise SystemExit(f"--device {requested}: CUDA was asked for but torch.cuda.is_available() is False "
+                         f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu")
+    if requested == "cuda":
+        index = ctx.local_rank if ctx.enabled else device_id
+    else:
+        try:
+            index = int(requested.split(":", 1)[1])
+        except ValueError:
+            raise SystemExit(f"--device must be auto, cpu, cuda or cuda:N, got {requested!r}") from None
+    if index >= torch.cuda.device_count():
+        raise SystemExit(f"--device: cuda:{index} asked for but only {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(f"cuda:{index}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One epoch of training / one pass of evaluation
+
+
+def _split_batch(batch: list, n_inputs: int, with_index: bool):
+    """(inputs tuple, labels_BW, index_B or None) from a loader batch [ppg, (ecg,) labels, (idx)]."""
+    inputs = tuple(batch[:n_inputs])
+    labels_BW = batch[n_inputs]
+    index_B = batch[n_inputs + 1] if with_index else None
+    return inputs, labels_BW, index_B
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_one_epoch(model, loader, optimizer, class_weights_C, device, *, n_inputs: int, with_index: bool,
+                    amp: bool, grad_clip: float, progress: bool, desc: str) -> dict:
+    """One pass over the training loader. Returns {"loss_sum", "n_valid", "nights", "seconds"} (this rank)."""
+    from tqdm import tqdm
+
+    model.train()
+    non_blocking = device.type == "cuda"
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n_valid = torch.zeros((), dtype=torch.int64, device=device)
+    nights = 0
+    start = time.perf_counter()
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+        inputs, labels_BW, _ = _split_batch(batch, n_inputs, with_index)
+        inputs = [x.to(device, non_blocking=non_blocking) for x in inputs]
+        labels_BW = labels_BW.to(device, non_blocking=non_blocking)
+        with _autocast(device, amp):
+            logits_BCW = model(*inputs)
+        batch_loss_sum, batch_valid = masked_cross_entropy(logits_BCW, labels_BW, class_weights_C)
+        loss = batch_loss_sum / batch_valid.clamp(min=1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=grad_clip)
+        optimizer.step()
+        loss_sum += batch_loss_sum.detach().double()
+        n_valid += batch_valid
+        nights += labels_BW.shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return {"loss_sum": float(loss_sum.item()), "n_valid": int(n_valid.item()), "nights": nights,
+            "seconds": time.perf_counter() - start}
+
+
+@torch.no_grad()
+def predict(model, loader, device, *, n_inputs: int, amp: bool, progress: bool, desc: str) -> dict:
+    """Predictions of this rank's share of a loader built with return_index=True.
+
+    Returns {"index": (N,), "preds": (N, W) int8, "labels": (N, W) int8, "loss_sum": (N,), "n_valid": (N,)}
+    where loss_sum is the unweighted cross-entropy summed over each night's scored epochs.
+    """
+    from tqdm import tqdm
+
+    model.eval()
+    non_blocking = device.type == "cuda"
+    parts: dict[str, list] = {"index": [], "preds": [], "labels": [], "loss_sum": [], "n_valid": []}
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+        inputs, labels_BW, index_B = _split_batch(batch, n_inputs, with_index=True)
+        inputs = [x.to(device, non_blocking=non_blocking) for x in inputs]
+        labels_BW = labels_BW.to(device, non_blocking=non_blocking)
+        with _autocast(device, amp):
+            logits_BCW = model(*inputs)
+        loss_BW = F.cross_entropy(logits_BCW.float(), labels_BW, ignore_index=IGNORE_INDEX, reduction="none")
+        parts["index"].append(index_B.cpu().numpy())
+        parts["preds"].append(logits_BCW.argmax(dim=1).to(torch.int8).cpu().numpy())
+        parts["labels"].append(labels_BW.to(torch.int8).cpu().numpy())
+        parts["loss_sum"].append(loss_BW.double().sum(dim=1).cpu().numpy())
+        parts["n_valid"].append((labels_BW != IGNORE_INDEX).sum(dim=1).cpu().numpy())
+    if not parts["index"]:
+        return {"index": np.zeros(0, dtype=np.int64), "preds": None, "labels": None,
+                "loss_sum": np.zeros(0), "n_valid": np.zeros(0, dtype=np.int64)}
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def merge_predictions(parts: list[dict]) -> dict:
+    """Merge the shares of all ranks, keep each night once (DistributedSampler pads with repeats), sort by index."""
+    parts = [p for p in parts if p["index"].size]
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    _, first = np.unique(merged["index"], return_index=True)
+    return {k: v[first] for k, v in merged.items()}
+
+
+def evaluation_metrics(pred: dict, subjects: list[str]) -> dict:
+    """Loss over scored epochs plus compute_metrics (pooled and per-subject) for merged predictions."""
+    labels_NW = pred["labels"].astype(np.int64)
+    preds_NW = pred["preds"].astype(np.int64)
+    sids_NW = np.broadcast_to(np.asarray(subjects, dtype=object)[pred["index"]][:, None], labels_NW.shape)
+    metrics = compute_metrics(labels_NW, preds_NW, sids_NW)
+    metrics["loss"] = float(pred["loss_sum"].sum() / max(int(pred["n_valid"].sum()), 1))
+    metrics["median_kappa"] = metrics["per_subject_kappa_stats"]["median"]
+    metrics["n_nights"] = int(labels_NW.shape[0])
+    return metrics
+
+
+def evaluate(model, loader, subjects, device, ctx: DistContext, *, n_inputs: int, amp: bool, desc: str):
+    """Whole-set metrics (gathered from every rank) and the merged predictions."""
+    share = predict(model, loader, device, n_inputs=n_inputs, amp=amp, progress=ctx.is_main, desc=desc)
+    merged = merge_predictions(ctx.all_gather(share))
+    if merged["index"].size != len(subjects):
+        raise RuntimeError(f"{desc}: predictions cover {merged['index'].size} of {len(subjects)} nights")
+    return evaluation_metrics(merged, subjects), merged
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data
+
+
+def check_data_files(cfg: dict, model_kind: str) -> None:
+    """Stop with a clear message when an input HDF5 file is missing."""
+    needed = {"data.ppg_file": cfg["data"]["ppg_file"], "data.index_file": cfg["data"]["index_file"]}
+    if model_kind == "real_ecg":
+        needed["data.ecg_file"] = cfg["data"]["ecg_file"]
+    missing = [f"{key} = {path}" for key, path in needed.items() if not Path(path).is_file()]
+    if missing:
+        raise SystemExit("processed HDF5 file(s) not found: " + "; ".join(missing)
+                         + " (run extract_mesa_data.py first, or fix the paths in the config)")
+
+
+def build_data(cfg: dict, model_kind: str, device: torch.device, ctx: DistContext):
+    """Loaders and datasets from multimodal_dataset_aligned (the one owner of the split and the readers)."""
+    import multimodal_dataset_aligned as mda
+
+    check_data_files(cfg, model_kind)
+    data = cfg["data"]
+    try:
+        loaders = mda.get_dataloaders(
+            mda.data_paths_from_config(cfg),
+            batch_size=data["batch_size"],
+            num_workers=data["num_workers"],
+            model_type=model_kind,
+            use_sleepppg_test_set=cfg["training"]["use_sleepppg_test_set"],
+            windows_per_subject=data["windows_per_subject"],
+            seed=cfg["training"]["seed"],
+            distributed=ctx.enabled,
+            pin_memory=device.type == "cuda",
+            return_index=True,
+        )
+    except ValueError as err:  # the split refuses too few valid subjects, a wrong file layout, ...
+        raise SystemExit(f"cannot build the train/val/test split: {err}") from None
+    train_loader, val_loader, test_loader, train_ds, val_ds, test_ds = loaders
+    for name, ds in (("train", train_ds), ("validation", val_ds), ("test", test_ds)):
+        if len(ds) == 0:
+            raise SystemExit(f"the {name} set is empty: too few valid subjects with exactly "
+                             f"{data['windows_per_subject']} windows in {data['index_file']}")
+    return train_loader, val_loader, test_loader, train_ds, val_ds, test_ds
+
+
+def set_loader_epoch(loader, run_seed: int, epoch: int) -> None:
+    """Make this epoch's shuffle a function of (run seed, epoch) only, so a resumed run shuffles alike:
+    DistributedSampler.set_epoch under DDP, else a RandomSampler generator reseeded every epoch."""
+    from torch.utils.data import DistributedSampler, RandomSampler
+
+    sampler = loader.sampler
+    if isinstance(sampler, DistributedSampler):
+        sampler.seed = run_seed  # its permutation is seeded with seed + epoch
+        sampler.set_epoch(epoch)
+    elif isinstance(sampler, RandomSampler):
+        if sampler.generator is None:
+            sampler.generator = torch.Generator()
+        sampler.generator.manual_seed(epoch_seed(run_seed, epoch))
+
+
+def training_class_weights(cfg: dict, train_ds) -> np.ndarray:
+    """Inverse-frequency weights from the labels of every training night (labels only, no signals)."""
+    from multimodal_dataset_aligned import load_labels
+
+    labels = load_labels(cfg["data"]["ppg_file"], cfg["data"]["index_file"], list(train_ds.subjects),
+                         cfg["data"]["windows_per_subject"])
+    weights = class_weights_from_labels(labels)
+    counts = np.bincount(labels[labels >= 0].ravel(), minlength=N_CLASSES)
+    log.info("training labels over %d nights: %s; class weights %s", len(train_ds.subjects),
+             ", ".join(f"{n} {c}" for n, c in zip(STAGE_NAMES, counts)),
+             ", ".join(f"{w:.3f}" for w in weights))
+    return weights
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A training checkpoint, loaded with weights_only=True (no arbitrary code runs)."""
+    import pickle
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise SystemExit(f"cannot load checkpoint {path} with weights_only=True: {err}") from None
+    missing = [k for k in ("model_kind", "model_args", "model_state_dict", "config", "epoch", "history",
+                           "optimizer_state_dict", "scheduler_state_dict", "early_stopping", "rng_state")
+               if k not in ckpt]
+    if missing:
+        raise SystemExit(f"{path} cannot be resumed from: missing {', '.join(missing)}")
+    return ckpt
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One training run
+
+
+class Run:
+    """Everything about one (model kind, run id) training: folders, model, optimizer, state, writer."""
+
+    def __init__(self, cfg: dict, model_kind: str, run_id: int | None, device: torch.device, ctx: DistContext,
+                 resume_ckpt: dict | None = None, resume_dir: Path | None = None):
+        self.cfg, self.kind, self.run_id, self.device, self.ctx = cfg, model_kind, run_id, device, ctx
+        self.resume_ckpt = resume_ckpt
+        train_cfg = cfg["training"]
+        self.seed = train_cfg["seed"] + (run_id if run_id is not None else 1)  # reference: 42 + run, runs from 1
+        if resume_ckpt is not None:
+            self.seed = int(resume_ckpt.get("seed", self.seed))
+        self.amp = cfg["gpu"]["mixed_precision"] and device.type == "cuda"
+        if resume_dir is not None:
+            run_dir = resume_dir
+        else:
+            run_dir = new_run_dir(Path(cfg["output"]["save_dir"]), model_kind, run_id) if ctx.is_main else None
+        self.run_dir = Path(ctx.broadcast(str(run_dir) if run_dir is not None else None))
+        self.dirs = run_subdirs(self.run_dir) if ctx.is_main else {}
+        self.log_file = self.run_dir / "console_logs" / f"{self.run_dir.name}.log"
+
+    # -- setup ------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, ctx, device = self.cfg, self.ctx, self.device
+        if ctx.is_main:
+            setup_logging(self.log_file)
+            write_json(self.dirs["checkpoints"] / "config.json", cfg)
+        log.info("%s %s in %s on %s%s", "resuming" if self.resume_ckpt else "training", self.kind, self.run_dir,
+                 device, f" x{ctx.world_size} processes" if ctx.enabled else "")
+        seed_everything(self.seed + ctx.rank)
+        if device.type == "cpu":
+            # Reproducible CPU runs (resume equivalence); on CUDA speed wins (cuDNN autotuning below).
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        else:
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        (self.train_loader, self.val_loader, self.test_loader,
+         self.train_ds, self.val_ds, self.test_ds) = build_data(cfg, self.kind, device, ctx)
+        log.info("split: %d train, %d validation, %d test nights", len(self.train_ds), len(self.val_ds),
+                 len(self.test_ds))
+        self.n_inputs = 1 if self.kind == "ppg_only" else 2
+
+        from multimodal_sleep_model import build_model, checkpoint_model_fields, count_parameters
+
+        model_args = {"n_windows": cfg["data"]["windows_per_subject"]}
+        if self.kind == "real_ecg":
+            model_args["fusion_strategy"] = cfg["model"]["real_ecg"]["fusion_strategy"]
+        if self.resume_ckpt is not None:
+            model_args = dict(self.resume_ckpt["model_args"])
+        self.raw_model = build_model(self.kind, **model_args).to(device)
+        self.model_fields = checkpoint_model_fields(self.raw_model)
+        log.info("model %s %s: %s parameters", self.kind, self.model_fields["model_args"],
+                 f"{count_parameters(self.raw_model):,}")
+
+        train_cfg = cfg["training"]
+        if self.resume_ckpt is not None:
+            self.class_weights = np.asarray(self.resume_ckpt["class_weights"], dtype=np.float32)
+        else:
+            self.class_weights = training_class_weights(cfg, self.train_ds)
+        self.class_weights_C = torch.as_tensor(self.class_weights, device=device)
+        self.optimizer = torch.optim.Adam(self.raw_model.parameters(), lr=train_cfg["learning_rate"],
+                                          weight_decay=train_cfg["weight_decay"])
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="max", factor=train_cfg["lr_factor"], patience=train_cfg["lr_patience"])
+
+        self.history: dict[str, list] = {k: [] for k in HISTORY_KEYS}
+        self.timing: dict[str, list] = {"epoch_seconds": [], "train_nights_per_s": []}
+        self.early = {"best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0, "stopped": False}
+        self.best_val_kappa = -math.inf
+        self.epoch = 0
+        if self.resume_ckpt is not None:
+            self._load_state(self.resume_ckpt)
+
+        model = self.raw_model
+        if ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg["gpu"]["compile"]:
+            model = torch.compile(model)
+        self.model = model
+
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step drops events a killed run wrote after its last checkpoint
+        self.writer = (SummaryWriter(str(self.dirs["logs"]), purge_step=self.epoch + 1 if self.epoch else None)
+                       if ctx.is_main else None)
+
+    def _load_state(self, ckpt: dict) -> None:
+        self.raw_model.load_state_dict(ckpt["model_state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+        self.scheduler.load_state_dict(ckpt["scheduler_state_dict"])
+        self.history = {k: list(ckpt["history"].get(k, [])) for k in HISTORY_KEYS}
+        self.timing = {k: list(v) for k, v in ckpt.get("timing", self.timing).items()}
+        self.early = dict(ckpt["early_stopping"])
+        self.best_val_kappa = float(ckpt.get("best_val_kappa", -math.inf))
+        self.epoch = int(ckpt["epoch"])
+        states = ckpt["rng_state"]
+        if len(states) != self.ctx.world_size:
+            log.warning("checkpoint holds RNG states of %d process(es), this run has %d: rank 0's state is used "
+                        "and the continuation is not bit-identical", len(states), self.ctx.world_size)
+        restore_rng_state(states[self.ctx.rank] if self.ctx.rank < len(states) else states[0], self.device)
+        log.info("resumed after epoch %d (best validation loss %.4f at epoch %d)", self.epoch,
+                 self.early["best_val_loss"], self.early["best_epoch"])
+
+    def _state(self, metrics: dict, rng_states: list) -> dict:
+        return {
+            **self.model_fields,
+            "model_state_dict": self.raw_model.state_dict(),
+            "config": self.cfg,
+            "epoch": self.epoch,
+            "metrics": metrics,
+            "history": self.history,
+            "timing": self.timing,
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "scheduler_state_dict": self.scheduler.state_dict(),
+            "scaler_state_dict": None,  # bf16 autocast needs no GradScaler (fp16 would)
+            "early_stopping": dict(self.early),
+            "best_val_kappa": self.best_val_kappa,
+            "class_weights": [float(w) for w in self.class_weights],
+            "rng_state": rng_states,
+            "seed": self.seed,
+            "run_id": self.run_id,
+            "world_size": self.ctx.world_size,
+        }
+
+    # -- training ---------------------------------------------------------------------------------------
+    def train(self) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        train_cfg = cfg["training"]
+        num_epochs = train_cfg["num_epochs"]
+        if self.early["stopped"] or self.epoch >= num_epochs:
+            log.info("nothing left to train (epoch %d of %d%s)", self.epoch, num_epochs,
+                     ", stopped early" if self.early["stopped"] else "")
+        while self.epoch < num_epochs and not self.early["stopped"]:
+            epoch = self.epoch + 1
+            epoch_start = time.perf_counter()
+            set_loader_epoch(self.train_loader, self.seed, epoch)
+            lr = self.optimizer.param_groups[0]["lr"]
+            stats = train_one_epoch(
+                self.model, self.train_loader, self.optimizer, self.class_weights_C, self.device,
+                n_inputs=self.n_inputs, with_index=True, amp=self.amp, grad_clip=train_cfg["grad_clip"],
+                progress=ctx.is_main, desc=f"epoch {epoch}/{num_epochs} train")
+            loss_sum, n_valid, nights, train_seconds = ctx.all_sum(
+                [stats["loss_sum"], stats["n_valid"], stats["nights"], stats["seconds"] / ctx.world_size])
+            train_loss = loss_sum / max(n_valid, 1)
+            val, val_pred = evaluate(self.model, self.val_loader, self.val_ds.subjects, self.device, ctx,
+                                     n_inputs=self.n_inputs, amp=self.amp, desc=f"epoch {epoch} validation")
+            val_kappa = val["kappa"] if math.isfinite(val["kappa"]) else 0.0
+            self.scheduler.step(val_kappa)
+            self.best_val_kappa = max(self.best_val_kappa, val_kappa)
+
+            self.epoch = epoch
+            for key, value in zip(HISTORY_KEYS, (train_loss, val["loss"], val["accuracy"], val["kappa"],
+                                                 val["f1_weighted"], val["median_kappa"], lr)):
+                self.history[key].append(float(value))
+            improved = val["loss"] < self.early["best_val_loss"]
+            if improved:
+                self.early.update(best_val_loss=val["loss"], best_epoch=epoch, bad_epochs=0)
+            else:
+                self.early["bad_epochs"] += 1
+                self.early["stopped"] = self.early["bad_epochs"] >= train_cfg["patience"]
+            epoch_seconds = time.perf_counter() - epoch_start
+            nights_per_s = nights / max(train_seconds, 1e-9)
+            self.timing["epoch_seconds"].append(epoch_seconds)
+            self.timing["train_nights_per_s"].append(nights_per_s)
+
+            metrics = {"train_loss": train_loss, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                       "val_kappa": val["kappa"], "val_f1": val["f1_weighted"],
+                       "val_median_kappa": val["median_kappa"]}
+            rng_states = ctx.all_gather(capture_rng_state(self.device))
+            if ctx.is_main:
+                self._save_epoch(epoch, metrics, rng_states, improved, val, val_pred)
+                self._log_tensorboard(epoch, metrics, lr, epoch_seconds, nights_per_s, val, val_pred)
+                log.info("epoch %3d/%d | train_loss %.4f | val_loss %.4f | val_acc %.4f | val_kappa %.4f | "
+                         "val_f1 %.4f | val_median_kappa %.4f | lr %.2e | %.1f s | %.1f nights/s%s",
+                         epoch, num_epochs, train_loss, val["loss"], val["accuracy"], val["kappa"],
+                         val["f1_weighted"], val["median_kappa"], lr, epoch_seconds, nights_per_s,
+                         " | best" if improved else "")
+                if self.early["stopped"]:
+                    log.info("early stopping: validation loss has not improved for %d epochs (best %.4f at "
+                             "epoch %d)", self.early["bad_epochs"], self.early["best_val_loss"],
+                             self.early["best_epoch"])
+            ctx.barrier()
+
+    def _save_epoch(self, epoch, metrics, rng_states, improved, val, val_pred) -> None:
+        ckpt_dir = self.dirs["checkpoints"]
+        state = self._state(metrics, rng_states)
+        if improved:
+            save_checkpoint(ckpt_dir / BEST_CHECKPOINT, state)
+            if self.cfg["output"]["save_intermediate"]:
+                save_figure(confusion_figure(val["confusion_matrix"], f"Validation, epoch {epoch}"),
+                            self.dirs["results"] / f"confusion_matrix_epoch_{epoch}.png")
+        if epoch % self.cfg["output"]["save_frequency"] == 0:
+            save_checkpoint(ckpt_dir / f"checkpoint_epoch_{epoch}.pth", state)
+        save_checkpoint(ckpt_dir / LAST_CHECKPOINT, state)
+
+    def _log_tensorboard(self, epoch, metrics, lr, epoch_seconds, nights_per_s, val, val_pred) -> None:
+        w = self.writer
+        w.add_scalar("Train/Loss", metrics["train_loss"], epoch)
+        w.add_scalar("Val/Loss", metrics["val_loss"], epoch)
+        w.add_scalar("Val/Overall_Accuracy", metrics["val_accuracy"], epoch)
+        w.add_scalar("Val/Overall_Kappa", metrics["val_kappa"], epoch)
+        w.add_scalar("Val/Overall_F1", metrics["val_f1"], epoch)
+        w.add_scalar("Val/Median_Kappa", metrics["val_median_kappa"], epoch)
+        w.add_scalar("Train/Learning_Rate", lr, epoch)
+        w.add_scalar("Time/Epoch_Seconds", epoch_seconds, epoch)
+        w.add_scalar("Speed/Train_Nights_per_s", nights_per_s, epoch)
+        w.add_figure("Val/Confusion_Matrix", confusion_figure(val["confusion_matrix"], f"Validation, epoch {epoch}"),
+                     epoch)
+        subject = self.val_ds.subjects[int(val_pred["index"][0])]
+        w.add_figure("Val/Hypnogram", hypnogram_figure(val_pred["labels"][0].astype(np.int64),
+                                                       val_pred["preds"][0].astype(np.int64),
+                                                       f"Validation subject {subject}, epoch {epoch}"), epoch)
+        w.flush()
+
+    # -- test -------------------------------------------------------------------------------------------
+    def test(self) -> dict | None:
+        """Evaluate the best checkpoint on the test set; rank 0 writes results/ and returns the results."""
+        ctx = self.ctx
+        ctx.barrier()
+        best_path = self.run_dir / "checkpoints" / BEST_CHECKPOINT
+        best = load_checkpoint(best_path)
+        self.raw_model.load_state_dict(best["model_state_dict"])
+        log.info("testing the best checkpoint (epoch %d, validation loss %.4f) on %d test nights",
+                 best["epoch"], best["early_stopping"]["best_val_loss"], len(self.test_ds))
+        test, _ = evaluate(self.model, self.test_loader, self.test_ds.subjects, self.device, ctx,
+                           n_inputs=self.n_inputs, amp=self.amp, desc="test")
+        if not ctx.is_main:
+            return None
+        stats = test["per_subject_kappa_stats"]
+        results = {
+            "model_type": self.kind,
+            "run_id": self.run_id,
+            "seed": self.seed,
+            "test_loss": test["loss"],
+            "test_accuracy_overall": test["accuracy"],
+            "test_kappa_overall": test["kappa"],
+            "test_f1_overall": test["f1_weighted"],
+            "test_median_kappa": test["median_kappa"],
+            "classification_report": test["classification_report"],
+            "confusion_matrix": test["confusion_matrix"],
+            "training_history": self.history,
+            "timing": self.timing,
+            "best_epoch": int(best["epoch"]),
+            "best_val_loss": best["early_stopping"]["best_val_loss"],
+            "epochs_trained": self.epoch,
+            "stopped_early": bool(self.early["stopped"]),
+            "patient_kappa_stats": {"n": stats["n"], "min": stats["min"], "max": stats["max"],
+                                    "mean": stats["mean"], "std": stats["std"], "median": stats["median"],
+                                    "25_percentile": stats["q1"], "75_percentile": stats["q3"]},
+            "per_subject_kappa": test["per_subject_kappa"],
+            "undefined_kappa_subjects": test["undefined_kappa_subjects"],
+            "n_test_subjects": test["n_nights"],
+            "n_test_epochs": test["n_epochs"],
+            "test_subjects": list(self.test_ds.subjects),
+            "class_weights": [float(w) for w in self.class_weights],
+            "device": str(self.device),
+            "world_size": ctx.world_size,
+            "output_dir": str(self.run_dir),
+        }
+        write_json(self.dirs["results"] / "test_results.json", results)
+        save_figure(confusion_figure(test["confusion_matrix"], "Test, best checkpoint"),
+                    self.dirs["results"] / "confusion_matrix_epoch_final.png")
+        self.writer.add_hparams(
+            {"model": self.kind, "learning_rate": self.cfg["training"]["learning_rate"],
+             "weight_decay": self.cfg["training"]["weight_decay"], "batch_size": self.cfg["data"]["batch_size"],
+             "seed": self.seed, "epochs_trained": self.epoch, "best_epoch": int(best["epoch"]),
+             "mixed_precision": self.amp, "compile": self.cfg["gpu"]["compile"]},
+            {f"hparam/{k}": v for k, v in (("test_accuracy", test["accuracy"]), ("test_kappa", test["kappa"]),
+                                           ("test_f1", test["f1_weighted"]),
+                                           ("test_median_kappa", test["median_kappa"]))
+             if math.isfinite(v)},
+            run_name="hparams")
+        log.info("test: loss %.4f | accuracy %.4f | kappa %.4f | weighted F1 %.4f | median per-subject kappa %.4f "
+                 "(%d subjects)", test["loss"], test["accuracy"], test["kappa"], test["f1_weighted"],
+                 test["median_kappa"], test["n_nights"])
+        log.info("results saved to %s", self.dirs["results"] / "test_results.json")
+        return results
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == self.log_file.resolve():
+                root.removeHandler(handler)
+                handler.close()
+
+
+def train_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.device, ctx: DistContext,
+              resume_ckpt: dict | None = None, resume_dir: Path | None = None) -> dict | None:
+    """Train, test and write one run; returns the test results on rank 0 (None on other ranks)."""
+    run = Run(cfg, model_kind, run_id, device, ctx, resume_ckpt, resume_dir)
+    try:
+        run.setup()
+        run.train()
+        return run.test()
+    finally:
+        run.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Several runs
+
+
+def summarize_runs(all_results: dict[str, list[dict]]) -> dict:
+    """mean/median/std (and values) of the pooled test metrics over runs, per model."""
+    keys = ("test_accuracy_overall", "test_kappa_overall", "test_f1_overall", "test_median_kappa")
+    summary = {}
+    for kind, results in all_results.items():
+        summary[kind] = {}
+        for key in keys:
+            values = [r[key] for r in results if r[key] is not None and math.isfinite(r[key])]
+            stats = summary_stats(values)
+            summary[kind][key] = {"mean": stats["mean"], "median": stats["median"], "std": stats["std"],
+                                  "values": values}
+    return summary
+
+
+def models_to_train(choice: str, cfg: dict) -> list[str]:
+    if choice != "both":
+        return [choice]
+    kinds = [k for k in MODEL_KINDS if cfg["model"][k]["enabled"]]
+    if cfg["model"]["generated_ecg"]["enabled"]:
+        log.warning("model.generated_ecg.enabled is true, but the generated-ECG model is not implemented "
+                    "(as in the reference): skipped")
+    if not kinds:
+        raise SystemExit("--model both: neither model.ppg_only.enabled nor model.real_ecg.enabled is true")
+    return kinds
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train SleepPPG-Net (PPG) or the PPG+ECG model, then test it.")
+    p.add_argument("--config", default="configs/config_cloud.yaml", help="YAML config (see configs/)")
+    p.add_argument("--model", choices=(*MODEL_KINDS, "both"), default="both",
+                   help="which model to train; 'both' = those enabled under model: in the config")
+    p.add_argument("--runs", type=int, default=None, help="number of runs (overrides training.num_runs)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (overrides training.num_epochs)")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
+                   help="continue a run: PATH = a run folder or a checkpoint; without PATH the newest run of "
+                        "--model under output.save_dir")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N (default: auto; "
+                        "auto/cuda use gpu.device_id, or LOCAL_RANK under torchrun)")
+    return p.parse_args(argv)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    out = {}
+    if args.runs is not None:
+        out["training.num_runs"] = args.runs
+    if args.epochs is not None:
+        out["training.num_epochs"] = args.epochs
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    ctx = DistContext()
+    if not ctx.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the group
+    try:
+        cfg = load_config(args.config, _overrides(args)) if args.resume is None or args.resume == "" else None
+        resume_ckpt = resume_dir = None
+        if args.resume is not None:
+            if args.resume == "":
+                if args.model == "both":
+                    raise SystemExit("--resume without a PATH needs --model ppg_only or --model real_ecg")
+                ckpt_path = newest_run_checkpoint(Path(cfg["output"]["save_dir"]), args.model)
+            else:
+                ckpt_path = resolve_resume_path(args.resume)
+            resume_ckpt = load_checkpoint(ckpt_path)
+            if args.model != "both" and args.model != resume_ckpt["model_kind"]:
+                raise SystemExit(f"--resume {ckpt_path} holds a {resume_ckpt['model_kind']} model, not {args.model}")
+            saved = dict(resume_ckpt["config"])
+            for dotted, value in _overrides(args).items():  # --epochs / --runs apply to the resumed run too
+                section, key = dotted.split(".")
+                saved[section] = {**saved[section], key: value}
+            cfg = validate_config(saved)
+            resume_dir = ckpt_path.resolve().parent.parent
+            log.info("resuming from %s (run folder %s)", ckpt_path, resume_dir)
+    except ConfigError as err:
+        raise SystemExit(f"config error: {err}") from None
+
+    device = resolve_device(args.device, cfg["gpu"]["device_id"], ctx)
+    ctx.init(device)
+    try:
+        if resume_ckpt is not None:
+            results = train_run(cfg, resume_ckpt["model_kind"], resume_ckpt.get("run_id"), device, ctx,
+                                resume_ckpt, resume_dir)
+            if ctx.is_main and results is not None:
+                print(f"{results['model_type']}: test kappa {results['test_kappa_overall']:.4f}, accuracy "
+                      f"{results['test_accuracy_overall']:.4f} -> {results['output_dir']}")
+            return 0
+        kinds = models_to_train(args.model, cfg)
+        num_runs = cfg["training"]["num_runs"]
+        all_results: dict[str, list[dict]] = {k: [] for k in kinds}
+        for run in range(1, num_runs + 1):
+            for kind in kinds:
+                log.info("run %d/%d: %s", run, num_runs, kind)
+                results = train_run(cfg, kind, run if num_runs > 1 else None, device, ctx)
+                if results is not None:
+                    all_results[kind].append(results)
+        if ctx.is_main:
+            for kind in kinds:
+                for r in all_results[kind]:
+                    print(f"{kind}{'' if r['run_id'] is None else ' run ' + str(r['run_id'])}: test kappa "
+                          f"{r['test_kappa_overall']:.4f}, accuracy {r['test_accuracy_overall']:.4f}, "
+                          f"median per-subject kappa {r['test_median_kappa']:.4f} -> {r['output_dir']}")
+            if num_runs > 1:
+                summary = summarize_runs(all_results)
+                stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
+                path = Path(cfg["output"]["save_dir"]) / f"summary_results_{stamp}.json"
+                write_json(path, {"num_runs": num_runs, "models": kinds, "summary": summary,
+                                  "results": all_results})
+                for kind in kinds:
+                    for key, s in summary[kind].items():
+                        print(f"{kind} {key}: median {s['median']:.4f} | mean {s['mean']:.4f} ± {s['std']:.4f}")
+                print(f"summary over {num_runs} runs: {path}")
+        return 0
+    finally:
+        ctx.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
