@@ -1,0 +1,528 @@
+"""Tests for extract_mesa_data.py: labels from hand-written NSRR XML, preprocessing against slow obvious
+versions, HDF5 formats, bad data, bad setup, resume after a crash (kill -9 included), workers=2 == workers=1.
+
+Recordings are tiny EDFs written with edfio under tmp_path (10-20 min nights, 40 windows per subject).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import edfio
+import h5py
+import numpy as np
+import pytest
+from scipy import signal as sps
+
+import extract_mesa_data as ex
+from sleepppg_common import SAMPLES_PER_WINDOW, TARGET_FS
+
+REPO = Path(__file__).resolve().parents[1]
+W = 40  # windows per subject in these tests (20 min); real data uses 1,200
+
+# ----------------------------------------------------------------------------------------------------------
+# Builders (also used by test_verify_outputs.py)
+
+
+def write_xml(path: Path, stages: list[tuple[str, float, float]], other_events: bool = True) -> Path:
+    """An NSRR XML with `Recording Start Time` first, the stage runs (concept, start s, duration s) and
+    some non-stage events interleaved."""
+    events = ['<ScoredEvent><EventType/><EventConcept>Recording Start Time</EventConcept><Start>0</Start>'
+              '<Duration>36000.0</Duration><ClockTime>00.00.00 22.00.00</ClockTime></ScoredEvent>']
+    for k, (concept, start, duration) in enumerate(stages):
+        events.append(f"<ScoredEvent><EventType>Stages|Stages</EventType><EventConcept>{concept}</EventConcept>"
+                      f"<Start>{start}</Start><Duration>{duration}</Duration></ScoredEvent>")
+        if other_events and k % 2 == 0:
+            events.append("<ScoredEvent><EventType>Arousals|Arousals</EventType><EventConcept>Arousal|Arousal ()"
+                          f"</EventConcept><Start>{start + 5}</Start><Duration>10</Duration></ScoredEvent>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n<PSGAnnotation>'
+                    "<SoftwareVersion>Compumedics</SoftwareVersion><EpochLength>30</EpochLength><ScoredEvents>"
+                    + "".join(events) + "</ScoredEvents></PSGAnnotation>\n")
+    return path
+
+
+def write_edf(path: Path, minutes: float = 12, seed: int = 0, fs_ppg: float = 256, ppg_label: str = "Pleth",
+              ecg: bool = True, flat_ppg: bool = False) -> Path:
+    """A small MESA-like EDF: EKG and Pleth (256 Hz by default), Thor at 32 Hz, SpO2 at 1 Hz."""
+    rng = np.random.default_rng(seed)
+    seconds = int(minutes * 60)
+    n = int(seconds * fs_ppg)
+    t = np.arange(n) / fs_ppg
+    hr = 1.0 + 0.2 * rng.random()
+    ppg = 60 * np.sin(2 * np.pi * hr * t) + 20 * np.sin(2 * np.pi * 0.25 * t) + 5 * rng.standard_normal(n)
+    if flat_ppg:
+        ppg = np.full(n, 12.0)
+    signals = []
+    if ecg:
+        te = np.arange(seconds * 256) / 256
+        ekg = 0.8 * np.sin(2 * np.pi * hr * te) ** 15 + 0.05 * rng.standard_normal(te.size)
+        signals.append(edfio.EdfSignal(ekg, 256, label="EKG", physical_dimension="mV", physical_range=(-2, 2)))
+    signals += [
+        edfio.EdfSignal(ppg, fs_ppg, label=ppg_label, physical_range=(-200, 200)),
+        edfio.EdfSignal(np.sin(2 * np.pi * 0.25 * np.arange(seconds * 32) / 32), 32, label="Thor",
+                        physical_range=(-2, 2)),
+        edfio.EdfSignal(np.full(seconds, 95.0), 1, label="SpO2", physical_dimension="%", physical_range=(0, 100)),
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    edfio.Edf(signals).write(path)
+    return path
+
+
+STAGE_CYCLE = ["Wake|0", "Stage 1 sleep|1", "Stage 2 sleep|2", "Stage 3 sleep|3", "REM sleep|5",
+               "Stage 4 sleep|4", "Movement|6", "Unscored|9"]
+
+
+def make_cohort(root: Path, ids: list[str], minutes: float = 12) -> tuple[Path, Path]:
+    """EDF + XML per ID under root/edfs and root/xml; returns (edf_dir, xml_dir)."""
+    edf_dir, xml_dir = root / "edfs", root / "xml"
+    for k, sid in enumerate(ids):
+        write_edf(edf_dir / f"mesa-sleep-{sid}.edf", minutes=minutes, seed=k)
+        stages = [(STAGE_CYCLE[(j + k) % len(STAGE_CYCLE)], 90.0 * j, 90.0) for j in range(int(minutes * 60 // 90))]
+        write_xml(xml_dir / f"mesa-sleep-{sid}-nsrr.xml", stages)
+    return edf_dir, xml_dir
+
+
+def run_cli(edf_dir: Path, xml_dir: Path, out_dir: Path, *extra: str) -> int:
+    return ex.main(["--edf-dir", str(edf_dir), "--xml-dir", str(xml_dir), "--out-dir", str(out_dir),
+                    "--windows-per-subject", str(W), "--workers", "1", *extra])
+
+
+def dataset_contents(out_dir: Path) -> dict:
+    """Every dataset and attribute of the three HDF5 files, for equality checks."""
+    contents = {}
+    for name in (ex.PPG_FILE, ex.ECG_FILE, ex.INDEX_FILE):
+        with h5py.File(out_dir / name, "r") as f:
+            f.visititems(lambda key, obj: contents.__setitem__(
+                (name, key), obj[()].tobytes() if isinstance(obj, h5py.Dataset) else None))
+            for key, obj in [("/", f)] + [(k, f[k]) for k in _all_keys(f)]:
+                contents[(name, key, "attrs")] = sorted((a, str(v)) for a, v in obj.attrs.items())
+    return contents
+
+
+def _all_keys(f: h5py.File) -> list[str]:
+    keys: list[str] = []
+    f.visit(keys.append)
+    return keys
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Labels
+
+
+def test_labels_runs_gaps_overlaps_and_concepts(tmp_path):
+    xml = write_xml(tmp_path / "a.xml", [
+        ("Wake|0", 0, 60),               # epochs 0-1
+        ("Stage 1 sleep|1", 60, 30),     # 2
+        ("Stage 2 sleep|2", 90, 60),     # 3-4
+        # gap: epoch 5 unscored
+        ("Stage 3 sleep|3", 180, 30),    # 6
+        ("Stage 4 sleep|4", 210, 30),    # 7 (R&K stage 4 -> Deep)
+        ("REM sleep|5", 240, 90),        # 8-10 ...
+        ("Wake|0", 270, 30),             # ... but epoch 9 is overwritten: the later event wins
+        ("Movement|6", 330, 30),         # 11 -> -1
+        ("Unscored|9", 360, 30),         # 12 -> -1
+        ("Mystery stage|7", 390, 30),    # 13 -> unknown concept -> -1
+        ("Stage 2 sleep|2", 435, 60),    # starts mid-epoch 14: epochs whose start is in [435, 495) = 15, 16
+    ])
+    labels = ex.xml_to_labels(xml, n_windows=20)
+    expected = [0, 0, 1, 1, 1, -1, 2, 2, 3, 0, 3, -1, -1, -1, -1, 1, 1, -1, -1, -1]
+    assert labels.dtype == np.int64 and labels.shape == (20,)
+    assert labels.tolist() == expected
+
+
+def test_labels_events_past_the_window_limit_are_ignored(tmp_path):
+    # 10 h = 1,200 epochs; a run from 9 h 59 min to 10 h 30 min fills only the last two epochs
+    xml = write_xml(tmp_path / "long.xml", [("Stage 2 sleep|2", 0, 35940), ("REM sleep|5", 35940, 1860),
+                                            ("Wake|0", 40000, 3000)])
+    labels = ex.xml_to_labels(xml)
+    assert labels.shape == (1200,)
+    assert (labels[:1198] == 1).all() and (labels[1198:] == 3).all()
+
+
+def test_labels_float_times_on_epoch_boundaries(tmp_path):
+    xml = write_xml(tmp_path / "f.xml", [("Wake|0", 0.0, 29.9999999), ("REM sleep|5", 29.9999999, 60.0000001)])
+    assert ex.xml_to_labels(xml, 4).tolist() == [0, 3, 3, -1]
+
+
+@pytest.mark.parametrize("content, kind", [
+    ("<PSGAnnotation><ScoredEvents><ScoredEvent>", "malformed_xml"),  # cut off mid-file
+    ("not xml at all", "malformed_xml"),
+    ("<PSGAnnotation><ScoredEvents><ScoredEvent><EventType>Stages|Stages</EventType><EventConcept>Wake|0"
+     "</EventConcept><Start>abc</Start><Duration>30</Duration></ScoredEvent></ScoredEvents></PSGAnnotation>",
+     "malformed_xml"),
+    ("<PSGAnnotation><ScoredEvents><ScoredEvent><EventType>Arousals|Arousals</EventType><EventConcept>A"
+     "</EventConcept><Start>0</Start><Duration>30</Duration></ScoredEvent></ScoredEvents></PSGAnnotation>",
+     "no_stage_events"),
+])
+def test_labels_bad_xml(tmp_path, content, kind):
+    path = tmp_path / "bad.xml"
+    path.write_text(content)
+    with pytest.raises(ex.BadRecordingError) as info:
+        ex.xml_to_labels(path, 10)
+    assert info.value.kind == kind
+
+
+def test_labels_missing_xml(tmp_path):
+    with pytest.raises(ex.BadRecordingError) as info:
+        ex.xml_to_labels(tmp_path / "nope.xml", 10)
+    assert info.value.kind == "missing_xml"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Channels
+
+
+def test_channel_choice():
+    assert ex.find_ppg_channel(["EKG", "Pleth", "PPG2"]) == "Pleth"
+    assert ex.find_ppg_channel(["EEG1", "finger PPG"]) == "finger PPG"
+    assert ex.find_ppg_channel(["EEG1", "Thor"]) is None
+    assert ex.find_ppg_channel(["EEG1", "Plethysmo"], ("pleth",)) == "Plethysmo"
+    assert ex.find_ecg_channel(["ECG I", "ECG II", "EKG"]) == "ECG II"
+    assert ex.find_ecg_channel(["EKG", "ECG"]) == "ECG"
+    assert ex.find_ecg_channel(["EEG", "EKG"]) == "EKG"
+    assert ex.find_ecg_channel(["EEG", "Pleth"]) is None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Preprocessing
+
+
+def slow_linear_resample(x: np.ndarray, n_out: int) -> np.ndarray:
+    """The reference's resampling written out sample by sample: new sample k sits at old index
+    k (n-1)/(n_out-1) and is interpolated between its two neighbours."""
+    out = np.empty(n_out)
+    step = (x.size - 1) / (n_out - 1)
+    for k in range(n_out):
+        pos = k * step
+        i = min(int(math.floor(pos)), x.size - 2)
+        out[k] = x[i] + (pos - i) * (x[i + 1] - x[i])
+    return out
+
+
+def slow_clip_zscore(x: np.ndarray) -> np.ndarray:
+    mu, sd = float(np.mean(x)), float(np.std(x))
+    clipped = np.array([min(max(v, mu - 3 * sd), mu + 3 * sd) for v in x])
+    return (clipped - clipped.mean()) / (clipped.std() + 1e-8)
+
+
+@pytest.mark.parametrize("fs", [125, 250, 256])
+def test_preprocess_ppg_matches_slow_version(fs):
+    rng = np.random.default_rng(fs)
+    seconds = 300
+    x = np.sin(2 * np.pi * 1.1 * np.arange(seconds * fs) / fs) + 0.3 * rng.standard_normal(seconds * fs)
+    x[1000] = 40.0  # an artefact the clip must catch
+    out = ex.preprocess_ppg(x, fs)
+    assert out.dtype == np.float32
+    assert out.size == round(seconds * TARGET_FS) == seconds * SAMPLES_PER_WINDOW // 30
+    sos = sps.cheby2(8, 40, 8, btype="low", fs=fs, output="sos")
+    expected = slow_clip_zscore(slow_linear_resample(sps.sosfiltfilt(sos, x), out.size))
+    np.testing.assert_allclose(out, expected, atol=2e-5)
+    assert abs(out.mean()) < 1e-4 and abs(out.std() - 1) < 1e-4
+
+
+def test_preprocess_ecg_matches_slow_version_and_low_rates():
+    rng = np.random.default_rng(1)
+    fs, seconds = 256, 120
+    x = np.sin(2 * np.pi * 1.2 * np.arange(seconds * fs) / fs) ** 9 + 0.1 * rng.standard_normal(seconds * fs)
+    out = ex.preprocess_ecg(x, fs)
+    sos = sps.butter(4, [0.5, 40], btype="bandpass", fs=fs, output="sos")
+    expected = slow_clip_zscore(slow_linear_resample(sps.sosfiltfilt(sos, x), out.size))
+    np.testing.assert_allclose(out, expected, atol=2e-5)
+    low = ex.preprocess_ecg(x[::4], 64)  # 40 Hz is above Nyquist (32 Hz): the band is capped
+    assert low.size == seconds * 1024 // 30 and np.isfinite(low).all() and abs(low.std() - 1) < 1e-3
+
+
+def test_polyphase_resampling_agrees_with_linear():
+    fs, seconds = 256, 120
+    x = np.sin(2 * np.pi * 0.9 * np.arange(seconds * fs) / fs)
+    lin, poly = ex.preprocess_ppg(x, fs, "linear"), ex.preprocess_ppg(x, fs, "polyphase")
+    assert lin.shape == poly.shape == (seconds * 1024 // 30,)
+    truth = np.sin(2 * np.pi * 0.9 * np.arange(lin.size) / TARGET_FS)  # sampled on the exact new grid
+    assert np.corrcoef(poly[200:-200], truth[200:-200])[0, 1] > 0.9999
+    # the reference's linear grid spreads n_out samples over the old index range [0, n-1], a stretch of
+    # (n-1)/(n_out-1) vs n/n_out: a few ms over two minutes, still nearly the same wave
+    assert np.corrcoef(lin[200:-200], truth[200:-200])[0, 1] > 0.99
+    with pytest.raises(ValueError):
+        ex.preprocess_ppg(x, fs, "cubic")
+
+
+def test_resampled_length_exact():
+    assert ex.resampled_length(int(10 * 3600 * 256), 256) == 1_228_800
+    assert ex.resampled_length(int(10.5 * 3600 * 125), 125) == int(10.5 * 3600 * 1024 / 30)
+    assert ex.resampled_length(255, 256) == 34  # 0.996 s -> floor(34.0) samples
+
+
+def test_preprocess_rejects_too_short_and_low_rate():
+    with pytest.raises(ex.BadRecordingError) as info:
+        ex.preprocess_ppg(np.ones(100), 256)
+    assert info.value.kind == "too_short"
+    with pytest.raises(ex.BadRecordingError) as info:
+        ex.preprocess_ppg(np.random.default_rng(0).standard_normal(600), 10)
+    assert info.value.kind == "low_sampling_rate"
+
+
+def test_to_windows_pads_and_truncates():
+    x = np.arange(2.5 * SAMPLES_PER_WINDOW, dtype=np.float32)
+    w = ex.to_windows(x, 4)
+    assert w.shape == (4, SAMPLES_PER_WINDOW) and w.dtype == np.float32
+    assert w.reshape(-1)[: x.size].tolist() == x.tolist() and not w.reshape(-1)[x.size:].any()
+    assert ex.to_windows(x, 2).reshape(-1).tolist() == x[: 2 * SAMPLES_PER_WINDOW].tolist()
+
+
+def test_nan_repair_and_flat_detection():
+    x = np.sin(np.arange(10_000) / 10.0)
+    y = x.copy()
+    y[[10, 11, 500]] = np.nan
+    fixed = ex.repair_nonfinite(y, "PPG")
+    assert np.isfinite(fixed).all() and abs(fixed[10] - x[10]) < 0.01
+    y[:200] = np.nan
+    with pytest.raises(ex.BadRecordingError) as info:
+        ex.repair_nonfinite(y, "PPG")
+    assert info.value.kind == "nan_signal"
+    fs = 10
+    night = np.sin(np.arange(30 * 300) / 3.0)  # 30 segments of 30 s
+    assert ex.flat_fraction(night, fs) == 0.0
+    night[:20 * 300] = 1.5  # 20 of 30 segments constant
+    assert ex.flat_fraction(night, fs) == pytest.approx(20 / 30)
+
+
+def test_preprocess_recording_reads_edf(tmp_path):
+    edf = write_edf(tmp_path / "mesa-sleep-0001.edf", minutes=11)
+    rec = ex.preprocess_recording(edf, n_windows=W)
+    assert rec["ppg_channel"] == "Pleth" and rec["ppg_fs"] == 256 and rec["has_ecg"]
+    assert rec["ppg_windows"].shape == rec["ecg_windows"].shape == (W, SAMPLES_PER_WINDOW)
+    assert rec["n_recorded_windows"] == 22
+    assert not rec["ppg_windows"][22:].any() and rec["ppg_windows"][:22].std() > 0.5
+    raw = ex.read_edf(edf)
+    np.testing.assert_array_equal(rec["ppg_windows"].reshape(-1)[: 22 * 1024],
+                                  ex.preprocess_ppg(raw["ppg"], 256)[: 22 * 1024])
+    no_ecg = ex.preprocess_recording(write_edf(tmp_path / "b.edf", 3, fs_ppg=125, ecg=False), n_windows=W)
+    assert not no_ecg["has_ecg"] and no_ecg["ecg_windows"] is None and no_ecg["ppg_fs"] == 125
+
+
+def test_preprocess_recording_nan_ppg_is_bad(tmp_path, monkeypatch):
+    edf = write_edf(tmp_path / "n.edf", 3)
+    real = ex.read_edf
+
+    def with_nans(path, patterns=ex.PPG_PATTERNS):
+        rec = real(path, patterns)
+        rec["ppg"][: rec["ppg"].size // 10] = np.nan
+        return rec
+
+    monkeypatch.setattr(ex, "read_edf", with_nans)
+    with pytest.raises(ex.BadRecordingError) as info:
+        ex.preprocess_recording(edf, n_windows=W)
+    assert info.value.kind == "nan_signal"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The whole run
+
+
+def test_formats_attrs_and_bad_inputs(tmp_path, monkeypatch, capsys):
+    good = ["0003", "0010", "0021"]
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", good, minutes=12)
+    # one of each kind of bad input
+    write_edf(edf_dir / "mesa-sleep-0100.edf", 12, ppg_label="Thermistor")                         # no PPG
+    write_xml(xml_dir / "mesa-sleep-0100-nsrr.xml", [("Wake|0", 0, 600)])
+    data = write_edf(tmp_path / "full.edf", 12).read_bytes()
+    (edf_dir / "mesa-sleep-0101.edf").write_bytes(data[: len(data) // 2])                         # truncated
+    write_xml(xml_dir / "mesa-sleep-0101-nsrr.xml", [("Wake|0", 0, 600)])
+    (edf_dir / "mesa-sleep-0102.edf").write_bytes(b"garbage" * 500)                                # unreadable
+    write_xml(xml_dir / "mesa-sleep-0102-nsrr.xml", [("Wake|0", 0, 600)])
+    write_edf(edf_dir / "mesa-sleep-0103.edf", 12)                                                 # no XML
+    write_edf(edf_dir / "mesa-sleep-0104.edf", 12)
+    write_xml(xml_dir / "mesa-sleep-0104-nsrr.xml", [])                                            # no stages
+    write_edf(edf_dir / "mesa-sleep-0105.edf", 12)
+    (xml_dir / "mesa-sleep-0105-nsrr.xml").write_text("<PSGAnnotation><ScoredEvents>")            # malformed
+    write_edf(edf_dir / "mesa-sleep-0106.edf", 12, flat_ppg=True)                                  # flat PPG
+    write_xml(xml_dir / "mesa-sleep-0106-nsrr.xml", [("Wake|0", 0, 600)])
+    write_xml(xml_dir / "mesa-sleep-0107-nsrr.xml", [("Wake|0", 0, 600)])                          # no EDF
+    write_edf(edf_dir / "mesa-sleep-0108.edf", 12)                                                 # NaNs
+    write_xml(xml_dir / "mesa-sleep-0108-nsrr.xml", [("Wake|0", 0, 600)])
+    real = ex.read_edf
+
+    def nan_for_0108(path, patterns=ex.PPG_PATTERNS):
+        rec = real(path, patterns)
+        if "0108" in str(path):
+            rec["ppg"][::20] = np.nan
+        return rec
+
+    monkeypatch.setattr(ex, "read_edf", nan_for_0108)
+    out = tmp_path / "out"
+    assert run_cli(edf_dir, xml_dir, out) == 1
+
+    failed = json.loads((out / ex.FAILED_FILE).read_text())
+    kinds = {item["id"]: item["kind"] for item in failed}
+    assert kinds == {"0100": "no_ppg_channel", "0101": "truncated_edf", "0102": "unreadable_edf",
+                     "0103": "missing_xml", "0104": "no_stage_events", "0105": "malformed_xml",
+                     "0106": "flat_ppg", "0107": "missing_edf", "0108": "nan_signal"}
+    assert all(item["file"] and item["reason"] for item in failed)
+    assert "9 failed" in capsys.readouterr().out
+    log_text = (out / "logs" / "processing.log").read_text()
+    assert "subject 0106 skipped (flat_ppg)" in log_text
+
+    n = len(good) * W
+    with h5py.File(out / ex.PPG_FILE) as f:
+        assert set(f) == {"ppg", "labels", "subject_ids"}
+        assert f["ppg"].shape == (n, 1024) and f["ppg"].dtype == np.float32
+        assert f["labels"].dtype == np.int64 and f["subject_ids"].dtype == np.dtype("S4")
+        assert f["subject_ids"][::W].tolist() == [s.encode() for s in good]
+        assert dict(f.attrs) == {"sampling_rate": TARGET_FS, "window_duration": 30, "samples_per_window": 1024,
+                                 "total_windows": n, "total_subjects": 3, "windows_per_subject": W,
+                                 "resample_method": "linear"}
+        ppg, labels = f["ppg"][()], f["labels"][()]
+    with h5py.File(out / ex.ECG_FILE) as f:
+        assert set(f) == {"ecg", "has_real_ecg", "subject_ids", "labels", "real_ecg_indices"}
+        assert f["ecg"].shape == (n, 1024) and f["ecg"].dtype == np.float32
+        assert f["has_real_ecg"][()].all() and f["real_ecg_indices"][()].tolist() == list(range(n))
+        assert f.attrs["windows_with_real_ecg"] == n and f.attrs["windows_without_real_ecg"] == 0
+        np.testing.assert_array_equal(f["labels"][()], labels)
+    with h5py.File(out / ex.INDEX_FILE) as f:
+        assert sorted(f["subjects"]) == good
+        assert f.attrs["total_subjects"] == 3 and f.attrs["total_windows"] == n
+        for i, sid in enumerate(good):
+            g = f["subjects"][sid]
+            assert g["window_indices"][()].tolist() == list(range(i * W, (i + 1) * W))
+            assert g.attrs["n_windows"] == W and g.attrs["has_ecg"] and g.attrs["n_recorded_windows"] == 24
+    # rows hold exactly the preprocessed recording and its labels (cut at the end of the recording)
+    for i, sid in enumerate(good):
+        rec = ex.preprocess_recording(edf_dir / f"mesa-sleep-{sid}.edf", n_windows=W)
+        np.testing.assert_array_equal(ppg[i * W:(i + 1) * W], rec["ppg_windows"])
+        expected = ex.xml_to_labels(xml_dir / f"mesa-sleep-{sid}-nsrr.xml", W)
+        expected[24:] = -1
+        np.testing.assert_array_equal(labels[i * W:(i + 1) * W], expected)
+    stats = np.load(out / "data_stats.npy", allow_pickle=True).item()
+    assert stats["total_subjects"] == 3 and stats["failed_subjects"] == 9
+    assert sum(stats["label_distribution"].values()) == stats["valid_labels"] == int((labels >= 0).sum())
+    assert "Total windows: 120" in (out / "data_stats.txt").read_text()
+    assert not (out / ex.PARTS_DIR).exists()  # parts removed after success
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_workers_2_equals_workers_1_and_up_to_date(tmp_path, capsys):
+    ids = ["0002", "0005", "0007", "0011"]
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ids, minutes=10)
+    assert run_cli(edf_dir, xml_dir, tmp_path / "one") == 0
+    assert run_cli(edf_dir, xml_dir, tmp_path / "two", "--workers", "2") == 0
+    assert dataset_contents(tmp_path / "one") == dataset_contents(tmp_path / "two")
+    capsys.readouterr()
+    assert run_cli(edf_dir, xml_dir, tmp_path / "two", "--workers", "2") == 0
+    assert "up to date" in capsys.readouterr().out
+    # a changed source file makes the outputs stale again; --subjects picks a subset
+    assert run_cli(edf_dir, xml_dir, tmp_path / "sub", "--subjects", "0007,0002") == 0
+    with h5py.File(tmp_path / "sub" / ex.INDEX_FILE) as f:
+        assert sorted(f["subjects"]) == ["0002", "0007"]
+    assert run_cli(edf_dir, xml_dir, tmp_path / "lim", "--limit", "1") == 0
+    with h5py.File(tmp_path / "lim" / ex.INDEX_FILE) as f:
+        assert sorted(f["subjects"]) == ["0002"]
+
+
+def _killed_run(edf_dir: Path, xml_dir: Path, out: Path, kill_at: str) -> None:
+    """Run the extractor in a subprocess that SIGKILLs itself at a chosen point."""
+    script = f"""
+import os, signal, sys
+import numpy as np
+import extract_mesa_data as ex
+calls = {{"n": 0}}
+def kill_on_second(real):
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return wrapper
+if {kill_at!r} == "processing":   # after the first subject's part is written
+    ex.process_subject = kill_on_second(ex.process_subject)
+else:                               # in the middle of writing the HDF5 files
+    real_assemble = ex.assemble
+    def assemble(*args, **kwargs):
+        np.load = kill_on_second(np.load)
+        return real_assemble(*args, **kwargs)
+    ex.assemble = assemble
+sys.exit(ex.main(["--edf-dir", {str(edf_dir)!r}, "--xml-dir", {str(xml_dir)!r}, "--out-dir", {str(out)!r},
+                  "--windows-per-subject", "{W}", "--workers", "1"]))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+
+
+@pytest.mark.parametrize("kill_at", ["processing", "assembly"])
+def test_resume_after_kill_gives_identical_outputs(tmp_path, kill_at, capsys):
+    ids = ["0004", "0006", "0009"]
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ids, minutes=10)
+    assert run_cli(edf_dir, xml_dir, tmp_path / "clean") == 0
+    out = tmp_path / "resumed"
+    _killed_run(edf_dir, xml_dir, out, kill_at)
+    for name in (ex.PPG_FILE, ex.ECG_FILE, ex.INDEX_FILE, ex.MANIFEST_FILE):
+        assert not (out / name).exists()  # no half-written file under a final name
+    parts = sorted(p.stem for p in (out / ex.PARTS_DIR).glob("*.npz"))
+    assert parts == (ids[:1] if kill_at == "processing" else ids)
+    capsys.readouterr()
+    assert run_cli(edf_dir, xml_dir, out) == 0
+    assert f"({len(parts)} reused)" in capsys.readouterr().out
+    assert dataset_contents(out) == dataset_contents(tmp_path / "clean")
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_crash_in_assembly_keeps_old_outputs_untouched(tmp_path, monkeypatch):
+    ids = ["0004", "0006"]
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ids, minutes=6)
+    out = tmp_path / "out"
+    assert run_cli(edf_dir, xml_dir, out) == 0
+    before = dataset_contents(out)
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ex, "assemble", boom)
+    with pytest.raises(KeyboardInterrupt):
+        run_cli(edf_dir, xml_dir, out, "--overwrite", "--keep-parts")
+    assert dataset_contents(out) == before
+    assert not (out / ex.MANIFEST_FILE).exists()  # so the next run does not call the outputs up to date
+    monkeypatch.undo()
+    assert run_cli(edf_dir, xml_dir, out) == 0
+    assert dataset_contents(out) == before
+
+
+def test_bad_setup_exits_2(tmp_path, capsys):
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ["0001"], minutes=2)
+    assert run_cli(tmp_path / "missing", xml_dir, tmp_path / "o") == 2
+    assert "not a folder" in capsys.readouterr().err
+    not_a_dir = tmp_path / "file.txt"
+    not_a_dir.write_text("x")
+    assert run_cli(edf_dir, xml_dir, not_a_dir / "out") == 2
+    assert "not writable" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_cli(empty, empty, tmp_path / "o") == 2
+    assert "no EDF/XML pairs" in capsys.readouterr().err
+    assert run_cli(edf_dir, xml_dir, tmp_path / "o", "--subjects", "9999") == 2
+    bad_cfg = tmp_path / "bad.yaml"
+    bad_cfg.write_text((REPO / "configs" / "config_demo.yaml").read_text().replace("workers: 0", "workers: many"))
+    assert ex.main(["--config", str(bad_cfg)]) == 2
+    assert "preprocessing.workers" in capsys.readouterr().err
+
+
+def test_config_paths_and_cli_subprocess(tmp_path):
+    """--config supplies paths and settings; the script runs as a command and exits 0."""
+    import yaml
+
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ["0001", "0002"], minutes=3)
+    cfg = yaml.safe_load((REPO / "configs" / "config_demo.yaml").read_text())
+    cfg["preprocessing"].update(edf_dir=str(edf_dir), xml_dir=str(xml_dir), out_dir=str(tmp_path / "x"),
+                                workers=1, compression="lzf", chunk_windows=16, resample_method="polyphase")
+    cfg["data"]["windows_per_subject"] = 12
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "extract_mesa_data.py", "--config", str(tmp_path / "c.yaml")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(tmp_path / "x" / ex.PPG_FILE) as f:
+        assert f["ppg"].shape == (24, 1024) and f["ppg"].chunks == (16, 1024) and f["ppg"].compression == "lzf"
+        assert f.attrs["resample_method"] == "polyphase" and f.attrs["windows_per_subject"] == 12
+    assert os.stat(tmp_path / "x" / ex.PPG_FILE).st_size > 0
