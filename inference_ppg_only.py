@@ -58,9 +58,12 @@ Usage: python inference_ppg_only.py --config configs/config_demo.yaml [--edf DIR
 from __future__ import annotations
 
 import argparse
+import collections
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import glob
+import itertools
 import json
 import logging
 import math
@@ -307,12 +310,15 @@ class Night:
     info: dict = dataclasses.field(default_factory=dict)  # what goes into result.json
 
 
-def recording_seconds(pre: dict, edf_path: Path) -> float | None:
-    """The PPG recording length in seconds, from the preprocessing result or the EDF header."""
-    for key in ("duration_s", "recording_s"):
-        if pre.get(key) is not None:
-            return float(pre[key])
-    return None
+def recording_seconds(pre: dict, edf_path: Path) -> float:
+    """The PPG recording length in seconds: from the preprocessing result when it reports it, else from the
+    EDF header of the PPG channel (no signal is read)."""
+    if pre.get("duration_s") is not None:
+        return float(pre["duration_s"])
+    import mne
+
+    raw = mne.io.read_raw_edf(edf_path, include=[pre["ppg_channel"]], preload=False, verbose="error")
+    return raw.n_times / float(raw.info["sfreq"])
 
 
 def prepare_edf_night(edf_path: Path, subject_id: str, cache_root: Path, settings: dict) -> Night:
@@ -344,9 +350,8 @@ def prepare_edf_night(edf_path: Path, subject_id: str, cache_root: Path, setting
         meta = {
             "subject_id": subject_id, "edf": signature, "settings": settings,
             "n_recorded_windows": n_recorded,
-            "recording_hours": None if duration_s is None else duration_s / 3600.0,
-            "truncated": (bool(duration_s > n_windows * WINDOW_SECONDS) if duration_s is not None
-                          else bool(pre.get("truncated", False))),
+            "recording_hours": duration_s / 3600.0,
+            "truncated": bool(duration_s > n_windows * WINDOW_SECONDS),
             "ppg_channel": pre.get("ppg_channel"), "ppg_fs": pre.get("ppg_fs"),
             "created_at": dt.datetime.now().isoformat(timespec="seconds"),
             "preprocess_s": round(time.perf_counter() - t0, 3),
@@ -504,9 +509,32 @@ def stage_nights(model: torch.nn.Module, nights: list[Night], device: torch.devi
     return [probs_BWC[i, :n.n_recorded] for i, n in enumerate(nights)]
 
 
+def prefetch(jobs: Sequence[tuple], prepare, lookahead: int) -> Iterable[tuple[tuple, concurrent.futures.Future]]:
+    """Run `prepare(*job)` for each job in one background thread, at most `lookahead` jobs ahead of the
+    consumer, and yield (job, future) in order. The EDF reading and filtering of the next nights then overlap
+    the model's forward pass of the current ones (scipy, numpy and torch release the GIL in their loops),
+    while memory stays bounded to `lookahead` nights."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess") as pool:
+        pending: collections.deque = collections.deque()
+        remaining = iter(jobs)
+        for job in itertools.islice(remaining, max(1, lookahead)):
+            pending.append((job, pool.submit(prepare, *job)))
+        try:
+            while pending:
+                job, future = pending.popleft()
+                nxt = next(remaining, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(prepare, *nxt)))
+                yield job, future
+        finally:
+            for _, future in pending:  # consumer stopped early (error, Ctrl-C): drop the queued work
+                future.cancel()
+
+
 def run_edf_mode(model, n_windows: int, cfg: dict, edf_paths: list[Path], run_dir: Path | None,
                  device: torch.device, flags: dict) -> tuple[list[dict], list[dict]]:
-    """Stage every EDF (preprocess or reuse the cache, forward in batches, write outputs)."""
+    """Stage every EDF: preprocess (or reuse the cache) in a background thread, forward in batches of
+    `inference.batch_size` nights, write outputs. Returns (items, failures) for result.json."""
     from tqdm import tqdm
 
     import extract_mesa_data
@@ -514,31 +542,36 @@ def run_edf_mode(model, n_windows: int, cfg: dict, edf_paths: list[Path], run_di
     pre_cfg, inf_cfg = cfg["preprocessing"], cfg["inference"]
     settings = preprocessing_settings(pre_cfg["resample_method"], pre_cfg["ppg_channels"], n_windows)
     cache_root = Path(inf_cfg["cache_root"])
+    batch_size, bf16 = inf_cfg["batch_size"], cfg["gpu"]["mixed_precision"]
     items, failures = [], []
-    ids = unique_ids(edf_paths)
-    bf16 = cfg["gpu"]["mixed_precision"]
-    pending = list(zip(ids, edf_paths))
-    with tqdm(total=len(pending), desc="nights", unit="night", disable=None) as bar:
-        for chunk in _batches(pending, cfg["inference"]["batch_size"]):
-            nights = []
-            for sid, path in chunk:
-                try:
-                    nights.append(prepare_edf_night(path, sid, cache_root, settings))
-                except (extract_mesa_data.BadRecordingError, ValueError, OSError) as err:
-                    log.error("%s: skipped %s: %s", sid, path, err)
-                    failures.append({"subject_id": sid, "edf_file": str(path), "error": f"{type(err).__name__}: {err}"})
-                    bar.update(1)
-            if not nights:
-                continue
-            for night, probs_WC in zip(nights, stage_nights(model, nights, device, bf16)):
-                report = sleep_report(probs_WC.argmax(axis=1))
-                item = {"subject_id": night.subject_id, "mode": "EDF", "n_epochs_staged": night.n_recorded,
-                        "hours_staged": night.n_recorded * WINDOW_SECONDS / 3600, "truncated": night.truncated,
-                        **night.info, "sleep_report": report}
-                if run_dir is not None:
-                    item.update(write_night_outputs(run_dir, night, probs_WC, flags))
-                items.append(item)
+    jobs = [(path, sid, cache_root, settings) for sid, path in zip(unique_ids(edf_paths), edf_paths)]
+
+    def flush(nights: list[Night]) -> None:
+        for night, probs_WC in zip(nights, stage_nights(model, nights, device, bf16)):
+            item = {"subject_id": night.subject_id, "mode": "EDF", "n_epochs_staged": night.n_recorded,
+                    "hours_staged": night.n_recorded * WINDOW_SECONDS / 3600, "truncated": night.truncated,
+                    **night.info, "sleep_report": sleep_report(probs_WC.argmax(axis=1))}
+            if run_dir is not None:
+                item.update(write_night_outputs(run_dir, night, probs_WC, flags))
+            items.append(item)
+            bar.update(1)
+
+    batch: list[Night] = []
+    with tqdm(total=len(jobs), desc="nights", unit="night", disable=None) as bar:
+        for (path, sid, *_), future in prefetch(jobs, prepare_edf_night, lookahead=batch_size + 1):
+            try:
+                batch.append(future.result())
+            except (extract_mesa_data.BadRecordingError, ValueError, OSError) as err:
+                log.error("%s: skipped %s: %s", sid, path, err)
+                failures.append({"subject_id": sid, "edf_file": str(path),
+                                 "error": f"{type(err).__name__}: {err}",
+                                 "kind": getattr(err, "kind", type(err).__name__)})
                 bar.update(1)
+            if len(batch) == batch_size:
+                flush(batch)
+                batch = []
+        if batch:
+            flush(batch)
     return items, failures
 
 

@@ -212,3 +212,229 @@ def test_recorded_epochs_ignores_padding():
 def test_json_safe():
     out = inf.json_safe({"a": float("nan"), "b": [np.float32(1.5), np.int64(2)], 3: (float("inf"),)})
     assert json.loads(json.dumps(out, allow_nan=False)) == {"a": None, "b": [1.5, 2], "3": [None]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# End to end: a tiny untrained model (40 windows = 20 min) and short synthetic EDFs
+
+N_WIN = 40  # model span in tests: 40 x 30 s = 20 min
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    import torch
+
+    from multimodal_sleep_model import SleepPPGNet, checkpoint_model_fields
+
+    torch.manual_seed(0)
+    model = SleepPPGNet(n_windows=N_WIN)
+    path = tmp_path_factory.mktemp("ckpt") / "best_model.pth"
+    torch.save({**checkpoint_model_fields(model), "model_state_dict": model.state_dict(), "config": {},
+                "epoch": 0, "metrics": {}}, path)
+    return path
+
+
+def write_edf(path: Path, minutes: float, fs: int = 256, label: str = "Pleth", flat: bool = False,
+              seed: int = 0) -> Path:
+    """A short EDF with a pulse-like PPG channel (1-Hz beats with drifting rate) and a 1-Hz SpO2 channel."""
+    from edfio import Edf, EdfSignal
+
+    rng = np.random.default_rng(seed)
+    n = int(round(minutes * 60 * fs))
+    t = np.arange(n) / fs
+    rate = 1.1 + 0.1 * np.sin(2 * np.pi * t / 600)
+    phase = 2 * np.pi * np.cumsum(rate) / fs
+    ppg = np.zeros(n) if flat else np.sin(phase) + 0.4 * np.sin(2 * phase) + 0.05 * rng.standard_normal(n)
+    spo2 = 95 + rng.standard_normal(int(round(minutes * 60)))
+    signals = [EdfSignal(spo2, 1, label="SpO2", physical_range=(80, 110))]
+    if label is not None:
+        signals.insert(0, EdfSignal(ppg, fs, label=label, physical_range=(-3, 3)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Edf(signals, data_record_duration=1).write(path)
+    return path
+
+
+def make_config(tmp_path: Path, **overrides) -> Path:
+    """configs/config_demo.yaml with paths under tmp_path (and `overrides`), written as a new YAML file."""
+    import yaml
+
+    from sleepppg_common import load_config
+
+    repo = Path(inf.__file__).resolve().parent
+    base = {"inference.cache_root": str(tmp_path / "cache"), "inference.save_dir": str(tmp_path / "out"),
+            "inference.batch_size": 2, "gpu.mixed_precision": False}
+    cfg = load_config(repo / "configs" / "config_demo.yaml", {**base, **overrides})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run(cfg: Path, out: Path, *extra: str) -> tuple[int, dict, Path]:
+    """main() into a fresh output folder; returns (exit status, result.json, run folder)."""
+    code = inf.main(["--config", str(cfg), "--out", str(out), "--device", "cpu", *extra])
+    runs = sorted(out.iterdir()) if out.exists() else []
+    if not runs:
+        return code, {}, out
+    return code, json.loads((runs[-1] / "result.json").read_text()), runs[-1]
+
+
+def test_predict_proba_is_a_softmax(checkpoint):
+    import torch
+
+    from multimodal_sleep_model import load_model_from_checkpoint
+
+    model, _ = load_model_from_checkpoint(checkpoint)
+    x = np.random.default_rng(1).standard_normal((2, N_WIN, SAMPLES_PER_WINDOW)).astype(np.float32)
+    probs = inf.predict_proba(model, x, torch.device("cpu"))
+    assert probs.shape == (2, N_WIN, 4) and probs.dtype == np.float32
+    assert np.allclose(probs.sum(-1), 1.0, atol=1e-5) and (probs > 0).all()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x).reshape(2, 1, -1))
+    assert np.array_equal(probs.argmax(-1), logits.argmax(1).numpy())
+
+
+def test_edf_folder_channel_variants_rates_and_broken_files(tmp_path, checkpoint):
+    edfs = tmp_path / "edfs"
+    good = {"0001": ("Pleth", 256), "0002": ("PPG", 125), "0003": ("BVP", 250), "0004": ("Plethysmogram", 256)}
+    for i, (sid, (label, fs)) in enumerate(good.items()):
+        write_edf(edfs / f"mesa-sleep-{sid}.edf", 20, fs=fs, label=label, seed=i)
+    write_edf(edfs / "mesa-sleep-0005.edf", 20, label=None)  # no PPG channel
+    write_edf(edfs / "mesa-sleep-0006.edf", 20, flat=True)  # flat PPG
+    (edfs / "mesa-sleep-0007.edf").write_bytes(b"not an EDF at all" * 50)  # corrupt
+    cfg = make_config(tmp_path)
+    code, result, run_dir = run(cfg, tmp_path / "out", "--checkpoint", str(checkpoint), "--edf", str(edfs))
+    assert code == inf.EXIT_NIGHT_FAILED
+    assert result["mode"] == "EDF" and result["n_ok"] == 4 and result["n_failed"] == 3
+    assert sorted(f["subject_id"] for f in result["failures"]) == ["0005", "0006", "0007"]
+    kinds = {f["subject_id"]: f["kind"] for f in result["failures"]}
+    assert kinds["0005"] == "no_ppg_channel" and kinds["0006"] == "flat_ppg"
+    for item in result["items"]:
+        sid = item["subject_id"]
+        label, fs = good[sid]
+        assert item["ppg_channel"] == label and item["ppg_fs"] == fs
+        assert item["cache_used"] is False and item["n_epochs_staged"] == N_WIN and not item["truncated"]
+        header, rows = _read_csv(run_dir / "csv" / sid / f"{sid}.csv")
+        assert header == list(inf.CSV_COLUMNS) and len(rows) == N_WIN
+        assert all(r[4] == r[5] == r[6] == "" for r in rows)
+        assert np.allclose([sum(float(v) for v in r[7:]) for r in rows], 1.0, atol=1e-5)
+        _assert_png(run_dir / "graph" / sid / f"{sid}.png")
+        assert not (run_dir / "graph" / sid / f"{sid}_with_label.png").exists()
+        assert item["sleep_report"]["time_in_bed_min"] == N_WIN / 2
+        assert sorted(p.name for p in (tmp_path / "cache" / sid).iterdir()) == ["meta.json", "ppg_windows.npy"]
+
+
+def test_cache_reuse_invalidation_and_corruption(tmp_path, checkpoint, monkeypatch, caplog):
+    import extract_mesa_data
+
+    edf = write_edf(tmp_path / "edfs" / "mesa-sleep-0042.edf", 20)
+    cfg = make_config(tmp_path, **{"inference.best_model": str(checkpoint)})
+    code, first, run1 = run(cfg, tmp_path / "o1", "--edf", str(edf))
+    assert code == 0 and first["items"][0]["cache_used"] is False
+    pred_first = [r[2] for r in _read_csv(run1 / "csv" / "0042" / "0042.csv")[1]]
+
+    calls = []
+    real = extract_mesa_data.preprocess_recording
+    monkeypatch.setattr(extract_mesa_data, "preprocess_recording", lambda *a, **k: calls.append(a) or real(*a, **k))
+    code, second, run2 = run(cfg, tmp_path / "o2", "--edf", str(edf))
+    assert code == 0 and second["items"][0]["cache_used"] is True and calls == []
+    assert [r[2] for r in _read_csv(run2 / "csv" / "0042" / "0042.csv")[1]] == pred_first
+
+    # the EDF is rewritten (new content, new mtime): rebuilt
+    write_edf(edf, 20, seed=7)
+    caplog.clear()
+    code, third, _ = run(cfg, tmp_path / "o3", "--edf", str(edf))
+    assert code == 0 and third["items"][0]["cache_used"] is False and len(calls) == 1
+    assert any("rebuilding cache" in r.getMessage() and "EDF changed" in r.getMessage() for r in caplog.records)
+
+    # a truncated .npy: rebuilt, with a log line
+    npy = tmp_path / "cache" / "0042" / inf.CACHE_WINDOWS_FILE
+    npy.write_bytes(npy.read_bytes()[:5000])
+    caplog.clear()
+    code, fourth, _ = run(cfg, tmp_path / "o4", "--edf", str(edf))
+    assert code == 0 and fourth["items"][0]["cache_used"] is False and len(calls) == 2
+    assert any("corrupt cache" in r.getMessage() for r in caplog.records)
+    code, fifth, _ = run(cfg, tmp_path / "o5", "--edf", str(edf))
+    assert fifth["items"][0]["cache_used"] is True and len(calls) == 2
+
+
+def test_short_and_long_nights(tmp_path, checkpoint):
+    edfs = tmp_path / "edfs"
+    write_edf(edfs / "mesa-sleep-0100.edf", 15)  # 30 epochs of the model's 40
+    write_edf(edfs / "mesa-sleep-0101.edf", 25)  # 50 epochs: only the first 40 are staged
+    cfg = make_config(tmp_path, **{"inference.best_model": str(checkpoint), "inference.save_graph": False})
+    code, result, run_dir = run(cfg, tmp_path / "out", "--edf", str(edfs / "*.edf"))
+    assert code == 0
+    items = {i["subject_id"]: i for i in result["items"]}
+    short, long_ = items["0100"], items["0101"]
+    assert short["n_epochs_staged"] == 30 and not short["truncated"]
+    assert short["sleep_report"]["time_in_bed_min"] == 15.0  # the padding is not staged
+    assert len(_read_csv(run_dir / "csv" / "0100" / "0100.csv")[1]) == 30
+    assert long_["n_epochs_staged"] == N_WIN and long_["truncated"] is True
+    assert long_["recording_hours"] == pytest.approx(25 / 60)
+    assert len(_read_csv(run_dir / "csv" / "0101" / "0101.csv")[1]) == N_WIN
+    assert not (run_dir / "graph").exists()
+
+
+def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint):
+    from sklearn.metrics import accuracy_score, cohen_kappa_score
+
+    from processed_fixtures import write_processed
+    from sleepppg_common import sleepppg_test_subjects
+
+    files = write_processed(tmp_path / "mesa-x", n_subjects=8, windows_per_subject=N_WIN, n_test=3)
+    cfg = make_config(tmp_path, **{"data.ppg_file": files["ppg"], "data.ecg_file": files["ecg"],
+                                   "data.index_file": files["index"], "data.windows_per_subject": N_WIN,
+                                   "inference.best_model": str(checkpoint), "inference.only_inference": False})
+    code, result, run_dir = run(cfg, tmp_path / "out", "--n-subjects", "2")
+    assert code == 0 and result["mode"] == "H5" and len(result["items"]) == 2
+    test_ids = set(sleepppg_test_subjects())
+    all_true, all_pred, accs = [], [], []
+    for item in result["items"]:
+        sid = item["subject_id"]
+        assert sid in test_ids
+        _, rows = _read_csv(run_dir / "csv" / sid / f"{sid}.csv")
+        assert len(rows) == item["n_epochs_staged"]
+        scored = [r for r in rows if r[4] != ""]
+        y_true = [int(r[4]) for r in scored]
+        y_pred = [int(r[2]) for r in scored]
+        assert all(r[6] == str(int(int(r[2]) != int(r[4]))) for r in scored)
+        acc = accuracy_score(y_true, y_pred)
+        assert item["performance"]["accuracy"] == pytest.approx(acc)
+        assert item["performance"]["kappa"] == pytest.approx(cohen_kappa_score(y_true, y_pred, labels=[0, 1, 2, 3]))
+        assert item["performance"]["n_scored_epochs"] == len(scored)
+        _assert_png(run_dir / "graph" / sid / f"{sid}_with_label.png")
+        all_true += y_true
+        all_pred += y_pred
+        accs.append(acc)
+    metrics = result["metrics"]
+    assert metrics["acc_mean"] == pytest.approx(np.mean(accs)) and metrics["acc_std"] == pytest.approx(np.std(accs))
+    assert metrics["pooled"]["accuracy"] == pytest.approx(accuracy_score(all_true, all_pred))
+    assert metrics["pooled"]["kappa"] == pytest.approx(cohen_kappa_score(all_true, all_pred, labels=[0, 1, 2, 3]))
+    # the same seed picks the same subjects
+    _, again, _ = run(cfg, tmp_path / "out2", "--n-subjects", "2")
+    assert [i["subject_id"] for i in again["items"]] == [i["subject_id"] for i in result["items"]]
+
+
+def test_bad_setup_exits_2(tmp_path, checkpoint):
+    import torch
+
+    from multimodal_sleep_model import MultiModalSleepNet, checkpoint_model_fields
+
+    edf = write_edf(tmp_path / "mesa-sleep-0001.edf", 20)
+    cfg = make_config(tmp_path)
+    out = tmp_path / "out"
+    assert run(cfg, out, "--checkpoint", str(tmp_path / "missing.pth"), "--edf", str(edf))[0] == inf.EXIT_BAD_SETUP
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run(cfg, out, "--checkpoint", str(checkpoint), "--edf", str(empty))[0] == inf.EXIT_BAD_SETUP
+    assert run(cfg, out, "--checkpoint", str(checkpoint), "--edf", str(tmp_path / "x*.edf"))[0] == inf.EXIT_BAD_SETUP
+    ecg_model = MultiModalSleepNet(n_windows=N_WIN, fusion_strategy="concat")
+    wrong = tmp_path / "ecg.pth"
+    torch.save({**checkpoint_model_fields(ecg_model), "model_state_dict": ecg_model.state_dict()}, wrong)
+    with pytest.raises(inf.SetupError, match="real_ecg"):
+        inf.load_model(str(wrong), torch.device("cpu"))
+    assert run(cfg, out, "--checkpoint", str(wrong), "--edf", str(edf))[0] == inf.EXIT_BAD_SETUP
+    bad_cfg = tmp_path / "bad.yaml"
+    bad_cfg.write_text(cfg.read_text().replace("only_inference: false", "only_inference: flase"))
+    assert run(bad_cfg, out, "--checkpoint", str(checkpoint))[0] == inf.EXIT_BAD_SETUP
+    assert not out.exists()  # nothing written on bad setup
