@@ -219,3 +219,11 @@ def test_cli_prints_split_and_missing_ids(data, capsys):
         with open(cfg_file, "w") as f:
             yaml.safe_dump(raw, f)
         mda.main(["--config", cfg_file])
+
+
+def test_loader_benchmark_runs_on_a_tiny_size():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "bench/bench_loader.py", "--nights", "3", "--windows", "8",
+                          "--repeats", "1"], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "reference (gzip float64, open per item)" in out and "ours (float32, lzf)" in out
