@@ -1,0 +1,99 @@
+"""Tests for verify_mesa_outputs.py: passes on real extractor output and on the processed fixture; fails,
+naming the check, on each kind of corruption."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+from processed_fixtures import write_processed
+from test_extract import W, make_cohort, run_cli
+
+import verify_mesa_outputs as vo
+
+
+def test_passes_on_extractor_output(tmp_path, capsys):
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ["0001", "0002"], minutes=8)
+    out = tmp_path / "out"
+    assert run_cli(edf_dir, xml_dir, out) == 0
+    capsys.readouterr()
+    assert vo.main(["--base", str(out)]) == 0  # windows per subject taken from the files' attrs
+    text = capsys.readouterr().out
+    assert "all checks passed" in text and "[FAIL]" not in text
+    assert "label distribution:" in text and "PPG power above 8 Hz" in text
+    assert "WARNING" not in text  # the 8-Hz low-pass leaves (almost) nothing above 8 Hz
+    assert vo.main(["--base", str(out), "--windows-per-subject", "1200"]) == 1
+    assert "FAILED 1 check(s): 1200 windows per subject" in capsys.readouterr().out
+
+
+def _corrupt_labels(paths):
+    with h5py.File(paths["ppg"], "r+") as f:
+        f["labels"][5] = 7
+
+
+def _corrupt_ecg_labels(paths):
+    with h5py.File(paths["ecg"], "r+") as f:
+        f["labels"][0] = (f["labels"][0] + 1) % 4
+
+
+def _nan_ppg(paths):
+    with h5py.File(paths["ppg"], "r+") as f:
+        f["ppg"][3, 10] = np.nan
+
+
+def _drop_index_subject(paths):
+    with h5py.File(paths["index"], "r+") as f:
+        del f["subjects"][paths["subjects"][0]]
+
+
+def _wrong_fs(paths):
+    with h5py.File(paths["ppg"], "r+") as f:
+        f.attrs["sampling_rate"] = 34.0
+
+
+def _wrong_has_ecg(paths):
+    with h5py.File(paths["ecg"], "r+") as f:
+        f["has_real_ecg"][0] = False
+
+
+def _missing_file(paths):
+    import os
+
+    os.remove(paths["ecg"])
+
+
+@pytest.mark.parametrize("corrupt, failed_check", [
+    (_corrupt_labels, "labels within {-1, 0, 1, 2, 3}"),
+    (_corrupt_ecg_labels, "ecg labels equal ppg labels"),
+    (_nan_ppg, "ppg values finite"),
+    (_drop_index_subject, "index subjects = subjects in the data"),
+    (_wrong_fs, "sampling_rate x 30 s = 1024"),
+    (_wrong_has_ecg, "real_ecg_indices = rows with real ECG"),
+    (_missing_file, "mesa_real_ecg.h5 exists"),
+])
+def test_fails_naming_the_problem(tmp_path, capsys, corrupt, failed_check):
+    paths = write_processed(tmp_path, n_subjects=5, windows_per_subject=W, n_test=2)
+    assert vo.main(["--base", str(tmp_path), "--windows-per-subject", str(W)]) == 0
+    corrupt(paths)
+    capsys.readouterr()
+    assert vo.main(["--base", str(tmp_path), "--windows-per-subject", str(W)]) == 1
+    out = capsys.readouterr().out
+    assert f"[FAIL] {failed_check}" in out
+    assert out.strip().splitlines()[-1].startswith("FAILED") and failed_check in out.strip().splitlines()[-1]
+
+
+def test_short_subject_and_missing_folder(tmp_path, capsys):
+    paths = write_processed(tmp_path, n_subjects=4, windows_per_subject=W, n_test=1, short_subjects=("9000",))
+    assert vo.main(["--base", str(tmp_path), "--windows-per-subject", str(W)]) == 1
+    assert "wrong counts (id, windows): [('9000', 39)]" in capsys.readouterr().out
+    assert paths["subjects"]
+    assert vo.main(["--base", str(tmp_path / "nope")]) == 2
+
+
+def test_high_frequency_share():
+    fs = 1024 / 30
+    t = np.arange(1024) / fs
+    low = np.tile(np.sin(2 * np.pi * 1.0 * t), (4, 1))
+    high = np.tile(np.sin(2 * np.pi * 12.0 * t), (4, 1))
+    assert vo.high_frequency_share(low, fs) < 0.001
+    assert vo.high_frequency_share(high, fs) > 0.99
+    assert np.isnan(vo.high_frequency_share(np.zeros((3, 1024)), fs))
