@@ -1,0 +1,804 @@
+"""Write a synthetic cohort laid out exactly like the NSRR MESA download, with physiology a model can learn.
+
+Nobody can share MESA, so every script of this repository is developed and tested on this cohort. For each
+subject it writes
+
+- `<out>/polysomnography/edfs/mesa-sleep-XXXX.edf`: a real EDF (edfio, 1-s data records) with MESA's channel
+  names and rates: EKG, EEG1 and Pleth at 256 Hz, Flow, Thor, Abdo and Pos at 32 Hz, SpO2 and HR at 1 Hz
+  (subjects drawn "without ECG" have no EKG channel);
+- `<out>/polysomnography/annotations-events-nsrr/mesa-sleep-XXXX-nsrr.xml`: NSRR annotations (SPEC §3):
+  `Recording Start Time` first, 30-s stage runs (`Stages|Stages`, every concept including Stage 4,
+  Movement and Unscored across a cohort) interleaved in time order with arousals, hypopneas and SpO2
+  desaturations.
+
+Physiology (SPEC §9): a hypnogram with sleep-onset latency, ~90-min NREM/REM cycles, deep sleep early, REM
+lengthening toward morning and brief awakenings. Stage sets the heart-rate level, its respiratory (HF) and
+low-frequency (LF) modulation, beat-to-beat irregularity, breathing rate/regularity and pulse amplitude, all
+smoothed over ~1 min so nothing changes exactly at an epoch boundary. Arousals and phasic REM bring HR surges
+and pulse-amplitude drops; wake brings movement artefacts. Subjects differ in resting HR (50-80 bpm),
+amplitude, noise and how strongly their stages show, so the stage must be learned and cannot be read off one
+feature. PPG pulses and the EKG are synthesised from the same beat times (phase-based, vectorised, in
+chunks, so a 10-h subject takes seconds and bounded memory).
+
+IDs are real MESA commercial-use IDs (data/mesa_commercial_use_ids.txt); a `--test-fraction` share comes
+from the SleepPPG-Net test list so the fixed test split has members. Every subject is seeded from
+(seed, ID): the same seed gives byte-identical files whatever the number of workers. Existing subjects
+(both files present) are skipped unless --overwrite; each file is written under a temporary name and renamed.
+
+Usage: python make_synthetic_mesa.py --out ./demo/synthetic-mesa --subjects 40 [--hours 0.5] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import numpy as np
+
+from sleepppg_common import (
+    WINDOW_SECONDS,
+    atomic_output,
+    mesa_commercial_ids,
+    setup_logging,
+    sleepppg_test_subjects,
+)
+
+log = logging.getLogger("make_synthetic_mesa")
+
+# ----------------------------------------------------------------------------------------------------------
+# Constants
+
+EDF_SUBDIR = Path("polysomnography") / "edfs"
+XML_SUBDIR = Path("polysomnography") / "annotations-events-nsrr"
+EDF_START_DATE = datetime.date(1985, 1, 1)  # NSRR de-identified EDFs carry 01.01.85
+
+FS_ECG = 256  # Hz, MESA EKG
+FS_EEG = 256  # Hz, MESA EEG1
+FS_RESP = 32  # Hz, MESA Flow/Thor/Abdo/Pos
+FS_CTRL = 4  # Hz, grid of the slow physiological processes (HR level, breathing phase, amplitudes)
+FULL_NIGHT_HOURS = 8.0  # shorter nights get a time-compressed hypnogram (see _simulate_states)
+TRANSITION_SIGMA_S = 20  # s, Gaussian smoothing of stage effects (~1-min transitions)
+CHUNK_SECONDS = 1800  # 256-Hz signals are synthesised 30 min at a time to bound temporary memory
+
+# Physiological states (what the body does) and the NSRR stage codes a scorer writes for them.
+WAKE, N1, N2, N3, REM = range(5)
+STATE_CODE = np.array([0, 1, 2, 3, 5], dtype=np.int64)
+STAGE_CONCEPTS = {  # NSRR code -> EventConcept (SPEC §3)
+    0: "Wake|0", 1: "Stage 1 sleep|1", 2: "Stage 2 sleep|2", 3: "Stage 3 sleep|3",
+    4: "Stage 4 sleep|4", 5: "REM sleep|5", 6: "Movement|6", 9: "Unscored|9",
+}
+
+# Stage effects, indexed by state (Wake, N1, N2, N3, REM); N2 is the reference. Each subject scales the
+# difference from N2 by its own "stage strength" (SPEC §9: HR lowest and most regular in N3; REM close to
+# wake and irregular; HF power dominates in N3, LF in REM/wake; breathing slow/regular in N3).
+HR_OFFSET_BPM = np.array([9.0, 3.5, 0.0, -3.5, 5.0])
+RSA_DEPTH = np.array([0.020, 0.030, 0.040, 0.060, 0.018])  # respiratory HR modulation, fraction of HR
+LF_DEPTH = np.array([0.035, 0.025, 0.018, 0.008, 0.040])  # 0.04-0.15 Hz HR modulation, fraction of HR
+BEAT_JITTER = np.array([0.020, 0.012, 0.008, 0.004, 0.022])  # white beat-time jitter, fraction of RR
+RESP_RATE_OFFSET = np.array([1.5, 0.7, 0.0, -0.8, 1.8])  # breaths/min
+RESP_IRREGULARITY = np.array([0.16, 0.10, 0.06, 0.025, 0.20])  # sd of log breathing-rate fluctuations
+RESP_DEPTH = np.array([0.85, 0.90, 1.0, 1.15, 0.75])  # relative tidal volume
+PULSE_AMPLITUDE = np.array([0.80, 0.92, 1.0, 1.06, 0.84])  # relative PPG pulse amplitude (vasomotor tone)
+DELTA_UV = np.array([12.0, 18.0, 28.0, 55.0, 14.0])  # EEG1 0.5-2 Hz amplitude, microvolts
+ALPHA_UV = np.array([9.0, 4.0, 2.5, 2.0, 3.5])  # EEG1 8-12 Hz amplitude, microvolts
+AROUSALS_PER_HOUR = np.array([0.0, 30.0, 12.0, 4.0, 10.0])  # times the subject's arousability (0.5-1.5)
+HYPOPNEA_WEIGHT = np.array([0.0, 1.2, 1.0, 0.3, 1.5])  # relative hypopnea rate by state
+
+# EDF channels: label, rate, unit, physical range. Order follows MESA (EKG first, Pleth after Pos).
+CHANNELS = {
+    "EKG": (FS_ECG, "mV", (-5.0, 5.0)),
+    "EEG1": (FS_EEG, "uV", (-500.0, 500.0)),
+    "Flow": (FS_RESP, "mV", (-3.0, 3.0)),
+    "Thor": (FS_RESP, "mV", (-3.0, 3.0)),
+    "Abdo": (FS_RESP, "mV", (-3.0, 3.0)),
+    "Pos": (FS_RESP, "", (0.0, 5.0)),
+    "Pleth": (256, "", (-128.0, 128.0)),
+    "SpO2": (1, "%", (0.0, 100.0)),
+    "HR": (1, "bpm", (0.0, 250.0)),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def edf_path(out_root: str | Path, subject_id: str) -> Path:
+    return Path(out_root) / EDF_SUBDIR / f"mesa-sleep-{subject_id}.edf"
+
+
+def xml_path(out_root: str | Path, subject_id: str) -> Path:
+    return Path(out_root) / XML_SUBDIR / f"mesa-sleep-{subject_id}-nsrr.xml"
+
+
+def subject_rng(seed: int, subject_id: str, stream: int = 0) -> np.random.Generator:
+    """An RNG that depends only on (seed, subject ID, stream), so subjects are independent of order/workers."""
+    return np.random.default_rng([int(seed), int(subject_id), int(stream)])
+
+
+def _smooth(x: np.ndarray, sigma_samples: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter1d
+
+    return gaussian_filter1d(np.asarray(x, dtype=float), sigma_samples, mode="nearest")
+
+
+def _stage_curve(table: np.ndarray, states: np.ndarray, strength: float, n_ctrl: int) -> np.ndarray:
+    """A stage effect on the FS_CTRL grid: N2 value + strength x (state value - N2 value), smoothed with a
+    20-s Gaussian (~1-min transitions, so nothing jumps at an epoch boundary). Smoothed at 1 Hz for speed."""
+    per_second = np.repeat(table[N2] + strength * (table[states] - table[N2]), WINDOW_SECONDS)
+    smooth = _smooth(per_second, TRANSITION_SIGMA_S)
+    return np.interp(np.arange(n_ctrl) / FS_CTRL, np.arange(smooth.size) + 0.5, smooth)
+
+
+def _band_noise(rng: np.random.Generator, n: int, fs: float, lo: float | None, hi: float) -> np.ndarray:
+    """Unit-variance Gaussian noise band-limited to [lo, hi] Hz (lo None: low-pass)."""
+    from scipy.signal import butter, sosfilt
+
+    if lo is None:
+        sos = butter(2, hi, btype="lowpass", fs=fs, output="sos")
+    else:
+        sos = butter(2, (lo, hi), btype="bandpass", fs=fs, output="sos")
+    x = sosfilt(sos, rng.standard_normal(n + int(20 * fs)))[int(20 * fs):]  # drop the filter's settling
+    return x / (x.std() + 1e-12)
+
+
+def _ou(rng: np.random.Generator, n: int, fs: float, tau_s: float, sd: float) -> np.ndarray:
+    """Ornstein-Uhlenbeck (AR(1)) process with time constant tau_s and stationary sd, started stationary."""
+    from scipy.signal import lfilter
+
+    a = math.exp(-1.0 / (fs * tau_s))
+    w = rng.standard_normal(n) * sd * math.sqrt(1 - a * a)
+    w[0] = rng.standard_normal() * sd
+    return lfilter([1.0], [1.0, -a], w)
+
+
+def _events(rng: np.random.Generator, rate_per_s: np.ndarray, fs: float) -> np.ndarray:
+    """Onset times (s) of a Poisson process whose rate (events/s) is given on a grid at fs."""
+    hits = rng.random(rate_per_s.size) < rate_per_s / fs
+    return np.flatnonzero(hits) / fs
+
+
+def _add_kernels(n: int, fs: float, onsets_s: np.ndarray, amps: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Sum of `kernel` (sampled at fs) placed at each onset with its amplitude, on a grid of n samples."""
+    from scipy.signal import oaconvolve
+
+    impulses = np.zeros(n)
+    np.add.at(impulses, np.minimum((onsets_s * fs).astype(np.int64), n - 1), amps)
+    return oaconvolve(impulses, kernel)[:n]
+
+
+def _surge_kernel(fs: float, rise_s: float, decay_s: float, length_s: float) -> np.ndarray:
+    """A rise-then-decay bump with peak 1 (difference-of-exponentials shape)."""
+    t = np.arange(int(length_s * fs)) / fs
+    k = (1 - np.exp(-t / rise_s)) * np.exp(-t / decay_s)
+    return k / k.max()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hypnogram
+
+
+def _simulate_states(rng: np.random.Generator, n_epochs: int) -> np.ndarray:
+    """Physiological state per 30-s epoch (WAKE, N1, N2, N3, REM) for one night.
+
+    Nights shorter than FULL_NIGHT_HOURS are a time-compressed full night (latency, cycles and final wake
+    shrink in proportion), so a short test night still holds every stage.
+    """
+    epm = 60 // WINDOW_SECONDS  # epochs per minute
+    scale = min(1.0, n_epochs / (FULL_NIGHT_HOURS * 60 * epm))  # minutes of a full night -> this night
+    states = np.full(n_epochs, WAKE, dtype=np.int64)
+    # Sleep-onset latency 10-30 min after lights off; lights go off up to 30 min after recording starts.
+    onset = int((rng.uniform(10, 30) + rng.uniform(0, 30)) * epm * scale)
+    final_wake = int(rng.uniform(15, 75) * epm * scale)
+    deep_factor = rng.uniform(0.6, 1.35)  # people differ in slow-wave sleep (age)
+    rem_factor = rng.uniform(0.8, 1.25)
+    pos, end, cycle = onset, n_epochs - final_wake, 0
+    while pos < end:
+        length = np.clip(rng.normal(90, 10), 70, 115)  # minutes per NREM/REM cycle
+        rem = np.clip(6 + 7.5 * cycle + rng.normal(0, 3), 3, 40) * rem_factor  # REM lengthens toward morning
+        if cycle == 0 and rng.random() < 0.2:
+            rem = 0.0  # a skipped first REM period is common
+        deep = max(0.0, (50 - 16 * cycle) * deep_factor + rng.normal(0, 5))  # N3 mostly in the first third
+        nrem = length - rem
+        n1 = rng.integers(1, 4) / epm
+        n2_before = rng.uniform(8, 20)
+        deep = min(deep, max(0.0, nrem - n1 - n2_before - 3))
+        n2_after = nrem - n1 - n2_before - deep
+        for state, minutes in ((N1, n1), (N2, n2_before), (N3, deep), (N2, n2_after), (REM, rem)):
+            k = int(round(minutes * epm * scale)) if minutes > 0 else 0
+            k = max(k, 1) if minutes > 0 else 0
+            states[pos:min(pos + k, end)] = state
+            pos += k
+            if pos >= end:
+                break
+        cycle += 1
+    sleep = slice(onset, max(onset, end))
+    # Brief N2 interruptions of N3, N1 sprinkled into N2.
+    seg = states[sleep]
+    seg[(seg == N3) & (rng.random(seg.size) < 0.06)] = N2
+    seg[(seg == N2) & (rng.random(seg.size) < 0.02)] = N1
+    # Brief awakenings (WASO), each followed by a little N1.
+    awakenings = np.flatnonzero(rng.random(seg.size) < rng.uniform(0.008, 0.03))
+    lengths = 1 + np.minimum(rng.geometric(0.3, awakenings.size), 20)
+    if seg.size > 240 and rng.random() < 0.3:  # one long awakening in the second half of the night
+        awakenings = np.r_[awakenings, rng.integers(seg.size // 2, seg.size - 60)]
+        lengths = np.r_[lengths, rng.integers(20, 80)]
+    lengths = np.maximum(1, np.round(lengths * scale)).astype(np.int64)
+    for a, k in zip(awakenings, lengths):
+        seg[a:a + k] = WAKE
+        seg[a + k:a + k + rng.integers(1, 3)] = N1
+    states[sleep] = seg
+    return states
+
+
+def _score_states(rng: np.random.Generator, states: np.ndarray) -> np.ndarray:
+    """NSRR stage codes a scorer would write for the states: some scorers use R&K Stage 4 for the deepest
+    N3, wake with body movement is sometimes 'Movement', and some nights end (or briefly lose signal) as
+    'Unscored'."""
+    codes = STATE_CODE[states].copy()
+    n = codes.size
+    scale = min(1.0, n / (FULL_NIGHT_HOURS * 3600 / WINDOW_SECONDS))  # short nights: shorter unscored spans
+    if rng.random() < 0.4:  # an R&K-style scorer: the middle of N3 runs as Stage 4
+        deep = states == N3
+        core = deep.copy()
+        for shift in (1, 2):
+            core[shift:] &= deep[:-shift]
+            core[:-shift] &= deep[shift:]
+        codes[core & (rng.random(n) < 0.7)] = 4
+    sleep_idx = np.flatnonzero(states != WAKE)
+    if sleep_idx.size:
+        after_onset = np.arange(n) > sleep_idx[0]
+        movement = (states == WAKE) & after_onset & (rng.random(n) < rng.uniform(0.02, 0.15))
+        codes[movement] = 6
+    if rng.random() < 0.1:  # a short signal-loss gap
+        start = int(rng.integers(0, max(1, n - 8)))
+        codes[start:start + max(1, int(rng.integers(2, 9) * scale))] = 9
+    if rng.random() < 0.4:  # scoring stops before the recording ends
+        codes[n - min(n, max(1, int(rng.integers(2, 41) * scale))):] = 9
+    return codes
+
+
+def simulate_hypnogram(rng: np.random.Generator, n_epochs: int) -> np.ndarray:
+    """A plausible night of NSRR stage codes (0 wake, 1-4 NREM, 5 REM, 6 movement, 9 unscored).
+
+    Args:
+        rng: the random generator (consumed).
+        n_epochs: number of 30-s epochs.
+    Returns:
+        int64 array (n_epochs,) of NSRR stage codes.
+    """
+    states = _simulate_states(rng, n_epochs)
+    return _score_states(rng, states)
+
+
+def stage_runs(codes: np.ndarray) -> list[tuple[int, int, int]]:
+    """Merge consecutive equal epochs: [(code, first_epoch, n_epochs), ...] covering the whole night."""
+    codes = np.asarray(codes)
+    if codes.size == 0:
+        return []
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    lengths = np.diff(np.r_[starts, codes.size])
+    return [(int(codes[s]), int(s), int(k)) for s, k in zip(starts, lengths)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Physiology
+
+
+def _subject_traits(rng: np.random.Generator) -> dict:
+    """Per-subject constants: people differ in resting HR, amplitude, noise and how strongly stages show."""
+    return {
+        "resting_hr": rng.uniform(50, 80),  # bpm, in N2
+        "stage_strength": rng.uniform(0.45, 1.35),
+        "rsa_gain": rng.lognormal(0.0, 0.3),
+        "resp_rate": rng.uniform(12.5, 16.5),  # breaths/min
+        "arousability": rng.uniform(0.5, 1.5),
+        "ahi": rng.gamma(1.5, 6.0),  # hypopneas per hour of sleep
+        "ppg_amplitude": rng.uniform(12, 40),  # Pleth units
+        "ppg_noise": rng.uniform(0.01, 0.06),  # fraction of pulse amplitude
+        "ppg_baseline": rng.uniform(0.05, 0.25),  # respiratory baseline modulation, fraction of amplitude
+        "ptt_s": rng.uniform(0.18, 0.30),  # R peak to PPG foot
+        "dicrotic": rng.uniform(0.25, 0.6),  # relative height of the diastolic wave
+        "ecg_amplitude": rng.uniform(0.6, 1.8),  # mV R peak
+        "ecg_noise": rng.uniform(0.01, 0.05),  # mV
+        "spo2_base": rng.uniform(93.5, 97.5),  # %
+        "movement_rate": rng.uniform(0.1, 1.0),  # artefacts per minute of wake (a tenth of it in N1/N2/REM)
+        "resp_amplitude": rng.uniform(0.3, 1.0),  # mV
+    }
+
+
+def simulate_physiology(rng: np.random.Generator, states: np.ndarray) -> dict:
+    """Beat times and slow physiological processes for one night of epoch states.
+
+    Args:
+        rng: subject RNG (consumed).
+        states: per-epoch physiological states (WAKE..REM), shape (n_epochs,).
+    Returns:
+        dict with `traits`, `t_ctrl` (s, FS_CTRL grid), `hr_ctrl` (bpm, the mean HR level without RSA/LF),
+        `resp_phase_ctrl` (rad), `resp_depth_ctrl`, `pulse_amp_ctrl` (Pleth units), `beats` (R-peak times, s,
+        sorted), `arousals`/`hypopneas`/`desaturations`/`movements` (lists of (start_s, duration_s[, ...])),
+        `spo2_1hz` (%).
+    """
+    tr = _subject_traits(rng)
+    s = tr["stage_strength"]
+    duration = states.size * WINDOW_SECONDS
+    n_c = duration * FS_CTRL
+    t_c = np.arange(n_c) / FS_CTRL
+    states_c = np.repeat(states, WINDOW_SECONDS * FS_CTRL)
+    curve = lambda table: _stage_curve(table, states, s, n_c)  # noqa: E731
+    asleep_c = states_c != WAKE
+
+    # Events: arousals (sleep), phasic REM bursts, hypopneas, movement artefacts (wake).
+    arousal_rate = AROUSALS_PER_HOUR[states_c] * tr["arousability"] / 3600
+    arousal_on = _events(rng, arousal_rate, FS_CTRL)
+    arousal_dur = rng.uniform(3, 15, arousal_on.size)
+    burst_on = _events(rng, (states_c == REM) * rng.uniform(0.5, 2.0) / 60, FS_CTRL)
+    hyp_rate = HYPOPNEA_WEIGHT[states_c] * tr["ahi"] / 3600
+    hyp_on = _events(rng, hyp_rate, FS_CTRL)
+    hyp_dur = rng.uniform(10, 40, hyp_on.size)
+    keep = np.r_[True, np.diff(hyp_on) > 60] if hyp_on.size else np.zeros(0, bool)  # no overlapping events
+    hyp_on, hyp_dur = hyp_on[keep], hyp_dur[keep]
+    # Most hypopneas end in an arousal.
+    hyp_arousal = rng.random(hyp_on.size) < 0.6
+    arousal_on = np.r_[arousal_on, hyp_on[hyp_arousal] + hyp_dur[hyp_arousal]]
+    arousal_dur = np.r_[arousal_dur, rng.uniform(3, 12, int(hyp_arousal.sum()))]
+    order = np.argsort(arousal_on, kind="stable")
+    arousal_on, arousal_dur = arousal_on[order], arousal_dur[order]
+    ok = arousal_on + arousal_dur < duration
+    arousal_on, arousal_dur = arousal_on[ok], arousal_dur[ok]
+    wake_to_sleep = np.flatnonzero(np.diff(asleep_c.astype(np.int8)) < 0) / FS_CTRL  # awakenings
+    # Body movement mostly in wake, but also now and then in light sleep and REM (position changes).
+    move_weight = np.where(asleep_c, np.where(states_c == N3, 0.02, 0.1), 1.0)
+    move_on = _events(rng, move_weight * tr["movement_rate"] / 60, FS_CTRL)
+    move_dur = rng.uniform(2, 15, move_on.size)
+
+    # Heart-rate level: resting + smoothed stage effect + slow drift + overnight decline + surges.
+    hr = tr["resting_hr"] + curve(HR_OFFSET_BPM)
+    hr += _ou(rng, n_c, FS_CTRL, tau_s=600, sd=2.5) - rng.uniform(0, 5) * t_c / max(duration, 1)
+    surge = _surge_kernel(FS_CTRL, 2.0, 7.0, 40)
+    hr += _add_kernels(n_c, FS_CTRL, arousal_on, rng.uniform(6, 20, arousal_on.size) * s ** 0.5
+                       * (0.6 + arousal_dur / 15), surge)
+    hr += _add_kernels(n_c, FS_CTRL, wake_to_sleep, rng.uniform(8, 20, wake_to_sleep.size), surge)
+    hr += _add_kernels(n_c, FS_CTRL, burst_on, rng.uniform(3, 10, burst_on.size),
+                       _surge_kernel(FS_CTRL, 1.0, 3.0, 15))
+    hr = np.clip(hr, 38, 140)
+
+    # Breathing: rate, regularity and depth by state; hypopneas reduce depth.
+    irregular = curve(RESP_IRREGULARITY)
+    rate = (tr["resp_rate"] + curve(RESP_RATE_OFFSET)) / 60
+    rate = rate * np.exp(irregular * _band_noise(rng, n_c, FS_CTRL, None, 0.08))
+    resp_phase = 2 * np.pi * np.cumsum(rate) / FS_CTRL + rng.uniform(0, 2 * np.pi)
+    depth = curve(RESP_DEPTH) * (1 + irregular * _band_noise(rng, n_c, FS_CTRL, None, 0.1))
+    hyp_box = np.zeros(n_c)
+    for on, dur in zip(hyp_on, hyp_dur):
+        hyp_box[int(on * FS_CTRL):int((on + dur) * FS_CTRL)] = rng.uniform(0.4, 0.7)
+    depth *= 1 - _smooth(hyp_box, 2 * FS_CTRL)
+
+    # Instantaneous HR: level x (1 + RSA + LF), RSA deeper with deeper breathing.
+    rsa = curve(RSA_DEPTH) * tr["rsa_gain"] * depth
+    lf = curve(LF_DEPTH) * _band_noise(rng, n_c, FS_CTRL, 0.04, 0.15)
+    inst_hr = hr * (1 + rsa * np.sin(resp_phase) + lf)
+    beat_phase = np.cumsum(inst_hr / 60) / FS_CTRL + rng.uniform(0, 1)
+    k = np.arange(math.ceil(beat_phase[0]), math.floor(beat_phase[-1]) + 1)
+    beats = np.interp(k, beat_phase, t_c)
+    rr = np.diff(beats, prepend=beats[0] - 60 / hr[0])
+    jitter = np.interp(beats, t_c, curve(BEAT_JITTER))
+    beats = beats + np.clip(jitter * rng.standard_normal(beats.size), -0.15, 0.15) * rr
+    beats = np.sort(beats[(beats > 0) & (beats < duration)])
+
+    # Pulse amplitude: vasomotor tone by state, drops with arousals/awakenings/phasic REM, slow drift.
+    amp = tr["ppg_amplitude"] * curve(PULSE_AMPLITUDE)
+    amp *= np.exp(_ou(rng, n_c, FS_CTRL, tau_s=900, sd=0.12))
+    drop_kernel = np.r_[np.zeros(2 * FS_CTRL), _surge_kernel(FS_CTRL, 3.0, 10.0, 45)]
+    drop = _add_kernels(n_c, FS_CTRL, arousal_on, rng.uniform(0.15, 0.5, arousal_on.size), drop_kernel)
+    drop += _add_kernels(n_c, FS_CTRL, wake_to_sleep, rng.uniform(0.2, 0.5, wake_to_sleep.size), drop_kernel)
+    drop += _add_kernels(n_c, FS_CTRL, burst_on, rng.uniform(0.05, 0.2, burst_on.size), drop_kernel)
+    amp *= np.clip(1 - drop, 0.2, 1)
+
+    # SpO2 at 1 Hz: baseline with slow noise, desaturations ~20 s after each hypopnea starts.
+    n_1 = duration
+    spo2 = tr["spo2_base"] + _ou(rng, n_1, 1, tau_s=300, sd=0.5)
+    desat_depth = rng.uniform(3, 8, hyp_on.size)
+    desat_on = hyp_on + hyp_dur * 0.5 + rng.uniform(10, 20, hyp_on.size)
+    desat_kernel = _surge_kernel(1, 8.0, 12.0, 60)
+    spo2 -= _add_kernels(n_1, 1, desat_on, desat_depth, desat_kernel)
+    spo2 = np.clip(np.round(spo2), 70, 100)
+    desaturations = []
+    for on, d in zip(desat_on, desat_depth):
+        if on + 40 < duration:
+            base = float(spo2[int(on)])
+            nadir = float(spo2[int(on):int(on) + 40].min())
+            if base - nadir >= 3:
+                desaturations.append((float(on), 30.0, nadir, base))
+
+    return {
+        "traits": tr, "t_ctrl": t_c, "hr_ctrl": hr, "resp_phase_ctrl": resp_phase, "resp_depth_ctrl": depth,
+        "pulse_amp_ctrl": amp, "states": states, "beats": beats,
+        "arousals": [(float(a), float(d)) for a, d in zip(arousal_on, arousal_dur)],
+        "hypopneas": [(float(a), float(d)) for a, d in zip(hyp_on, hyp_dur) if a + d < duration],
+        "desaturations": desaturations,
+        "movements": [(float(a), float(d)) for a, d in zip(move_on, move_dur) if a + d < duration],
+        "spo2_1hz": spo2,
+    }
+
+
+def _pulse_table(dicrotic: float, n: int = 1024) -> np.ndarray:
+    """One PPG pulse over a beat's phase [0, 1]: systolic wave + diastolic (dicrotic) wave, foot at 0 and 1."""
+    ph = np.linspace(0, 1, n)
+    pulse = np.exp(-0.5 * ((ph - 0.22) / 0.075) ** 2) + dicrotic * np.exp(-0.5 * ((ph - 0.52) / 0.11) ** 2)
+    pulse -= pulse[0] + (pulse[-1] - pulse[0]) * ph  # zero at both feet -> continuous across beats
+    return pulse / pulse.max()
+
+
+def _ecg_table(fs: int) -> tuple[np.ndarray, np.ndarray]:
+    """One heartbeat (P, Q, R, S, T waves; mV for a 1-mV R) on a time grid around the R peak."""
+    t = np.arange(int(-0.35 * fs), int(0.75 * fs)) / fs
+    waves = ((-0.20, 0.025, 0.12), (-0.03, 0.010, -0.12), (0.0, 0.010, 1.0), (0.03, 0.012, -0.25),
+             (0.28, 0.050, 0.30))  # (centre s, width s, height)
+    beat = sum(h * np.exp(-0.5 * ((t - c) / w) ** 2) for c, w, h in waves)
+    return t, beat
+
+
+def _movement_artefact(rng: np.random.Generator, movements: list, duration: int, fs: int) -> np.ndarray:
+    """Movement artefact on a fs grid: large band-limited bursts plus baseline jumps that decay slowly."""
+    n = duration * fs
+    env = np.zeros(n)
+    steps = np.zeros(n)
+    for on, dur in movements:
+        i0, i1 = int(on * fs), int((on + dur) * fs)
+        env[i0:i1] = rng.uniform(0.5, 2.5)
+        steps[i1 - 1] += rng.normal(0, 1.0)
+    env = _smooth(env, 0.5 * fs)
+    from scipy.signal import lfilter
+
+    a = math.exp(-1 / (20 * fs))  # baseline jumps relax over ~20 s
+    baseline = lfilter([1.0], [1.0, -a], steps)
+    return env * _band_noise(rng, n, fs, 0.3, 4.0) + baseline
+
+
+def _synth_ppg(rng, phys: dict, duration: int, fs: int, artefact_32: np.ndarray) -> np.ndarray:
+    """PPG at fs (Pleth units) from the pulse-arrival times; phase-based, in chunks."""
+    tr = phys["traits"]
+    t_c = phys["t_ctrl"]
+    table = _pulse_table(tr["dicrotic"])
+    feet = phys["beats"] + tr["ptt_s"]
+    beat_amp = np.interp(feet, t_c, phys["pulse_amp_ctrl"]) * (1 + 0.04 * rng.standard_normal(feet.size))
+    ppg = np.empty(duration * fs)
+    resp_sin = np.sin(phys["resp_phase_ctrl"])
+    wander_c = 0.3 * _band_noise(rng, t_c.size, FS_CTRL, None, 0.05)
+    chunk = CHUNK_SECONDS * fs
+    for i0 in range(0, ppg.size, chunk):
+        t = np.arange(i0, min(i0 + chunk, ppg.size)) / fs
+        idx = np.searchsorted(feet, t, side="right") - 1
+        inside = (idx >= 0) & (idx < feet.size - 1)
+        j = np.clip(idx, 0, feet.size - 2)
+        phase = np.clip((t - feet[j]) / (feet[j + 1] - feet[j]), 0, 1)
+        pulse = np.where(inside, beat_amp[j] * np.interp(phase, np.linspace(0, 1, table.size), table), 0.0)
+        amp_now = np.interp(t, t_c, phys["pulse_amp_ctrl"])
+        baseline = amp_now * (tr["ppg_baseline"] * np.interp(t, t_c, resp_sin * phys["resp_depth_ctrl"])
+                              + np.interp(t, t_c, wander_c))
+        artefact = amp_now * 0.8 * np.interp(t, np.arange(artefact_32.size) / FS_RESP, artefact_32)
+        noise = tr["ppg_noise"] * tr["ppg_amplitude"] * rng.standard_normal(t.size)
+        ppg[i0:i0 + t.size] = pulse + baseline + artefact + noise
+    return ppg
+
+
+def _synth_ecg(rng, phys: dict, duration: int, artefact_32: np.ndarray) -> np.ndarray:
+    """EKG at FS_ECG (mV) from the R-peak times: each sample sums the previous and next beat's waveform."""
+    tr = phys["traits"]
+    t_c = phys["t_ctrl"]
+    beats = phys["beats"]
+    t_tab, tab = _ecg_table(FS_ECG)
+    resp_c = np.sin(phys["resp_phase_ctrl"]) * phys["resp_depth_ctrl"]
+    beat_amp = tr["ecg_amplitude"] * (1 + 0.08 * np.interp(beats, t_c, resp_c))  # ECG-derived respiration
+    ecg = np.empty(duration * FS_ECG)
+    chunk = CHUNK_SECONDS * FS_ECG
+    for i0 in range(0, ecg.size, chunk):
+        t = np.arange(i0, min(i0 + chunk, ecg.size)) / FS_ECG
+        nxt = np.searchsorted(beats, t)
+        out = np.zeros(t.size)
+        for j in (nxt - 1, nxt):  # the beat before and the beat after each sample
+            ok = (j >= 0) & (j < beats.size)
+            jj = np.clip(j, 0, beats.size - 1)
+            out += np.where(ok, beat_amp[jj] * np.interp(t - beats[jj], t_tab, tab, left=0, right=0), 0.0)
+        wander = 0.08 * np.interp(t, t_c, resp_c)
+        artefact = 0.3 * np.interp(t, np.arange(artefact_32.size) / FS_RESP, artefact_32)
+        ecg[i0:i0 + t.size] = out + wander + artefact + tr["ecg_noise"] * rng.standard_normal(t.size)
+    return ecg
+
+
+def _synth_eeg(rng, phys: dict, duration: int) -> np.ndarray:
+    """EEG1 at FS_EEG (uV): stage-weighted delta and alpha band noise plus broadband noise."""
+    fs_low = 64
+    t_low = np.arange(duration * fs_low) / fs_low
+    s = phys["traits"]["stage_strength"]
+    t_c = phys["t_ctrl"]
+    delta_amp = np.interp(t_low, t_c, _stage_curve(DELTA_UV, phys["states"], s, t_c.size))
+    alpha_amp = np.interp(t_low, t_c, _stage_curve(ALPHA_UV, phys["states"], s, t_c.size))
+    low = delta_amp * _band_noise(rng, t_low.size, fs_low, 0.5, 2.0)
+    low += alpha_amp * _band_noise(rng, t_low.size, fs_low, 8.0, 12.0)
+    t = np.arange(duration * FS_EEG) / FS_EEG
+    return np.interp(t, t_low, low) + 6.0 * rng.standard_normal(t.size)
+
+
+def _synth_resp(rng, phys: dict, duration: int, artefact_32: np.ndarray) -> dict:
+    """Flow, Thor, Abdo (mV) and Pos at FS_RESP from the breathing phase and depth."""
+    tr = phys["traits"]
+    t = np.arange(duration * FS_RESP) / FS_RESP
+    phase = np.interp(t, phys["t_ctrl"], phys["resp_phase_ctrl"])
+    depth = np.interp(t, phys["t_ctrl"], phys["resp_depth_ctrl"]) * tr["resp_amplitude"]
+    noise = lambda scale: scale * rng.standard_normal(t.size)  # noqa: E731
+    thor = depth * (np.sin(phase) + 0.15 * np.sin(2 * phase)) + 0.2 * artefact_32 + noise(0.02)
+    abdo = 0.8 * depth * np.sin(phase - 0.3) + 0.2 * artefact_32 + noise(0.02)
+    flow = 1.2 * depth * np.cos(phase) * (1 + 0.2 * np.cos(phase)) + noise(0.03)
+    # Body position: changes only with some movements (0 supine ... 3 left, as levels).
+    pos = np.zeros(t.size)
+    level = float(rng.integers(0, 4))
+    last = 0
+    for on, _ in phys["movements"]:
+        if rng.random() < 0.15:
+            i = int(on * FS_RESP)
+            pos[last:i] = level
+            level, last = float(rng.integers(0, 4)), i
+    pos[last:] = level
+    return {"Flow": flow, "Thor": thor, "Abdo": abdo, "Pos": pos}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writers
+
+
+def _fmt_seconds(x: float) -> str:
+    return f"{x:.1f}"
+
+
+def build_xml(codes: np.ndarray, events: list[tuple[float, str, str, float, str]], duration_s: int,
+              start_clock: datetime.time) -> str:
+    """NSRR annotation XML text (SPEC §3).
+
+    Args:
+        codes: NSRR stage code per 30-s epoch.
+        events: other scored events as (start_s, event_type, event_concept, duration_s, extra_xml).
+        duration_s: recording length, s.
+        start_clock: the recording's start time of day (matches the EDF header).
+    """
+    scored = [(float(first * WINDOW_SECONDS), 0, "Stages|Stages", STAGE_CONCEPTS[code],
+               float(k * WINDOW_SECONDS), "") for code, first, k in stage_runs(codes)]
+    scored += [(start, 1, etype, concept, dur, extra) for start, etype, concept, dur, extra in events]
+    scored.sort(key=lambda e: (e[0], e[1]))
+    lines = [
+        '<?xml version="1.0" encoding="UTF-8" standalone="no"?>',
+        "<PSGAnnotation>",
+        "<SoftwareVersion>Compumedics</SoftwareVersion>",
+        f"<EpochLength>{WINDOW_SECONDS}</EpochLength>",
+        "<ScoredEvents>",
+        "<ScoredEvent>",
+        "<EventType/>",
+        "<EventConcept>Recording Start Time</EventConcept>",
+        "<Start>0</Start>",
+        f"<Duration>{_fmt_seconds(duration_s)}</Duration>",
+        f"<ClockTime>00.00.00 {start_clock.strftime('%H.%M.%S')}</ClockTime>",
+        "</ScoredEvent>",
+    ]
+    for start, _, etype, concept, dur, extra in scored:
+        lines += ["<ScoredEvent>", f"<EventType>{escape(etype)}</EventType>",
+                  f"<EventConcept>{escape(concept)}</EventConcept>", f"<Start>{_fmt_seconds(start)}</Start>",
+                  f"<Duration>{_fmt_seconds(dur)}</Duration>"]
+        if extra:
+            lines.append(extra)
+        lines.append("</ScoredEvent>")
+    lines += ["</ScoredEvents>", "</PSGAnnotation>", ""]
+    return "\n".join(lines)
+
+
+def _other_events(phys: dict) -> list[tuple[float, str, str, float, str]]:
+    events = [(a, "Arousals|Arousals", "Arousal|Arousal ()", d, "<SignalLocation>EEG1</SignalLocation>")
+              for a, d in phys["arousals"]]
+    events += [(a, "Respiratory|Respiratory", "Hypopnea|Hypopnea", d, "<SignalLocation>Flow</SignalLocation>")
+               for a, d in phys["hypopneas"]]
+    events += [(a, "Respiratory|Respiratory", "SpO2 desaturation|SpO2 desaturation", d,
+                f"<SignalLocation>SpO2</SignalLocation>\n<SpO2Nadir>{nadir:.1f}</SpO2Nadir>\n"
+                f"<SpO2Baseline>{base:.1f}</SpO2Baseline>") for a, d, nadir, base in phys["desaturations"]]
+    return events
+
+
+def _edf_signal(data: np.ndarray, channel: str, fs: int, label: str | None = None):
+    """An edfio signal with the channel's unit and physical range (data clipped into it)."""
+    from edfio import EdfSignal
+
+    _, unit, (lo, hi) = CHANNELS[channel]
+    return EdfSignal(np.clip(data, lo, hi), fs, label=label or channel, physical_dimension=unit,
+                     physical_range=(lo, hi))
+
+
+def write_subject(out_root: str | Path, subject_id: str, hours: float, seed: int, with_ecg: bool = True,
+                  fs_ppg: int = 256, ppg_label: str = "Pleth") -> tuple[Path, Path]:
+    """Simulate one night and write its EDF and NSRR XML (each atomically).
+
+    Args:
+        out_root: cohort root; files go to polysomnography/edfs and polysomnography/annotations-events-nsrr.
+        subject_id: 4-digit MESA ID (leading zeros kept).
+        hours: recording length; rounded to whole 30-s epochs (at least one).
+        seed: cohort seed; the subject's RNG is seeded from (seed, ID).
+        with_ecg: False omits the EKG channel.
+        fs_ppg: PPG sampling rate, Hz; must be a whole number (1-s EDF data records).
+        ppg_label: the PPG channel's label ("Pleth" in MESA).
+    Returns:
+        (edf_path, xml_path).
+    """
+    from edfio import Edf, Recording
+
+    if float(fs_ppg) != int(fs_ppg) or fs_ppg <= 0:
+        raise ValueError(f"fs_ppg must be a positive whole number of Hz (1-s EDF records), got {fs_ppg}")
+    fs_ppg = int(fs_ppg)
+    n_epochs = max(1, int(round(hours * 3600 / WINDOW_SECONDS)))
+    duration = n_epochs * WINDOW_SECONDS
+    rng = subject_rng(seed, subject_id)
+    start_clock = (datetime.datetime(2000, 1, 1, 20, 0) + datetime.timedelta(
+        seconds=int(rng.integers(0, 4 * 3600)))).time()  # lights-on recording starts 20:00-24:00
+    states = _simulate_states(rng, n_epochs)
+    codes = _score_states(rng, states)
+    phys = simulate_physiology(rng, states)
+    artefact_32 = _movement_artefact(rng, phys["movements"], duration, FS_RESP)
+
+    signals = []
+    if with_ecg:
+        signals.append(_edf_signal(_synth_ecg(rng, phys, duration, artefact_32), "EKG", FS_ECG))
+    signals.append(_edf_signal(_synth_eeg(rng, phys, duration), "EEG1", FS_EEG))
+    for label, data in _synth_resp(rng, phys, duration, artefact_32).items():
+        signals.append(_edf_signal(data, label, FS_RESP))
+    signals.append(_edf_signal(_synth_ppg(rng, phys, duration, fs_ppg, artefact_32), "Pleth", fs_ppg, ppg_label))
+    signals.append(_edf_signal(phys["spo2_1hz"], "SpO2", 1))
+    t1 = np.arange(duration) + 0.5
+    beats = phys["beats"]
+    hr_1hz = np.round(np.interp(t1, beats[1:], 60.0 / np.diff(beats))) if beats.size > 2 else np.zeros(duration)
+    signals.append(_edf_signal(hr_1hz, "HR", 1))
+
+    edf = Edf(signals, recording=Recording(startdate=EDF_START_DATE), starttime=start_clock,
+              data_record_duration=1)
+    edf_out, xml_out = edf_path(out_root, subject_id), xml_path(out_root, subject_id)
+    with atomic_output(edf_out) as tmp:
+        edf.write(tmp)
+    xml = build_xml(codes, _other_events(phys), duration, start_clock)
+    with atomic_output(xml_out) as tmp:
+        tmp.write_text(xml)
+    return edf_out, xml_out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cohort
+
+
+def choose_ids(n_subjects: int, seed: int, test_fraction: float) -> list[str]:
+    """`n_subjects` commercial-use IDs, a `test_fraction` share from the SleepPPG-Net test list; sorted."""
+    commercial = mesa_commercial_ids()
+    test_pool = sorted(set(commercial) & set(sleepppg_test_subjects()))
+    other_pool = sorted(set(commercial) - set(test_pool))
+    if n_subjects > len(commercial):
+        raise SystemExit(f"--subjects {n_subjects}: only {len(commercial)} MESA commercial-use IDs exist")
+    n_test = min(len(test_pool), int(round(test_fraction * n_subjects)))
+    n_other = n_subjects - n_test
+    if n_other > len(other_pool):
+        n_other, n_test = len(other_pool), n_subjects - len(other_pool)
+    rng = np.random.default_rng([int(seed), 7919])
+    picked = list(rng.choice(test_pool, n_test, replace=False)) + list(rng.choice(other_pool, n_other,
+                                                                                   replace=False))
+    return sorted(str(p) for p in picked)
+
+
+def _subject_job(job: tuple) -> tuple[str, bool]:
+    """Worker: write one subject unless both files exist. Returns (id, written)."""
+    out_root, sid, hours, seed, with_ecg, overwrite = job
+    if not overwrite and edf_path(out_root, sid).is_file() and xml_path(out_root, sid).is_file():
+        return sid, False
+    write_subject(out_root, sid, hours, seed, with_ecg=with_ecg)
+    return sid, True
+
+
+def make_cohort(out_root: str | Path, n_subjects: int, hours: float | None = None, seed: int = 0,
+                min_hours: float = 8.5, max_hours: float = 11.5, no_ecg_fraction: float = 0.1,
+                test_fraction: float = 0.3, workers: int = 1, ids: list[str] | None = None,
+                overwrite: bool = False) -> list[str]:
+    """Write a synthetic MESA-shaped cohort.
+
+    Args:
+        out_root: cohort root folder (created).
+        n_subjects: number of subjects (ignored when `ids` is given).
+        hours: fixed night length for everyone; None draws each night from [min_hours, max_hours].
+        seed: cohort seed (IDs, ECG-less subjects, every subject's signals).
+        no_ecg_fraction: share of subjects written without the EKG channel.
+        test_fraction: share of IDs taken from the SleepPPG-Net test list.
+        workers: processes; files are identical for any value.
+        ids: explicit 4-digit IDs instead of drawing them.
+        overwrite: rewrite subjects whose files already exist.
+    Returns:
+        The subject IDs of the cohort (sorted), written or skipped.
+    """
+    ids, _, _ = _make_cohort_counted(out_root, n_subjects, hours, seed, min_hours, max_hours, no_ecg_fraction,
+                                     test_fraction, workers, ids, overwrite)
+    return ids
+
+
+def _make_cohort_counted(out_root, n_subjects, hours, seed, min_hours, max_hours, no_ecg_fraction,
+                         test_fraction, workers, ids, overwrite) -> tuple[list[str], int, int]:
+    """make_cohort, also returning how many subjects were written and skipped."""
+    from tqdm import tqdm
+
+    if not (min_hours > 0 and max_hours >= min_hours):
+        raise ValueError(f"need 0 < min_hours <= max_hours, got {min_hours}, {max_hours}")
+    if ids is None:
+        ids = choose_ids(n_subjects, seed, test_fraction)
+    ids = sorted(str(i).zfill(4) for i in ids)
+    rng = np.random.default_rng([int(seed), 104729])
+    n_no_ecg = int(round(no_ecg_fraction * len(ids)))
+    no_ecg = set(rng.choice(ids, n_no_ecg, replace=False).tolist()) if n_no_ecg else set()
+    jobs = []
+    for sid in ids:
+        h = hours if hours is not None else float(subject_rng(seed, sid, 1).uniform(min_hours, max_hours))
+        jobs.append((str(out_root), sid, h, seed, sid not in no_ecg, overwrite))
+    written = 0
+    with tqdm(total=len(jobs), desc="synthetic subjects", unit="subj") as bar:
+        if workers > 1 and len(jobs) > 1:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+                for _, did in pool.imap_unordered(_subject_job, jobs):
+                    written += did
+                    bar.update()
+        else:
+            for job in jobs:
+                written += _subject_job(job)[1]
+                bar.update()
+    skipped = len(jobs) - written
+    log.info("cohort %s: %d subjects written, %d skipped (already present), %d without ECG",
+             out_root, written, skipped, len(no_ecg))
+    return ids, written, skipped
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, help="cohort root (polysomnography/... is created inside)")
+    p.add_argument("--subjects", type=int, required=True, help="number of subjects")
+    p.add_argument("--hours", type=float, default=None, help="fixed night length (h); default: varied")
+    p.add_argument("--min-hours", type=float, default=8.5, help="shortest night when --hours is not given")
+    p.add_argument("--max-hours", type=float, default=11.5, help="longest night when --hours is not given")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-ecg-fraction", type=float, default=0.1, help="share of subjects without EKG")
+    p.add_argument("--test-fraction", type=float, default=0.3, help="share of IDs from the SleepPPG-Net test list")
+    p.add_argument("--workers", type=int, default=1, help="processes")
+    p.add_argument("--overwrite", action="store_true", help="rewrite subjects whose files exist")
+    args = p.parse_args(argv)
+    if args.subjects < 1:
+        p.error("--subjects must be >= 1")
+    if args.hours is not None and args.hours <= 0:
+        p.error("--hours must be > 0")
+    if not 0 < args.min_hours <= args.max_hours:
+        p.error("need 0 < --min-hours <= --max-hours")
+    for name in ("no_ecg_fraction", "test_fraction"):
+        if not 0 <= getattr(args, name) <= 1:
+            p.error(f"--{name.replace('_', '-')} must be within [0, 1]")
+    if args.workers < 1:
+        p.error("--workers must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    t0 = time.perf_counter()
+    ids, written, skipped = _make_cohort_counted(
+        args.out, args.subjects, args.hours, args.seed, args.min_hours, args.max_hours, args.no_ecg_fraction,
+        args.test_fraction, args.workers, None, args.overwrite)
+    print(f"synthetic MESA cohort: {len(ids)} subjects ({written} written, {skipped} skipped) "
+          f"in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""Tests for make_synthetic_mesa.py: MESA layout, EDF channels/rates (read back with mne), NSRR XML schema,
+determinism (seed, workers), resume, ECG-less subjects and the physiology a model has to learn."""
+
+import re
+import xml.etree.ElementTree as ET
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import make_synthetic_mesa as syn
+from sleepppg_common import CONCEPT_TO_CLASS, mesa_commercial_ids, sleepppg_test_subjects
+
+COHORT_HOURS = 1.0  # short nights keep the file fast; the hypnogram is compressed so every stage appears
+COHORT_SIZE = 6
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic-mesa")
+    ids = syn.make_cohort(root, COHORT_SIZE, hours=COHORT_HOURS, seed=1, no_ecg_fraction=0.2,
+                          test_fraction=0.5)
+    return root, ids
+
+
+def read_xml(path):
+    """[(event_type, concept, start, duration, element), ...] in file order."""
+    root = ET.parse(path).getroot()
+    assert root.tag == "PSGAnnotation"
+    assert root.findtext("EpochLength") == "30"
+    assert root.find("SoftwareVersion") is not None
+    return [(ev.findtext("EventType") or "", ev.findtext("EventConcept"), float(ev.findtext("Start")),
+             float(ev.findtext("Duration")), ev) for ev in root.find("ScoredEvents")]
+
+
+def epoch_codes(events, n_epochs):
+    codes = np.full(n_epochs, -99)
+    for etype, concept, start, dur, _ in events:
+        if etype == "Stages|Stages":
+            codes[int(start // 30):int((start + dur) // 30)] = int(concept.split("|")[1])
+    return codes
+
+
+def read_channel(edf, channel):
+    import mne
+
+    raw = mne.io.read_raw_edf(edf, include=[channel], preload=True, verbose="error")
+    return raw.get_data()[0], raw.info["sfreq"]
+
+
+def test_ids_and_paths(cohort):
+    root, ids = cohort
+    assert len(ids) == COHORT_SIZE and ids == sorted(ids)
+    commercial, test_list = set(mesa_commercial_ids()), set(sleepppg_test_subjects())
+    assert set(ids) <= commercial
+    assert len(set(ids) & test_list) == COHORT_SIZE // 2  # test_fraction=0.5
+    for sid in ids:
+        assert re.fullmatch(r"\d{4}", sid)
+        assert (root / "polysomnography" / "edfs" / f"mesa-sleep-{sid}.edf").is_file()
+        assert (root / "polysomnography" / "annotations-events-nsrr" / f"mesa-sleep-{sid}-nsrr.xml").is_file()
+    # No temporary files left behind.
+    assert not [p for p in root.rglob("*") if p.name.startswith(".")]
+
+
+def test_edf_channels_and_rates_read_by_mne(cohort):
+    import mne
+
+    root, ids = cohort
+    with_ecg = 0
+    for sid in ids:
+        edf = syn.edf_path(root, sid)
+        raw = mne.io.read_raw_edf(edf, verbose="error")
+        expected = ["EKG", "EEG1", "Flow", "Thor", "Abdo", "Pos", "Pleth", "SpO2", "HR"]
+        if "EKG" in raw.ch_names:
+            with_ecg += 1
+        else:
+            expected.remove("EKG")
+        assert raw.ch_names == expected
+        assert raw.n_times / raw.info["sfreq"] == pytest.approx(COHORT_HOURS * 3600)
+        for channel, fs in (("Pleth", 256), ("EEG1", 256), ("Thor", 32), ("Flow", 32), ("SpO2", 1), ("HR", 1)):
+            data, sfreq = read_channel(edf, channel)
+            assert sfreq == fs
+            assert data.size == fs * COHORT_HOURS * 3600
+            assert np.isfinite(data).all() and data.std() > 0
+        spo2, _ = read_channel(edf, "SpO2")
+        assert 70 <= spo2.min() and spo2.max() <= 100
+    assert with_ecg == COHORT_SIZE - round(0.2 * COHORT_SIZE)  # no_ecg_fraction=0.2 -> 1 without EKG
+    ecg_sid = next(s for s in ids if "EKG" in mne.io.read_raw_edf(syn.edf_path(root, s), verbose="error").ch_names)
+    ekg, fs = read_channel(syn.edf_path(root, ecg_sid), "EKG")
+    assert fs == 256 and 0.3e-3 < np.percentile(ekg, 99.9) < 5e-3  # R peaks of ~1 mV (mne returns volts)
+
+
+def test_xml_schema_and_stage_runs_tile_the_night(cohort):
+    from edfio import read_edf
+
+    root, ids = cohort
+    duration = COHORT_HOURS * 3600
+    for sid in ids:
+        events = read_xml(syn.xml_path(root, sid))
+        etype, concept, start, dur, first = events[0]
+        assert (etype, concept, start, dur) == ("", "Recording Start Time", 0.0, duration)
+        assert first.find("EventType").text is None  # <EventType/>
+        clock = first.findtext("ClockTime")
+        assert re.fullmatch(r"00\.00\.00 \d\d\.\d\d\.\d\d", clock)
+        assert read_edf(syn.edf_path(root, sid)).starttime.strftime("%H.%M.%S") == clock.split()[1]
+        starts = [e[2] for e in events[1:]]
+        assert starts == sorted(starts)  # time order
+        stages = [e for e in events if e[0] == "Stages|Stages"]
+        assert stages[0][2] == 0.0
+        for (_, c0, s0, d0, _), (_, c1, s1, _, _) in zip(stages, stages[1:]):
+            assert s0 + d0 == s1  # contiguous, no overlap
+            assert c0 != c1  # equal epochs merged into one run
+        assert stages[-1][2] + stages[-1][3] == duration
+        assert all(d % 30 == 0 for *_, d, _ in [(e[0], e[1], e[2], e[3], e[4]) for e in stages])
+        assert max(e[3] for e in stages) > 30  # runs of several epochs, not one event per epoch
+        assert {e[1] for e in stages} <= set(CONCEPT_TO_CLASS)
+        others = {(e[0], e[1]) for e in events[1:] if e[0] != "Stages|Stages"}
+        assert others <= {("Arousals|Arousals", "Arousal|Arousal ()"), ("Respiratory|Respiratory", "Hypopnea|Hypopnea"),
+                          ("Respiratory|Respiratory", "SpO2 desaturation|SpO2 desaturation")}
+
+
+def test_every_concept_and_event_type_appears_across_the_cohort(cohort):
+    root, ids = cohort
+    concepts, types = Counter(), Counter()
+    for sid in ids:
+        for etype, concept, *_ in read_xml(syn.xml_path(root, sid))[1:]:
+            types[etype] += 1
+            if etype == "Stages|Stages":
+                concepts[concept] += 1
+    assert set(concepts) == set(CONCEPT_TO_CLASS)  # Stage 4, Movement and Unscored included
+    assert {"Arousals|Arousals", "Respiratory|Respiratory"} <= set(types)
+    # Each subject holds every 4-class label, even on a short night.
+    for sid in ids:
+        codes = epoch_codes(read_xml(syn.xml_path(root, sid)), int(COHORT_HOURS * 120))
+        assert (codes != -99).all()
+        labels = {CONCEPT_TO_CLASS[syn.STAGE_CONCEPTS[c]] for c in codes}
+        assert {0, 1, 2, 3} <= labels
+
+
+def test_same_seed_identical_different_seed_differs(tmp_path):
+    a = syn.write_subject(tmp_path / "a", "0001", 0.2, seed=5)
+    b = syn.write_subject(tmp_path / "b", "0001", 0.2, seed=5)
+    c = syn.write_subject(tmp_path / "c", "0001", 0.2, seed=6)
+    for pa, pb, pc in zip(a, b, c):
+        assert pa.read_bytes() == pb.read_bytes()
+        assert pa.read_bytes() != pc.read_bytes()
+
+
+def test_parallel_equals_serial_and_resume_skips(tmp_path):
+    kwargs = dict(hours=0.2, seed=2, no_ecg_fraction=0.34)
+    serial = syn.make_cohort(tmp_path / "serial", 3, workers=1, **kwargs)
+    parallel = syn.make_cohort(tmp_path / "parallel", 3, workers=2, **kwargs)
+    assert serial == parallel
+    files = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*.*"))
+    assert len(files) == 6
+    for rel in files:
+        assert (tmp_path / "serial" / rel).read_bytes() == (tmp_path / "parallel" / rel).read_bytes()
+
+    # Resume: existing subjects are skipped; a subject missing one file is rewritten identically.
+    root = tmp_path / "serial"
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*.*")}
+    victim = syn.xml_path(root, serial[0])
+    original = victim.read_bytes()
+    victim.unlink()
+    assert syn.make_cohort(root, 3, workers=1, **kwargs) == serial
+    assert victim.read_bytes() == original
+    for path, mtime in before.items():
+        if path.stem.split("-")[2] != serial[0]:
+            assert path.stat().st_mtime_ns == mtime, f"{path} was rewritten"
+    # --overwrite rewrites everything (and gives the same bytes).
+    syn.make_cohort(root, 3, workers=1, overwrite=True, **kwargs)
+    assert all(p.stat().st_mtime_ns != m for p, m in before.items() if p != victim)
+
+
+def test_without_ecg_and_other_ppg_rate(tmp_path):
+    import mne
+
+    edf, _ = syn.write_subject(tmp_path, "0002", 0.1, seed=0, with_ecg=False, fs_ppg=128, ppg_label="PPG")
+    raw = mne.io.read_raw_edf(edf, verbose="error")
+    assert "EKG" not in raw.ch_names and "PPG" in raw.ch_names and "Pleth" not in raw.ch_names
+    _, fs = read_channel(edf, "PPG")
+    assert fs == 128
+    with pytest.raises(ValueError, match="fs_ppg"):
+        syn.write_subject(tmp_path, "0002", 0.1, seed=0, fs_ppg=34.5)
+
+
+def test_stage_runs_merge_equal_epochs():
+    assert syn.stage_runs(np.array([0, 0, 2, 2, 2, 5, 0])) == [(0, 0, 2), (2, 2, 3), (5, 5, 1), (0, 6, 1)]
+    assert syn.stage_runs(np.array([], dtype=int)) == []
+
+
+def test_hypnogram_architecture():
+    """Over many full nights: latency, proportions of sleep stages, N3 early and REM late (SPEC §9)."""
+    n1 = n2 = n3 = rem = 0
+    n3_first_third = rem_last_half = 0
+    for i in range(40):
+        codes = syn.simulate_hypnogram(np.random.default_rng(i), 1200)
+        assert set(np.unique(codes)) <= set(syn.STAGE_CONCEPTS)
+        first_sleep = np.flatnonzero(np.isin(codes, [1, 2, 3, 4, 5]))[0]
+        assert 10 * 2 <= first_sleep <= 60 * 2 + 2  # 10-30 min latency + up to 30 min to lights off
+        n1 += np.sum(codes == 1)
+        n2 += np.sum(codes == 2)
+        n3 += np.sum(np.isin(codes, [3, 4]))
+        rem += np.sum(codes == 5)
+        n3_first_third += np.sum(np.isin(codes[:400], [3, 4]))
+        rem_last_half += np.sum(codes[600:] == 5)
+    sleep = n1 + n2 + n3 + rem
+    assert 0.02 < n1 / sleep < 0.10
+    assert 0.40 < n2 / sleep < 0.62
+    assert 0.12 < n3 / sleep < 0.28
+    assert 0.17 < rem / sleep < 0.30
+    assert n3_first_third / n3 > 0.6
+    assert rem_last_half / rem > 0.6
+
+
+def _subject_hr_by_state(seed, sid, hours):
+    """Mean HR (bpm from beat times) per physiological state and per-epoch HR, for one simulated subject."""
+    rng = syn.subject_rng(seed, sid)
+    rng.integers(0, 4 * 3600)  # the start-clock draw of write_subject
+    states = syn._simulate_states(rng, int(hours * 120))
+    phys = syn.simulate_physiology(rng, states)
+    beats = phys["beats"]
+    hr = 60 / np.diff(beats)
+    epoch = (beats[1:] // 30).astype(int)
+    epoch_hr = np.bincount(epoch, hr, states.size) / np.maximum(np.bincount(epoch, None, states.size), 1)
+    return states, epoch_hr
+
+
+def test_heart_rate_follows_stage_but_overlaps_across_subjects():
+    wake_means, deep_means, wake_epochs, deep_epochs = [], [], [], []
+    for sid in ("0001", "0002", "0006", "0010", "0012", "0014"):
+        states, epoch_hr = _subject_hr_by_state(0, sid, 8.0)
+        wake = epoch_hr[states == syn.WAKE]
+        deep = epoch_hr[states == syn.N3]
+        assert deep.mean() < wake.mean()  # HR lower in N3 than in wake, within each subject
+        wake_means.append(wake.mean())
+        deep_means.append(deep.mean())
+        wake_epochs.append(wake)
+        deep_epochs.append(deep)
+    # Across subjects the ranges overlap: some subject's deep sleep is faster than another's wake.
+    assert max(deep_means) > min(wake_means)
+    # No fixed HR threshold separates pooled wake from deep epochs well (but better than chance).
+    values = np.r_[np.concatenate(wake_epochs), np.concatenate(deep_epochs)]
+    is_wake = np.r_[np.ones(sum(map(len, wake_epochs))), np.zeros(sum(map(len, deep_epochs)))].astype(bool)
+    best = max(0.5 * (np.mean(values[is_wake] > t) + np.mean(values[~is_wake] <= t))
+               for t in np.percentile(values, np.arange(1, 100)))
+    assert 0.55 < best < 0.9
+
+
+def test_ppg_and_ekg_carry_the_same_beats(tmp_path):
+    from scipy.signal import find_peaks
+
+    edf, xml = syn.write_subject(tmp_path, "0010", 0.25, seed=4)
+    ppg, fs = read_channel(edf, "Pleth")
+    ekg, _ = read_channel(edf, "EKG")
+    r_peaks, _ = find_peaks(ekg, height=0.5 * np.percentile(ekg, 99.5), distance=int(0.33 * fs))
+    # PPG: smooth, then systolic peaks with a prominence relative to the local pulse size.
+    from scipy.signal import butter, sosfiltfilt
+
+    clean = sosfiltfilt(butter(2, (0.5, 5), btype="bandpass", fs=fs, output="sos"), ppg)
+    p_peaks, _ = find_peaks(clean, distance=int(0.33 * fs), prominence=0.3 * np.std(clean))
+    hr_ecg = 60 * len(r_peaks) / (0.25 * 3600)
+    hr_ppg = 60 * len(p_peaks) / (0.25 * 3600)
+    assert 40 < hr_ecg < 110
+    assert hr_ppg == pytest.approx(hr_ecg, rel=0.08)
+
+
+def test_cli_summary_and_bad_arguments(tmp_path, capsys):
+    assert syn.main(["--out", str(tmp_path), "--subjects", "2", "--hours", "0.1", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "2 written, 0 skipped" in out
+    assert syn.main(["--out", str(tmp_path), "--subjects", "2", "--hours", "0.1", "--seed", "3"]) == 0
+    assert "0 written, 2 skipped" in capsys.readouterr().out
+    assert len(list((tmp_path / "polysomnography" / "edfs").glob("*.edf"))) == 2
+    for bad in (["--subjects", "0"], ["--subjects", "2", "--hours", "-1"],
+                ["--subjects", "2", "--min-hours", "9", "--max-hours", "8"],
+                ["--subjects", "2", "--test-fraction", "1.5"]):
+        with pytest.raises(SystemExit) as err:
+            syn.main(["--out", str(tmp_path)] + bad)
+        assert err.value.code == 2
