@@ -94,23 +94,24 @@ def read_window_counts(index_file: str | os.PathLike) -> dict[str, int]:
         return {sid: int(group[sid].attrs["n_windows"]) for sid in sorted(group.keys())}
 
 
-def valid_subjects(window_counts: dict[str, int], windows_per_subject: int) -> list[str]:
+def select_valid_subjects(window_counts: dict[str, int], windows_per_subject: int) -> list[str]:
     """Sorted IDs whose night has exactly `windows_per_subject` windows (the reference's rule)."""
     return sorted(sid for sid, n in window_counts.items() if n == windows_per_subject)
 
 
-def missing_test_subjects(valid: list[str]) -> list[str]:
+def missing_test_subjects(valid_subjects: list[str]) -> list[str]:
     """SleepPPG-Net test IDs that are not among the valid subjects, in the paper's order."""
-    valid_set = set(valid)
+    valid_set = set(valid_subjects)
     return [s for s in SLEEPPPG_TEST_SUBJECTS if s not in valid_set]
 
 
-def split_subjects(valid: list[str], use_sleepppg_test_set: bool = True,
+def split_subjects(valid_subjects: list[str], use_sleepppg_test_set: bool = True,
                    seed: int = 42) -> tuple[list[str], list[str], list[str]]:
     """(train, val, test) subject IDs from the sorted valid IDs, as the reference splits them (SPEC §7).
 
     Raises ValueError when there are too few subjects for a non-empty train and val set.
     """
+    valid = list(valid_subjects)
     if use_sleepppg_test_set:
         valid_set = set(valid)
         test = [s for s in SLEEPPPG_TEST_SUBJECTS if s in valid_set]
@@ -161,7 +162,7 @@ def make_split(index_file: str | os.PathLike, windows_per_subject: int = WINDOWS
                use_sleepppg_test_set: bool = True, seed: int = 42) -> Split:
     """Read the index file and split its valid subjects (see `split_subjects`)."""
     counts = read_window_counts(index_file)
-    valid = valid_subjects(counts, windows_per_subject)
+    valid = select_valid_subjects(counts, windows_per_subject)
     train, val, test = split_subjects(valid, use_sleepppg_test_set, seed)
     missing = missing_test_subjects(valid) if use_sleepppg_test_set else []
     return Split(train, val, test, valid, len(counts), missing)

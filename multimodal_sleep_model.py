@@ -349,7 +349,8 @@ def load_model_from_checkpoint(path: str | os.PathLike, map_location: Any = "cpu
                          f"train_ppg_only.py, or it holds arbitrary Python objects): {err}") from err
     except (RuntimeError, EOFError) as err:  # torch raises RuntimeError for files that are not torch archives
         raise ValueError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
-    missing = [k for k in ("model_kind", "model_args", "model_state_dict") if not isinstance(ckpt, dict) or k not in ckpt]
+    required = ("model_kind", "model_args", "model_state_dict")
+    missing = [k for k in required if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise ValueError(f"{path} is not a checkpoint of this project: missing {missing} (it must be written by "
                          f"train_ppg_only.py with model_kind, model_args and model_state_dict)")

@@ -58,7 +58,7 @@ def test_split_reproduces_fixed_test_ids(data):
 def test_split_matches_sklearn_reference_recipe():
     from sklearn.model_selection import train_test_split
     valid = [f"{i:04d}" for i in range(2, 40)]  # "0021" and "0033" are test IDs
-    train, val, test = split_subjects(valid, True, 42)
+    train, val, test = split_subjects(valid_subjects=valid, use_sleepppg_test_set=True, seed=42)
     assert test == ["0021", "0033"]
     rest = [s for s in valid if s not in test]
     assert (train, val) == tuple(train_test_split(rest, test_size=0.2, random_state=42))
@@ -123,10 +123,10 @@ def _batches(loader):
 
 def test_worker_loader_matches_single_process(data):
     ds_kwargs = dict(batch_size=2, model_type="real_ecg", windows_per_subject=W, return_index=True)
-    _, val0, test0, train_ds0, _, _ = get_dataloaders(_paths(data), num_workers=0, **ds_kwargs)
+    _, val0, test0, _, _, _ = get_dataloaders(_paths(data), num_workers=0, **ds_kwargs)
     _, val2, test2, train_ds2, _, _ = get_dataloaders(_paths(data), num_workers=2, **ds_kwargs)
     assert val2.persistent_workers and not val0.persistent_workers
-    train_ds2[0]  # a handle opened in the parent before the fork must not leak into the workers
+    val2.dataset[0], test2.dataset[0]  # handles opened in the parent before the fork: workers open their own
     for a_loader, b_loader in ((val0, val2), (test0, test2)):
         a, b = _batches(a_loader), _batches(b_loader)
         assert len(a) == len(b) > 0
@@ -136,7 +136,7 @@ def test_worker_loader_matches_single_process(data):
     # the shuffled training loader with workers still yields every training night exactly once per epoch
     train2 = get_dataloaders(_paths(data), num_workers=2, **ds_kwargs)[0]
     seen = torch.cat([batch[-1] for batch in train2])
-    assert sorted(seen.tolist()) == list(range(len(train_ds2)))
+    assert sorted(seen.tolist()) == list(range(len(train_ds2))) and len(seen) > 2
 
 
 def test_distributed_samplers_partition_the_data(data, monkeypatch):

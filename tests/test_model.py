@@ -21,9 +21,12 @@ def _forward(model, ppg, ecg):
     return model(ppg) if isinstance(model, SleepPPGNet) else model(ppg, ecg)
 
 
-def test_ppg_only_parameter_count_matches_reference():
-    model = SleepPPGNet()
+def test_ppg_only_parameter_count_matches_reference_and_full_night_runs():
+    torch.manual_seed(0)
+    model = SleepPPGNet().eval()
     assert count_parameters(model) == PPG_ONLY_PARAMETERS == 3_642_644
+    with torch.no_grad():  # one 10-h night at the default size: a few seconds on CPU
+        assert model(torch.randn(1, 1, 1200 * SAMPLES_PER_WINDOW)).shape == (1, 4, 1200)
     # the count does not depend on the night length (the dense layer is shared across windows)
     assert count_parameters(SleepPPGNet(n_windows=N_WINDOWS)) == PPG_ONLY_PARAMETERS
 
