@@ -237,28 +237,37 @@ def _simulate_states(rng: np.random.Generator, n_epochs: int) -> np.ndarray:
 
 
 def _score_states(rng: np.random.Generator, states: np.ndarray) -> np.ndarray:
-    """NSRR stage codes a scorer would write for the states: some scorers use R&K Stage 4 for the deepest
-    N3, wake with body movement is sometimes 'Movement', and some nights end (or briefly lose signal) as
-    'Unscored'."""
-    codes = STATE_CODE[states].copy()
-    n = codes.size
+    """NSRR stage codes a scorer would write for the states.
+
+    Scorers disagree at transitions (a third of stage boundaries are placed one epoch early or late, so the
+    labels are not a perfect function of the physiology), some use R&K Stage 4 for the deepest N3, wake with
+    body movement is sometimes 'Movement', and some nights end (or briefly lose signal) as 'Unscored'.
+    """
+    n = states.size
+    seen = states.copy()
+    for b in np.flatnonzero(states[1:] != states[:-1]):  # boundary between epochs b and b + 1
+        u = rng.random()
+        if u < 0.15:
+            seen[b] = states[b + 1]
+        elif u < 0.3:
+            seen[b + 1] = states[b]
+    codes = STATE_CODE[seen]
     scale = min(1.0, n / (FULL_NIGHT_HOURS * 3600 / WINDOW_SECONDS))  # short nights: shorter unscored spans
     if rng.random() < 0.4:  # an R&K-style scorer: the middle of N3 runs as Stage 4
-        deep = states == N3
+        deep = seen == N3
         core = deep.copy()
-        for shift in (1, 2):
-            core[shift:] &= deep[:-shift]
-            core[:-shift] &= deep[shift:]
+        core[1:] &= deep[:-1]  # N3 on both sides
+        core[:-1] &= deep[1:]
         codes[core & (rng.random(n) < 0.7)] = 4
     sleep_idx = np.flatnonzero(states != WAKE)
     if sleep_idx.size:
         after_onset = np.arange(n) > sleep_idx[0]
-        movement = (states == WAKE) & after_onset & (rng.random(n) < rng.uniform(0.02, 0.15))
+        movement = (seen == WAKE) & after_onset & (rng.random(n) < rng.uniform(0.02, 0.15))
         codes[movement] = 6
     if rng.random() < 0.1:  # a short signal-loss gap
         start = int(rng.integers(0, max(1, n - 8)))
         codes[start:start + max(1, int(rng.integers(2, 9) * scale))] = 9
-    if rng.random() < 0.4:  # scoring stops before the recording ends
+    if rng.random() < 0.5:  # scoring stops before the recording ends
         codes[n - min(n, max(1, int(rng.integers(2, 41) * scale))):] = 9
     return codes
 
@@ -428,9 +437,11 @@ def simulate_physiology(rng: np.random.Generator, states: np.ndarray) -> dict:
 
 
 def _pulse_table(dicrotic: float, n: int = 1024) -> np.ndarray:
-    """One PPG pulse over a beat's phase [0, 1]: systolic wave + diastolic (dicrotic) wave, foot at 0 and 1."""
+    """One PPG pulse over a beat's phase [0, 1]: a systolic wave that rises faster than it falls (peak at
+    0.18 of the beat) + a diastolic (dicrotic) wave; zero at both feet so consecutive beats join smoothly."""
     ph = np.linspace(0, 1, n)
-    pulse = np.exp(-0.5 * ((ph - 0.22) / 0.075) ** 2) + dicrotic * np.exp(-0.5 * ((ph - 0.52) / 0.11) ** 2)
+    x = ph / 0.18
+    pulse = x ** 3 * np.exp(3 * (1 - x)) + dicrotic * np.exp(-0.5 * ((ph - 0.5) / 0.1) ** 2)
     pulse -= pulse[0] + (pulse[-1] - pulse[0]) * ph  # zero at both feet -> continuous across beats
     return pulse / pulse.max()
 
@@ -462,29 +473,35 @@ def _movement_artefact(rng: np.random.Generator, movements: list, duration: int,
 
 
 def _synth_ppg(rng, phys: dict, duration: int, fs: int, artefact_32: np.ndarray) -> np.ndarray:
-    """PPG at fs (Pleth units) from the pulse-arrival times; phase-based, in chunks."""
+    """PPG at fs (Pleth units) from the pulse-arrival times; phase-based, in chunks.
+
+    Each sample looks up the beat it falls in (searchsorted), its phase within that beat, and the pulse
+    template at that phase, scaled by the beat's amplitude; slow parts (respiratory baseline, wander,
+    movement artefacts) are built at FS_RESP and interpolated once.
+    """
     tr = phys["traits"]
     t_c = phys["t_ctrl"]
     table = _pulse_table(tr["dicrotic"])
+    table_phase = np.linspace(0, 1, table.size)
     feet = phys["beats"] + tr["ptt_s"]
     beat_amp = np.interp(feet, t_c, phys["pulse_amp_ctrl"]) * (1 + 0.04 * rng.standard_normal(feet.size))
-    ppg = np.empty(duration * fs)
-    resp_sin = np.sin(phys["resp_phase_ctrl"])
+    # Sentinel beats far outside the night with zero amplitude: no pulse before the first/after the last foot.
+    feet = np.r_[feet[0] - 1e6, feet, feet[-1] + 1e6]
+    beat_amp = np.r_[0.0, beat_amp[:-1], 0.0, 0.0]
+    t_32 = np.arange(duration * FS_RESP) / FS_RESP
+    amp_32 = np.interp(t_32, t_c, phys["pulse_amp_ctrl"])
+    breathing_c = tr["ppg_baseline"] * np.sin(phys["resp_phase_ctrl"]) * phys["resp_depth_ctrl"]
     wander_c = 0.3 * _band_noise(rng, t_c.size, FS_CTRL, None, 0.05)
+    slow_32 = amp_32 * (np.interp(t_32, t_c, breathing_c + wander_c) + 0.8 * artefact_32)
+    noise_sd = tr["ppg_noise"] * tr["ppg_amplitude"]
+    ppg = np.empty(duration * fs)
     chunk = CHUNK_SECONDS * fs
     for i0 in range(0, ppg.size, chunk):
         t = np.arange(i0, min(i0 + chunk, ppg.size)) / fs
-        idx = np.searchsorted(feet, t, side="right") - 1
-        inside = (idx >= 0) & (idx < feet.size - 1)
-        j = np.clip(idx, 0, feet.size - 2)
-        phase = np.clip((t - feet[j]) / (feet[j + 1] - feet[j]), 0, 1)
-        pulse = np.where(inside, beat_amp[j] * np.interp(phase, np.linspace(0, 1, table.size), table), 0.0)
-        amp_now = np.interp(t, t_c, phys["pulse_amp_ctrl"])
-        baseline = amp_now * (tr["ppg_baseline"] * np.interp(t, t_c, resp_sin * phys["resp_depth_ctrl"])
-                              + np.interp(t, t_c, wander_c))
-        artefact = amp_now * 0.8 * np.interp(t, np.arange(artefact_32.size) / FS_RESP, artefact_32)
-        noise = tr["ppg_noise"] * tr["ppg_amplitude"] * rng.standard_normal(t.size)
-        ppg[i0:i0 + t.size] = pulse + baseline + artefact + noise
+        j = np.searchsorted(feet, t, side="right") - 1
+        phase = (t - feet[j]) / (feet[j + 1] - feet[j])
+        ppg[i0:i0 + t.size] = (beat_amp[j] * np.interp(phase, table_phase, table) + np.interp(t, t_32, slow_32)
+                               + noise_sd * rng.standard_normal(t.size))
     return ppg
 
 
@@ -496,19 +513,19 @@ def _synth_ecg(rng, phys: dict, duration: int, artefact_32: np.ndarray) -> np.nd
     t_tab, tab = _ecg_table(FS_ECG)
     resp_c = np.sin(phys["resp_phase_ctrl"]) * phys["resp_depth_ctrl"]
     beat_amp = tr["ecg_amplitude"] * (1 + 0.08 * np.interp(beats, t_c, resp_c))  # ECG-derived respiration
+    beats = np.r_[-1e6, beats, duration + 1e6]  # zero-amplitude sentinels: every sample has both neighbours
+    beat_amp = np.r_[0.0, beat_amp, 0.0]
+    t_32 = np.arange(duration * FS_RESP) / FS_RESP
+    slow_32 = 0.08 * np.interp(t_32, t_c, resp_c) + 0.3 * artefact_32  # respiratory wander + movement
     ecg = np.empty(duration * FS_ECG)
     chunk = CHUNK_SECONDS * FS_ECG
     for i0 in range(0, ecg.size, chunk):
         t = np.arange(i0, min(i0 + chunk, ecg.size)) / FS_ECG
         nxt = np.searchsorted(beats, t)
-        out = np.zeros(t.size)
+        out = np.interp(t, t_32, slow_32) + tr["ecg_noise"] * rng.standard_normal(t.size)
         for j in (nxt - 1, nxt):  # the beat before and the beat after each sample
-            ok = (j >= 0) & (j < beats.size)
-            jj = np.clip(j, 0, beats.size - 1)
-            out += np.where(ok, beat_amp[jj] * np.interp(t - beats[jj], t_tab, tab, left=0, right=0), 0.0)
-        wander = 0.08 * np.interp(t, t_c, resp_c)
-        artefact = 0.3 * np.interp(t, np.arange(artefact_32.size) / FS_RESP, artefact_32)
-        ecg[i0:i0 + t.size] = out + wander + artefact + tr["ecg_noise"] * rng.standard_normal(t.size)
+            out += beat_amp[j] * np.interp(t - beats[j], t_tab, tab, left=0.0, right=0.0)
+        ecg[i0:i0 + t.size] = out
     return ecg
 
 
