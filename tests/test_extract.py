@@ -237,6 +237,16 @@ def test_preprocess_ecg_matches_slow_version_and_low_rates():
     assert low.size == seconds * 1024 // 30 and np.isfinite(low).all() and abs(low.std() - 1) < 1e-3
 
 
+def test_linear_resampling_is_the_references_np_interp_bit_for_bit():
+    rng = np.random.default_rng(5)
+    for n, fs in [(7680, 256), (7681, 256), (3750, 125), (12_345, 250)]:
+        x = rng.standard_normal(n)
+        out = ex.resample(x, fs)
+        reference = np.interp(np.linspace(0, n - 1, out.size), np.linspace(0, n - 1, n), x)
+        assert out.size == ex.resampled_length(n, fs)
+        np.testing.assert_array_equal(out, reference)
+
+
 def test_polyphase_resampling_agrees_with_linear():
     fs, seconds = 256, 120
     x = np.sin(2 * np.pi * 0.9 * np.arange(seconds * fs) / fs)

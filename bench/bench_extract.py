@@ -1,0 +1,326 @@
+"""Benchmark extract_mesa_data.py against a re-creation of the reference's approach, same cohort, same run.
+
+The cohort is MESA-sized: 10.5-h nights with MESA's channels and rates (make_synthetic_mesa.make_cohort; if
+that module is missing, a plain EDF writer below). For each cohort size N (--sizes) it runs, each in its own
+subprocess so peak memory is measured cleanly:
+- "reference": the reference's approach re-created from its extract_mesa_data.py: one process, every
+  subject's PPG and ECG windows kept in memory as float64 until the end, then stacked and written with gzip
+  (chunks of 100 windows); ECG filtered with filtfilt on (b, a) coefficients; labels expanded from the XML.
+  EDFs are read with mne like ours (the reference used pyedflib, not installed here), one channel at a time,
+  so the comparison isolates the pipeline design, not the EDF reader;
+- "ours": extract_mesa_data.main with --workers W for each W in --workers.
+Printed: seconds in total and per subject, peak memory (the PSS of the whole process tree, main + workers,
+sampled every 50 ms from /proc; the main process's ru_maxrss beside it), and ours/reference ratios.
+
+Usage: python bench/bench_extract.py --sizes 4,16 --workers 1,2   (default --sizes 2,4: a few minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+REFERENCE_TARGET_FS = 34.133333333  # the reference's rounded constant (Hz)
+REFERENCE_WINDOWS = 1200
+REFERENCE_SAMPLES = REFERENCE_WINDOWS * 1024
+REFERENCE_CHUNK_ROWS = 100  # the reference's HDF5 chunks: 100 windows
+NIGHT_HOURS = 10.5  # a typical MESA night is longer than the 10 h kept
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cohort
+
+
+def _simple_subject(root: Path, sid: str, hours: float, seed: int) -> None:
+    """Fallback writer: MESA's channels at MESA's rates with plain sinusoids plus noise, and 30-s stage runs."""
+    import edfio
+
+    rng = np.random.default_rng(seed)
+    seconds = int(hours * 3600)
+
+    def wave(fs: int, freq: float, amp: float) -> np.ndarray:
+        t = np.arange(seconds * fs) / fs
+        return amp * np.sin(2 * np.pi * freq * t) + 0.1 * amp * rng.standard_normal(t.size)
+
+    spec = [("EKG", 256, 1.1, 1.0, "mV"), ("EEG1", 256, 10.0, 50.0, "uV"), ("Flow", 32, 0.25, 1.0, ""),
+            ("Thor", 32, 0.25, 1.0, ""), ("Abdo", 32, 0.25, 1.0, ""), ("Pos", 32, 0.01, 1.0, ""),
+            ("Pleth", 256, 1.0, 100.0, ""), ("SpO2", 1, 0.001, 2.0, "%"), ("HR", 1, 0.001, 5.0, "bpm")]
+    signals = [edfio.EdfSignal(wave(fs, f, a), fs, label=label, physical_dimension=unit,
+                               physical_range=(-1.5 * a, 1.5 * a)) for label, fs, f, a, unit in spec]
+    edf = root / "polysomnography" / "edfs" / f"mesa-sleep-{sid}.edf"
+    edf.parent.mkdir(parents=True, exist_ok=True)
+    edfio.Edf(signals, data_record_duration=1).write(edf)
+    concepts = ["Wake|0", "Stage 1 sleep|1", "Stage 2 sleep|2", "Stage 3 sleep|3", "REM sleep|5"]
+    events, start = [], 0
+    while start < seconds:
+        duration = 30 * int(rng.integers(2, 40))
+        events.append(f"<ScoredEvent><EventType>Stages|Stages</EventType><EventConcept>"
+                      f"{concepts[int(rng.integers(5))]}</EventConcept><Start>{start}</Start>"
+                      f"<Duration>{min(duration, seconds - start)}</Duration></ScoredEvent>")
+        start += duration
+    xml = root / "polysomnography" / "annotations-events-nsrr" / f"mesa-sleep-{sid}-nsrr.xml"
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    xml.write_text("<PSGAnnotation><EpochLength>30</EpochLength><ScoredEvents>" + "".join(events)
+                   + "</ScoredEvents></PSGAnnotation>")
+
+
+def make_cohort(root: Path, n: int, hours: float) -> list[str]:
+    """A MESA-shaped cohort of n subjects with every night `hours` long and ECG present; returns IDs."""
+    try:
+        import make_synthetic_mesa
+    except ImportError:
+        ids = [f"{i:04d}" for i in range(1, n + 1)]
+        for k, sid in enumerate(ids):
+            if not (root / "polysomnography" / "edfs" / f"mesa-sleep-{sid}.edf").exists():
+                _simple_subject(root, sid, hours, seed=k)
+        return ids
+    return make_synthetic_mesa.make_cohort(root, n, hours=hours, seed=0, no_ecg_fraction=0.0, workers=2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The reference's approach, re-created (see the module docstring)
+
+
+def _ref_resample_clip_zscore(filtered: np.ndarray, fs: float) -> np.ndarray:
+    n_out = int(filtered.size / fs * REFERENCE_TARGET_FS)
+    old = np.linspace(0, filtered.size - 1, filtered.size)
+    new = np.linspace(0, filtered.size - 1, n_out)
+    x = np.interp(new, old, filtered)
+    mu, sd = np.mean(x), np.std(x)
+    x = np.clip(x, mu - 3 * sd, mu + 3 * sd)
+    return (x - np.mean(x)) / (np.std(x) + 1e-8)
+
+
+def _ref_ppg(x: np.ndarray, fs: float) -> np.ndarray:
+    from scipy.signal import cheby2, sosfiltfilt
+
+    return _ref_resample_clip_zscore(sosfiltfilt(cheby2(8, 40, 8 / (fs / 2), output="sos"), x), fs)
+
+
+def _ref_ecg(x: np.ndarray, fs: float) -> np.ndarray:
+    from scipy.signal import butter, filtfilt
+
+    high = min(40 / (fs / 2), 0.99)
+    b, a = butter(4, [0.5 / (fs / 2), high], btype="band")
+    return _ref_resample_clip_zscore(filtfilt(b, a, x), fs)
+
+
+def _ref_fit(x: np.ndarray, length: int, fill: float) -> np.ndarray:
+    if x.size >= length:
+        return x[:length]
+    return np.concatenate([x, np.full(length - x.size, fill, dtype=x.dtype)])
+
+
+def _ref_labels(xml_path: Path, duration_s: float) -> np.ndarray:
+    stage_of = {"Wake": 0, "Stage 1 sleep": 1, "Stage 2 sleep": 1, "Stage 3 sleep": 2, "Stage 4 sleep": 2,
+                "REM sleep": 3}
+    labels = np.full(int(np.ceil(duration_s / 30)), -1, dtype=int)
+    for event in ET.parse(xml_path).getroot().iter("ScoredEvent"):
+        if event.findtext("EventType") != "Stages|Stages":
+            continue
+        stage = stage_of.get(event.findtext("EventConcept").split("|")[0])
+        if stage is None:
+            continue
+        start, duration = float(event.findtext("Start")), float(event.findtext("Duration"))
+        labels[int(np.floor(start / 30)):int(np.ceil((start + duration) / 30))] = stage
+    return _ref_fit(labels, REFERENCE_WINDOWS, -1)
+
+
+def reference_extract(edf_dir: Path, xml_dir: Path, out_dir: Path, ids: list[str]) -> None:
+    """The reference's design: everything in memory as float64, one process, gzip at the end."""
+    import h5py
+    import mne
+
+    from extract_mesa_data import find_ecg_channel, find_ppg_channel
+
+    all_ppg, all_ecg, all_labels, subject_ids, has_ecg = [], [], [], [], []
+    for sid in ids:
+        edf = edf_dir / f"mesa-sleep-{sid}.edf"
+        names = mne.io.read_raw_edf(edf, preload=False, verbose="error").ch_names
+        signals = {}
+        for kind, channel in (("ppg", find_ppg_channel(names)), ("ecg", find_ecg_channel(names))):
+            if channel:
+                raw = mne.io.read_raw_edf(edf, include=[channel], preload=False, verbose="error")
+                signals[kind] = (raw.get_data()[0], raw.info["sfreq"])
+        ppg = _ref_ppg(*signals["ppg"])
+        ecg = _ref_ecg(*signals["ecg"]) if "ecg" in signals else np.zeros_like(ppg)
+        all_ppg.append(_ref_fit(ppg, REFERENCE_SAMPLES, 0.0).reshape(REFERENCE_WINDOWS, 1024))
+        all_ecg.append(_ref_fit(ecg, REFERENCE_SAMPLES, 0.0).reshape(REFERENCE_WINDOWS, 1024))
+        all_labels.append(_ref_labels(xml_dir / f"mesa-sleep-{sid}-nsrr.xml", ppg.size / REFERENCE_TARGET_FS))
+        subject_ids += [sid] * REFERENCE_WINDOWS
+        has_ecg += ["ecg" in signals] * REFERENCE_WINDOWS
+    ppg_all, ecg_all = np.vstack(all_ppg), np.vstack(all_ecg)
+    labels, sids, has = np.concatenate(all_labels), np.array(subject_ids), np.array(has_ecg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with h5py.File(out_dir / "mesa_ppg_with_labels.h5", "w") as f:
+        f.create_dataset("ppg", data=ppg_all, compression="gzip", chunks=(REFERENCE_CHUNK_ROWS, 1024))
+        f.create_dataset("labels", data=labels, compression="gzip")
+        f.create_dataset("subject_ids", data=sids.astype("S10"), compression="gzip")
+    with h5py.File(out_dir / "mesa_real_ecg.h5", "w") as f:
+        f.create_dataset("ecg", data=ecg_all, compression="gzip", chunks=(REFERENCE_CHUNK_ROWS, 1024))
+        f.create_dataset("has_real_ecg", data=has, compression="gzip")
+        f.create_dataset("subject_ids", data=sids.astype("S10"), compression="gzip")
+        f.create_dataset("labels", data=labels, compression="gzip")
+        f.create_dataset("real_ecg_indices", data=np.where(has)[0], compression="gzip")
+    with h5py.File(out_dir / "mesa_subject_index.h5", "w") as f:
+        for sid in np.unique(sids):
+            g = f.create_group(f"subjects/{sid}")
+            g.create_dataset("window_indices", data=np.where(sids == sid)[0])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One measured run (in its own subprocess)
+
+
+def _tree_pids(pid: int) -> list[int]:
+    """`pid` and all its descendants (Linux /proc/<pid>/task/<tid>/children)."""
+    pids, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        pids.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                stack += [int(c) for c in task.read_text().split()]
+            except OSError:
+                pass
+    return pids
+
+
+def _tree_pss_mb(pid: int) -> float:
+    """Proportional set size of a process tree in MB (shared pages split between processes, so forked
+    workers are not counted twice)."""
+    total_kb = 0
+    for p in _tree_pids(pid):
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kb += int(line.split()[1])
+                    break
+        except OSError:
+            pass
+    return total_kb / 1024
+
+
+class PeakSampler:
+    """Background thread sampling the process tree's PSS every `interval` s; `.peak_mb` is the maximum."""
+
+    def __init__(self, interval: float = 0.05):
+        import threading
+
+        self.interval, self.peak_mb = interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, _tree_pss_mb(os.getpid()))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measure_one(kind: str, edf_dir: Path, xml_dir: Path, out_dir: Path, ids: list[str], workers: int) -> dict:
+    """Run one extraction here; return seconds, the peak PSS of the whole process tree (main + workers, MB,
+    sampled every 50 ms) and the peak RSS of the main process (ru_maxrss, MB)."""
+    import h5py  # noqa: F401  imported before the clock starts: both approaches pay the same start-up
+    import mne  # noqa: F401
+    import scipy.signal  # noqa: F401
+
+    import extract_mesa_data
+
+    t0 = time.perf_counter()
+    with PeakSampler() as sampler:
+        if kind == "reference":
+            reference_extract(edf_dir, xml_dir, out_dir, ids)
+        else:
+            rc = extract_mesa_data.main(["--edf-dir", str(edf_dir), "--xml-dir", str(xml_dir), "--out-dir",
+                                         str(out_dir), "--subjects", ",".join(ids), "--workers", str(workers),
+                                         "--overwrite"])
+            if rc != 0:
+                raise SystemExit(f"extract_mesa_data exited {rc}")
+    seconds = time.perf_counter() - t0
+    main_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"seconds": seconds, "peak_tree_mb": sampler.peak_mb, "rss_main_mb": main_kb / 1024}
+
+
+def run_measured(kind: str, root: Path, out_dir: Path, ids: list[str], workers: int) -> dict:
+    edf_dir = root / "polysomnography" / "edfs"
+    xml_dir = root / "polysomnography" / "annotations-events-nsrr"
+    args = {"kind": kind, "edf_dir": str(edf_dir), "xml_dir": str(xml_dir), "out_dir": str(out_dir),
+            "ids": ids, "workers": workers}
+    proc = subprocess.run([sys.executable, __file__, "--measure-one", json.dumps(args)], capture_output=True,
+                          text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} run failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return result
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="2,4", help="cohort sizes N, comma-separated (full: 4,16)")
+    parser.add_argument("--workers", default="1,2", help="worker counts for ours, comma-separated")
+    parser.add_argument("--hours", type=float, default=NIGHT_HOURS, help="night length in hours")
+    parser.add_argument("--root", help="cohort folder, kept for reuse (default: a temporary folder)")
+    parser.add_argument("--measure-one", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.measure_one:
+        a = json.loads(args.measure_one)
+        result = measure_one(a["kind"], Path(a["edf_dir"]), Path(a["xml_dir"]), Path(a["out_dir"]), a["ids"],
+                             a["workers"])
+        print(json.dumps(result))
+        return 0
+    sizes = sorted({int(s) for s in args.sizes.split(",")})
+    worker_counts = [int(w) for w in args.workers.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
+        root = Path(args.root) if args.root else Path(tmp) / "cohort"
+        t0 = time.perf_counter()
+        ids = make_cohort(root, max(sizes), args.hours)
+        print(f"cohort: {len(ids)} subjects x {args.hours} h in {root} ({time.perf_counter() - t0:.0f} s to make)")
+        rows = []
+        for n in sizes:
+            subset = ids[:n]
+            ref = run_measured("reference", root, Path(tmp) / "out_ref", subset, 1)
+            rows.append(("reference", n, 1, ref, ref))
+            for w in worker_counts:
+                ours = run_measured("ours", root, Path(tmp) / f"out_ours{w}", subset, w)
+                rows.append(("ours", n, w, ours, ref))
+    print(f"\n{'approach':<10} {'N':>3} {'workers':>7} {'total s':>8} {'s/subject':>9} {'peak MB':>8} "
+          f"{'main RSS':>8} {'speed-up':>8} {'memory':>7}")
+    for kind, n, w, r, ref in rows:
+        print(f"{kind:<10} {n:>3} {w:>7} {r['seconds']:>8.1f} {r['seconds'] / n:>9.2f} {r['peak_tree_mb']:>8.0f} "
+              f"{r['rss_main_mb']:>8.0f} {ref['seconds'] / r['seconds']:>7.2f}x "
+              f"{r['peak_tree_mb'] / ref['peak_tree_mb']:>6.2f}x")
+    print("\nspeed-up = reference seconds / these seconds (same N); peak MB = highest PSS of the whole process "
+          "tree (main + workers), sampled every 50 ms; memory = peak / reference peak (same N).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
