@@ -56,6 +56,7 @@ log = logging.getLogger("make_synthetic_mesa")
 
 EDF_SUBDIR = Path("polysomnography") / "edfs"
 XML_SUBDIR = Path("polysomnography") / "annotations-events-nsrr"
+DATA_FILE_MODE = 0o644  # the temporary file of atomic_output is private (0600); a data file is readable
 EDF_START_DATE = datetime.date(1985, 1, 1)  # NSRR de-identified EDFs carry 01.01.85
 
 FS_ECG = 256  # Hz, MESA EKG
@@ -360,7 +361,7 @@ def simulate_physiology(rng: np.random.Generator, states: np.ndarray) -> dict:
     arousal_on, arousal_dur = arousal_on[order], arousal_dur[order]
     ok = arousal_on + arousal_dur < duration
     arousal_on, arousal_dur = arousal_on[ok], arousal_dur[ok]
-    wake_to_sleep = np.flatnonzero(np.diff(asleep_c.astype(np.int8)) < 0) / FS_CTRL  # awakenings
+    awakening_on = np.flatnonzero(np.diff(asleep_c.astype(np.int8)) < 0) / FS_CTRL  # sleep -> wake
     # Body movement mostly in wake, but also now and then in light sleep and REM (position changes).
     move_weight = np.where(asleep_c, np.where(states_c == N3, 0.02, 0.1), 1.0)
     move_on = _events(rng, move_weight * tr["movement_rate"] / 60, FS_CTRL)
@@ -372,7 +373,7 @@ def simulate_physiology(rng: np.random.Generator, states: np.ndarray) -> dict:
     surge = _surge_kernel(FS_CTRL, 2.0, 7.0, 40)
     hr += _add_kernels(n_c, FS_CTRL, arousal_on, rng.uniform(6, 20, arousal_on.size) * s ** 0.5
                        * (0.6 + arousal_dur / 15), surge)
-    hr += _add_kernels(n_c, FS_CTRL, wake_to_sleep, rng.uniform(8, 20, wake_to_sleep.size), surge)
+    hr += _add_kernels(n_c, FS_CTRL, awakening_on, rng.uniform(8, 20, awakening_on.size), surge)
     hr += _add_kernels(n_c, FS_CTRL, burst_on, rng.uniform(3, 10, burst_on.size),
                        _surge_kernel(FS_CTRL, 1.0, 3.0, 15))
     hr = np.clip(hr, 38, 140)
@@ -405,7 +406,7 @@ def simulate_physiology(rng: np.random.Generator, states: np.ndarray) -> dict:
     amp *= np.exp(_ou(rng, n_c, FS_CTRL, tau_s=900, sd=0.12))
     drop_kernel = np.r_[np.zeros(2 * FS_CTRL), _surge_kernel(FS_CTRL, 3.0, 10.0, 45)]
     drop = _add_kernels(n_c, FS_CTRL, arousal_on, rng.uniform(0.15, 0.5, arousal_on.size), drop_kernel)
-    drop += _add_kernels(n_c, FS_CTRL, wake_to_sleep, rng.uniform(0.2, 0.5, wake_to_sleep.size), drop_kernel)
+    drop += _add_kernels(n_c, FS_CTRL, awakening_on, rng.uniform(0.2, 0.5, awakening_on.size), drop_kernel)
     drop += _add_kernels(n_c, FS_CTRL, burst_on, rng.uniform(0.05, 0.2, burst_on.size), drop_kernel)
     amp *= np.clip(1 - drop, 0.2, 1)
 
@@ -539,8 +540,12 @@ def _synth_eeg(rng, phys: dict, duration: int) -> np.ndarray:
     alpha_amp = np.interp(t_low, t_c, _stage_curve(ALPHA_UV, phys["states"], s, t_c.size))
     low = delta_amp * _band_noise(rng, t_low.size, fs_low, 0.5, 2.0)
     low += alpha_amp * _band_noise(rng, t_low.size, fs_low, 8.0, 12.0)
-    t = np.arange(duration * FS_EEG) / FS_EEG
-    return np.interp(t, t_low, low) + 6.0 * rng.standard_normal(t.size)
+    eeg = np.empty(duration * FS_EEG)
+    chunk = CHUNK_SECONDS * FS_EEG
+    for i0 in range(0, eeg.size, chunk):
+        t = np.arange(i0, min(i0 + chunk, eeg.size)) / FS_EEG
+        eeg[i0:i0 + t.size] = np.interp(t, t_low, low) + 6.0 * rng.standard_normal(t.size)
+    return eeg
 
 
 def _synth_resp(rng, phys: dict, duration: int, artefact_32: np.ndarray) -> dict:
@@ -629,7 +634,7 @@ def _edf_signal(data: np.ndarray, channel: str, fs: int, label: str | None = Non
     from edfio import EdfSignal
 
     _, unit, (lo, hi) = CHANNELS[channel]
-    return EdfSignal(np.clip(data, lo, hi), fs, label=label or channel, physical_dimension=unit,
+    return EdfSignal(np.clip(data, lo, hi, out=data), fs, label=label or channel, physical_dimension=unit,
                      physical_range=(lo, hi))
 
 
@@ -681,9 +686,11 @@ def write_subject(out_root: str | Path, subject_id: str, hours: float, seed: int
     edf_out, xml_out = edf_path(out_root, subject_id), xml_path(out_root, subject_id)
     with atomic_output(edf_out) as tmp:
         edf.write(tmp)
+        tmp.chmod(DATA_FILE_MODE)
     xml = build_xml(codes, _other_events(phys), duration, start_clock)
     with atomic_output(xml_out) as tmp:
         tmp.write_text(xml)
+        tmp.chmod(DATA_FILE_MODE)
     return edf_out, xml_out
 
 
