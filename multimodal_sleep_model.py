@@ -359,11 +359,17 @@ def load_model_from_checkpoint(path: str | os.PathLike, map_location: Any = "cpu
         raise ValueError(f"{path}: unknown model_kind {kind!r}; expected one of {sorted(MODEL_CLASSES)}")
     if expected_kind is not None and kind != expected_kind:
         raise ValueError(f"{path} holds a {kind!r} model but a {expected_kind!r} model was asked for")
-    model = build_model(kind, **ckpt["model_args"])
+    try:
+        model = build_model(kind, **ckpt["model_args"])
+    except TypeError as err:  # an argument this version does not know
+        raise ValueError(f"{path}: cannot build a {kind!r} model from model_args {ckpt['model_args']}: {err}") from err
     state = dict(ckpt["model_state_dict"])
     for prefix in ("_orig_mod.", "module."):  # saved from a compiled or DDP-wrapped model
         nn.modules.utils.consume_prefix_in_state_dict_if_present(state, prefix)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # missing/unexpected keys or shape mismatches
+        raise ValueError(f"{path}: the weights do not fit a {kind!r} model with {ckpt['model_args']}: {err}") from err
     model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
     model.eval()
     return model, ckpt

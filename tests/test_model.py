@@ -165,6 +165,14 @@ def test_checkpoint_errors(tmp_path):
     torch.save({"model_kind": "generated_ecg", "model_args": {}, "model_state_dict": {}}, tmp_path / "k.pth")
     with pytest.raises(ValueError, match="unknown model_kind"):
         load_model_from_checkpoint(tmp_path / "k.pth")
+    torch.save({"model_kind": "ppg_only", "model_args": {"n_windows": 8, "depth": 3},
+                "model_state_dict": model.state_dict()}, tmp_path / "args.pth")
+    with pytest.raises(ValueError, match="cannot build"):
+        load_model_from_checkpoint(tmp_path / "args.pth")
+    torch.save({"model_kind": "real_ecg", "model_args": {"n_windows": 8},
+                "model_state_dict": model.state_dict()}, tmp_path / "mismatch.pth")
+    with pytest.raises(ValueError, match="do not fit"):
+        load_model_from_checkpoint(tmp_path / "mismatch.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError):
         load_model_from_checkpoint(tmp_path / "junk.pth")
