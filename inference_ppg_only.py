@@ -509,11 +509,11 @@ def stage_nights(model: torch.nn.Module, nights: list[Night], device: torch.devi
     return [probs_BWC[i, :n.n_recorded] for i, n in enumerate(nights)]
 
 
-def prefetch(jobs: Sequence[tuple], prepare, lookahead: int) -> Iterable[tuple[tuple, concurrent.futures.Future]]:
+def prefetch(jobs: Sequence[tuple], prepare, lookahead: int) -> Iterable[tuple[tuple, concurrent.futures.Future, bool]]:
     """Run `prepare(*job)` for each job in one background thread, at most `lookahead` jobs ahead of the
-    consumer, and yield (job, future) in order. The EDF reading and filtering of the next nights then overlap
-    the model's forward pass of the current ones (scipy, numpy and torch release the GIL in their loops),
-    while memory stays bounded to `lookahead` nights."""
+    consumer, and yield (job, future, next_is_ready) in order. The EDF reading and filtering of the next
+    nights then overlap the model's forward pass of the current ones (scipy, numpy and torch release the GIL
+    in their loops), while memory stays bounded to `lookahead` nights."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess") as pool:
         pending: collections.deque = collections.deque()
         remaining = iter(jobs)
@@ -522,10 +522,11 @@ def prefetch(jobs: Sequence[tuple], prepare, lookahead: int) -> Iterable[tuple[t
         try:
             while pending:
                 job, future = pending.popleft()
+                concurrent.futures.wait([future])
                 nxt = next(remaining, None)
                 if nxt is not None:
                     pending.append((nxt, pool.submit(prepare, *nxt)))
-                yield job, future
+                yield job, future, bool(pending) and pending[0][1].done()
         finally:
             for _, future in pending:  # consumer stopped early (error, Ctrl-C): drop the queued work
                 future.cancel()
@@ -533,8 +534,9 @@ def prefetch(jobs: Sequence[tuple], prepare, lookahead: int) -> Iterable[tuple[t
 
 def run_edf_mode(model, n_windows: int, cfg: dict, edf_paths: list[Path], run_dir: Path | None,
                  device: torch.device, flags: dict) -> tuple[list[dict], list[dict]]:
-    """Stage every EDF: preprocess (or reuse the cache) in a background thread, forward in batches of
-    `inference.batch_size` nights, write outputs. Returns (items, failures) for result.json."""
+    """Stage every EDF: preprocess (or reuse the cache) in a background thread, forward the nights that are
+    ready in batches of at most `inference.batch_size` (never waiting for a night while others are ready, so
+    preprocessing and forward overlap), write outputs. Returns (items, failures) for result.json."""
     from tqdm import tqdm
 
     import extract_mesa_data
@@ -558,7 +560,7 @@ def run_edf_mode(model, n_windows: int, cfg: dict, edf_paths: list[Path], run_di
 
     batch: list[Night] = []
     with tqdm(total=len(jobs), desc="nights", unit="night", disable=None) as bar:
-        for (path, sid, *_), future in prefetch(jobs, prepare_edf_night, lookahead=batch_size + 1):
+        for (path, sid, *_), future, next_ready in prefetch(jobs, prepare_edf_night, lookahead=batch_size + 1):
             try:
                 batch.append(future.result())
             except (extract_mesa_data.BadRecordingError, ValueError, OSError) as err:
@@ -567,7 +569,7 @@ def run_edf_mode(model, n_windows: int, cfg: dict, edf_paths: list[Path], run_di
                                  "error": f"{type(err).__name__}: {err}",
                                  "kind": getattr(err, "kind", type(err).__name__)})
                 bar.update(1)
-            if len(batch) == batch_size:
+            if batch and (len(batch) == batch_size or not next_ready):
                 flush(batch)
                 batch = []
         if batch:
