@@ -17,13 +17,19 @@ low-frequency (LF) modulation, beat-to-beat irregularity, breathing rate/regular
 smoothed over ~1 min so nothing changes exactly at an epoch boundary. Arousals and phasic REM bring HR surges
 and pulse-amplitude drops; wake brings movement artefacts. Subjects differ in resting HR (50-80 bpm),
 amplitude, noise and how strongly their stages show, so the stage must be learned and cannot be read off one
-feature. PPG pulses and the EKG are synthesised from the same beat times (phase-based, vectorised, in
-chunks, so a 10-h subject takes seconds and bounded memory).
+feature; the scorer also places a third of stage boundaries one epoch early or late. PPG pulses and the EKG
+are synthesised from the same beat times (phase-based, vectorised, in chunks: a 10-h subject takes a few
+seconds and under 0.5 GB). Nights default to 8.5-11.5 h; a night shorter than 8 h (e.g. `--hours 0.5` for
+tests) holds a time-compressed hypnogram, so it still contains every stage.
 
 IDs are real MESA commercial-use IDs (data/mesa_commercial_use_ids.txt); a `--test-fraction` share comes
 from the SleepPPG-Net test list so the fixed test split has members. Every subject is seeded from
 (seed, ID): the same seed gives byte-identical files whatever the number of workers. Existing subjects
 (both files present) are skipped unless --overwrite; each file is written under a temporary name and renamed.
+
+Python API: `make_cohort(out_root, n_subjects, hours=None, seed=0, ...) -> [ids]`,
+`write_subject(out_root, subject_id, hours, seed, with_ecg=True, fs_ppg=256, ppg_label="Pleth")
+-> (edf_path, xml_path)`, `simulate_hypnogram(rng, n_epochs) -> NSRR stage codes`.
 
 Usage: python make_synthetic_mesa.py --out ./demo/synthetic-mesa --subjects 40 [--hours 0.5] [--seed 0]
 """

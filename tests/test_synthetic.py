@@ -111,11 +111,12 @@ def test_xml_schema_and_stage_runs_tile_the_night(cohort):
             assert s0 + d0 == s1  # contiguous, no overlap
             assert c0 != c1  # equal epochs merged into one run
         assert stages[-1][2] + stages[-1][3] == duration
-        assert all(d % 30 == 0 for *_, d, _ in [(e[0], e[1], e[2], e[3], e[4]) for e in stages])
+        assert all(e[3] % 30 == 0 for e in stages)  # whole epochs
         assert max(e[3] for e in stages) > 30  # runs of several epochs, not one event per epoch
         assert {e[1] for e in stages} <= set(CONCEPT_TO_CLASS)
         others = {(e[0], e[1]) for e in events[1:] if e[0] != "Stages|Stages"}
-        assert others <= {("Arousals|Arousals", "Arousal|Arousal ()"), ("Respiratory|Respiratory", "Hypopnea|Hypopnea"),
+        assert others <= {("Arousals|Arousals", "Arousal|Arousal ()"),
+                          ("Respiratory|Respiratory", "Hypopnea|Hypopnea"),
                           ("Respiratory|Respiratory", "SpO2 desaturation|SpO2 desaturation")}
 
 
@@ -211,6 +212,19 @@ def test_hypnogram_architecture():
     assert 0.17 < rem / sleep < 0.30
     assert n3_first_third / n3 > 0.6
     assert rem_last_half / rem > 0.6
+
+
+def test_stage_effects_change_smoothly_not_at_epoch_boundaries():
+    states = np.array([syn.WAKE] * 4 + [syn.N3] * 4)
+    n_ctrl = states.size * 30 * syn.FS_CTRL
+    curve = syn._stage_curve(syn.HR_OFFSET_BPM, states, 1.35, n_ctrl)
+    step = 1.35 * (syn.HR_OFFSET_BPM[syn.WAKE] - syn.HR_OFFSET_BPM[syn.N3])
+    assert curve[0] == pytest.approx(1.35 * syn.HR_OFFSET_BPM[syn.WAKE], abs=0.05)
+    assert curve[-1] == pytest.approx(1.35 * syn.HR_OFFSET_BPM[syn.N3], abs=0.05)
+    per_second = np.abs(np.diff(curve[::syn.FS_CTRL]))
+    assert per_second.max() < 0.03 * step  # a ~1-min transition, not a jump at the boundary
+    boundary = 120 * syn.FS_CTRL
+    assert 0.2 * step < curve[boundary - 15 * syn.FS_CTRL] - curve[boundary + 15 * syn.FS_CTRL] < 0.8 * step
 
 
 def _subject_hr_by_state(seed, sid, hours):
