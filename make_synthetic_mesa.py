@@ -663,6 +663,8 @@ def write_subject(out_root: str | Path, subject_id: str, hours: float, seed: int
 
     if float(fs_ppg) != int(fs_ppg) or fs_ppg <= 0:
         raise ValueError(f"fs_ppg must be a positive whole number of Hz (1-s EDF records), got {fs_ppg}")
+    if not hours > 0:
+        raise ValueError(f"hours must be > 0, got {hours}")
     fs_ppg = int(fs_ppg)
     n_epochs = max(1, int(round(hours * 3600 / WINDOW_SECONDS)))
     duration = n_epochs * WINDOW_SECONDS
@@ -709,8 +711,8 @@ def choose_ids(n_subjects: int, seed: int, test_fraction: float) -> list[str]:
     commercial = mesa_commercial_ids()
     test_pool = sorted(set(commercial) & set(sleepppg_test_subjects()))
     other_pool = sorted(set(commercial) - set(test_pool))
-    if n_subjects > len(commercial):
-        raise SystemExit(f"--subjects {n_subjects}: only {len(commercial)} MESA commercial-use IDs exist")
+    if not 0 < n_subjects <= len(commercial):
+        raise ValueError(f"n_subjects must be 1..{len(commercial)} (the MESA commercial-use IDs), got {n_subjects}")
     n_test = min(len(test_pool), int(round(test_fraction * n_subjects)))
     n_other = n_subjects - n_test
     if n_other > len(other_pool):
@@ -727,6 +729,7 @@ def _subject_job(job: tuple) -> tuple[str, bool]:
     if not overwrite and edf_path(out_root, sid).is_file() and xml_path(out_root, sid).is_file():
         return sid, False
     write_subject(out_root, sid, hours, seed, with_ecg=with_ecg)
+    log.debug("subject %s written (%.2f h, ECG %s)", sid, hours, with_ecg)
     return sid, True
 
 
@@ -804,8 +807,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="processes")
     p.add_argument("--overwrite", action="store_true", help="rewrite subjects whose files exist")
     args = p.parse_args(argv)
-    if args.subjects < 1:
-        p.error("--subjects must be >= 1")
+    n_ids = len(mesa_commercial_ids())
+    if not 1 <= args.subjects <= n_ids:
+        p.error(f"--subjects must be within 1..{n_ids} (the MESA commercial-use IDs)")
     if args.hours is not None and args.hours <= 0:
         p.error("--hours must be > 0")
     if not 0 < args.min_hours <= args.max_hours:

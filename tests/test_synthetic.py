@@ -183,6 +183,10 @@ def test_without_ecg_and_other_ppg_rate(tmp_path):
     assert fs == 128
     with pytest.raises(ValueError, match="fs_ppg"):
         syn.write_subject(tmp_path, "0002", 0.1, seed=0, fs_ppg=34.5)
+    with pytest.raises(ValueError, match="hours"):
+        syn.write_subject(tmp_path, "0002", 0, seed=0)
+    with pytest.raises(ValueError, match="n_subjects"):
+        syn.make_cohort(tmp_path, 5000, hours=0.1)
 
 
 def test_stage_runs_merge_equal_epochs():
@@ -288,7 +292,7 @@ def test_cli_summary_and_bad_arguments(tmp_path, capsys):
     assert len(list((tmp_path / "polysomnography" / "edfs").glob("*.edf"))) == 2
     for bad in (["--subjects", "0"], ["--subjects", "2", "--hours", "-1"],
                 ["--subjects", "2", "--min-hours", "9", "--max-hours", "8"],
-                ["--subjects", "2", "--test-fraction", "1.5"]):
+                ["--subjects", "2", "--test-fraction", "1.5"], ["--subjects", "1901"]):
         with pytest.raises(SystemExit) as err:
             syn.main(["--out", str(tmp_path)] + bad)
         assert err.value.code == 2
