@@ -594,14 +594,26 @@ def select_test_subjects(subjects: Sequence[str], n_subjects: int, seed: int) ->
     return pool[:n_subjects]
 
 
-def run_hdf5_mode(model, n_windows: int, cfg: dict, n_subjects: int, run_dir: Path | None,
-                  device: torch.device, flags: dict) -> tuple[list[dict], list[dict], dict | None]:
-    """Stage test-set nights from the processed HDF5 files; per-subject and pooled metrics."""
-    from tqdm import tqdm
+@dataclasses.dataclass
+class Hdf5Selection:
+    """The test nights to stage in HDF5 mode and where they are."""
 
+    ppg_file: Path
+    index_file: Path
+    subjects: list[str]  # in staging order
+    starts: dict[str, int]  # first row of each subject's night in the PPG file
+
+
+def select_hdf5_nights(cfg: dict, n_windows: int, n_subjects: int) -> Hdf5Selection:
+    """Valid subjects (exactly n_windows windows) on the SleepPPG-Net test list, sorted, shuffled with
+    inference.random_seed, the first n_subjects (the reference's selection).
+
+    Raises:
+        SetupError: window-count mismatch with the model, missing files, no test subject.
+    """
     import multimodal_dataset_aligned as mda
 
-    data_cfg, inf_cfg = cfg["data"], cfg["inference"]
+    data_cfg = cfg["data"]
     if data_cfg["windows_per_subject"] != n_windows:
         raise SetupError(f"the checkpoint's model stages {n_windows} windows per night but "
                          f"data.windows_per_subject is {data_cfg['windows_per_subject']}")
@@ -609,49 +621,74 @@ def run_hdf5_mode(model, n_windows: int, cfg: dict, n_subjects: int, run_dir: Pa
     for key in ("ppg", "index"):
         if not Path(paths[key]).is_file():
             raise SetupError(f"processed data file not found: {paths[key]} (run extract_mesa_data.py first)")
-    dataset = mda.PPGOnlyDataset({"ppg": paths["ppg"], "index": paths["index"]}, split="test",
-                                 use_sleepppg_test_set=True, windows_per_subject=n_windows)
-    if not dataset.subjects:
-        raise SetupError("no valid subject of the processed data is on the SleepPPG-Net test list")
-    chosen = select_test_subjects(dataset.subjects, n_subjects, inf_cfg["random_seed"])
-    position = {sid: i for i, sid in enumerate(dataset.subjects)}
+    try:
+        valid = mda.select_valid_subjects(mda.read_window_counts(paths["index"]), n_windows)
+        test_set = set(mda.SLEEPPPG_TEST_SUBJECTS)
+        pool = [sid for sid in valid if sid in test_set]
+        if not pool:
+            raise SetupError(f"none of the {len(valid)} valid subjects (with {n_windows} windows) in "
+                             f"{paths['index']} is on the SleepPPG-Net test list")
+        chosen = select_test_subjects(pool, n_subjects, cfg["inference"]["random_seed"])
+        starts = mda.read_night_starts(paths["index"], chosen, n_windows)
+    except (OSError, ValueError, KeyError) as err:
+        raise SetupError(f"cannot read the processed data index {paths['index']}: {err}") from None
+    return Hdf5Selection(Path(paths["ppg"]), Path(paths["index"]), chosen,
+                         {sid: int(start) for sid, start in zip(chosen, starts)})
+
+
+def read_hdf5_night(ppg_h5, start: int, n_windows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ppg_WS float32 (n_windows, 1024), labels_W int64 (n_windows,)) of one night: one slice per array."""
+    rows = np.s_[start:start + n_windows]
+    ppg_WS = np.asarray(ppg_h5["ppg"][rows], dtype=np.float32)
+    labels_W = np.asarray(ppg_h5["labels"][rows], dtype=np.int64)
+    if ppg_WS.shape != (n_windows, SAMPLES_PER_WINDOW) or labels_W.shape != (n_windows,):
+        raise ValueError(f"rows {start}..{start + n_windows} give ppg {ppg_WS.shape}, labels {labels_W.shape}")
+    return ppg_WS, labels_W
+
+
+def run_hdf5_mode(model, n_windows: int, cfg: dict, sel: Hdf5Selection, run_dir: Path | None,
+                  device: torch.device, flags: dict) -> tuple[list[dict], list[dict], dict | None]:
+    """Stage the selected test nights from the processed HDF5 file; per-subject and pooled metrics."""
+    import h5py
+    from tqdm import tqdm
+
     items, failures = [], []
     all_true, all_pred, all_sid, accs, kappas = [], [], [], [], []
     bf16 = cfg["gpu"]["mixed_precision"]
-    for chunk in tqdm(list(_batches(chosen, inf_cfg["batch_size"])), desc="batches", unit="batch", disable=None):
-        nights = []
-        for sid in chunk:
-            ppg_1T, labels_W = dataset[position[sid]][:2]
-            ppg_WS = np.asarray(ppg_1T, dtype=np.float32).reshape(n_windows, SAMPLES_PER_WINDOW)
-            labels_W = np.asarray(labels_W, dtype=np.int64)
-            n_rec = recorded_epochs(ppg_WS, labels_W)
-            if n_rec == 0 or not (labels_W != IGNORE_INDEX).any():
-                log.error("%s: skipped: no recorded or scored epochs", sid)
-                failures.append({"subject_id": sid, "error": "no recorded or scored epochs"})
+    file_info = {"ppg_file": str(sel.ppg_file.resolve()), "index_file": str(sel.index_file.resolve())}
+    with h5py.File(sel.ppg_file, "r") as ppg_h5:
+        for chunk in tqdm(list(_batches(sel.subjects, cfg["inference"]["batch_size"])), desc="batches",
+                          unit="batch", disable=None):
+            nights = []
+            for sid in chunk:
+                ppg_WS, labels_W = read_hdf5_night(ppg_h5, sel.starts[sid], n_windows)
+                n_rec = recorded_epochs(ppg_WS, labels_W)
+                if n_rec == 0 or not (labels_W != IGNORE_INDEX).any():
+                    log.error("%s: skipped: no recorded or scored epochs", sid)
+                    failures.append({"subject_id": sid, "error": "no recorded or scored epochs",
+                                     "kind": "no_scored_epochs"})
+                    continue
+                nights.append(Night(sid, ppg_WS, n_rec, False, labels_W, dict(file_info)))
+            if not nights:
                 continue
-            nights.append(Night(sid, ppg_WS, n_rec, False, labels_W,
-                                {"ppg_file": str(Path(paths["ppg"]).resolve()),
-                                 "index_file": str(Path(paths["index"]).resolve())}))
-        if not nights:
-            continue
-        for night, probs_WC in zip(nights, stage_nights(model, nights, device, bf16)):
-            pred_W = probs_WC.argmax(axis=1)
-            true_W = night.labels_W[:night.n_recorded]
-            m = compute_metrics(true_W, pred_W)
-            perf = {"accuracy": m["accuracy"], "kappa": json_safe(m["kappa"]), "n_scored_epochs": m["n_epochs"]}
-            accs.append(m["accuracy"])
-            if perf["kappa"] is not None:
-                kappas.append(m["kappa"])
-            all_true.append(true_W)
-            all_pred.append(pred_W)
-            all_sid.append(np.full(true_W.size, night.subject_id))
-            item = {"subject_id": night.subject_id, "mode": "H5", "n_epochs_staged": night.n_recorded,
-                    "hours_staged": night.n_recorded * WINDOW_SECONDS / 3600, "truncated": False,
-                    **night.info, "performance": perf, "sleep_report": sleep_report(pred_W),
-                    "sleep_report_scored": sleep_report(true_W)}
-            if run_dir is not None:
-                item.update(write_night_outputs(run_dir, night, probs_WC, flags, perf))
-            items.append(item)
+            for night, probs_WC in zip(nights, stage_nights(model, nights, device, bf16)):
+                pred_W = probs_WC.argmax(axis=1)
+                true_W = night.labels_W[:night.n_recorded]
+                m = compute_metrics(true_W, pred_W)
+                perf = {"accuracy": m["accuracy"], "kappa": json_safe(m["kappa"]), "n_scored_epochs": m["n_epochs"]}
+                accs.append(m["accuracy"])
+                if perf["kappa"] is not None:
+                    kappas.append(m["kappa"])
+                all_true.append(true_W)
+                all_pred.append(pred_W)
+                all_sid.append(np.full(true_W.size, night.subject_id))
+                item = {"subject_id": night.subject_id, "mode": "H5", "n_epochs_staged": night.n_recorded,
+                        "hours_staged": night.n_recorded * WINDOW_SECONDS / 3600, "truncated": False,
+                        **night.info, "performance": perf, "sleep_report": sleep_report(pred_W),
+                        "sleep_report_scored": sleep_report(true_W)}
+                if run_dir is not None:
+                    item.update(write_night_outputs(run_dir, night, probs_WC, flags, perf))
+                items.append(item)
     metrics = None
     if items:
         pooled = compute_metrics(np.concatenate(all_true), np.concatenate(all_pred), np.concatenate(all_sid))
@@ -733,6 +770,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         edf_paths = resolve_edf_inputs(inf["edf_file"]) if edf_mode else []
         device = pick_device(args.device, cfg)
         model, model_info, n_windows = load_model(inf["best_model"], device)
+        selection = None if edf_mode else select_hdf5_nights(cfg, n_windows, inf["n_subjects"])
     except (ConfigError, SetupError) as err:
         log.error("%s", err)
         return EXIT_BAD_SETUP
@@ -745,14 +783,10 @@ def main(argv: Sequence[str] | None = None) -> int:
              "EDF" if edf_mode else "HDF5", model_info["path"], n_windows, n_windows * WINDOW_SECONDS / 3600, device)
     t0 = time.perf_counter()
     metrics = None
-    try:
-        if edf_mode:
-            items, failures = run_edf_mode(model, n_windows, cfg, edf_paths, run_dir, device, flags)
-        else:
-            items, failures, metrics = run_hdf5_mode(model, n_windows, cfg, inf["n_subjects"], run_dir, device, flags)
-    except SetupError as err:
-        log.error("%s", err)
-        return EXIT_BAD_SETUP
+    if edf_mode:
+        items, failures = run_edf_mode(model, n_windows, cfg, edf_paths, run_dir, device, flags)
+    else:
+        items, failures, metrics = run_hdf5_mode(model, n_windows, cfg, selection, run_dir, device, flags)
     elapsed = time.perf_counter() - t0
 
     result = {

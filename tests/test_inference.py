@@ -381,13 +381,20 @@ def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint):
     from processed_fixtures import write_processed
     from sleepppg_common import sleepppg_test_subjects
 
-    files = write_processed(tmp_path / "mesa-x", n_subjects=8, windows_per_subject=N_WIN, n_test=3)
-    cfg = make_config(tmp_path, **{"data.ppg_file": files["ppg"], "data.ecg_file": files["ecg"],
-                                   "data.index_file": files["index"], "data.windows_per_subject": N_WIN,
-                                   "inference.best_model": str(checkpoint), "inference.only_inference": False})
+    short = sleepppg_test_subjects()[0]  # a test subject with one window too few: not valid
+    files = write_processed(tmp_path / "mesa-x", n_subjects=8, windows_per_subject=N_WIN, n_test=4,
+                            short_subjects=(short,))
+    overrides = {"data.ppg_file": files["ppg"], "data.ecg_file": files["ecg"], "data.index_file": files["index"],
+                 "data.windows_per_subject": N_WIN, "inference.best_model": str(checkpoint),
+                 "inference.only_inference": False}
+    cfg = make_config(tmp_path, **overrides)
     code, result, run_dir = run(cfg, tmp_path / "out", "--n-subjects", "2")
     assert code == 0 and result["mode"] == "H5" and len(result["items"]) == 2
-    test_ids = set(sleepppg_test_subjects())
+    test_ids = set(sleepppg_test_subjects()[1:4])
+    from sleepppg_common import load_config
+    sel = inf.select_hdf5_nights(load_config(cfg), N_WIN, n_subjects=10)
+    assert sorted(sel.subjects) == sorted(test_ids)  # valid test subjects only, capped at what exists
+    assert sel.subjects[:2] == [i["subject_id"] for i in result["items"]]
     all_true, all_pred, accs = [], [], []
     for item in result["items"]:
         sid = item["subject_id"]
