@@ -5,7 +5,8 @@ subject it writes
 
 - `<out>/polysomnography/edfs/mesa-sleep-XXXX.edf`: a real EDF (edfio, 1-s data records) with MESA's channel
   names and rates: EKG, EEG1 and Pleth at 256 Hz, Flow, Thor, Abdo and Pos at 32 Hz, SpO2 and HR at 1 Hz
-  (subjects drawn "without ECG" have no EKG channel);
+  (subjects drawn "without ECG" have no EKG channel); `--full-montage` adds the rest of MESA's channels
+  (EOG-L/R, EMG, EEG2/3, Pres, Snore, Leg, Therm, OxStatus, DHR) in MESA's order;
 - `<out>/polysomnography/annotations-events-nsrr/mesa-sleep-XXXX-nsrr.xml`: NSRR annotations (SPEC §3):
   `Recording Start Time` first, 30-s stage runs (`Stages|Stages`, every concept including Stage 4,
   Movement and Unscored across a cohort) interleaved in time order with arousals, hypopneas and SpO2
@@ -97,8 +98,27 @@ ALPHA_UV = np.array([9.0, 4.0, 2.5, 2.0, 3.5])  # EEG1 8-12 Hz amplitude, microv
 AROUSALS_PER_HOUR = np.array([0.0, 30.0, 12.0, 4.0, 10.0])  # times the subject's arousability (0.5-1.5)
 HYPOPNEA_WEIGHT = np.array([0.0, 1.2, 1.0, 0.3, 1.5])  # relative hypopnea rate by state
 
-# EDF channels: label, rate, unit, physical range. Order follows MESA (EKG first, Pleth after Pos).
+EOG_UV = np.array([45.0, 35.0, 8.0, 6.0, 60.0])  # eye movements (rolling in N1, rapid in REM), microvolts
+EMG_UV = np.array([20.0, 12.0, 9.0, 8.0, 3.0])  # chin muscle tone (atonia in REM), microvolts
+
+# EDF channels: label -> (rate Hz, unit, physical range). MESA_ORDER is the order of a MESA EDF; the basic
+# montage writes the channels the pipeline and the issue need, `full_montage` adds the rest (their rates are
+# plausible choices, not taken from MESA's documentation).
+MESA_ORDER = ("EKG", "EOG-L", "EOG-R", "EMG", "EEG1", "EEG2", "EEG3", "Pres", "Flow", "Snore", "Thor", "Abdo",
+              "Leg", "Therm", "Pos", "Pleth", "OxStatus", "SpO2", "HR", "DHR")
+EXTRA_CHANNELS = ("EOG-L", "EOG-R", "EMG", "EEG2", "EEG3", "Pres", "Snore", "Leg", "Therm", "OxStatus", "DHR")
 CHANNELS = {
+    "EOG-L": (256, "uV", (-500.0, 500.0)),
+    "EOG-R": (256, "uV", (-500.0, 500.0)),
+    "EMG": (256, "uV", (-250.0, 250.0)),
+    "EEG2": (FS_EEG, "uV", (-500.0, 500.0)),
+    "EEG3": (FS_EEG, "uV", (-500.0, 500.0)),
+    "Pres": (FS_RESP, "cmH2O", (-5.0, 5.0)),
+    "Snore": (FS_RESP, "mV", (-3.0, 3.0)),
+    "Leg": (FS_RESP, "uV", (-250.0, 250.0)),
+    "Therm": (FS_RESP, "mV", (-3.0, 3.0)),
+    "OxStatus": (1, "", (0.0, 255.0)),
+    "DHR": (1, "bpm", (0.0, 250.0)),
     "EKG": (FS_ECG, "mV", (-5.0, 5.0)),
     "EEG1": (FS_EEG, "uV", (-500.0, 500.0)),
     "Flow": (FS_RESP, "mV", (-3.0, 3.0)),
@@ -577,6 +597,40 @@ def _synth_resp(rng, phys: dict, duration: int, artefact_32: np.ndarray) -> dict
     return {"Flow": flow, "Thor": thor, "Abdo": abdo, "Pos": pos}
 
 
+def _synth_extra(rng, phys: dict, duration: int, artefact_32: np.ndarray, resp: dict, hr_1hz: np.ndarray) -> dict:
+    """The rest of MESA's montage (full_montage): EOG, chin EMG, two more EEGs, nasal pressure, snore, leg
+    EMG, thermistor, oximeter status and a second HR. Cheap stage-weighted noise; only channel layout and
+    file size matter for these."""
+    s = phys["traits"]["stage_strength"]
+    t_c, states = phys["t_ctrl"], phys["states"]
+    fs_low = 64
+    t_low = np.arange(duration * fs_low) / fs_low
+    t_256 = np.arange(duration * 256) / 256
+    t_32 = np.arange(duration * FS_RESP) / FS_RESP
+    eye = np.interp(t_low, t_c, _stage_curve(EOG_UV, states, s, t_c.size)) * _band_noise(
+        rng, t_low.size, fs_low, 0.2, 3.0)
+    eye_256 = np.interp(t_256, t_low, eye)
+    out = {
+        "EOG-L": eye_256 + 5.0 * rng.standard_normal(t_256.size),
+        "EOG-R": -0.9 * eye_256 + 5.0 * rng.standard_normal(t_256.size),
+    }
+    del eye_256
+    tone = np.interp(t_256, t_c, _stage_curve(EMG_UV, states, s, t_c.size))
+    tone += 40.0 * np.abs(np.interp(t_256, t_32, artefact_32))  # muscle bursts with movement
+    out["EMG"] = tone * _band_noise(rng, t_256.size, 256, 10.0, 100.0)
+    del tone
+    out["EEG2"] = _synth_eeg(rng, phys, duration)
+    out["EEG3"] = _synth_eeg(rng, phys, duration)
+    out["Pres"] = 1.5 * resp["Flow"] * np.abs(resp["Flow"]) ** 0.5 + 0.02 * rng.standard_normal(t_32.size)
+    out["Snore"] = 0.05 * rng.standard_normal(t_32.size)
+    out["Leg"] = 5.0 * rng.standard_normal(t_32.size) + 30.0 * np.abs(artefact_32) * rng.standard_normal(
+        t_32.size)
+    out["Therm"] = np.roll(_smooth(resp["Flow"], 0.5 * FS_RESP), FS_RESP)  # slower, lagging airflow
+    out["OxStatus"] = np.zeros(duration)
+    out["DHR"] = hr_1hz.copy()
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Writers
 
@@ -645,7 +699,7 @@ def _edf_signal(data: np.ndarray, channel: str, fs: int, label: str | None = Non
 
 
 def write_subject(out_root: str | Path, subject_id: str, hours: float, seed: int, with_ecg: bool = True,
-                  fs_ppg: int = 256, ppg_label: str = "Pleth") -> tuple[Path, Path]:
+                  fs_ppg: int = 256, ppg_label: str = "Pleth", full_montage: bool = False) -> tuple[Path, Path]:
     """Simulate one night and write its EDF and NSRR XML (each atomically).
 
     Args:
@@ -656,6 +710,8 @@ def write_subject(out_root: str | Path, subject_id: str, hours: float, seed: int
         with_ecg: False omits the EKG channel.
         fs_ppg: PPG sampling rate, Hz; must be a whole number (1-s EDF data records).
         ppg_label: the PPG channel's label ("Pleth" in MESA).
+        full_montage: also write MESA's other channels (EOG, EMG, EEG2/3, ...: ~2x the file size). The
+            basic channels are identical either way (the extra ones use their own random stream).
     Returns:
         (edf_path, xml_path).
     """
@@ -676,21 +732,26 @@ def write_subject(out_root: str | Path, subject_id: str, hours: float, seed: int
     phys = simulate_physiology(rng, states)
     artefact_32 = _movement_artefact(rng, phys["movements"], duration, FS_RESP)
 
-    signals = []
+    signals = {}  # channel -> EdfSignal (int16 inside, so each float array can go once converted)
     if with_ecg:
-        signals.append(_edf_signal(_synth_ecg(rng, phys, duration, artefact_32), "EKG", FS_ECG))
-    signals.append(_edf_signal(_synth_eeg(rng, phys, duration), "EEG1", FS_EEG))
-    for label, data in _synth_resp(rng, phys, duration, artefact_32).items():
-        signals.append(_edf_signal(data, label, FS_RESP))
-    signals.append(_edf_signal(_synth_ppg(rng, phys, duration, fs_ppg, artefact_32), "Pleth", fs_ppg, ppg_label))
-    signals.append(_edf_signal(phys["spo2_1hz"], "SpO2", 1))
-    t1 = np.arange(duration) + 0.5
+        signals["EKG"] = _edf_signal(_synth_ecg(rng, phys, duration, artefact_32), "EKG", FS_ECG)
+    signals["EEG1"] = _edf_signal(_synth_eeg(rng, phys, duration), "EEG1", FS_EEG)
+    resp = _synth_resp(rng, phys, duration, artefact_32)
+    for channel, data in resp.items():
+        signals[channel] = _edf_signal(data.copy(), channel, FS_RESP)
+    signals["Pleth"] = _edf_signal(_synth_ppg(rng, phys, duration, fs_ppg, artefact_32), "Pleth", fs_ppg,
+                                   ppg_label)
+    signals["SpO2"] = _edf_signal(phys["spo2_1hz"], "SpO2", 1)
     beats = phys["beats"]
-    hr_1hz = np.round(np.interp(t1, beats[1:], 60.0 / np.diff(beats))) if beats.size > 2 else np.zeros(duration)
-    signals.append(_edf_signal(hr_1hz, "HR", 1))
+    hr_1hz = np.round(np.interp(np.arange(duration) + 0.5, beats[1:], 60.0 / np.diff(beats)))
+    signals["HR"] = _edf_signal(hr_1hz.copy(), "HR", 1)
+    if full_montage:
+        extra = _synth_extra(subject_rng(seed, subject_id, 2), phys, duration, artefact_32, resp, hr_1hz)
+        for channel in EXTRA_CHANNELS:
+            signals[channel] = _edf_signal(extra.pop(channel), channel, CHANNELS[channel][0])
 
-    edf = Edf(signals, recording=Recording(startdate=EDF_START_DATE), starttime=start_clock,
-              data_record_duration=1)
+    edf = Edf([signals[c] for c in MESA_ORDER if c in signals], recording=Recording(startdate=EDF_START_DATE),
+              starttime=start_clock, data_record_duration=1)
     edf_out, xml_out = edf_path(out_root, subject_id), xml_path(out_root, subject_id)
     with atomic_output(edf_out) as tmp:
         edf.write(tmp)
@@ -725,10 +786,10 @@ def choose_ids(n_subjects: int, seed: int, test_fraction: float) -> list[str]:
 
 def _subject_job(job: tuple) -> tuple[str, bool]:
     """Worker: write one subject unless both files exist. Returns (id, written)."""
-    out_root, sid, hours, seed, with_ecg, overwrite = job
+    out_root, sid, hours, seed, with_ecg, full_montage, overwrite = job
     if not overwrite and edf_path(out_root, sid).is_file() and xml_path(out_root, sid).is_file():
         return sid, False
-    write_subject(out_root, sid, hours, seed, with_ecg=with_ecg)
+    write_subject(out_root, sid, hours, seed, with_ecg=with_ecg, full_montage=full_montage)
     log.debug("subject %s written (%.2f h, ECG %s)", sid, hours, with_ecg)
     return sid, True
 
@@ -736,7 +797,7 @@ def _subject_job(job: tuple) -> tuple[str, bool]:
 def make_cohort(out_root: str | Path, n_subjects: int, hours: float | None = None, seed: int = 0,
                 min_hours: float = 8.5, max_hours: float = 11.5, no_ecg_fraction: float = 0.1,
                 test_fraction: float = 0.3, workers: int = 1, ids: list[str] | None = None,
-                overwrite: bool = False) -> list[str]:
+                overwrite: bool = False, full_montage: bool = False) -> list[str]:
     """Write a synthetic MESA-shaped cohort.
 
     Args:
@@ -749,16 +810,17 @@ def make_cohort(out_root: str | Path, n_subjects: int, hours: float | None = Non
         workers: processes; files are identical for any value.
         ids: explicit 4-digit IDs instead of drawing them.
         overwrite: rewrite subjects whose files already exist.
+        full_montage: write all of MESA's channels, not only the basic montage (see write_subject).
     Returns:
         The subject IDs of the cohort (sorted), written or skipped.
     """
     ids, _, _ = _make_cohort_counted(out_root, n_subjects, hours, seed, min_hours, max_hours, no_ecg_fraction,
-                                     test_fraction, workers, ids, overwrite)
+                                     test_fraction, workers, ids, overwrite, full_montage)
     return ids
 
 
 def _make_cohort_counted(out_root, n_subjects, hours, seed, min_hours, max_hours, no_ecg_fraction,
-                         test_fraction, workers, ids, overwrite) -> tuple[list[str], int, int]:
+                         test_fraction, workers, ids, overwrite, full_montage) -> tuple[list[str], int, int]:
     """make_cohort, also returning how many subjects were written and skipped."""
     from tqdm import tqdm
 
@@ -773,7 +835,7 @@ def _make_cohort_counted(out_root, n_subjects, hours, seed, min_hours, max_hours
     jobs = []
     for sid in ids:
         h = hours if hours is not None else float(subject_rng(seed, sid, 1).uniform(min_hours, max_hours))
-        jobs.append((str(out_root), sid, h, seed, sid not in no_ecg, overwrite))
+        jobs.append((str(out_root), sid, h, seed, sid not in no_ecg, full_montage, overwrite))
     written = 0
     with tqdm(total=len(jobs), desc="synthetic subjects", unit="subj") as bar:
         if workers > 1 and len(jobs) > 1:
@@ -806,6 +868,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--test-fraction", type=float, default=0.3, help="share of IDs from the SleepPPG-Net test list")
     p.add_argument("--workers", type=int, default=1, help="processes")
     p.add_argument("--overwrite", action="store_true", help="rewrite subjects whose files exist")
+    p.add_argument("--full-montage", action="store_true",
+                   help="write all of MESA's channels (EOG, EMG, EEG2/3, Pres, ...), about twice the file size")
     args = p.parse_args(argv)
     n_ids = len(mesa_commercial_ids())
     if not 1 <= args.subjects <= n_ids:
@@ -828,7 +892,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     ids, written, skipped = _make_cohort_counted(
         args.out, args.subjects, args.hours, args.seed, args.min_hours, args.max_hours, args.no_ecg_fraction,
-        args.test_fraction, args.workers, None, args.overwrite)
+        args.test_fraction, args.workers, None, args.overwrite, args.full_montage)
     print(f"synthetic MESA cohort: {len(ids)} subjects ({written} written, {skipped} skipped) "
           f"in {time.perf_counter() - t0:.1f} s -> {args.out}")
     return 0

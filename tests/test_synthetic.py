@@ -189,6 +189,19 @@ def test_without_ecg_and_other_ppg_rate(tmp_path):
         syn.make_cohort(tmp_path, 5000, hours=0.1)
 
 
+def test_full_montage_adds_mesa_channels_and_keeps_the_basic_ones(tmp_path):
+    import mne
+
+    basic, xml_basic = syn.write_subject(tmp_path / "basic", "0003", 0.1, seed=0)
+    full, xml_full = syn.write_subject(tmp_path / "full", "0003", 0.1, seed=0, full_montage=True)
+    raw = mne.io.read_raw_edf(full, verbose="error")
+    assert raw.ch_names == list(syn.MESA_ORDER)  # all 20 MESA channels, in MESA's order
+    for channel in ("Pleth", "EKG", "Thor", "SpO2"):
+        assert np.array_equal(read_channel(basic, channel)[0], read_channel(full, channel)[0])
+    assert xml_basic.read_bytes() == xml_full.read_bytes()
+    assert read_channel(full, "EOG-L")[1] == 256 and read_channel(full, "OxStatus")[1] == 1
+
+
 def test_stage_runs_merge_equal_epochs():
     assert syn.stage_runs(np.array([0, 0, 2, 2, 2, 5, 0])) == [(0, 0, 2), (2, 2, 3), (5, 5, 1), (0, 6, 1)]
     assert syn.stage_runs(np.array([], dtype=int)) == []
