@@ -773,7 +773,7 @@ def choose_ids(n_subjects: int, seed: int, test_fraction: float) -> list[str]:
     test_pool = sorted(set(commercial) & set(sleepppg_test_subjects()))
     other_pool = sorted(set(commercial) - set(test_pool))
     if not 0 < n_subjects <= len(commercial):
-        raise ValueError(f"n_subjects must be 1..{len(commercial)} (the MESA commercial-use IDs), got {n_subjects}")
+        raise ValueError(f"n_subjects must be 1..{len(commercial)} (MESA commercial-use IDs), got {n_subjects}")
     n_test = min(len(test_pool), int(round(test_fraction * n_subjects)))
     n_other = n_subjects - n_test
     if n_other > len(other_pool):
@@ -860,13 +860,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="cohort root (polysomnography/... is created inside)")
     p.add_argument("--subjects", type=int, required=True, help="number of subjects")
-    p.add_argument("--hours", type=float, default=None, help="fixed night length (h); default: varied")
+    p.add_argument("--hours", type=float, default=None,
+                   help="fixed night length (h) for everyone; unset: each drawn from [--min-hours, --max-hours]")
     p.add_argument("--min-hours", type=float, default=8.5, help="shortest night when --hours is not given")
     p.add_argument("--max-hours", type=float, default=11.5, help="longest night when --hours is not given")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="same seed -> byte-identical files")
     p.add_argument("--no-ecg-fraction", type=float, default=0.1, help="share of subjects without EKG")
     p.add_argument("--test-fraction", type=float, default=0.3, help="share of IDs from the SleepPPG-Net test list")
-    p.add_argument("--workers", type=int, default=1, help="processes")
+    p.add_argument("--workers", type=int, default=1, help="processes (files are identical for any number)")
     p.add_argument("--overwrite", action="store_true", help="rewrite subjects whose files exist")
     p.add_argument("--full-montage", action="store_true",
                    help="write all of MESA's channels (EOG, EMG, EEG2/3, Pres, ...), about twice the file size")
