@@ -726,15 +726,17 @@ def write_subject(out_root: str | Path, subject_id: str, hours: float, seed: int
     duration = n_epochs * WINDOW_SECONDS
     rng = subject_rng(seed, subject_id)
     start_clock = (datetime.datetime(2000, 1, 1, 20, 0) + datetime.timedelta(
-        seconds=int(rng.integers(0, 4 * 3600)))).time()  # lights-on recording starts 20:00-24:00
+        seconds=int(rng.integers(0, 4 * 3600)))).time()  # recordings start between 20:00 and 24:00
     states = _simulate_states(rng, n_epochs)
     codes = _score_states(rng, states)
     phys = simulate_physiology(rng, states)
     artefact_32 = _movement_artefact(rng, phys["movements"], duration, FS_RESP)
 
     signals = {}  # channel -> EdfSignal (int16 inside, so each float array can go once converted)
-    if with_ecg:
-        signals["EKG"] = _edf_signal(_synth_ecg(rng, phys, duration, artefact_32), "EKG", FS_ECG)
+    if with_ecg:  # own random stream: the other channels are the same with or without the EKG
+        ecg = _synth_ecg(subject_rng(seed, subject_id, 3), phys, duration, artefact_32)
+        signals["EKG"] = _edf_signal(ecg, "EKG", FS_ECG)
+        del ecg
     signals["EEG1"] = _edf_signal(_synth_eeg(rng, phys, duration), "EEG1", FS_EEG)
     resp = _synth_resp(rng, phys, duration, artefact_32)
     for channel, data in resp.items():

@@ -181,6 +181,11 @@ def test_without_ecg_and_other_ppg_rate(tmp_path):
     assert "EKG" not in raw.ch_names and "PPG" in raw.ch_names and "Pleth" not in raw.ch_names
     _, fs = read_channel(edf, "PPG")
     assert fs == 128
+    # Dropping the EKG leaves the other channels unchanged.
+    without, _ = syn.write_subject(tmp_path / "a", "0002", 0.1, seed=0, with_ecg=False)
+    with_ecg, _ = syn.write_subject(tmp_path / "b", "0002", 0.1, seed=0, with_ecg=True)
+    for channel in ("Pleth", "EEG1", "Thor"):
+        assert np.array_equal(read_channel(without, channel)[0], read_channel(with_ecg, channel)[0])
     with pytest.raises(ValueError, match="fs_ppg"):
         syn.write_subject(tmp_path, "0002", 0.1, seed=0, fs_ppg=34.5)
     with pytest.raises(ValueError, match="hours"):
