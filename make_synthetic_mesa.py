@@ -356,7 +356,8 @@ def simulate_physiology(rng: np.random.Generator, states: np.ndarray) -> dict:
         states: per-epoch physiological states (WAKE..REM), shape (n_epochs,).
     Returns:
         dict with `traits`, `t_ctrl` (s, FS_CTRL grid), `hr_ctrl` (bpm, the mean HR level without RSA/LF),
-        `resp_phase_ctrl` (rad), `resp_depth_ctrl`, `pulse_amp_ctrl` (Pleth units), `beats` (R-peak times, s,
+        `resp_phase_ctrl` (rad), `resp_depth_ctrl`, `pulse_amp_ctrl` (Pleth units), `states` (the input),
+        `beats` (R-peak times, s,
         sorted), `arousals`/`hypopneas`/`desaturations`/`movements` (lists of (start_s, duration_s[, ...])),
         `spo2_1hz` (%).
     """
