@@ -63,7 +63,6 @@ log = logging.getLogger("make_synthetic_mesa")
 
 EDF_SUBDIR = Path("polysomnography") / "edfs"
 XML_SUBDIR = Path("polysomnography") / "annotations-events-nsrr"
-DATA_FILE_MODE = 0o644  # the temporary file of atomic_output is private (0600); a data file is readable
 EDF_START_DATE = datetime.date(1985, 1, 1)  # NSRR de-identified EDFs carry 01.01.85
 
 FS_ECG = 256  # Hz, MESA EKG
@@ -758,11 +757,9 @@ def write_subject(out_root: str | Path, subject_id: str, hours: float, seed: int
     edf_out, xml_out = edf_path(out_root, subject_id), xml_path(out_root, subject_id)
     with atomic_output(edf_out) as tmp:
         edf.write(tmp)
-        tmp.chmod(DATA_FILE_MODE)
     xml = build_xml(codes, _other_events(phys), duration, start_clock)
     with atomic_output(xml_out) as tmp:
         tmp.write_text(xml)
-        tmp.chmod(DATA_FILE_MODE)
     return edf_out, xml_out
 
 
