@@ -639,21 +639,16 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
 
 
 def _run_jobs(jobs: list[dict], workers: int) -> list[dict]:
+    """process_subject over `jobs`, in `workers` processes (in this process when 1); results in job order."""
     from tqdm import tqdm
 
-    results = []
-    bar = tqdm(total=len(jobs), desc="subjects", unit="subject", disable=not jobs)
-    if workers == 1 or len(jobs) <= 1:
-        for job in jobs:
-            results.append(process_subject(job))
-            bar.update()
-    else:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-            for result in pool.map(process_subject, jobs):
-                results.append(result)
-                bar.update()
-    bar.close()
-    return results
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and len(jobs) > 1:
+            pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs))))
+            results = pool.map(process_subject, jobs)  # forks the workers now, before tqdm starts its thread
+        else:
+            results = map(process_subject, jobs)
+        return list(tqdm(results, total=len(jobs), desc="subjects", unit="subject", disable=not jobs))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -89,7 +89,8 @@ def check_ppg_file(f, report: Report, expected_wps: int | None) -> dict | None:
     """The reference's checks on mesa_ppg_with_labels.h5, plus dtype/finite/attrs. Returns what the
     consistency checks need, or None when the file is too broken to go on."""
     missing = [k for k in ("ppg", "labels", "subject_ids") if k not in f]
-    if not report.check("ppg file datasets", not missing, f"missing {missing}" if missing else "ppg, labels, subject_ids"):
+    detail = f"missing {missing}" if missing else "ppg, labels, subject_ids"
+    if not report.check("ppg file datasets", not missing, detail):
         return None
     ppg, labels_ds, sids_ds = f["ppg"], f["labels"], f["subject_ids"]
     n = ppg.shape[0]
@@ -108,7 +109,8 @@ def check_ppg_file(f, report: Report, expected_wps: int | None) -> dict | None:
     report.check("labels and subject_ids have one entry per window", labels.shape == (n,) and sids.shape == (n,),
                  f"ppg {n} rows, labels {labels.shape}, subject_ids {sids.shape}")
     bad_labels = sorted(set(np.unique(labels).tolist()) - VALID_LABELS)
-    report.check("labels within {-1, 0, 1, 2, 3}", not bad_labels, f"unexpected values {bad_labels}" if bad_labels else "")
+    report.check("labels within {-1, 0, 1, 2, 3}", not bad_labels,
+                 f"unexpected values {bad_labels}" if bad_labels else "")
     report.info("label distribution: " + format_distribution(label_distribution(labels)))
 
     subjects, first_rows, counts = np.unique(sids, return_index=True, return_counts=True)

@@ -77,11 +77,12 @@ STAGE_CYCLE = ["Wake|0", "Stage 1 sleep|1", "Stage 2 sleep|2", "Stage 3 sleep|3"
                "Stage 4 sleep|4", "Movement|6", "Unscored|9"]
 
 
-def make_cohort(root: Path, ids: list[str], minutes: float = 12) -> tuple[Path, Path]:
-    """EDF + XML per ID under root/edfs and root/xml; returns (edf_dir, xml_dir)."""
+def make_cohort(root: Path, ids: list[str], minutes: float = 12, no_ecg: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """EDF + XML per ID under root/edfs and root/xml (IDs in `no_ecg` without an EKG channel);
+    returns (edf_dir, xml_dir)."""
     edf_dir, xml_dir = root / "edfs", root / "xml"
     for k, sid in enumerate(ids):
-        write_edf(edf_dir / f"mesa-sleep-{sid}.edf", minutes=minutes, seed=k)
+        write_edf(edf_dir / f"mesa-sleep-{sid}.edf", minutes=minutes, seed=k, ecg=sid not in no_ecg)
         stages = [(STAGE_CYCLE[(j + k) % len(STAGE_CYCLE)], 90.0 * j, 90.0) for j in range(int(minutes * 60 // 90))]
         write_xml(xml_dir / f"mesa-sleep-{sid}-nsrr.xml", stages)
     return edf_dir, xml_dir
@@ -417,10 +418,20 @@ def test_formats_attrs_and_bad_inputs(tmp_path, monkeypatch, capsys):
 
 def test_workers_2_equals_workers_1_and_up_to_date(tmp_path, capsys):
     ids = ["0002", "0005", "0007", "0011"]
-    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ids, minutes=10)
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ids, minutes=10, no_ecg=("0005",))
     assert run_cli(edf_dir, xml_dir, tmp_path / "one") == 0
     assert run_cli(edf_dir, xml_dir, tmp_path / "two", "--workers", "2") == 0
     assert dataset_contents(tmp_path / "one") == dataset_contents(tmp_path / "two")
+    # the subject without ECG: zero ECG rows, flagged in every place that says so
+    rows = np.arange(W, 2 * W)
+    with h5py.File(tmp_path / "two" / ex.ECG_FILE) as f:
+        has = f["has_real_ecg"][()]
+        assert not has[rows].any() and has.sum() == 3 * W
+        assert not f["ecg"][W:2 * W].any() and f["ecg"][:W].std() > 0.5
+        assert set(f["real_ecg_indices"][()].tolist()).isdisjoint(rows.tolist())
+        assert f.attrs["windows_with_real_ecg"] == 3 * W and f.attrs["windows_without_real_ecg"] == W
+    with h5py.File(tmp_path / "two" / ex.INDEX_FILE) as f:
+        assert [bool(f["subjects"][s].attrs["has_ecg"]) for s in ids] == [True, False, True, True]
     capsys.readouterr()
     assert run_cli(edf_dir, xml_dir, tmp_path / "two", "--workers", "2") == 0
     assert "up to date" in capsys.readouterr().out

@@ -39,7 +39,8 @@ def test_unpaired_and_duplicates_exit_1(tmp_path, capsys):
     assert (s["edf_count"], s["xml_count"], s["matched"], s["only_edf"], s["only_xml"]) == (4, 3, 2, 1, 1)
     assert (s["edf_duplicates"], s["xml_duplicates"]) == (1, 0)
     assert report["only_edf"] == ["mesa-sleep-0002.edf"] and report["only_xml"] == ["mesa-sleep-0004-nsrr.xml"]
-    assert report["duplicates"] == [{"id": "0003", "kind": "edf", "files": ["mesa-sleep-0003.edf", "mesasleep0003.edf"]}]
+    assert report["duplicates"] == [{"id": "0003", "kind": "edf",
+                                     "files": ["mesa-sleep-0003.edf", "mesasleep0003.edf"]}]
     assert "NOT 1:1" in capsys.readouterr().out
 
 

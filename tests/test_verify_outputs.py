@@ -12,7 +12,7 @@ import verify_mesa_outputs as vo
 
 
 def test_passes_on_extractor_output(tmp_path, capsys):
-    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ["0001", "0002"], minutes=8)
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ["0001", "0002"], minutes=8, no_ecg=("0002",))
     out = tmp_path / "out"
     assert run_cli(edf_dir, xml_dir, out) == 0
     capsys.readouterr()
