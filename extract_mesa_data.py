@@ -638,13 +638,27 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: on Linux, ask the kernel to SIGKILL this worker when the main process dies
+    (kill -9 included), so no orphaned worker keeps running or holding memory after the run is gone."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1  # from <sys/prctl.h>
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the main process died before the line above took effect
+        os._exit(1)
+
+
 def _run_jobs(jobs: list[dict], workers: int) -> list[dict]:
     """process_subject over `jobs`, in `workers` processes (in this process when 1); results in job order."""
     from tqdm import tqdm
 
     with contextlib.ExitStack() as stack:
         if workers > 1 and len(jobs) > 1:
-            pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs))))
+            pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
+                max_workers=min(workers, len(jobs)), initializer=_die_with_parent, initargs=(os.getpid(),)))
             results = pool.map(process_subject, jobs)  # forks the workers now, before tqdm starts its thread
         else:
             results = map(process_subject, jobs)

@@ -547,3 +547,42 @@ def test_config_paths_and_cli_subprocess(tmp_path):
         assert f["ppg"].shape == (24, 1024) and f["ppg"].chunks == (16, 1024) and f["ppg"].compression == "lzf"
         assert f.attrs["resample_method"] == "polyphase" and f.attrs["windows_per_subject"] == 12
     assert os.stat(tmp_path / "x" / ex.PPG_FILE).st_size > 0
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        kids += [int(c) for c in task.read_text().split()]
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_kill_9_of_the_main_process_takes_the_workers_with_it(tmp_path):
+    import signal
+    import time
+
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ["0001", "0002", "0003", "0004"], minutes=30)
+    proc = subprocess.Popen([sys.executable, "extract_mesa_data.py", "--edf-dir", str(edf_dir), "--xml-dir",
+                             str(xml_dir), "--out-dir", str(tmp_path / "out"), "--workers", "2"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    workers: list[int] = []
+    while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        workers = _children(proc.pid)
+    assert len(workers) >= 2, "the workers never started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = [w for w in workers if _alive(w)]
+    assert not alive, f"workers {alive} outlived the killed main process"
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting to be reaped counts as dead)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
