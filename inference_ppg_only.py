@@ -185,6 +185,8 @@ def resolve_edf_inputs(spec: str) -> list[Path]:
     Raises:
         SetupError: when nothing matches, naming what was searched.
     """
+    if not spec.strip():
+        raise SetupError("no EDF input: inference.edf_file is empty and no --edf was given")
     path = Path(spec).expanduser()
     if path.is_file():
         return [path]
@@ -436,18 +438,21 @@ def _draw_hypnogram(ax, stages_W: np.ndarray, epoch_s: float, label: str) -> Non
 
 def plot_hypnogram(path: Path, pred_W: np.ndarray, title: str, epoch_s: float = WINDOW_SECONDS,
                    true_W: np.ndarray | None = None) -> None:
-    """Save a predicted hypnogram; with `true_W`, scored (top) and predicted (bottom, mistakes as red x)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Save a predicted hypnogram; with `true_W`, scored (top) and predicted (bottom, mistakes as red x).
+
+    Uses matplotlib's object API with the Agg canvas (no pyplot state), so it can run in a writer thread.
+    """
+    from matplotlib.figure import Figure
 
     if true_W is None:
-        fig, ax = plt.subplots(figsize=(12, 3))
+        fig = Figure(figsize=(12, 3))
+        ax = fig.subplots()
         _draw_hypnogram(ax, pred_W, epoch_s, "predicted")
         ax.set_xlabel("Time from recording start (h)")
         ax.set_title(title)
     else:
-        fig, (ax_true, ax) = plt.subplots(2, 1, figsize=(12, 5.2), sharex=True)
+        fig = Figure(figsize=(12, 5.2))
+        ax_true, ax = fig.subplots(2, 1, sharex=True)
         _draw_hypnogram(ax_true, true_W, epoch_s, "scored")
         ax_true.set_ylabel("Scored")
         _draw_hypnogram(ax, pred_W, epoch_s, "predicted")
@@ -463,7 +468,6 @@ def plot_hypnogram(path: Path, pred_W: np.ndarray, title: str, epoch_s: float = 
     fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=FIGURE_DPI)
-    plt.close(fig)
 
 
 def write_night_outputs(run_dir: Path, night: Night, probs_WC: np.ndarray, flags: dict,
@@ -491,6 +495,35 @@ def write_night_outputs(run_dir: Path, night: Night, probs_WC: np.ndarray, flags
                            f"({performance['n_scored_epochs']} scored epochs)", true_W=true_W)
             paths["graph_with_label"] = str(png_lab)
     return paths
+
+
+class OutputWriter:
+    """Writes each night's CSV and hypnograms in one background thread, so the next forward pass does not wait
+    for them; `close()` waits for every write and re-raises the first error (e.g. a full disk)."""
+
+    def __init__(self, run_dir: Path | None, flags: dict):
+        self.run_dir, self.flags = run_dir, flags
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="outputs")
+        self.futures: list[concurrent.futures.Future] = []
+
+    def submit(self, item: dict, night: Night, probs_WC: np.ndarray, performance: dict | None = None) -> None:
+        """Write the outputs of `night` and record their paths in `item` (None where a flag is off)."""
+        item.update({"csv": None, "graph_pred": None, "graph_with_label": None})
+        if self.run_dir is None:
+            return
+        night = dataclasses.replace(night, ppg_windows_WS=None)  # the writer needs no signal: free it early
+
+        def write() -> None:
+            item.update(write_night_outputs(self.run_dir, night, probs_WC, self.flags, performance))
+
+        self.futures.append(self.pool.submit(write))
+
+    def close(self) -> None:
+        try:
+            for future in self.futures:
+                future.result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -553,12 +586,12 @@ def run_edf_mode(model, n_windows: int, cfg: dict, edf_paths: list[Path], run_di
             item = {"subject_id": night.subject_id, "mode": "EDF", "n_epochs_staged": night.n_recorded,
                     "hours_staged": night.n_recorded * WINDOW_SECONDS / 3600, "truncated": night.truncated,
                     **night.info, "sleep_report": sleep_report(probs_WC.argmax(axis=1))}
-            if run_dir is not None:
-                item.update(write_night_outputs(run_dir, night, probs_WC, flags))
+            writer.submit(item, night, probs_WC)
             items.append(item)
             bar.update(1)
 
     batch: list[Night] = []
+    writer = OutputWriter(run_dir, flags)
     with tqdm(total=len(jobs), desc="nights", unit="night", disable=None) as bar:
         for (path, sid, *_), future, next_ready in prefetch(jobs, prepare_edf_night, lookahead=batch_size + 1):
             try:
@@ -574,6 +607,7 @@ def run_edf_mode(model, n_windows: int, cfg: dict, edf_paths: list[Path], run_di
                 batch = []
         if batch:
             flush(batch)
+        writer.close()
     return items, failures
 
 
@@ -656,12 +690,18 @@ def run_hdf5_mode(model, n_windows: int, cfg: dict, sel: Hdf5Selection, run_dir:
     all_true, all_pred, all_sid, accs, kappas = [], [], [], [], []
     bf16 = cfg["gpu"]["mixed_precision"]
     file_info = {"ppg_file": str(sel.ppg_file.resolve()), "index_file": str(sel.index_file.resolve())}
+    writer = OutputWriter(run_dir, flags)
     with h5py.File(sel.ppg_file, "r") as ppg_h5:
         for chunk in tqdm(list(_batches(sel.subjects, cfg["inference"]["batch_size"])), desc="batches",
                           unit="batch", disable=None):
             nights = []
             for sid in chunk:
-                ppg_WS, labels_W = read_hdf5_night(ppg_h5, sel.starts[sid], n_windows)
+                try:
+                    ppg_WS, labels_W = read_hdf5_night(ppg_h5, sel.starts[sid], n_windows)
+                except (OSError, ValueError) as err:
+                    log.error("%s: skipped: cannot read its night: %s", sid, err)
+                    failures.append({"subject_id": sid, "error": f"{type(err).__name__}: {err}", "kind": "unreadable"})
+                    continue
                 n_rec = recorded_epochs(ppg_WS, labels_W)
                 if n_rec == 0 or not (labels_W != IGNORE_INDEX).any():
                     log.error("%s: skipped: no recorded or scored epochs", sid)
@@ -686,9 +726,9 @@ def run_hdf5_mode(model, n_windows: int, cfg: dict, sel: Hdf5Selection, run_dir:
                         "hours_staged": night.n_recorded * WINDOW_SECONDS / 3600, "truncated": False,
                         **night.info, "performance": perf, "sleep_report": sleep_report(pred_W),
                         "sleep_report_scored": sleep_report(true_W)}
-                if run_dir is not None:
-                    item.update(write_night_outputs(run_dir, night, probs_WC, flags, perf))
+                writer.submit(item, night, probs_WC, perf)
                 items.append(item)
+    writer.close()
     metrics = None
     if items:
         pooled = compute_metrics(np.concatenate(all_true), np.concatenate(all_pred), np.concatenate(all_sid))
@@ -717,6 +757,26 @@ def pick_device(requested: str | None, cfg: dict) -> torch.device:
     return device
 
 
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Inference-only speed-up, same outputs up to float rounding: inside every nn.Sequential, fold a
+    BatchNorm1d (eval statistics) into the Conv1d before it, and let a LeakyReLU that follows another layer
+    work in place (its input is a fresh intermediate). Modifies and returns `model` (in eval mode)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model.eval()
+    for seq in [m for m in model.modules() if isinstance(m, torch.nn.Sequential)]:
+        names = list(seq._modules)
+        for first, second in zip(names, names[1:]):
+            conv, bn = seq._modules[first], seq._modules[second]
+            if isinstance(conv, torch.nn.Conv1d) and isinstance(bn, torch.nn.BatchNorm1d) and bn.track_running_stats:
+                seq._modules[first] = fuse_conv_bn_eval(conv, bn)
+                seq._modules[second] = torch.nn.Identity()
+        for name in names[1:]:
+            if isinstance(seq._modules[name], torch.nn.LeakyReLU):
+                seq._modules[name].inplace = True
+    return model
+
+
 def load_model(checkpoint: str, device: torch.device) -> tuple[torch.nn.Module, dict, int]:
     """Rebuild the PPG-only model from its checkpoint alone; returns (model in eval mode, info, n_windows)."""
     import multimodal_sleep_model
@@ -731,7 +791,7 @@ def load_model(checkpoint: str, device: torch.device) -> tuple[torch.nn.Module, 
         raise SetupError(f"cannot load checkpoint {path}: {err}") from None
     model_args = dict(ckpt.get("model_args") or {})
     n_windows = int(model_args.get("n_windows", WINDOWS_PER_SUBJECT))
-    model.to(device).eval()
+    fold_batchnorm(model).to(device)
     info = {"path": str(path.resolve()), "model_kind": ckpt.get("model_kind"), "model_args": model_args,
             "epoch": ckpt.get("epoch")}
     return model, info, n_windows

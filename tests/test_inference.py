@@ -445,3 +445,28 @@ def test_bad_setup_exits_2(tmp_path, checkpoint):
     bad_cfg.write_text(cfg.read_text().replace("only_inference: false", "only_inference: flase"))
     assert run(bad_cfg, out, "--checkpoint", str(checkpoint))[0] == inf.EXIT_BAD_SETUP
     assert not out.exists()  # nothing written on bad setup
+
+
+def test_fold_batchnorm_keeps_outputs():
+    import copy
+
+    import torch
+
+    from multimodal_sleep_model import SleepPPGNet
+
+    torch.manual_seed(0)
+    model = SleepPPGNet(n_windows=8).eval()
+    for mod in model.modules():  # non-trivial BatchNorm statistics, as after training
+        if isinstance(mod, torch.nn.BatchNorm1d):
+            mod.running_mean.normal_()
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.normal_()
+            mod.bias.data.normal_()
+    folded = inf.fold_batchnorm(copy.deepcopy(model))
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in folded.modules())
+    x = torch.randn(2, 1, 8 * SAMPLES_PER_WINDOW)
+    x_before = x.clone()
+    with torch.inference_mode():
+        ref, out = model(x), folded(x)
+    assert torch.allclose(ref, out, atol=1e-4, rtol=1e-4)
+    assert torch.equal(x, x_before)  # the in-place activations never touch the input
