@@ -390,7 +390,8 @@ def preprocess_recording(edf_path: str | os.PathLike, n_windows: int = WINDOWS_P
 
     Returns:
         dict(ppg_windows (n_windows, 1024) float32, ecg_windows (n_windows, 1024) float32 or None,
-        has_ecg bool, n_recorded_windows = epochs holding recorded PPG (at most n_windows), ppg_channel, ppg_fs).
+        has_ecg bool, n_recorded_windows = epochs holding recorded PPG (at most n_windows), ppg_channel, ppg_fs,
+        duration_s = the PPG recording's length in seconds, before truncation).
         An ECG that is flat or mostly NaN is dropped (has_ecg False) rather than failing the subject.
     Raises:
         BadRecordingError: reading errors (see `read_edf`), 'nan_signal', 'flat_ppg', 'too_short',
@@ -418,6 +419,7 @@ def preprocess_recording(edf_path: str | os.PathLike, n_windows: int = WINDOWS_P
         "n_recorded_windows": min(n_windows, math.ceil(ppg_z.size / SAMPLES_PER_WINDOW)),
         "ppg_channel": rec["ppg_channel"],
         "ppg_fs": rec["ppg_fs"],
+        "duration_s": rec["duration_s"],
     }
 
 
@@ -758,7 +760,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ok = list(reused)
     files_by_id = {job["id"]: job["edf"] for job in jobs}
-    for result in _run_jobs(jobs, settings["workers"]):
+    results = _run_jobs(jobs, settings["workers"])
+    for result in results:
         if result["ok"]:
             ok.append(result["id"])
         else:
@@ -785,6 +788,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no subject could be processed; no HDF5 written")
 
     seconds = time.perf_counter() - t_start
+    if results:
+        log.info("preprocessing took %.2f s per subject (per worker)", np.mean([r["seconds"] for r in results]))
     by_kind = Counter(item["kind"] for item in failed)
     print(f"done in {seconds:.1f} s: {len(ok)} subjects ok ({len(reused)} reused), {len(failed)} failed"
           + (" (" + ", ".join(f"{k}: {v}" for k, v in sorted(by_kind.items())) + f"; see {out_dir / FAILED_FILE})"

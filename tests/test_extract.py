@@ -307,7 +307,7 @@ def test_preprocess_recording_reads_edf(tmp_path):
     rec = ex.preprocess_recording(edf, n_windows=W)
     assert rec["ppg_channel"] == "Pleth" and rec["ppg_fs"] == 256 and rec["has_ecg"]
     assert rec["ppg_windows"].shape == rec["ecg_windows"].shape == (W, SAMPLES_PER_WINDOW)
-    assert rec["n_recorded_windows"] == 22
+    assert rec["n_recorded_windows"] == 22 and rec["duration_s"] == 11 * 60
     assert not rec["ppg_windows"][22:].any() and rec["ppg_windows"][:22].std() > 0.5
     raw = ex.read_edf(edf)
     np.testing.assert_array_equal(rec["ppg_windows"].reshape(-1)[: 22 * 1024],
