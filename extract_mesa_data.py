@@ -502,8 +502,6 @@ def assemble(out_dir: Path, subjects: list[str], parts_dir: Path, settings: dict
     chunk_rows = min(settings["chunk_windows"], total)
     signal_args = dict(shape=(total, SAMPLES_PER_WINDOW), dtype=np.float32, fillvalue=np.float32(0),
                        chunks=(chunk_rows, SAMPLES_PER_WINDOW), **_compression_args(settings["compression"]))
-    label_counts: Counter = Counter()
-    has_ecg_by_subject: dict[str, bool] = {}
     with contextlib.ExitStack() as stack:
         tmp_ppg, tmp_ecg, tmp_index = (stack.enter_context(atomic_output(out_dir / name))
                                        for name in (PPG_FILE, ECG_FILE, INDEX_FILE))
@@ -524,7 +522,6 @@ def assemble(out_dir: Path, subjects: list[str], parts_dir: Path, settings: dict
                     d_ecg[rows] = part["ecg"]  # without ECG the rows keep the fill value 0
                 labels_all[rows] = part["labels"]
             has_ecg_all[rows] = meta["has_ecg"]
-            has_ecg_by_subject[sid] = meta["has_ecg"]
             g = subjects_group.create_group(sid)
             g.create_dataset("window_indices", data=np.arange(rows.start, rows.stop, dtype=np.int64))
             g.attrs["n_windows"] = n_windows
@@ -544,12 +541,12 @@ def assemble(out_dir: Path, subjects: list[str], parts_dir: Path, settings: dict
         f_ecg.attrs.update(windows_with_real_ecg=n_ecg, windows_without_real_ecg=total - n_ecg)
         f_index.attrs.update(total_subjects=len(subjects), total_windows=total, **settings_attrs)
         valid = labels_all[labels_all != IGNORE_INDEX]
-        label_counts.update({int(k): int(v) for k, v in zip(*np.unique(valid, return_counts=True))})
+        label_counts = {int(k): int(v) for k, v in zip(*np.unique(valid, return_counts=True))}
     return {
         "total_windows": total, "total_subjects": len(subjects), "windows_with_real_ecg": n_ecg,
         "windows_without_real_ecg": total - n_ecg, "ppg_shape": (total, SAMPLES_PER_WINDOW),
         "ecg_shape": (total, SAMPLES_PER_WINDOW), "valid_labels": int(valid.size),
-        "label_distribution": dict(sorted(label_counts.items())), "sampling_rate": TARGET_FS,
+        "label_distribution": label_counts, "sampling_rate": TARGET_FS,
         "window_duration": WINDOW_SECONDS, "samples_per_window": SAMPLES_PER_WINDOW,
         "windows_per_subject": n_windows, "resample_method": settings["resample_method"],
         "file_structure": {PPG_FILE: ["ppg", "labels", "subject_ids"],
@@ -622,8 +619,7 @@ def _check_setup(settings: dict) -> str | None:
             return f"{key.replace('_', ' ')} {settings[key]} is not a folder"
     out = Path(settings["out_dir"])
     try:
-        (out / PARTS_DIR).mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / ".write_test", "ok")
+        write_text_atomic(out / ".write_test", "ok")  # creates the folder too
         (out / ".write_test").unlink()
     except OSError as err:
         return f"output folder {out} is not writable: {err}"
@@ -638,6 +634,34 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
     """Temporaries left by a killed run (atomic_output names them .<final name>.<random>.tmp)."""
     for tmp in list(out_dir.glob(".*.tmp")) + list((out_dir / PARTS_DIR).glob(".*.tmp")):
         tmp.unlink(missing_ok=True)
+
+
+def _plan(wanted: list[str], all_subjects: dict, duplicates: dict, settings: dict,
+          overwrite: bool) -> tuple[list[dict], list[str], list[dict]]:
+    """Split the wanted IDs into jobs to run, IDs whose part file from an earlier run still holds (same
+    settings, same source files), and failures known before reading anything (missing partner, duplicates)."""
+    parts_dir = Path(settings["out_dir"]) / PARTS_DIR
+    jobs, reused, failed = [], [], []
+    for sid in wanted:
+        edf, xml = all_subjects[sid]
+        if sid in duplicates:
+            failed.append({"id": sid, "file": str(edf or xml), "kind": "duplicate_files", "reason": duplicates[sid]})
+        elif edf is None:
+            failed.append({"id": sid, "file": str(xml), "kind": "missing_edf", "reason": "XML without an EDF"})
+        elif xml is None:
+            failed.append({"id": sid, "file": str(edf), "kind": "missing_xml", "reason": "EDF without an XML"})
+        else:
+            signature = _part_signature(settings, edf, xml)
+            part = parts_dir / f"{sid}.npz"
+            meta = None if overwrite or not part.is_file() else _read_part_meta(part)
+            if meta is not None and meta.get("signature") == signature:
+                reused.append(sid)
+                continue
+            jobs.append({"id": sid, "edf": str(edf), "xml": str(xml), "part": str(part), "signature": signature,
+                         "windows_per_subject": settings["windows_per_subject"],
+                         "resample_method": settings["resample_method"],
+                         "ppg_channels": settings["ppg_channels"]})
+    return jobs, reused, failed
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -732,27 +756,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest_path.unlink(missing_ok=True)  # outputs are about to change: the old manifest no longer holds
     _remove_stale_temporaries(out_dir)
 
-    failed: list[dict] = []
-    jobs, reused = [], []
-    for sid in wanted:
-        edf, xml = all_subjects[sid]
-        if sid in duplicates:
-            failed.append({"id": sid, "file": str(edf or xml), "kind": "duplicate_files", "reason": duplicates[sid]})
-        elif edf is None:
-            failed.append({"id": sid, "file": str(xml), "kind": "missing_edf", "reason": "XML without an EDF"})
-        elif xml is None:
-            failed.append({"id": sid, "file": str(edf), "kind": "missing_xml", "reason": "EDF without an XML"})
-        else:
-            signature = _part_signature(settings, edf, xml)
-            part = parts_dir / f"{sid}.npz"
-            meta = None if args.overwrite or not part.is_file() else _read_part_meta(part)
-            if meta is not None and meta.get("signature") == signature:
-                reused.append(sid)
-                continue
-            jobs.append({"id": sid, "edf": str(edf), "xml": str(xml), "part": str(part), "signature": signature,
-                         "windows_per_subject": settings["windows_per_subject"],
-                         "resample_method": settings["resample_method"],
-                         "ppg_channels": settings["ppg_channels"]})
+    jobs, reused, failed = _plan(wanted, all_subjects, duplicates, settings, args.overwrite)
     for item in failed:
         log.warning("subject %s skipped (%s): %s", item["id"], item["kind"], item["reason"])
     log.info("%d subjects: %d to process, %d reused from %s, %d without a usable pair; %d worker(s)",
@@ -785,7 +789,8 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(OSError):
                 parts_dir.rmdir()
     else:
-        log.error("no subject could be processed; no HDF5 written")
+        log.error("no subject could be processed; no HDF5 written (any HDF5 files in %s are from an earlier run)",
+                  out_dir)
 
     seconds = time.perf_counter() - t_start
     if results:

@@ -435,6 +435,7 @@ def test_workers_2_equals_workers_1_and_up_to_date(tmp_path, capsys):
     capsys.readouterr()
     assert run_cli(edf_dir, xml_dir, tmp_path / "two", "--workers", "2") == 0
     assert "up to date" in capsys.readouterr().out
+    assert not (tmp_path / "two" / ex.PARTS_DIR).exists()
     # a changed source file makes the outputs stale again; --subjects picks a subset
     assert run_cli(edf_dir, xml_dir, tmp_path / "sub", "--subjects", "0007,0002") == 0
     with h5py.File(tmp_path / "sub" / ex.INDEX_FILE) as f:
