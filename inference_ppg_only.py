@@ -15,6 +15,11 @@ Modes
   the preprocessing settings (method, channel patterns, n_windows, PREPROCESSING_VERSION); a stale, truncated
   or otherwise unreadable cache is rebuilt, with a log line saying why.
 
+Speed: nights are preprocessed in a background thread while the model runs on the nights already prepared
+(batches of at most `inference.batch_size`), outputs are written in another thread, and the model is served
+with its BatchNorm layers folded into the convolutions (same outputs up to float rounding). On CUDA the
+forward runs under bf16 autocast when `gpu.mixed_precision` is true; probabilities are computed in float32.
+
 Only recorded epochs are staged: a night shorter than the model's span (10 h = 1,200 epochs) gets
 predictions for its recorded epochs only (the zero padding is never reported as sleep); a longer night is
 staged over its first 10 h and flagged (`truncated: true` and a log line). In HDF5 mode the recorded epochs are
