@@ -165,7 +165,8 @@ def format_sleep_report(subject_id: str, report: dict, extra: str = "") -> str:
     stages = "  ".join(f"{name} {mins[name]:.1f} min" + ("" if name == "Wake" else f" ({fmt(pct[name], '%')})")
                        for name in STAGE_NAMES)
     return (f"[{subject_id}]{extra}\n"
-            f"  time in bed {fmt(report['time_in_bed_min'], ' min')}, TST {fmt(report['total_sleep_time_min'], ' min')}, "
+            f"  time in bed {fmt(report['time_in_bed_min'], ' min')}, "
+            f"TST {fmt(report['total_sleep_time_min'], ' min')}, "
             f"efficiency {fmt(report['sleep_efficiency_pct'], '%')}, "
             f"onset latency {fmt(report['sleep_onset_latency_min'], ' min')}, WASO {fmt(report['waso_min'], ' min')}, "
             f"REM latency {fmt(report['rem_latency_min'], ' min')}, "
@@ -802,6 +803,59 @@ def load_model(checkpoint: str, device: torch.device) -> tuple[torch.nn.Module, 
     return model, info, n_windows
 
 
+def stage_and_report(args: argparse.Namespace, cfg: dict, edf_paths: list[Path], device: torch.device, model,
+                     model_info: dict, n_windows: int, selection: Hdf5Selection | None, run_dir: Path) -> int:
+    """Stage the nights, write result.json, print the summary; returns the exit status."""
+    inf_cfg = cfg["inference"]
+    edf_mode = inf_cfg["only_inference"]
+    flags = {k: inf_cfg[k] for k in ("save_csv", "save_graph", "save_json")}
+    started = dt.datetime.now().isoformat(timespec="seconds")
+    log.info("run %s: %s mode, model %s (%d windows = %.1f h), device %s", run_dir.name,
+             "EDF" if edf_mode else "HDF5", model_info["path"], n_windows, n_windows * WINDOW_SECONDS / 3600, device)
+    t0 = time.perf_counter()
+    metrics = None
+    if edf_mode:
+        items, failures = run_edf_mode(model, n_windows, cfg, edf_paths, run_dir, device, flags)
+    else:
+        items, failures, metrics = run_hdf5_mode(model, n_windows, cfg, selection, run_dir, device, flags)
+    elapsed = time.perf_counter() - t0
+
+    result = {
+        "run_id": run_dir.name, "mode": "EDF" if edf_mode else "H5", "config": str(Path(args.config).resolve()),
+        "model_checkpoint": model_info["path"], "model": model_info, "device": str(device),
+        "random_seed": inf_cfg["random_seed"], "started_at": started,
+        "finished_at": dt.datetime.now().isoformat(timespec="seconds"), "elapsed_s": round(elapsed, 3),
+        "n_windows": n_windows, "epoch_s": WINDOW_SECONDS,
+        "preprocessing": (preprocessing_settings(cfg["preprocessing"]["resample_method"],
+                                                 cfg["preprocessing"]["ppg_channels"], n_windows)
+                          if edf_mode else None),
+        "cache_root": str(Path(inf_cfg["cache_root"]).resolve()) if edf_mode else None,
+        "n_ok": len(items), "n_failed": len(failures), "items": items, "failures": failures, "metrics": metrics,
+    }
+    if flags["save_json"]:
+        write_text_atomic(run_dir / "result.json", json.dumps(json_safe(result), indent=2, ensure_ascii=False))
+
+    for item in items:
+        extra = ""
+        if "performance" in item:
+            perf = item["performance"]
+            kappa = "undefined" if perf["kappa"] is None else f"{perf['kappa']:.3f}"
+            extra = f" accuracy {perf['accuracy']:.3f}, kappa {kappa}"
+        elif item.get("cache_used") is not None:
+            extra = f" {item['hours_staged']:.2f} h staged, cache {'reused' if item['cache_used'] else 'built'}"
+            if item["truncated"]:
+                extra += " (recording longer than the model's span: first part only)"
+        print(format_sleep_report(item["subject_id"], item["sleep_report"], extra))
+    if metrics is not None:
+        print(f"{metrics['subjects']} subjects: accuracy {metrics['acc_mean']:.3f} +/- {metrics['acc_std']:.3f}, "
+              f"kappa {metrics['kappa_mean']:.3f} +/- {metrics['kappa_std']:.3f} (per subject); pooled accuracy "
+              f"{metrics['pooled']['accuracy']:.3f}, kappa {metrics['pooled']['kappa']:.3f}")
+    for fail in failures:
+        print(f"FAILED {fail['subject_id']}: {fail['error']}")
+    print(f"{len(items)} night(s) staged, {len(failures)} failed in {elapsed:.1f} s. Results at: {run_dir}")
+    return EXIT_NIGHT_FAILED if failures else EXIT_OK
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -830,64 +884,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["inference.only_inference"] = True
     try:
         cfg = load_config(args.config, overrides)
-        inf = cfg["inference"]
-        edf_mode = inf["only_inference"]
-        edf_paths = resolve_edf_inputs(inf["edf_file"]) if edf_mode else []
+        inf_cfg = cfg["inference"]
+        edf_mode = inf_cfg["only_inference"]
+        edf_paths = resolve_edf_inputs(inf_cfg["edf_file"]) if edf_mode else []
         device = pick_device(args.device, cfg)
-        model, model_info, n_windows = load_model(inf["best_model"], device)
-        selection = None if edf_mode else select_hdf5_nights(cfg, n_windows, inf["n_subjects"])
+        model, model_info, n_windows = load_model(inf_cfg["best_model"], device)
+        selection = None if edf_mode else select_hdf5_nights(cfg, n_windows, inf_cfg["n_subjects"])
     except (ConfigError, SetupError) as err:
         log.error("%s", err)
         return EXIT_BAD_SETUP
 
-    flags = {k: inf[k] for k in ("save_csv", "save_graph", "save_json")}
-    run_dir = make_run_dir(Path(inf["save_dir"]))
+    run_dir = make_run_dir(Path(inf_cfg["save_dir"]))
     setup_logging(run_dir / "inference.log")
-    started = dt.datetime.now().isoformat(timespec="seconds")
-    log.info("run %s: %s mode, model %s (%d windows = %.1f h), device %s", run_dir.name,
-             "EDF" if edf_mode else "HDF5", model_info["path"], n_windows, n_windows * WINDOW_SECONDS / 3600, device)
-    t0 = time.perf_counter()
-    metrics = None
-    if edf_mode:
-        items, failures = run_edf_mode(model, n_windows, cfg, edf_paths, run_dir, device, flags)
-    else:
-        items, failures, metrics = run_hdf5_mode(model, n_windows, cfg, selection, run_dir, device, flags)
-    elapsed = time.perf_counter() - t0
-
-    result = {
-        "run_id": run_dir.name, "mode": "EDF" if edf_mode else "H5", "config": str(Path(args.config).resolve()),
-        "model_checkpoint": model_info["path"], "model": model_info, "device": str(device),
-        "random_seed": inf["random_seed"], "started_at": started,
-        "finished_at": dt.datetime.now().isoformat(timespec="seconds"), "elapsed_s": round(elapsed, 3),
-        "n_windows": n_windows, "epoch_s": WINDOW_SECONDS,
-        "preprocessing": (preprocessing_settings(cfg["preprocessing"]["resample_method"],
-                                                 cfg["preprocessing"]["ppg_channels"], n_windows)
-                          if edf_mode else None),
-        "cache_root": str(Path(inf["cache_root"]).resolve()) if edf_mode else None,
-        "n_ok": len(items), "n_failed": len(failures), "items": items, "failures": failures, "metrics": metrics,
-    }
-    if flags["save_json"]:
-        write_text_atomic(run_dir / "result.json", json.dumps(json_safe(result), indent=2, ensure_ascii=False))
-
-    for item in items:
-        extra = ""
-        if "performance" in item:
-            perf = item["performance"]
-            kappa = "undefined" if perf["kappa"] is None else f"{perf['kappa']:.3f}"
-            extra = f" accuracy {perf['accuracy']:.3f}, kappa {kappa}"
-        elif item.get("cache_used") is not None:
-            extra = f" {item['hours_staged']:.2f} h staged, cache {'reused' if item['cache_used'] else 'built'}"
-            if item["truncated"]:
-                extra += " (recording longer than the model's span: first part only)"
-        print(format_sleep_report(item["subject_id"], item["sleep_report"], extra))
-    if metrics is not None:
-        print(f"{metrics['subjects']} subjects: accuracy {metrics['acc_mean']:.3f} +/- {metrics['acc_std']:.3f}, "
-              f"kappa {metrics['kappa_mean']:.3f} +/- {metrics['kappa_std']:.3f} (per subject); pooled accuracy "
-              f"{metrics['pooled']['accuracy']:.3f}, kappa {metrics['pooled']['kappa']:.3f}")
-    for fail in failures:
-        print(f"FAILED {fail['subject_id']}: {fail['error']}")
-    print(f"{len(items)} night(s) staged, {len(failures)} failed in {elapsed:.1f} s. Results at: {run_dir}")
-    return EXIT_NIGHT_FAILED if failures else EXIT_OK
+    try:
+        return stage_and_report(args, cfg, edf_paths, device, model, model_info, n_windows, selection, run_dir)
+    finally:  # detach this run's log file (main may be called again in the same process, e.g. by tests)
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)
+                        and Path(h.baseFilename) == (run_dir / "inference.log").resolve()]:
+            root.removeHandler(handler)
+            handler.close()
 
 
 if __name__ == "__main__":
