@@ -608,6 +608,8 @@ class Run:
         log.info("%s %s in %s on %s%s", "resuming" if self.resume_ckpt else "training", self.kind, self.run_dir,
                  device, f" x{ctx.world_size} processes" if ctx.enabled else "")
         seed_everything(self.seed + ctx.rank)
+        self._deterministic_before = (torch.are_deterministic_algorithms_enabled(),
+                                      torch.is_deterministic_algorithms_warn_only_enabled())
         if device.type == "cpu":
             # Reproducible CPU runs (resume equivalence); on CUDA speed wins (cuDNN autotuning below).
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -861,8 +863,11 @@ class Run:
         return results
 
     def close(self) -> None:
-        if self.writer is not None:
+        if getattr(self, "writer", None) is not None:
             self.writer.close()
+        if hasattr(self, "_deterministic_before"):  # a global flag: leave it as we found it
+            enabled, warn_only = self._deterministic_before
+            torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
         root = logging.getLogger()
         for handler in list(root.handlers):
             if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == self.log_file.resolve():
