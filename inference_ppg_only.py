@@ -466,9 +466,9 @@ def plot_hypnogram(path: Path, pred_W: np.ndarray, title: str, epoch_s: float = 
         wrong = np.flatnonzero((true_W != IGNORE_INDEX) & (true_W != pred_W))
         if wrong.size:
             ax.scatter((wrong + 0.5) * epoch_s / 3600, [HYPNOGRAM_LEVEL[int(pred_W[i])] for i in wrong],
-                       marker="x", s=14, color="tab:red", linewidths=0.8, label=f"mistake ({wrong.size})",
-                       zorder=3)
-            ax.legend(loc="upper right", fontsize=8)
+                       marker="x", s=14, color="tab:red", linewidths=0.8, zorder=3)
+        ax.set_title(f"predicted; red x = disagrees with the scored stage ({wrong.size} epochs)", fontsize=9,
+                     loc="left")
         ax.set_xlabel("Time from recording start (h)")
         ax_true.set_title(title)
     fig.tight_layout()

@@ -441,6 +441,8 @@ def test_bad_setup_exits_2(tmp_path, checkpoint):
     with pytest.raises(inf.SetupError, match="real_ecg"):
         inf.load_model(str(wrong), torch.device("cpu"))
     assert run(cfg, out, "--checkpoint", str(wrong), "--edf", str(edf))[0] == inf.EXIT_BAD_SETUP
+    hdf5_cfg = make_config(tmp_path, **{"inference.only_inference": False, "data.windows_per_subject": 1200})
+    assert run(hdf5_cfg, out, "--checkpoint", str(checkpoint))[0] == inf.EXIT_BAD_SETUP  # 40-window model
     bad_cfg = tmp_path / "bad.yaml"
     bad_cfg.write_text(cfg.read_text().replace("only_inference: false", "only_inference: flase"))
     assert run(bad_cfg, out, "--checkpoint", str(checkpoint))[0] == inf.EXIT_BAD_SETUP
@@ -470,3 +472,13 @@ def test_fold_batchnorm_keeps_outputs():
         ref, out = model(x), folded(x)
     assert torch.allclose(ref, out, atol=1e-4, rtol=1e-4)
     assert torch.equal(x, x_before)  # the in-place activations never touch the input
+
+
+def test_output_flags_are_honoured(tmp_path, checkpoint):
+    edf = write_edf(tmp_path / "mesa-sleep-0001.edf", 20)
+    cfg = make_config(tmp_path, **{"inference.save_csv": False, "inference.save_graph": False,
+                                   "inference.save_json": False})
+    code = inf.main(["--config", str(cfg), "--out", str(tmp_path / "out"), "--checkpoint", str(checkpoint),
+                     "--edf", str(edf), "--device", "cpu"])
+    (run_dir,) = list((tmp_path / "out").iterdir())
+    assert code == 0 and sorted(p.name for p in run_dir.iterdir()) == ["inference.log"]
