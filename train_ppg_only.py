@@ -3,7 +3,9 @@
 Reference behaviour (SPEC §7) with its defects fixed: the model returns logits that go straight into
 CrossEntropyLoss; the loss is summed over scored epochs and divided by their number (label -1 = unscored or
 padding, ignored); class weights are inverse frequencies over *all* training labels (read from the label
-array, not the signals); checkpoints are loaded with `weights_only=True`.
+array, not the signals); checkpoints are loaded with `weights_only=True`. The validation and test loss is the
+same mean without class weights (as the reference); early stopping and the best checkpoint follow it, the
+learning rate follows validation kappa (ReduceLROnPlateau, mode max).
 
 Inputs: the three HDF5 files named in the config (`data.ppg_file`, `data.index_file`, and `data.ecg_file` for
 the PPG+ECG model), nights of `data.windows_per_subject` windows x 1,024 samples (30 s at 34.13 Hz).

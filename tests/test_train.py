@@ -212,6 +212,27 @@ def test_checkpoints_are_self_describing(straight_run):
     assert not torch.allclose(logits_BCW.softmax(1).sum(1), logits_BCW.sum(1))  # logits, not probabilities
 
 
+def test_both_models_two_runs_and_summary(data, tmp_path):
+    """--model both --runs 2: PPG-only and PPG+ECG, seeds 43 and 44, one folder each, and a summary file."""
+    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", num_epochs=1)
+    cfg.write_text(cfg.read_text().replace("fusion_strategy: attention", "fusion_strategy: concat"))
+    assert T.main(["--config", str(cfg), "--model", "both", "--runs", "2", "--device", "cpu"]) == 0
+    names = sorted(p.name.rsplit("_", 3)[0] + "_" + p.name.rsplit("_", 1)[1] for p in run_dirs(tmp_path / "out"))
+    assert names == ["ppg_only_run1", "ppg_only_run2", "real_ecg_run1", "real_ecg_run2"]
+    (summary_file,) = (tmp_path / "out").glob("summary_results_*.json")
+    summary = json.loads(summary_file.read_text())
+    assert summary["num_runs"] == 2 and summary["models"] == ["ppg_only", "real_ecg"]
+    for kind in ("ppg_only", "real_ecg"):
+        runs = summary["results"][kind]
+        assert [r["seed"] for r in runs] == [43, 44]  # training.seed + run, as the reference
+        kappas = [r["test_kappa_overall"] for r in runs]
+        assert summary["summary"][kind]["test_kappa_overall"]["mean"] == pytest.approx(np.mean(kappas))
+        assert summary["summary"][kind]["test_kappa_overall"]["median"] == pytest.approx(np.median(kappas))
+    ecg_run = next(p for p in run_dirs(tmp_path / "out") if p.name.startswith("real_ecg"))
+    ckpt = torch.load(ecg_run / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)
+    assert ckpt["model_kind"] == "real_ecg" and ckpt["model_args"]["fusion_strategy"] == "concat"
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Learning
 
