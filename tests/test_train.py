@@ -263,12 +263,26 @@ def test_short_run_learns(tmp_path):
 # Resume
 
 
-def test_resume_equals_uninterrupted_run(straight_run, data, tmp_path):
-    """2 epochs, then --resume to 4 == 4 epochs straight: same history, weights, optimizer and scheduler."""
-    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out")
-    assert T.main(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu", "--epochs", "2"]) == 0
+def test_resume_equals_uninterrupted_run(straight_run, data, tmp_path, monkeypatch):
+    """Killed during epoch 3, then --resume: same history, weights, optimizer and scheduler as 4 straight."""
+    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", num_epochs=4)
+    calls = []
+    real_train_one_epoch = T.train_one_epoch
+
+    def killed_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as Ctrl-C / a kill in the middle of epoch 3
+        return real_train_one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(T, "train_one_epoch", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        T.main(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"])
+    monkeypatch.setattr(T, "train_one_epoch", real_train_one_epoch)
     (run_dir,) = run_dirs(tmp_path / "out")
-    assert T.main(["--resume", str(run_dir), "--epochs", "4", "--device", "cpu"]) == 0
+    assert torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True)["epoch"] == 2
+    assert not (run_dir / "results" / "test_results.json").exists()
+    assert T.main(["--resume", str(run_dir), "--device", "cpu"]) == 0
     assert run_dirs(tmp_path / "out") == [run_dir]  # continued in place
 
     a = torch.load(straight_run / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)
