@@ -1,21 +1,21 @@
 """Benchmark EDF inference on CPU: seconds per 10-h night from EDF to hypnogram, ours beside the reference.
 
 Measured in one run, on the same synthetic MESA-shaped nights (make_synthetic_mesa.py, PPG "Pleth" at 256 Hz)
-and the same untrained SleepPPG-Net (1,200 windows; weights do not change the cost):
-- reference preprocessing: the reference inference script's per-night steps as written there (read the PPG
-  channel in float64, Chebyshev II 8 Hz low-pass with sosfiltfilt, linear interpolation to 34.133 Hz, clip,
-  z-score, pad/cut to 1,228,800 samples), with the EDF read by mne (pyedflib, which it uses, is not installed);
-  its cache writes are not counted, which favours the reference;
-- reference forward: one night per call under torch.no_grad, float64 -> float32 copy, softmax;
-- ours cold: `inference_ppg_only.run_edf_mode` on an empty cache: preprocess (extract_mesa_data, in a
-  background thread) + cache write + batched forward + CSV + hypnogram PNG + sleep report;
-- ours warm: the same call again, every night from the cache;
-- ours forward only: `inference_ppg_only.predict_proba` on the cached windows.
-Ours serves the model as `inference_ppg_only.load_model` does (BatchNorm folded into the convs); the
-reference runs it unchanged; the bench checks that both give the same hypnograms.
+and the same untrained SleepPPG-Net (1,200 windows, seed 0; weights do not change the cost). Each side runs
+in its own fresh process (as each would be run), one after the other, --repeats times:
+- reference: its inference script's per-night steps as written there: read the PPG channel in float64,
+  Chebyshev II 8 Hz low-pass with sosfiltfilt, linear interpolation to 34.133 Hz, clip, z-score, pad/cut to
+  1,228,800 samples (the EDF read by mne: pyedflib, which it uses, is not installed; its two float64 cache
+  files are not written, which favours the reference); then the forward pass, one night per call, under
+  torch.no_grad with the model as built, and a softmax;
+- ours, as `python inference_ppg_only.py` runs: allocator setting (`keep_freed_memory`), model with folded
+  BatchNorm, `run_edf_mode` on an empty cache (cold: preprocess in background threads + cache write + batched
+  forward + CSV + hypnogram PNG + sleep report), the same call again (warm: every night from the cache), and
+  `predict_proba` alone on the cached windows (forward only).
 Goals (issue 4): cold <= reference forward + half the reference preprocessing; warm ~ forward only.
-Each figure is the median over --repeats runs, in seconds per night, as wall time (the goal) and as process
-CPU time over all threads (steadier when other jobs share the machine).
+Figures are medians over the repeats, in seconds per night: wall time (the goal) and process CPU time over
+all threads (steadier when other jobs share the machine). The bench also checks that both sides give the
+same hypnograms.
 
 Outputs: a table on stdout and <workdir>/bench_infer.json.
 
@@ -26,30 +26,31 @@ Usage: python bench/bench_infer.py [--nights 2] [--hours 10.5] [--repeats 1] [--
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_DIR))
 
-import inference_ppg_only as inf  # noqa: E402
 from sleepppg_common import SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT, load_config, write_text_atomic  # noqa: E402
 
-DEFAULT_NIGHTS = 2  # a couple of minutes on a 2-core CPU
+DEFAULT_NIGHTS = 2  # about two minutes on a 2-core CPU
 FULL_NIGHTS, FULL_REPEATS = 8, 3
 DEFAULT_HOURS = 10.5  # MESA nights are usually longer than the 10 h staged (SPEC §3, §8)
 REF_TARGET_FS = 34.133333333  # the reference's rounded constant
 REF_CUTOFF_HZ, REF_ORDER, REF_STOP_DB = 8.0, 8, 40  # its Chebyshev II low-pass
 REF_TARGET_LEN = WINDOWS_PER_SUBJECT * SAMPLES_PER_WINDOW  # 1,228,800 samples = 10 h
+MODEL_SEED = 0
+MEASURES = {"reference": ("ref_preprocess", "ref_forward"),
+            "ours": ("ours_cold", "ours_warm", "ours_forward_only")}
 
 log = logging.getLogger("bench_infer")
 
@@ -77,8 +78,10 @@ def reference_preprocess(edf_path: Path) -> np.ndarray:
     return out
 
 
-def reference_forward(model: torch.nn.Module, ppg_T: np.ndarray) -> np.ndarray:
+def reference_forward(model, ppg_T: np.ndarray) -> np.ndarray:
     """The reference's forward: one night, float32 copy, no_grad, softmax; returns predictions (1200,)."""
+    import torch
+
     x = torch.from_numpy(ppg_T.astype(np.float32)).reshape(1, 1, -1)
     with torch.no_grad():
         probs = torch.softmax(model(x), dim=1)[0].T.numpy()
@@ -101,8 +104,80 @@ def make_nights(workdir: Path, n: int, hours: float) -> list[Path]:
     return paths
 
 
-def per_night(seconds: list[float], n: int) -> float:
-    return statistics.median(seconds) / n
+class Timer:
+    """Accumulates wall and process CPU time (all threads) per measure name."""
+
+    def __init__(self, names):
+        self.wall = {k: 0.0 for k in names}
+        self.cpu = {k: 0.0 for k in names}
+
+    def __call__(self, name, fn, *fn_args):
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = fn(*fn_args)
+        self.wall[name] += time.perf_counter() - w0
+        self.cpu[name] += time.process_time() - c0
+        return out
+
+
+def build_model():
+    import torch
+
+    from multimodal_sleep_model import SleepPPGNet
+
+    torch.manual_seed(MODEL_SEED)
+    return SleepPPGNet(n_windows=WINDOWS_PER_SUBJECT).eval()
+
+
+def run_reference(edfs: list[Path], workdir: Path) -> dict:
+    """One repeat of the reference side (in its own process)."""
+    model = build_model()
+    reference_forward(model, reference_preprocess(edfs[0]))  # one-time costs (imports, kernels) before timing
+    timer = Timer(MEASURES["reference"])
+    preds = [timer("ref_forward", reference_forward, model, timer("ref_preprocess", reference_preprocess, edf))
+             for edf in edfs]
+    np.save(workdir / "preds_reference.npy", np.stack(preds))
+    return {"wall": timer.wall, "cpu": timer.cpu}
+
+
+def run_ours(edfs: list[Path], workdir: Path, config: str, workers: int | None) -> dict:
+    """One repeat of our side (in its own process), set up as `python inference_ppg_only.py` sets itself up."""
+    import torch
+
+    import inference_ppg_only as inf
+
+    inf.keep_freed_memory()
+    model = inf.fold_batchnorm(build_model())
+    device = torch.device("cpu")
+    overrides = {"inference.cache_root": str(workdir / "cache"), "inference.save_dir": str(workdir / "out"),
+                 "gpu.mixed_precision": False}
+    if workers is not None:
+        overrides["preprocessing.workers"] = workers
+    cfg = load_config(config, overrides)
+    flags = {"save_csv": True, "save_graph": True, "save_json": True}
+    # one-time costs (imports, kernels, matplotlib fonts, thread pools) before timing, on a separate cache
+    warmup_cfg = load_config(config, {**overrides, "inference.cache_root": str(workdir / "warmup-cache")})
+    inf.run_edf_mode(model, WINDOWS_PER_SUBJECT, warmup_cfg, edfs[:1], inf.make_run_dir(workdir / "out"),
+                     device, flags)
+    shutil.rmtree(workdir / "cache", ignore_errors=True)
+    timer = Timer(MEASURES["ours"])
+    for name in ("ours_cold", "ours_warm"):
+        items, failures = timer(name, inf.run_edf_mode, model, WINDOWS_PER_SUBJECT, cfg, edfs,
+                                inf.make_run_dir(workdir / "out"), device, flags)
+        if failures:
+            raise SystemExit(f"bench nights failed: {failures}")
+    settings = inf.preprocessing_settings(cfg["preprocessing"]["resample_method"],
+                                          cfg["preprocessing"]["ppg_channels"], WINDOWS_PER_SUBJECT)
+    windows = [inf.load_cache(Path(i["cache_dir"]), inf.edf_signature(Path(i["edf_file"])), settings)[0]
+               for i in items]
+    batch = cfg["inference"]["batch_size"]
+    preds = []
+    for k in range(0, len(windows), batch):
+        probs = timer("ours_forward_only", inf.predict_proba, model, np.stack(windows[k:k + batch]), device)
+        preds += list(probs.argmax(-1))
+    np.save(workdir / "preds_ours.npy", np.stack(preds))
+    return {"wall": timer.wall, "cpu": timer.cpu, "n_staged": [i["n_epochs_staged"] for i in items],
+            "batch_size": batch, "preprocessing_workers": cfg["preprocessing"]["workers"],
+            "resample_method": cfg["preprocessing"]["resample_method"], "torch_threads": torch.get_num_threads()}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -112,8 +187,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--full", action="store_true", help=f"{FULL_NIGHTS} nights, {FULL_REPEATS} repeats")
     p.add_argument("--workdir", default="/tmp/bench_infer")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="preprocessing threads for ours (default: the config's preprocessing.workers)")
     p.add_argument("--config", default=str(REPO_DIR / "configs" / "config_demo.yaml"))
+    p.add_argument("--part", choices=tuple(MEASURES), help=argparse.SUPPRESS)  # internal: one side, one process
     return p.parse_args(argv)
 
 
@@ -123,78 +200,45 @@ def main(argv=None) -> int:
     log.setLevel(logging.INFO)
     if args.full:
         args.nights, args.repeats = max(args.nights, FULL_NIGHTS), max(args.repeats, FULL_REPEATS)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     workdir = Path(args.workdir)
     edfs = make_nights(workdir, args.nights, args.hours)
     n = len(edfs)
 
-    from multimodal_sleep_model import SleepPPGNet
+    if args.part:  # a child process: one side, one repeat
+        logging.getLogger("inference_ppg_only").setLevel(logging.ERROR)  # no per-night truncation warnings
+        out = (run_reference(edfs, workdir) if args.part == "reference"
+               else run_ours(edfs, workdir, args.config, args.workers))
+        write_text_atomic(workdir / f"part_{args.part}.json", json.dumps(out))
+        return 0
 
-    torch.manual_seed(0)
-    model = SleepPPGNet(n_windows=WINDOWS_PER_SUBJECT).eval()  # the reference's forward uses it as is
-    ours = inf.fold_batchnorm(copy.deepcopy(model))  # what inference_ppg_only.load_model serves
-    device = torch.device("cpu")
-    cfg = load_config(args.config, {"inference.cache_root": str(workdir / "cache"),
-                                    "inference.save_dir": str(workdir / "out"), "gpu.mixed_precision": False})
-    flags = {"save_csv": True, "save_graph": True, "save_json": True}
-    # one-time costs (imports, oneDNN kernels for these shapes, matplotlib fonts, thread pools) paid by both
-    # pipelines on the first night before any timing
-    reference_forward(model, reference_preprocess(edfs[0]))
-    warmup_cfg = load_config(args.config, {"inference.cache_root": str(workdir / "warmup-cache"),
-                                           "inference.save_dir": str(workdir / "out"),
-                                           "gpu.mixed_precision": False})
-    inf.run_edf_mode(ours, WINDOWS_PER_SUBJECT, warmup_cfg, edfs[:1], inf.make_run_dir(workdir / "out"),
-                     device, flags)
-
-    names = ("ref_preprocess", "ref_forward", "ours_cold", "ours_warm", "ours_forward_only")
-    wall: dict[str, list[float]] = {k: [] for k in names}
-    cpu: dict[str, list[float]] = {k: [] for k in names}
-    agree = []
-
-    def timed(name: str, fn, *fn_args):
-        """Run fn, add its wall and process CPU time (all threads) to `name`'s current repeat."""
-        w0, c0 = time.perf_counter(), time.process_time()
-        out = fn(*fn_args)
-        wall[name][-1] += time.perf_counter() - w0
-        cpu[name][-1] += time.process_time() - c0
-        return out
-
-    settings = inf.preprocessing_settings(cfg["preprocessing"]["resample_method"],
-                                          cfg["preprocessing"]["ppg_channels"], WINDOWS_PER_SUBJECT)
-    batch = cfg["inference"]["batch_size"]
+    wall = {k: [] for names in MEASURES.values() for k in names}
+    cpu = {k: [] for k in wall}
+    agree, info = [], {}
+    child = [sys.executable, str(Path(__file__).resolve()), "--nights", str(n), "--hours", str(args.hours),
+             "--workdir", str(workdir), "--config", args.config]
+    if args.workers is not None:
+        child += ["--workers", str(args.workers)]
     for rep in range(args.repeats):
-        for k in names:
-            wall[k].append(0.0)
-            cpu[k].append(0.0)
-        log.info("repeat %d/%d: reference", rep + 1, args.repeats)
-        ref_preds = [timed("ref_forward", reference_forward, model, timed("ref_preprocess", reference_preprocess, edf))
-                     for edf in edfs]
-
-        log.info("repeat %d/%d: ours cold, warm, forward only", rep + 1, args.repeats)
-        shutil.rmtree(workdir / "cache", ignore_errors=True)
-        for name in ("ours_cold", "ours_warm"):
-            items, failures = timed(name, inf.run_edf_mode, ours, WINDOWS_PER_SUBJECT, cfg, edfs,
-                                    inf.make_run_dir(workdir / "out"), device, flags)
-            if failures:
-                raise SystemExit(f"bench nights failed: {failures}")
-        windows = [inf.load_cache(Path(i["cache_dir"]), inf.edf_signature(Path(i["edf_file"])), settings)[0]
-                   for i in items]
-        ours_preds = []
-        for k in range(0, n, batch):
-            probs = timed("ours_forward_only", inf.predict_proba, ours, np.stack(windows[k:k + batch]), device)
-            ours_preds += list(probs.argmax(-1))
-        # same model, same preprocessing steps: the hypnograms should agree almost everywhere
-        agree.append(float(np.mean([np.mean(a[:i["n_epochs_staged"]] == b[:i["n_epochs_staged"]])
-                                    for a, b, i in zip(ref_preds, ours_preds, items)])))
+        for part in MEASURES:
+            log.info("repeat %d/%d: %s", rep + 1, args.repeats, part)
+            subprocess.run(child + ["--part", part], check=True)
+            out = json.loads((workdir / f"part_{part}.json").read_text())
+            for k in MEASURES[part]:
+                wall[k].append(out["wall"][k] / n)
+                cpu[k].append(out["cpu"][k] / n)
+            if part == "ours":
+                info = out
+        ref_preds, our_preds = np.load(workdir / "preds_reference.npy"), np.load(workdir / "preds_ours.npy")
+        agree.append(float(np.mean([np.mean(r[:k] == o[:k]) for r, o, k in zip(ref_preds, our_preds,
+                                                                                  info["n_staged"])])))
 
     res = {"nights": n, "hours_per_night": args.hours, "repeats": args.repeats,
-           "torch_threads": torch.get_num_threads(), "batch_size": batch,
-           "resample_method": cfg["preprocessing"]["resample_method"],
+           "torch_threads": info["torch_threads"], "batch_size": info["batch_size"],
+           "preprocessing_workers": info["preprocessing_workers"], "resample_method": info["resample_method"],
            "prediction_agreement": statistics.median(agree)}
-    for k in names:
-        res[f"{k}_s"] = per_night(wall[k], n)
-        res[f"{k}_cpu_s"] = per_night(cpu[k], n)
+    for k in wall:
+        res[f"{k}_s"] = statistics.median(wall[k])
+        res[f"{k}_cpu_s"] = statistics.median(cpu[k])
     res["ref_total_s"] = res["ref_preprocess_s"] + res["ref_forward_s"]
     res["cold_goal_s"] = res["ref_forward_s"] + 0.5 * res["ref_preprocess_s"]
     res["cold_over_goal"] = res["ours_cold_s"] / res["cold_goal_s"]
@@ -204,9 +248,9 @@ def main(argv=None) -> int:
 
     print(f"{n} nights x {args.hours} h, CPU, {res['torch_threads']} torch threads, batch {res['batch_size']}, "
           f"median of {args.repeats} run(s); seconds per night")
-    print(f"  reference total (preprocess + forward): wall {res['ref_total_s']:6.2f}")
-    for k in names:
+    for k in wall:
         print(f"  {k:<18} wall {res[k + '_s']:6.2f}   CPU (all threads) {res[k + '_cpu_s']:6.2f}")
+    print(f"  reference total (preprocess + forward): wall {res['ref_total_s']:.2f}")
     print(f"  cold / (ref forward + ref preprocess / 2) = {res['cold_over_goal']:.2f}  (goal <= 1)")
     print(f"  warm / forward only = {res['warm_over_forward_only']:.2f}  (goal ~ 1)")
     print(f"  reference total / ours cold = {res['speedup_cold_vs_reference']:.2f}x; "

@@ -482,3 +482,26 @@ def test_output_flags_are_honoured(tmp_path, checkpoint):
                      "--edf", str(edf), "--device", "cpu"])
     (run_dir,) = list((tmp_path / "out").iterdir())
     assert code == 0 and sorted(p.name for p in run_dir.iterdir()) == ["inference.log"]
+
+
+def test_command_line_script(tmp_path, checkpoint):
+    """The script as a user runs it (its own process: the allocator setting of the entry point applies)."""
+    import subprocess
+    import sys
+
+    edf = write_edf(tmp_path / "mesa-sleep-0001.edf", 20)
+    cfg = make_config(tmp_path)
+    script = Path(inf.__file__).resolve()
+    proc = subprocess.run([sys.executable, str(script), "--config", str(cfg), "--checkpoint", str(checkpoint),
+                           "--edf", str(edf), "--out", str(tmp_path / "out"), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "[0001]" in proc.stdout and "TST" in proc.stdout and "Results at:" in proc.stdout
+    (run_dir,) = list((tmp_path / "out").iterdir())
+    assert json.loads((run_dir / "result.json").read_text())["items"][0]["subject_id"] == "0001"
+    code = subprocess.run([sys.executable, "-c", "import inference_ppg_only as i; print(i.keep_freed_memory())"],
+                          cwd=script.parent, capture_output=True, text=True, timeout=120)
+    import platform
+
+    expected = "True" if platform.libc_ver()[0] == "glibc" else "False"  # mallopt exists only in glibc
+    assert code.returncode == 0 and code.stdout.strip() == expected
