@@ -782,8 +782,10 @@ def keep_freed_memory() -> bool:
     A night's forward pass allocates and frees activations of ~80 MB per night per layer; by default glibc
     gives each its own fresh mmap, which the kernel must fault in and zero page by page. Measured on this
     project's 2-core CPU box: ~1 s of system time per 10-h night, about as much as the model's arithmetic, and
-    the forward pass twice as fast without it. The cost: the process keeps its peak memory until it exits.
-    Process-wide, so only the script's entry point calls it (not `main`, which tests call). Returns False where it does not apply (not glibc).
+    the forward pass twice as fast without it. (Sharing one arena with the preprocessing threads, so that they
+    reuse memory too, made cold runs slower here: not done.) The cost: the process keeps its peak memory until
+    it exits. Process-wide, so only the script's entry point calls it (not `main`, which tests call).
+    Returns False where it does not apply (not glibc).
     """
     import ctypes
     import ctypes.util
