@@ -322,17 +322,6 @@ class Night:
     info: dict = dataclasses.field(default_factory=dict)  # what goes into result.json
 
 
-def recording_seconds(pre: dict, edf_path: Path) -> float:
-    """The PPG recording length in seconds: from the preprocessing result when it reports it, else from the
-    EDF header of the PPG channel (no signal is read)."""
-    if pre.get("duration_s") is not None:
-        return float(pre["duration_s"])
-    import mne
-
-    raw = mne.io.read_raw_edf(edf_path, include=[pre["ppg_channel"]], preload=False, verbose="error")
-    return raw.n_times / float(raw.info["sfreq"])
-
-
 def prepare_edf_night(edf_path: Path, subject_id: str, cache_root: Path, settings: dict) -> Night:
     """Cached or freshly preprocessed PPG windows of one EDF.
 
@@ -357,7 +346,7 @@ def prepare_edf_night(edf_path: Path, subject_id: str, cache_root: Path, setting
         if windows_WS.shape != (n_windows, SAMPLES_PER_WINDOW):
             raise ValueError(f"preprocessing returned shape {windows_WS.shape}, expected "
                              f"{(n_windows, SAMPLES_PER_WINDOW)}")
-        duration_s = recording_seconds(pre, edf_path)
+        duration_s = float(pre["duration_s"])  # the PPG recording length
         n_recorded = int(pre["n_recorded_windows"])
         meta = {
             "subject_id": subject_id, "edf": signature, "settings": settings,
