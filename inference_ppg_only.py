@@ -86,7 +86,8 @@ import torch
 
 from sleepppg_common import (IGNORE_INDEX, MESA_ID_PATTERN, N_CLASSES, SAMPLES_PER_WINDOW, STAGE_NAMES,
                              TARGET_FS, WINDOW_SECONDS, WINDOWS_PER_SUBJECT, ConfigError, atomic_output,
-                             compute_metrics, load_config, setup_logging, summary_stats, write_text_atomic)
+                             compute_metrics, keep_freed_memory, load_config, setup_logging, summary_stats,
+                             write_text_atomic)
 
 # ----------------------------------------------------------------------------------------------------------
 # Constants
@@ -100,8 +101,6 @@ WAKE, REM = 0, 3
 HYPNOGRAM_LEVEL = {0: 3, 3: 2, 1: 1, 2: 0}  # plot order, top to bottom: Wake, REM, Light, Deep (clinical)
 FIGURE_DPI = 110  # enough to read 1,200 epochs on a 12-inch-wide figure; higher only slows saving
 EXIT_OK, EXIT_NIGHT_FAILED, EXIT_BAD_SETUP = 0, 1, 2
-GLIBC_M_TRIM_THRESHOLD, GLIBC_M_MMAP_THRESHOLD = -1, -3  # mallopt() parameter codes (glibc malloc.h)
-KEEP_FREED_BYTES = 2**31 - 1  # largest value mallopt takes (an int): blocks below 2 GiB come from the heap
 
 log = logging.getLogger("inference_ppg_only")
 
@@ -763,31 +762,6 @@ def pick_device(requested: str | None, cfg: dict) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SetupError(f"--device {requested} asked for CUDA, but no CUDA device is available")
     return device
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc to serve blocks below 2 GiB from its heap and to keep freed memory for reuse.
-
-    A night's forward pass allocates and frees activations of ~80 MB per night per layer; by default glibc
-    gives each its own fresh mmap, which the kernel must fault in and zero page by page. Measured on this
-    project's 2-core CPU box: ~1 s of system time per 10-h night, about as much as the model's arithmetic, and
-    the forward pass twice as fast without it. (Sharing one arena with the preprocessing threads, so that they
-    reuse memory too, made cold runs slower here: not done.) The cost: the process keeps its peak memory until
-    it exits. Process-wide, so only the script's entry point calls it (not `main`, which tests call).
-    Returns False where it does not apply (not glibc).
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        mallopt = None
-    if mallopt is None:
-        return False
-    return bool(mallopt(GLIBC_M_MMAP_THRESHOLD, KEEP_FREED_BYTES) == 1
-                and mallopt(GLIBC_M_TRIM_THRESHOLD, KEEP_FREED_BYTES) == 1)
 
 
 def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:

@@ -165,11 +165,9 @@ def print_summary(run_dir: Path, checkpoint: Path, hdf5_out: Path | None, edf_ou
         f"Training run     : {run_dir}",
         f"Best checkpoint  : {checkpoint}",
     ]
-    metrics = results.get("test_metrics", results)
-    stats = metrics.get("per_subject_kappa_stats", {})
-    lines.append("Synthetic test set: pooled accuracy {:.3f}, pooled kappa {:.3f}, median per-subject kappa {}"
-                 .format(metrics.get("accuracy", float("nan")), metrics.get("kappa", float("nan")),
-                         f"{stats['median']:.3f}" if "median" in stats else "n/a"))
+    lines.append("Synthetic test set ({} nights): pooled accuracy {:.3f}, pooled kappa {:.3f}, median per-subject "
+                 "kappa {:.3f}".format(results["n_test_subjects"], results["test_accuracy_overall"],
+                                       results["test_kappa_overall"], results["test_median_kappa"]))
     for label, out in (("HDF5 inference", hdf5_out), ("EDF inference", edf_out)):
         if out is not None:
             lines.append(f"{label:<17}: {out}  (result.json, csv/<id>/<id>.csv, graph/<id>/<id>.png)")

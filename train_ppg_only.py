@@ -58,6 +58,7 @@ from sleepppg_common import (
     ConfigError,
     atomic_output,
     compute_metrics,
+    keep_freed_memory,
     load_config,
     setup_logging,
     summary_stats,
@@ -1018,4 +1019,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # CPU steps: reuse freed activation memory instead of faulting in fresh pages
     sys.exit(main())

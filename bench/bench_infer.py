@@ -40,7 +40,8 @@ import numpy as np
 REPO_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_DIR))
 
-from sleepppg_common import SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT, load_config, write_text_atomic  # noqa: E402
+from sleepppg_common import (SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT, keep_freed_memory, load_config,  # noqa: E402
+                             write_text_atomic)
 
 DEFAULT_NIGHTS = 2  # about two minutes on a 2-core CPU
 FULL_NIGHTS, FULL_REPEATS = 8, 3
@@ -145,7 +146,7 @@ def run_ours(edfs: list[Path], workdir: Path, config: str, workers: int | None) 
 
     import inference_ppg_only as inf
 
-    inf.keep_freed_memory()
+    keep_freed_memory()
     model = inf.fold_batchnorm(build_model())
     device = torch.device("cpu")
     overrides = {"inference.cache_root": str(workdir / "cache"), "inference.save_dir": str(workdir / "out"),

@@ -499,7 +499,7 @@ def test_command_line_script(tmp_path, checkpoint):
     assert "[0001]" in proc.stdout and "TST" in proc.stdout and "Results at:" in proc.stdout
     (run_dir,) = list((tmp_path / "out").iterdir())
     assert json.loads((run_dir / "result.json").read_text())["items"][0]["subject_id"] == "0001"
-    code = subprocess.run([sys.executable, "-c", "import inference_ppg_only as i; print(i.keep_freed_memory())"],
+    code = subprocess.run([sys.executable, "-c", "import sleepppg_common as c; print(c.keep_freed_memory())"],
                           cwd=script.parent, capture_output=True, text=True, timeout=120)
     import platform
 
