@@ -344,8 +344,9 @@ def _read_channels(edf_path: Path, channels: list[str]) -> list[tuple[np.ndarray
     return [(row, float(raw.info["sfreq"])) for row in data]
 
 
-def read_edf(edf_path: str | os.PathLike, ppg_patterns: tuple[str, ...] | list[str] = PPG_PATTERNS) -> dict:
-    """Read the PPG and (if present) ECG channels of one EDF with mne, each at its native rate.
+def read_edf(edf_path: str | os.PathLike, ppg_patterns: tuple[str, ...] | list[str] = PPG_PATTERNS,
+             with_ecg: bool = True) -> dict:
+    """Read the PPG and (if present and `with_ecg`) ECG channels of one EDF with mne, each at its native rate.
 
     Returns:
         dict(ppg=float64 1-D, ppg_fs=Hz, ppg_channel=label, ecg=float64 1-D or None, ecg_fs=Hz or None,
@@ -366,7 +367,7 @@ def read_edf(edf_path: str | os.PathLike, ppg_patterns: tuple[str, ...] | list[s
         if ppg_channel is None:
             raise BadRecordingError(f"no PPG channel (labels containing {list(ppg_patterns)}) in {edf_path.name}; "
                                     f"channels: {ch_names}", kind="no_ppg_channel")
-        ecg_channel = find_ecg_channel(ch_names)
+        ecg_channel = find_ecg_channel(ch_names) if with_ecg else None
         per_record = dict(zip(header["labels"], header["samples_per_record"]))
         same_rate = ecg_channel is not None and per_record.get(ppg_channel, -1) == per_record.get(ecg_channel, -2)
         if same_rate:
@@ -385,8 +386,9 @@ def read_edf(edf_path: str | os.PathLike, ppg_patterns: tuple[str, ...] | list[s
 
 def preprocess_recording(edf_path: str | os.PathLike, n_windows: int = WINDOWS_PER_SUBJECT,
                          method: str = "linear", ppg_patterns: tuple[str, ...] | list[str] = PPG_PATTERNS,
-                         ) -> dict:
-    """Read one EDF and turn it into model input.
+                         with_ecg: bool = True) -> dict:
+    """Read one EDF and turn it into model input (`with_ecg=False`: PPG only, the ECG is neither read nor
+    filtered; PPG-only inference uses this).
 
     Returns:
         dict(ppg_windows (n_windows, 1024) float32, ecg_windows (n_windows, 1024) float32 or None,
@@ -397,7 +399,7 @@ def preprocess_recording(edf_path: str | os.PathLike, n_windows: int = WINDOWS_P
         BadRecordingError: reading errors (see `read_edf`), 'nan_signal', 'flat_ppg', 'too_short',
             'low_sampling_rate'.
     """
-    rec = read_edf(edf_path, ppg_patterns)
+    rec = read_edf(edf_path, ppg_patterns, with_ecg=with_ecg)
     ppg = repair_nonfinite(rec["ppg"], "PPG")
     flat = flat_fraction(ppg, rec["ppg_fs"])
     if flat > MAX_FLAT_FRACTION:

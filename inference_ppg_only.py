@@ -340,7 +340,7 @@ def prepare_edf_night(edf_path: Path, subject_id: str, cache_root: Path, setting
         t0 = time.perf_counter()
         pre = extract_mesa_data.preprocess_recording(
             edf_path, n_windows=n_windows, method=settings["resample_method"],
-            ppg_patterns=tuple(settings["ppg_channels"]))
+            ppg_patterns=tuple(settings["ppg_channels"]), with_ecg=False)
         windows_WS = np.asarray(pre["ppg_windows"], dtype=np.float32)
         if windows_WS.shape != (n_windows, SAMPLES_PER_WINDOW):
             raise ValueError(f"preprocessing returned shape {windows_WS.shape}, expected "

@@ -314,14 +314,17 @@ def test_preprocess_recording_reads_edf(tmp_path):
                                   ex.preprocess_ppg(raw["ppg"], 256)[: 22 * 1024])
     no_ecg = ex.preprocess_recording(write_edf(tmp_path / "b.edf", 3, fs_ppg=125, ecg=False), n_windows=W)
     assert not no_ecg["has_ecg"] and no_ecg["ecg_windows"] is None and no_ecg["ppg_fs"] == 125
+    ppg_only = ex.preprocess_recording(edf, n_windows=W, with_ecg=False)  # what PPG-only inference asks for
+    assert ppg_only["ecg_windows"] is None and not ppg_only["has_ecg"]
+    np.testing.assert_array_equal(ppg_only["ppg_windows"], rec["ppg_windows"])
 
 
 def test_preprocess_recording_nan_ppg_is_bad(tmp_path, monkeypatch):
     edf = write_edf(tmp_path / "n.edf", 3)
     real = ex.read_edf
 
-    def with_nans(path, patterns=ex.PPG_PATTERNS):
-        rec = real(path, patterns)
+    def with_nans(path, patterns=ex.PPG_PATTERNS, with_ecg=True):
+        rec = real(path, patterns, with_ecg)
         rec["ppg"][: rec["ppg"].size // 10] = np.nan
         return rec
 
@@ -358,8 +361,8 @@ def test_formats_attrs_and_bad_inputs(tmp_path, monkeypatch, capsys):
     write_xml(xml_dir / "mesa-sleep-0108-nsrr.xml", [("Wake|0", 0, 600)])
     real = ex.read_edf
 
-    def nan_for_0108(path, patterns=ex.PPG_PATTERNS):
-        rec = real(path, patterns)
+    def nan_for_0108(path, patterns=ex.PPG_PATTERNS, with_ecg=True):
+        rec = real(path, patterns, with_ecg)
         if "0108" in str(path):
             rec["ppg"][::20] = np.nan
         return rec
