@@ -73,7 +73,6 @@ import glob
 import itertools
 import json
 import logging
-import math
 import os
 import re
 import sys
@@ -86,7 +85,7 @@ import torch
 
 from sleepppg_common import (IGNORE_INDEX, MESA_ID_PATTERN, N_CLASSES, SAMPLES_PER_WINDOW, STAGE_NAMES,
                              TARGET_FS, WINDOW_SECONDS, WINDOWS_PER_SUBJECT, ConfigError, atomic_output,
-                             compute_metrics, keep_freed_memory, load_config, setup_logging, summary_stats,
+                             compute_metrics, json_safe, keep_freed_memory, load_config, setup_logging, summary_stats,
                              write_text_atomic)
 
 # ----------------------------------------------------------------------------------------------------------
@@ -221,19 +220,6 @@ def unique_ids(paths: Sequence[Path]) -> list[str]:
         seen[sid] = seen.get(sid, 0) + 1
         out.append(sid if seen[sid] == 1 else f"{sid}_{seen[sid]}")
     return out
-
-
-def json_safe(obj: Any) -> Any:
-    """Replace NaN/inf by None and numpy scalars by Python ones, so json.dumps writes strict JSON."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def make_run_dir(root: Path) -> Path:

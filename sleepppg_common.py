@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import math
 import os
@@ -418,6 +419,27 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` atomically (see `atomic_output`)."""
     with atomic_output(path) as tmp:
         tmp.write_text(text)
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON types: numpy scalars/arrays to python, NaN/inf to None (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> None:
+    """Write `payload` as strict, indented JSON, atomically."""
+    write_text_atomic(path, json.dumps(json_safe(payload), indent=2) + "\n")
 
 
 def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> None:

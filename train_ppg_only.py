@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import logging
 import math
 import os
@@ -63,7 +62,7 @@ from sleepppg_common import (
     setup_logging,
     summary_stats,
     validate_config,
-    write_text_atomic,
+    write_json,
 )
 
 log = logging.getLogger("train_ppg_only")
@@ -151,26 +150,6 @@ def restore_rng_state(state: dict, device: torch.device) -> None:
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-
-
-def json_safe(value: Any) -> Any:
-    """Plain JSON types: numpy scalars/arrays to python, NaN/inf to None (strict JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def write_json(path: Path, payload: Any) -> None:
-    write_text_atomic(path, json.dumps(json_safe(payload), indent=2) + "\n")
 
 
 def new_run_dir(save_dir: Path, model_kind: str, run_id: int | None) -> Path:
