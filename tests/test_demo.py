@@ -16,7 +16,7 @@ def tiny_config(tmp_path: Path) -> Path:
         "  num_workers: 2": "  num_workers: 0",
         "  workers: 0": "  workers: 2",
         "chunk_windows: 1200": "chunk_windows: 40",
-        "num_epochs: 3": "num_epochs: 2",
+        "num_epochs: 8": "num_epochs: 2",
         "n_subjects: 3": "n_subjects: 2",
     }
     for old, new in replacements.items():
