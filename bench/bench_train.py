@@ -196,9 +196,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 on CPU, 10 on CUDA)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 1 CPU, 3 CUDA)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 CPU, 4 CUDA)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads on the CPU (default 1; 0 = torch's default). On the shared 2-core "
-                        "VM here 2 threads ran the step ~18x slower than 1 (spinning under contention)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads on the CPU (default 0 = torch's default, one per core). On an "
+                        "idle 2-core VM 2 threads ran the step 1.8x faster than 1; on a busy one (other "
+                        "processes on the cores) 1 thread was far faster, as idle threads spin")
     p.add_argument("--compile", action="store_true", help="ours: torch.compile the model (CUDA)")
     p.add_argument("--no-amp", action="store_true", help="ours: no bf16 autocast on CUDA")
     p.add_argument("--work-dir", type=Path, default=None, help="where to write the HDF5 files (default: a temp dir)")
