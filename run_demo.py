@@ -10,8 +10,9 @@ Steps (each one is a plain command of this repo, printed before it runs):
   7. inference_ppg_only.py --edf -> raw EDF nights (no labels), with the .npy cache
 Paths come from the config (default configs/config_demo.yaml); the cohort root is two folders above
 `preprocessing.edf_dir`. A rerun reuses finished steps: each step leaves a stamp in <workdir>/.demo_steps/
-holding its command, and the scripts themselves resume (cohort files, extraction parts, caches). A failing
-step stops the demo with that step's name and exit status.
+holding its command and the config's hash (an edited config reruns the steps), and the scripts themselves
+resume (cohort files, extraction parts, caches). A failing step stops the demo with that step's name and exit
+status.
 
 All metrics printed here are on SYNTHETIC data: they say the pipeline works, not how well it stages MESA.
 
@@ -21,6 +22,7 @@ Usage: python run_demo.py [--config configs/config_demo.yaml] [--subjects 24] [-
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import shlex
@@ -48,8 +50,9 @@ def cohort_root(cfg: dict) -> Path:
     return Path(cfg["preprocessing"]["edf_dir"]).parent.parent
 
 
-def run_step(name: str, cmd: list[str], stamp_dir: Path, force: bool = False) -> float:
-    """Run one step unless its stamp says the same command already finished. Returns seconds spent."""
+def run_step(name: str, cmd: list[str], stamp_dir: Path, config_digest: str, force: bool = False) -> float:
+    """Run one step unless its stamp says the same command, with the same config contents, already finished.
+    Returns seconds spent."""
     stamp = stamp_dir / f"{name}.json"
     printable = " ".join(shlex.quote(c) for c in cmd)
     if not force and stamp.is_file():
@@ -57,7 +60,7 @@ def run_step(name: str, cmd: list[str], stamp_dir: Path, force: bool = False) ->
             done = json.loads(stamp.read_text())
         except json.JSONDecodeError:
             done = {}
-        if done.get("command") == printable:
+        if done.get("command") == printable and done.get("config_sha256") == config_digest:
             log.info("[%s] already done (%.0f s last time), skipping: %s", name, done.get("seconds", 0), printable)
             return 0.0
     log.info("[%s] $ %s", name, printable)
@@ -66,7 +69,8 @@ def run_step(name: str, cmd: list[str], stamp_dir: Path, force: bool = False) ->
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise StepFailed(f"step '{name}' failed with exit status {proc.returncode} after {seconds:.0f} s: {printable}")
-    write_text_atomic(stamp, json.dumps({"command": printable, "seconds": round(seconds, 1)}))
+    write_text_atomic(stamp, json.dumps({"command": printable, "config_sha256": config_digest,
+                                         "seconds": round(seconds, 1)}))
     log.info("[%s] done in %.0f s", name, seconds)
     return seconds
 
@@ -110,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("--subjects must be at least 8 (train, validation and test each need nights)")
         return 2
     py = sys.executable
+    digest = hashlib.sha256(Path(args.config).read_bytes()).hexdigest()  # an edited config reruns the steps
     root = cohort_root(cfg)
     workdir = Path(cfg["preprocessing"]["out_dir"]).parent
     stamps = workdir / ".demo_steps"
@@ -124,27 +129,28 @@ def main(argv: list[str] | None = None) -> int:
         train += ["--epochs", str(args.epochs)]
     timings = {}
     try:
-        timings["generate"] = run_step("1_generate", gen, stamps, args.force)
+        timings["generate"] = run_step("1_generate", gen, stamps, digest, args.force)
         timings["pair_check"] = run_step("2_pair_check", [
             py, str(REPO_DIR / "verify_mesa_dataset.py"), "--xml-dir", cfg["preprocessing"]["xml_dir"],
-            "--edf-dir", str(edf_dir), "--out", str(workdir / "paircheck_result.json")], stamps, args.force)
+            "--edf-dir", str(edf_dir), "--out", str(workdir / "paircheck_result.json")], stamps, digest, args.force)
         timings["extract"] = run_step("3_extract", [
-            py, str(REPO_DIR / "extract_mesa_data.py"), "--config", args.config], stamps, args.force)
+            py, str(REPO_DIR / "extract_mesa_data.py"), "--config", args.config], stamps, digest, args.force)
         timings["verify_outputs"] = run_step("4_verify_outputs", [
             py, str(REPO_DIR / "verify_mesa_outputs.py"), "--base", cfg["preprocessing"]["out_dir"]], stamps,
-            args.force)
-        timings["train"] = run_step("5_train", train, stamps, args.force)
+            digest, args.force)
+        timings["train"] = run_step("5_train", train, stamps, digest, args.force)
         run_dir = newest_run(save_dir, "ppg_only")
         checkpoint = run_dir / "checkpoints" / "best_model.pth"
         infer = [py, str(REPO_DIR / "inference_ppg_only.py"), "--config", args.config,
                  "--checkpoint", str(checkpoint)]
         infer_root = Path(cfg["inference"]["save_dir"])
         hdf5_dir, edf_out_dir = infer_root / "hdf5_mode", infer_root / "edf_mode"
-        timings["infer_hdf5"] = run_step("6_infer_hdf5", infer + ["--out", str(hdf5_dir)], stamps, args.force)
+        timings["infer_hdf5"] = run_step("6_infer_hdf5", infer + ["--out", str(hdf5_dir)], stamps, digest,
+                                         args.force)
         edfs = sorted(edf_dir.glob("*.edf"))[: args.edf_nights]
         timings["infer_edf"] = sum(
             run_step(f"7_infer_edf_{edf.stem}", infer + ["--edf", str(edf), "--out", str(edf_out_dir)], stamps,
-                     args.force) for edf in edfs)
+                     digest, args.force) for edf in edfs)
     except StepFailed as err:
         log.error("%s", err)
         return 1

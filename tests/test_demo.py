@@ -16,7 +16,7 @@ def tiny_config(tmp_path: Path) -> Path:
         "  num_workers: 2": "  num_workers: 0",
         "  workers: 0": "  workers: 2",
         "chunk_windows: 1200": "chunk_windows: 40",
-        "num_epochs: 8": "num_epochs: 2",
+        "num_epochs: 12": "num_epochs: 2",
         "n_subjects: 3": "n_subjects: 2",
     }
     for old, new in replacements.items():
@@ -57,6 +57,12 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("already done") >= 7  # every step reused
     assert len(list((demo / "outputs").glob("ppg_only_*"))) == 1  # no second training run
+
+    cfg.write_text(cfg.read_text().replace("n_subjects: 2", "n_subjects: 1"))  # an edited config reruns steps
+    edited = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert edited.returncode == 0, edited.stderr[-3000:]
+    assert "already done" not in edited.stderr
+    assert "up to date" in edited.stdout + edited.stderr  # extraction itself sees nothing new to do
 
 
 def test_demo_stops_on_a_failing_step(tmp_path):
