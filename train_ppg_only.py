@@ -474,6 +474,24 @@ def check_data_files(cfg: dict, model_kind: str) -> None:
                          + " (run extract_mesa_data.py first, or fix the paths in the config)")
 
 
+def preflight_data(cfg: dict, model_kind: str) -> None:
+    """Stop on bad data setup (missing files, too few valid subjects for a split) before any run folder is
+    made, so a failed start leaves nothing behind that `--resume` could later pick up."""
+    import multimodal_dataset_aligned as mda
+
+    check_data_files(cfg, model_kind)
+    data = cfg["data"]
+    try:
+        split = mda.make_split(data["index_file"], data["windows_per_subject"],
+                               cfg["training"]["use_sleepppg_test_set"], cfg["training"]["seed"])
+    except (ValueError, OSError, KeyError) as err:
+        raise SystemExit(f"cannot build the train/val/test split from {data['index_file']}: {err}") from None
+    for name, subjects in (("train", split.train), ("validation", split.val), ("test", split.test)):
+        if not subjects:
+            raise SystemExit(f"the {name} set is empty: too few valid subjects with exactly "
+                             f"{data['windows_per_subject']} windows in {data['index_file']}")
+
+
 def build_data(cfg: dict, model_kind: str, device: torch.device, ctx: DistContext):
     """Loaders and datasets from multimodal_dataset_aligned (the one owner of the split and the readers)."""
     import multimodal_dataset_aligned as mda
@@ -960,6 +978,8 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device, cfg["gpu"]["device_id"], ctx)
     ctx.init(device)
     try:
+        for kind in ([resume_ckpt["model_kind"]] if resume_ckpt is not None else models_to_train(args.model, cfg)):
+            preflight_data(cfg, kind)
         if resume_ckpt is not None:
             results = train_run(cfg, resume_ckpt["model_kind"], resume_ckpt.get("run_id"), device, ctx,
                                 resume_ckpt, resume_dir)

@@ -329,6 +329,7 @@ def test_bad_setup_stops_with_a_message(data, tmp_path):
     with pytest.raises(SystemExit, match="split"):
         T.main(["--config", str(write_config(tmp_path / "b.yaml", few, tmp_path / "out", windows=4)),
                 "--model", "ppg_only", "--device", "cpu"])
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # no empty run folders left
     bad = tmp_path / "c.yaml"
     bad.write_text((tmp_path / "a.yaml").read_text().replace("save_intermediate: true", "save_intermediate: flase"))
     with pytest.raises(SystemExit, match="config error.*save_intermediate"):
