@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from sleepppg_common import (CONCEPT_TO_CLASS, IGNORE_INDEX, SAMPLES_PER_WINDOW, STAGE_NAMES, TARGET_FS,
-                             WINDOW_SECONDS, WINDOWS_PER_SUBJECT, ConfigError, atomic_output, load_config,
-                             setup_logging, write_text_atomic)
+                             WINDOW_SECONDS, WINDOWS_PER_SUBJECT, ConfigError, atomic_output, keep_freed_memory,
+                             load_config, setup_logging, write_text_atomic)
 
 log = logging.getLogger("extract_mesa_data")
 
@@ -805,4 +805,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # The filters copy ~80-MB arrays many times per night; reusing freed memory instead of faulting in fresh
+    # pages saves ~12% per subject here. Forked workers inherit the setting.
+    keep_freed_memory()
     sys.exit(main())

@@ -248,12 +248,14 @@ def measure_one(kind: str, edf_dir: Path, xml_dir: Path, out_dir: Path, ids: lis
     import scipy.signal  # noqa: F401
 
     import extract_mesa_data
+    from sleepppg_common import keep_freed_memory
 
     t0 = time.perf_counter()
     with PeakSampler() as sampler:
         if kind == "reference":
             reference_extract(edf_dir, xml_dir, out_dir, ids)
         else:
+            keep_freed_memory()  # as `python extract_mesa_data.py` runs (this subprocess measures ours only)
             rc = extract_mesa_data.main(["--edf-dir", str(edf_dir), "--xml-dir", str(xml_dir), "--out-dir",
                                          str(out_dir), "--subjects", ",".join(ids), "--workers", str(workers),
                                          "--overwrite"])
