@@ -74,7 +74,6 @@ import itertools
 import json
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -83,9 +82,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from sleepppg_common import (IGNORE_INDEX, MESA_ID_PATTERN, N_CLASSES, SAMPLES_PER_WINDOW, STAGE_NAMES,
-                             TARGET_FS, WINDOW_SECONDS, WINDOWS_PER_SUBJECT, ConfigError, atomic_output,
-                             compute_metrics, json_safe, keep_freed_memory, load_config, setup_logging, summary_stats,
+from sleepppg_common import (IGNORE_INDEX, N_CLASSES, SAMPLES_PER_WINDOW, STAGE_NAMES, TARGET_FS, WINDOW_SECONDS,
+                             WINDOWS_PER_SUBJECT, ConfigError, atomic_output, compute_metrics, json_safe,
+                             keep_freed_memory, load_config, setup_logging, subject_id_from_filename, summary_stats,
                              write_text_atomic)
 
 # ----------------------------------------------------------------------------------------------------------
@@ -183,8 +182,7 @@ def format_sleep_report(subject_id: str, report: dict, extra: str = "") -> str:
 def subject_id_for(edf_path: str | os.PathLike) -> str:
     """MESA subject ID from a file name (mesa-sleep-0010.edf -> '0010'), else the file stem."""
     stem = Path(edf_path).stem
-    match = re.search(MESA_ID_PATTERN, stem, flags=re.IGNORECASE)
-    return match.group(1) if match else stem
+    return subject_id_from_filename(stem) or stem
 
 
 def resolve_edf_inputs(spec: str) -> list[Path]:

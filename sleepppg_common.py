@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -58,11 +59,19 @@ CONCEPT_TO_CLASS = {
     "Unscored|9": IGNORE_INDEX,
 }
 
-MESA_ID_PATTERN = r"mesa[-_]?sleep[-_]?(\d+)"
+MESA_ID_PATTERN = r"mesa[-_]?sleep[-_]?(\d+)"  # file name -> subject ID (the reference's pattern)
+_MESA_ID_RE = re.compile(MESA_ID_PATTERN, re.IGNORECASE)
 GLIBC_M_TRIM_THRESHOLD, GLIBC_M_MMAP_THRESHOLD = -1, -3  # mallopt() parameter codes (glibc malloc.h)
-KEEP_FREED_BYTES = 2**31 - 1  # largest value mallopt takes (an int): blocks below 2 GiB come from the heap  # file name -> subject ID (the reference's pattern)
+KEEP_FREED_BYTES = 2**31 - 1  # largest value mallopt takes (an int): blocks below 2 GiB come from the heap
 
 log = logging.getLogger("sleepppg")
+
+
+def subject_id_from_filename(name: str) -> str | None:
+    """The MESA subject ID in a file name ('mesa-sleep-0001-nsrr.xml' -> '0001', any case, leading zeros
+    kept as written), or None when the name carries none (MESA_ID_PATTERN)."""
+    match = _MESA_ID_RE.search(name)
+    return match.group(1) if match else None
 
 
 def read_id_list(path: str | os.PathLike) -> list[str]:

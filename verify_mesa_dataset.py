@@ -1,7 +1,7 @@
 """Check that the MESA EDF recordings and NSRR XML annotations pair 1:1 by subject ID.
 
 Inputs: an EDF folder (`mesa-sleep-XXXX.edf`) and an XML folder (`mesa-sleep-XXXX-nsrr.xml`). The subject ID
-is the number after `mesa-sleep-` (`sleepppg_common.MESA_ID_PATTERN`, any case; leading zeros kept).
+is the number after `mesa-sleep-` (`sleepppg_common.subject_id_from_filename`, any case; leading zeros kept).
 Output: a JSON report with a `summary` (`xml_dir`, `edf_dir`, `xml_count`, `edf_count`, `matched`, `only_xml`,
 `only_edf`, `xml_duplicates`, `edf_duplicates`) and the lists `matched`, `only_xml`, `only_edf`, `duplicates`
 (file names), written atomically; a short human summary is printed.
@@ -15,23 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 
-from sleepppg_common import MESA_ID_PATTERN, write_text_atomic
+from sleepppg_common import subject_id_from_filename, write_text_atomic
 
 log = logging.getLogger("verify_mesa_dataset")
 
-ID_RE = re.compile(MESA_ID_PATTERN, re.IGNORECASE)
 EDF_SUFFIX = ".edf"
 XML_SUFFIX = ".xml"
-
-
-def subject_id(file_name: str) -> str | None:
-    """The MESA subject ID in a file name ('mesa-sleep-0001-nsrr.xml' -> '0001'), or None."""
-    match = ID_RE.search(file_name)
-    return match.group(1) if match else None
 
 
 def scan_dir(directory: str | Path, suffix: str) -> dict[str, list[str]]:
@@ -43,7 +35,7 @@ def scan_dir(directory: str | Path, suffix: str) -> dict[str, list[str]]:
     for path in sorted(Path(directory).iterdir()):
         if not path.is_file() or not path.name.lower().endswith(suffix):
             continue
-        sid = subject_id(path.name)
+        sid = subject_id_from_filename(path.name)
         if sid is not None:
             by_id.setdefault(sid, []).append(path.name)
     return by_id

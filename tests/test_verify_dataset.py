@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import verify_mesa_dataset as vd
+from sleepppg_common import subject_id_from_filename
 
 
 def _touch(folder, *names):
@@ -53,6 +54,6 @@ def test_bad_arguments_exit_2(tmp_path, capsys):
 
 
 def test_subject_id_pattern():
-    assert vd.subject_id("mesa-sleep-0042-nsrr.xml") == "0042"
-    assert vd.subject_id("Mesa_Sleep_6811.edf") == "6811"
-    assert vd.subject_id("shhs1-200001.edf") is None
+    assert subject_id_from_filename("mesa-sleep-0042-nsrr.xml") == "0042"
+    assert subject_id_from_filename("Mesa_Sleep_6811.edf") == "6811"
+    assert subject_id_from_filename("shhs1-200001.edf") is None
