@@ -84,8 +84,8 @@ import torch
 
 from sleepppg_common import (IGNORE_INDEX, N_CLASSES, SAMPLES_PER_WINDOW, STAGE_NAMES, TARGET_FS, WINDOW_SECONDS,
                              WINDOWS_PER_SUBJECT, ConfigError, atomic_output, compute_metrics, json_safe,
-                             keep_freed_memory, load_config, setup_logging, subject_id_from_filename, summary_stats,
-                             write_text_atomic)
+                             keep_freed_memory, load_config, make_timestamped_dir, setup_logging,
+                             subject_id_from_filename, summary_stats, write_text_atomic)
 
 # ----------------------------------------------------------------------------------------------------------
 # Constants
@@ -222,15 +222,10 @@ def unique_ids(paths: Sequence[Path]) -> list[str]:
 
 def make_run_dir(root: Path) -> Path:
     """A new folder `root/<YYYYmmdd_HHMMSS>` (with _2, _3 ... if that second is taken)."""
-    stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
-    for k in range(1, 1000):
-        run_dir = root / (stamp if k == 1 else f"{stamp}_{k}")
-        try:
-            run_dir.mkdir(parents=True, exist_ok=False)
-            return run_dir
-        except FileExistsError:
-            continue
-    raise SetupError(f"cannot create a run folder under {root}")
+    try:
+        return make_timestamped_dir(root)
+    except FileExistsError:
+        raise SetupError(f"cannot create a run folder under {root}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import json
 import logging
 import math
@@ -449,6 +450,26 @@ def json_safe(value: Any) -> Any:
 def write_json(path: str | os.PathLike, payload: Any) -> None:
     """Write `payload` as strict, indented JSON, atomically."""
     write_text_atomic(path, json.dumps(json_safe(payload), indent=2) + "\n")
+
+
+def make_timestamped_dir(parent: str | os.PathLike, prefix: str = "", suffix: str = "") -> Path:
+    """Create and return `parent/<prefix><YYYYmmdd_HHMMSS><suffix>`, or `..._2`, `..._3` ... when that name
+    is taken (two runs started in the same second). Creates `parent` if needed.
+
+    Raises:
+        FileExistsError: when the first 1000 names are all taken.
+    """
+    parent = Path(parent)
+    name = f"{prefix}{datetime.datetime.now().strftime('%Y%m%d_%H%M%S')}{suffix}"
+    parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1001):
+        path = parent / (name if attempt == 1 else f"{name}_{attempt}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{parent / name}: this name and its _2 ... _1000 variants are all taken")
 
 
 def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> None:

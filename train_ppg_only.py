@@ -59,6 +59,7 @@ from sleepppg_common import (
     compute_metrics,
     keep_freed_memory,
     load_config,
+    make_timestamped_dir,
     setup_logging,
     summary_stats,
     validate_config,
@@ -154,17 +155,10 @@ def restore_rng_state(state: dict, device: torch.device) -> None:
 
 def new_run_dir(save_dir: Path, model_kind: str, run_id: int | None) -> Path:
     """Create `<save_dir>/<model>_<YYYYmmdd_HHMMSS>[_runN]` (with a numeric suffix if that name is taken)."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
-    name = f"{model_kind}_{stamp}" + (f"_run{run_id}" if run_id is not None else "")
-    save_dir.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1000):
-        path = save_dir / (name if attempt == 0 else f"{name}_{attempt + 1}")
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        return path
-    raise SystemExit(f"could not create a run folder under {save_dir} (1000 names taken)")
+    try:
+        return make_timestamped_dir(save_dir, f"{model_kind}_", f"_run{run_id}" if run_id is not None else "")
+    except FileExistsError:
+        raise SystemExit(f"could not create a run folder under {save_dir} (1000 names taken)") from None
 
 
 def run_subdirs(run_dir: Path) -> dict[str, Path]:

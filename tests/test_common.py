@@ -1,10 +1,14 @@
 """Tests for sleepppg_common: config validation, metrics against scikit-learn, atomic writes, ID lists."""
+import datetime
+import types
+
 import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from sleepppg_common import (ConfigError, atomic_output, compute_metrics, load_config, mesa_commercial_ids,
-                             sleepppg_test_subjects)
+import sleepppg_common
+from sleepppg_common import (ConfigError, atomic_output, compute_metrics, load_config, make_timestamped_dir,
+                             mesa_commercial_ids, sleepppg_test_subjects)
 
 CONFIGS = ["configs/config_cloud.yaml", "configs/config_demo.yaml"]
 
@@ -103,6 +107,20 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path):
     with atomic_output(target) as tmp:
         tmp.write_text("whole")
     assert target.read_text() == "whole" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_timestamped_dir_gets_a_suffix_when_taken(tmp_path, monkeypatch):
+    fixed = datetime.datetime(2024, 1, 2, 3, 4, 5)  # every call lands in the same second
+    monkeypatch.setattr(sleepppg_common, "datetime",
+                        types.SimpleNamespace(datetime=types.SimpleNamespace(now=lambda: fixed)))
+    made = [make_timestamped_dir(tmp_path / "runs", "ppg_only_", "_run1") for _ in range(3)]
+    base = "ppg_only_20240102_030405_run1"
+    assert [p.name for p in made] == [base, f"{base}_2", f"{base}_3"] and all(p.is_dir() for p in made)
+    assert make_timestamped_dir(tmp_path / "plain").name == "20240102_030405"
+    for k in range(4, 1001):
+        (tmp_path / "runs" / f"{base}_{k}").mkdir()
+    with pytest.raises(FileExistsError):
+        make_timestamped_dir(tmp_path / "runs", "ppg_only_", "_run1")
 
 
 def test_id_lists():
