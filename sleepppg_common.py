@@ -10,6 +10,8 @@ Every script of the pipeline imports what it shares from here, so each concept e
   per-subject kappa, the paper's definitions (Kotzen et al., IEEE JBHI 2023);
 - `atomic_output(path)`: write to a temporary name, fsync, then rename, so no half-written file carries a
   final name;
+- `make_timestamped_dir(parent, prefix, suffix)`: a new run folder named by the time, `_2`, `_3` ... on a clash;
+- `subject_id_from_filename(name)`: the MESA subject ID in a file name (`MESA_ID_PATTERN`), or None;
 - `setup_logging(...)`: one console handler plus an optional file handler.
 
 Nothing heavy runs on import; this module needs only numpy and PyYAML (scikit-learn inside `compute_metrics`).
