@@ -44,17 +44,14 @@ from pathlib import Path
 
 import numpy as np
 
-from sleepppg_common import (CONCEPT_TO_CLASS, IGNORE_INDEX, SAMPLES_PER_WINDOW, STAGE_NAMES, TARGET_FS,
-                             WINDOW_SECONDS, WINDOWS_PER_SUBJECT, ConfigError, atomic_output, keep_freed_memory,
-                             load_config, setup_logging, write_text_atomic)
+from sleepppg_common import (CONCEPT_TO_CLASS, ECG_FILE, IGNORE_INDEX, INDEX_FILE, PPG_FILE, SAMPLES_PER_WINDOW,
+                             STAGE_NAMES, TARGET_FS, WINDOW_SECONDS, WINDOWS_PER_SUBJECT, ConfigError, atomic_output,
+                             keep_freed_memory, load_config, setup_logging, write_text_atomic)
 
 log = logging.getLogger("extract_mesa_data")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "config_cloud.yaml"
 PPG_PATTERNS = ("pleth", "ppg", "bvp")  # SPEC §3: first EDF label containing one of these (any case)
-PPG_FILE = "mesa_ppg_with_labels.h5"
-ECG_FILE = "mesa_real_ecg.h5"
-INDEX_FILE = "mesa_subject_index.h5"
 FAILED_FILE = "failed_subjects.json"
 MANIFEST_FILE = "extract_manifest.json"
 PARTS_DIR = ".parts"

@@ -36,14 +36,12 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from sleepppg_common import SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT, load_config, sleepppg_test_subjects
+from sleepppg_common import (ECG_FILE, INDEX_FILE, PPG_FILE, SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT, load_config,
+                             sleepppg_test_subjects)
 
 # ----------------------------------------------------------------------------------------------------------
 # Constants (file names and split fractions from the reference; SPEC §5, §7)
-PPG_FILE_NAME = "mesa_ppg_with_labels.h5"
-ECG_FILE_NAME = "mesa_real_ecg.h5"
 GENERATED_ECG_FILE_NAME = "mesa_generated_ecg.h5"  # the reference's name; nothing here writes it
-INDEX_FILE_NAME = "mesa_subject_index.h5"
 VAL_FRACTION = 0.2  # of the non-test subjects
 TEST_FRACTION = 0.2  # of the valid subjects, only when the SleepPPG-Net test list is not used
 SPLITS = ("train", "val", "test")
@@ -69,9 +67,9 @@ def resolve_data_paths(data_path: dict | str | os.PathLike, need_ecg: bool = Fal
             paths["ecg"] = ecg
     else:
         folder = Path(data_path)
-        paths = {"ppg": folder / PPG_FILE_NAME, "index": folder / INDEX_FILE_NAME}
+        paths = {"ppg": folder / PPG_FILE, "index": folder / INDEX_FILE}
         if need_ecg:
-            paths["ecg"] = folder / (GENERATED_ECG_FILE_NAME if use_generated_ecg else ECG_FILE_NAME)
+            paths["ecg"] = folder / (GENERATED_ECG_FILE_NAME if use_generated_ecg else ECG_FILE)
     paths = {k: Path(v) for k, v in paths.items()}
     for key, path in paths.items():
         if not path.is_file():

@@ -46,6 +46,9 @@ SAMPLES_PER_WINDOW = 1024  # 30 s at 34.133 Hz (SleepPPG-Net input rate)
 TARGET_FS = SAMPLES_PER_WINDOW / WINDOW_SECONDS  # 34.1333... Hz = 256 Hz x 2/15
 WINDOWS_PER_SUBJECT = 1200  # the first 10 h of each night (SleepPPG-Net)
 N_CLASSES = 4
+PPG_FILE = "mesa_ppg_with_labels.h5"  # processed-file names kept from the reference (SPEC §5)
+ECG_FILE = "mesa_real_ecg.h5"
+INDEX_FILE = "mesa_subject_index.h5"
 IGNORE_INDEX = -1  # unscored / movement / padding: ignored by loss and metrics
 STAGE_NAMES = ("Wake", "Light", "Deep", "REM")
 
@@ -497,8 +500,8 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
 def keep_freed_memory() -> bool:
     """Ask glibc to serve blocks below 2 GiB from its heap and to keep freed memory for reuse.
 
-    A night's forward (and backward) pass allocates and frees activations of ~80 MB per night per layer; by default glibc
-    gives each its own fresh mmap, which the kernel must fault in and zero page by page. Measured on this
+    A night's forward (and backward) pass allocates and frees activations of ~80 MB per night per layer; by
+    default glibc gives each its own fresh mmap, which the kernel must fault in and zero page by page. Measured on this
     project's 2-core CPU box: ~1 s of system time per 10-h night, about as much as the model's arithmetic, and
     the forward pass twice as fast without it. (Sharing one arena with the preprocessing threads, so that they
     reuse memory too, made cold runs slower here: not done.) The cost: the process keeps its peak memory until

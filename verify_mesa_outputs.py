@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from extract_mesa_data import ECG_FILE, INDEX_FILE, PPG_FILE
-from sleepppg_common import IGNORE_INDEX, N_CLASSES, SAMPLES_PER_WINDOW, STAGE_NAMES, WINDOW_SECONDS
+from sleepppg_common import (ECG_FILE, IGNORE_INDEX, INDEX_FILE, N_CLASSES, PPG_FILE, SAMPLES_PER_WINDOW, STAGE_NAMES,
+                             WINDOW_SECONDS, WINDOWS_PER_SUBJECT)
 
-DEFAULT_WINDOWS_PER_SUBJECT = 1200  # SleepPPG-Net: the first 10 h
 FS_TOLERANCE = 1e-6  # samples per window: |sampling_rate x 30 - 1024| must be below this
 HIGH_FREQ_HZ = 8.0  # PPG low-pass cut-off (SPEC §4)
 HIGH_FREQ_WARN = 0.01  # report a warning when more than 1% of PPG power lies above 8 Hz
@@ -114,7 +113,7 @@ def check_ppg_file(f, report: Report, expected_wps: int | None) -> dict | None:
     report.info("label distribution: " + format_distribution(label_distribution(labels)))
 
     subjects, first_rows, counts = np.unique(sids, return_index=True, return_counts=True)
-    wps = expected_wps or int(_attr(f, "windows_per_subject", DEFAULT_WINDOWS_PER_SUBJECT))
+    wps = expected_wps or int(_attr(f, "windows_per_subject", WINDOWS_PER_SUBJECT))
     wrong = [(s.decode(), int(c)) for s, c in zip(subjects, counts) if c != wps]
     report.check(f"{wps} windows per subject", not wrong,
                  f"{len(subjects)} subjects" + (f"; wrong counts (id, windows): {wrong[:5]}" if wrong else ""))
