@@ -487,10 +487,10 @@ def preflight_data(cfg: dict, model_kind: str) -> None:
 
 
 def build_data(cfg: dict, model_kind: str, device: torch.device, ctx: DistContext):
-    """Loaders and datasets from multimodal_dataset_aligned (the one owner of the split and the readers)."""
+    """Loaders and datasets from multimodal_dataset_aligned (the one owner of the split and the readers).
+    `main` has run `preflight_data` first: the files exist and no split set is empty."""
     import multimodal_dataset_aligned as mda
 
-    check_data_files(cfg, model_kind)
     data = cfg["data"]
     try:
         loaders = mda.get_dataloaders(
@@ -505,14 +505,9 @@ def build_data(cfg: dict, model_kind: str, device: torch.device, ctx: DistContex
             pin_memory=device.type == "cuda",
             return_index=True,
         )
-    except ValueError as err:  # the split refuses too few valid subjects, a wrong file layout, ...
+    except ValueError as err:  # e.g. a night whose rows are not contiguous in the files
         raise SystemExit(f"cannot build the train/val/test split: {err}") from None
-    train_loader, val_loader, test_loader, train_ds, val_ds, test_ds = loaders
-    for name, ds in (("train", train_ds), ("validation", val_ds), ("test", test_ds)):
-        if len(ds) == 0:
-            raise SystemExit(f"the {name} set is empty: too few valid subjects with exactly "
-                             f"{data['windows_per_subject']} windows in {data['index_file']}")
-    return train_loader, val_loader, test_loader, train_ds, val_ds, test_ds
+    return loaders
 
 
 def set_loader_epoch(loader, run_seed: int, epoch: int) -> None:
