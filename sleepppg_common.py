@@ -121,6 +121,18 @@ class Choice:
 
 OptionalStr = (str, type(None))
 
+
+class Default:
+    """A key that may be left out of the YAML: `expected` is checked as for any key, `value` is used when the
+    key is absent. Keys added after the reference's config exist get one, so older config files keep working."""
+
+    def __init__(self, expected: Any, value: Any):
+        self.expected = expected
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"{self.expected!r} (default {self.value!r})"
+
 CONFIG_SCHEMA: dict[str, dict[str, Any]] = {
     "data": {
         "ppg_file": str,
@@ -248,7 +260,7 @@ def validate_config(raw: Any, schema: dict = CONFIG_SCHEMA, prefix: str = "") ->
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(prefix + str(k) for k in unknown)} "
                           f"(allowed in {where}: {', '.join(schema)})")
-    missing = [prefix + k for k in schema if k not in raw]
+    missing = [prefix + k for k, v in schema.items() if k not in raw and not isinstance(v, Default)]
     if missing:
         raise ConfigError(f"missing key(s): {', '.join(missing)}")
     out = {}
@@ -257,6 +269,11 @@ def validate_config(raw: Any, schema: dict = CONFIG_SCHEMA, prefix: str = "") ->
         if isinstance(expected, dict):
             out[key] = validate_config(raw[key], expected, full + ".")
             continue
+        if isinstance(expected, Default):
+            if key not in raw:
+                out[key] = copy.deepcopy(expected.value)
+                continue
+            expected = expected.expected
         value = _check_value(full, raw[key], expected)
         if full in _POSITIVE and value <= 0:
             raise ConfigError(f"key '{full}': must be > 0, got {value!r}")
@@ -266,14 +283,15 @@ def validate_config(raw: Any, schema: dict = CONFIG_SCHEMA, prefix: str = "") ->
     return out
 
 
-def _set_dotted(cfg: dict, dotted: str, value: Any) -> None:
-    node = cfg
+def _set_dotted(cfg: dict, dotted: str, value: Any, schema: dict = CONFIG_SCHEMA) -> None:
+    """Set `a.b.c` in `cfg`; the key must exist in the schema (a key with a Default may be absent from the file)."""
+    node, spec = cfg, schema
     parts = dotted.split(".")
     for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
+        if not isinstance(node.get(part), dict) or not isinstance(spec.get(part), dict):
             raise ConfigError(f"override '{dotted}': no such section '{part}'")
-        node = node[part]
-    if parts[-1] not in node:
+        node, spec = node[part], spec[part]
+    if parts[-1] not in spec or isinstance(spec[parts[-1]], dict):
         raise ConfigError(f"override '{dotted}': no such key")
     node[parts[-1]] = value
 
@@ -294,7 +312,20 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); a config is a YAML text file") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: not a text file (holds NUL bytes); a config is a YAML text file")
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+        if raw is None:
+            raise ConfigError("the file is empty; copy configs/config_cloud.yaml and edit it")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"the top level must be a mapping of sections (data:, training:, ...), "
+                              f"got a YAML {type(raw).__name__}")
         for dotted, value in (overrides or {}).items():
             _set_dotted(raw, dotted, value)
         return validate_config(raw)

@@ -128,3 +128,32 @@ def test_id_lists():
     all_ids = set(mesa_commercial_ids())
     assert len(test_ids) == 204 and len(all_ids) == 1900
     assert sum(i in all_ids for i in test_ids) == 193  # SPEC §7
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "empty"),
+    (b"\x00\x01\x02\xff\xfe binary", "not a text file"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "not a text file"),
+    (b"- a\n- b\n", "must be a mapping"),
+    (b"just a string\n", "must be a mapping"),
+    (b"data: [1, 2\n", "not valid YAML"),
+])
+def test_config_that_is_not_a_yaml_mapping_names_the_file(tmp_path, content, reason):
+    p = tmp_path / "weird.yaml"
+    p.write_bytes(content)
+    with pytest.raises(ConfigError, match=reason) as err:
+        load_config(p)
+    assert str(p) in str(err.value)
+
+
+def test_default_key_may_be_absent_and_is_still_checked(monkeypatch):
+    schema = {"a": {"x": int, "y": sleepppg_common.Default(bool, False)}}
+    assert sleepppg_common.validate_config({"a": {"x": 1}}, schema) == {"a": {"x": 1, "y": False}}
+    assert sleepppg_common.validate_config({"a": {"x": 1, "y": True}}, schema)["a"]["y"] is True
+    with pytest.raises(ConfigError, match="a.y"):
+        sleepppg_common.validate_config({"a": {"x": 1, "y": "flase"}}, schema)
+    cfg = {"a": {"x": 1}}
+    sleepppg_common._set_dotted(cfg, "a.y", True, schema)
+    assert cfg == {"a": {"x": 1, "y": True}}
+    with pytest.raises(ConfigError, match="no such key"):
+        sleepppg_common._set_dotted(cfg, "a.z", True, schema)
