@@ -21,6 +21,7 @@ Usage: `cfg = load_config("configs/config_demo.yaml", {"training.num_epochs": 2}
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import datetime
@@ -333,6 +334,40 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command lines: one exit-status convention and help that shows real defaults
+
+EXIT_OK = 0  # everything asked for was done
+EXIT_FAILED = 1  # some subjects or nights failed (the rest were done), or a verification found problems
+EXIT_SETUP = 2  # bad setup or arguments: nothing was done
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it; finished work is kept
+SHIPPED_CONFIG = REPO_DIR / "configs" / "config_cloud.yaml"  # the defaults a script uses without --config
+
+
+def config_default(dotted: str, path: str | os.PathLike = SHIPPED_CONFIG) -> Any:
+    """The value of `dotted` (e.g. "preprocessing.workers") in a config file, for help texts; None if unreadable."""
+    try:
+        node = load_config(path)
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+    except (ConfigError, KeyError, TypeError):
+        return None
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks and appends "(default: X)" to a flag's help when it has a real
+    default: never "(default: None)" on a required flag or a flag whose default comes from the config."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or "default" in text or default is None or default is False
+                or default is argparse.SUPPRESS or action.required or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 # ----------------------------------------------------------------------------------------------------------

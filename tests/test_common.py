@@ -157,3 +157,21 @@ def test_default_key_may_be_absent_and_is_still_checked(monkeypatch):
     assert cfg == {"a": {"x": 1, "y": True}}
     with pytest.raises(ConfigError, match="no such key"):
         sleepppg_common._set_dotted(cfg, "a.z", True, schema)
+
+
+def test_help_formatter_shows_real_defaults_only():
+    import argparse
+
+    p = argparse.ArgumentParser(formatter_class=sleepppg_common.HelpFormatter)
+    p.add_argument("--workers", type=int, default=3, help="processes")
+    p.add_argument("--out", required=True, help="where")
+    p.add_argument("--limit", type=int, help="only N")
+    p.add_argument("--force", action="store_true", help="redo")
+    text = p.format_help()
+    assert "processes (default: 3)" in text
+    assert "None" not in text and "default: False" not in text
+
+
+def test_config_default_reads_the_shipped_config():
+    assert sleepppg_common.config_default("data.windows_per_subject") == 1200
+    assert sleepppg_common.config_default("no.such.key") is None
