@@ -41,6 +41,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -55,7 +56,9 @@ PPG_PATTERNS = ("pleth", "ppg", "bvp")  # SPEC §3: first EDF label containing o
 FAILED_FILE = "failed_subjects.json"
 MANIFEST_FILE = "extract_manifest.json"
 PARTS_DIR = ".parts"
-FORMAT_VERSION = 1  # bump when the part/HDF5 layout changes, so old parts are not reused
+# The one preprocessing version: bump it whenever EDF reading, preprocessing, labelling or the part layout
+# changes. Extraction's part files and inference's per-night caches built by another version are rebuilt.
+PREPROCESSING_VERSION = 2
 
 # PPG: Chebyshev II low-pass, order 8, 40 dB stop band, 8 Hz (SleepPPG-Net, Kotzen et al. 2023)
 PPG_FILTER_ORDER = 8
@@ -426,20 +429,31 @@ def preprocess_recording(edf_path: str | os.PathLike, n_windows: int = WINDOWS_P
 # One subject -> one part file (runs in worker processes)
 
 
-def _file_signature(path: Path | None) -> list | None:
-    if path is None or not path.exists():
+def file_signature(path: str | os.PathLike | None) -> dict | None:
+    """What identifies a source file cheaply: absolute path, size (bytes) and mtime (ns); None when absent.
+    A moved, rewritten or touched file counts as changed."""
+    if path is None:
         return None
-    st = path.stat()
-    return [path.name, st.st_size, st.st_mtime_ns]
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return {"path": str(path.resolve()), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
 
 
-def _settings_key(settings: dict) -> str:
-    keyed = {k: settings[k] for k in ("windows_per_subject", "resample_method", "ppg_channels")}
-    return json.dumps({"format": FORMAT_VERSION, **keyed}, sort_keys=True)
+def preprocessing_settings(resample_method: str, ppg_channels: Iterable[str], n_windows: int) -> dict:
+    """Every setting a preprocessed night depends on, PREPROCESSING_VERSION included; extraction's part
+    files and inference's caches are reused only while this dict is unchanged."""
+    return {"version": PREPROCESSING_VERSION, "resample_method": resample_method,
+            "ppg_channels": [p.lower() for p in ppg_channels], "n_windows": int(n_windows),
+            "samples_per_window": SAMPLES_PER_WINDOW, "target_fs": TARGET_FS}
 
 
-def _part_signature(settings: dict, edf: Path | None, xml: Path | None) -> str:
-    text = json.dumps([_settings_key(settings), _file_signature(edf), _file_signature(xml)], sort_keys=True)
+def input_signature(settings: dict, *paths: str | os.PathLike | None) -> str:
+    """One hash of the preprocessing settings (`preprocessing_settings`) and the source files'
+    `file_signature`s: equal hashes mean an earlier result for these inputs can be reused."""
+    text = json.dumps({"settings": settings, "files": [file_signature(p) for p in paths]}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -611,6 +625,12 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
+def _settings_of(settings: dict) -> dict:
+    """The run's settings as `preprocessing_settings` (what a part file depends on)."""
+    return preprocessing_settings(settings["resample_method"], settings["ppg_channels"],
+                                  settings["windows_per_subject"])
+
+
 def _check_setup(settings: dict) -> str | None:
     """A message describing bad setup, or None."""
     for key in ("edf_dir", "xml_dir"):
@@ -650,7 +670,7 @@ def _plan(wanted: list[str], all_subjects: dict, duplicates: dict, settings: dic
         elif xml is None:
             failed.append({"id": sid, "file": str(edf), "kind": "missing_xml", "reason": "EDF without an XML"})
         else:
-            signature = _part_signature(settings, edf, xml)
+            signature = input_signature(_settings_of(settings), edf, xml)
             part = parts_dir / f"{sid}.npz"
             meta = None if overwrite or not part.is_file() else _read_part_meta(part)
             if meta is not None and meta.get("signature") == signature:
@@ -739,9 +759,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no EDF/XML pairs to process in {edf_dir} and {xml_dir}", file=sys.stderr)
         return 2
 
-    sources = {sid: [_file_signature(all_subjects[sid][0]), _file_signature(all_subjects[sid][1])]
+    sources = {sid: [file_signature(all_subjects[sid][0]), file_signature(all_subjects[sid][1])]
                for sid in wanted}
-    manifest_key = {"settings": _settings_key(settings), "compression": settings["compression"],
+    manifest_key = {"settings": _settings_of(settings), "compression": settings["compression"],
                     "chunk_windows": settings["chunk_windows"], "sources": sources}
     manifest_path = out_dir / MANIFEST_FILE
     outputs_exist = all((out_dir / name).is_file() for name in (PPG_FILE, ECG_FILE, INDEX_FILE))

@@ -12,8 +12,8 @@ Modes
   preprocessing: `preprocessing.resample_method`, `preprocessing.ppg_channels`) to the model's number of
   30-s windows, and cached in `<inference.cache_root>/<id>/` as `ppg_windows.npy` (float32, n_windows x 1024)
   + `meta.json`. The cache is reused only when meta.json matches the EDF (absolute path, size, mtime_ns) and
-  the preprocessing settings (method, channel patterns, n_windows, PREPROCESSING_VERSION); a stale, truncated
-  or otherwise unreadable cache is rebuilt, with a log line saying why.
+  the preprocessing settings (method, channel patterns, n_windows, extract_mesa_data.PREPROCESSING_VERSION);
+  a stale, truncated or otherwise unreadable cache is rebuilt, with a log line saying why.
 
 Speed: nights are preprocessed in background threads (`preprocessing.workers`, 0 = one per CPU core) while
 the model runs on the nights already prepared (batches of at most `inference.batch_size`), outputs are written
@@ -82,6 +82,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+# one owner of the preprocessing version and of what a cached night depends on: extraction
+from extract_mesa_data import file_signature as edf_signature
+from extract_mesa_data import preprocessing_settings
 from sleepppg_common import (IGNORE_INDEX, N_CLASSES, SAMPLES_PER_WINDOW, STAGE_NAMES, TARGET_FS, WINDOW_SECONDS,
                              WINDOWS_PER_SUBJECT, ConfigError, atomic_output, compute_metrics, json_safe,
                              keep_freed_memory, load_config, make_timestamped_dir, setup_logging,
@@ -89,7 +92,6 @@ from sleepppg_common import (IGNORE_INDEX, N_CLASSES, SAMPLES_PER_WINDOW, STAGE_
 
 # ----------------------------------------------------------------------------------------------------------
 # Constants
-PREPROCESSING_VERSION = 1  # bump when extract_mesa_data's PPG preprocessing changes: invalidates every cache
 CACHE_WINDOWS_FILE = "ppg_windows.npy"  # float32 (n_windows, 1024), z-scored PPG at 34.13 Hz, zero-padded
 CACHE_META_FILE = "meta.json"  # EDF signature + preprocessing settings + night facts; written last
 CSV_COLUMNS = ("epoch", "time_hours", "pred_idx", "pred_name", "true_idx", "true_name", "mismatch",
@@ -230,19 +232,6 @@ def make_run_dir(root: Path) -> Path:
 
 # ----------------------------------------------------------------------------------------------------------
 # Cache: <cache_root>/<id>/ppg_windows.npy + meta.json
-
-
-def edf_signature(edf_path: Path) -> dict:
-    """What identifies an EDF's content cheaply: absolute path, size (bytes) and mtime (ns)."""
-    st = edf_path.stat()
-    return {"path": str(edf_path.resolve()), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
-
-
-def preprocessing_settings(resample_method: str, ppg_channels: Iterable[str], n_windows: int) -> dict:
-    """The settings a cached night depends on; any difference invalidates the cache."""
-    return {"version": PREPROCESSING_VERSION, "resample_method": resample_method,
-            "ppg_channels": [p.lower() for p in ppg_channels], "n_windows": int(n_windows),
-            "samples_per_window": SAMPLES_PER_WINDOW, "target_fs": TARGET_FS}
 
 
 def load_cache(cache_dir: Path, signature: dict, settings: dict) -> tuple[np.ndarray | None, dict | None, str]:

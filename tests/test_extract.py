@@ -590,3 +590,21 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_one_preprocessing_version_and_signature_for_parts_and_inference_cache(tmp_path, monkeypatch):
+    import inference_ppg_only as inf
+
+    assert inf.preprocessing_settings is ex.preprocessing_settings and inf.edf_signature is ex.file_signature
+    edf = write_edf(tmp_path / "a.edf", 1)
+    settings = ex.preprocessing_settings("linear", ["Pleth"], 4)
+    assert settings["version"] == ex.PREPROCESSING_VERSION
+    signature = ex.input_signature(settings, edf)
+    assert signature == ex.input_signature(ex.preprocessing_settings("linear", ["pleth"], 4), edf)
+    assert signature != ex.input_signature(ex.preprocessing_settings("polyphase", ["pleth"], 4), edf)
+    os.utime(edf, ns=(10**9, 10**9))  # a touched file counts as changed
+    assert ex.input_signature(settings, edf) != signature
+    signature = ex.input_signature(settings, edf)
+    monkeypatch.setattr(ex, "PREPROCESSING_VERSION", ex.PREPROCESSING_VERSION + 1)
+    assert ex.input_signature(ex.preprocessing_settings("linear", ["Pleth"], 4), edf) != signature
+    assert ex.file_signature(tmp_path / "absent.edf") is None and ex.file_signature(None) is None
