@@ -1,6 +1,6 @@
 """Train SleepPPG-Net (PPG only) or its PPG+ECG variant on the processed MESA HDF5 files, then test it.
 
-Reference behaviour (SPEC §7) with its defects fixed: the model returns logits that go straight into
+The reference training recipe (the public sleep-staging-models scripts) with its defects fixed: the model returns logits that go straight into
 CrossEntropyLoss; the loss is summed over scored epochs and divided by their number (label -1 = unscored or
 padding, ignored); class weights are inverse frequencies over *all* training labels (read from the label
 array, not the signals); checkpoints are loaded with `weights_only=True`. The validation and test loss is the
@@ -43,6 +43,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,11 @@ BEST_CHECKPOINT = "best_model.pth"  # lowest validation loss (reference)
 # Keys of the per-epoch history; deterministic values only, so a resumed run reproduces them exactly.
 HISTORY_KEYS = ("train_losses", "val_losses", "val_overall_accuracies", "val_overall_kappas",
                 "val_overall_f1_scores", "val_median_kappas", "learning_rates")
+TIMING_KEYS = ("epoch_seconds", "train_nights_per_s")  # per epoch; not reproducible, so kept apart
+SCALAR_TAGS = {"Train/Loss": "train_losses", "Val/Loss": "val_losses", "Val/Overall_Accuracy": "val_overall_accuracies",
+               "Val/Overall_Kappa": "val_overall_kappas", "Val/Overall_F1": "val_overall_f1_scores",
+               "Val/Median_Kappa": "val_median_kappas", "Train/Learning_Rate": "learning_rates"}  # TensorBoard
+RUN_SUBDIRS = ("checkpoints", "logs", "results", "console_logs")
 EPOCH_SEED_STRIDE = 1_000_003  # per-epoch shuffle seed = run seed * stride + epoch (a prime, so runs differ)
 HYPNOGRAM_LEVEL = {0: 3, 3: 2, 1: 1, 2: 0}  # class -> plot height: Wake on top, then REM, Light, Deep
 
@@ -161,11 +167,19 @@ def new_run_dir(save_dir: Path, model_kind: str, run_id: int | None) -> Path:
         raise SystemExit(f"could not create a run folder under {save_dir} (1000 names taken)") from None
 
 
-def run_subdirs(run_dir: Path) -> dict[str, Path]:
-    dirs = {name: run_dir / name for name in ("checkpoints", "logs", "results", "console_logs")}
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
-    return dirs
+@contextlib.contextmanager
+def log_to_file(path: Path):
+    """Copy every log record to `path` for the duration of the block, then detach and close the handler."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def newest_run_checkpoint(save_dir: Path, model_kind: str) -> Path:
@@ -347,12 +361,9 @@ def resolve_device(requested: str, device_id: int, ctx: DistContext) -> torch.de
 # One epoch of training / one pass of evaluation
 
 
-def _split_batch(batch: list, n_inputs: int, with_index: bool):
-    """(inputs tuple, labels_BW, index_B or None) from a loader batch [ppg, (ecg,) labels, (idx)]."""
-    inputs = tuple(batch[:n_inputs])
-    labels_BW = batch[n_inputs]
-    index_B = batch[n_inputs + 1] if with_index else None
-    return inputs, labels_BW, index_B
+def _split_batch(batch: list, n_inputs: int):
+    """(inputs tuple, labels_BW, index_B) from a loader batch [ppg, (ecg,) labels, idx]."""
+    return tuple(batch[:n_inputs]), batch[n_inputs], batch[n_inputs + 1]
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -361,8 +372,8 @@ def _autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
-def train_one_epoch(model, loader, optimizer, class_weights_C, device, *, n_inputs: int, with_index: bool,
-                    amp: bool, grad_clip: float, progress: bool, desc: str) -> dict:
+def train_one_epoch(model, loader, optimizer, class_weights_C, device, *, n_inputs: int, amp: bool,
+                    grad_clip: float, progress: bool, desc: str) -> dict:
     """One pass over the training loader. Returns {"loss_sum", "n_valid", "nights", "seconds"} (this rank)."""
     from tqdm import tqdm
 
@@ -373,7 +384,7 @@ def train_one_epoch(model, loader, optimizer, class_weights_C, device, *, n_inpu
     nights = 0
     start = time.perf_counter()
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
-        inputs, labels_BW, _ = _split_batch(batch, n_inputs, with_index)
+        inputs, labels_BW, _ = _split_batch(batch, n_inputs)
         inputs = [x.to(device, non_blocking=non_blocking) for x in inputs]
         labels_BW = labels_BW.to(device, non_blocking=non_blocking)
         with _autocast(device, amp):
@@ -407,7 +418,7 @@ def predict(model, loader, device, *, n_inputs: int, amp: bool, progress: bool, 
     non_blocking = device.type == "cuda"
     parts: dict[str, list] = {"index": [], "preds": [], "labels": [], "loss_sum": [], "n_valid": []}
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
-        inputs, labels_BW, index_B = _split_batch(batch, n_inputs, with_index=True)
+        inputs, labels_BW, index_B = _split_batch(batch, n_inputs)
         inputs = [x.to(device, non_blocking=non_blocking) for x in inputs]
         labels_BW = labels_BW.to(device, non_blocking=non_blocking)
         with _autocast(device, amp):
@@ -565,315 +576,385 @@ def load_checkpoint(path: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# One training run
+# One training run: the state that changes each epoch, what the run trains with, and the steps
 
 
-class Run:
-    """Everything about one (model kind, run id) training: folders, model, optimizer, state, writer."""
+@dataclass
+class TrainState:
+    """What changes from epoch to epoch (weights, optimizer and RNG aside) and must survive a resume.
 
-    def __init__(self, cfg: dict, model_kind: str, run_id: int | None, device: torch.device, ctx: DistContext,
-                 resume_ckpt: dict | None = None, resume_dir: Path | None = None):
-        self.cfg, self.kind, self.run_id, self.device, self.ctx = cfg, model_kind, run_id, device, ctx
-        self.resume_ckpt = resume_ckpt
-        train_cfg = cfg["training"]
-        self.seed = train_cfg["seed"] + (run_id if run_id is not None else 1)  # reference: 42 + run, runs from 1
-        if resume_ckpt is not None:
-            self.seed = int(resume_ckpt.get("seed", self.seed))
-        self.amp = cfg["gpu"]["mixed_precision"] and device.type == "cuda"
-        if resume_dir is not None:
-            run_dir = resume_dir
+    `to_checkpoint` and `from_checkpoint` are the one place where it is written to and read from a checkpoint
+    (under the keys epoch, early_stopping, history and timing).
+    """
+
+    epoch: int = 0  # last finished epoch (0 = none)
+    best_val_loss: float = math.inf  # early stopping and best_model.pth follow the validation loss
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since the best validation loss
+    stopped: bool = False  # early stopping fired
+    history: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in HISTORY_KEYS})
+    timing: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in TIMING_KEYS})
+
+    def record_epoch(self, epoch: int, values: dict[str, float], timing: dict[str, float], patience: int) -> bool:
+        """Append epoch `epoch`'s history (`values` keyed by HISTORY_KEYS) and timing, update early stopping;
+        returns True when the validation loss improved (a new best checkpoint)."""
+        self.epoch = epoch
+        for key in HISTORY_KEYS:
+            self.history[key].append(float(values[key]))
+        for key in TIMING_KEYS:
+            self.timing[key].append(float(timing[key]))
+        improved = values["val_losses"] < self.best_val_loss
+        if improved:
+            self.best_val_loss, self.best_epoch, self.bad_epochs = values["val_losses"], epoch, 0
         else:
-            run_dir = new_run_dir(Path(cfg["output"]["save_dir"]), model_kind, run_id) if ctx.is_main else None
-        self.run_dir = Path(ctx.broadcast(str(run_dir) if run_dir is not None else None))
-        self.dirs = run_subdirs(self.run_dir) if ctx.is_main else {}
-        self.log_file = self.run_dir / "console_logs" / f"{self.run_dir.name}.log"
+            self.bad_epochs += 1
+            self.stopped = self.bad_epochs >= patience
+        return improved
 
-    # -- setup ------------------------------------------------------------------------------------------
-    def setup(self) -> None:
-        cfg, ctx, device = self.cfg, self.ctx, self.device
-        if ctx.is_main:
-            setup_logging(self.log_file)
-            write_json(self.dirs["checkpoints"] / "config.json", cfg)
-        log.info("%s %s in %s on %s%s", "resuming" if self.resume_ckpt else "training", self.kind, self.run_dir,
-                 device, f" x{ctx.world_size} processes" if ctx.enabled else "")
-        seed_everything(self.seed + ctx.rank)
-        self._deterministic_before = (torch.are_deterministic_algorithms_enabled(),
-                                      torch.is_deterministic_algorithms_warn_only_enabled())
-        if device.type == "cpu":
-            # Reproducible CPU runs (resume equivalence); on CUDA speed wins (cuDNN autotuning below).
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        else:
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+    def to_checkpoint(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "early_stopping": {"best_val_loss": self.best_val_loss, "best_epoch": self.best_epoch,
+                               "bad_epochs": self.bad_epochs, "stopped": self.stopped},
+            "history": {k: list(v) for k, v in self.history.items()},
+            "timing": {k: list(v) for k, v in self.timing.items()},
+        }
 
-        (self.train_loader, self.val_loader, self.test_loader,
-         self.train_ds, self.val_ds, self.test_ds) = build_data(cfg, self.kind, device, ctx)
-        log.info("split: %d train, %d validation, %d test nights", len(self.train_ds), len(self.val_ds),
-                 len(self.test_ds))
-        self.n_inputs = 1 if self.kind == "ppg_only" else 2
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> TrainState:
+        early = ckpt["early_stopping"]
+        timing = ckpt.get("timing", {})
+        return cls(epoch=int(ckpt["epoch"]), best_val_loss=float(early["best_val_loss"]),
+                   best_epoch=int(early["best_epoch"]), bad_epochs=int(early["bad_epochs"]),
+                   stopped=bool(early["stopped"]),
+                   history={k: list(ckpt["history"].get(k, [])) for k in HISTORY_KEYS},
+                   timing={k: list(timing.get(k, [])) for k in TIMING_KEYS})
 
-        from multimodal_sleep_model import build_model, checkpoint_model_fields, count_parameters
 
+@dataclass
+class Resume:
+    """A checkpoint to continue from, and the run folder it belongs to."""
+
+    path: Path
+    ckpt: dict
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.resolve().parent.parent
+
+
+@dataclass
+class RunSetup:
+    """What one (model kind, run) trains with; built once by `build_run`, not changed by training."""
+
+    cfg: dict
+    kind: str
+    run_id: int | None
+    seed: int  # training seed: training.seed + run (the reference's 42 + run, runs counted from 1)
+    device: torch.device
+    ctx: DistContext
+    run_dir: Path
+    raw_model: torch.nn.Module  # the plain model: its weights are what checkpoints hold
+    model: torch.nn.Module  # what the steps call: raw_model, wrapped by DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    class_weights: np.ndarray  # (C,) float32, from every training label
+    loaders: dict[str, Any]  # split -> DataLoader (items carry their index)
+    datasets: dict[str, Any]  # split -> dataset
+    amp: bool  # bf16 autocast
+    writer: Any  # TensorBoard SummaryWriter on rank 0, None elsewhere
+
+    @property
+    def n_inputs(self) -> int:
+        return 1 if self.kind == "ppg_only" else 2
+
+    def folder(self, name: str) -> Path:
+        """checkpoints/, logs/, results/ or console_logs/ of the run folder."""
+        return self.run_dir / name
+
+
+def run_seed(cfg: dict, run_id: int | None) -> int:
+    return cfg["training"]["seed"] + (run_id if run_id is not None else 1)
+
+
+def open_run_dir(cfg: dict, model_kind: str, run_id: int | None, ctx: DistContext,
+                 resume: Resume | None) -> Path:
+    """The run folder (rank 0 creates a new one unless resuming; every rank gets its path) and its subfolders."""
+    if resume is not None:
+        run_dir = resume.run_dir
+    else:
+        run_dir = new_run_dir(Path(cfg["output"]["save_dir"]), model_kind, run_id) if ctx.is_main else None
+    run_dir = Path(ctx.broadcast(str(run_dir) if run_dir is not None else None))
+    if ctx.is_main:
+        for name in RUN_SUBDIRS:
+            (run_dir / name).mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+@contextlib.contextmanager
+def kernel_settings(device: torch.device):
+    """Reproducible kernels on the CPU (resume equivalence), autotuned ones on CUDA; the process-wide
+    deterministic-algorithms flag is set back as it was afterwards."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def build_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.device, ctx: DistContext,
+              run_dir: Path, resume: Resume | None) -> tuple[RunSetup, TrainState]:
+    """Data, model, optimizer, scheduler and writer of one run, and its state (restored when resuming)."""
+    from multimodal_sleep_model import build_model, count_parameters
+
+    seed = int(resume.ckpt.get("seed", run_seed(cfg, run_id))) if resume else run_seed(cfg, run_id)
+    seed_everything(seed + ctx.rank)
+    train_loader, val_loader, test_loader, train_ds, val_ds, test_ds = build_data(cfg, model_kind, device, ctx)
+    log.info("split: %d train, %d validation, %d test nights", len(train_ds), len(val_ds), len(test_ds))
+
+    if resume is not None:
+        model_args = dict(resume.ckpt["model_args"])
+    else:
         model_args = {"n_windows": cfg["data"]["windows_per_subject"]}
-        if self.kind == "real_ecg":
+        if model_kind == "real_ecg":
             model_args["fusion_strategy"] = cfg["model"]["real_ecg"]["fusion_strategy"]
-        if self.resume_ckpt is not None:
-            model_args = dict(self.resume_ckpt["model_args"])
-        self.raw_model = build_model(self.kind, **model_args).to(device)
-        self.model_fields = checkpoint_model_fields(self.raw_model)
-        log.info("model %s %s: %s parameters", self.kind, self.model_fields["model_args"],
-                 f"{count_parameters(self.raw_model):,}")
+    raw_model = build_model(model_kind, **model_args).to(device)
+    log.info("model %s %s: %s parameters", model_kind, model_args, f"{count_parameters(raw_model):,}")
 
-        train_cfg = cfg["training"]
-        if self.resume_ckpt is not None:
-            self.class_weights = np.asarray(self.resume_ckpt["class_weights"], dtype=np.float32)
-        else:
-            self.class_weights = training_class_weights(cfg, self.train_ds)
-        self.class_weights_C = torch.as_tensor(self.class_weights, device=device)
-        self.optimizer = torch.optim.Adam(self.raw_model.parameters(), lr=train_cfg["learning_rate"],
-                                          weight_decay=train_cfg["weight_decay"])
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="max", factor=train_cfg["lr_factor"], patience=train_cfg["lr_patience"])
+    train_cfg = cfg["training"]
+    if resume is not None:
+        class_weights = np.asarray(resume.ckpt["class_weights"], dtype=np.float32)
+    else:
+        class_weights = training_class_weights(cfg, train_ds)
+    optimizer = torch.optim.Adam(raw_model.parameters(), lr=train_cfg["learning_rate"],
+                                 weight_decay=train_cfg["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=train_cfg["lr_factor"], patience=train_cfg["lr_patience"])
 
-        self.history: dict[str, list] = {k: [] for k in HISTORY_KEYS}
-        self.timing: dict[str, list] = {"epoch_seconds": [], "train_nights_per_s": []}
-        self.early = {"best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0, "stopped": False}
-        self.best_val_kappa = -math.inf
-        self.epoch = 0
-        if self.resume_ckpt is not None:
-            self._load_state(self.resume_ckpt)
+    model = raw_model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
 
-        model = self.raw_model
-        if ctx.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if cfg["gpu"]["compile"]:
-            model = torch.compile(model)
-        self.model = model
-
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg["gpu"]["compile"]:
+        model = torch.compile(model)
+    run = RunSetup(cfg=cfg, kind=model_kind, run_id=run_id, seed=seed, device=device, ctx=ctx, run_dir=run_dir,
+                   raw_model=raw_model, model=model, optimizer=optimizer, scheduler=scheduler,
+                   class_weights=class_weights,
+                   loaders={"train": train_loader, "val": val_loader, "test": test_loader},
+                   datasets={"train": train_ds, "val": val_ds, "test": test_ds},
+                   amp=cfg["gpu"]["mixed_precision"] and device.type == "cuda", writer=None)
+    state = restore_checkpoint(run, resume.ckpt) if resume is not None else TrainState()
+    if ctx.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step drops events a killed run wrote after its last checkpoint
-        self.writer = (SummaryWriter(str(self.dirs["logs"]), purge_step=self.epoch + 1 if self.epoch else None)
-                       if ctx.is_main else None)
+        run.writer = SummaryWriter(str(run.folder("logs")), purge_step=state.epoch + 1 if state.epoch else None)
+    return run, state
 
-    def _load_state(self, ckpt: dict) -> None:
-        self.raw_model.load_state_dict(ckpt["model_state_dict"])
-        self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
-        self.scheduler.load_state_dict(ckpt["scheduler_state_dict"])
-        self.history = {k: list(ckpt["history"].get(k, [])) for k in HISTORY_KEYS}
-        self.timing = {k: list(v) for k, v in ckpt.get("timing", self.timing).items()}
-        self.early = dict(ckpt["early_stopping"])
-        self.best_val_kappa = float(ckpt.get("best_val_kappa", -math.inf))
-        self.epoch = int(ckpt["epoch"])
-        states = ckpt["rng_state"]
-        if len(states) != self.ctx.world_size:
-            log.warning("checkpoint holds RNG states of %d process(es), this run has %d: rank 0's state is used "
-                        "and the continuation is not bit-identical", len(states), self.ctx.world_size)
-        restore_rng_state(states[self.ctx.rank] if self.ctx.rank < len(states) else states[0], self.device)
-        log.info("resumed after epoch %d (best validation loss %.4f at epoch %d)", self.epoch,
-                 self.early["best_val_loss"], self.early["best_epoch"])
 
-    def _state(self, metrics: dict, rng_states: list) -> dict:
-        return {
-            **self.model_fields,
-            "model_state_dict": self.raw_model.state_dict(),
-            "config": self.cfg,
-            "epoch": self.epoch,
-            "metrics": metrics,
-            "history": self.history,
-            "timing": self.timing,
-            "optimizer_state_dict": self.optimizer.state_dict(),
-            "scheduler_state_dict": self.scheduler.state_dict(),
-            "scaler_state_dict": None,  # bf16 autocast needs no GradScaler (fp16 would)
-            "early_stopping": dict(self.early),
-            "best_val_kappa": self.best_val_kappa,
-            "class_weights": [float(w) for w in self.class_weights],
-            "rng_state": rng_states,
-            "seed": self.seed,
-            "run_id": self.run_id,
-            "world_size": self.ctx.world_size,
-        }
+def checkpoint_payload(run: RunSetup, state: TrainState, metrics: dict, rng_states: list) -> dict:
+    """Everything a checkpoint holds (weights_only-safe types); `restore_checkpoint` is its inverse."""
+    from multimodal_sleep_model import checkpoint_model_fields
 
-    # -- training ---------------------------------------------------------------------------------------
-    def train(self) -> None:
-        cfg, ctx = self.cfg, self.ctx
-        train_cfg = cfg["training"]
-        num_epochs = train_cfg["num_epochs"]
-        if self.early["stopped"] or self.epoch >= num_epochs:
-            log.info("nothing left to train (epoch %d of %d%s)", self.epoch, num_epochs,
-                     ", stopped early" if self.early["stopped"] else "")
-        while self.epoch < num_epochs and not self.early["stopped"]:
-            epoch = self.epoch + 1
-            epoch_start = time.perf_counter()
-            set_loader_epoch(self.train_loader, self.seed, epoch)
-            lr = self.optimizer.param_groups[0]["lr"]
-            stats = train_one_epoch(
-                self.model, self.train_loader, self.optimizer, self.class_weights_C, self.device,
-                n_inputs=self.n_inputs, with_index=True, amp=self.amp, grad_clip=train_cfg["grad_clip"],
-                progress=ctx.is_main, desc=f"epoch {epoch}/{num_epochs} train")
-            loss_sum, n_valid, nights, train_seconds = ctx.all_sum(
-                [stats["loss_sum"], stats["n_valid"], stats["nights"], stats["seconds"] / ctx.world_size])
-            train_loss = loss_sum / max(n_valid, 1)
-            val, val_pred = evaluate(self.model, self.val_loader, self.val_ds.subjects, self.device, ctx,
-                                     n_inputs=self.n_inputs, amp=self.amp, desc=f"epoch {epoch} validation")
-            val_kappa = val["kappa"] if math.isfinite(val["kappa"]) else 0.0
-            self.scheduler.step(val_kappa)
-            self.best_val_kappa = max(self.best_val_kappa, val_kappa)
+    return {
+        **checkpoint_model_fields(run.raw_model),
+        "model_state_dict": run.raw_model.state_dict(),
+        "config": run.cfg,
+        **state.to_checkpoint(),
+        "metrics": metrics,
+        "optimizer_state_dict": run.optimizer.state_dict(),
+        "scheduler_state_dict": run.scheduler.state_dict(),
+        "scaler_state_dict": None,  # bf16 autocast needs no GradScaler (fp16 would)
+        "class_weights": [float(w) for w in run.class_weights],
+        "rng_state": rng_states,  # one per process
+        "seed": run.seed,
+        "run_id": run.run_id,
+        "world_size": run.ctx.world_size,
+    }
 
-            self.epoch = epoch
-            for key, value in zip(HISTORY_KEYS, (train_loss, val["loss"], val["accuracy"], val["kappa"],
-                                                 val["f1_weighted"], val["median_kappa"], lr)):
-                self.history[key].append(float(value))
-            improved = val["loss"] < self.early["best_val_loss"]
-            if improved:
-                self.early.update(best_val_loss=val["loss"], best_epoch=epoch, bad_epochs=0)
-            else:
-                self.early["bad_epochs"] += 1
-                self.early["stopped"] = self.early["bad_epochs"] >= train_cfg["patience"]
-            epoch_seconds = time.perf_counter() - epoch_start
-            nights_per_s = nights / max(train_seconds, 1e-9)
-            self.timing["epoch_seconds"].append(epoch_seconds)
-            self.timing["train_nights_per_s"].append(nights_per_s)
 
-            metrics = {"train_loss": train_loss, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                       "val_kappa": val["kappa"], "val_f1": val["f1_weighted"],
-                       "val_median_kappa": val["median_kappa"]}
-            rng_states = ctx.all_gather(capture_rng_state(self.device))
-            if ctx.is_main:
-                self._save_epoch(epoch, metrics, rng_states, improved, val, val_pred)
-                self._log_tensorboard(epoch, metrics, lr, epoch_seconds, nights_per_s, val, val_pred)
-                log.info("epoch %3d/%d | train_loss %.4f | val_loss %.4f | val_acc %.4f | val_kappa %.4f | "
-                         "val_f1 %.4f | val_median_kappa %.4f | lr %.2e | %.1f s | %.1f nights/s%s",
-                         epoch, num_epochs, train_loss, val["loss"], val["accuracy"], val["kappa"],
-                         val["f1_weighted"], val["median_kappa"], lr, epoch_seconds, nights_per_s,
-                         " | best" if improved else "")
-                if self.early["stopped"]:
-                    log.info("early stopping: validation loss has not improved for %d epochs (best %.4f at "
-                             "epoch %d)", self.early["bad_epochs"], self.early["best_val_loss"],
-                             self.early["best_epoch"])
-            ctx.barrier()
+def restore_checkpoint(run: RunSetup, ckpt: dict) -> TrainState:
+    """Load weights, optimizer, scheduler and this process's RNG state from `ckpt`; return its TrainState."""
+    run.raw_model.load_state_dict(ckpt["model_state_dict"])
+    run.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+    run.scheduler.load_state_dict(ckpt["scheduler_state_dict"])
+    states, ctx = ckpt["rng_state"], run.ctx
+    if len(states) != ctx.world_size:
+        log.warning("checkpoint holds RNG states of %d process(es), this run has %d: rank 0's state is used "
+                    "and the continuation is not bit-identical", len(states), ctx.world_size)
+    restore_rng_state(states[ctx.rank] if ctx.rank < len(states) else states[0], run.device)
+    state = TrainState.from_checkpoint(ckpt)
+    log.info("resumed after epoch %d (best validation loss %.4f at epoch %d)", state.epoch, state.best_val_loss,
+             state.best_epoch)
+    return state
 
-    def _save_epoch(self, epoch, metrics, rng_states, improved, val, val_pred) -> None:
-        ckpt_dir = self.dirs["checkpoints"]
-        state = self._state(metrics, rng_states)
-        if improved:
-            save_checkpoint(ckpt_dir / BEST_CHECKPOINT, state)
-            if self.cfg["output"]["save_intermediate"]:
-                save_figure(confusion_figure(val["confusion_matrix"], f"Validation, epoch {epoch}"),
-                            self.dirs["results"] / f"confusion_matrix_epoch_{epoch}.png")
-        if epoch % self.cfg["output"]["save_frequency"] == 0:
-            save_checkpoint(ckpt_dir / f"checkpoint_epoch_{epoch}.pth", state)
-        save_checkpoint(ckpt_dir / LAST_CHECKPOINT, state)
 
-    def _log_tensorboard(self, epoch, metrics, lr, epoch_seconds, nights_per_s, val, val_pred) -> None:
-        w = self.writer
-        w.add_scalar("Train/Loss", metrics["train_loss"], epoch)
-        w.add_scalar("Val/Loss", metrics["val_loss"], epoch)
-        w.add_scalar("Val/Overall_Accuracy", metrics["val_accuracy"], epoch)
-        w.add_scalar("Val/Overall_Kappa", metrics["val_kappa"], epoch)
-        w.add_scalar("Val/Overall_F1", metrics["val_f1"], epoch)
-        w.add_scalar("Val/Median_Kappa", metrics["val_median_kappa"], epoch)
-        w.add_scalar("Train/Learning_Rate", lr, epoch)
-        w.add_scalar("Time/Epoch_Seconds", epoch_seconds, epoch)
-        w.add_scalar("Speed/Train_Nights_per_s", nights_per_s, epoch)
-        w.add_figure("Val/Confusion_Matrix", confusion_figure(val["confusion_matrix"], f"Validation, epoch {epoch}"),
-                     epoch)
-        subject = self.val_ds.subjects[int(val_pred["index"][0])]
-        w.add_figure("Val/Hypnogram", hypnogram_figure(val_pred["labels"][0].astype(np.int64),
-                                                       val_pred["preds"][0].astype(np.int64),
-                                                       f"Validation subject {subject}, epoch {epoch}"), epoch)
-        w.flush()
-
-    # -- test -------------------------------------------------------------------------------------------
-    def test(self) -> dict | None:
-        """Evaluate the best checkpoint on the test set; rank 0 writes results/ and returns the results."""
-        ctx = self.ctx
+def train_epochs(run: RunSetup, state: TrainState) -> None:
+    """Train until training.num_epochs or early stopping; validate, checkpoint and log after each epoch."""
+    ctx, train_cfg = run.ctx, run.cfg["training"]
+    num_epochs = train_cfg["num_epochs"]
+    if state.stopped or state.epoch >= num_epochs:
+        log.info("nothing left to train (epoch %d of %d%s)", state.epoch, num_epochs,
+                 ", stopped early" if state.stopped else "")
+    class_weights_C = torch.as_tensor(run.class_weights, device=run.device)
+    while state.epoch < num_epochs and not state.stopped:
+        epoch = state.epoch + 1
+        epoch_start = time.perf_counter()
+        set_loader_epoch(run.loaders["train"], run.seed, epoch)
+        lr = run.optimizer.param_groups[0]["lr"]
+        stats = train_one_epoch(run.model, run.loaders["train"], run.optimizer, class_weights_C, run.device,
+                                n_inputs=run.n_inputs, amp=run.amp, grad_clip=train_cfg["grad_clip"],
+                                progress=ctx.is_main, desc=f"epoch {epoch}/{num_epochs} train")
+        loss_sum, n_valid, nights, train_seconds = ctx.all_sum(
+            [stats["loss_sum"], stats["n_valid"], stats["nights"], stats["seconds"] / ctx.world_size])
+        train_loss = loss_sum / max(n_valid, 1)
+        val, val_pred = evaluate(run.model, run.loaders["val"], run.datasets["val"].subjects, run.device, ctx,
+                                 n_inputs=run.n_inputs, amp=run.amp, desc=f"epoch {epoch} validation")
+        val_kappa = val["kappa"] if math.isfinite(val["kappa"]) else 0.0
+        run.scheduler.step(val_kappa)
+        values = dict(zip(HISTORY_KEYS, (train_loss, val["loss"], val["accuracy"], val["kappa"], val["f1_weighted"],
+                                         val["median_kappa"], lr)))
+        timing = {"epoch_seconds": time.perf_counter() - epoch_start,
+                  "train_nights_per_s": nights / max(train_seconds, 1e-9)}
+        improved = state.record_epoch(epoch, values, timing, train_cfg["patience"])
+        metrics = {"train_loss": train_loss, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                   "val_kappa": val["kappa"], "val_f1": val["f1_weighted"], "val_median_kappa": val["median_kappa"]}
+        rng_states = ctx.all_gather(capture_rng_state(run.device))
+        if ctx.is_main:
+            save_epoch_checkpoints(run, epoch, checkpoint_payload(run, state, metrics, rng_states), improved, val)
+            log_epoch(run, state, val, val_pred, improved)
         ctx.barrier()
-        best_path = self.run_dir / "checkpoints" / BEST_CHECKPOINT
-        best = load_checkpoint(best_path)
-        self.raw_model.load_state_dict(best["model_state_dict"])
-        log.info("testing the best checkpoint (epoch %d, validation loss %.4f) on %d test nights",
-                 best["epoch"], best["early_stopping"]["best_val_loss"], len(self.test_ds))
-        test, _ = evaluate(self.model, self.test_loader, self.test_ds.subjects, self.device, ctx,
-                           n_inputs=self.n_inputs, amp=self.amp, desc="test")
-        if not ctx.is_main:
-            return None
-        stats = test["per_subject_kappa_stats"]
-        results = {
-            "model_type": self.kind,
-            "run_id": self.run_id,
-            "seed": self.seed,
-            "test_loss": test["loss"],
-            "test_accuracy_overall": test["accuracy"],
-            "test_kappa_overall": test["kappa"],
-            "test_f1_overall": test["f1_weighted"],
-            "test_median_kappa": test["median_kappa"],
-            "classification_report": test["classification_report"],
-            "confusion_matrix": test["confusion_matrix"],
-            "training_history": self.history,
-            "timing": self.timing,
-            "best_epoch": int(best["epoch"]),
-            "best_val_loss": best["early_stopping"]["best_val_loss"],
-            "epochs_trained": self.epoch,
-            "stopped_early": bool(self.early["stopped"]),
-            "patient_kappa_stats": {"n": stats["n"], "min": stats["min"], "max": stats["max"],
-                                    "mean": stats["mean"], "std": stats["std"], "median": stats["median"],
-                                    "25_percentile": stats["q1"], "75_percentile": stats["q3"]},
-            "per_subject_kappa": test["per_subject_kappa"],
-            "undefined_kappa_subjects": test["undefined_kappa_subjects"],
-            "n_test_subjects": test["n_nights"],
-            "n_test_epochs": test["n_epochs"],
-            "test_subjects": list(self.test_ds.subjects),
-            "class_weights": [float(w) for w in self.class_weights],
-            "device": str(self.device),
-            "world_size": ctx.world_size,
-            "output_dir": str(self.run_dir),
-        }
-        write_json(self.dirs["results"] / "test_results.json", results)
-        save_figure(confusion_figure(test["confusion_matrix"], "Test, best checkpoint"),
-                    self.dirs["results"] / "confusion_matrix_epoch_final.png")
-        self.writer.add_hparams(
-            {"model": self.kind, "learning_rate": self.cfg["training"]["learning_rate"],
-             "weight_decay": self.cfg["training"]["weight_decay"], "batch_size": self.cfg["data"]["batch_size"],
-             "seed": self.seed, "epochs_trained": self.epoch, "best_epoch": int(best["epoch"]),
-             "mixed_precision": self.amp, "compile": self.cfg["gpu"]["compile"]},
-            {f"hparam/{k}": v for k, v in (("test_accuracy", test["accuracy"]), ("test_kappa", test["kappa"]),
-                                           ("test_f1", test["f1_weighted"]),
-                                           ("test_median_kappa", test["median_kappa"]))
-             if math.isfinite(v)},
-            run_name="hparams")
-        log.info("test: loss %.4f | accuracy %.4f | kappa %.4f | weighted F1 %.4f | median per-subject kappa %.4f "
-                 "(%d subjects)", test["loss"], test["accuracy"], test["kappa"], test["f1_weighted"],
-                 test["median_kappa"], test["n_nights"])
-        log.info("results saved to %s", self.dirs["results"] / "test_results.json")
-        return results
 
-    def close(self) -> None:
-        if getattr(self, "writer", None) is not None:
-            self.writer.close()
-        if hasattr(self, "_deterministic_before"):  # a global flag: leave it as we found it
-            enabled, warn_only = self._deterministic_before
-            torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
-        root = logging.getLogger()
-        for handler in list(root.handlers):
-            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == self.log_file.resolve():
-                root.removeHandler(handler)
-                handler.close()
+
+def save_epoch_checkpoints(run: RunSetup, epoch: int, payload: dict, improved: bool, val: dict) -> None:
+    """best_model.pth (and a confusion-matrix PNG) on a new best, checkpoint_epoch_N.pth every
+    output.save_frequency epochs, and last.pth every epoch (written last: it marks the epoch as done)."""
+    ckpt_dir, out_cfg = run.folder("checkpoints"), run.cfg["output"]
+    if improved:
+        save_checkpoint(ckpt_dir / BEST_CHECKPOINT, payload)
+        if out_cfg["save_intermediate"]:
+            save_figure(confusion_figure(val["confusion_matrix"], f"Validation, epoch {epoch}"),
+                        run.folder("results") / f"confusion_matrix_epoch_{epoch}.png")
+    if epoch % out_cfg["save_frequency"] == 0:
+        save_checkpoint(ckpt_dir / f"checkpoint_epoch_{epoch}.pth", payload)
+    save_checkpoint(ckpt_dir / LAST_CHECKPOINT, payload)
+
+
+def log_epoch(run: RunSetup, state: TrainState, val: dict, val_pred: dict, improved: bool) -> None:
+    """TensorBoard scalars and figures of the epoch just recorded in `state`, and its one console line."""
+    epoch, num_epochs = state.epoch, run.cfg["training"]["num_epochs"]
+    last = {key: values[-1] for key, values in state.history.items()}
+    epoch_seconds, nights_per_s = state.timing["epoch_seconds"][-1], state.timing["train_nights_per_s"][-1]
+    w = run.writer
+    for tag, key in SCALAR_TAGS.items():
+        w.add_scalar(tag, last[key], epoch)
+    w.add_scalar("Time/Epoch_Seconds", epoch_seconds, epoch)
+    w.add_scalar("Speed/Train_Nights_per_s", nights_per_s, epoch)
+    w.add_figure("Val/Confusion_Matrix", confusion_figure(val["confusion_matrix"], f"Validation, epoch {epoch}"),
+                 epoch)
+    subject = run.datasets["val"].subjects[int(val_pred["index"][0])]
+    w.add_figure("Val/Hypnogram", hypnogram_figure(val_pred["labels"][0].astype(np.int64),
+                                                   val_pred["preds"][0].astype(np.int64),
+                                                   f"Validation subject {subject}, epoch {epoch}"), epoch)
+    w.flush()
+    # nights/s to 3 significant digits: a CPU epoch can run at 0.048 nights/s, a GPU at 150
+    log.info("epoch %3d/%d | train_loss %.4f | val_loss %.4f | val_acc %.4f | val_kappa %.4f | val_f1 %.4f | "
+             "val_median_kappa %.4f | lr %.2e | %.1f s | %.3g nights/s%s", epoch, num_epochs, last["train_losses"],
+             last["val_losses"], last["val_overall_accuracies"], last["val_overall_kappas"],
+             last["val_overall_f1_scores"], last["val_median_kappas"], last["learning_rates"], epoch_seconds,
+             nights_per_s, " | best" if improved else "")
+    if state.stopped:
+        log.info("early stopping: validation loss has not improved for %d epochs (best %.4f at epoch %d)",
+                 state.bad_epochs, state.best_val_loss, state.best_epoch)
+
+
+def test_best_checkpoint(run: RunSetup, state: TrainState) -> dict | None:
+    """Evaluate best_model.pth on the test set; rank 0 writes results/ and returns the results."""
+    ctx = run.ctx
+    ctx.barrier()
+    best = load_checkpoint(run.folder("checkpoints") / BEST_CHECKPOINT)
+    run.raw_model.load_state_dict(best["model_state_dict"])
+    test_ds = run.datasets["test"]
+    log.info("testing the best checkpoint (epoch %d, validation loss %.4f) on %d test nights",
+             best["epoch"], best["early_stopping"]["best_val_loss"], len(test_ds))
+    test, _ = evaluate(run.model, run.loaders["test"], test_ds.subjects, run.device, ctx, n_inputs=run.n_inputs,
+                       amp=run.amp, desc="test")
+    if not ctx.is_main:
+        return None
+    cfg, stats = run.cfg, test["per_subject_kappa_stats"]
+    results = {
+        "model_type": run.kind,
+        "run_id": run.run_id,
+        "seed": run.seed,
+        "test_loss": test["loss"],
+        "test_accuracy_overall": test["accuracy"],
+        "test_kappa_overall": test["kappa"],
+        "test_f1_overall": test["f1_weighted"],
+        "test_median_kappa": test["median_kappa"],
+        "classification_report": test["classification_report"],
+        "confusion_matrix": test["confusion_matrix"],
+        "training_history": state.history,
+        "timing": state.timing,
+        "best_epoch": int(best["epoch"]),
+        "best_val_loss": best["early_stopping"]["best_val_loss"],
+        "epochs_trained": state.epoch,
+        "stopped_early": state.stopped,
+        "patient_kappa_stats": {"n": stats["n"], "min": stats["min"], "max": stats["max"],
+                                "mean": stats["mean"], "std": stats["std"], "median": stats["median"],
+                                "25_percentile": stats["q1"], "75_percentile": stats["q3"]},
+        "per_subject_kappa": test["per_subject_kappa"],
+        "undefined_kappa_subjects": test["undefined_kappa_subjects"],
+        "n_test_subjects": test["n_nights"],
+        "n_test_epochs": test["n_epochs"],
+        "test_subjects": list(test_ds.subjects),
+        "class_weights": [float(w) for w in run.class_weights],
+        "device": str(run.device),
+        "world_size": ctx.world_size,
+        "output_dir": str(run.run_dir),
+    }
+    results_dir = run.folder("results")
+    write_json(results_dir / "test_results.json", results)
+    save_figure(confusion_figure(test["confusion_matrix"], "Test, best checkpoint"),
+                results_dir / "confusion_matrix_epoch_final.png")
+    run.writer.add_hparams(
+        {"model": run.kind, "learning_rate": cfg["training"]["learning_rate"],
+         "weight_decay": cfg["training"]["weight_decay"], "batch_size": cfg["data"]["batch_size"],
+         "seed": run.seed, "epochs_trained": state.epoch, "best_epoch": int(best["epoch"]),
+         "mixed_precision": run.amp, "compile": cfg["gpu"]["compile"]},
+        {f"hparam/{k}": v for k, v in (("test_accuracy", test["accuracy"]), ("test_kappa", test["kappa"]),
+                                       ("test_f1", test["f1_weighted"]), ("test_median_kappa", test["median_kappa"]))
+         if math.isfinite(v)},
+        run_name="hparams")
+    log.info("test: loss %.4f | accuracy %.4f | kappa %.4f | weighted F1 %.4f | median per-subject kappa %.4f "
+             "(%d subjects)", test["loss"], test["accuracy"], test["kappa"], test["f1_weighted"],
+             test["median_kappa"], test["n_nights"])
+    log.info("results saved to %s", results_dir / "test_results.json")
+    return results
 
 
 def train_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.device, ctx: DistContext,
-              resume_ckpt: dict | None = None, resume_dir: Path | None = None) -> dict | None:
+              resume: Resume | None = None) -> dict | None:
     """Train, test and write one run; returns the test results on rank 0 (None on other ranks)."""
-    run = Run(cfg, model_kind, run_id, device, ctx, resume_ckpt, resume_dir)
-    try:
-        run.setup()
-        run.train()
-        return run.test()
-    finally:
-        run.close()
+    run_dir = open_run_dir(cfg, model_kind, run_id, ctx, resume)
+    with contextlib.ExitStack() as stack:
+        if ctx.is_main:
+            stack.enter_context(log_to_file(run_dir / "console_logs" / f"{run_dir.name}.log"))
+            write_json(run_dir / "checkpoints" / "config.json", cfg)
+        log.info("%s %s in %s on %s%s", "resuming" if resume else "training", model_kind, run_dir, device,
+                 f" x{ctx.world_size} processes" if ctx.enabled else "")
+        stack.enter_context(kernel_settings(device))
+        run, state = build_run(cfg, model_kind, run_id, device, ctx, run_dir, resume)
+        if run.writer is not None:
+            stack.callback(run.writer.close)
+        train_epochs(run, state)
+        return test_best_checkpoint(run, state)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -943,7 +1024,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the group
     try:
         cfg = load_config(args.config, _overrides(args)) if args.resume is None or args.resume == "" else None
-        resume_ckpt = resume_dir = None
+        resume = None
         if args.resume is not None:
             if args.resume == "":
                 if args.model == "both":
@@ -951,27 +1032,25 @@ def main(argv: list[str] | None = None) -> int:
                 ckpt_path = newest_run_checkpoint(Path(cfg["output"]["save_dir"]), args.model)
             else:
                 ckpt_path = resolve_resume_path(args.resume)
-            resume_ckpt = load_checkpoint(ckpt_path)
-            if args.model != "both" and args.model != resume_ckpt["model_kind"]:
-                raise SystemExit(f"--resume {ckpt_path} holds a {resume_ckpt['model_kind']} model, not {args.model}")
-            saved = dict(resume_ckpt["config"])
+            resume = Resume(ckpt_path, load_checkpoint(ckpt_path))
+            if args.model != "both" and args.model != resume.ckpt["model_kind"]:
+                raise SystemExit(f"--resume {ckpt_path} holds a {resume.ckpt['model_kind']} model, not {args.model}")
+            saved = dict(resume.ckpt["config"])
             for dotted, value in _overrides(args).items():  # --epochs / --runs apply to the resumed run too
                 section, key = dotted.split(".")
                 saved[section] = {**saved[section], key: value}
             cfg = validate_config(saved)
-            resume_dir = ckpt_path.resolve().parent.parent
-            log.info("resuming from %s (run folder %s)", ckpt_path, resume_dir)
+            log.info("resuming from %s (run folder %s)", ckpt_path, resume.run_dir)
     except ConfigError as err:
         raise SystemExit(f"config error: {err}") from None
 
     device = resolve_device(args.device, cfg["gpu"]["device_id"], ctx)
     ctx.init(device)
     try:
-        for kind in ([resume_ckpt["model_kind"]] if resume_ckpt is not None else models_to_train(args.model, cfg)):
+        for kind in ([resume.ckpt["model_kind"]] if resume is not None else models_to_train(args.model, cfg)):
             preflight_data(cfg, kind)
-        if resume_ckpt is not None:
-            results = train_run(cfg, resume_ckpt["model_kind"], resume_ckpt.get("run_id"), device, ctx,
-                                resume_ckpt, resume_dir)
+        if resume is not None:
+            results = train_run(cfg, resume.ckpt["model_kind"], resume.ckpt.get("run_id"), device, ctx, resume)
             if ctx.is_main and results is not None:
                 print(f"{results['model_type']}: test kappa {results['test_kappa_overall']:.4f}, accuracy "
                       f"{results['test_accuracy_overall']:.4f} -> {results['output_dir']}")

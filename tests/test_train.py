@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,6 +140,23 @@ def test_class_weights_use_every_training_label(data, tmp_path):
                                rtol=1e-6)
 
 
+def test_train_state_early_stopping_and_checkpoint_round_trip():
+    state = T.TrainState()
+    values = dict.fromkeys(T.HISTORY_KEYS, 0.5)
+    timing = {"epoch_seconds": 2.0, "train_nights_per_s": 0.048}
+    improved = [state.record_epoch(e, {**values, "val_losses": loss}, timing, patience=2)
+                for e, loss in enumerate((1.0, 0.8, 0.9, 0.85), start=1)]
+    assert improved == [True, True, False, False]
+    assert (state.epoch, state.best_epoch, state.best_val_loss, state.bad_epochs, state.stopped) == (4, 2, 0.8, 2,
+                                                                                                      True)
+    assert state.history["val_losses"] == [1.0, 0.8, 0.9, 0.85] and state.timing["train_nights_per_s"] == [0.048] * 4
+    saved = state.to_checkpoint()
+    assert saved["early_stopping"] == {"best_val_loss": 0.8, "best_epoch": 2, "bad_epochs": 2, "stopped": True}
+    assert T.TrainState.from_checkpoint(saved) == state
+    saved["history"]["val_losses"].append(0.1)  # the checkpoint holds copies, not the live lists
+    assert len(state.history["val_losses"]) == 4
+
+
 # ----------------------------------------------------------------------------------------------------------
 # One run: layout, results, TensorBoard, checkpoints
 
@@ -159,6 +177,10 @@ def test_output_layout(straight_run):
     console = (straight_run / "console_logs" / f"{name}.log").read_text()
     epoch_lines = [ln for ln in console.splitlines() if "| train_loss " in ln]
     assert len(epoch_lines) == 4 and all("val_kappa" in ln and "nights/s" in ln for ln in epoch_lines)
+    # the speed is printed to 3 significant digits (a CPU's 0.048 nights/s must not read 0.0)
+    speeds = json.loads((results / "test_results.json").read_text())["timing"]["train_nights_per_s"]
+    printed = [float(re.search(r"\| ([0-9.e+-]+) nights/s", ln).group(1)) for ln in epoch_lines]
+    assert printed == pytest.approx(speeds, rel=5e-3)
 
 
 def test_test_results_fields(straight_run, data):
