@@ -1,7 +1,7 @@
 """Train SleepPPG-Net (PPG only) or its PPG+ECG variant on the processed MESA HDF5 files, then test it.
 
-The reference training recipe (the public sleep-staging-models scripts) with its defects fixed: the model returns logits that go straight into
-CrossEntropyLoss; the loss is summed over scored epochs and divided by their number (label -1 = unscored or
+The reference training recipe (the public sleep-staging-models scripts) with its defects fixed: the model
+returns logits that go straight into CrossEntropyLoss; the loss is summed over scored epochs and divided by their number (label -1 = unscored or
 padding, ignored); class weights are inverse frequencies over *all* training labels (read from the label
 array, not the signals); checkpoints are loaded with `weights_only=True`. The validation and test loss is the
 same mean without class weights (as the reference); early stopping and the best checkpoint follow it, the
