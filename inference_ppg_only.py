@@ -85,10 +85,12 @@ import torch
 # one owner of the preprocessing version and of what a cached night depends on: extraction
 from extract_mesa_data import file_signature as edf_signature
 from extract_mesa_data import preprocessing_settings
-from sleepppg_common import (IGNORE_INDEX, N_CLASSES, SAMPLES_PER_WINDOW, STAGE_NAMES, TARGET_FS, WINDOW_SECONDS,
-                             WINDOWS_PER_SUBJECT, ConfigError, atomic_output, compute_metrics, json_safe,
-                             keep_freed_memory, load_config, make_timestamped_dir, setup_logging,
-                             subject_id_from_filename, summary_stats, write_text_atomic)
+from sleepppg_common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, IGNORE_INDEX, N_CLASSES,
+                             SAMPLES_PER_WINDOW, STAGE_NAMES, WINDOW_SECONDS, WINDOWS_PER_SUBJECT,
+                             ConfigError, SetupError, atomic_output, compute_metrics, hypnogram_figure, json_safe,
+                             keep_freed_memory, load_config, log_to_file, make_run_dir, resolve_device,
+                             save_figure, setup_logging, subject_id_from_filename, summary_stats,
+                             write_text_atomic)
 
 # ----------------------------------------------------------------------------------------------------------
 # Constants
@@ -96,17 +98,11 @@ CACHE_WINDOWS_FILE = "ppg_windows.npy"  # float32 (n_windows, 1024), z-scored PP
 CACHE_META_FILE = "meta.json"  # EDF signature + preprocessing settings + night facts; written last
 CSV_COLUMNS = ("epoch", "time_hours", "pred_idx", "pred_name", "true_idx", "true_name", "mismatch",
                "p_wake", "p_light", "p_deep", "p_rem")
-SLEEP_STAGES = (1, 2, 3)  # Light, Deep, REM (class indices, SPEC §3)
+SLEEP_STAGES = (1, 2, 3)  # class indices of Light, Deep and REM (0 is Wake)
 WAKE, REM = 0, 3
-HYPNOGRAM_LEVEL = {0: 3, 3: 2, 1: 1, 2: 0}  # plot order, top to bottom: Wake, REM, Light, Deep (clinical)
-FIGURE_DPI = 110  # enough to read 1,200 epochs on a 12-inch-wide figure; higher only slows saving
-EXIT_OK, EXIT_NIGHT_FAILED, EXIT_BAD_SETUP = 0, 1, 2
+EXIT_NIGHT_FAILED = EXIT_FAILED  # 1: some nights failed; the others were staged and written
 
 log = logging.getLogger("inference_ppg_only")
-
-
-class SetupError(RuntimeError):
-    """Bad setup (missing checkpoint, no EDF found, wrong device, ...): the run stops with exit status 2."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -220,14 +216,6 @@ def unique_ids(paths: Sequence[Path]) -> list[str]:
         seen[sid] = seen.get(sid, 0) + 1
         out.append(sid if seen[sid] == 1 else f"{sid}_{seen[sid]}")
     return out
-
-
-def make_run_dir(root: Path) -> Path:
-    """A new folder `root/<YYYYmmdd_HHMMSS>` (with _2, _3 ... if that second is taken)."""
-    try:
-        return make_timestamped_dir(root)
-    except FileExistsError:
-        raise SetupError(f"cannot create a run folder under {root}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -384,56 +372,11 @@ def write_csv(path: Path, probs_WC: np.ndarray, epoch_s: float = WINDOW_SECONDS,
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
-def _step_xy(stages_W: np.ndarray, epoch_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """x (hours, epoch edges) and y (plot level, NaN where unscored) for a post-step hypnogram line."""
-    levels = np.array([HYPNOGRAM_LEVEL.get(int(s), np.nan) for s in stages_W], dtype=float)
-    x = np.arange(stages_W.size + 1) * epoch_s / 3600
-    return x, np.append(levels, levels[-1] if levels.size else np.nan)
-
-
-def _draw_hypnogram(ax, stages_W: np.ndarray, epoch_s: float, label: str) -> None:
-    x, y = _step_xy(stages_W, epoch_s)
-    ax.step(x, y, where="post", color="black", linewidth=1.0, label=label)
-    rem_y = np.where(y == HYPNOGRAM_LEVEL[REM], y, np.nan)  # REM drawn thick and red, as in clinical plots
-    ax.step(x, rem_y, where="post", color="tab:red", linewidth=3.0)
-    ax.set_yticks([HYPNOGRAM_LEVEL[k] for k in range(N_CLASSES)], list(STAGE_NAMES))
-    ax.set_ylim(-0.5, 3.5)
-    ax.set_xlim(0, max(x[-1], epoch_s / 3600))
-    ax.grid(alpha=0.3, linestyle="--")
-
-
 def plot_hypnogram(path: Path, pred_W: np.ndarray, title: str, epoch_s: float = WINDOW_SECONDS,
                    true_W: np.ndarray | None = None) -> None:
-    """Save a predicted hypnogram; with `true_W`, scored (top) and predicted (bottom, mistakes as red x).
-
-    Uses matplotlib's object API with the Agg canvas (no pyplot state), so it can run in a writer thread.
-    """
-    from matplotlib.figure import Figure
-
-    if true_W is None:
-        fig = Figure(figsize=(12, 3))
-        ax = fig.subplots()
-        _draw_hypnogram(ax, pred_W, epoch_s, "predicted")
-        ax.set_xlabel("Time from recording start (h)")
-        ax.set_title(title)
-    else:
-        fig = Figure(figsize=(12, 5.2))
-        ax_true, ax = fig.subplots(2, 1, sharex=True)
-        _draw_hypnogram(ax_true, true_W, epoch_s, "scored")
-        ax_true.set_ylabel("Scored")
-        _draw_hypnogram(ax, pred_W, epoch_s, "predicted")
-        ax.set_ylabel("Predicted")
-        wrong = np.flatnonzero((true_W != IGNORE_INDEX) & (true_W != pred_W))
-        if wrong.size:
-            ax.scatter((wrong + 0.5) * epoch_s / 3600, [HYPNOGRAM_LEVEL[int(pred_W[i])] for i in wrong],
-                       marker="x", s=14, color="tab:red", linewidths=0.8, zorder=3)
-        ax.set_title(f"predicted; red x = disagrees with the scored stage ({wrong.size} epochs)", fontsize=9,
-                     loc="left")
-        ax.set_xlabel("Time from recording start (h)")
-        ax_true.set_title(title)
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=FIGURE_DPI)
+    """Save the hypnogram of `sleepppg_common.hypnogram_figure` (predicted; with `true_W` scored vs predicted,
+    mistakes shaded) as a PNG, atomically. Thread-safe (no pyplot state), so it runs in the writer thread."""
+    save_figure(hypnogram_figure(pred_W, title, true_W=true_W, epoch_s=epoch_s), path)
 
 
 def write_night_outputs(run_dir: Path, night: Night, probs_WC: np.ndarray, flags: dict,
@@ -645,21 +588,13 @@ def select_hdf5_nights(cfg: dict, n_windows: int, n_subjects: int) -> Hdf5Select
                          {sid: int(start) for sid, start in zip(chosen, starts)})
 
 
-def read_hdf5_night(ppg_h5, start: int, n_windows: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ppg_WS float32 (n_windows, 1024), labels_W int64 (n_windows,)) of one night: one slice per array."""
-    rows = np.s_[start:start + n_windows]
-    ppg_WS = np.asarray(ppg_h5["ppg"][rows], dtype=np.float32)
-    labels_W = np.asarray(ppg_h5["labels"][rows], dtype=np.int64)
-    if ppg_WS.shape != (n_windows, SAMPLES_PER_WINDOW) or labels_W.shape != (n_windows,):
-        raise ValueError(f"rows {start}..{start + n_windows} give ppg {ppg_WS.shape}, labels {labels_W.shape}")
-    return ppg_WS, labels_W
-
-
 def run_hdf5_mode(model, n_windows: int, cfg: dict, sel: Hdf5Selection, run_dir: Path | None,
                   device: torch.device, flags: dict) -> tuple[list[dict], list[dict], dict | None]:
     """Stage the selected test nights from the processed HDF5 file; per-subject and pooled metrics."""
     import h5py
     from tqdm import tqdm
+
+    import multimodal_dataset_aligned as mda
 
     items, failures = [], []
     all_true, all_pred, all_sid, accs, kappas = [], [], [], [], []
@@ -672,7 +607,8 @@ def run_hdf5_mode(model, n_windows: int, cfg: dict, sel: Hdf5Selection, run_dir:
             nights = []
             for sid in chunk:
                 try:
-                    ppg_WS, labels_W = read_hdf5_night(ppg_h5, sel.starts[sid], n_windows)
+                    night_arrays = mda.read_night({"ppg": ppg_h5}, sel.starts[sid], n_windows)
+                    ppg_WS, labels_W = night_arrays["ppg"], night_arrays["labels"]
                 except (OSError, ValueError) as err:
                     log.error("%s: skipped: cannot read its night: %s", sid, err)
                     failures.append({"subject_id": sid, "error": f"{type(err).__name__}: {err}", "kind": "unreadable"})
@@ -717,19 +653,6 @@ def run_hdf5_mode(model, n_windows: int, cfg: dict, sel: Hdf5Selection, run_dir:
 
 # ----------------------------------------------------------------------------------------------------------
 # Setup
-
-
-def pick_device(requested: str | None, cfg: dict) -> torch.device:
-    """--device, else cuda:<gpu.device_id> when CUDA is available, else CPU."""
-    if requested is None:
-        return torch.device(f"cuda:{cfg['gpu']['device_id']}" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError as err:
-        raise SetupError(f"bad --device {requested!r}: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SetupError(f"--device {requested} asked for CUDA, but no CUDA device is available")
-    return device
 
 
 def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
@@ -833,14 +756,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--edf", help="EDF mode on this file, folder (*.edf) or glob; overrides inference.edf_file "
                                  "and only_inference")
     p.add_argument("--out", help="output root; overrides inference.save_dir (a run folder is made inside)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda:<gpu.device_id> if available, else cpu)")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N (default: auto; auto and cuda "
+                        "take gpu.device_id)")
     p.add_argument("--n-subjects", type=int, help="HDF5 mode: subjects to stage; overrides inference.n_subjects")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run inference; returns the exit status (0 all staged, 1 some nights failed, 2 bad setup, 130 Ctrl-C)."""
     args = parse_args(argv)
     setup_logging()
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        log.error("interrupted (Ctrl-C): stopped; the outputs of nights already written are kept")
+        return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.checkpoint:
         overrides["inference.best_model"] = args.checkpoint
@@ -856,23 +790,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         inf_cfg = cfg["inference"]
         edf_mode = inf_cfg["only_inference"]
         edf_paths = resolve_edf_inputs(inf_cfg["edf_file"]) if edf_mode else []
-        device = pick_device(args.device, cfg)
+        device = resolve_device(args.device, cfg["gpu"]["device_id"])
         model, model_info, n_windows = load_model(inf_cfg["best_model"], device)
         selection = None if edf_mode else select_hdf5_nights(cfg, n_windows, inf_cfg["n_subjects"])
+        run_dir = make_run_dir(inf_cfg["save_dir"])  # last: a failed setup leaves no empty run folder
     except (ConfigError, SetupError) as err:
         log.error("%s", err)
-        return EXIT_BAD_SETUP
-
-    run_dir = make_run_dir(Path(inf_cfg["save_dir"]))
-    setup_logging(run_dir / "inference.log")
-    try:
+        return EXIT_SETUP
+    with log_to_file(run_dir / "inference.log"):
         return stage_and_report(args, cfg, edf_paths, device, model, model_info, n_windows, selection, run_dir)
-    finally:  # detach this run's log file (main may be called again in the same process, e.g. by tests)
-        root = logging.getLogger()
-        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)
-                        and Path(h.baseFilename) == (run_dir / "inference.log").resolve()]:
-            root.removeHandler(handler)
-            handler.close()
 
 
 if __name__ == "__main__":

@@ -144,6 +144,43 @@ def read_night_starts(index_file: str | os.PathLike, subjects: list[str], window
     return starts
 
 
+def read_night(files: dict[str, h5py.File], start: int, n_windows: int,
+               modalities: tuple[str, ...] = ("ppg",)) -> dict[str, np.ndarray]:
+    """One night of the processed files: rows start..start+n_windows-1, one slice read per array.
+
+    Args:
+        files: open HDF5 files by modality: {"ppg": mesa_ppg_with_labels.h5[, "ecg": mesa_real_ecg.h5]}; the
+            PPG file holds `ppg` and `labels`, the ECG file `ecg`.
+        start: first row of the night (from `read_night_starts`).
+        n_windows: W, windows per night.
+        modalities: the signals to read ("ppg", and "ecg" for the PPG+ECG model).
+    Returns:
+        {"ppg": float32 (W, 1024)[, "ecg": float32 (W, 1024)], "labels": int64 (W,)}
+    Raises:
+        ValueError: the rows run past the end of an array (naming the file), or an array is missing.
+    """
+    rows = np.s_[start:start + n_windows]
+    night = {}
+    for key in modalities:
+        if key not in files[key]:
+            raise ValueError(f"{files[key].filename} has no '{key}' dataset")
+        ds = files[key][key]
+        if ds.ndim != 2 or ds.shape[1] != SAMPLES_PER_WINDOW:
+            raise ValueError(f"{files[key].filename}: '{key}' rows must hold {SAMPLES_PER_WINDOW} samples, "
+                             f"got shape {ds.shape}")
+        if start < 0 or start + n_windows > ds.shape[0]:
+            raise ValueError(f"{files[key].filename}: rows {start}..{start + n_windows - 1} asked for, but "
+                             f"'{key}' has {ds.shape[0]} rows")
+        signal_WS = np.empty((n_windows, SAMPLES_PER_WINDOW), dtype=np.float32)
+        ds.read_direct(signal_WS, source_sel=rows)  # converts float64 files on the fly
+        night[key] = signal_WS
+    labels = files["ppg"]["labels"] if "labels" in files["ppg"] else None
+    if labels is None or start + n_windows > labels.shape[0]:
+        raise ValueError(f"{files['ppg'].filename}: no 'labels' rows {start}..{start + n_windows - 1}")
+    night["labels"] = labels[rows].astype(np.int64, copy=False)
+    return night
+
+
 @dataclass
 class Split:
     """The subject split of one dataset folder."""
@@ -258,16 +295,8 @@ class NightDataset(Dataset):
 
     def read_night(self, idx: int) -> dict[str, np.ndarray]:
         """{"ppg": float32 (W*1024,), ["ecg": ...,] "labels": int64 (W,)} of item `idx`, one slice per array."""
-        start = int(self.starts[idx])
-        rows = np.s_[start:start + self.windows_per_subject]
-        files = self._open()
-        night = {}
-        for key in self.modalities:
-            signal_WS = np.empty((self.windows_per_subject, SAMPLES_PER_WINDOW), dtype=np.float32)
-            files[key][key].read_direct(signal_WS, source_sel=rows)  # converts float64 files on the fly
-            night[key] = signal_WS.reshape(-1)
-        night["labels"] = files["ppg"]["labels"][rows].astype(np.int64, copy=False)
-        return night
+        night = read_night(self._open(), int(self.starts[idx]), self.windows_per_subject, self.modalities)
+        return {key: value.reshape(-1) if key != "labels" else value for key, value in night.items()}
 
     def __getitem__(self, idx: int):
         night = self.read_night(idx)

@@ -11,6 +11,13 @@ Every script of the pipeline imports what it shares from here, so each concept e
 - `atomic_output(path)`: write to a temporary name, fsync, then rename, so no half-written file carries a
   final name;
 - `make_timestamped_dir(parent, prefix, suffix)`: a new run folder named by the time, `_2`, `_3` ... on a clash;
+  `make_run_dir(...)` is the same for the scripts, with one clear `SetupError` when the parent cannot hold one;
+- `SetupError`, the bad-setup error every script turns into exit status 2 (`EXIT_SETUP`);
+- `resolve_device(requested, device_id, local_rank)`: auto / cpu / cuda / cuda:N, the same rules for training
+  and inference;
+- `log_to_file(path)`: attach a log file for a block and always detach it;
+- figures: `hypnogram_figure(...)` (predicted, or scored vs predicted with mistakes marked; stage levels in
+  `HYPNOGRAM_LEVEL`), `confusion_figure(...)` and `save_figure(...)`;
 - `subject_id_from_filename(name)`: the MESA subject ID in a file name (`MESA_ID_PATTERN`), or None;
 - `setup_logging(...)`: one console handler plus an optional file handler.
 
@@ -52,6 +59,10 @@ ECG_FILE = "mesa_real_ecg.h5"
 INDEX_FILE = "mesa_subject_index.h5"
 IGNORE_INDEX = -1  # unscored / movement / padding: ignored by loss and metrics
 STAGE_NAMES = ("Wake", "Light", "Deep", "REM")
+# class -> height in a hypnogram, top to bottom Wake, REM, Light, Deep (the clinical order: REM drawn near Wake,
+# the deeper the sleep the lower the line)
+HYPNOGRAM_LEVEL = {0: 3, 3: 2, 1: 1, 2: 0}
+REM_CLASS = 3
 
 # NSRR EventConcept (the part before '|' is the name, after it the code) -> 4-class label.
 # Stage 1/2 are "Light", Stage 3/4 "Deep" (R&K Stage 4 is N3 in AASM terms).
@@ -70,6 +81,8 @@ MESA_ID_PATTERN = r"mesa[-_]?sleep[-_]?(\d+)"  # file name -> subject ID (the re
 _MESA_ID_RE = re.compile(MESA_ID_PATTERN, re.IGNORECASE)
 GLIBC_M_TRIM_THRESHOLD, GLIBC_M_MMAP_THRESHOLD = -1, -3  # mallopt() parameter codes (glibc malloc.h)
 KEEP_FREED_BYTES = 2**31 - 1  # largest value mallopt takes (an int): blocks below 2 GiB come from the heap
+
+LOG_FORMAT, LOG_DATE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"
 
 log = logging.getLogger("sleepppg")
 
@@ -108,6 +121,11 @@ def mesa_commercial_ids() -> list[str]:
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the file and the key."""
+
+
+class SetupError(RuntimeError):
+    """Bad setup (a device that does not exist, a run folder that cannot be made, a missing checkpoint or
+    input...): the script stops at once with this one-line message and exit status 2 (EXIT_SETUP)."""
 
 
 class Choice:
@@ -543,9 +561,73 @@ def make_timestamped_dir(parent: str | os.PathLike, prefix: str = "", suffix: st
     raise FileExistsError(f"{parent / name}: this name and its _2 ... _1000 variants are all taken")
 
 
+def make_run_dir(parent: str | os.PathLike, prefix: str = "", suffix: str = "") -> Path:
+    """Create the run folder `parent/<prefix><YYYYmmdd_HHMMSS><suffix>` (see `make_timestamped_dir`).
+
+    Raises:
+        SetupError: naming the problem: `parent` (or a folder above it) is a file, permission denied, a
+            read-only or full disk, or every name of that second taken.
+    """
+    parent = Path(parent)
+    for folder in (parent, *parent.parents):
+        if folder.exists() and not folder.is_dir():
+            raise SetupError(f"cannot create a run folder: {folder} is a file, not a folder")
+    try:
+        return make_timestamped_dir(parent, prefix, suffix)
+    except PermissionError:
+        raise SetupError(f"cannot create a run folder under {parent}: permission denied") from None
+    except FileExistsError as err:  # the 1000 names of this second are all taken (a race with a file is rarer)
+        raise SetupError(f"cannot create a run folder: {err}") from None
+    except OSError as err:
+        raise SetupError(f"cannot create a run folder under {parent}: {err.strerror or err}") from None
+
+
+def resolve_device(requested: str | None, device_id: int = 0, local_rank: int | None = None):
+    """The torch device for `--device`, with the same rules in training and inference.
+
+    Args:
+        requested: "auto" or None (CUDA when present, else the CPU with a warning), "cpu", "cuda" (the GPU
+            below) or "cuda:N" (GPU N).
+        device_id: the GPU that "auto" and "cuda" take (`gpu.device_id`).
+        local_rank: under torchrun, this process's LOCAL_RANK: "auto" and "cuda" take that GPU instead.
+    Returns:
+        torch.device
+    Raises:
+        SetupError: an unknown name, CUDA asked for on a machine without it, or a GPU index that does not exist.
+    """
+    import torch
+
+    name = "auto" if requested is None else str(requested).strip().lower()
+    if name == "cpu":
+        return torch.device("cpu")
+    has_cuda = torch.cuda.is_available()
+    if name == "auto":
+        if not has_cuda:
+            log.warning("no CUDA device found: running on the CPU (slow for full 10-h nights)")
+            return torch.device("cpu")
+        name = "cuda"
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match is None:
+        raise SetupError(f"--device must be auto, cpu, cuda or cuda:N (N = GPU number), got {requested!r}")
+    if not has_cuda:
+        raise SetupError(f"--device {requested}: CUDA was asked for but this machine has none usable "
+                         f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); use --device cpu")
+    if match.group(1) is not None:
+        index, source = int(match.group(1)), f"--device {requested}"
+    elif local_rank is not None:
+        index, source = int(local_rank), f"LOCAL_RANK={local_rank} (torchrun)"
+    else:
+        index, source = int(device_id), f"gpu.device_id={device_id}"
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise SetupError(f"{source} asks for cuda:{index} but this machine has {count} CUDA device(s) "
+                         f"(cuda:0 to cuda:{count - 1})")
+    return torch.device(f"cuda:{index}")
+
+
 def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> None:
     """Log to stderr (and to `log_file` when given) with one fixed format. Safe to call more than once."""
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    fmt = logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT)
     root = logging.getLogger()
     root.setLevel(level)
     if not any(getattr(h, "_sleepppg_console", False) for h in root.handlers):
@@ -561,6 +643,169 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
             handler = logging.FileHandler(log_file)
             handler.setFormatter(fmt)
             root.addHandler(handler)
+
+
+@contextlib.contextmanager
+def log_to_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Copy every log record to `path` (created with its folder) for the duration of the block, then detach
+    and close the file handler, also on an error or Ctrl-C (so a second run in the same process, e.g. from
+    tests, does not keep writing into the first run's log). Uses the format of `setup_logging`.
+
+    When a handler for `path` is already attached, it is left as it is (and left attached afterwards).
+    """
+    path = Path(path)
+    root = logging.getLogger()
+    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve() for h in root.handlers):
+        yield path
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
+    root.addHandler(handler)
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Figures: matplotlib's object API on the Agg canvas (no pyplot state), so figures can be drawn in a writer
+# thread and passed to TensorBoard's add_figure. matplotlib is imported only when a figure is drawn.
+
+FIGURE_DPI = 110  # enough to read 1,200 epochs on a 12-inch-wide figure; higher only slows saving
+MISTAKE_COLOR = "tab:orange"  # epochs where prediction and scoring disagree (REM is drawn in red)
+
+
+def _hypnogram_levels(stages_W: np.ndarray) -> np.ndarray:
+    """Plot level of each epoch (HYPNOGRAM_LEVEL), NaN where there is no stage (-1)."""
+    lookup = np.full(N_CLASSES + 1, np.nan)  # the extra last slot (NaN) serves -1 and anything out of range
+    for stage, level in HYPNOGRAM_LEVEL.items():
+        lookup[stage] = level
+    stages_W = np.asarray(stages_W, dtype=np.int64).reshape(-1)
+    return lookup[np.where((stages_W >= 0) & (stages_W < N_CLASSES), stages_W, N_CLASSES)]
+
+
+def _draw_hypnogram(ax, stages_W: np.ndarray, epoch_s: float, label: str) -> None:
+    """A post-step hypnogram line on `ax` (black; REM epochs over it as a thick red line)."""
+    levels = _hypnogram_levels(stages_W)
+    x = np.arange(levels.size + 1) * epoch_s / 3600  # epoch edges, hours
+    y = np.append(levels, levels[-1] if levels.size else np.nan)
+    ax.step(x, y, where="post", color="black", linewidth=1.0, label=label)
+    rem_y = np.where(y == HYPNOGRAM_LEVEL[REM_CLASS], y, np.nan)
+    ax.step(x, rem_y, where="post", color="tab:red", linewidth=3.0, label="REM")
+    order = sorted(HYPNOGRAM_LEVEL, key=HYPNOGRAM_LEVEL.get)
+    ax.set_yticks([HYPNOGRAM_LEVEL[c] for c in order], [STAGE_NAMES[c] for c in order])
+    ax.set_ylim(-0.5, 3.5)
+    ax.set_xlim(0, max(x[-1], epoch_s / 3600))
+    ax.grid(alpha=0.3, linestyle="--")
+
+
+def hypnogram_figure(pred_W: np.ndarray, title: str, true_W: np.ndarray | None = None,
+                     epoch_s: float = WINDOW_SECONDS):
+    """A hypnogram figure: the predicted stages alone, or with `true_W` the scored hypnogram (top) above the
+    predicted one (bottom) with each disagreeing epoch shaded orange on the predicted panel (REM is the red
+    line; unscored epochs, -1, are gaps and never count as mistakes). Time runs from the recording start.
+
+    Args:
+        pred_W: predicted stage per epoch (0 Wake, 1 Light, 2 Deep, 3 REM).
+        title: the figure title (put accuracy/kappa here when known).
+        true_W: scored stage per epoch (same length, -1 = no stage), or None.
+        epoch_s: epoch length in seconds.
+    Returns:
+        a matplotlib Figure (save it with `save_figure`, or give it to TensorBoard's add_figure).
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    pred_W = np.asarray(pred_W, dtype=np.int64).reshape(-1)
+    if true_W is None:
+        fig = Figure(figsize=(12, 3))
+        ax = fig.subplots()
+        _draw_hypnogram(ax, pred_W, epoch_s, "predicted")
+        ax.set_title(title)
+        ax.legend(loc="upper right", fontsize=8, ncols=2)
+    else:
+        true_W = np.asarray(true_W, dtype=np.int64).reshape(-1)
+        if true_W.shape != pred_W.shape:
+            raise ValueError(f"scored ({true_W.size}) and predicted ({pred_W.size}) hypnograms differ in length")
+        fig = Figure(figsize=(12, 5.2))
+        ax_true, ax = fig.subplots(2, 1, sharex=True)
+        _draw_hypnogram(ax_true, true_W, epoch_s, "scored")
+        ax_true.set_ylabel("Scored")
+        ax_true.set_title(title)
+        ax_true.legend(loc="upper right", fontsize=8, ncols=2)
+        _draw_hypnogram(ax, pred_W, epoch_s, "predicted")
+        ax.set_ylabel("Predicted")
+        wrong_W = (true_W != IGNORE_INDEX) & (true_W != pred_W)
+        edges = np.arange(pred_W.size + 1) * epoch_s / 3600
+        ax.fill_between(edges, -0.5, 3.5, where=np.append(wrong_W, False), step="post", color=MISTAKE_COLOR,
+                        alpha=0.5, linewidth=0, zorder=0)
+        handles, labels = ax.get_legend_handles_labels()
+        handles.append(Patch(color=MISTAKE_COLOR, alpha=0.5))
+        labels.append(f"disagrees with the scored stage ({int(wrong_W.sum())} epochs)")
+        ax.legend(handles, labels, loc="upper right", fontsize=8, ncols=3)
+    ax.set_xlabel("Time from recording start (h)")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(cm_CC: np.ndarray, title: str):
+    """A confusion matrix figure: rows = scored stage, columns = predicted; each cell shows its count and its
+    share of the row (the scored stage's epochs); the colour is that row share (row-normalised, so rare stages
+    read as clearly as common ones; the colour bar says so). Accuracy and Cohen's kappa, computed from the
+    matrix itself, are in the title.
+
+    Args:
+        cm_CC: 4x4 counts (rows true, columns predicted), e.g. compute_metrics(...)["confusion_matrix"].
+        title: the first title line (e.g. "Validation, epoch 12").
+    Returns:
+        a matplotlib Figure.
+    """
+    from matplotlib.figure import Figure
+
+    cm_CC = np.asarray(cm_CC, dtype=np.int64)
+    if cm_CC.shape != (N_CLASSES, N_CLASSES):
+        raise ValueError(f"confusion matrix must be {N_CLASSES}x{N_CLASSES}, got {cm_CC.shape}")
+    accuracy, kappa = accuracy_kappa_from_confusion(cm_CC)
+    row_sums = cm_CC.sum(axis=1, keepdims=True)
+    share_CC = np.divide(cm_CC, row_sums, out=np.zeros(cm_CC.shape), where=row_sums > 0)
+    fig = Figure(figsize=(6, 5))
+    ax = fig.subplots()
+    image = ax.imshow(share_CC, cmap="Blues", vmin=0.0, vmax=1.0)
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("share of the scored stage's epochs (row-normalised)")
+    for i in range(N_CLASSES):
+        for j in range(N_CLASSES):
+            ax.text(j, i, f"{cm_CC[i, j]:d}\n{100 * share_CC[i, j]:.1f}%", ha="center", va="center", fontsize=9,
+                    color="white" if share_CC[i, j] > 0.6 else "black")
+    ax.set_xticks(range(N_CLASSES), STAGE_NAMES)
+    ax.set_yticks(range(N_CLASSES), STAGE_NAMES)
+    ax.set_xlabel("Predicted stage")
+    ax.set_ylabel("Scored stage")
+    fmt = lambda v, spec: "undefined" if v is None else format(v, spec)  # noqa: E731
+    ax.set_title(f"{title}\nkappa {fmt(kappa, '.3f')}, accuracy {fmt(accuracy, '.1%')} "
+                 f"({int(cm_CC.sum())} epochs; cell: count, % of row)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_kappa_from_confusion(cm_CC: np.ndarray) -> tuple[float | None, float | None]:
+    """(accuracy, Cohen's kappa) of a confusion matrix: p_o = trace / n, p_e = sum(row_i x col_i) / n^2,
+    kappa = (p_o - p_e) / (1 - p_e). None where undefined (no epochs; p_e = 1, a single class throughout)."""
+    cm_CC = np.asarray(cm_CC, dtype=float)
+    n = cm_CC.sum()
+    if n == 0:
+        return None, None
+    p_o = np.trace(cm_CC) / n
+    p_e = float(cm_CC.sum(axis=1) @ cm_CC.sum(axis=0)) / n**2
+    return float(p_o), (float((p_o - p_e) / (1 - p_e)) if p_e < 1 else None)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = FIGURE_DPI) -> None:
+    """Save `fig` as a PNG at `path`, atomically (never a half-written image under the final name)."""
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
 
 
 def keep_freed_memory() -> bool:

@@ -175,3 +175,165 @@ def test_help_formatter_shows_real_defaults_only():
 def test_config_default_reads_the_shipped_config():
     assert sleepppg_common.config_default("data.windows_per_subject") == 1200
     assert sleepppg_common.config_default("no.such.key") is None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared script helpers: device, run folder, log file, figures
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Pretend CUDA has `n` devices (0 = none)."""
+    import torch
+
+    def set_count(n: int) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+
+    return set_count
+
+
+def test_resolve_device_rules(fake_cuda, caplog):
+    from sleepppg_common import SetupError, resolve_device
+
+    fake_cuda(0)
+    assert str(resolve_device("cpu", 3)) == "cpu"
+    caplog.clear()
+    assert str(resolve_device("auto", 0)) == "cpu" and str(resolve_device(None, 0)) == "cpu"
+    assert any("no CUDA device" in r.getMessage() for r in caplog.records)
+    for name in ("cuda", "cuda:0", "CUDA:1"):
+        with pytest.raises(SetupError, match="use --device cpu"):
+            resolve_device(name, 0)
+    for bad in ("gpu", "cuda:x", "cuda:-1", "mps0", ""):
+        with pytest.raises(SetupError, match="auto, cpu, cuda or cuda:N"):
+            resolve_device(bad, 0)
+
+    fake_cuda(2)
+    assert str(resolve_device("auto", 1)) == "cuda:1"  # gpu.device_id
+    assert str(resolve_device("cuda", 0)) == "cuda:0"
+    assert str(resolve_device("cuda:1", 0)) == "cuda:1"  # an explicit index wins over device_id
+    assert str(resolve_device("auto", 0, local_rank=1)) == "cuda:1"  # torchrun: LOCAL_RANK wins over device_id
+    assert str(resolve_device("cuda:0", 1, local_rank=1)) == "cuda:0"
+    with pytest.raises(SetupError, match=r"gpu.device_id=5 asks for cuda:5 .* 2 CUDA device"):
+        resolve_device("auto", 5)
+    with pytest.raises(SetupError, match="LOCAL_RANK=2"):
+        resolve_device("cuda", 0, local_rank=2)
+    with pytest.raises(SetupError, match=r"--device cuda:7"):
+        resolve_device("cuda:7", 0)
+
+
+def test_make_run_dir_names_the_problem(tmp_path, monkeypatch):
+    from sleepppg_common import SetupError, make_run_dir
+
+    run = make_run_dir(tmp_path / "runs", "ppg_only_", "_run2")
+    assert run.is_dir() and run.name.startswith("ppg_only_") and run.name.endswith("_run2")
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for parent in (blocker, blocker / "below"):
+        with pytest.raises(SetupError, match=f"cannot create a run folder: {blocker} is a file"):
+            make_run_dir(parent)
+
+    def deny(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(sleepppg_common, "make_timestamped_dir", deny)
+    with pytest.raises(SetupError, match="permission denied"):
+        make_run_dir(tmp_path / "locked")
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sleepppg_common, "make_timestamped_dir", full)
+    with pytest.raises(SetupError, match="No space left"):
+        make_run_dir(tmp_path / "full")
+
+
+def test_log_to_file_always_detaches(tmp_path):
+    import logging
+
+    from sleepppg_common import log_to_file
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    logger = logging.getLogger("test_common.log_to_file")
+    logger.setLevel(logging.INFO)
+    with pytest.raises(RuntimeError):
+        with log_to_file(tmp_path / "a" / "run.log"):
+            logger.info("inside the first run")
+            raise RuntimeError("boom")
+    logger.info("after the first run")
+    assert root.handlers == before
+    text = (tmp_path / "a" / "run.log").read_text()
+    assert "inside the first run" in text and "after the first run" not in text
+    with log_to_file(tmp_path / "b.log"):
+        with log_to_file(tmp_path / "b.log"):  # already attached: not added twice, not removed by the inner block
+            logger.info("once")
+        logger.info("twice")
+    assert (tmp_path / "b.log").read_text().count("once") == 1 and "twice" in (tmp_path / "b.log").read_text()
+    assert root.handlers == before
+
+
+def test_accuracy_kappa_from_confusion_matches_sklearn():
+    from sklearn.metrics import confusion_matrix
+
+    from sleepppg_common import accuracy_kappa_from_confusion
+
+    rng = np.random.default_rng(3)
+    t = rng.integers(0, 4, 500)
+    p = np.where(rng.random(500) < 0.6, t, rng.integers(0, 4, 500))
+    acc, kappa = accuracy_kappa_from_confusion(confusion_matrix(t, p, labels=[0, 1, 2, 3]))
+    assert acc == pytest.approx(np.mean(t == p))
+    assert kappa == pytest.approx(cohen_kappa_score(t, p, labels=[0, 1, 2, 3]))
+    assert accuracy_kappa_from_confusion(np.zeros((4, 4))) == (None, None)
+    one_class = np.zeros((4, 4))
+    one_class[1, 1] = 9
+    assert accuracy_kappa_from_confusion(one_class) == (1.0, None)
+
+
+def test_confusion_figure_says_how_to_read_it():
+    from sleepppg_common import confusion_figure
+
+    cm = np.array([[50, 5, 0, 5], [10, 80, 10, 0], [0, 5, 15, 0], [5, 5, 0, 30]])
+    fig = confusion_figure(cm, "Validation, epoch 3")
+    ax, bar_ax = fig.axes
+    assert "row-normalised" in bar_ax.get_ylabel()
+    title = ax.get_title()
+    acc, kappa = np.trace(cm) / cm.sum(), None
+    from sleepppg_common import accuracy_kappa_from_confusion
+    _, kappa = accuracy_kappa_from_confusion(cm)
+    assert "Validation, epoch 3" in title and f"kappa {kappa:.3f}" in title and f"accuracy {acc:.1%}" in title
+    cells = sorted(t.get_text() for t in ax.texts)
+    assert "80\n80.0%" in cells and "15\n75.0%" in cells and "5\n8.3%" in cells and len(cells) == 16
+    image = ax.images[0].get_array()
+    assert np.allclose(image.sum(axis=1), 1.0)  # the colour is the row share
+    with pytest.raises(ValueError):
+        confusion_figure(np.ones((3, 3)), "x")
+
+
+def test_hypnogram_figure_marks_mistakes_apart_from_rem(tmp_path):
+    from matplotlib.colors import to_rgba
+
+    from sleepppg_common import HYPNOGRAM_LEVEL, MISTAKE_COLOR, hypnogram_figure, save_figure
+
+    pred = np.array([0, 0, 1, 2, 2, 3, 1, 0])
+    true = np.array([0, -1, 1, 2, 1, 3, 3, 0])  # 2 mistakes (epochs 4 and 6); the unscored epoch 1 is not one
+    fig = hypnogram_figure(pred, "with labels", true_W=true)
+    ax_true, ax_pred = fig.axes
+    labels = [t.get_text() for t in ax_pred.get_legend().get_texts()]
+    assert labels == ["predicted", "REM", "disagrees with the scored stage (2 epochs)"]
+    patch = ax_pred.get_legend().legend_handles[2]
+    rem_line = ax_pred.get_legend().legend_handles[1]
+    assert to_rgba(patch.get_facecolor())[:3] == to_rgba(MISTAKE_COLOR)[:3] != to_rgba(rem_line.get_color())[:3]
+    # the predicted line follows the stage levels (post-step: one point per epoch edge)
+    y = ax_pred.lines[0].get_ydata()
+    assert list(y[:-1]) == [HYPNOGRAM_LEVEL[s] for s in pred]
+    y_true = ax_true.lines[0].get_ydata()
+    assert np.isnan(y_true[1]) and y_true[0] == HYPNOGRAM_LEVEL[0]
+    assert [t.get_text() for t in ax_true.get_yticklabels()] == ["Deep", "Light", "REM", "Wake"]  # bottom to top
+    save_figure(fig, tmp_path / "h.png")
+    save_figure(hypnogram_figure(pred, "predicted only"), tmp_path / "p.png")
+    for name in ("h.png", "p.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.png", "p.png"]
+    with pytest.raises(ValueError, match="differ in length"):
+        hypnogram_figure(pred, "x", true_W=true[:-1])

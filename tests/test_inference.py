@@ -430,22 +430,22 @@ def test_bad_setup_exits_2(tmp_path, checkpoint):
     edf = write_edf(tmp_path / "mesa-sleep-0001.edf", 20)
     cfg = make_config(tmp_path)
     out = tmp_path / "out"
-    assert run(cfg, out, "--checkpoint", str(tmp_path / "missing.pth"), "--edf", str(edf))[0] == inf.EXIT_BAD_SETUP
+    assert run(cfg, out, "--checkpoint", str(tmp_path / "missing.pth"), "--edf", str(edf))[0] == inf.EXIT_SETUP
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert run(cfg, out, "--checkpoint", str(checkpoint), "--edf", str(empty))[0] == inf.EXIT_BAD_SETUP
-    assert run(cfg, out, "--checkpoint", str(checkpoint), "--edf", str(tmp_path / "x*.edf"))[0] == inf.EXIT_BAD_SETUP
+    assert run(cfg, out, "--checkpoint", str(checkpoint), "--edf", str(empty))[0] == inf.EXIT_SETUP
+    assert run(cfg, out, "--checkpoint", str(checkpoint), "--edf", str(tmp_path / "x*.edf"))[0] == inf.EXIT_SETUP
     ecg_model = MultiModalSleepNet(n_windows=N_WIN, fusion_strategy="concat")
     wrong = tmp_path / "ecg.pth"
     torch.save({**checkpoint_model_fields(ecg_model), "model_state_dict": ecg_model.state_dict()}, wrong)
     with pytest.raises(inf.SetupError, match="real_ecg"):
         inf.load_model(str(wrong), torch.device("cpu"))
-    assert run(cfg, out, "--checkpoint", str(wrong), "--edf", str(edf))[0] == inf.EXIT_BAD_SETUP
+    assert run(cfg, out, "--checkpoint", str(wrong), "--edf", str(edf))[0] == inf.EXIT_SETUP
     hdf5_cfg = make_config(tmp_path, **{"inference.only_inference": False, "data.windows_per_subject": 1200})
-    assert run(hdf5_cfg, out, "--checkpoint", str(checkpoint))[0] == inf.EXIT_BAD_SETUP  # 40-window model
+    assert run(hdf5_cfg, out, "--checkpoint", str(checkpoint))[0] == inf.EXIT_SETUP  # 40-window model
     bad_cfg = tmp_path / "bad.yaml"
     bad_cfg.write_text(cfg.read_text().replace("only_inference: false", "only_inference: flase"))
-    assert run(bad_cfg, out, "--checkpoint", str(checkpoint))[0] == inf.EXIT_BAD_SETUP
+    assert run(bad_cfg, out, "--checkpoint", str(checkpoint))[0] == inf.EXIT_SETUP
     assert not out.exists()  # nothing written on bad setup
 
 
