@@ -1,5 +1,10 @@
 """Preprocess MESA polysomnography (EDF + NSRR XML) into the HDF5 windows and labels SleepPPG-Net trains on.
 
+Other NSRR-style cohorts work too: files pair by the subject ID that `preprocessing.id_pattern` (`--id-pattern`,
+a regex with one group; MESA's by default) finds in their names, and the annotation of `<stem>.edf` is
+`<stem>-nsrr.xml` (NSRR XML) or `<stem>-profusion.xml` (Compumedics Profusion XML; NSRR preferred when both).
+IDs that differ only by leading zeros (282, 0282) are all skipped as 'id_clash'.
+
 For every subject with both files: read the PPG (Pleth) and ECG (EKG) channels with mne, filter, resample
 to 34.133 Hz (1,024 samples per 30-s epoch), clip at mean +/- 3 SD and z-score (SPEC §4, Kotzen et al. 2023),
 cut into 1,200 windows (the first 10 h, zero-padded) and label each 30-s epoch from the XML stage runs
@@ -46,13 +51,14 @@ from typing import Iterable
 import numpy as np
 
 from sleepppg_common import (CONCEPT_TO_CLASS, ECG_FILE, IGNORE_INDEX, INDEX_FILE, PPG_FILE, SAMPLES_PER_WINDOW,
-                             STAGE_NAMES, TARGET_FS, WINDOW_SECONDS, WINDOWS_PER_SUBJECT, ConfigError, atomic_output,
-                             keep_freed_memory, load_config, setup_logging, write_text_atomic)
+                             MESA_ID_PATTERN, STAGE_NAMES, TARGET_FS, WINDOW_SECONDS, WINDOWS_PER_SUBJECT,
+                             ConfigError, atomic_output, compile_id_pattern, keep_freed_memory, load_config,
+                             setup_logging, write_text_atomic)
 
 log = logging.getLogger("extract_mesa_data")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "config_cloud.yaml"
-PPG_PATTERNS = ("pleth", "ppg", "bvp")  # SPEC §3: first EDF label containing one of these (any case)
+PPG_PATTERNS = ("pleth", "ppg", "bvp")  # the PPG is a label containing one of these (any case), highest rate
 FAILED_FILE = "failed_subjects.json"
 MANIFEST_FILE = "extract_manifest.json"
 PARTS_DIR = ".parts"
@@ -72,6 +78,11 @@ CLIP_SD = 3.0  # clip at mean +/- 3 SD before z-scoring
 ZSCORE_EPS = 1e-8  # as the reference, avoids 0/0 on a constant signal
 MAX_NONFINITE_FRACTION = 0.01  # up to 1% NaN/inf samples (short dropouts) are interpolated; more -> bad
 MAX_FLAT_FRACTION = 0.5  # a PPG whose 30-s segments are constant in more than half the night is "flat"
+NSRR_ROOT = "PSGAnnotation"  # root element of NSRR XML
+PROFUSION_ROOT = "CMPStudyConfig"  # root element of Compumedics Profusion XML
+# Profusion <SleepStage> integer -> 4-class label: 0 Wake, 1 N1 / 2 N2 -> Light, 3 N3 / 4 stage 4 -> Deep,
+# 5 REM; any other value (movement, unscored) -> -1
+PROFUSION_STAGE_TO_CLASS = {0: 0, 1: 1, 2: 1, 3: 2, 4: 2, 5: 3}
 EPOCH_TOLERANCE = 1e-6  # in epochs: XML times like 29.9999999 s count as the 30-s boundary
 
 
@@ -87,13 +98,35 @@ class BadRecordingError(ValueError):
 # Channels
 
 
-def find_ppg_channel(ch_names: list[str], patterns: tuple[str, ...] | list[str] = PPG_PATTERNS) -> str | None:
-    """The first channel label containing one of `patterns` (case-insensitive), or None."""
-    for name in ch_names:
+def find_ppg_channel(labels: list[str], rates: list[float],
+                     patterns: tuple[str, ...] | list[str] = PPG_PATTERNS) -> str | None:
+    """The PPG channel: among the labels containing one of `patterns` (any case), the one with the highest
+    sampling rate; on a tie the first. None when no label matches.
+
+    The rate decides because a label only has to contain the pattern: a 1-Hz `PlethStatus` (the oximeter's
+    status/quality signal) listed before the 256-Hz `Pleth` waveform must not be taken for the PPG.
+
+    Args:
+        labels: channel labels, in file order.
+        rates: sampling rate of each label, Hz (same order and length).
+    """
+    if len(labels) != len(rates):
+        raise ValueError(f"{len(labels)} labels but {len(rates)} rates")
+    best = None
+    for name, rate in zip(labels, rates):
         low = name.lower()
-        if any(p.lower() in low for p in patterns):
-            return name
-    return None
+        if any(p.lower() in low for p in patterns) and (best is None or rate > best[1]):
+            best = (name, rate)
+    return best[0] if best else None
+
+
+def _log_ppg_choice(edf_path: Path, chosen: str, labels: list[str], rates: list[float],
+                    patterns: tuple[str, ...] | list[str]) -> None:
+    """Log the PPG channel used: INFO when several labels matched (the rate decided), else DEBUG."""
+    matches = [f"{name} ({rate:g} Hz)" for name, rate in zip(labels, rates)
+               if any(p.lower() in name.lower() for p in patterns)]
+    level = logging.INFO if len(matches) > 1 else logging.DEBUG
+    log.log(level, "%s: PPG channel %r (highest rate among %s)", edf_path.name, chosen, ", ".join(matches))
 
 
 def find_ecg_channel(ch_names: list[str]) -> str | None:
@@ -246,7 +279,7 @@ def flat_fraction(x: np.ndarray, fs: float) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Labels (SPEC §3)
+# Labels: NSRR and Profusion XML -> Wake 0, Light 1 (N1, N2), Deep 2 (N3, stage 4), REM 3, -1 otherwise
 
 
 def _child_text(event: ET.Element, tag: str) -> str | None:
@@ -254,7 +287,39 @@ def _child_text(event: ET.Element, tag: str) -> str | None:
     return child.text.strip() if child is not None and child.text is not None else None
 
 
+def _parse_xml(xml_path: str | os.PathLike) -> ET.Element:
+    """The root element of an annotation file; BadRecordingError 'missing_xml' or 'malformed_xml'."""
+    try:
+        return ET.parse(xml_path).getroot()
+    except FileNotFoundError:
+        raise BadRecordingError(f"XML not found: {xml_path}", kind="missing_xml") from None
+    except (ET.ParseError, OSError, UnicodeDecodeError) as err:
+        raise BadRecordingError(f"malformed XML {Path(xml_path).name}: {err}", kind="malformed_xml") from None
+
+
 def xml_to_labels(xml_path: str | os.PathLike, n_windows: int = WINDOWS_PER_SUBJECT) -> np.ndarray:
+    """Annotation XML -> one 4-class label per 30-s epoch (Wake 0, Light 1, Deep 2, REM 3, -1 unscored).
+
+    The dialect is read from the root element: `PSGAnnotation` is NSRR XML (`nsrr_labels`), `CMPStudyConfig`
+    is Compumedics Profusion XML (`profusion_labels`). Both give the same labels for the same scoring.
+
+    Returns:
+        int64 array (n_windows,).
+    Raises:
+        BadRecordingError: kind 'missing_xml', 'malformed_xml', 'no_stage_events', 'unknown_xml_dialect'
+            (a root of neither dialect: no stages are guessed from it) or 'unsupported_epoch_length'.
+    """
+    root = _parse_xml(xml_path)
+    name = Path(xml_path).name
+    if root.tag == NSRR_ROOT:
+        return nsrr_labels(root, name, n_windows)
+    if root.tag == PROFUSION_ROOT:
+        return profusion_labels(root, name, n_windows)
+    raise BadRecordingError(f"{name}: neither NSRR XML (root <{NSRR_ROOT}>) nor Profusion XML (root "
+                            f"<{PROFUSION_ROOT}>): the root element is <{root.tag}>", kind="unknown_xml_dialect")
+
+
+def nsrr_labels(root: ET.Element, name: str, n_windows: int = WINDOWS_PER_SUBJECT) -> np.ndarray:
     """NSRR XML stage runs -> one 4-class label per 30-s epoch.
 
     Epoch i covers [30 i, 30 i + 30) s from the recording start; a stage event (EventType 'Stages|Stages')
@@ -262,19 +327,13 @@ def xml_to_labels(xml_path: str | os.PathLike, n_windows: int = WINDOWS_PER_SUBJ
     the file wins. Concepts map through CONCEPT_TO_CLASS (Movement, Unscored and unknown concepts -> -1);
     epochs no run covers stay -1; events past `n_windows` epochs are ignored.
 
-    Returns:
-        int64 array (n_windows,).
+    Args:
+        root: the parsed `<PSGAnnotation>` element; name: the file name, for messages.
     Raises:
-        BadRecordingError: kind 'missing_xml', 'malformed_xml' (unparsable, or a stage event without a numeric
-            Start/Duration) or 'no_stage_events'.
+        BadRecordingError: kind 'malformed_xml' (a stage event without a numeric Start/Duration) or
+            'no_stage_events'.
     """
     labels = np.full(n_windows, IGNORE_INDEX, dtype=np.int64)
-    try:
-        root = ET.parse(xml_path).getroot()
-    except FileNotFoundError:
-        raise BadRecordingError(f"XML not found: {xml_path}", kind="missing_xml") from None
-    except (ET.ParseError, OSError, UnicodeDecodeError) as err:
-        raise BadRecordingError(f"malformed XML {Path(xml_path).name}: {err}", kind="malformed_xml") from None
     n_stage_events = 0
     for event in root.iter("ScoredEvent"):
         if _child_text(event, "EventType") != "Stages|Stages":
@@ -285,7 +344,7 @@ def xml_to_labels(xml_path: str | os.PathLike, n_windows: int = WINDOWS_PER_SUBJ
             start = float(_child_text(event, "Start"))
             duration = float(_child_text(event, "Duration"))
         except (TypeError, ValueError):
-            raise BadRecordingError(f"{Path(xml_path).name}: stage event {n_stage_events} has no numeric "
+            raise BadRecordingError(f"{name}: stage event {n_stage_events} has no numeric "
                                     "Start/Duration", kind="malformed_xml") from None
         if not (math.isfinite(start) and math.isfinite(duration)) or duration <= 0:
             continue
@@ -294,8 +353,59 @@ def xml_to_labels(xml_path: str | os.PathLike, n_windows: int = WINDOWS_PER_SUBJ
         if first < stop:
             labels[first:stop] = CONCEPT_TO_CLASS.get(concept, IGNORE_INDEX)
     if n_stage_events == 0:
-        raise BadRecordingError(f"{Path(xml_path).name}: no stage events (EventType 'Stages|Stages')",
+        raise BadRecordingError(f"{name}: no stage events (EventType 'Stages|Stages')", kind="no_stage_events")
+    return labels
+
+
+def profusion_labels(root: ET.Element, name: str, n_windows: int = WINDOWS_PER_SUBJECT) -> np.ndarray:
+    """Compumedics Profusion XML -> one 4-class label per 30-s epoch.
+
+    Profusion lists one `<SleepStage>` integer per scoring epoch of `<EpochLength>` seconds, from the
+    recording start, inside `<SleepStages>`: 0 Wake, 1 N1, 2 N2, 3 N3, 4 stage 4, 5 REM, anything else
+    unscored (PROFUSION_STAGE_TO_CLASS, the same classes as the NSRR concepts). With 30-s epochs stage i is
+    the label of epoch i. Another EpochLength is put onto 30-s epochs exactly: a 30-s epoch gets a label when
+    every Profusion epoch overlapping it has that label, else -1 (it mixes stages, or runs past the scoring).
+
+    Args:
+        root: the parsed `<CMPStudyConfig>` element; name: the file name, for messages.
+    Raises:
+        BadRecordingError: kind 'no_stage_events' (no `<SleepStage>`), 'malformed_xml' (a stage that is not an
+            integer) or 'unsupported_epoch_length' (EpochLength missing, not a number or not > 0).
+    """
+    stages = root.findall("SleepStages/SleepStage")
+    if not stages:
+        raise BadRecordingError(f"{name}: Profusion XML without stages (no <SleepStages>/<SleepStage>)",
                                 kind="no_stage_events")
+    epoch_text = (root.findtext("EpochLength") or "").strip()
+    try:
+        epoch_s = Fraction(epoch_text).limit_denominator(1000)
+    except (ValueError, ZeroDivisionError):
+        epoch_s = None
+    if epoch_s is None or epoch_s <= 0:
+        raise BadRecordingError(f"{name}: EpochLength {epoch_text!r} is not a positive number of seconds",
+                                kind="unsupported_epoch_length")
+    classes = np.empty(len(stages), dtype=np.int64)
+    for i, stage in enumerate(stages):
+        try:
+            classes[i] = PROFUSION_STAGE_TO_CLASS.get(int((stage.text or "").strip()), IGNORE_INDEX)
+        except ValueError:
+            raise BadRecordingError(f"{name}: SleepStage {i + 1} is not an integer: {stage.text!r}",
+                                    kind="malformed_xml") from None
+    labels = np.full(n_windows, IGNORE_INDEX, dtype=np.int64)
+    n_mixed = 0
+    for j in range(n_windows):
+        first = WINDOW_SECONDS * j // epoch_s  # Profusion epochs overlapping [30 j, 30 j + 30)
+        stop = math.ceil(Fraction(WINDOW_SECONDS * (j + 1)) / epoch_s)
+        if stop > classes.size:
+            break
+        covering = classes[first:stop]
+        if (covering == covering[0]).all():
+            labels[j] = covering[0]
+        else:
+            n_mixed += 1
+    if epoch_s != WINDOW_SECONDS:
+        log.info("%s: Profusion epochs of %s s put onto 30-s epochs; %d of them mix stages and are left "
+                 "unscored (-1)", name, epoch_s, n_mixed)
     return labels
 
 
@@ -363,10 +473,14 @@ def read_edf(edf_path: str | os.PathLike, ppg_patterns: tuple[str, ...] | list[s
     _check_edf_size(edf_path, header)
     try:
         ch_names = mne.io.read_raw_edf(edf_path, preload=False, verbose="error").ch_names
-        ppg_channel = find_ppg_channel(ch_names, ppg_patterns)
+        header_rates = {label: n / header["record_s"] if header["record_s"] > 0 else 0.0
+                        for label, n in zip(header["labels"], header["samples_per_record"])}
+        rates = [header_rates.get(name, 0.0) for name in ch_names]
+        ppg_channel = find_ppg_channel(ch_names, rates, ppg_patterns)
         if ppg_channel is None:
             raise BadRecordingError(f"no PPG channel (labels containing {list(ppg_patterns)}) in {edf_path.name}; "
                                     f"channels: {ch_names}", kind="no_ppg_channel")
+        _log_ppg_choice(edf_path, ppg_channel, ch_names, rates, ppg_patterns)
         ecg_channel = find_ecg_channel(ch_names) if with_ecg else None
         per_record = dict(zip(header["labels"], header["samples_per_record"]))
         same_rate = ecg_channel is not None and per_record.get(ppg_channel, -1) == per_record.get(ecg_channel, -2)
@@ -590,19 +704,39 @@ def write_stats(out_dir: Path, stats: dict) -> None:
 # Driver
 
 
-def find_subjects(edf_dir: Path, xml_dir: Path) -> tuple[dict[str, tuple[Path | None, Path | None]], dict]:
-    """All subject IDs seen in either folder -> (edf or None, xml or None), plus {id: reason} for IDs with
-    duplicate files (not processed)."""
-    from verify_mesa_dataset import EDF_SUFFIX, XML_SUFFIX, scan_dir
+def find_subjects(edf_dir: Path, xml_dir: Path, id_pattern: str = MESA_ID_PATTERN
+                  ) -> tuple[dict[str, tuple[Path | None, Path | None]], dict[str, tuple[str, str]]]:
+    """All subject IDs seen in either folder -> (edf or None, xml or None), plus {id: (kind, reason)} for IDs
+    that are not processed: 'duplicate_files' (two files of one kind) and 'id_clash' (IDs that differ only
+    by leading zeros, e.g. 282 and 0282: every one of them is skipped, none is guessed).
 
-    edf_by_id, xml_by_id = scan_dir(edf_dir, EDF_SUFFIX), scan_dir(xml_dir, XML_SUFFIX)
-    subjects, duplicates = {}, {}
-    for sid in sorted(edf_by_id.keys() | xml_by_id.keys()):
-        edfs, xmls = edf_by_id.get(sid, []), xml_by_id.get(sid, [])
-        if len(edfs) > 1 or len(xmls) > 1:
-            duplicates[sid] = f"more than one file for this ID: {edfs + xmls}"
-        subjects[sid] = (edf_dir / edfs[0] if edfs else None, xml_dir / xmls[0] if xmls else None)
-    return subjects, duplicates
+    Annotations are `<stem>-nsrr.xml` or `<stem>-profusion.xml` (verify_mesa_dataset.pair_files); when an ID
+    has both, the NSRR XML is used and the log says so.
+    """
+    from verify_mesa_dataset import pair_files
+
+    pairing = pair_files(edf_dir, xml_dir, id_pattern)
+    problems: dict[str, tuple[str, str]] = {}
+    for dup in pairing.duplicates():
+        problems[dup["id"]] = ("duplicate_files", f"more than one {dup['kind']} file for this ID: {dup['files']}")
+    for clash in pairing.id_clashes():
+        for sid in clash["ids"]:
+            problems[sid] = ("id_clash", f"IDs {' and '.join(clash['ids'])} differ only by leading zeros "
+                                         f"(files {', '.join(clash['files'])}): not paired, rename the files")
+    subjects, both = {}, []
+    for sid in pairing.ids():
+        edfs, annotation = pairing.edf_by_id.get(sid, []), pairing.annotation(sid)
+        subjects[sid] = (edf_dir / edfs[0] if edfs else None, xml_dir / annotation[1] if annotation else None)
+        if annotation and annotation[2]:
+            both.append(sid)
+            log.debug("subject %s: NSRR XML %s used, not %s", sid, annotation[1], ", ".join(annotation[2]))
+    if both:
+        log.info("%d subject(s) have both an NSRR and a Profusion XML; the NSRR XML is used (e.g. %s)",
+                 len(both), ", ".join(both[:5]))
+    if pairing.no_id:
+        log.warning("%d file(s) whose name has no subject ID (pattern %r) are not used, e.g. %s",
+                    len(pairing.no_id), id_pattern, ", ".join(pairing.no_id[:5]))
+    return subjects, problems
 
 
 def resolve_settings(args: argparse.Namespace) -> dict:
@@ -619,7 +753,13 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         "compression": args.compression or pre["compression"],
         "chunk_windows": pre["chunk_windows"],
         "windows_per_subject": args.windows_per_subject or cfg["data"]["windows_per_subject"],
+        "id_pattern": pre["id_pattern"],
     }
+    if args.id_pattern is not None:
+        try:
+            settings["id_pattern"] = compile_id_pattern(args.id_pattern).pattern
+        except ValueError as err:
+            raise ConfigError(f"--id-pattern: {err}") from None
     if settings["workers"] == 0:
         settings["workers"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return settings
@@ -655,16 +795,18 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _plan(wanted: list[str], all_subjects: dict, duplicates: dict, settings: dict,
+def _plan(wanted: list[str], all_subjects: dict, problems: dict, settings: dict,
           overwrite: bool) -> tuple[list[dict], list[str], list[dict]]:
     """Split the wanted IDs into jobs to run, IDs whose part file from an earlier run still holds (same
-    settings, same source files), and failures known before reading anything (missing partner, duplicates)."""
+    settings, same source files), and failures known before reading anything (missing partner, duplicate
+    files, IDs that clash)."""
     parts_dir = Path(settings["out_dir"]) / PARTS_DIR
     jobs, reused, failed = [], [], []
     for sid in wanted:
         edf, xml = all_subjects[sid]
-        if sid in duplicates:
-            failed.append({"id": sid, "file": str(edf or xml), "kind": "duplicate_files", "reason": duplicates[sid]})
+        if sid in problems:
+            kind, reason = problems[sid]
+            failed.append({"id": sid, "file": str(edf or xml), "kind": kind, "reason": reason})
         elif edf is None:
             failed.append({"id": sid, "file": str(xml), "kind": "missing_edf", "reason": "XML without an EDF"})
         elif xml is None:
@@ -719,6 +861,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out-dir", help="output folder (default ./mesa-x)")
     parser.add_argument("--workers", type=int, help="processes (default: preprocessing.workers; 0 = all cores)")
     parser.add_argument("--subjects", help="only these IDs, comma-separated (e.g. 0001,0002)")
+    parser.add_argument("--id-pattern", help="regex with one group around the subject ID, searched in file "
+                                             "names, any case (default: preprocessing.id_pattern, MESA's "
+                                             "'mesa[-_]?sleep[-_]?(\\d+)')")
     parser.add_argument("--limit", type=int, help="only the first N subject IDs (sorted)")
     parser.add_argument("--overwrite", action="store_true", help="redo every subject, ignoring earlier results")
     parser.add_argument("--keep-parts", action="store_true", help="keep the per-subject part files after success")
@@ -744,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
     edf_dir, xml_dir = Path(settings["edf_dir"]), Path(settings["xml_dir"])
     setup_logging(out_dir / "logs" / "processing.log")
 
-    all_subjects, duplicates = find_subjects(edf_dir, xml_dir)
+    all_subjects, problems = find_subjects(edf_dir, xml_dir, settings["id_pattern"])
     wanted = sorted(all_subjects)
     if args.subjects:
         requested = sorted({s.strip() for s in args.subjects.split(",") if s.strip()})
@@ -775,7 +920,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest_path.unlink(missing_ok=True)  # outputs are about to change: the old manifest no longer holds
     _remove_stale_temporaries(out_dir)
 
-    jobs, reused, failed = _plan(wanted, all_subjects, duplicates, settings, args.overwrite)
+    jobs, reused, failed = _plan(wanted, all_subjects, problems, settings, args.overwrite)
     for item in failed:
         log.warning("subject %s skipped (%s): %s", item["id"], item["kind"], item["reason"])
     log.info("%d subjects: %d to process, %d reused from %s, %d without a usable pair; %d worker(s)",

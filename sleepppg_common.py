@@ -18,7 +18,8 @@ Every script of the pipeline imports what it shares from here, so each concept e
 - `log_to_file(path)`: attach a log file for a block and always detach it;
 - figures: `hypnogram_figure(...)` (predicted, or scored vs predicted with mistakes marked; stage levels in
   `HYPNOGRAM_LEVEL`), `confusion_figure(...)` and `save_figure(...)`;
-- `subject_id_from_filename(name)`: the MESA subject ID in a file name (`MESA_ID_PATTERN`), or None;
+- `subject_id_from_filename(name, pattern)`: the subject ID in a file name (default `MESA_ID_PATTERN`), or
+  None; `compile_id_pattern(pattern)` checks a pattern (a regex with exactly one group);
 - `setup_logging(...)`: one console handler plus an optional file handler.
 
 Nothing heavy runs on import; this module needs only numpy and PyYAML (scikit-learn inside `compute_metrics`).
@@ -78,7 +79,6 @@ CONCEPT_TO_CLASS = {
 }
 
 MESA_ID_PATTERN = r"mesa[-_]?sleep[-_]?(\d+)"  # file name -> subject ID (the reference's pattern)
-_MESA_ID_RE = re.compile(MESA_ID_PATTERN, re.IGNORECASE)
 GLIBC_M_TRIM_THRESHOLD, GLIBC_M_MMAP_THRESHOLD = -1, -3  # mallopt() parameter codes (glibc malloc.h)
 KEEP_FREED_BYTES = 2**31 - 1  # largest value mallopt takes (an int): blocks below 2 GiB come from the heap
 
@@ -87,10 +87,31 @@ LOG_FORMAT, LOG_DATE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s",
 log = logging.getLogger("sleepppg")
 
 
-def subject_id_from_filename(name: str) -> str | None:
-    """The MESA subject ID in a file name ('mesa-sleep-0001-nsrr.xml' -> '0001', any case, leading zeros
-    kept as written), or None when the name carries none (MESA_ID_PATTERN)."""
-    match = _MESA_ID_RE.search(name)
+def compile_id_pattern(pattern: str | re.Pattern) -> re.Pattern:
+    """The subject-ID pattern as a case-insensitive regex with exactly one capturing group (the ID).
+
+    Raises:
+        ValueError: `pattern` is not a valid regex, or has no or several capturing groups.
+    """
+    if isinstance(pattern, re.Pattern):
+        compiled = pattern
+    else:
+        try:
+            compiled = re.compile(pattern, re.IGNORECASE)
+        except re.error as err:
+            raise ValueError(f"{pattern!r} is not a valid regular expression: {err}") from None
+    if compiled.groups != 1:
+        raise ValueError(f"{compiled.pattern!r} has {compiled.groups} capturing groups; it needs exactly one, "
+                         "around the subject ID (e.g. 'mesa-sleep-(\\d+)'; use (?:...) for other groups)")
+    return compiled
+
+
+def subject_id_from_filename(name: str, pattern: str | re.Pattern = MESA_ID_PATTERN) -> str | None:
+    """The subject ID in a file name: the text of the pattern's one group at its first match, any case
+    ('mesa-sleep-0001-nsrr.xml' -> '0001' with the MESA pattern; 'cfs-visit5-800002.edf' -> '800002' with
+    'cfs-visit5-(\\d+)'). The ID keeps its text: leading zeros, letters, any length. None when the name
+    carries none."""
+    match = compile_id_pattern(pattern).search(name)
     return match.group(1) if match else None
 
 
@@ -170,6 +191,7 @@ CONFIG_SCHEMA: dict[str, dict[str, Any]] = {
         "ppg_channels": list,
         "compression": Choice("none", "lzf", "gzip"),
         "chunk_windows": int,
+        "id_pattern": Default(str, MESA_ID_PATTERN),  # file name -> subject ID: a regex with one group
     },
     "training": {
         "num_epochs": int,
@@ -219,6 +241,7 @@ _POSITIVE = {
     "training.learning_rate", "training.num_runs", "training.grad_clip", "training.lr_factor",
     "output.save_frequency", "inference.n_subjects", "inference.batch_size",
 }
+_ID_PATTERNS = {"preprocessing.id_pattern"}  # must compile, with exactly one capturing group
 _NON_NEGATIVE = {
     "data.num_workers", "preprocessing.workers", "training.weight_decay", "training.patience",
     "training.lr_patience", "gpu.device_id",
@@ -298,6 +321,11 @@ def validate_config(raw: Any, schema: dict = CONFIG_SCHEMA, prefix: str = "") ->
             raise ConfigError(f"key '{full}': must be > 0, got {value!r}")
         if full in _NON_NEGATIVE and value < 0:
             raise ConfigError(f"key '{full}': must be >= 0, got {value!r}")
+        if full in _ID_PATTERNS:
+            try:
+                compile_id_pattern(value)
+            except ValueError as err:
+                raise ConfigError(f"key '{full}': {err}") from None
         out[key] = copy.deepcopy(value)
     return out
 

@@ -1,13 +1,29 @@
-"""Check that the MESA EDF recordings and NSRR XML annotations pair 1:1 by subject ID.
+"""Check that the EDF recordings and XML annotations of a cohort (MESA by default) pair 1:1 by subject ID.
 
-Inputs: an EDF folder (`mesa-sleep-XXXX.edf`) and an XML folder (`mesa-sleep-XXXX-nsrr.xml`). The subject ID
-is the number after `mesa-sleep-` (`sleepppg_common.subject_id_from_filename`, any case; leading zeros kept).
-Output: a JSON report with a `summary` (`xml_dir`, `edf_dir`, `xml_count`, `edf_count`, `matched`, `only_xml`,
-`only_edf`, `xml_duplicates`, `edf_duplicates`) and the lists `matched`, `only_xml`, `only_edf`, `duplicates`
-(file names), written atomically; a short human summary is printed.
-Exit status: 0 when every file pairs 1:1 with no duplicates, 1 when not, 2 on bad arguments (missing folder).
+Inputs: an EDF folder and an XML folder. The annotation of a night `<stem>.edf` is `<stem>-nsrr.xml` (NSRR
+XML) or `<stem>-profusion.xml` (Compumedics Profusion XML), the names NSRR uses for every cohort it serves
+(MESA, SHHS, CFS, ...). Files pair by the subject ID the ID pattern finds in their names (default
+`sleepppg_common.MESA_ID_PATTERN`: `mesa-sleep-0001.edf` -> `0001`; `--id-pattern 'cfs-visit5-(\\d+)'` for
+CFS; any case; the ID keeps its text: leading zeros, letters, any length). When one ID has both an NSRR and a
+Profusion XML, the NSRR one is used and the pair says so.
 
-Usage: python verify_mesa_dataset.py --xml-dir X --edf-dir E --out paircheck_result.json
+Problems it reports (each makes the exit status 1):
+- files without a partner (`only_edf`, `only_xml`);
+- two files of one kind for one ID (`duplicates`, e.g. `mesa-sleep-0003.edf` and `mesasleep0003.edf`);
+- IDs that differ only by leading zeros (`id_clashes`, e.g. `282` and `0282`): the same subject written two
+  ways, or two subjects one zero apart; pairing them either way could be wrong, so neither is guessed;
+- `.edf`/`-nsrr.xml`/`-profusion.xml` files whose name the ID pattern does not match (`no_id`).
+Other `.xml` files in the XML folder are listed in `ignored_xml` (informational).
+
+Output: a JSON report with a `summary` (`xml_dir`, `edf_dir`, `id_pattern`, `xml_count`, `edf_count`,
+`matched`, `only_xml`, `only_edf`, `xml_duplicates`, `edf_duplicates`, `id_clashes`, `no_id`, `ignored_xml`,
+`nsrr_pairs`, `profusion_pairs`, `nsrr_and_profusion`) and the lists `matched` (id, edf, xml, dialect, and
+`also` when a Profusion XML was passed over), `only_xml`, `only_edf`, `duplicates`, `id_clashes`, `no_id`,
+`ignored_xml`, written atomically; a short human summary is printed.
+Exit status: 0 when every file pairs 1:1 with none of the problems above, 1 when not, 2 on bad arguments
+(missing folder, bad ID pattern or config).
+
+Usage: python verify_mesa_dataset.py --xml-dir X --edf-dir E --out paircheck_result.json [--id-pattern RE]
 """
 
 from __future__ import annotations
@@ -15,67 +31,175 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from sleepppg_common import subject_id_from_filename, write_text_atomic
+from sleepppg_common import (MESA_ID_PATTERN, ConfigError, compile_id_pattern, load_config,
+                             subject_id_from_filename, write_text_atomic)
 
 log = logging.getLogger("verify_mesa_dataset")
 
 EDF_SUFFIX = ".edf"
 XML_SUFFIX = ".xml"
+# Annotation dialect -> file-name ending (NSRR's names for every cohort); the first is preferred when an
+# ID has both.
+ANNOTATION_SUFFIXES = {"nsrr": "-nsrr.xml", "profusion": "-profusion.xml"}
+_LEADING_ZEROS = re.compile(r"(?<!\d)0+(?=\d)")  # zeros that open a run of digits
 
 
-def scan_dir(directory: str | Path, suffix: str) -> dict[str, list[str]]:
-    """Map subject ID -> sorted file names in `directory` ending in `suffix` (any case).
+def zero_free_id(subject_id: str) -> str:
+    """The ID with the leading zeros of each run of digits removed ('0282' -> '282', 'S002' -> 'S2'): two IDs
+    with the same zero-free form differ only by leading zeros."""
+    return _LEADING_ZEROS.sub("", subject_id)
 
-    Files whose names carry no MESA ID are left out. More than one file per ID is a duplicate.
+
+def _strip_suffix(name: str, suffix: str) -> str | None:
+    return name[:-len(suffix)] if name.lower().endswith(suffix) else None
+
+
+def _annotation_kind(name: str) -> tuple[str, str] | None:
+    """(dialect, name without the ending) for `<stem>-nsrr.xml` / `<stem>-profusion.xml` (any case), else None."""
+    for dialect, suffix in ANNOTATION_SUFFIXES.items():
+        stem = _strip_suffix(name, suffix)
+        if stem is not None:
+            return dialect, stem
+    return None
+
+
+@dataclass
+class Pairing:
+    """EDF and annotation files of two folders, grouped by subject ID (file names, not paths)."""
+
+    edf_by_id: dict[str, list[str]] = field(default_factory=dict)
+    xml_by_id: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # id -> dialect -> names
+    no_id: list[str] = field(default_factory=list)
+    ignored_xml: list[str] = field(default_factory=list)
+
+    def ids(self) -> list[str]:
+        return sorted(self.edf_by_id.keys() | self.xml_by_id.keys())
+
+    def annotation(self, sid: str) -> tuple[str, str, list[str]] | None:
+        """(dialect, file name, passed-over names of other dialects) of the annotation used for `sid`:
+        NSRR before Profusion; None when the ID has no XML. Duplicates are reported by `duplicates`."""
+        by_dialect = self.xml_by_id.get(sid, {})
+        present = [d for d in ANNOTATION_SUFFIXES if by_dialect.get(d)]
+        if not present:
+            return None
+        chosen = present[0]
+        others = [name for d in present[1:] for name in by_dialect[d]]
+        return chosen, by_dialect[chosen][0], others
+
+    def duplicates(self) -> list[dict]:
+        """[{id, kind ('edf', 'nsrr' or 'profusion'), files}] for every ID with two files of one kind."""
+        out = [{"id": sid, "kind": "edf", "files": files} for sid, files in sorted(self.edf_by_id.items())
+               if len(files) > 1]
+        out += [{"id": sid, "kind": dialect, "files": files} for sid, by_dialect in sorted(self.xml_by_id.items())
+                for dialect, files in by_dialect.items() if len(files) > 1]
+        return sorted(out, key=lambda d: (d["id"], d["kind"]))
+
+    def id_clashes(self) -> list[dict]:
+        """[{ids, files}] for each group of IDs (EDF and XML together) that differ only by leading zeros."""
+        groups: dict[str, list[str]] = {}
+        for sid in self.ids():
+            groups.setdefault(zero_free_id(sid), []).append(sid)
+        clashes = []
+        for ids in groups.values():
+            if len(ids) > 1:
+                files = [name for sid in ids for name in self.edf_by_id.get(sid, [])
+                         + [n for names in self.xml_by_id.get(sid, {}).values() for n in names]]
+                clashes.append({"ids": ids, "files": sorted(files)})
+        return clashes
+
+
+def pair_files(edf_dir: str | Path, xml_dir: str | Path, id_pattern: str | re.Pattern = MESA_ID_PATTERN
+               ) -> Pairing:
+    """Scan both folders: EDFs (`*.edf`) and annotations (`*-nsrr.xml`, `*-profusion.xml`) by subject ID.
+
+    The ID pattern is searched in the name without its ending (`mesa-sleep-0001` of `mesa-sleep-0001-nsrr.xml`).
+
+    Raises:
+        ValueError: the ID pattern is not a regex with exactly one group.
     """
-    by_id: dict[str, list[str]] = {}
-    for path in sorted(Path(directory).iterdir()):
-        if not path.is_file() or not path.name.lower().endswith(suffix):
+    pattern = compile_id_pattern(id_pattern)
+    pairing = Pairing()
+    for path in sorted(Path(edf_dir).iterdir()):
+        stem = _strip_suffix(path.name, EDF_SUFFIX) if path.is_file() else None
+        if stem is None:
             continue
-        sid = subject_id_from_filename(path.name)
-        if sid is not None:
-            by_id.setdefault(sid, []).append(path.name)
-    return by_id
+        sid = subject_id_from_filename(stem, pattern)
+        if sid is None:
+            pairing.no_id.append(path.name)
+        else:
+            pairing.edf_by_id.setdefault(sid, []).append(path.name)
+    for path in sorted(Path(xml_dir).iterdir()):
+        if not path.is_file() or not path.name.lower().endswith(XML_SUFFIX):
+            continue
+        kind = _annotation_kind(path.name)
+        if kind is None:
+            pairing.ignored_xml.append(path.name)
+            continue
+        dialect, stem = kind
+        sid = subject_id_from_filename(stem, pattern)
+        if sid is None:
+            pairing.no_id.append(path.name)
+        else:
+            pairing.xml_by_id.setdefault(sid, {}).setdefault(dialect, []).append(path.name)
+    return pairing
 
 
-def pair_report(xml_dir: str | Path, edf_dir: str | Path) -> dict:
+def pair_report(xml_dir: str | Path, edf_dir: str | Path, id_pattern: str | re.Pattern = MESA_ID_PATTERN) -> dict:
     """Pair XML and EDF files by subject ID.
 
     Returns:
-        {"summary": {...counts...}, "matched": [{"id", "edf", "xml"}], "only_xml": [names],
-         "only_edf": [names], "duplicates": [{"id", "kind", "files"}]} with every list sorted by ID.
+        {"summary": {...counts...}, "matched": [{"id", "edf", "xml", "dialect"[, "also"]}], "only_xml": [names],
+         "only_edf": [names], "duplicates": [{"id", "kind", "files"}], "id_clashes": [{"ids", "files"}],
+         "no_id": [names], "ignored_xml": [names]} with every list sorted by ID or name.
     """
-    xml_by_id = scan_dir(xml_dir, XML_SUFFIX)
-    edf_by_id = scan_dir(edf_dir, EDF_SUFFIX)
-    matched = [{"id": sid, "edf": edf_by_id[sid][0], "xml": xml_by_id[sid][0]}
-               for sid in sorted(xml_by_id.keys() & edf_by_id.keys())]
-    only_xml = [name for sid in sorted(xml_by_id.keys() - edf_by_id.keys()) for name in xml_by_id[sid]]
-    only_edf = [name for sid in sorted(edf_by_id.keys() - xml_by_id.keys()) for name in edf_by_id[sid]]
-    duplicates = [{"id": sid, "kind": kind, "files": files}
-                  for kind, by_id in (("edf", edf_by_id), ("xml", xml_by_id))
-                  for sid, files in sorted(by_id.items()) if len(files) > 1]
+    pairing = pair_files(edf_dir, xml_dir, id_pattern)
+    matched, only_xml, only_edf = [], [], []
+    for sid in pairing.ids():
+        edfs, annotation = pairing.edf_by_id.get(sid, []), pairing.annotation(sid)
+        if edfs and annotation:
+            dialect, xml, others = annotation
+            entry = {"id": sid, "edf": edfs[0], "xml": xml, "dialect": dialect}
+            if others:
+                entry["also"] = others  # present but not used: NSRR XML is preferred over Profusion
+            matched.append(entry)
+        elif edfs:
+            only_edf += edfs
+        else:
+            only_xml += [n for names in pairing.xml_by_id[sid].values() for n in names]
+    duplicates, clashes = pairing.duplicates(), pairing.id_clashes()
     summary = {
         "xml_dir": str(xml_dir),
         "edf_dir": str(edf_dir),
-        "xml_count": sum(len(v) for v in xml_by_id.values()),
-        "edf_count": sum(len(v) for v in edf_by_id.values()),
+        "id_pattern": compile_id_pattern(id_pattern).pattern,
+        "xml_count": sum(len(n) for d in pairing.xml_by_id.values() for n in d.values()),
+        "edf_count": sum(len(v) for v in pairing.edf_by_id.values()),
         "matched": len(matched),
         "only_xml": len(only_xml),
         "only_edf": len(only_edf),
-        "xml_duplicates": sum(1 for d in duplicates if d["kind"] == "xml"),
+        "xml_duplicates": sum(1 for d in duplicates if d["kind"] != "edf"),
         "edf_duplicates": sum(1 for d in duplicates if d["kind"] == "edf"),
+        "id_clashes": len(clashes),
+        "no_id": len(pairing.no_id),
+        "ignored_xml": len(pairing.ignored_xml),
+        "nsrr_pairs": sum(1 for m in matched if m["dialect"] == "nsrr"),
+        "profusion_pairs": sum(1 for m in matched if m["dialect"] == "profusion"),
+        "nsrr_and_profusion": sum(1 for m in matched if "also" in m),
     }
     return {"summary": summary, "matched": matched, "only_xml": only_xml, "only_edf": only_edf,
-            "duplicates": duplicates}
+            "duplicates": duplicates, "id_clashes": clashes, "no_id": pairing.no_id,
+            "ignored_xml": pairing.ignored_xml}
 
 
 def is_clean(report: dict) -> bool:
-    """True when every file pairs 1:1 and no ID has two files."""
+    """True when every file pairs 1:1, no ID has two files of one kind, no IDs clash and every file has an ID."""
     s = report["summary"]
-    return s["only_xml"] == 0 and s["only_edf"] == 0 and s["xml_duplicates"] == 0 and s["edf_duplicates"] == 0
+    return not any(s[k] for k in ("only_xml", "only_edf", "xml_duplicates", "edf_duplicates", "id_clashes",
+                                  "no_id"))
 
 
 def format_summary(report: dict) -> str:
@@ -83,13 +207,22 @@ def format_summary(report: dict) -> str:
     lines = [
         f"EDF files: {s['edf_count']} in {s['edf_dir']}",
         f"XML files: {s['xml_count']} in {s['xml_dir']}",
-        f"matched pairs: {s['matched']}",
+        f"matched pairs: {s['matched']} (NSRR XML {s['nsrr_pairs']}, Profusion XML {s['profusion_pairs']})",
         f"EDF without XML: {s['only_edf']}" + _examples(report["only_edf"]),
         f"XML without EDF: {s['only_xml']}" + _examples(report["only_xml"]),
         f"IDs with duplicate files: EDF {s['edf_duplicates']}, XML {s['xml_duplicates']}"
         + _examples([d["id"] for d in report["duplicates"]]),
-        "result: OK, every file pairs 1:1" if is_clean(report) else "result: NOT 1:1 (see the lists in the JSON)",
+        f"IDs that differ only by leading zeros: {s['id_clashes']}"
+        + _examples([" and ".join(c["ids"]) for c in report["id_clashes"]]),
+        f"files whose name has no ID (pattern {s['id_pattern']!r}): {s['no_id']}" + _examples(report["no_id"]),
     ]
+    if s["nsrr_and_profusion"]:
+        lines.append(f"IDs with both NSRR and Profusion XML: {s['nsrr_and_profusion']} (the NSRR XML is used)")
+    if s["ignored_xml"]:
+        lines.append(f"other XML files (neither -nsrr.xml nor -profusion.xml), not used: {s['ignored_xml']}"
+                     + _examples(report["ignored_xml"]))
+    lines.append("result: OK, every file pairs 1:1" if is_clean(report)
+                 else "result: NOT 1:1 (see the lists in the JSON)")
     return "\n".join(lines)
 
 
@@ -102,19 +235,43 @@ def _examples(names: list[str], n: int = 5) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--xml-dir", required=True, help="folder of NSRR XML annotations")
-    parser.add_argument("--edf-dir", required=True, help="folder of EDF recordings")
+    parser.add_argument("--xml-dir", help="folder of annotations (*-nsrr.xml and/or *-profusion.xml); "
+                                          "default: preprocessing.xml_dir of --config")
+    parser.add_argument("--edf-dir", help="folder of EDF recordings; default: preprocessing.edf_dir of --config")
     parser.add_argument("--out", default="paircheck_result.json", help="JSON report to write")
+    parser.add_argument("--id-pattern", help="regex with one group around the subject ID, searched in file "
+                                             "names, any case (default: preprocessing.id_pattern of --config, "
+                                             f"else MESA's {MESA_ID_PATTERN!r})")
+    parser.add_argument("--config", help="YAML config: its preprocessing.id_pattern, edf_dir and xml_dir are the "
+                                         "defaults of the flags above")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for name, directory in (("--xml-dir", args.xml_dir), ("--edf-dir", args.edf_dir)):
+    id_pattern, edf_dir, xml_dir = MESA_ID_PATTERN, args.edf_dir, args.xml_dir
+    if args.config:
+        try:
+            pre = load_config(args.config)["preprocessing"]
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        id_pattern, edf_dir, xml_dir = pre["id_pattern"], edf_dir or pre["edf_dir"], xml_dir or pre["xml_dir"]
+    if args.id_pattern is not None:
+        try:
+            id_pattern = compile_id_pattern(args.id_pattern).pattern
+        except ValueError as err:
+            print(f"error: --id-pattern: {err}", file=sys.stderr)
+            return 2
+    for name, directory in (("--xml-dir", xml_dir), ("--edf-dir", edf_dir)):
+        if directory is None:
+            print(f"error: {name} is required (or --config with preprocessing.{name[2:].replace('-', '_')})",
+                  file=sys.stderr)
+            return 2
         if not Path(directory).is_dir():
             print(f"error: {name} {directory} is not a folder", file=sys.stderr)
             return 2
-    report = pair_report(args.xml_dir, args.edf_dir)
+    report = pair_report(xml_dir, edf_dir, id_pattern)
     try:
         write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
     except OSError as err:
@@ -126,4 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -153,7 +153,8 @@ def reference_extract(edf_dir: Path, xml_dir: Path, out_dir: Path, ids: list[str
         edf = edf_dir / f"mesa-sleep-{sid}.edf"
         names = mne.io.read_raw_edf(edf, preload=False, verbose="error").ch_names
         signals = {}
-        for kind, channel in (("ppg", find_ppg_channel(names)), ("ecg", find_ecg_channel(names))):
+        first_match = find_ppg_channel(names, [0.0] * len(names))  # equal rates: the reference's first match
+        for kind, channel in (("ppg", first_match), ("ecg", find_ecg_channel(names))):
             if channel:
                 raw = mne.io.read_raw_edf(edf, include=[channel], preload=False, verbose="error")
                 signals[kind] = (raw.get_data()[0], raw.info["sfreq"])

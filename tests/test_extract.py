@@ -179,10 +179,11 @@ def test_labels_missing_xml(tmp_path):
 
 
 def test_channel_choice():
-    assert ex.find_ppg_channel(["EKG", "Pleth", "PPG2"]) == "Pleth"
-    assert ex.find_ppg_channel(["EEG1", "finger PPG"]) == "finger PPG"
-    assert ex.find_ppg_channel(["EEG1", "Thor"]) is None
-    assert ex.find_ppg_channel(["EEG1", "Plethysmo"], ("pleth",)) == "Plethysmo"
+    assert ex.find_ppg_channel(["EKG", "Pleth", "PPG2"], [256, 256, 256]) == "Pleth"  # tie: the first
+    assert ex.find_ppg_channel(["EEG1", "finger PPG"], [256, 128]) == "finger PPG"
+    assert ex.find_ppg_channel(["EEG1", "Thor"], [256, 32]) is None
+    assert ex.find_ppg_channel(["EEG1", "Plethysmo"], [256, 256], ("pleth",)) == "Plethysmo"
+    assert ex.find_ppg_channel(["PlethStatus", "EKG", "Pleth"], [1, 256, 256]) == "Pleth"  # rate beats order
     assert ex.find_ecg_channel(["ECG I", "ECG II", "EKG"]) == "ECG II"
     assert ex.find_ecg_channel(["EKG", "ECG"]) == "ECG"
     assert ex.find_ecg_channel(["EEG", "EKG"]) == "EKG"
