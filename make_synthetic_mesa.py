@@ -7,12 +7,19 @@ subject it writes
   names and rates: EKG, EEG1 and Pleth at 256 Hz, Flow, Thor, Abdo and Pos at 32 Hz, SpO2 and HR at 1 Hz
   (subjects drawn "without ECG" have no EKG channel); `--full-montage` adds the rest of MESA's channels
   (EOG-L/R, EMG, EEG2/3, Pres, Snore, Leg, Therm, OxStatus, DHR) in MESA's order;
-- `<out>/polysomnography/annotations-events-nsrr/mesa-sleep-XXXX-nsrr.xml`: NSRR annotations (SPEC §3):
-  `Recording Start Time` first, 30-s stage runs (`Stages|Stages`, every concept including Stage 4,
-  Movement and Unscored across a cohort) interleaved in time order with arousals, hypopneas and SpO2
-  desaturations.
+- `<out>/polysomnography/annotations-events-nsrr/mesa-sleep-XXXX-nsrr.xml`: NSRR annotations (root
+  `PSGAnnotation`, `EpochLength` 30, `ScoredEvents`): `Recording Start Time` first, 30-s stage runs
+  (`Stages|Stages`, every concept including Stage 4, Movement and Unscored across a cohort) interleaved in time
+  order with arousals, hypopneas and SpO2 desaturations.
 
-Physiology (SPEC §9): a hypnogram with sleep-onset latency, ~90-min NREM/REM cycles, deep sleep early, REM
+Other NSRR-shaped cohorts: `--name-format 'cfs-visit5-{id}' --ids 800002,800010` names the files after another
+cohort, and `--xml-format profusion|both` writes Compumedics Profusion XML (root `CMPStudyConfig`, one
+`<SleepStage>` code per 30-s epoch) to `polysomnography/annotations-events-profusion/<stem>-profusion.xml`, the
+same scoring as the NSRR XML. `--format dreamt` writes a DREAMT-shaped cohort instead: one CSV per night,
+`<out>/data_64Hz/S002_whole_df.csv`, 64 rows per second with DREAMT's columns (TIMESTAMP, BVP, ACC_X/Y/Z, TEMP,
+EDA, HR, IBI, Sleep_Stage P/W/N1/N2/N3/R/Missing, and the apnea/hypopnea flags), from the same physiology.
+
+Physiology: a hypnogram with sleep-onset latency, ~90-min NREM/REM cycles, deep sleep early, REM
 lengthening toward morning and brief awakenings. Stage sets the heart-rate level, its respiratory (HF) and
 low-frequency (LF) modulation, beat-to-beat irregularity, breathing rate/regularity and pulse amplitude, all
 smoothed over ~1 min so nothing changes exactly at an epoch boundary. Arousals and phasic REM bring HR surges
@@ -24,23 +31,27 @@ seconds and under 0.5 GB). Nights default to 8.5-11.5 h; a night shorter than 8 
 tests) holds a time-compressed hypnogram, so it still contains every stage.
 
 IDs are real MESA commercial-use IDs (data/mesa_commercial_use_ids.txt); a `--test-fraction` share comes
-from the SleepPPG-Net test list so the fixed test split has members. Every subject is seeded from
-(seed, ID): the same seed gives byte-identical files whatever the number of workers. Existing subjects
-(both files present) are skipped unless --overwrite; each file is written under a temporary name and renamed.
+from the SleepPPG-Net test list so the fixed test split has members. `--ids` gives them explicitly, kept as
+written (leading zeros, letters, any length). Every subject is seeded from (seed, ID): the same seed gives
+byte-identical files whatever the number of workers. Existing subjects (all files present) are skipped unless
+--overwrite; each file is written under a temporary name and renamed.
 
-Python API: `make_cohort(out_root, n_subjects, hours=None, seed=0, ...) -> [ids]`,
-`write_subject(out_root, subject_id, hours, seed, with_ecg=True, fs_ppg=256, ppg_label="Pleth")
--> (edf_path, xml_path)`, `simulate_hypnogram(rng, n_epochs) -> NSRR stage codes`.
+Python API: `make_cohort(out_root, n_subjects, hours=None, seed=0, ..., name_format=, xml_format=, fmt=) -> [ids]`,
+`write_subject(out_root, subject_id, hours, seed, with_ecg=True, fs_ppg=256, ppg_label="Pleth", ...)
+-> (edf_path, xml_path)`, `write_dreamt_subject(out_root, subject_id, hours, seed) -> csv_path`,
+`simulate_hypnogram(rng, n_epochs) -> NSRR stage codes`.
 
-Usage: python make_synthetic_mesa.py --out ./demo/synthetic-mesa --subjects 40 [--hours 0.5] [--seed 0]
+Usage: python make_synthetic_mesa.py --out ./demo/synthetic-mesa --n-subjects 40 [--hours 0.5] [--seed 0]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import logging
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -49,7 +60,10 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from sleepppg_common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
     WINDOW_SECONDS,
+    HelpFormatter,
     atomic_output,
     mesa_commercial_ids,
     setup_logging,
@@ -63,6 +77,23 @@ log = logging.getLogger("make_synthetic_mesa")
 
 EDF_SUBDIR = Path("polysomnography") / "edfs"
 XML_SUBDIR = Path("polysomnography") / "annotations-events-nsrr"
+PROFUSION_SUBDIR = Path("polysomnography") / "annotations-events-profusion"  # NSRR's folder for Profusion XML
+MESA_NAME_FORMAT = "mesa-sleep-{id}"  # file stem; the XML adds -nsrr.xml / -profusion.xml, as NSRR names them
+XML_FORMATS = ("nsrr", "profusion", "both")
+FORMATS = ("mesa", "dreamt")  # EDF + XML in NSRR's layout, or DREAMT's one CSV per night
+
+# DREAMT (wrist-worn Empatica E4 with PSG labels): data_64Hz/<id>_whole_df.csv, one row per 1/64 s.
+DREAMT_SUBDIR = "data_64Hz"
+DREAMT_FS = 64  # Hz, rows per second of the 64-Hz files
+DREAMT_COLUMNS = ("TIMESTAMP", "BVP", "ACC_X", "ACC_Y", "ACC_Z", "TEMP", "EDA", "HR", "IBI", "Sleep_Stage",
+                  "Obstructive_Apnea", "Central_Apnea", "Hypopnea", "Multiple_Events")
+DREAMT_EVENT_COLUMNS = ("Obstructive_Apnea", "Central_Apnea", "Hypopnea", "Multiple_Events")
+DREAMT_FORMATS = {"TIMESTAMP": "%.6f", "BVP": "%.2f", "ACC_X": "%d", "ACC_Y": "%d", "ACC_Z": "%d", "TEMP": "%.2f",
+                  "EDA": "%.6f", "HR": "%.2f", "IBI": "%.6f", "Sleep_Stage": "%s", "Obstructive_Apnea": "%s",
+                  "Central_Apnea": "%s", "Hypopnea": "%s", "Multiple_Events": "%s"}
+DREAMT_STAGES = {0: "W", 1: "N1", 2: "N2", 3: "N3", 4: "N3", 5: "R", 6: "W", 9: "Missing"}  # NSRR code -> AASM
+MAX_DREAMT_DRAWN = 998  # drawn DREAMT IDs run S002 ... S999
+SAFE_ID = re.compile(r"[A-Za-z0-9_-]+")  # IDs become part of file names
 EDF_START_DATE = datetime.date(1985, 1, 1)  # NSRR de-identified EDFs carry 01.01.85
 
 FS_ECG = 256  # Hz, MESA EKG
@@ -76,13 +107,13 @@ CHUNK_SECONDS = 1800  # 256-Hz signals are synthesised 30 min at a time to bound
 # Physiological states (what the body does) and the NSRR stage codes a scorer writes for them.
 WAKE, N1, N2, N3, REM = range(5)
 STATE_CODE = np.array([0, 1, 2, 3, 5], dtype=np.int64)
-STAGE_CONCEPTS = {  # NSRR code -> EventConcept (SPEC §3)
+STAGE_CONCEPTS = {  # NSRR code -> EventConcept
     0: "Wake|0", 1: "Stage 1 sleep|1", 2: "Stage 2 sleep|2", 3: "Stage 3 sleep|3",
     4: "Stage 4 sleep|4", 5: "REM sleep|5", 6: "Movement|6", 9: "Unscored|9",
 }
 
 # Stage effects, indexed by state (Wake, N1, N2, N3, REM); N2 is the reference. Each subject scales the
-# difference from N2 by its own "stage strength" (SPEC §9: HR lowest and most regular in N3; REM close to
+# difference from N2 by its own "stage strength" (HR lowest and most regular in N3; REM close to
 # wake and irregular; HF power dominates in N3, LF in REM/wake; breathing slow/regular in N3).
 HR_OFFSET_BPM = np.array([9.0, 3.5, 0.0, -3.5, 5.0])
 RSA_DEPTH = np.array([0.020, 0.030, 0.040, 0.060, 0.018])  # respiratory HR modulation, fraction of HR
@@ -134,17 +165,55 @@ CHANNELS = {
 # Small helpers
 
 
-def edf_path(out_root: str | Path, subject_id: str) -> Path:
-    return Path(out_root) / EDF_SUBDIR / f"mesa-sleep-{subject_id}.edf"
+def edf_path(out_root: str | Path, subject_id: str, name_format: str = MESA_NAME_FORMAT) -> Path:
+    return Path(out_root) / EDF_SUBDIR / f"{name_format.format(id=subject_id)}.edf"
 
 
-def xml_path(out_root: str | Path, subject_id: str) -> Path:
-    return Path(out_root) / XML_SUBDIR / f"mesa-sleep-{subject_id}-nsrr.xml"
+def xml_path(out_root: str | Path, subject_id: str, name_format: str = MESA_NAME_FORMAT,
+             dialect: str = "nsrr") -> Path:
+    """`<root>/polysomnography/annotations-events-nsrr/<stem>-nsrr.xml`, or the Profusion folder and
+    `<stem>-profusion.xml` for dialect 'profusion'."""
+    folder = XML_SUBDIR if dialect == "nsrr" else PROFUSION_SUBDIR
+    return Path(out_root) / folder / f"{name_format.format(id=subject_id)}-{dialect}.xml"
+
+
+def xml_dialects(xml_format: str) -> tuple[str, ...]:
+    """The annotation dialects an --xml-format writes: 'both' -> ('nsrr', 'profusion')."""
+    if xml_format not in XML_FORMATS:
+        raise ValueError(f"xml_format must be one of {', '.join(XML_FORMATS)}, got {xml_format!r}")
+    return ("nsrr", "profusion") if xml_format == "both" else (xml_format,)
+
+
+def check_name_format(name_format: str) -> str:
+    """Raise ValueError unless `name_format` is a file stem holding `{id}` once (e.g. 'cfs-visit5-{id}')."""
+    try:
+        stem = name_format.format(id="X")
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(f"name format {name_format!r} is not a format string with only {{id}}: {err}") from None
+    if name_format.count("{id}") != 1 or "/" in stem or "\\" in stem or stem in ("", ".", ".."):
+        raise ValueError(f"name format {name_format!r} must be a file name holding {{id}} once, "
+                         "e.g. 'cfs-visit5-{id}'")
+    return name_format
+
+
+def check_ids(ids: list) -> list[str]:
+    """IDs as text, as written (leading zeros, letters); ValueError for an empty, unsafe or repeated ID."""
+    out = [str(i) for i in ids]
+    bad = [i for i in out if not SAFE_ID.fullmatch(i)]
+    if bad:
+        raise ValueError(f"IDs may hold only letters, digits, '-' and '_': {bad}")
+    repeated = sorted({i for i in out if out.count(i) > 1})
+    if repeated:
+        raise ValueError(f"IDs given more than once: {repeated}")
+    return out
 
 
 def subject_rng(seed: int, subject_id: str, stream: int = 0) -> np.random.Generator:
-    """An RNG that depends only on (seed, subject ID, stream), so subjects are independent of order/workers."""
-    return np.random.default_rng([int(seed), int(subject_id), int(stream)])
+    """An RNG that depends only on (seed, subject ID, stream), so subjects are independent of order/workers.
+    Digit IDs seed with their number (MESA's files stay as they were); other IDs with a hash of their text."""
+    sid = str(subject_id)
+    key = int(sid) if sid.isascii() and sid.isdigit() else int.from_bytes(hashlib.sha256(sid.encode()).digest()[:8], "little")
+    return np.random.default_rng([int(seed), key, int(stream)])
 
 
 def _smooth(x: np.ndarray, sigma_samples: float) -> np.ndarray:
@@ -641,7 +710,7 @@ def _fmt_seconds(x: float) -> str:
 
 def build_xml(codes: np.ndarray, events: list[tuple[float, str, str, float, str]], duration_s: int,
               start_clock: datetime.time) -> str:
-    """NSRR annotation XML text (SPEC §3).
+    """NSRR annotation XML text (root PSGAnnotation; stage runs as `Stages|Stages` ScoredEvents).
 
     Args:
         codes: NSRR stage code per 30-s epoch.
@@ -689,6 +758,36 @@ def _other_events(phys: dict) -> list[tuple[float, str, str, float, str]]:
     return events
 
 
+def build_profusion_xml(codes: np.ndarray, phys: dict) -> str:
+    """Compumedics Profusion XML text of the same scoring as `build_xml`: root `CMPStudyConfig`,
+    `EpochLength` 30, the other events as `ScoredEvent`s (Name, Start, Duration, Input) and one
+    `<SleepStage>` integer per 30-s epoch in `<SleepStages>` (the NSRR stage code: 0 Wake, 1-4 NREM, 5 REM,
+    6 movement, 9 unscored).
+
+    Args:
+        codes: NSRR stage code per 30-s epoch.
+        phys: the night's `simulate_physiology` output (arousals, hypopneas, desaturations).
+    """
+    events = [(a, "Arousal ()", d, "EEG1", "") for a, d in phys["arousals"]]
+    events += [(a, "Hypopnea", d, "Flow", "") for a, d in phys["hypopneas"]]
+    events += [(a, "SpO2 desaturation", d, "SpO2",
+                f"<LowestSpO2>{nadir:.1f}</LowestSpO2>\n<Desaturation>{base - nadir:.1f}</Desaturation>")
+               for a, d, nadir, base in phys["desaturations"]]
+    events.sort(key=lambda e: e[0])
+    lines = ['<?xml version="1.0" encoding="UTF-8" standalone="no"?>', "<CMPStudyConfig>",
+             f"<EpochLength>{WINDOW_SECONDS}</EpochLength>", "<ScoredEvents>"]
+    for start, name, dur, signal, extra in events:
+        lines += ["<ScoredEvent>", f"<Name>{escape(name)}</Name>", f"<Start>{_fmt_seconds(start)}</Start>",
+                  f"<Duration>{_fmt_seconds(dur)}</Duration>", f"<Input>{signal}</Input>"]
+        if extra:
+            lines.append(extra)
+        lines.append("</ScoredEvent>")
+    lines += ["</ScoredEvents>", "<SleepStages>"]
+    lines += [f"<SleepStage>{int(code)}</SleepStage>" for code in codes]
+    lines += ["</SleepStages>", "</CMPStudyConfig>", ""]
+    return "\n".join(lines)
+
+
 def _edf_signal(data: np.ndarray, channel: str, fs: int, label: str | None = None):
     """An edfio signal with the channel's unit and physical range (data clipped into it)."""
     from edfio import EdfSignal
@@ -699,12 +798,14 @@ def _edf_signal(data: np.ndarray, channel: str, fs: int, label: str | None = Non
 
 
 def write_subject(out_root: str | Path, subject_id: str, hours: float, seed: int, with_ecg: bool = True,
-                  fs_ppg: int = 256, ppg_label: str = "Pleth", full_montage: bool = False) -> tuple[Path, Path]:
-    """Simulate one night and write its EDF and NSRR XML (each atomically).
+                  fs_ppg: int = 256, ppg_label: str = "Pleth", full_montage: bool = False,
+                  name_format: str = MESA_NAME_FORMAT, xml_format: str = "nsrr") -> tuple[Path, Path]:
+    """Simulate one night and write its EDF and annotation XML (each atomically).
 
     Args:
-        out_root: cohort root; files go to polysomnography/edfs and polysomnography/annotations-events-nsrr.
-        subject_id: 4-digit MESA ID (leading zeros kept).
+        out_root: cohort root; files go to polysomnography/edfs and polysomnography/annotations-events-nsrr
+            (Profusion XML: polysomnography/annotations-events-profusion).
+        subject_id: the ID as text (MESA: 4 digits, leading zeros kept; any letters/digits/-/_ otherwise).
         hours: recording length; rounded to whole 30-s epochs (at least one).
         seed: cohort seed; the subject's RNG is seeded from (seed, ID).
         with_ecg: False omits the EKG channel.
@@ -712,11 +813,15 @@ def write_subject(out_root: str | Path, subject_id: str, hours: float, seed: int
         ppg_label: the PPG channel's label ("Pleth" in MESA).
         full_montage: also write MESA's other channels (EOG, EMG, EEG2/3, ...: ~2x the file size). The
             basic channels are identical either way (the extra ones use their own random stream).
+        name_format: file stem with `{id}` (MESA: 'mesa-sleep-{id}'; CFS: 'cfs-visit5-{id}').
+        xml_format: 'nsrr', 'profusion' or 'both' (the same scoring in each).
     Returns:
-        (edf_path, xml_path).
+        (edf_path, xml_path): the NSRR XML's path, or the Profusion XML's when only that is written.
     """
     from edfio import Edf, Recording
 
+    check_name_format(name_format)
+    xml_dialects(xml_format)
     if float(fs_ppg) != int(fs_ppg) or fs_ppg <= 0:
         raise ValueError(f"fs_ppg must be a positive whole number of Hz (1-s EDF records), got {fs_ppg}")
     if not hours > 0:
@@ -754,13 +859,129 @@ def write_subject(out_root: str | Path, subject_id: str, hours: float, seed: int
 
     edf = Edf([signals[c] for c in MESA_ORDER if c in signals], recording=Recording(startdate=EDF_START_DATE),
               starttime=start_clock, data_record_duration=1)
-    edf_out, xml_out = edf_path(out_root, subject_id), xml_path(out_root, subject_id)
+    edf_out = edf_path(out_root, subject_id, name_format)
     with atomic_output(edf_out) as tmp:
         edf.write(tmp)
-    xml = build_xml(codes, _other_events(phys), duration, start_clock)
-    with atomic_output(xml_out) as tmp:
-        tmp.write_text(xml)
-    return edf_out, xml_out
+    xml_outs = []
+    for dialect in xml_dialects(xml_format):
+        xml_outs.append(xml_path(out_root, subject_id, name_format, dialect))
+        text = (build_xml(codes, _other_events(phys), duration, start_clock) if dialect == "nsrr"
+                else build_profusion_xml(codes, phys))
+        with atomic_output(xml_outs[-1]) as tmp:
+            tmp.write_text(text)
+    return edf_out, xml_outs[0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DREAMT-shaped nights (wrist wearable, one CSV per night)
+
+
+def dreamt_ids(n_subjects: int) -> list[str]:
+    """DREAMT-style IDs S002, S003, ... (DREAMT's participants are numbered from S002)."""
+    if not 0 < n_subjects <= MAX_DREAMT_DRAWN:
+        raise ValueError(f"n_subjects must be 1..{MAX_DREAMT_DRAWN} for drawn DREAMT IDs, got {n_subjects}")
+    return [f"S{i:03d}" for i in range(2, 2 + n_subjects)]
+
+
+def dreamt_path(out_root: str | Path, subject_id: str) -> Path:
+    return Path(out_root) / DREAMT_SUBDIR / f"{subject_id}_whole_df.csv"
+
+
+def simulate_dreamt_night(subject_id: str, hours: float, seed: int) -> dict[str, np.ndarray]:
+    """One DREAMT-shaped night at 64 Hz from the same stage-driven physiology as the MESA nights.
+
+    Returns:
+        {column: array (T,)} for DREAMT_COLUMNS: TIMESTAMP (s from 0), BVP (PPG, arbitrary units), ACC_X/Y/Z
+        (1/64 g, whole numbers in -128..127, gravity plus movement), TEMP (skin, deg C, 4-Hz steps), EDA
+        (microsiemens, 4-Hz steps), HR (bpm, 1-Hz steps), IBI (s, the last beat's interval), Sleep_Stage (P for
+        the minutes before lights-off, then W, N1, N2, N3, R, and a few Missing stretches), and the
+        respiratory-event flags Obstructive_Apnea, Central_Apnea, Hypopnea, Multiple_Events (1.0 inside an
+        event, NaN elsewhere).
+    """
+    if not hours > 0:
+        raise ValueError(f"hours must be > 0, got {hours}")
+    rng = subject_rng(seed, subject_id)
+    n_epochs = max(4, int(round(hours * 3600 / WINDOW_SECONDS)))
+    duration = n_epochs * WINDOW_SECONDS
+    states = _simulate_states(rng, n_epochs)
+    n_prep = int(min(rng.integers(4, 11), max(1, n_epochs // 4)))  # 2-5 min of preparation before lights-off
+    states[:n_prep] = WAKE
+    codes = _score_states(rng, states)
+    stage = np.array([DREAMT_STAGES[int(c)] for c in codes], dtype=object)
+    stage[:n_prep] = "P"
+    for _ in range(int(rng.integers(2, 4))):  # a few stretches where the PSG scoring is missing
+        first = int(rng.integers(n_prep, n_epochs))
+        stage[first:first + int(rng.integers(1, 5))] = "Missing"
+    phys = simulate_physiology(rng, states)
+    n = duration * DREAMT_FS
+    t = np.arange(n) / DREAMT_FS
+    artefact_32 = _movement_artefact(rng, phys["movements"], duration, FS_RESP)
+    bvp = _synth_ppg(rng, phys, duration, DREAMT_FS, artefact_32)
+
+    # Wrist accelerometer: gravity in one orientation, turned at some movements, plus movement bursts.
+    turn_at = [on for on, _ in phys["movements"] if rng.random() < 0.3]
+    edges = np.searchsorted(t, turn_at)
+    gravity = rng.normal(size=(len(edges) + 1, 3))
+    gravity /= np.linalg.norm(gravity, axis=1, keepdims=True)
+    segment = np.searchsorted(edges, np.arange(n), side="right")
+    motion = np.repeat(artefact_32, DREAMT_FS // FS_RESP)
+    acc = {axis: np.clip(np.round(64 * gravity[segment, k] + 25 * motion * rng.standard_normal(n)
+                                  + rng.normal(0, 0.6, n)), -128, 127)
+           for k, axis in enumerate(("ACC_X", "ACC_Y", "ACC_Z"))}
+
+    # Skin temperature and electrodermal activity at 4 Hz (E4 rates), held for 16 rows each.
+    t_4 = np.arange(duration * 4) / 4
+    asleep_4 = np.repeat(states != WAKE, WINDOW_SECONDS * 4).astype(float)
+    temp = rng.uniform(32.0, 34.0) + 1.2 * _smooth(asleep_4, 15 * 60 * 4) + _ou(rng, t_4.size, 4, 300, 0.08)
+    deep_4 = np.repeat(np.isin(states, (N2, N3)), WINDOW_SECONDS * 4)
+    storm_on = _events(rng, deep_4 * 0.02, 4)  # "EDA storms": bursts in N2/N3, ~1 per 50 s
+    storms = _add_kernels(t_4.size, 4, storm_on, rng.uniform(0.2, 1.5, storm_on.size), _surge_kernel(4, 1.0, 4.0, 20))
+    eda = np.maximum(0.0, rng.lognormal(-1.5, 0.5) + 0.05 * _ou(rng, t_4.size, 4, 600, 1.0) + storms)
+    hold_4 = np.arange(n) // (DREAMT_FS // 4)
+
+    beats = phys["beats"]
+    rr = np.diff(beats)
+    hr_1hz = 60.0 / np.interp(np.arange(duration) + 0.5, beats[1:], rr)
+    last_beat = np.clip(np.searchsorted(beats[1:], t, side="right") - 1, 0, rr.size - 1)
+
+    flags = {name: np.zeros(n, dtype=bool) for name in DREAMT_EVENT_COLUMNS}
+    for on, dur in phys["hypopneas"]:
+        u = rng.random()
+        kind = "Obstructive_Apnea" if u < 0.3 else "Central_Apnea" if u < 0.4 else "Hypopnea"
+        rows = slice(int(on * DREAMT_FS), int((on + dur) * DREAMT_FS))
+        flags[kind][rows] = True
+        if rng.random() < 0.1:  # scored as two events at once
+            flags["Hypopnea" if kind != "Hypopnea" else "Obstructive_Apnea"][rows] = True
+            flags["Multiple_Events"][rows] = True
+    columns = {"TIMESTAMP": t, "BVP": bvp, **acc, "TEMP": temp[hold_4], "EDA": eda[hold_4],
+               "HR": np.repeat(hr_1hz, DREAMT_FS), "IBI": rr[last_beat],
+               "Sleep_Stage": np.repeat(stage, WINDOW_SECONDS * DREAMT_FS)}
+    columns.update({name: np.where(flag, 1.0, np.nan) for name, flag in flags.items()})
+    return columns
+
+
+def write_dreamt_subject(out_root: str | Path, subject_id: str, hours: float, seed: int) -> Path:
+    """Simulate one night (`simulate_dreamt_night`) and write `<out_root>/data_64Hz/<id>_whole_df.csv`
+    atomically, in DREAMT_COLUMNS order with fixed number formats (so a seed gives identical bytes)."""
+    columns = simulate_dreamt_night(subject_id, hours, seed)
+    out = dreamt_path(out_root, subject_id)
+    row_format = ",".join(DREAMT_FORMATS[name] for name in DREAMT_COLUMNS)
+    n = columns["TIMESTAMP"].size
+    rows_per_chunk = CHUNK_SECONDS * DREAMT_FS
+    with atomic_output(out) as tmp, open(tmp, "w", newline="") as fh:
+        fh.write(",".join(DREAMT_COLUMNS) + "\n")
+        for i0 in range(0, n, rows_per_chunk):
+            rows = slice(i0, min(i0 + rows_per_chunk, n))
+            cells = []
+            for name in DREAMT_COLUMNS:
+                values = columns[name][rows]
+                if name in DREAMT_EVENT_COLUMNS:  # 1.0 inside an event, empty (NaN) elsewhere, as pandas writes
+                    values = np.where(np.isnan(values), "", "1.0")
+                elif name.startswith("ACC_"):
+                    values = values.astype(np.int64)
+                cells.append(values.tolist())
+            fh.write("".join(row_format % row + "\n" for row in zip(*cells)))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -784,21 +1005,30 @@ def choose_ids(n_subjects: int, seed: int, test_fraction: float) -> list[str]:
     return sorted(str(p) for p in picked)
 
 
-def _subject_job(job: tuple) -> tuple[str, bool]:
-    """Worker: write one subject unless both files exist. Returns (id, written)."""
-    out_root, sid, hours, seed, with_ecg, full_montage, overwrite = job
-    if not overwrite and edf_path(out_root, sid).is_file() and xml_path(out_root, sid).is_file():
+def _subject_job(job: dict) -> tuple[str, bool]:
+    """Worker: write one subject unless all its files exist. Returns (id, written)."""
+    sid, out_root = job["id"], job["out_root"]
+    if job["format"] == "dreamt":
+        if not job["overwrite"] and dreamt_path(out_root, sid).is_file():
+            return sid, False
+        write_dreamt_subject(out_root, sid, job["hours"], job["seed"])
+        return sid, True
+    paths = [edf_path(out_root, sid, job["name_format"])] + [
+        xml_path(out_root, sid, job["name_format"], d) for d in xml_dialects(job["xml_format"])]
+    if not job["overwrite"] and all(path.is_file() for path in paths):
         return sid, False
-    write_subject(out_root, sid, hours, seed, with_ecg=with_ecg, full_montage=full_montage)
-    log.debug("subject %s written (%.2f h, ECG %s)", sid, hours, with_ecg)
+    write_subject(out_root, sid, job["hours"], job["seed"], with_ecg=job["with_ecg"],
+                  full_montage=job["full_montage"], name_format=job["name_format"], xml_format=job["xml_format"])
+    log.debug("subject %s written (%.2f h, ECG %s)", sid, job["hours"], job["with_ecg"])
     return sid, True
 
 
 def make_cohort(out_root: str | Path, n_subjects: int, hours: float | None = None, seed: int = 0,
                 min_hours: float = 8.5, max_hours: float = 11.5, no_ecg_fraction: float = 0.1,
                 test_fraction: float = 0.3, workers: int = 1, ids: list[str] | None = None,
-                overwrite: bool = False, full_montage: bool = False) -> list[str]:
-    """Write a synthetic MESA-shaped cohort.
+                overwrite: bool = False, full_montage: bool = False, name_format: str = MESA_NAME_FORMAT,
+                xml_format: str = "nsrr", fmt: str = "mesa") -> list[str]:
+    """Write a synthetic cohort: MESA-shaped EDF + XML (`fmt` 'mesa'), or DREAMT-shaped CSVs ('dreamt').
 
     Args:
         out_root: cohort root folder (created).
@@ -806,36 +1036,48 @@ def make_cohort(out_root: str | Path, n_subjects: int, hours: float | None = Non
         hours: fixed night length for everyone; None draws each night from [min_hours, max_hours].
         seed: cohort seed (IDs, ECG-less subjects, every subject's signals).
         no_ecg_fraction: share of subjects written without the EKG channel.
-        test_fraction: share of IDs taken from the SleepPPG-Net test list.
+        test_fraction: share of IDs taken from the SleepPPG-Net test list (MESA IDs only).
         workers: processes; files are identical for any value.
-        ids: explicit 4-digit IDs instead of drawing them.
+        ids: explicit IDs (text kept as given: '800002', 'S002', '0282') instead of drawing them. Drawn IDs
+            are MESA commercial-use IDs, or S002, S003, ... for DREAMT.
         overwrite: rewrite subjects whose files already exist.
         full_montage: write all of MESA's channels, not only the basic montage (see write_subject).
+        name_format: EDF/XML file stem with `{id}` (default MESA's 'mesa-sleep-{id}').
+        xml_format: 'nsrr', 'profusion' or 'both'.
+        fmt: 'mesa' (EDF + XML under polysomnography/) or 'dreamt' (data_64Hz/<id>_whole_df.csv).
     Returns:
         The subject IDs of the cohort (sorted), written or skipped.
     """
     ids, _, _ = _make_cohort_counted(out_root, n_subjects, hours, seed, min_hours, max_hours, no_ecg_fraction,
-                                     test_fraction, workers, ids, overwrite, full_montage)
+                                     test_fraction, workers, ids, overwrite, full_montage, name_format,
+                                     xml_format, fmt)
     return ids
 
 
 def _make_cohort_counted(out_root, n_subjects, hours, seed, min_hours, max_hours, no_ecg_fraction,
-                         test_fraction, workers, ids, overwrite, full_montage) -> tuple[list[str], int, int]:
+                         test_fraction, workers, ids, overwrite, full_montage, name_format=MESA_NAME_FORMAT,
+                         xml_format="nsrr", fmt="mesa") -> tuple[list[str], int, int]:
     """make_cohort, also returning how many subjects were written and skipped."""
     from tqdm import tqdm
 
     if not (min_hours > 0 and max_hours >= min_hours):
         raise ValueError(f"need 0 < min_hours <= max_hours, got {min_hours}, {max_hours}")
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    check_name_format(name_format)
+    xml_dialects(xml_format)
     if ids is None:
-        ids = choose_ids(n_subjects, seed, test_fraction)
-    ids = sorted(str(i).zfill(4) for i in ids)
+        ids = choose_ids(n_subjects, seed, test_fraction) if fmt == "mesa" else dreamt_ids(n_subjects)
+    ids = sorted(check_ids(ids))
     rng = np.random.default_rng([int(seed), 104729])
-    n_no_ecg = int(round(no_ecg_fraction * len(ids)))
+    n_no_ecg = int(round(no_ecg_fraction * len(ids))) if fmt == "mesa" else 0
     no_ecg = set(rng.choice(ids, n_no_ecg, replace=False).tolist()) if n_no_ecg else set()
     jobs = []
     for sid in ids:
         h = hours if hours is not None else float(subject_rng(seed, sid, 1).uniform(min_hours, max_hours))
-        jobs.append((str(out_root), sid, h, seed, sid not in no_ecg, full_montage, overwrite))
+        jobs.append({"out_root": str(out_root), "id": sid, "hours": h, "seed": seed, "with_ecg": sid not in no_ecg,
+                     "full_montage": full_montage, "overwrite": overwrite, "name_format": name_format,
+                     "xml_format": xml_format, "format": fmt})
     written = 0
     with tqdm(total=len(jobs), desc="synthetic subjects", unit="subj") as bar:
         if workers > 1 and len(jobs) > 1:
@@ -855,26 +1097,79 @@ def _make_cohort_counted(out_root, n_subjects, hours, seed, min_hours, max_hours
     return ids, written, skipped
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", required=True, help="cohort root (polysomnography/... is created inside)")
-    p.add_argument("--subjects", type=int, required=True, help="number of subjects")
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--out", required=True,
+                   help="cohort root (MESA: polysomnography/... is created inside; DREAMT: data_64Hz/)")
+    p.add_argument("--n-subjects", type=_positive_int, help="number of subjects (or --ids)")
+    p.add_argument("--subjects", type=_positive_int, dest="subjects_deprecated",
+                   help="deprecated alias of --n-subjects (a count; extraction's --subjects is a list of IDs)")
+    p.add_argument("--ids", help="explicit comma-separated subject IDs, kept as written (e.g. 800002,800010 or "
+                                 "S002,S005); default: drawn MESA commercial-use IDs, or S002, S003, ... "
+                                 "for --format dreamt")
+    p.add_argument("--format", choices=FORMATS, default="mesa",
+                   help="mesa: EDF + annotation XML in NSRR's folder layout; dreamt: one 64-Hz CSV per night, "
+                        "data_64Hz/<id>_whole_df.csv, as the DREAMT wearable dataset")
+    p.add_argument("--name-format", default=MESA_NAME_FORMAT,
+                   help="EDF/XML file stem with {id}, e.g. 'cfs-visit5-{id}' (the XML adds -nsrr.xml or "
+                        "-profusion.xml)")
+    p.add_argument("--xml-format", choices=XML_FORMATS, default="nsrr",
+                   help="annotation dialect: NSRR XML (annotations-events-nsrr/), Compumedics Profusion XML "
+                        "(annotations-events-profusion/), or both (the same scoring)")
     p.add_argument("--hours", type=float, default=None,
                    help="fixed night length (h) for everyone; unset: each drawn from [--min-hours, --max-hours]")
     p.add_argument("--min-hours", type=float, default=8.5, help="shortest night when --hours is not given")
     p.add_argument("--max-hours", type=float, default=11.5, help="longest night when --hours is not given")
     p.add_argument("--seed", type=int, default=0, help="same seed -> byte-identical files")
-    p.add_argument("--no-ecg-fraction", type=float, default=0.1, help="share of subjects without EKG")
-    p.add_argument("--test-fraction", type=float, default=0.3, help="share of IDs from the SleepPPG-Net test list")
+    p.add_argument("--no-ecg-fraction", type=float, default=0.1, help="share of subjects without EKG (MESA format)")
+    p.add_argument("--test-fraction", type=float, default=0.3,
+                   help="share of drawn MESA IDs taken from the SleepPPG-Net test list")
     p.add_argument("--workers", type=int, default=1, help="processes (files are identical for any number)")
     p.add_argument("--overwrite", action="store_true", help="rewrite subjects whose files exist")
     p.add_argument("--full-montage", action="store_true",
                    help="write all of MESA's channels (EOG, EMG, EEG2/3, Pres, ...), about twice the file size")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
+    if args.subjects_deprecated is not None:
+        log.warning("--subjects N is deprecated for the generator: use --n-subjects N")
+        if args.n_subjects is not None and args.n_subjects != args.subjects_deprecated:
+            p.error("--subjects and --n-subjects disagree; give --n-subjects only")
+        args.n_subjects = args.subjects_deprecated
+    if args.ids is not None:
+        args.ids = [i.strip() for i in args.ids.split(",") if i.strip()]
+        try:
+            check_ids(args.ids)
+        except ValueError as err:
+            p.error(f"--ids: {err}")
+        if not args.ids:
+            p.error("--ids: no ID given")
+        if args.n_subjects is not None and args.n_subjects != len(args.ids):
+            p.error(f"--n-subjects {args.n_subjects} but --ids lists {len(args.ids)} IDs; give one of them")
+    elif args.n_subjects is None:
+        p.error("give the number of subjects (--n-subjects N) or their IDs (--ids A,B,...)")
     n_ids = len(mesa_commercial_ids())
-    if not 1 <= args.subjects <= n_ids:
-        p.error(f"--subjects must be within 1..{n_ids} (the MESA commercial-use IDs)")
+    if args.ids is None and args.format == "mesa" and args.n_subjects > n_ids:
+        p.error(f"--n-subjects must be within 1..{n_ids} (the MESA commercial-use IDs); use --ids for more")
+    if args.ids is None and args.format == "dreamt" and args.n_subjects > MAX_DREAMT_DRAWN:
+        p.error(f"--n-subjects must be within 1..{MAX_DREAMT_DRAWN} for --format dreamt (S002 ... S999)")
+    try:
+        check_name_format(args.name_format)
+    except ValueError as err:
+        p.error(f"--name-format: {err}")
     if args.hours is not None and args.hours <= 0:
         p.error("--hours must be > 0")
     if not 0 < args.min_hours <= args.max_hours:
@@ -888,16 +1183,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     setup_logging()
+    args = parse_args(argv)
     t0 = time.perf_counter()
     ids, written, skipped = _make_cohort_counted(
-        args.out, args.subjects, args.hours, args.seed, args.min_hours, args.max_hours, args.no_ecg_fraction,
-        args.test_fraction, args.workers, None, args.overwrite, args.full_montage)
-    print(f"synthetic MESA cohort: {len(ids)} subjects ({written} written, {skipped} skipped) "
+        args.out, args.n_subjects, args.hours, args.seed, args.min_hours, args.max_hours, args.no_ecg_fraction,
+        args.test_fraction, args.workers, args.ids, args.overwrite, args.full_montage, args.name_format,
+        args.xml_format, args.format)
+    kind = "DREAMT-shaped" if args.format == "dreamt" else "MESA-shaped" if args.name_format == MESA_NAME_FORMAT \
+        else "NSRR-shaped"
+    print(f"synthetic {kind} cohort: {len(ids)} subjects ({written} written, {skipped} skipped) "
           f"in {time.perf_counter() - t0:.1f} s -> {args.out}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)

@@ -1,6 +1,7 @@
 """Tests for make_synthetic_mesa.py: MESA layout, EDF channels/rates (read back with mne), NSRR XML schema,
 determinism (seed, workers), resume, ECG-less subjects and the physiology a model has to learn."""
 
+import json
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -213,7 +214,7 @@ def test_stage_runs_merge_equal_epochs():
 
 
 def test_hypnogram_architecture():
-    """Over many full nights: latency, proportions of sleep stages, N3 early and REM late (SPEC §9)."""
+    """Over many full nights: latency, proportions of sleep stages, N3 early and REM late."""
     n1 = n2 = n3 = rem = 0
     n3_first_third = rem_last_half = 0
     for i in range(40):
@@ -314,3 +315,139 @@ def test_cli_summary_and_bad_arguments(tmp_path, capsys):
         with pytest.raises(SystemExit) as err:
             syn.main(["--out", str(tmp_path)] + bad)
         assert err.value.code == 2
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Other cohorts: name formats, Profusion XML, DREAMT CSVs, the command line
+
+
+def test_profusion_and_nsrr_xml_of_a_night_give_identical_labels(tmp_path):
+    import extract_mesa_data as ex
+
+    edf, nsrr = syn.write_subject(tmp_path / "both", "0005", 0.5, seed=2, xml_format="both")
+    profusion = syn.xml_path(tmp_path / "both", "0005", dialect="profusion")
+    assert profusion == tmp_path / "both/polysomnography/annotations-events-profusion/mesa-sleep-0005-profusion.xml"
+    root = ET.parse(profusion).getroot()
+    assert root.tag == "CMPStudyConfig" and root.findtext("EpochLength") == "30"
+    codes = [int(s.text) for s in root.findall("SleepStages/SleepStage")]
+    assert len(codes) == 60 and set(codes) <= set(syn.STAGE_CONCEPTS)
+    assert {e.findtext("Name") for e in root.find("ScoredEvents")} <= {"Arousal ()", "Hypopnea", "SpO2 desaturation"}
+    for n_windows in (60, 70, 45):
+        nsrr_labels = ex.xml_to_labels(nsrr, n_windows)
+        assert np.array_equal(nsrr_labels, ex.xml_to_labels(profusion, n_windows))
+        assert {0, 1, 2, 3} <= set(nsrr_labels.tolist())
+    # The per-epoch codes are the NSRR XML's stage runs; 'both' leaves the EDF and NSRR XML as 'nsrr' writes them.
+    assert codes == epoch_codes(read_xml(nsrr), 60).tolist()
+    edf_only, nsrr_only = syn.write_subject(tmp_path / "nsrr", "0005", 0.5, seed=2)
+    assert edf.read_bytes() == edf_only.read_bytes() and nsrr.read_bytes() == nsrr_only.read_bytes()
+    _, prof_only = syn.write_subject(tmp_path / "prof", "0005", 0.5, seed=2, xml_format="profusion")
+    assert prof_only.read_bytes() == profusion.read_bytes()
+    assert not (tmp_path / "prof" / "polysomnography" / "annotations-events-nsrr").exists()
+
+
+def test_other_cohort_end_to_end_generate_pair_check_extract(tmp_path, capsys):
+    """A CFS-named cohort with 6-digit IDs and Profusion XML: generate -> pair check -> extract."""
+    import h5py
+
+    import extract_mesa_data as ex
+    import verify_mesa_dataset as vd
+
+    root = tmp_path / "cfs"
+    assert syn.main(["--out", str(root), "--ids", "800002,800010", "--name-format", "cfs-visit5-{id}",
+                     "--xml-format", "profusion", "--hours", "0.15", "--no-ecg-fraction", "0"]) == 0
+    edf_dir = root / "polysomnography" / "edfs"
+    xml_dir = root / "polysomnography" / "annotations-events-profusion"
+    assert sorted(p.name for p in edf_dir.iterdir()) == ["cfs-visit5-800002.edf", "cfs-visit5-800010.edf"]
+    pattern = ["--id-pattern", r"cfs-visit5-(\d+)"]
+    report = tmp_path / "pair.json"
+    assert vd.main(["--xml-dir", str(xml_dir), "--edf-dir", str(edf_dir), "--out", str(report)]) == 1  # MESA's
+    assert vd.main(["--xml-dir", str(xml_dir), "--edf-dir", str(edf_dir), "--out", str(report), *pattern]) == 0
+    matched = json.loads(report.read_text())["matched"]
+    assert [(m["id"], m["dialect"]) for m in matched] == [("800002", "profusion"), ("800010", "profusion")]
+    out = tmp_path / "x"
+    assert ex.main(["--edf-dir", str(edf_dir), "--xml-dir", str(xml_dir), "--out-dir", str(out), "--workers", "1",
+                    "--windows-per-subject", "20", *pattern]) == 0
+    with h5py.File(out / ex.PPG_FILE) as f:
+        assert f["subject_ids"][()].tolist() == [b"800002"] * 20 + [b"800010"] * 20
+        labels = f["labels"][()]
+    expected = [ex.xml_to_labels(xml_dir / f"cfs-visit5-{sid}-profusion.xml", 20) for sid in ("800002", "800010")]
+    assert np.array_equal(labels, np.concatenate(expected)) and (labels != -1).any()
+
+
+def test_leading_zero_ids_kept_and_reported(tmp_path, capsys):
+    import verify_mesa_dataset as vd
+
+    ids = syn.make_cohort(tmp_path, 0, hours=0.05, ids=["282", "0282"], no_ecg_fraction=0)
+    assert ids == ["0282", "282"]  # text kept: two files, not one
+    assert syn.edf_path(tmp_path, "282").name == "mesa-sleep-282.edf"
+    assert syn.edf_path(tmp_path, "0282").is_file() and syn.edf_path(tmp_path, "282").is_file()
+    out = tmp_path / "pair.json"
+    assert vd.main(["--xml-dir", str(tmp_path / syn.XML_SUBDIR), "--edf-dir", str(tmp_path / syn.EDF_SUBDIR),
+                    "--out", str(out)]) == 1
+    assert [c["ids"] for c in json.loads(out.read_text())["id_clashes"]] == [["0282", "282"]]
+    with pytest.raises(ValueError, match="more than once"):
+        syn.make_cohort(tmp_path, 0, hours=0.05, ids=["0001", "0001"])
+    with pytest.raises(ValueError, match="letters, digits"):
+        syn.make_cohort(tmp_path, 0, hours=0.05, ids=["../x"])
+
+
+def test_dreamt_csv_shape_columns_and_stages(tmp_path):
+    import pandas as pd
+
+    ids = syn.make_cohort(tmp_path / "a", 2, hours=0.25, seed=4, fmt="dreamt")
+    assert ids == ["S002", "S003"]
+    csv = tmp_path / "a" / "data_64Hz" / "S002_whole_df.csv"
+    assert sorted(p.name for p in (tmp_path / "a" / "data_64Hz").iterdir()) == ["S002_whole_df.csv",
+                                                                                 "S003_whole_df.csv"]
+    df = pd.read_csv(csv)
+    assert list(df.columns) == list(syn.DREAMT_COLUMNS)
+    assert len(df) == 0.25 * 3600 * 64
+    assert np.array_equal(df["TIMESTAMP"].to_numpy(), np.arange(len(df)) / 64)  # s from 0, 64 Hz, exact
+    stages = df["Sleep_Stage"].to_numpy().astype(str)
+    assert set(stages) <= {"P", "W", "N1", "N2", "N3", "R", "Missing"}
+    assert {"W", "N2", "N3", "R", "Missing"} <= set(stages)
+    per_epoch = stages.reshape(-1, 30 * 64)
+    assert (per_epoch == per_epoch[:, :1]).all()  # one stage per 30-s epoch
+    n_prep = int(np.argmax(per_epoch[:, 0] != "P"))
+    assert 2 <= n_prep <= 10 and "P" not in per_epoch[n_prep:, 0]  # a few minutes of P, then never again
+    for column in ("ACC_X", "ACC_Y", "ACC_Z"):
+        assert df[column].dtype == np.int64 and df[column].between(-128, 127).all()
+    assert df[["BVP", "TEMP", "EDA", "HR", "IBI"]].notna().all().all()
+    assert df["TEMP"].between(30, 38).all() and (df["EDA"] >= 0).all() and df["HR"].between(35, 150).all()
+    assert np.allclose(60 / df["IBI"].median(), df["HR"].median(), rtol=0.1)
+    events = df[list(syn.DREAMT_EVENT_COLUMNS)]
+    assert set(np.unique(events.to_numpy()[~np.isnan(events.to_numpy())])) <= {1.0}
+    assert (events.notna().sum(axis=1)[df["Sleep_Stage"].isin(["P"])] == 0).all()  # no events before lights-off
+    # BVP carries the heart beats: its dominant rhythm is the HR column's.
+    from scipy.signal import butter, find_peaks, sosfiltfilt
+
+    bvp = sosfiltfilt(butter(2, (0.5, 4), btype="bandpass", fs=64, output="sos"), df["BVP"].to_numpy())
+    peaks, _ = find_peaks(bvp, distance=int(0.6 * 64 * 60 / df["HR"].median()))
+    assert len(peaks) / (len(df) / 64 / 60) == pytest.approx(df["HR"].mean(), rel=0.1)
+    # Byte-identical per seed, whatever the workers; another seed differs.
+    syn.make_cohort(tmp_path / "b", 2, hours=0.25, seed=4, fmt="dreamt", workers=2)
+    syn.make_cohort(tmp_path / "c", 1, hours=0.25, seed=5, fmt="dreamt")
+    assert csv.read_bytes() == (tmp_path / "b" / "data_64Hz" / "S002_whole_df.csv").read_bytes()
+    assert csv.read_bytes() != (tmp_path / "c" / "data_64Hz" / "S002_whole_df.csv").read_bytes()
+
+
+def test_cli_n_subjects_deprecated_alias_and_help(tmp_path, capsys, caplog):
+    assert syn.main(["--out", str(tmp_path / "a"), "--n-subjects", "1", "--hours", "0.05", "--seed", "3"]) == 0
+    assert "is deprecated" not in caplog.text
+    assert syn.main(["--out", str(tmp_path / "b"), "--subjects", "1", "--hours", "0.05", "--seed", "3"]) == 0
+    assert "--subjects N is deprecated for the generator: use --n-subjects N" in caplog.text
+    a, b = (sorted((tmp_path / d).rglob("*.*")) for d in "ab")
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    capsys.readouterr()
+    for bad in ([], ["--n-subjects", "2", "--ids", "0001"], ["--n-subjects", "1", "--subjects", "2"],
+                ["--ids", "0001", "--name-format", "cfs-visit5"], ["--ids", "a/b"],
+                ["--n-subjects", "2", "--xml-format", "edf"], ["--n-subjects", "1000", "--format", "dreamt"]):
+        with pytest.raises(SystemExit) as err:
+            syn.main(["--out", str(tmp_path / "c")] + bad)
+        assert err.value.code == 2, bad
+    assert not (tmp_path / "c").exists()
+    assert all(action.help for action in syn.build_parser()._actions)  # every flag has a help text
+    with pytest.raises(SystemExit):
+        syn.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "deprecated alias of --n-subjects" in text and "cfs-visit5-{id}" in text and "(default: 0)" in text
