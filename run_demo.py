@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     stamps = workdir / ".demo_steps"
     save_dir = Path(cfg["output"]["save_dir"])
     edf_dir = Path(cfg["preprocessing"]["edf_dir"])
-    gen = [py, str(REPO_DIR / "make_synthetic_mesa.py"), "--out", str(root), "--subjects", str(args.subjects),
+    gen = [py, str(REPO_DIR / "make_synthetic_mesa.py"), "--out", str(root), "--n-subjects", str(args.subjects),
            "--seed", str(args.seed)]
     if args.hours is not None:
         gen += ["--hours", str(args.hours)]
