@@ -36,8 +36,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sleepppg_common import (MESA_ID_PATTERN, ConfigError, compile_id_pattern, load_config,
-                             subject_id_from_filename, write_text_atomic)
+from sleepppg_common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, MESA_ID_PATTERN, ConfigError,
+                             HelpFormatter, compile_id_pattern, load_config, subject_id_from_filename,
+                             write_text_atomic)
 
 log = logging.getLogger("verify_mesa_dataset")
 
@@ -234,14 +235,14 @@ def _examples(names: list[str], n: int = 5) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--xml-dir", help="folder of annotations (*-nsrr.xml and/or *-profusion.xml); "
                                           "default: preprocessing.xml_dir of --config")
     parser.add_argument("--edf-dir", help="folder of EDF recordings; default: preprocessing.edf_dir of --config")
     parser.add_argument("--out", default="paircheck_result.json", help="JSON report to write")
     parser.add_argument("--id-pattern", help="regex with one group around the subject ID, searched in file "
                                              "names, any case (default: preprocessing.id_pattern of --config, "
-                                             f"else MESA's {MESA_ID_PATTERN!r})")
+                                             f"else MESA's '{MESA_ID_PATTERN}')")
     parser.add_argument("--config", help="YAML config: its preprocessing.id_pattern, edf_dir and xml_dir are the "
                                          "defaults of the flags above")
     return parser.parse_args(argv)
@@ -255,35 +256,35 @@ def main(argv: list[str] | None = None) -> int:
             pre = load_config(args.config)["preprocessing"]
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
-            return 2
+            return EXIT_SETUP
         id_pattern, edf_dir, xml_dir = pre["id_pattern"], edf_dir or pre["edf_dir"], xml_dir or pre["xml_dir"]
     if args.id_pattern is not None:
         try:
             id_pattern = compile_id_pattern(args.id_pattern).pattern
         except ValueError as err:
             print(f"error: --id-pattern: {err}", file=sys.stderr)
-            return 2
+            return EXIT_SETUP
     for name, directory in (("--xml-dir", xml_dir), ("--edf-dir", edf_dir)):
         if directory is None:
             print(f"error: {name} is required (or --config with preprocessing.{name[2:].replace('-', '_')})",
                   file=sys.stderr)
-            return 2
+            return EXIT_SETUP
         if not Path(directory).is_dir():
             print(f"error: {name} {directory} is not a folder", file=sys.stderr)
-            return 2
+            return EXIT_SETUP
     report = pair_report(xml_dir, edf_dir, id_pattern)
     try:
         write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
     except OSError as err:
         print(f"error: cannot write {args.out}: {err}", file=sys.stderr)
-        return 2
+        return EXIT_SETUP
     print(format_summary(report))
     print(f"report: {args.out}")
-    return 0 if is_clean(report) else 1
+    return EXIT_OK if is_clean(report) else EXIT_FAILED
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
