@@ -1,5 +1,7 @@
 """Tests for make_synthetic_mesa.py: MESA layout, EDF channels/rates (read back with mne), NSRR XML schema,
-determinism (seed, workers), resume, ECG-less subjects and the physiology a model has to learn."""
+determinism (seed, workers), resume, ECG-less subjects and the physiology a model has to learn; other cohorts
+(file names, 6-digit and leading-zero IDs, Profusion XML giving the NSRR labels, generate -> pair check ->
+extract), DREAMT-shaped CSVs, and the command line (--n-subjects, the deprecated --subjects, help)."""
 
 import json
 import re
