@@ -1,14 +1,17 @@
 """The train/val/test split and the night-per-item datasets over the processed MESA HDF5 files.
 
-Inputs (SPEC §5, written by extract_mesa_data.py):
+Inputs (written by extract_mesa_data.py):
     mesa_ppg_with_labels.h5   `ppg` (N_windows, 1024) z-scored PPG at 34.13 Hz, `labels` (N_windows,) in {-1..3}
     mesa_real_ecg.h5          `ecg` (N_windows, 1024), same rows as the PPG file (PPG+ECG model only)
     mesa_subject_index.h5     `subjects/<id>/window_indices` (rows of that night), attrs `n_windows`, `has_ecg`
 
-Split (SPEC §7, as the reference): the valid subjects are those whose `n_windows` equals `windows_per_subject`
-(1,200 = 10 h). Test = the 204 SleepPPG-Net test IDs that are valid, in the paper's order; the other valid
-subjects are split 80/20 into train/val by `sklearn.model_selection.train_test_split` with the seed (42).
-With `use_sleepppg_test_set=False`: a random 80/20 train/test split, then 80/20 train/val, both with the seed.
+Split (as the reference): the valid subjects are those whose `n_windows` equals `windows_per_subject`
+(1,200 = 10 h). Test = the valid subjects on a fixed test list, in the list's order; the other valid subjects
+are split 80/20 into train/val by `sklearn.model_selection.train_test_split` with the seed (42). The list is
+the config key `training.test_subjects_file`: by default data/sleepppg_net_test_subjects.txt, the 204 MESA
+subjects held out by SleepPPG-Net (Kotzen et al. 2023); for another cohort, any text file of its IDs, one
+per line (`#` comments and blank lines ignored). With `use_sleepppg_test_set=False`: a random 80/20
+train/test split, then 80/20 train/val, both with the seed, and no list is read.
 
 Items: one night each.
     PPGOnlyDataset          (ppg_1T float32 (1, W*1024), labels_W int64 (W,)) [, index]
@@ -17,7 +20,7 @@ A night is one contiguous row range, so an item is one HDF5 read per array. File
 process (keyed by PID), so DataLoader workers (`num_workers > 0`) each get their own handle.
 
 Usage: `python multimodal_dataset_aligned.py --config configs/config_cloud.yaml` prints the split and which
-SleepPPG-Net test IDs are missing from the data.
+IDs of the test list are missing from the data.
 """
 
 from __future__ import annotations
@@ -36,11 +39,11 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from sleepppg_common import (ECG_FILE, INDEX_FILE, PPG_FILE, SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT, load_config,
-                             sleepppg_test_subjects)
+from sleepppg_common import (ECG_FILE, INDEX_FILE, PPG_FILE, REPO_DIR, SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT,
+                             ConfigError, load_config, sleepppg_test_subjects)
 
 # ----------------------------------------------------------------------------------------------------------
-# Constants (file names and split fractions from the reference; SPEC §5, §7)
+# Constants (file names and split fractions from the reference)
 GENERATED_ECG_FILE_NAME = "mesa_generated_ecg.h5"  # the reference's name; nothing here writes it
 VAL_FRACTION = 0.2  # of the non-test subjects
 TEST_FRACTION = 0.2  # of the valid subjects, only when the SleepPPG-Net test list is not used
@@ -97,27 +100,72 @@ def select_valid_subjects(window_counts: dict[str, int], windows_per_subject: in
     return sorted(sid for sid, n in window_counts.items() if n == windows_per_subject)
 
 
-def missing_test_subjects(valid_subjects: list[str]) -> list[str]:
-    """SleepPPG-Net test IDs that are not among the valid subjects, in the paper's order."""
+def read_test_subjects(path: str | os.PathLike) -> list[str]:
+    """The subject IDs of a test-list file: one per line, kept as written (MESA's are 4 digits with leading
+    zeros, as in data/sleepppg_net_test_subjects.txt); blank lines and `#` comments are ignored, repeats kept
+    once. Raises ConfigError naming `training.test_subjects_file` and the path when the file is missing,
+    unreadable or lists no ID."""
+    key = "training.test_subjects_file"
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{key} = {path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{key} = {path}: cannot read the test-subject list: {err}") from None
+    ids = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    ids = list(dict.fromkeys(i for i in ids if i))
+    if not ids:
+        raise ConfigError(f"{key} = {path}: the file lists no subject ID (one ID per line expected)")
+    return ids
+
+
+def resolve_test_subjects_file(value: str | os.PathLike) -> Path:
+    """The test-list path of `training.test_subjects_file`: relative to the current directory like every
+    path in the config, or, when no such file is there, relative to the repository (where the default
+    data/sleepppg_net_test_subjects.txt ships), so the default works from any directory."""
+    path = Path(value)
+    if path.is_absolute() or path.is_file() or not (REPO_DIR / path).is_file():
+        return path
+    return REPO_DIR / path
+
+
+def test_subjects_from_config(cfg: dict) -> list[str] | None:
+    """The test list of a loaded config (`training.test_subjects_file`), or None when
+    `training.use_sleepppg_test_set` is false (random split; no list is read). Raises ConfigError."""
+    training = cfg["training"]
+    if not training["use_sleepppg_test_set"]:
+        return None
+    return read_test_subjects(resolve_test_subjects_file(training["test_subjects_file"]))
+
+
+def missing_test_subjects(valid_subjects: list[str], test_subjects: list[str] | None = None) -> list[str]:
+    """IDs of the test list (default: the SleepPPG-Net list) that are not among the valid subjects, in the
+    list's order."""
     valid_set = set(valid_subjects)
-    return [s for s in SLEEPPPG_TEST_SUBJECTS if s not in valid_set]
+    listed = SLEEPPPG_TEST_SUBJECTS if test_subjects is None else test_subjects
+    return [s for s in listed if s not in valid_set]
 
 
-def split_subjects(valid_subjects: list[str], use_sleepppg_test_set: bool = True,
-                   seed: int = 42) -> tuple[list[str], list[str], list[str]]:
-    """(train, val, test) subject IDs from the sorted valid IDs, as the reference splits them (SPEC §7).
+def split_subjects(valid_subjects: list[str], use_sleepppg_test_set: bool = True, seed: int = 42,
+                   test_subjects: list[str] | None = None) -> tuple[list[str], list[str], list[str]]:
+    """(train, val, test) subject IDs from the sorted valid IDs, as the reference splits them: test = the
+    valid IDs on the test list (`test_subjects`, default the SleepPPG-Net list) in the list's order, the rest
+    80/20 into train/val with the seed; with `use_sleepppg_test_set=False` a seeded random 80/20 train/test,
+    then 80/20 train/val, and `test_subjects` is not used.
 
     Raises ValueError when there are too few subjects for a non-empty train and val set.
     """
     valid = list(valid_subjects)
     if use_sleepppg_test_set:
         valid_set = set(valid)
-        test = [s for s in SLEEPPPG_TEST_SUBJECTS if s in valid_set]
+        listed = SLEEPPPG_TEST_SUBJECTS if test_subjects is None else test_subjects
+        test = [s for s in listed if s in valid_set]
         test_set = set(test)
         rest = [s for s in valid if s not in test_set]
         if len(rest) < 2:
-            raise ValueError(f"too few subjects to split: {len(valid)} valid, {len(test)} of them in the "
-                             f"SleepPPG-Net test set, {len(rest)} left for train/val (need at least 2)")
+            raise ValueError(f"too few subjects to split: {len(valid)} valid, {len(test)} of them on the "
+                             f"test list, {len(rest)} left for train/val (need at least 2)")
         train, val = train_test_split(rest, test_size=VAL_FRACTION, random_state=seed)
     else:
         if len(valid) < 3:
@@ -190,16 +238,18 @@ class Split:
     test: list[str]
     valid: list[str]  # all subjects with a full-length night
     n_indexed: int  # subjects in the index file
-    missing_test: list[str]  # SleepPPG-Net test IDs not among the valid subjects (sleepppg mode only)
+    missing_test: list[str]  # IDs of the test list not among the valid subjects (test-list mode only)
 
 
 def make_split(index_file: str | os.PathLike, windows_per_subject: int = WINDOWS_PER_SUBJECT,
-               use_sleepppg_test_set: bool = True, seed: int = 42) -> Split:
-    """Read the index file and split its valid subjects (see `split_subjects`)."""
+               use_sleepppg_test_set: bool = True, seed: int = 42,
+               test_subjects: list[str] | None = None) -> Split:
+    """Read the index file and split its valid subjects (see `split_subjects`; `test_subjects` None = the
+    SleepPPG-Net list)."""
     counts = read_window_counts(index_file)
     valid = select_valid_subjects(counts, windows_per_subject)
-    train, val, test = split_subjects(valid, use_sleepppg_test_set, seed)
-    missing = missing_test_subjects(valid) if use_sleepppg_test_set else []
+    train, val, test = split_subjects(valid, use_sleepppg_test_set, seed, test_subjects)
+    missing = missing_test_subjects(valid, test_subjects) if use_sleepppg_test_set else []
     return Split(train, val, test, valid, len(counts), missing)
 
 
@@ -223,11 +273,12 @@ class NightDataset(Dataset):
     """One full night per item from the processed HDF5 files; the shared base of the two datasets below.
 
     Args:
-        data_path: {"ppg", "index"[, "ecg"]} paths or the folder holding the SPEC §5 files.
+        data_path: {"ppg", "index"[, "ecg"]} paths or the folder holding the three processed files.
         split: "train", "val" or "test".
         transform: optional callable on the 1-D float32 signals (ppg) or (ppg, ecg), as the reference.
         seed: split seed (42 in the paper's setup).
-        use_sleepppg_test_set: test = the SleepPPG-Net test IDs (True) or a random 20% (False).
+        use_sleepppg_test_set: test = the IDs on the test list (True) or a random 20% (False).
+        test_subjects: the test list (None = the 204 SleepPPG-Net MESA IDs); see `test_subjects_from_config`.
         windows_per_subject: W, windows per night (1,200 for MESA; smaller for synthetic tests).
         return_index: also return the item index (to gather DDP results without duplicates).
     """
@@ -237,7 +288,7 @@ class NightDataset(Dataset):
     def __init__(self, data_path: dict | str | os.PathLike, split: str = "train",
                  transform: Callable | None = None, seed: int = 42, use_sleepppg_test_set: bool = True,
                  windows_per_subject: int = WINDOWS_PER_SUBJECT, return_index: bool = False,
-                 use_generated_ecg: bool = False):
+                 use_generated_ecg: bool = False, test_subjects: list[str] | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.split, self.transform, self.seed = split, transform, seed
@@ -246,7 +297,8 @@ class NightDataset(Dataset):
         self.return_index = return_index
         self.paths = resolve_data_paths(data_path, need_ecg="ecg" in self.modalities,
                                         use_generated_ecg=use_generated_ecg)
-        self.split_info = make_split(self.paths["index"], self.windows_per_subject, use_sleepppg_test_set, seed)
+        self.split_info = make_split(self.paths["index"], self.windows_per_subject, use_sleepppg_test_set, seed,
+                                     test_subjects)
         self.subjects: list[str] = getattr(self.split_info, split)
         self.starts = read_night_starts(self.paths["index"], self.subjects, self.windows_per_subject)
         self._check_arrays()
@@ -317,9 +369,9 @@ class PPGOnlyDataset(NightDataset):
     modalities = ("ppg",)
 
     def __init__(self, data_path, split="train", transform=None, seed=42, use_sleepppg_test_set=True,
-                 windows_per_subject=WINDOWS_PER_SUBJECT, return_index=False):
+                 windows_per_subject=WINDOWS_PER_SUBJECT, return_index=False, test_subjects=None):
         super().__init__(data_path, split, transform, seed, use_sleepppg_test_set, windows_per_subject,
-                         return_index)
+                         return_index, test_subjects=test_subjects)
 
 
 class MultiModalSleepDataset(NightDataset):
@@ -329,18 +381,22 @@ class MultiModalSleepDataset(NightDataset):
     modalities = ("ppg", "ecg")
 
     def __init__(self, data_path, split="train", use_generated_ecg=False, transform=None, seed=42,
-                 use_sleepppg_test_set=True, windows_per_subject=WINDOWS_PER_SUBJECT, return_index=False):
+                 use_sleepppg_test_set=True, windows_per_subject=WINDOWS_PER_SUBJECT, return_index=False,
+                 test_subjects=None):
         self.use_generated_ecg = use_generated_ecg
         super().__init__(data_path, split, transform, seed, use_sleepppg_test_set, windows_per_subject,
-                         return_index, use_generated_ecg=use_generated_ecg)
+                         return_index, use_generated_ecg=use_generated_ecg, test_subjects=test_subjects)
 
 
 def get_dataloaders(data_path: dict | str | os.PathLike, batch_size: int = 1, num_workers: int = 0,
                     use_generated_ecg: bool = False, model_type: str = "ppg_only",
                     use_sleepppg_test_set: bool = True, windows_per_subject: int = WINDOWS_PER_SUBJECT,
                     seed: int = 42, distributed: bool = False, pin_memory: bool = False,
-                    return_index: bool = False) -> tuple[Any, ...]:
+                    return_index: bool = False, test_subjects: list[str] | None = None) -> tuple[Any, ...]:
     """(train_loader, val_loader, test_loader, train_ds, val_ds, test_ds), as the reference returns them.
+
+    `test_subjects` is the test list (None = the SleepPPG-Net MESA IDs; `test_subjects_from_config(cfg)`
+    reads `training.test_subjects_file`).
 
     The training loader shuffles with torch's global RNG (seed it; its state in a checkpoint makes resumed
     runs reproducible). With `distributed=True` each loader gets a DistributedSampler (shuffling only for
@@ -350,7 +406,7 @@ def get_dataloaders(data_path: dict | str | os.PathLike, batch_size: int = 1, nu
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
     common = dict(seed=seed, use_sleepppg_test_set=use_sleepppg_test_set,
-                  windows_per_subject=windows_per_subject, return_index=return_index)
+                  windows_per_subject=windows_per_subject, return_index=return_index, test_subjects=test_subjects)
     if model_type == "ppg_only":
         datasets = [PPGOnlyDataset(data_path, split=s, **common) for s in SPLITS]
     else:
@@ -361,7 +417,7 @@ def get_dataloaders(data_path: dict | str | os.PathLike, batch_size: int = 1, nu
     log.info("split: %d subjects indexed, %d valid (%d windows); train %d, val %d, test %d",
              info.n_indexed, len(info.valid), windows_per_subject, len(info.train), len(info.val), len(info.test))
     if info.missing_test:
-        log.warning("%d SleepPPG-Net test subjects are not in the data (or not %d windows long), e.g. %s",
+        log.warning("%d subjects of the test list are not in the data (or not %d windows long), e.g. %s",
                     len(info.missing_test), windows_per_subject, info.missing_test[:10])
     loaders = []
     for split, ds in zip(SPLITS, datasets):
@@ -380,7 +436,8 @@ def get_dataloaders(data_path: dict | str | os.PathLike, batch_size: int = 1, nu
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Print the train/val/test split of the processed data.")
     p.add_argument("--config", required=True, help="YAML config (data.* paths, training.seed, "
-                                                   "training.use_sleepppg_test_set)")
+                                                   "training.use_sleepppg_test_set, "
+                                                   "training.test_subjects_file)")
     p.add_argument("--windows-per-subject", type=int, default=None,
                    help="override data.windows_per_subject")
     return p.parse_args(argv)
@@ -394,8 +451,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides)
         wps = cfg["data"]["windows_per_subject"]
         use_test_set, seed = cfg["training"]["use_sleepppg_test_set"], cfg["training"]["seed"]
+        test_subjects = test_subjects_from_config(cfg)
         paths = resolve_data_paths(data_paths_from_config(cfg), need_ecg=False)
-        split = make_split(paths["index"], wps, use_test_set, seed)
+        split = make_split(paths["index"], wps, use_test_set, seed, test_subjects)
         for name in SPLITS:  # the same checks the datasets make (contiguous nights)
             read_night_starts(paths["index"], getattr(split, name), wps)
     except (FileNotFoundError, ValueError) as err:
@@ -403,12 +461,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"index: {paths['index']}")
     print(f"subjects in index: {split.n_indexed}; valid ({wps} windows): {len(split.valid)}; "
           f"excluded: {split.n_indexed - len(split.valid)}")
-    mode = "SleepPPG-Net test set" if use_test_set else "random 80/20"
+    mode = "test list" if use_test_set else "random 80/20"
     print(f"split ({mode}, seed {seed}): train {len(split.train)}, val {len(split.val)}, test {len(split.test)}")
     if use_test_set:
-        print(f"SleepPPG-Net test IDs present: {len(split.test)} of {len(SLEEPPPG_TEST_SUBJECTS)}; "
-              f"missing: {len(split.missing_test)}"
-              + (f" (first: {', '.join(split.missing_test[:10])})" if split.missing_test else ""))
+        list_file = resolve_test_subjects_file(cfg["training"]["test_subjects_file"])
+        print(f"test list {list_file}: {len(split.test)} of {len(test_subjects)} IDs present; "
+              f"missing: {len(split.missing_test)}")
+        if split.missing_test:  # every one, so a user can check them against the data
+            print(f"missing IDs (not in the index, or not {wps} windows long): {', '.join(split.missing_test)}")
     return 0
 
 

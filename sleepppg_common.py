@@ -204,6 +204,7 @@ CONFIG_SCHEMA: dict[str, dict[str, Any]] = {
         "grad_clip": float,
         "lr_factor": float,
         "lr_patience": int,
+        "test_subjects_file": Default(str, "data/sleepppg_net_test_subjects.txt"),  # test IDs, one per line
     },
     "model": {
         "ppg_only": {"enabled": bool},

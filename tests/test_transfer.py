@@ -1,0 +1,98 @@
+"""Tests for using the pipeline beyond MESA: the configurable test list (`training.test_subjects_file`),
+fine-tuning from a trained checkpoint (`--init-from`, `--freeze-encoder`) and the choice of the validation
+figure that picks the best checkpoint (`training.select_best_by`)."""
+import pytest
+import yaml
+
+import multimodal_dataset_aligned as mda
+from processed_fixtures import write_processed
+from sleepppg_common import ConfigError, load_config, sleepppg_test_subjects
+
+W = 8  # windows per night: tiny nights keep the tests fast
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """10 subjects: 2 from the SleepPPG-Net list and 9000..9007 (9003 a window short, so not valid)."""
+    return write_processed(tmp_path_factory.mktemp("processed"), n_subjects=10, windows_per_subject=W, n_test=2,
+                           short_subjects=("9003",))
+
+
+def _config_file(tmp_path, data, **training) -> str:
+    raw = yaml.safe_load(open("configs/config_demo.yaml"))
+    raw["data"].update(ppg_file=data["ppg"], ecg_file=data["ecg"], index_file=data["index"], windows_per_subject=W)
+    raw["training"].update(training)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The test list of another cohort
+
+
+def test_a_listed_cohort_sets_the_test_split_in_list_order(data, tmp_path):
+    listed = tmp_path / "my_cohort_test.txt"
+    listed.write_text("# held-out nights of my cohort\n9005\n\n9001  # a comment\n9003\n7777\n9005\n")
+    ids = mda.read_test_subjects(listed)
+    assert ids == ["9005", "9001", "9003", "7777"]  # comments, blanks and the repeat dropped; order kept
+    split = mda.make_split(data["index"], W, use_sleepppg_test_set=True, seed=42, test_subjects=ids)
+    assert split.test == ["9005", "9001"]  # 9003 is too short, 7777 absent
+    assert split.missing_test == ["9003", "7777"]
+    assert set(split.train) | set(split.val) == set(split.valid) - {"9005", "9001"}
+    assert not set(split.train) & set(split.val)
+    # the SleepPPG-Net IDs of this cohort are now ordinary training/validation subjects
+    assert set(data["subjects"][:2]) & set(sleepppg_test_subjects()) <= set(split.train) | set(split.val)
+    # the datasets use the same list
+    loaders = mda.get_dataloaders({k: data[k] for k in ("ppg", "index")}, windows_per_subject=W,
+                                  test_subjects=ids)
+    assert loaders[5].subjects == ["9005", "9001"] and sorted(loaders[3].subjects) == sorted(split.train)
+
+
+def test_the_default_key_is_the_sleepppg_list_from_any_directory(data, tmp_path, monkeypatch):
+    cfg = load_config(_config_file(tmp_path, data))
+    assert cfg["training"]["test_subjects_file"] == "data/sleepppg_net_test_subjects.txt"
+    monkeypatch.chdir(tmp_path)  # no data/ folder here: the repository's list is used
+    assert mda.test_subjects_from_config(cfg) == sleepppg_test_subjects()
+    split_default = mda.make_split(data["index"], W, True, 42)
+    assert mda.make_split(data["index"], W, True, 42, mda.test_subjects_from_config(cfg)) == split_default
+
+
+def test_a_config_without_the_key_still_loads(data, tmp_path):
+    raw = yaml.safe_load(open(_config_file(tmp_path, data)))
+    del raw["training"]["test_subjects_file"]
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump(raw))
+    assert mda.test_subjects_from_config(load_config(old)) == sleepppg_test_subjects()
+
+
+@pytest.mark.parametrize("content", [None, "", "# only a comment\n\n"])
+def test_a_missing_or_empty_list_is_a_setup_error_naming_key_and_path(data, tmp_path, content):
+    listed = tmp_path / "list.txt"
+    if content is not None:
+        listed.write_text(content)
+    cfg = load_config(_config_file(tmp_path, data, test_subjects_file=str(listed)))
+    with pytest.raises(ConfigError, match=r"training\.test_subjects_file = .*list\.txt: "
+                                          r"(file not found|the file lists no subject ID)"):
+        mda.test_subjects_from_config(cfg)
+    with pytest.raises(SystemExit, match=r"training\.test_subjects_file"):
+        mda.main(["--config", _config_file(tmp_path, data, test_subjects_file=str(listed))])
+
+
+def test_the_random_split_reads_no_list(data, tmp_path):
+    cfg = load_config(_config_file(tmp_path, data, use_sleepppg_test_set=False,
+                                   test_subjects_file=str(tmp_path / "absent.txt")))
+    assert mda.test_subjects_from_config(cfg) is None
+    split = mda.make_split(data["index"], W, False, 7, None)
+    assert split == mda.make_split(data["index"], W, False, 7, ["9000", "9001"])  # the list plays no part
+    assert split.missing_test == [] and len(split.valid) == 9
+
+
+def test_cli_prints_the_listed_ids_that_are_missing(data, tmp_path, capsys):
+    listed = tmp_path / "list.txt"
+    listed.write_text("9002\n9003\nABC-12\n")
+    assert mda.main(["--config", _config_file(tmp_path, data, test_subjects_file=str(listed))]) == 0
+    out = capsys.readouterr().out
+    assert f"test list {listed}: 1 of 3 IDs present; missing: 2" in out
+    assert f"missing IDs (not in the index, or not {W} windows long): 9003, ABC-12" in out
+    assert "train 6, val 2, test 1" in out
