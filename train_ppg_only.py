@@ -487,8 +487,12 @@ def preflight_data(cfg: dict, model_kind: str) -> None:
     check_data_files(cfg, model_kind)
     data = cfg["data"]
     try:
+        test_subjects = mda.test_subjects_from_config(cfg)
+    except ConfigError as err:  # training.test_subjects_file missing or empty
+        raise SystemExit(f"config error: {err}") from None
+    try:
         split = mda.make_split(data["index_file"], data["windows_per_subject"],
-                               cfg["training"]["use_sleepppg_test_set"], cfg["training"]["seed"])
+                               cfg["training"]["use_sleepppg_test_set"], cfg["training"]["seed"], test_subjects)
     except (ValueError, OSError, KeyError) as err:
         raise SystemExit(f"cannot build the train/val/test split from {data['index_file']}: {err}") from None
     for name, subjects in (("train", split.train), ("validation", split.val), ("test", split.test)):
@@ -512,6 +516,7 @@ def build_data(cfg: dict, model_kind: str, device: torch.device, ctx: DistContex
             use_sleepppg_test_set=cfg["training"]["use_sleepppg_test_set"],
             windows_per_subject=data["windows_per_subject"],
             seed=cfg["training"]["seed"],
+            test_subjects=mda.test_subjects_from_config(cfg),
             distributed=ctx.enabled,
             pin_memory=device.type == "cuda",
             return_index=True,
