@@ -205,6 +205,7 @@ CONFIG_SCHEMA: dict[str, dict[str, Any]] = {
         "lr_factor": float,
         "lr_patience": int,
         "test_subjects_file": Default(str, "data/sleepppg_net_test_subjects.txt"),  # test IDs, one per line
+        "select_best_by": Default(Choice("val_loss", "val_kappa", "val_median_kappa"), "val_loss"),
     },
     "model": {
         "ppg_only": {"enabled": bool},

@@ -4,14 +4,15 @@ The reference training recipe (the public sleep-staging-models scripts) with its
 returns logits that go straight into CrossEntropyLoss; the loss is summed over scored epochs and divided by their number (label -1 = unscored or
 padding, ignored); class weights are inverse frequencies over *all* training labels (read from the label
 array, not the signals); checkpoints are loaded with `weights_only=True`. The validation and test loss is the
-same mean without class weights (as the reference); early stopping and the best checkpoint follow it, the
-learning rate follows validation kappa (ReduceLROnPlateau, mode max).
+same mean without class weights (as the reference); early stopping and the best checkpoint follow it (or the
+validation kappa, pooled or median per subject: `training.select_best_by`), the learning rate follows
+validation kappa (ReduceLROnPlateau, mode max).
 
 Inputs: the three HDF5 files named in the config (`data.ppg_file`, `data.index_file`, and `data.ecg_file` for
 the PPG+ECG model), nights of `data.windows_per_subject` windows x 1,024 samples (30 s at 34.13 Hz).
 
 Outputs, one folder per run: `<output.save_dir>/<model>_<YYYYmmdd_HHMMSS>[_runN]/`
-    checkpoints/  config.json, best_model.pth (lowest validation loss), checkpoint_epoch_N.pth (every
+    checkpoints/  config.json, best_model.pth (best by training.select_best_by), checkpoint_epoch_N.pth (every
                   output.save_frequency epochs), last.pth (every epoch, for --resume)
     logs/         TensorBoard: Train/Loss, Val/Loss, Val/Overall_Accuracy, Val/Overall_Kappa, Val/Overall_F1,
                   Val/Median_Kappa, Train/Learning_Rate, Time/Epoch_Seconds, Speed/Train_Nights_per_s, a
@@ -71,7 +72,10 @@ log = logging.getLogger("train_ppg_only")
 
 MODEL_KINDS = ("ppg_only", "real_ecg")  # what --model may name besides "both"
 LAST_CHECKPOINT = "last.pth"  # rewritten after every epoch; --resume continues from it
-BEST_CHECKPOINT = "best_model.pth"  # lowest validation loss (reference)
+BEST_CHECKPOINT = "best_model.pth"  # best validation figure (training.select_best_by; the reference: lowest loss)
+# training.select_best_by -> (history key, +1 when higher is better / -1 when lower is better)
+SELECT_BEST_BY = {"val_loss": ("val_losses", -1), "val_kappa": ("val_overall_kappas", +1),
+                  "val_median_kappa": ("val_median_kappas", +1)}
 # Keys of the per-epoch history; deterministic values only, so a resumed run reproduces them exactly.
 HISTORY_KEYS = ("train_losses", "val_losses", "val_overall_accuracies", "val_overall_kappas",
                 "val_overall_f1_scores", "val_median_kappas", "learning_rates")
@@ -593,24 +597,30 @@ class TrainState:
     """
 
     epoch: int = 0  # last finished epoch (0 = none)
-    best_val_loss: float = math.inf  # early stopping and best_model.pth follow the validation loss
+    select_best_by: str = "val_loss"  # the validation figure behind best_model.pth and early stopping
+    best_value: float = math.nan  # its best value so far (NaN = no epoch yet)
+    best_val_loss: float = math.inf  # the validation loss of the best epoch
     best_epoch: int = 0
-    bad_epochs: int = 0  # epochs since the best validation loss
+    bad_epochs: int = 0  # epochs since the best epoch
     stopped: bool = False  # early stopping fired
     history: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in HISTORY_KEYS})
     timing: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in TIMING_KEYS})
 
     def record_epoch(self, epoch: int, values: dict[str, float], timing: dict[str, float], patience: int) -> bool:
         """Append epoch `epoch`'s history (`values` keyed by HISTORY_KEYS) and timing, update early stopping;
-        returns True when the validation loss improved (a new best checkpoint)."""
+        returns True when the `select_best_by` figure improved (a new best checkpoint). A NaN figure (a kappa
+        undefined on this validation set) never improves."""
         self.epoch = epoch
         for key in HISTORY_KEYS:
             self.history[key].append(float(values[key]))
         for key in TIMING_KEYS:
             self.timing[key].append(float(timing[key]))
-        improved = values["val_losses"] < self.best_val_loss
+        key, sign = SELECT_BEST_BY[self.select_best_by]
+        value = float(values[key])
+        improved = math.isfinite(value) and (math.isnan(self.best_value) or sign * (value - self.best_value) > 0)
         if improved:
-            self.best_val_loss, self.best_epoch, self.bad_epochs = values["val_losses"], epoch, 0
+            self.best_value, self.best_val_loss = value, float(values["val_losses"])
+            self.best_epoch, self.bad_epochs = epoch, 0
         else:
             self.bad_epochs += 1
             self.stopped = self.bad_epochs >= patience
@@ -619,7 +629,8 @@ class TrainState:
     def to_checkpoint(self) -> dict:
         return {
             "epoch": self.epoch,
-            "early_stopping": {"best_val_loss": self.best_val_loss, "best_epoch": self.best_epoch,
+            "early_stopping": {"select_best_by": self.select_best_by, "best_value": self.best_value,
+                               "best_val_loss": self.best_val_loss, "best_epoch": self.best_epoch,
                                "bad_epochs": self.bad_epochs, "stopped": self.stopped},
             "history": {k: list(v) for k, v in self.history.items()},
             "timing": {k: list(v) for k, v in self.timing.items()},
@@ -629,7 +640,12 @@ class TrainState:
     def from_checkpoint(cls, ckpt: dict) -> TrainState:
         early = ckpt["early_stopping"]
         timing = ckpt.get("timing", {})
-        return cls(epoch=int(ckpt["epoch"]), best_val_loss=float(early["best_val_loss"]),
+        # checkpoints from before training.select_best_by followed the validation loss
+        best_val_loss = float(early["best_val_loss"])
+        return cls(epoch=int(ckpt["epoch"]), select_best_by=early.get("select_best_by", "val_loss"),
+                   best_value=float(early.get("best_value", best_val_loss if math.isfinite(best_val_loss)
+                                              else math.nan)),
+                   best_val_loss=best_val_loss,
                    best_epoch=int(early["best_epoch"]), bad_epochs=int(early["bad_epochs"]),
                    stopped=bool(early["stopped"]),
                    history={k: list(ckpt["history"].get(k, [])) for k in HISTORY_KEYS},
@@ -755,7 +771,8 @@ def build_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.devi
                    loaders={"train": train_loader, "val": val_loader, "test": test_loader},
                    datasets={"train": train_ds, "val": val_ds, "test": test_ds},
                    amp=cfg["gpu"]["mixed_precision"] and device.type == "cuda", writer=None)
-    state = restore_checkpoint(run, resume.ckpt) if resume is not None else TrainState()
+    state = (restore_checkpoint(run, resume.ckpt) if resume is not None
+             else TrainState(select_best_by=train_cfg["select_best_by"]))
     if ctx.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
@@ -796,7 +813,7 @@ def restore_checkpoint(run: RunSetup, ckpt: dict) -> TrainState:
                     "and the continuation is not bit-identical", len(states), ctx.world_size)
     restore_rng_state(states[ctx.rank] if ctx.rank < len(states) else states[0], run.device)
     state = TrainState.from_checkpoint(ckpt)
-    log.info("resumed after epoch %d (best validation loss %.4f at epoch %d)", state.epoch, state.best_val_loss,
+    log.info("resumed after epoch %d (best %s %.4f at epoch %d)", state.epoch, state.select_best_by, state.best_value,
              state.best_epoch)
     return state
 
@@ -876,8 +893,8 @@ def log_epoch(run: RunSetup, state: TrainState, val: dict, val_pred: dict, impro
              last["val_overall_f1_scores"], last["val_median_kappas"], last["learning_rates"], epoch_seconds,
              nights_per_s, " | best" if improved else "")
     if state.stopped:
-        log.info("early stopping: validation loss has not improved for %d epochs (best %.4f at epoch %d)",
-                 state.bad_epochs, state.best_val_loss, state.best_epoch)
+        log.info("early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
+                 state.select_best_by, state.bad_epochs, state.best_value, state.best_epoch)
 
 
 def test_best_checkpoint(run: RunSetup, state: TrainState) -> dict | None:
@@ -887,8 +904,8 @@ def test_best_checkpoint(run: RunSetup, state: TrainState) -> dict | None:
     best = load_checkpoint(run.folder("checkpoints") / BEST_CHECKPOINT)
     run.raw_model.load_state_dict(best["model_state_dict"])
     test_ds = run.datasets["test"]
-    log.info("testing the best checkpoint (epoch %d, validation loss %.4f) on %d test nights",
-             best["epoch"], best["early_stopping"]["best_val_loss"], len(test_ds))
+    log.info("testing the best checkpoint (epoch %d by %s; validation loss %.4f) on %d test nights",
+             best["epoch"], state.select_best_by, best["early_stopping"]["best_val_loss"], len(test_ds))
     test, _ = evaluate(run.model, run.loaders["test"], test_ds.subjects, run.device, ctx, n_inputs=run.n_inputs,
                        amp=run.amp, desc="test")
     if not ctx.is_main:
@@ -909,6 +926,8 @@ def test_best_checkpoint(run: RunSetup, state: TrainState) -> dict | None:
         "timing": state.timing,
         "best_epoch": int(best["epoch"]),
         "best_val_loss": best["early_stopping"]["best_val_loss"],
+        "select_best_by": state.select_best_by,
+        "best_value": state.best_value,
         "epochs_trained": state.epoch,
         "stopped_early": state.stopped,
         "patient_kappa_stats": {"n": stats["n"], "min": stats["min"], "max": stats["max"],
@@ -932,7 +951,8 @@ def test_best_checkpoint(run: RunSetup, state: TrainState) -> dict | None:
         {"model": run.kind, "learning_rate": cfg["training"]["learning_rate"],
          "weight_decay": cfg["training"]["weight_decay"], "batch_size": cfg["data"]["batch_size"],
          "seed": run.seed, "epochs_trained": state.epoch, "best_epoch": int(best["epoch"]),
-         "mixed_precision": run.amp, "compile": cfg["gpu"]["compile"]},
+         "mixed_precision": run.amp, "compile": cfg["gpu"]["compile"],
+         "select_best_by": state.select_best_by},
         {f"hparam/{k}": v for k, v in (("test_accuracy", test["accuracy"]), ("test_kappa", test["kappa"]),
                                        ("test_f1", test["f1_weighted"]), ("test_median_kappa", test["median_kappa"]))
          if math.isfinite(v)},

@@ -151,7 +151,8 @@ def test_train_state_early_stopping_and_checkpoint_round_trip():
                                                                                                       True)
     assert state.history["val_losses"] == [1.0, 0.8, 0.9, 0.85] and state.timing["train_nights_per_s"] == [0.048] * 4
     saved = state.to_checkpoint()
-    assert saved["early_stopping"] == {"best_val_loss": 0.8, "best_epoch": 2, "bad_epochs": 2, "stopped": True}
+    assert saved["early_stopping"] == {"select_best_by": "val_loss", "best_value": 0.8, "best_val_loss": 0.8,
+                                       "best_epoch": 2, "bad_epochs": 2, "stopped": True}
     assert T.TrainState.from_checkpoint(saved) == state
     saved["history"]["val_losses"].append(0.1)  # the checkpoint holds copies, not the live lists
     assert len(state.history["val_losses"]) == 4

@@ -1,10 +1,16 @@
 """Tests for using the pipeline beyond MESA: the configurable test list (`training.test_subjects_file`),
 fine-tuning from a trained checkpoint (`--init-from`, `--freeze-encoder`) and the choice of the validation
 figure that picks the best checkpoint (`training.select_best_by`)."""
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
+import torch
 import yaml
 
 import multimodal_dataset_aligned as mda
+import train_ppg_only as T
 from processed_fixtures import write_processed
 from sleepppg_common import ConfigError, load_config, sleepppg_test_subjects
 
@@ -96,3 +102,95 @@ def test_cli_prints_the_listed_ids_that_are_missing(data, tmp_path, capsys):
     assert f"test list {listed}: 1 of 3 IDs present; missing: 2" in out
     assert f"missing IDs (not in the index, or not {W} windows long): 9003, ABC-12" in out
     assert "train 6, val 2, test 1" in out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Best checkpoint by a chosen validation figure (training.select_best_by)
+
+
+def _epochs(state, rows, patience=5):
+    """Record epochs with (val loss, val kappa, val median kappa); returns which ones improved."""
+    values = dict.fromkeys(T.HISTORY_KEYS, 0.5)
+    timing = {"epoch_seconds": 1.0, "train_nights_per_s": 1.0}
+    return [state.record_epoch(e, {**values, "val_losses": loss, "val_overall_kappas": kappa,
+                                   "val_median_kappas": median}, timing, patience)
+            for e, (loss, kappa, median) in enumerate(rows, start=1)]
+
+
+ROWS = [(1.0, 0.30, 0.40), (0.8, 0.25, 0.45), (0.9, 0.50, float("nan")), (0.85, 0.45, 0.42)]
+
+
+@pytest.mark.parametrize("select, improved, best_epoch, best_value", [
+    ("val_loss", [True, True, False, False], 2, 0.8),  # lower is better
+    ("val_kappa", [True, False, True, False], 3, 0.50),  # higher is better
+    ("val_median_kappa", [True, True, False, False], 2, 0.45),  # a NaN never improves
+])
+def test_the_chosen_figure_decides_best_and_early_stopping(select, improved, best_epoch, best_value):
+    state = T.TrainState(select_best_by=select)
+    assert _epochs(state, ROWS, patience=2) == improved
+    assert (state.best_epoch, state.best_value) == (best_epoch, best_value)
+    assert state.best_val_loss == ROWS[best_epoch - 1][0]  # the loss of the best epoch, whatever decides
+    assert state.bad_epochs == 4 - best_epoch and state.stopped == (4 - best_epoch >= 2)
+    saved = state.to_checkpoint()
+    assert saved["early_stopping"]["select_best_by"] == select
+    assert T.TrainState.from_checkpoint(saved) == state
+
+
+def test_a_checkpoint_from_before_select_best_by_follows_the_loss():
+    state = T.TrainState()
+    _epochs(state, ROWS[:2])
+    saved = state.to_checkpoint()
+    for key in ("select_best_by", "best_value"):
+        del saved["early_stopping"][key]
+    restored = T.TrainState.from_checkpoint(saved)
+    assert (restored.select_best_by, restored.best_value, restored.best_epoch) == ("val_loss", 0.8, 2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tiny training runs: a parent, then fine-tuning runs on another cohort
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core machine: extra threads only spin
+    yield
+    torch.set_num_threads(before)
+
+
+def _train(cfg_file, *extra) -> Path:
+    """Run train_ppg_only (PPG only, CPU) and return the new run folder."""
+    save_dir = Path(yaml.safe_load(Path(cfg_file).read_text())["output"]["save_dir"])
+    before = set(save_dir.iterdir()) if save_dir.is_dir() else set()
+    assert T.main(["--config", str(cfg_file), "--model", "ppg_only", "--device", "cpu", *extra]) == 0
+    (run_dir,) = set(save_dir.iterdir()) - before
+    return run_dir
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _run_config(tmp_path, data, name, **training) -> Path:
+    raw = yaml.safe_load(open("configs/config_demo.yaml"))
+    raw["data"].update(ppg_file=data["ppg"], ecg_file=data["ecg"], index_file=data["index"], windows_per_subject=W,
+                       batch_size=4, num_workers=0)
+    raw["output"].update(save_dir=str(tmp_path / "out"), save_frequency=1, save_intermediate=False)
+    raw["training"].update({"num_epochs": 1, "use_sleepppg_test_set": False, **training})
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_select_best_by_kappa_decides_the_best_checkpoint_and_survives_resume(data, tmp_path):
+    cfg = _run_config(tmp_path, data, "kappa", num_epochs=2, select_best_by="val_kappa")
+    run_dir = _train(cfg)
+    assert T.main(["--resume", str(run_dir), "--epochs", "3", "--device", "cpu"]) == 0
+    results = json.loads((run_dir / "results" / "test_results.json").read_text())
+    kappas = results["training_history"]["val_overall_kappas"]
+    assert results["select_best_by"] == "val_kappa" and len(kappas) == 3
+    assert results["best_epoch"] == int(np.nanargmax(kappas)) + 1
+    best = _load(run_dir / "checkpoints" / "best_model.pth")
+    assert best["epoch"] == results["best_epoch"]
+    assert best["early_stopping"]["select_best_by"] == "val_kappa"
+    assert best["early_stopping"]["best_value"] == pytest.approx(max(kappas))
