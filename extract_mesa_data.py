@@ -205,12 +205,13 @@ def _ecg_sos(fs: float) -> np.ndarray:
     return butter(ECG_FILTER_ORDER, [ECG_BAND_HZ[0], high], btype="bandpass", output="sos", fs=fs)
 
 
-def _check_input(signal: np.ndarray, fs: float, min_fs: float, what: str) -> np.ndarray:
+def _check_input(signal: np.ndarray, fs: float, min_fs: float, what: str, inclusive: bool = False) -> np.ndarray:
     signal = np.asarray(signal, dtype=np.float64)
     if signal.ndim != 1:
         raise ValueError(f"{what} must be 1-D, got shape {signal.shape}")
-    if not fs > min_fs:
-        raise BadRecordingError(f"{what} sampled at {fs} Hz; need more than {min_fs} Hz", kind="low_sampling_rate")
+    if not (fs > min_fs or (inclusive and fs == min_fs)):
+        raise BadRecordingError(f"{what} sampled at {fs} Hz; need {'at least' if inclusive else 'more than'} "
+                                f"{min_fs} Hz", kind="low_sampling_rate")
     if signal.size < fs * WINDOW_SECONDS:
         raise BadRecordingError(f"{what} shorter than one 30-s epoch ({signal.size} samples at {fs} Hz)",
                                 kind="too_short")
@@ -223,15 +224,18 @@ def preprocess_ppg(signal: np.ndarray, fs: float, method: str = "linear") -> np.
 
     Args:
         signal: 1-D raw PPG, any unit, at `fs` Hz (finite values; see `repair_nonfinite`).
-        fs: sampling rate in Hz (> 16 so that 8 Hz is below Nyquist).
+        fs: sampling rate in Hz, at least 16 (at exactly 16 Hz nothing lies above the 8-Hz cut-off, so the
+            low-pass is skipped).
         method: 'linear' (the reference) or 'polyphase'.
     Returns:
         float32 1-D array of `resampled_length(len(signal), fs)` samples (the whole night, not truncated).
     """
     from scipy.signal import sosfiltfilt
 
-    x = _check_input(signal, fs, 2 * PPG_CUTOFF_HZ, "PPG")
-    return clip_zscore(resample(sosfiltfilt(_ppg_sos(float(fs)), x), fs, method))
+    x = _check_input(signal, fs, 2 * PPG_CUTOFF_HZ, "PPG", inclusive=True)
+    if fs > 2 * PPG_CUTOFF_HZ:
+        x = sosfiltfilt(_ppg_sos(float(fs)), x)
+    return clip_zscore(resample(x, fs, method))
 
 
 def preprocess_ecg(signal: np.ndarray, fs: float, method: str = "linear") -> np.ndarray:
@@ -498,45 +502,94 @@ def read_edf(edf_path: str | os.PathLike, ppg_patterns: tuple[str, ...] | list[s
             "duration_s": ppg.size / ppg_fs}
 
 
-def preprocess_recording(edf_path: str | os.PathLike, n_windows: int = WINDOWS_PER_SUBJECT,
-                         method: str = "linear", ppg_patterns: tuple[str, ...] | list[str] = PPG_PATTERNS,
-                         with_ecg: bool = True) -> dict:
-    """Read one EDF and turn it into model input (`with_ecg=False`: PPG only, the ECG is neither read nor
-    filtered; PPG-only inference uses this).
+def bridge_gaps(x: np.ndarray, fs: float, n_windows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fill the gaps (NaN samples) of a signal by linear interpolation, for filtering, and flag the 30-s
+    epochs they touch (those epochs are not staged).
 
     Returns:
-        dict(ppg_windows (n_windows, 1024) float32, ecg_windows (n_windows, 1024) float32 or None,
-        has_ecg bool, n_recorded_windows = epochs holding recorded PPG (at most n_windows), ppg_channel, ppg_fs,
-        duration_s = the PPG recording's length in seconds, before truncation).
-        An ECG that is flat or mostly NaN is dropped (has_ecg False) rather than failing the subject.
+        (float64 signal without NaN, bool (n_windows,) True for an epoch holding any gap sample).
     Raises:
-        BadRecordingError: reading errors (see `read_edf`), 'nan_signal', 'flat_ppg', 'too_short',
-            'low_sampling_rate'.
+        BadRecordingError 'no_signal' when every sample is missing.
     """
-    rec = read_edf(edf_path, ppg_patterns, with_ecg=with_ecg)
-    ppg = repair_nonfinite(rec["ppg"], "PPG")
-    flat = flat_fraction(ppg, rec["ppg_fs"])
+    gap_T = np.isnan(x)
+    gap_W = np.zeros(n_windows, dtype=bool)
+    if not gap_T.any():
+        return x, gap_W
+    if gap_T.all():
+        raise BadRecordingError("every sample is missing", kind="no_signal")
+    idx = np.flatnonzero(gap_T)
+    filled = x.copy()
+    filled[idx] = np.interp(idx, np.flatnonzero(~gap_T), x[~gap_T])
+    epochs = np.unique((idx / (fs * WINDOW_SECONDS)).astype(np.int64))
+    gap_W[epochs[epochs < n_windows]] = True
+    return filled, gap_W
+
+
+def preprocess_signals(ppg: np.ndarray, ppg_fs: float, n_windows: int = WINDOWS_PER_SUBJECT,
+                       method: str = "linear", ecg: np.ndarray | None = None, ecg_fs: float | None = None,
+                       name: str = "", nan_is_gap: bool = False) -> dict:
+    """The one preprocessing of a recording, whatever its file format: PPG (and ECG) -> model input.
+
+    Args:
+        ppg: 1-D raw PPG at `ppg_fs` Hz. NaN/inf samples: up to 1% are interpolated, more make the recording
+            bad, unless `nan_is_gap`, where NaN marks gaps (see `bridge_gaps`): bridged for filtering, their
+            epochs zeroed and listed in `gap_epochs`.
+        ecg, ecg_fs: optional ECG; one that is flat or mostly NaN is dropped (has_ecg False), with a warning.
+        name: the recording's name, for log lines.
+    Returns:
+        dict(ppg_windows (n_windows, 1024) float32, ecg_windows (n_windows, 1024) float32 or None, has_ecg,
+        n_recorded_windows = epochs holding recorded PPG (at most n_windows), gap_epochs = sorted epoch
+        indices touched by a gap (empty without gaps), ppg_fs, duration_s = the PPG's length in s).
+    Raises:
+        BadRecordingError: 'nan_signal', 'no_signal', 'flat_ppg', 'too_short', 'low_sampling_rate'.
+    """
+    ppg = np.asarray(ppg, dtype=np.float64)
+    gap_W = np.zeros(n_windows, dtype=bool)
+    if nan_is_gap:
+        ppg, gap_W = bridge_gaps(ppg, ppg_fs, n_windows)
+    ppg = repair_nonfinite(ppg, "PPG")
+    flat = flat_fraction(ppg, ppg_fs)
     if flat > MAX_FLAT_FRACTION:
         raise BadRecordingError(f"flat PPG: {flat:.0%} of 30-s segments are constant", kind="flat_ppg")
-    ppg_z = preprocess_ppg(ppg, rec["ppg_fs"], method)
+    ppg_z = preprocess_ppg(ppg, ppg_fs, method)
+    ppg_windows = to_windows(ppg_z, n_windows)
+    ppg_windows[gap_W] = 0.0  # gap epochs hold no recorded signal, like the padding
     ecg_windows = None
-    if rec["ecg"] is not None:
+    if ecg is not None:
         try:
-            ecg = repair_nonfinite(rec["ecg"], "ECG")
-            if flat_fraction(ecg, rec["ecg_fs"]) > MAX_FLAT_FRACTION:
+            ecg = repair_nonfinite(np.asarray(ecg, dtype=np.float64), "ECG")
+            if flat_fraction(ecg, ecg_fs) > MAX_FLAT_FRACTION:
                 raise BadRecordingError("flat ECG", kind="flat_ecg")
-            ecg_windows = to_windows(preprocess_ecg(ecg, rec["ecg_fs"], method), n_windows)
+            ecg_windows = to_windows(preprocess_ecg(ecg, ecg_fs, method), n_windows)
         except BadRecordingError as err:
-            log.warning("%s: ECG not used (%s)", Path(edf_path).name, err)
+            log.warning("%s: ECG not used (%s)", name, err)
     return {
-        "ppg_windows": to_windows(ppg_z, n_windows),
+        "ppg_windows": ppg_windows,
         "ecg_windows": ecg_windows,
         "has_ecg": ecg_windows is not None,
         "n_recorded_windows": min(n_windows, math.ceil(ppg_z.size / SAMPLES_PER_WINDOW)),
-        "ppg_channel": rec["ppg_channel"],
-        "ppg_fs": rec["ppg_fs"],
-        "duration_s": rec["duration_s"],
+        "gap_epochs": np.flatnonzero(gap_W).tolist(),
+        "ppg_fs": ppg_fs,
+        "duration_s": ppg.size / ppg_fs,
     }
+
+
+def preprocess_recording(edf_path: str | os.PathLike, n_windows: int = WINDOWS_PER_SUBJECT,
+                         method: str = "linear", ppg_patterns: tuple[str, ...] | list[str] = PPG_PATTERNS,
+                         with_ecg: bool = True) -> dict:
+    """Read one EDF and turn it into model input with `preprocess_signals` (`with_ecg=False`: PPG only, the
+    ECG is neither read nor filtered; PPG-only inference uses this).
+
+    Returns:
+        `preprocess_signals`'s dict plus ppg_channel (the EDF label used).
+    Raises:
+        BadRecordingError: reading errors (see `read_edf`) and those of `preprocess_signals`.
+    """
+    rec = read_edf(edf_path, ppg_patterns, with_ecg=with_ecg)
+    out = preprocess_signals(rec["ppg"], rec["ppg_fs"], n_windows, method, rec["ecg"], rec["ecg_fs"],
+                             name=Path(edf_path).name)
+    out["ppg_channel"] = rec["ppg_channel"]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
