@@ -26,7 +26,13 @@ Bad data (no PPG, unreadable/truncated EDF, missing/malformed XML, no stage even
 without its partner) is logged, skipped and listed; exit status 1 if any subject failed, 0 if none, 2 on bad
 setup (missing folder, unwritable output, no subjects).
 
+DREAMT (`--format dreamt --csv-dir DIR`, or preprocessing.format/csv_dir): one CSV per participant
+(S002_whole_df.csv -> subject S002) read by recording_formats.preprocess_dreamt: the `preprocessing.ppg_column`
+(BVP) signal, the ECG column when present, stages from Sleep_Stage; epochs start at lights-off (the first
+sample not staged P). The same preprocessing, part files, outputs and bad-subject handling as the EDF path.
+
 Usage: python extract_mesa_data.py --config configs/config_cloud.yaml --workers 8
+       python extract_mesa_data.py --format dreamt --csv-dir ./DREAMT/data_64Hz --out-dir ./dreamt-x
 """
 
 from __future__ import annotations
@@ -636,7 +642,8 @@ def process_subject(job: dict) -> dict:
     """Preprocess one subject and write `<parts>/<id>.npz` atomically.
 
     Args:
-        job: dict(id, edf, xml, part, signature, windows_per_subject, resample_method, ppg_channels).
+        job: dict(id, edf, xml, part, signature, windows_per_subject, resample_method, ppg_channels, format;
+            with format 'dreamt' also ppg_column, nominal_fs, max_gap_s, and edf = xml = the participant's CSV).
     Returns:
         dict(id, ok, kind, reason, seconds, has_ecg, n_recorded_windows); bad data gives ok=False with the
         reason instead of raising.
@@ -645,8 +652,14 @@ def process_subject(job: dict) -> dict:
     sid = job["id"]
     try:
         n_windows = job["windows_per_subject"]
-        labels = xml_to_labels(job["xml"], n_windows)
-        rec = preprocess_recording(job["edf"], n_windows, job["resample_method"], tuple(job["ppg_channels"]))
+        if job.get("format") == "dreamt":
+            import recording_formats
+
+            labels, rec = recording_formats.preprocess_dreamt(job["edf"], n_windows, job["resample_method"],
+                                                              job["ppg_column"], job["nominal_fs"], job["max_gap_s"])
+        else:
+            labels = xml_to_labels(job["xml"], n_windows)
+            rec = preprocess_recording(job["edf"], n_windows, job["resample_method"], tuple(job["ppg_channels"]))
     except BadRecordingError as err:
         return {"id": sid, "ok": False, "kind": err.kind, "reason": str(err),
                 "seconds": time.perf_counter() - t0}
@@ -792,6 +805,19 @@ def find_subjects(edf_dir: Path, xml_dir: Path, id_pattern: str = MESA_ID_PATTER
     return subjects, problems
 
 
+def find_dreamt_subjects(csv_dir: Path) -> tuple[dict[str, tuple[Path, Path]], dict[str, tuple[str, str]]]:
+    """DREAMT: participant ID -> (csv, csv) (one file holds both the signals and the stages), plus {id:
+    ('duplicate_files', reason)} for IDs with more than one CSV (not processed), as `find_subjects`."""
+    import recording_formats
+
+    files, duplicates = recording_formats.find_dreamt_files(csv_dir)
+    return ({sid: (path, path) for sid, path in files.items()},
+            {sid: ("duplicate_files", reason) for sid, reason in duplicates.items()})
+
+
+DREAMT_KEYS = ("ppg_column", "nominal_fs", "max_gap_s")  # settings that only DREAMT extraction uses
+
+
 def resolve_settings(args: argparse.Namespace) -> dict:
     """Settings from the config (--config, else configs/config_cloud.yaml) with flags on top."""
     cfg = load_config(args.config or DEFAULT_CONFIG)
@@ -807,6 +833,9 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         "chunk_windows": pre["chunk_windows"],
         "windows_per_subject": args.windows_per_subject or cfg["data"]["windows_per_subject"],
         "id_pattern": pre["id_pattern"],
+        "format": args.format or pre["format"],
+        "csv_dir": args.csv_dir or pre["csv_dir"],
+        **{key: pre[key] for key in DREAMT_KEYS},
     }
     if args.id_pattern is not None:
         try:
@@ -820,13 +849,16 @@ def resolve_settings(args: argparse.Namespace) -> dict:
 
 def _settings_of(settings: dict) -> dict:
     """The run's settings as `preprocessing_settings` (what a part file depends on)."""
-    return preprocessing_settings(settings["resample_method"], settings["ppg_channels"],
-                                  settings["windows_per_subject"])
+    keyed = preprocessing_settings(settings["resample_method"], settings["ppg_channels"],
+                                   settings["windows_per_subject"])
+    if settings["format"] == "dreamt":
+        keyed.update(format="dreamt", **{key: settings[key] for key in DREAMT_KEYS})
+    return keyed
 
 
 def _check_setup(settings: dict) -> str | None:
     """A message describing bad setup, or None."""
-    for key in ("edf_dir", "xml_dir"):
+    for key in ("csv_dir",) if settings["format"] == "dreamt" else ("edf_dir", "xml_dir"):
         if not Path(settings[key]).is_dir():
             return f"{key.replace('_', ' ')} {settings[key]} is not a folder"
     out = Path(settings["out_dir"])
@@ -874,7 +906,8 @@ def _plan(wanted: list[str], all_subjects: dict, problems: dict, settings: dict,
             jobs.append({"id": sid, "edf": str(edf), "xml": str(xml), "part": str(part), "signature": signature,
                          "windows_per_subject": settings["windows_per_subject"],
                          "resample_method": settings["resample_method"],
-                         "ppg_channels": settings["ppg_channels"]})
+                         "ppg_channels": settings["ppg_channels"], "format": settings["format"],
+                         **{key: settings[key] for key in DREAMT_KEYS}})
     return jobs, reused, failed
 
 
@@ -912,6 +945,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--edf-dir", help="EDF folder (default ./mesa-commercial-use/polysomnography/edfs)")
     parser.add_argument("--xml-dir", help="XML folder (default .../polysomnography/annotations-events-nsrr)")
     parser.add_argument("--out-dir", help="output folder (default ./mesa-x)")
+    parser.add_argument("--format", choices=("edf", "dreamt"),
+                        help="edf: MESA EDF + NSRR XML (default); dreamt: one DREAMT CSV per participant in --csv-dir")
+    parser.add_argument("--csv-dir", help="--format dreamt: the folder of DREAMT CSVs (e.g. data_64Hz)")
     parser.add_argument("--workers", type=int, help="processes (default: preprocessing.workers; 0 = all cores)")
     parser.add_argument("--subjects", help="only these IDs, comma-separated (e.g. 0001,0002)")
     parser.add_argument("--id-pattern", help="regex with one group around the subject ID, searched in file "
@@ -942,7 +978,11 @@ def main(argv: list[str] | None = None) -> int:
     edf_dir, xml_dir = Path(settings["edf_dir"]), Path(settings["xml_dir"])
     setup_logging(out_dir / "logs" / "processing.log")
 
-    all_subjects, problems = find_subjects(edf_dir, xml_dir, settings["id_pattern"])
+    dreamt = settings["format"] == "dreamt"
+    if dreamt:
+        all_subjects, problems = find_dreamt_subjects(Path(settings["csv_dir"]))
+    else:
+        all_subjects, problems = find_subjects(edf_dir, xml_dir, settings["id_pattern"])
     wanted = sorted(all_subjects)
     if args.subjects:
         requested = sorted({s.strip() for s in args.subjects.split(",") if s.strip()})
@@ -954,7 +994,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit is not None:
         wanted = wanted[:max(args.limit, 0)]
     if not any(all_subjects[s][0] and all_subjects[s][1] for s in wanted):
-        print(f"error: no EDF/XML pairs to process in {edf_dir} and {xml_dir}", file=sys.stderr)
+        where = f"CSV files in {settings['csv_dir']}" if dreamt else f"EDF/XML pairs in {edf_dir} and {xml_dir}"
+        print(f"error: no {where} to process", file=sys.stderr)
         return 2
 
     sources = {sid: [file_signature(all_subjects[sid][0]), file_signature(all_subjects[sid][1])]

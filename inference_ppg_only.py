@@ -15,6 +15,16 @@ Modes
   the preprocessing settings (method, channel patterns, n_windows, extract_mesa_data.PREPROCESSING_VERSION);
   a stale, truncated or otherwise unreadable cache is rebuilt, with a log line saying why.
 
+- PPG (`--ppg PATH|FOLDER|GLOB`, or `inference.ppg_file`): recordings of any format recording_formats reads,
+  chosen by extension (.csv/.tsv/.txt tables, .npy, WFDB .hea with its .dat/.mat, .edf/.bdf; a folder gives
+  every such file). `--fs` (`inference.ppg_fs`) is the rate where the file does not state it; `--column`
+  (`inference.ppg_column`) the table column or record signal (default: the `preprocessing.ppg_channels`
+  patterns). Time-stamped tables are resampled onto a uniform grid; missing stretches longer than
+  `preprocessing.max_gap_s` are gaps: their epochs are not staged (CSV pred_name "Gap", empty probabilities;
+  a break in the hypnogram; unscored in the sleep report) and listed in result.json (`gap_epochs`, `gaps`).
+  Each item also records source_format, ppg_channel (the column used), ppg_fs_found (the rate the file states
+  or its stamps show) and input_file. Same cache, preprocessing and outputs as EDF mode.
+
 Speed: nights are preprocessed in background threads (`preprocessing.workers`, 0 = one per CPU core) while
 the model runs on the nights already prepared (batches of at most `inference.batch_size`), outputs are written
 in another thread, and the model is served with its BatchNorm layers folded into the convolutions (same
@@ -59,7 +69,8 @@ percentages are None when their denominator is zero.
 Exit status: 0 when every night was staged, 1 when any night failed (the others still run and result.json
 lists the failures), 2 on bad setup (config, checkpoint, no EDF found, data files, device).
 
-Usage: python inference_ppg_only.py --config configs/config_demo.yaml [--edf DIR] [--checkpoint best_model.pth]
+Usage: python inference_ppg_only.py --config configs/config_demo.yaml [--edf DIR | --ppg "nights/*" --fs 64]
+       [--checkpoint best_model.pth]
 """
 
 from __future__ import annotations
@@ -183,28 +194,43 @@ def subject_id_for(edf_path: str | os.PathLike) -> str:
     return subject_id_from_filename(stem) or stem
 
 
-def resolve_edf_inputs(spec: str) -> list[Path]:
-    """EDF files named by `spec`: a file, a folder (its *.edf, any case, sorted) or a glob pattern (sorted).
+def resolve_edf_inputs(spec: str, ppg: bool = False) -> list[Path]:
+    """Files named by `spec`: a file, a folder (sorted: its *.edf, any case; with `ppg`, every file with a
+    recording extension, see recording_formats.is_recording_file) or a glob pattern (sorted; with `ppg`, WFDB
+    data files whose .hea matched too are left to their header).
 
     Raises:
         SetupError: when nothing matches, naming what was searched.
     """
+    what, setting = ("PPG", "inference.ppg_file is empty and no --ppg") if ppg else (
+        "EDF", "inference.edf_file is empty and no --edf")
     if not spec.strip():
-        raise SetupError("no EDF input: inference.edf_file is empty and no --edf was given")
+        raise SetupError(f"no {what} input: {setting} was given")
     path = Path(spec).expanduser()
     if path.is_file():
         return [path]
     if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".edf")
+        if ppg:
+            import recording_formats
+
+            found = sorted(p for p in path.iterdir() if p.is_file() and recording_formats.is_recording_file(p))
+        else:
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".edf")
         if not found:
-            raise SetupError(f"no .edf file in folder {path}")
+            raise SetupError(f"no {'recording' if ppg else '.edf'} file in folder {path}")
         return found
     if glob.has_magic(spec):
         found = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
+        if ppg:
+            import recording_formats
+
+            headers = {p.with_suffix("") for p in found if p.suffix.lower() == ".hea"}
+            found = [p for p in found if not (p.suffix.lower() in recording_formats.WFDB_DATA_SUFFIXES
+                                              and p.with_suffix("") in headers)]
         if not found:
             raise SetupError(f"no file matches the pattern {spec!r}")
         return found
-    raise SetupError(f"EDF input not found: {spec} (give a file, a folder or a glob pattern)")
+    raise SetupError(f"{what} input not found: {spec} (give a file, a folder or a glob pattern)")
 
 
 def unique_ids(paths: Sequence[Path]) -> list[str]:
@@ -277,8 +303,14 @@ class Night:
     info: dict = dataclasses.field(default_factory=dict)  # what goes into result.json
 
 
+def ppg_settings(settings: dict, fs: float | None, column: str | None, max_gap_s: float) -> dict:
+    """`preprocessing_settings` of --ppg mode: also the rate, column and gap limit the cache depends on."""
+    return {**settings, "source": "ppg", "ppg_fs": fs, "ppg_column": column, "max_gap_s": max_gap_s}
+
+
 def prepare_edf_night(edf_path: Path, subject_id: str, cache_root: Path, settings: dict) -> Night:
-    """Cached or freshly preprocessed PPG windows of one EDF.
+    """Cached or freshly preprocessed PPG windows of one EDF, or with `ppg_settings` of one recording in
+    any format recording_formats reads (the cache then also covers a WFDB record's data files).
 
     Raises:
         extract_mesa_data.BadRecordingError (a ValueError) or OSError for an unusable recording.
@@ -288,15 +320,26 @@ def prepare_edf_night(edf_path: Path, subject_id: str, cache_root: Path, setting
     n_windows = settings["n_windows"]
     cache_dir = cache_root / subject_id
     signature = edf_signature(edf_path)
+    any_format = settings.get("source") == "ppg"
+    if any_format:
+        import recording_formats
+
+        recording_formats.recording_format(edf_path)  # an unknown extension fails before any cache is read
+        signature["data_files"] = [edf_signature(p) for p in recording_formats.recording_files(edf_path)[1:]]
     windows_WS, meta, reason = load_cache(cache_dir, signature, settings)
     cache_used = windows_WS is not None
     if not cache_used:
         if reason != "no cache yet":
             log.info("%s: rebuilding cache in %s: %s", subject_id, cache_dir, reason)
         t0 = time.perf_counter()
-        pre = extract_mesa_data.preprocess_recording(
-            edf_path, n_windows=n_windows, method=settings["resample_method"],
-            ppg_patterns=tuple(settings["ppg_channels"]), with_ecg=False)
+        if any_format:
+            pre = recording_formats.preprocess_file(
+                edf_path, n_windows, settings["resample_method"], tuple(settings["ppg_channels"]),
+                settings["ppg_fs"], settings["ppg_column"], settings["max_gap_s"])
+        else:
+            pre = extract_mesa_data.preprocess_recording(
+                edf_path, n_windows=n_windows, method=settings["resample_method"],
+                ppg_patterns=tuple(settings["ppg_channels"]), with_ecg=False)
         windows_WS = np.asarray(pre["ppg_windows"], dtype=np.float32)
         if windows_WS.shape != (n_windows, SAMPLES_PER_WINDOW):
             raise ValueError(f"preprocessing returned shape {windows_WS.shape}, expected "
@@ -309,6 +352,8 @@ def prepare_edf_night(edf_path: Path, subject_id: str, cache_root: Path, setting
             "recording_hours": duration_s / 3600.0,
             "truncated": bool(duration_s > n_windows * WINDOW_SECONDS),
             "ppg_channel": pre.get("ppg_channel"), "ppg_fs": pre.get("ppg_fs"),
+            "source_format": pre.get("source_format", "edf"), "ppg_fs_found": pre.get("ppg_fs_found", pre["ppg_fs"]),
+            "gaps": pre.get("gaps", []), "gap_epochs": [e for e in pre["gap_epochs"] if e < n_recorded],
             "created_at": dt.datetime.now().isoformat(timespec="seconds"),
             "preprocess_s": round(time.perf_counter() - t0, 3),
         }
@@ -318,9 +363,11 @@ def prepare_edf_night(edf_path: Path, subject_id: str, cache_root: Path, setting
     if truncated:
         log.warning("%s: recording is %.2f h long; staging only its first %.1f h (%d epochs)", subject_id,
                     meta.get("recording_hours") or float("nan"), n_windows * WINDOW_SECONDS / 3600, n_windows)
-    info = {"edf_file": signature["path"], "cache_dir": str(cache_dir), "cache_used": cache_used,
-            "ppg_channel": meta.get("ppg_channel"), "ppg_fs": meta.get("ppg_fs"),
+    info = {"input_file" if any_format else "edf_file": signature["path"], "cache_dir": str(cache_dir),
+            "cache_used": cache_used, "ppg_channel": meta.get("ppg_channel"), "ppg_fs": meta.get("ppg_fs"),
             "recording_hours": meta.get("recording_hours")}
+    if any_format:  # what the file turned out to be; gap epochs are not staged (see `predicted_stages`)
+        info.update({key: meta.get(key) for key in ("source_format", "ppg_fs_found", "gaps", "gap_epochs")})
     return Night(subject_id, windows_WS, n_recorded, truncated, None, info)
 
 
@@ -356,10 +403,18 @@ def predict_proba(model: torch.nn.Module, windows_BWS: np.ndarray, device: torch
 # Outputs: CSV and hypnograms
 
 
+def predicted_stages(probs_WC: np.ndarray) -> np.ndarray:
+    """Most probable class per epoch; IGNORE_INDEX (-1) for an epoch without probabilities (NaN: a gap in
+    the recording, which is not staged)."""
+    gap_W = np.isnan(probs_WC).any(axis=1)
+    return np.where(gap_W, IGNORE_INDEX, np.nan_to_num(probs_WC, nan=0.0).argmax(axis=1))
+
+
 def write_csv(path: Path, probs_WC: np.ndarray, epoch_s: float = WINDOW_SECONDS,
               true_W: np.ndarray | None = None) -> None:
-    """One row per staged epoch (columns CSV_COLUMNS); true_*/mismatch empty where there is no label."""
-    pred_W = probs_WC.argmax(axis=1)
+    """One row per staged epoch (columns CSV_COLUMNS); true_*/mismatch empty where there is no label; a gap
+    epoch (not staged) has pred_name "Gap" and empty pred_idx, mismatch and probabilities."""
+    pred_W = predicted_stages(probs_WC)
     lines = [",".join(CSV_COLUMNS)]
     for e, (p, probs) in enumerate(zip(pred_W.tolist(), probs_WC.tolist())):
         t = "" if true_W is None else int(true_W[e])
@@ -367,6 +422,9 @@ def write_csv(path: Path, probs_WC: np.ndarray, epoch_s: float = WINDOW_SECONDS,
             truth = ",,"
         else:
             truth = f"{t},{STAGE_NAMES[t]},{int(t != p)}"
+        if p == IGNORE_INDEX:  # a gap: the label (if any) is kept, nothing is predicted
+            lines.append(f"{e},{e * epoch_s / 3600:.6f},,Gap,{truth.rsplit(',', 1)[0]}," + "," * N_CLASSES)
+            continue
         lines.append(f"{e},{e * epoch_s / 3600:.6f},{p},{STAGE_NAMES[p]},{truth},"
                      + ",".join(f"{v:.6f}" for v in probs))
     write_text_atomic(path, "\n".join(lines) + "\n")
@@ -383,7 +441,7 @@ def write_night_outputs(run_dir: Path, night: Night, probs_WC: np.ndarray, flags
                         performance: dict | None = None) -> dict:
     """CSV and hypnograms of one night (as the flags allow); returns the paths written (None if skipped)."""
     sid = night.subject_id
-    pred_W = probs_WC.argmax(axis=1)
+    pred_W = predicted_stages(probs_WC)
     true_W = None if night.labels_W is None else night.labels_W[:night.n_recorded]
     paths: dict[str, str | None] = {"csv": None, "graph_pred": None, "graph_with_label": None}
     if flags["save_csv"]:
@@ -448,6 +506,8 @@ def stage_nights(model: torch.nn.Module, nights: list[Night], device: torch.devi
     """Forward a batch of nights together; returns each night's probabilities over its staged epochs."""
     windows_BWS = np.stack([n.ppg_windows_WS for n in nights])
     probs_BWC = predict_proba(model, windows_BWS, device, bf16)
+    for i, night in enumerate(nights):
+        probs_BWC[i, night.info.get("gap_epochs") or []] = np.nan  # gaps in the recording are not staged
     return [probs_BWC[i, :n.n_recorded] for i, n in enumerate(nights)]
 
 
@@ -486,6 +546,9 @@ def run_edf_mode(model, n_windows: int, cfg: dict, edf_paths: list[Path], run_di
 
     pre_cfg, inf_cfg = cfg["preprocessing"], cfg["inference"]
     settings = preprocessing_settings(pre_cfg["resample_method"], pre_cfg["ppg_channels"], n_windows)
+    mode = "PPG" if inf_cfg["ppg_file"] else "EDF"  # --ppg: any format, read by recording_formats
+    if mode == "PPG":
+        settings = ppg_settings(settings, inf_cfg["ppg_fs"], inf_cfg["ppg_column"], pre_cfg["max_gap_s"])
     cache_root = Path(inf_cfg["cache_root"])
     batch_size, bf16 = inf_cfg["batch_size"], cfg["gpu"]["mixed_precision"]
     items, failures = [], []
@@ -501,9 +564,9 @@ def run_edf_mode(model, n_windows: int, cfg: dict, edf_paths: list[Path], run_di
 
     def flush(nights: list[Night]) -> None:
         for night, probs_WC in zip(nights, stage_nights(model, nights, device, bf16)):
-            item = {"subject_id": night.subject_id, "mode": "EDF", "n_epochs_staged": night.n_recorded,
+            item = {"subject_id": night.subject_id, "mode": mode, "n_epochs_staged": night.n_recorded,
                     "hours_staged": night.n_recorded * WINDOW_SECONDS / 3600, "truncated": night.truncated,
-                    **night.info, "sleep_report": sleep_report(probs_WC.argmax(axis=1))}
+                    **night.info, "sleep_report": sleep_report(predicted_stages(probs_WC))}
             writer.submit(item, night, probs_WC)
             items.append(item)
             bar.update(1)
@@ -516,7 +579,7 @@ def run_edf_mode(model, n_windows: int, cfg: dict, edf_paths: list[Path], run_di
                 batch.append(future.result())
             except (extract_mesa_data.BadRecordingError, ValueError, OSError) as err:
                 log.error("%s: skipped %s: %s", sid, path, err)
-                failures.append({"subject_id": sid, "edf_file": str(path),
+                failures.append({"subject_id": sid, "input_file" if mode == "PPG" else "edf_file": str(path),
                                  "error": f"{type(err).__name__}: {err}",
                                  "kind": getattr(err, "kind", type(err).__name__)})
                 bar.update(1)
@@ -702,8 +765,8 @@ def stage_and_report(args: argparse.Namespace, cfg: dict, edf_paths: list[Path],
     edf_mode = inf_cfg["only_inference"]
     flags = {k: inf_cfg[k] for k in ("save_csv", "save_graph", "save_json")}
     started = dt.datetime.now().isoformat(timespec="seconds")
-    log.info("run %s: %s mode, model %s (%d windows = %.1f h), device %s", run_dir.name,
-             "EDF" if edf_mode else "HDF5", model_info["path"], n_windows, n_windows * WINDOW_SECONDS / 3600, device)
+    mode = ("PPG" if inf_cfg["ppg_file"] else "EDF") if edf_mode else "H5"
+    log.info("run %s: %s mode, model %s (%d windows = %.1f h), device %s", run_dir.name, mode, model_info["path"], n_windows, n_windows * WINDOW_SECONDS / 3600, device)
     t0 = time.perf_counter()
     metrics = None
     if edf_mode:
@@ -713,7 +776,7 @@ def stage_and_report(args: argparse.Namespace, cfg: dict, edf_paths: list[Path],
     elapsed = time.perf_counter() - t0
 
     result = {
-        "run_id": run_dir.name, "mode": "EDF" if edf_mode else "H5", "config": str(Path(args.config).resolve()),
+        "run_id": run_dir.name, "mode": mode, "config": str(Path(args.config).resolve()),
         "model_checkpoint": model_info["path"], "model": model_info, "device": str(device),
         "random_seed": inf_cfg["random_seed"], "started_at": started,
         "finished_at": dt.datetime.now().isoformat(timespec="seconds"), "elapsed_s": round(elapsed, 3),
@@ -755,6 +818,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", help="model checkpoint (.pth); overrides inference.best_model")
     p.add_argument("--edf", help="EDF mode on this file, folder (*.edf) or glob; overrides inference.edf_file "
                                  "and only_inference")
+    p.add_argument("--ppg", help="stage PPG recordings of any format: a file, a folder or a glob (.csv .tsv .txt "
+                                 ".npy .hea .edf .bdf); overrides inference.ppg_file and only_inference")
+    p.add_argument("--fs", type=float, help="--ppg: sampling rate in Hz where the file does not state it (a .npy, "
+                                            "a table without a time column); overrides inference.ppg_fs")
+    p.add_argument("--column", help="--ppg: the PPG column of a table (name or 1-based number) or the signal "
+                                    "name of a WFDB/EDF record; overrides inference.ppg_column (default: "
+                                    "preprocessing.ppg_channels patterns)")
     p.add_argument("--out", help="output root; overrides inference.save_dir (a run folder is made inside)")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N (default: auto; auto and cuda "
@@ -785,11 +855,22 @@ def _run(args: argparse.Namespace) -> int:
     if args.edf:
         overrides["inference.edf_file"] = args.edf
         overrides["inference.only_inference"] = True
+        overrides["inference.ppg_file"] = ""  # --edf wins over a ppg_file in the config
+    if args.ppg:
+        overrides["inference.ppg_file"] = args.ppg
+        overrides["inference.only_inference"] = True
+    if args.fs is not None:
+        overrides["inference.ppg_fs"] = args.fs
+    if args.column:
+        overrides["inference.ppg_column"] = args.column
     try:
+        if args.edf and args.ppg:
+            raise SetupError("give --edf or --ppg, not both (--ppg reads EDF files too)")
         cfg = load_config(args.config, overrides)
         inf_cfg = cfg["inference"]
         edf_mode = inf_cfg["only_inference"]
-        edf_paths = resolve_edf_inputs(inf_cfg["edf_file"]) if edf_mode else []
+        ppg_spec = inf_cfg["ppg_file"]
+        edf_paths = (resolve_edf_inputs(ppg_spec or inf_cfg["edf_file"], ppg=bool(ppg_spec)) if edf_mode else [])
         device = resolve_device(args.device, cfg["gpu"]["device_id"])
         model, model_info, n_windows = load_model(inf_cfg["best_model"], device)
         selection = None if edf_mode else select_hdf5_nights(cfg, n_windows, inf_cfg["n_subjects"])

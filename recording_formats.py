@@ -37,6 +37,7 @@ Usage (as a library): rec = read_recording(Path("night.csv"), fs=None, column=No
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -480,6 +481,7 @@ def read_table(path: Path, fs: float | None = None, column: str | None = None,
         signal, gaps = regular_signal(ppg, fs, max_gap_s)
         return Recording(signal, float(fs), {**info, "fs_found": float(fs), "gaps": gaps})
     fs_found, info["duplicated_stamps"] = measure_rate(np.sort(t))
+    check_rate(fs_found, path)
     if fs is not None and abs(fs_found - fs) > RATE_MISMATCH_TOLERANCE * fs:
         raise BadRecordingError(f"{path.name}: the time column gives {fs_found:.4g} Hz but --fs is {fs:g}",
                                 kind="rate_mismatch")
@@ -621,13 +623,29 @@ def read_recording(path: Path, fs: float | None = None, column: str | None = Non
         raise BadRecordingError(f"{path}: file not found", kind="missing_file")
     if path.stat().st_size == 0:
         raise BadRecordingError(f"{path.name}: empty file", kind="empty_file")
-    if kind == "table":
-        return read_table(path, fs, column, patterns, max_gap_s)
-    if kind == "npy":
-        return read_npy(path, fs, max_gap_s)
-    if kind == "wfdb":
-        return read_wfdb(path, column, patterns, max_gap_s)
-    return read_edf_ppg(path, column, patterns)
+    readers = {"table": lambda: read_table(path, fs, column, patterns, max_gap_s),
+               "npy": lambda: read_npy(path, fs, max_gap_s),
+               "wfdb": lambda: read_wfdb(path, column, patterns, max_gap_s),
+               "edf": lambda: read_edf_ppg(path, column, patterns)}
+    with naming_file(path):
+        return readers[kind]()
+
+
+@contextlib.contextmanager
+def naming_file(path: Path) -> Iterator[None]:
+    """Re-raise a BadRecordingError whose message does not name `path` with the file name in front."""
+    try:
+        yield
+    except BadRecordingError as err:
+        if path.name in str(err):
+            raise
+        raise BadRecordingError(f"{path.name}: {err}", kind=err.kind) from None
+
+
+def is_recording_file(path: Path) -> bool:
+    """Whether a file found in a folder is a recording to stage (a known extension; WFDB data files are
+    part of their .hea record)."""
+    return path.suffix.lower() in FORMAT_BY_SUFFIX
 
 
 def recording_files(path: Path) -> list[Path]:
@@ -756,3 +774,47 @@ def read_dreamt(path: Path, ppg_column: str = "BVP", nominal_fs: float = 64.0, m
     return {"ppg": ppg, "fs": float(nominal_fs), "ecg": ecg, "labels_W": labels,
             "info": {"source_format": "dreamt", "column": ppg_column, "fs_found": fs_found,
                      "lights_off_s": round(lights_off - float(t[0]), 6), "duplicated_stamps": n_dup}}
+
+
+def preprocess_dreamt(path: str | Path, n_windows: int = WINDOWS_PER_SUBJECT, method: str = "linear",
+                      ppg_column: str = "BVP", nominal_fs: float = 64.0,
+                      max_gap_s: float = MAX_GAP_S) -> tuple[np.ndarray, dict]:
+    """One DREAMT participant -> (labels_W int64 (n_windows,), extract_mesa_data.preprocess_signals's dict
+    plus ppg_channel): what extraction stores for a MESA subject, from lights-off on.
+
+    Raises:
+        BadRecordingError: see `read_dreamt` and extract_mesa_data.preprocess_signals.
+    """
+    import extract_mesa_data
+
+    path = Path(path)
+    night = read_dreamt(path, ppg_column, nominal_fs, max_gap_s, n_windows)
+    with naming_file(path):
+        rec = extract_mesa_data.preprocess_signals(night["ppg"], night["fs"], n_windows, method, night["ecg"],
+                                                   night["fs"] if night["ecg"] is not None else None, name=path.name)
+    rec["ppg_channel"] = ppg_column
+    return night["labels_W"], rec
+
+
+def preprocess_file(path: str | Path, n_windows: int = WINDOWS_PER_SUBJECT, method: str = "linear",
+                    patterns: Sequence[str] = PPG_PATTERNS, fs: float | None = None, column: str | None = None,
+                    max_gap_s: float = MAX_GAP_S) -> dict:
+    """Any supported PPG recording -> model input through extract_mesa_data.preprocess_signals (the MESA
+    preprocessing); gaps longer than `max_gap_s` are zeroed and their epochs listed in gap_epochs.
+
+    Returns:
+        preprocess_signals's dict plus ppg_channel (the column or signal used), source_format, ppg_fs_found
+        (the rate the file states or its stamps show) and gaps ([start_s, duration_s]).
+    Raises:
+        BadRecordingError naming the file and the problem.
+    """
+    import extract_mesa_data
+
+    path = Path(path)
+    rec = read_recording(path, fs, column, patterns, max_gap_s)
+    with naming_file(path):
+        out = extract_mesa_data.preprocess_signals(rec.signal_T, rec.fs, n_windows, method, name=path.name,
+                                                   nan_is_gap=rec.info["source_format"] != "edf")
+    out.update(ppg_channel=rec.info["column"], source_format=rec.info["source_format"],
+               ppg_fs_found=rec.info["fs_found"], gaps=rec.info["gaps"])
+    return out

@@ -192,6 +192,11 @@ CONFIG_SCHEMA: dict[str, dict[str, Any]] = {
         "compression": Choice("none", "lzf", "gzip"),
         "chunk_windows": int,
         "id_pattern": Default(str, MESA_ID_PATTERN),  # file name -> subject ID: a regex with one group
+        "format": Default(Choice("edf", "dreamt"), "edf"),  # extraction input: MESA EDF + XML, or DREAMT CSVs
+        "csv_dir": Default(str, "./DREAMT/data_64Hz"),  # DREAMT: one <id>_whole_df.csv per participant
+        "ppg_column": Default(str, "BVP"),  # DREAMT: the PPG column (Empatica E4 BVP)
+        "nominal_fs": Default(float, 64.0),  # DREAMT: expected rate (Hz); stamps more than 5% off -> bad subject
+        "max_gap_s": Default(float, 30.0),  # missing data up to this (s) is interpolated; longer is a gap
     },
     "training": {
         "num_epochs": int,
@@ -234,6 +239,9 @@ CONFIG_SCHEMA: dict[str, dict[str, Any]] = {
         "edf_file": str,
         "n_subjects": int,
         "batch_size": int,
+        "ppg_file": Default(str, ""),  # --ppg: PPG recordings of any format (file, folder or glob)
+        "ppg_fs": Default((int, float, type(None)), None),  # --fs: rate (Hz) where the file does not say it
+        "ppg_column": Default(OptionalStr, None),  # --column: PPG column / signal name (null: ppg_channels)
     },
 }
 
@@ -242,6 +250,7 @@ _POSITIVE = {
     "data.batch_size", "data.windows_per_subject", "preprocessing.chunk_windows", "training.num_epochs",
     "training.learning_rate", "training.num_runs", "training.grad_clip", "training.lr_factor",
     "output.save_frequency", "inference.n_subjects", "inference.batch_size",
+    "preprocessing.nominal_fs", "preprocessing.max_gap_s",
 }
 _ID_PATTERNS = {"preprocessing.id_pattern"}  # must compile, with exactly one capturing group
 _NON_NEGATIVE = {

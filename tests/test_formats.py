@@ -2,6 +2,7 @@
 each table layout, NumPy, WFDB and DREAMT files written here, and every bad input with its reason."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -327,12 +328,12 @@ def write_dreamt(path: Path, stages: list[tuple[str, float]], fs: float = 64.0, 
     stage = np.concatenate([[name] * int(round(s * fs)) for name, s in stages])[:n]
     bvp = pulse(n, fs, seed) * 50
     names = columns + (["ECG"] if ecg else [])
-    with open(path, "w") as fh:
-        fh.write(",".join(names) + "\n")
-        for i in range(n):
-            values = {"TIMESTAMP": f"{i / fs:.6f}", "BVP": f"{bvp[i]:.3f}", "Sleep_Stage": stage[i],
-                      "ECG": f"{np.sin(i / 3):.4f}", "IBI": ""}
-            fh.write(",".join(values.get(c, "1.0") for c in names) + "\n")
+    fields = {"TIMESTAMP": "{0:.6f}", "BVP": "{1:.3f}", "Sleep_Stage": "{2}", "ECG": "{3:.4f}", "IBI": ""}
+    row = ",".join(fields.get(c, "1.0") for c in names)
+    ecg_T = np.sin(np.arange(n) / 3)
+    lines = [row.format(i / fs, b, st, e) for i, (b, st, e) in enumerate(zip(bvp.tolist(), stage.tolist(),
+                                                                            ecg_T.tolist()))]
+    path.write_text(",".join(names) + "\n" + "\n".join(lines) + "\n")
     return path
 
 
@@ -405,3 +406,261 @@ def test_find_dreamt_files(tmp_path):
         (tmp_path / name).write_text("x\n")
     files, duplicates = rf.find_dreamt_files(tmp_path)
     assert sorted(files) == ["S002", "S003"] and list(duplicates) == ["S003"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DREAMT extraction: CSV -> the three HDF5 files -> the dataset
+
+
+def test_dreamt_extraction_to_hdf5_and_dataset(tmp_path):
+    import h5py
+
+    import extract_mesa_data
+    from multimodal_dataset_aligned import MultiModalSleepDataset, PPGOnlyDataset
+    from sleepppg_common import ECG_FILE, INDEX_FILE, PPG_FILE
+
+    csv_dir, out = tmp_path / "data_64Hz", tmp_path / "dreamt-x"
+    csv_dir.mkdir()
+    stages = [("P", 20), ("W", 90), ("N1", 30), ("N2", 60), ("N3", 60), ("R", 60)]  # 300 s after lights-off
+    for i, sid in enumerate(("S002", "S003", "S004")):
+        write_dreamt(csv_dir / f"{sid}_whole_df.csv", stages, seed=i, ecg=sid == "S003")
+    write_dreamt(csv_dir / "S005_whole_df.csv", [("P", 30), ("Missing", 90)])  # no stages
+    write_dreamt(csv_dir / "S006_whole_df.csv", stages, columns=[c for c in DREAMT_COLUMNS if c != "BVP"])
+    (csv_dir / "S007_whole_df.csv").write_text("")  # empty
+    args = ["--format", "dreamt", "--csv-dir", str(csv_dir), "--out-dir", str(out), "--workers", "1",
+            "--windows-per-subject", "12"]
+    assert extract_mesa_data.main(args) == 1  # three bad subjects
+    failed = {f["id"]: f["kind"] for f in json.loads((out / "failed_subjects.json").read_text())}
+    assert failed == {"S005": "no_stages", "S006": "missing_column", "S007": "empty_file"}
+    with h5py.File(out / PPG_FILE) as f:
+        assert f["ppg"].shape == (36, 1024) and f["subject_ids"][:].tolist() == [b"S002"] * 12 + [b"S003"] * 12 \
+            + [b"S004"] * 12
+        labels = f["labels"][:12].tolist()
+    assert labels == [0, 0, 0, 1, 1, 1, 2, 2, 3, 3, -1, -1]  # 10 epochs from lights-off, then padding
+    with h5py.File(out / ECG_FILE) as f:
+        assert f["has_real_ecg"][:].tolist() == [False] * 12 + [True] * 12 + [False] * 12
+    with h5py.File(out / INDEX_FILE) as f:
+        assert f["subjects/S003"].attrs["has_ecg"] and f["subjects/S002"].attrs["n_recorded_windows"] == 10
+
+    # the dataset reads it (random 80/20 split: DREAMT IDs are not on the SleepPPG-Net test list)
+    kwargs = dict(windows_per_subject=12, use_sleepppg_test_set=False)
+    items = [PPGOnlyDataset(out, split=s, **kwargs) for s in ("train", "val", "test")]
+    assert sorted(sid for d in items for sid in d.subjects) == ["S002", "S003", "S004"]
+    ppg, lab = next(d for d in items if len(d))[0]
+    assert ppg.shape == (1, 12 * 1024) and lab.tolist() == labels  # every participant has the same stages
+    assert len(MultiModalSleepDataset(out, split="train", **kwargs)) == len(items[0])
+
+    # a rerun with nothing new is up to date; the failures are reported again
+    assert extract_mesa_data.main(args) == 1
+
+
+def test_dreamt_extraction_setup_errors(tmp_path, capsys):
+    import extract_mesa_data
+
+    out = tmp_path / "x"
+    code = extract_mesa_data.main(["--format", "dreamt", "--csv-dir", str(tmp_path / "none"), "--out-dir", str(out)])
+    assert code == 2 and "csv dir" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    code = extract_mesa_data.main(["--format", "dreamt", "--csv-dir", str(tmp_path / "empty"), "--out-dir", str(out)])
+    assert code == 2 and "no CSV files" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Staging any recording: inference_ppg_only.py --ppg
+
+N_WIN = 40  # model span in these tests: 40 x 30 s = 20 min
+STAGE_FS = 64.0
+STAGE_MIN = 12  # recordings of 12 min = 24 epochs
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    import torch
+
+    from multimodal_sleep_model import SleepPPGNet, checkpoint_model_fields
+
+    torch.manual_seed(0)
+    model = SleepPPGNet(n_windows=N_WIN)
+    path = tmp_path_factory.mktemp("ckpt") / "best_model.pth"
+    torch.save({**checkpoint_model_fields(model), "model_state_dict": model.state_dict(), "config": {},
+                "epoch": 0, "metrics": {}}, path)
+    return path
+
+
+def stage(tmp_path: Path, checkpoint: Path, *extra: str) -> tuple[int, dict, Path]:
+    """inference main() on a config with paths under tmp_path; returns (exit status, result.json, run folder)."""
+    import yaml
+
+    import inference_ppg_only as inf
+    from sleepppg_common import load_config
+
+    repo = Path(inf.__file__).resolve().parent
+    cfg = load_config(repo / "configs" / "config_demo.yaml", {
+        "inference.cache_root": str(tmp_path / "cache"), "inference.batch_size": 2,
+        "inference.best_model": str(checkpoint), "gpu.mixed_precision": False, "preprocessing.workers": 1})
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+    code = inf.main(["--config", str(cfg_path), "--out", str(out), "--device", "cpu", *extra])
+    runs = sorted(out.iterdir()) if out.exists() else []
+    if not runs:
+        return code, {}, out
+    return code, json.loads((runs[-1] / "result.json").read_text()), runs[-1]
+
+
+def read_predictions(run_dir: Path, sid: str) -> tuple[list[str], np.ndarray]:
+    """(pred_name per row, probabilities (rows, 4), NaN where empty) of one night's CSV."""
+    rows = [line.split(",") for line in (run_dir / "csv" / sid / f"{sid}.csv").read_text().splitlines()[1:]]
+    probs = np.array([[float(v) if v else np.nan for v in r[7:]] for r in rows])
+    return [r[3] for r in rows], probs
+
+
+def write_edf(path: Path, x: np.ndarray, fs: float, label: str) -> Path:
+    """An EDF whose physical values equal `x` exactly (integers, gain 1), plus a 1-Hz SpO2 channel."""
+    from edfio import Edf, EdfSignal
+
+    spo2 = np.full(int(x.size / fs), 96.0)
+    Edf([EdfSignal(x, fs, label=label, physical_range=(-32768, 32767), digital_range=(-32768, 32767)),
+         EdfSignal(spo2, 1, label="SpO2", physical_range=(0, 100))], data_record_duration=1).write(path)
+    return path
+
+
+def test_every_format_gives_the_edf_predictions(tmp_path, checkpoint):
+    import datetime as dt
+
+    import wfdb
+
+    n = int(STAGE_MIN * 60 * STAGE_FS)
+    x = np.round(pulse(n, STAGE_FS, seed=5) * 3000)  # integer-valued: stored exactly by EDF, WFDB and text
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    write_edf(rec / "a_edf.edf", x, STAGE_FS, "Pleth")
+    t = np.arange(n) / STAGE_FS
+    write_table(rec / "b_header.csv", {"time": t.tolist(), "Pleth": x.astype(int).tolist()})
+    write_table(rec / "c_noheader.txt", {"v": x.astype(int).tolist()}, header=False)
+    write_table(rec / "d_ms.tsv", {"timestamp_ms": (t * 1000).tolist(), "ppg": x.tolist()}, delimiter="\t")
+    start = dt.datetime(2024, 5, 1, 23, 0, 0)
+    write_table(rec / "e_datetime.csv", {"datetime": [(start + dt.timedelta(seconds=s)).isoformat() for s in t],
+                                         "bvp": x.tolist()})
+    np.save(rec / "f_npy.npy", x)
+    wfdb.wrsamp("g_wfdb", fs=STAGE_FS, units=["NU"], sig_name=["PLETH"], p_signal=x[:, None], fmt=["16"],
+                adc_gain=[1.0], baseline=[0], write_dir=str(rec))
+    code, result, run_dir = stage(tmp_path, checkpoint, "--ppg", str(rec), "--fs", "64")
+    assert code == 0, result.get("failures")
+    items = {i["subject_id"]: i for i in result["items"]}
+    assert sorted(items) == ["a_edf", "b_header", "c_noheader", "d_ms", "e_datetime", "f_npy", "g_wfdb"]
+    formats = {sid: i["source_format"] for sid, i in items.items()}
+    assert formats == {"a_edf": "edf", "b_header": "table", "c_noheader": "table", "d_ms": "table",
+                       "e_datetime": "table", "f_npy": "npy", "g_wfdb": "wfdb"}
+    assert items["d_ms"]["ppg_channel"] == "ppg" and items["g_wfdb"]["ppg_channel"] == "PLETH"
+    assert result["mode"] == "PPG" and items["a_edf"]["mode"] == "PPG"
+    ref_names, ref_probs = read_predictions(run_dir, "a_edf")
+    assert len(ref_names) == STAGE_MIN * 2
+    for sid, item in items.items():
+        assert item["n_epochs_staged"] == STAGE_MIN * 2 and not item["truncated"] and item["gap_epochs"] == []
+        assert item["ppg_fs_found"] == STAGE_FS and item["ppg_fs"] == STAGE_FS
+        names, probs = read_predictions(run_dir, sid)
+        assert names == ref_names and np.allclose(probs, ref_probs, atol=1e-5), sid
+        assert (run_dir / "graph" / sid / f"{sid}.png").stat().st_size > 1000
+        assert item["sleep_report"]["time_in_bed_min"] == STAGE_MIN
+
+    # the same signal in the EDF path (--edf), and an EDF with an unusual label picked by --column
+    code, edf_result, edf_run = stage(tmp_path, checkpoint, "--edf", str(rec / "a_edf.edf"))
+    assert code == 0 and read_predictions(edf_run, "a_edf")[0] == ref_names
+    odd_edf = write_edf(tmp_path / "h_odd.edf", x, STAGE_FS, "Finger pulse")
+    code, odd, odd_run = stage(tmp_path, checkpoint, "--ppg", str(odd_edf))
+    assert code == 1 and odd["failures"][0]["kind"] == "no_ppg_channel"  # no label like pleth, ppg, bvp
+    code, odd, odd_run = stage(tmp_path, checkpoint, "--ppg", str(odd_edf), "--column", "finger PULSE")
+    assert code == 0 and odd["items"][0]["ppg_channel"] == "Finger pulse"
+    assert read_predictions(odd_run, "h_odd")[0] == ref_names
+
+    # a second run reuses the caches (a_edf's was rebuilt by the --edf run: other settings), same predictions
+    code, again, again_run = stage(tmp_path, checkpoint, "--ppg", str(rec / "*"), "--fs", "64")
+    assert code == 0 and {i["subject_id"]: i["cache_used"] for i in again["items"]} == {
+        sid: sid != "a_edf" for sid in items}
+    assert read_predictions(again_run, "g_wfdb")[0] == ref_names
+
+
+def test_gaps_are_not_staged_and_are_marked(tmp_path, checkpoint):
+    import datetime as dt
+
+    rng = np.random.default_rng(2)
+    n = int(STAGE_MIN * 60 * STAGE_FS)
+    t = np.arange(n) / STAGE_FS + rng.uniform(-0.003, 0.003, n)  # jittered clock
+    keep = (t < 200) | (t >= 290)  # 90 s without samples (epochs 6..9 touched)
+    start = dt.datetime(2024, 5, 1, 23, 0, 0)
+    stamps = [(start + dt.timedelta(seconds=float(s))).isoformat(timespec="microseconds") for s in t[keep]]
+    path = write_table(tmp_path / "gappy.csv", {"time": stamps, "pleth": np.round(pulse(n, STAGE_FS)[keep], 5).tolist()})
+    code, result, run_dir = stage(tmp_path, checkpoint, "--ppg", str(path))
+    assert code == 0
+    item = result["items"][0]
+    assert item["gap_epochs"] == [6, 7, 8, 9] and item["n_epochs_staged"] == STAGE_MIN * 2
+    assert len(item["gaps"]) == 1 and item["gaps"][0][1] == pytest.approx(90, abs=0.1)
+    names, probs = read_predictions(run_dir, "gappy")
+    assert [i for i, name in enumerate(names) if name == "Gap"] == [6, 7, 8, 9]
+    assert np.isnan(probs[6:10]).all() and np.allclose(np.delete(probs, [6, 7, 8, 9], axis=0).sum(1), 1, atol=1e-5)
+    header = (run_dir / "csv" / "gappy" / "gappy.csv").read_text().splitlines()
+    assert all(line.count(",") == header[0].count(",") for line in header)
+    report = item["sleep_report"]
+    assert report["time_in_bed_min"] == STAGE_MIN - 2 and report["n_scored_epochs"] == STAGE_MIN * 2 - 4
+
+
+def test_rates_lengths_and_truncation(tmp_path, checkpoint):
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    np.save(rec / "r16.npy", pulse(16 * 60 * 5, 16.0))  # 5 min at 16 Hz
+    np.save(rec / "r1000.npy", pulse(1000 * 60 * 5, 1000.0))  # 5 min at 1 kHz
+    np.save(rec / "long.npy", pulse(64 * 60 * 25, 64.0))  # 25 min: longer than the 20-min span
+    for name, fs in (("r16", 16), ("r1000", 1000), ("long", 64)):
+        code, result, _ = stage(tmp_path, checkpoint, "--ppg", str(rec / f"{name}.npy"), "--fs", str(fs))
+        assert code == 0, result
+        item = result["items"][0]
+        assert item["ppg_fs"] == fs
+        if name == "long":
+            assert item["truncated"] is True and item["n_epochs_staged"] == N_WIN
+            assert item["recording_hours"] == pytest.approx(25 / 60)
+        else:
+            assert item["n_epochs_staged"] == 10 and not item["truncated"]
+
+
+def test_bad_recordings_each_fail_with_one_line(tmp_path, checkpoint, capsys):
+    import wfdb
+
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    n = int(6 * 60 * 32)
+    np.save(rec / "good.npy", pulse(n, 32.0))
+    (rec / "notes.xyz").write_text("hello\n")
+    write_table(rec / "nocolumn.csv", {"a": pulse(n, 32).tolist(), "b": pulse(n, 32).tolist()})
+    write_table(rec / "slow.csv", {"time": (np.arange(3000) / 10).tolist(), "pleth": pulse(3000, 10).tolist()})
+    write_table(rec / "allnan.csv", {"pleth": ["nan"] * n})
+    write_table(rec / "constant.csv", {"pleth": [5.0] * n})
+    write_table(rec / "short.csv", {"pleth": pulse(32 * 20, 32).tolist()})  # 20 s
+    wfdb.wrsamp("nodata", fs=32, units=["NU"], sig_name=["PLETH"], p_signal=pulse(n, 32)[:, None], fmt=["16"],
+                write_dir=str(rec))
+    (rec / "nodata.dat").unlink()
+    (tmp_path / "nofs").mkdir()
+    np.save(tmp_path / "nofs" / "nofs.npy", pulse(n, 32.0))
+    capsys.readouterr()
+    code, result, _ = stage(tmp_path, checkpoint, "--ppg", str(rec / "*"), "--fs", "32")
+    assert code == 1 and [i["subject_id"] for i in result["items"]] == ["good"]
+    kinds = {f["subject_id"]: f["kind"] for f in result["failures"]}
+    assert kinds == {"notes": "unknown_format", "nocolumn": "no_ppg_column", "slow": "low_sampling_rate",
+                     "allnan": "no_signal", "constant": "flat_ppg", "short": "too_short",
+                     "nodata": "missing_data_file"}
+    out = capsys.readouterr().out
+    failed_lines = [line for line in out.splitlines() if line.startswith("FAILED")]
+    assert len(failed_lines) == 7
+    for f in result["failures"]:
+        line = next(line for line in failed_lines if line.startswith(f"FAILED {f['subject_id']}:"))
+        assert Path(f["input_file"]).name in line  # names the file
+    assert "10 Hz" in next(line for line in failed_lines if "slow" in line)
+    code, result, _ = stage(tmp_path, checkpoint, "--ppg", str(tmp_path / "nofs"))
+    assert code == 1 and result["failures"][0]["kind"] == "needs_fs" and "--fs" in result["failures"][0]["error"]
+
+
+def test_bad_setup_exits_2(tmp_path, checkpoint):
+    assert stage(tmp_path, checkpoint, "--ppg", str(tmp_path / "missing.csv"))[0] == 2
+    (tmp_path / "empty").mkdir()
+    assert stage(tmp_path, checkpoint, "--ppg", str(tmp_path / "empty"))[0] == 2
+    assert stage(tmp_path, checkpoint, "--ppg", str(tmp_path / "x.csv"), "--edf", str(tmp_path / "y.edf"))[0] == 2
