@@ -766,7 +766,8 @@ def stage_and_report(args: argparse.Namespace, cfg: dict, edf_paths: list[Path],
     flags = {k: inf_cfg[k] for k in ("save_csv", "save_graph", "save_json")}
     started = dt.datetime.now().isoformat(timespec="seconds")
     mode = ("PPG" if inf_cfg["ppg_file"] else "EDF") if edf_mode else "H5"
-    log.info("run %s: %s mode, model %s (%d windows = %.1f h), device %s", run_dir.name, mode, model_info["path"], n_windows, n_windows * WINDOW_SECONDS / 3600, device)
+    log.info("run %s: %s mode, model %s (%d windows = %.1f h), device %s", run_dir.name, mode, model_info["path"],
+             n_windows, n_windows * WINDOW_SECONDS / 3600, device)
     t0 = time.perf_counter()
     metrics = None
     if edf_mode:

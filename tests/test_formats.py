@@ -590,7 +590,8 @@ def test_gaps_are_not_staged_and_are_marked(tmp_path, checkpoint):
     keep = (t < 200) | (t >= 290)  # 90 s without samples (epochs 6..9 touched)
     start = dt.datetime(2024, 5, 1, 23, 0, 0)
     stamps = [(start + dt.timedelta(seconds=float(s))).isoformat(timespec="microseconds") for s in t[keep]]
-    path = write_table(tmp_path / "gappy.csv", {"time": stamps, "pleth": np.round(pulse(n, STAGE_FS)[keep], 5).tolist()})
+    path = write_table(tmp_path / "gappy.csv",
+                       {"time": stamps, "pleth": np.round(pulse(n, STAGE_FS)[keep], 5).tolist()})
     code, result, run_dir = stage(tmp_path, checkpoint, "--ppg", str(path))
     assert code == 0
     item = result["items"][0]
