@@ -68,6 +68,7 @@ PPG_PATTERNS = ("pleth", "ppg", "bvp")  # the PPG is a label containing one of t
 FAILED_FILE = "failed_subjects.json"
 MANIFEST_FILE = "extract_manifest.json"
 PARTS_DIR = ".parts"
+DREAMT_KEYS = ("ppg_column", "nominal_fs", "max_gap_s")  # preprocessing keys only DREAMT extraction uses
 # The one preprocessing version: bump it whenever EDF reading, preprocessing, labelling or the part layout
 # changes. Extraction's part files and inference's per-night caches built by another version are rebuilt.
 PREPROCESSING_VERSION = 2
@@ -813,9 +814,6 @@ def find_dreamt_subjects(csv_dir: Path) -> tuple[dict[str, tuple[Path, Path]], d
     files, duplicates = recording_formats.find_dreamt_files(csv_dir)
     return ({sid: (path, path) for sid, path in files.items()},
             {sid: ("duplicate_files", reason) for sid, reason in duplicates.items()})
-
-
-DREAMT_KEYS = ("ppg_column", "nominal_fs", "max_gap_s")  # settings that only DREAMT extraction uses
 
 
 def resolve_settings(args: argparse.Namespace) -> dict:

@@ -469,8 +469,11 @@ def read_table(path: Path, fs: float | None = None, column: str | None = None,
     t = None
     if time_idx is not None:
         t, info["start_time"] = stamps_to_seconds(blocks["time"], time_kind, path)
-        if not layout.has_header and np.any(np.diff(t) < 0):
-            t = None  # headerless first column that does not rise: a signal, not stamps
+        if not layout.has_header and np.any(np.diff(t) < 0):  # a headerless first column that does not rise
+            if column is None:  # is a second signal, not stamps: which one is the PPG is not known
+                raise BadRecordingError(f"{path.name}: two signal columns and no header; pass --column 1 or 2",
+                                        kind="no_ppg_column")
+            t = None
         else:
             info["time_column"] = layout.names[time_idx]
     if t is None:

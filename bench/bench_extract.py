@@ -12,7 +12,13 @@ subprocess so peak memory is measured cleanly:
 Printed: seconds in total and per subject, peak memory (the PSS of the whole process tree, main + workers,
 sampled every 50 ms from /proc; the main process's ru_maxrss beside it), and ours/reference ratios.
 
+`--dreamt` measures instead a DREAMT-shaped cohort (one 14-column CSV per participant at 64 Hz, 8-h nights by
+default; make_synthetic_mesa.write_dreamt_subject when that exists, else a plain writer below) through
+`extract_mesa_data.py --format dreamt`: seconds per subject and peak memory for each N, which should stay flat
+in N (there is no reference approach for DREAMT).
+
 Usage: python bench/bench_extract.py --sizes 4,16 --workers 1,2   (default --sizes 2,4: a few minutes)
+       python bench/bench_extract.py --dreamt --sizes 2,8 --workers 1 [--hours 8]
 """
 
 from __future__ import annotations
@@ -241,9 +247,52 @@ class PeakSampler:
         self._thread.join()
 
 
+DREAMT_HOURS = 8.0  # a DREAMT night (lights-off to end) is about 7-8 h
+DREAMT_FS = 64  # Hz: Empatica E4 BVP rows in data_64Hz
+DREAMT_COLUMNS = ("TIMESTAMP", "BVP", "ACC_X", "ACC_Y", "ACC_Z", "TEMP", "EDA", "HR", "IBI", "Sleep_Stage",
+                  "Obstructive_Apnea", "Central_Apnea", "Hypopnea", "Multiple_Events")
+
+
+def _simple_dreamt_subject(root: Path, sid: str, hours: float, seed: int) -> Path:
+    """Fallback writer: <root>/data_64Hz/<sid>_whole_df.csv with DREAMT's 14 columns at 64 Hz: 15 min of P
+    (preparation), then 30-s stages cycling W, N1, N2, N3, N2, R; BVP a noisy sinusoid; the rest plausible."""
+    rng = np.random.default_rng(seed)
+    path = root / "data_64Hz" / f"{sid}_whole_df.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = int(hours * 3600 * DREAMT_FS)
+    t = np.arange(n) / DREAMT_FS
+    bvp = 60 * np.sin(2 * np.pi * 1.1 * t) + 5 * rng.standard_normal(n)
+    cycle = np.array(["W", "N1", "N2", "N3", "N2", "R"])
+    epoch = ((t - 900) // 30).astype(int)
+    stage = np.where(t < 900, "P", cycle[(epoch // 20) % cycle.size])  # 10-min blocks per stage
+    with open(path, "w") as fh:
+        fh.write(",".join(DREAMT_COLUMNS) + "\n")
+        for i0 in range(0, n, 100_000):
+            rows = (f"{ti:.6f},{b:.2f},{-30 + i % 7},{12 + i % 5},{55 - i % 3},33.{i % 97:02d},0.{i % 9973:06d},"
+                    f"{62 + (i // 640) % 10:.2f},,{st},,,,"
+                    for i, (ti, b, st) in enumerate(zip(t[i0:i0 + 100_000].tolist(), bvp[i0:i0 + 100_000].tolist(),
+                                                        stage[i0:i0 + 100_000].tolist()), start=i0))
+            fh.write("\n".join(rows) + "\n")
+    return path
+
+
+def make_dreamt_cohort(root: Path, n: int, hours: float) -> list[str]:
+    """n DREAMT-shaped participants under <root>/data_64Hz (written once, reused)."""
+    try:
+        from make_synthetic_mesa import write_dreamt_subject
+    except ImportError:
+        write_dreamt_subject = _simple_dreamt_subject
+    ids = [f"S{100 + i:03d}" for i in range(n)]
+    for i, sid in enumerate(ids):
+        if not (root / "data_64Hz" / f"{sid}_whole_df.csv").exists():
+            write_dreamt_subject(root, sid, hours, i)
+    return ids
+
+
 def measure_one(kind: str, edf_dir: Path, xml_dir: Path, out_dir: Path, ids: list[str], workers: int) -> dict:
-    """Run one extraction here; return seconds, the peak PSS of the whole process tree (main + workers, MB,
-    sampled every 50 ms) and the peak RSS of the main process (ru_maxrss, MB)."""
+    """Run one extraction here (kind 'dreamt': `edf_dir` is the DREAMT CSV folder); return seconds, the peak
+    PSS of the whole process tree (main + workers, MB, sampled every 50 ms) and the peak RSS of the main
+    process (ru_maxrss, MB)."""
     import h5py  # noqa: F401  imported before the clock starts: both approaches pay the same start-up
     import mne  # noqa: F401
     import scipy.signal  # noqa: F401
@@ -255,6 +304,12 @@ def measure_one(kind: str, edf_dir: Path, xml_dir: Path, out_dir: Path, ids: lis
     with PeakSampler() as sampler:
         if kind == "reference":
             reference_extract(edf_dir, xml_dir, out_dir, ids)
+        elif kind == "dreamt":
+            keep_freed_memory()
+            rc = extract_mesa_data.main(["--format", "dreamt", "--csv-dir", str(edf_dir), "--out-dir", str(out_dir),
+                                         "--subjects", ",".join(ids), "--workers", str(workers), "--overwrite"])
+            if rc != 0:
+                raise SystemExit(f"extract_mesa_data --format dreamt exited {rc}")
         else:
             keep_freed_memory()  # as `python extract_mesa_data.py` runs (this subprocess measures ours only)
             rc = extract_mesa_data.main(["--edf-dir", str(edf_dir), "--xml-dir", str(xml_dir), "--out-dir",
@@ -268,7 +323,7 @@ def measure_one(kind: str, edf_dir: Path, xml_dir: Path, out_dir: Path, ids: lis
 
 
 def run_measured(kind: str, root: Path, out_dir: Path, ids: list[str], workers: int) -> dict:
-    edf_dir = root / "polysomnography" / "edfs"
+    edf_dir = root / "data_64Hz" if kind == "dreamt" else root / "polysomnography" / "edfs"
     xml_dir = root / "polysomnography" / "annotations-events-nsrr"
     args = {"kind": kind, "edf_dir": str(edf_dir), "xml_dir": str(xml_dir), "out_dir": str(out_dir),
             "ids": ids, "workers": workers}
@@ -285,8 +340,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="2,4", help="cohort sizes N, comma-separated (full: 4,16)")
     parser.add_argument("--workers", default="1,2", help="worker counts for ours, comma-separated")
-    parser.add_argument("--hours", type=float, default=NIGHT_HOURS, help="night length in hours")
+    parser.add_argument("--hours", type=float, help=f"night length in hours (default {NIGHT_HOURS:g})")
     parser.add_argument("--root", help="cohort folder, kept for reuse (default: a temporary folder)")
+    parser.add_argument("--dreamt", action="store_true", help="time a DREAMT-shaped cohort (ours only; --hours "
+                                                                  f"defaults to {DREAMT_HOURS:g})")
     parser.add_argument("--measure-one", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -301,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = sorted({int(s) for s in args.sizes.split(",")})
     worker_counts = [int(w) for w in args.workers.split(",")]
+    if args.dreamt:
+        return bench_dreamt(sizes, worker_counts, args.hours or DREAMT_HOURS, args.root)
+    args.hours = args.hours or NIGHT_HOURS
     with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
         root = Path(args.root) if args.root else Path(tmp) / "cohort"
         t0 = time.perf_counter()
@@ -322,6 +382,25 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['peak_tree_mb'] / ref['peak_tree_mb']:>6.2f}x")
     print("\nspeed-up = reference seconds / these seconds (same N); peak MB = highest PSS of the whole process "
           "tree (main + workers), sampled every 50 ms; memory = peak / reference peak (same N).")
+    return 0
+
+
+def bench_dreamt(sizes: list[int], worker_counts: list[int], hours: float, root: str | None) -> int:
+    """Seconds per subject and peak memory of `--format dreamt` extraction for each cohort size."""
+    with tempfile.TemporaryDirectory(prefix="bench_extract_dreamt_") as tmp:
+        cohort = Path(root) if root else Path(tmp) / "dreamt"
+        t0 = time.perf_counter()
+        ids = make_dreamt_cohort(cohort, max(sizes), hours)
+        csv_mb = sum(p.stat().st_size for p in (cohort / "data_64Hz").glob("*.csv")) / 2**20 / len(ids)
+        print(f"DREAMT cohort: {len(ids)} participants x {hours:g} h at {DREAMT_FS} Hz ({csv_mb:.0f} MB of CSV "
+              f"each) in {cohort} ({time.perf_counter() - t0:.0f} s to make)")
+        rows = [(n, w, run_measured("dreamt", cohort, Path(tmp) / f"out{w}", ids[:n], w))
+                for n in sizes for w in worker_counts]
+    print(f"\n{'approach':<10} {'N':>3} {'workers':>7} {'total s':>8} {'s/subject':>9} {'peak MB':>8} {'main RSS':>8}")
+    for n, w, r in rows:
+        print(f"{'dreamt':<10} {n:>3} {w:>7} {r['seconds']:>8.1f} {r['seconds'] / n:>9.2f} {r['peak_tree_mb']:>8.0f} "
+              f"{r['rss_main_mb']:>8.0f}")
+    print("\npeak MB = highest PSS of the whole process tree (main + workers), sampled every 50 ms.")
     return 0
 
 

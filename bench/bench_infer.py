@@ -19,8 +19,13 @@ same hypnograms.
 
 Outputs: a table on stdout and <workdir>/bench_infer.json.
 
+`--csv` measures instead a wearable-style night given as a CSV table (time in s + PPG, 64 Hz, 8 h by default)
+beside the same signal as an EDF, both through `run_edf_mode` (--ppg mode for the CSV): cold (empty cache:
+reading, preprocessing, forward, outputs) and warm (from the cache) seconds per night, in one process.
+
 Usage: python bench/bench_infer.py [--nights 2] [--hours 10.5] [--repeats 1] [--workdir /tmp/bench_infer]
        python bench/bench_infer.py --full      # 8 nights, 3 repeats
+       python bench/bench_infer.py --csv [--csv-hours 8]
 """
 
 from __future__ import annotations
@@ -181,6 +186,66 @@ def run_ours(edfs: list[Path], workdir: Path, config: str, workers: int | None) 
             "resample_method": cfg["preprocessing"]["resample_method"], "torch_threads": torch.get_num_threads()}
 
 
+CSV_FS = 64.0  # Hz: an Empatica E4-like wearable PPG (DREAMT's BVP)
+CSV_HOURS = 8.0
+
+
+def write_csv_and_edf_night(workdir: Path, hours: float, fs: float = CSV_FS) -> tuple[Path, Path]:
+    """One synthetic PPG night as csv/night.csv (columns time,ppg; written once) and as edf/night.edf."""
+    from edfio import Edf, EdfSignal
+
+    csv_path, edf_path = workdir / "csv" / "night.csv", workdir / "edf" / "night.edf"
+    if csv_path.exists() and edf_path.exists():
+        return csv_path, edf_path
+    n = int(hours * 3600 * fs)
+    t = np.arange(n) / fs
+    rate_hz = 1.1 + 0.15 * np.sin(2 * np.pi * t / 5400)  # heart rate drifting over the night
+    phase = 2 * np.pi * np.cumsum(rate_hz) / fs
+    ppg = np.round(1000 * (np.sin(phase) + 0.4 * np.sin(2 * phase))
+                   + 20 * np.random.default_rng(0).standard_normal(n))
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    edf_path.parent.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(f"{ti:.6f},{int(v)}" for ti, v in zip(t.tolist(), ppg.tolist()))
+    write_text_atomic(csv_path, "time,ppg\n" + text + "\n")
+    Edf([EdfSignal(ppg, fs, label="Pleth", physical_range=(-32768, 32767), digital_range=(-32768, 32767))],
+        data_record_duration=1).write(edf_path)
+    return csv_path, edf_path
+
+
+def bench_csv_night(workdir: Path, config: str, hours: float) -> dict:
+    """Cold and warm seconds for one CSV night (--ppg) beside the same night as EDF (--edf), one process."""
+    import torch
+
+    import inference_ppg_only as inf
+
+    keep_freed_memory()
+    csv_path, edf_path = write_csv_and_edf_night(workdir, hours)
+    model = inf.fold_batchnorm(build_model())
+    device = torch.device("cpu")
+    flags = {"save_csv": True, "save_graph": True, "save_json": True}
+    results = {}
+    for name, path, ppg_file in (("warmup", edf_path, ""), ("edf", edf_path, ""), ("csv", csv_path, str(csv_path))):
+        cache = workdir / f"cache_{name}"
+        shutil.rmtree(cache, ignore_errors=True)
+        cfg = load_config(config, {"inference.cache_root": str(cache), "inference.save_dir": str(workdir / "out"),
+                                   "gpu.mixed_precision": False, "inference.ppg_file": ppg_file})
+        for phase in ("cold", "warm"):
+            t0 = time.perf_counter()
+            items, failures = inf.run_edf_mode(model, WINDOWS_PER_SUBJECT, cfg, [path],
+                                               inf.make_run_dir(workdir / "out"), device, flags)
+            if failures:
+                raise SystemExit(f"bench night failed: {failures}")
+            results[f"{name}_{phase}_s"] = time.perf_counter() - t0
+        results[f"{name}_pred"] = (Path(items[0]["csv"]).read_text().splitlines()[1:] if items[0]["csv"]
+                                   else None)
+    agree = np.mean([a.split(",")[3] == b.split(",")[3] for a, b in zip(results.pop("edf_pred"),
+                                                                         results.pop("csv_pred"))])
+    results.pop("warmup_pred")
+    return {"hours": hours, "fs": CSV_FS, "csv_mb": csv_path.stat().st_size / 2**20,
+            "edf_mb": edf_path.stat().st_size / 2**20, "same_stages": float(agree),
+            **{k: v for k, v in results.items() if not k.startswith("warmup")}}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nights", type=int, default=DEFAULT_NIGHTS)
@@ -191,6 +256,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None,
                    help="preprocessing threads for ours (default: the config's preprocessing.workers)")
     p.add_argument("--config", default=str(REPO_DIR / "configs" / "config_demo.yaml"))
+    p.add_argument("--csv", action="store_true", help="time a CSV night (64 Hz) beside the same night as EDF")
+    p.add_argument("--csv-hours", type=float, default=CSV_HOURS, help="--csv: night length in hours")
     p.add_argument("--part", choices=tuple(MEASURES), help=argparse.SUPPRESS)  # internal: one side, one process
     return p.parse_args(argv)
 
@@ -202,6 +269,14 @@ def main(argv=None) -> int:
     if args.full:
         args.nights, args.repeats = max(args.nights, FULL_NIGHTS), max(args.repeats, FULL_REPEATS)
     workdir = Path(args.workdir)
+    if args.csv:
+        logging.getLogger("inference_ppg_only").setLevel(logging.ERROR)
+        res = bench_csv_night(workdir / "csv_night", args.config, args.csv_hours)
+        write_text_atomic(workdir / "bench_infer_csv.json", json.dumps(res, indent=2))
+        print(f"one {res['hours']:.1f}-h night at {res['fs']:.0f} Hz, CPU, seconds: CSV ({res['csv_mb']:.0f} MB) "
+              f"cold {res['csv_cold_s']:.2f}, warm {res['csv_warm_s']:.2f}; EDF ({res['edf_mb']:.0f} MB) cold "
+              f"{res['edf_cold_s']:.2f}, warm {res['edf_warm_s']:.2f}; same stages {res['same_stages']:.1%}")
+        return 0
     edfs = make_nights(workdir, args.nights, args.hours)
     n = len(edfs)
 

@@ -162,6 +162,15 @@ def test_headerless_two_columns_time_first_in_ms(tmp_path):
     assert np.allclose(rec.signal_T, x)
 
 
+def test_headerless_two_signals_need_column(tmp_path):
+    x = np.round(pulse(N, FS), 6)
+    path = write_table(tmp_path / "two.csv", {"a": (-x).tolist(), "b": x.tolist()}, header=False)
+    with pytest.raises(BadRecordingError) as info:
+        rf.read_recording(path, fs=FS)
+    assert info.value.kind == "no_ppg_column" and "--column" in str(info.value)
+    assert np.allclose(rf.read_recording(path, fs=FS, column="2").signal_T, x)
+
+
 def test_ms_stamps_with_jitter_duplicates_and_a_gap(tmp_path):
     rng = np.random.default_rng(1)
     fs = 64.0
