@@ -398,7 +398,8 @@ def choose_columns(layout: TableLayout, column: str | None, patterns: Sequence[s
         if ppg_idx is None:
             raise BadRecordingError(f"{path.name}: no column {column!r}; columns: {names}", kind="no_ppg_column")
     elif layout.has_header:
-        name = find_ppg_channel([names[i] for i in numeric] or names, patterns)
+        candidates = [names[i] for i in numeric] or names
+        name = find_ppg_channel(candidates, [1.0] * len(candidates), patterns)  # one rate for all columns
         ppg_idx = names.index(name) if name is not None else (numeric[0] if len(numeric) == 1 else None)
     elif len(numeric) == 1:
         ppg_idx = numeric[0]
@@ -523,15 +524,16 @@ def read_npy(path: Path, fs: float | None, max_gap_s: float = MAX_GAP_S) -> Reco
                                          "gaps": gaps})
 
 
-def _pick_signal(names: list[str], column: str | None, patterns: Sequence[str], path: Path, what: str) -> str:
-    """The signal named `column` (exact, any case), else the first matching the PPG patterns."""
+def _pick_signal(names: list[str], rates: list[float], column: str | None, patterns: Sequence[str], path: Path,
+                 what: str) -> str:
+    """The signal named `column` (exact, any case), else the highest-rate one matching the PPG patterns."""
     if column:
         match = [n for n in names if n.lower() == column.lower()]
         if not match:
             raise BadRecordingError(f"{path.name}: no {what} named {column!r}; signals: {names}",
                                     kind="no_ppg_channel")
         return match[0]
-    name = find_ppg_channel(names, patterns)
+    name = find_ppg_channel(names, rates, patterns)
     if name is None:
         raise BadRecordingError(f"{path.name}: no PPG signal (names containing {list(patterns)}); signals: "
                                 f"{names}; pass --column", kind="no_ppg_channel")
@@ -554,7 +556,8 @@ def read_wfdb(path: Path, column: str | None = None, patterns: Sequence[str] = P
         raise BadRecordingError(f"{path.name}: multi-segment WFDB records are not supported",
                                 kind="unreadable_wfdb")
     names = list(header.sig_name or [])
-    name = _pick_signal(names, column, patterns, path, "signal")
+    rates = [float(header.fs) * int(spf or 1) for spf in (header.samps_per_frame or [1] * len(names))]
+    name = _pick_signal(names, rates, column, patterns, path, "signal")
     channel = names.index(name)
     data_file = path.parent / header.file_name[channel]
     if not data_file.is_file():
@@ -586,7 +589,7 @@ def read_edf_ppg(path: Path, column: str | None = None, patterns: Sequence[str] 
             labels = mne.io.read_raw(path, preload=False, verbose="error").ch_names
         except (ValueError, OSError, RuntimeError) as err:
             raise BadRecordingError(f"unreadable EDF {path.name}: {err}", kind="unreadable_edf") from None
-        patterns = (_pick_signal(labels, column, patterns, path, "channel"),)
+        patterns = (_pick_signal(labels, [1.0] * len(labels), column, patterns, path, "channel"),)
     rec = extract_mesa_data.read_edf(path, patterns, with_ecg=False)
     return Recording(rec["ppg"], float(rec["ppg_fs"]),
                      {"source_format": "edf", "column": rec["ppg_channel"], "fs_found": float(rec["ppg_fs"]),
