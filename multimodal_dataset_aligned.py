@@ -19,6 +19,11 @@ Items: one night each.
 A night is one contiguous row range, so an item is one HDF5 read per array. Files are opened lazily, once per
 process (keyed by PID), so DataLoader workers (`num_workers > 0`) each get their own handle.
 
+Training on crops (`segment_windows` N > 0, config `training.segment_windows`): each training item is N consecutive
+windows of a night (ppg_1T (1, N*1024), labels (N,)), drawn anew every epoch, uniformly among the crops that hold
+at least one scored epoch, by a seed of (epoch seed, night index) only (`SegmentSampler`), so a resumed run
+and any number of workers see the same crops. Validation and test items stay whole nights.
+
 Usage: `python multimodal_dataset_aligned.py --config configs/config_cloud.yaml` prints the split and which
 IDs of the test list are missing from the data.
 """
@@ -37,10 +42,10 @@ import h5py
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
-from sleepppg_common import (ECG_FILE, INDEX_FILE, PPG_FILE, REPO_DIR, SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT,
-                             ConfigError, load_config, sleepppg_test_subjects)
+from sleepppg_common import (ECG_FILE, IGNORE_INDEX, INDEX_FILE, PPG_FILE, REPO_DIR, SAMPLES_PER_WINDOW,
+                             WINDOWS_PER_SUBJECT, ConfigError, load_config, sleepppg_test_subjects)
 
 # ----------------------------------------------------------------------------------------------------------
 # Constants (file names and split fractions from the reference)
@@ -266,6 +271,56 @@ def load_labels(ppg_file: str | os.PathLike, index_file: str | os.PathLike, subj
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Training on crops of nights (training.segment_windows)
+
+
+def crop_candidates(labels_W: np.ndarray, segment_windows: int) -> np.ndarray:
+    """First windows at which a crop of `segment_windows` windows holds at least one scored epoch.
+
+    Args:
+        labels_W: one night's labels (W,); -1 = unscored or padding.
+        segment_windows: crop length, 1..W.
+    Returns:
+        int64 sorted starts in 0..W-segment_windows; every start when no crop holds a scored epoch (a night
+        without any: its crops all add nothing to the loss, so any will do).
+    """
+    n_starts = labels_W.size - segment_windows + 1
+    if n_starts < 1:
+        raise ValueError(f"a crop of {segment_windows} windows does not fit a night of {labels_W.size}")
+    scored_cumsum = np.concatenate([[0], np.cumsum(labels_W != IGNORE_INDEX)])
+    scored_per_crop = scored_cumsum[segment_windows:] - scored_cumsum[:n_starts]
+    starts = np.flatnonzero(scored_per_crop > 0)
+    return starts if starts.size else np.arange(n_starts)
+
+
+def draw_crop_start(candidates: np.ndarray, epoch_seed: int, night: int) -> int:
+    """The crop start of night `night` in the epoch with shuffle seed `epoch_seed`: uniform over `candidates`,
+    a function of (epoch_seed, night) only, so a resumed run and every DataLoader worker draw the same."""
+    rng = np.random.default_rng([epoch_seed, night])
+    return int(candidates[rng.integers(candidates.size)])
+
+
+class SegmentSampler(Sampler):
+    """Wraps a sampler of night indices and yields (night index, first window of its crop) pairs for a dataset
+    built with `segment_windows > 0`; the crops are drawn in the main process, so workers need no epoch state.
+    Call `set_epoch(epoch_seed)` before each epoch (it is also passed on to a DistributedSampler inside)."""
+
+    def __init__(self, sampler: Sampler, dataset: "NightDataset"):
+        self.sampler, self.dataset = sampler, dataset
+        self.epoch_seed = 0
+
+    def set_epoch(self, epoch_seed: int) -> None:
+        self.epoch_seed = int(epoch_seed)
+
+    def __iter__(self):
+        for idx in self.sampler:
+            yield int(idx), draw_crop_start(self.dataset.crop_starts[idx], self.epoch_seed, int(idx))
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Datasets
 
 
@@ -281,6 +336,8 @@ class NightDataset(Dataset):
         test_subjects: the test list (None = the 204 SleepPPG-Net MESA IDs); see `test_subjects_from_config`.
         windows_per_subject: W, windows per night (1,200 for MESA; smaller for synthetic tests).
         return_index: also return the item index (to gather DDP results without duplicates).
+        segment_windows: 0 = whole nights; N > 0 = items are crops of N windows, indexed by (night index,
+            first window) pairs as `SegmentSampler` yields them (an int index still gives the whole night).
     """
 
     modalities: tuple[str, ...] = ("ppg",)
@@ -288,7 +345,8 @@ class NightDataset(Dataset):
     def __init__(self, data_path: dict | str | os.PathLike, split: str = "train",
                  transform: Callable | None = None, seed: int = 42, use_sleepppg_test_set: bool = True,
                  windows_per_subject: int = WINDOWS_PER_SUBJECT, return_index: bool = False,
-                 use_generated_ecg: bool = False, test_subjects: list[str] | None = None):
+                 use_generated_ecg: bool = False, test_subjects: list[str] | None = None,
+                 segment_windows: int = 0):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.split, self.transform, self.seed = split, transform, seed
@@ -302,6 +360,14 @@ class NightDataset(Dataset):
         self.subjects: list[str] = getattr(self.split_info, split)
         self.starts = read_night_starts(self.paths["index"], self.subjects, self.windows_per_subject)
         self._check_arrays()
+        self.segment_windows = int(segment_windows)
+        self.crop_starts: list[np.ndarray] = []  # per night: crop starts with a scored epoch (segment_windows > 0)
+        if self.segment_windows:
+            if not 0 < self.segment_windows <= self.windows_per_subject:
+                raise ValueError(f"segment_windows must be in 1..{self.windows_per_subject} (windows per night), "
+                                 f"got {self.segment_windows}")
+            labels_NW = load_labels(self.paths["ppg"], self.paths["index"], self.subjects, self.windows_per_subject)
+            self.crop_starts = [crop_candidates(labels_W, self.segment_windows) for labels_W in labels_NW]
         self._files: dict[str, h5py.File] = {}
         self._pid: int | None = None
         log.debug("%s set: %d subjects", split, len(self.subjects))
@@ -345,13 +411,20 @@ class NightDataset(Dataset):
     def __len__(self) -> int:
         return len(self.subjects)
 
-    def read_night(self, idx: int) -> dict[str, np.ndarray]:
-        """{"ppg": float32 (W*1024,), ["ecg": ...,] "labels": int64 (W,)} of item `idx`, one slice per array."""
-        night = read_night(self._open(), int(self.starts[idx]), self.windows_per_subject, self.modalities)
+    def read_night(self, idx: int, first_window: int = 0, n_windows: int | None = None) -> dict[str, np.ndarray]:
+        """{"ppg": float32 (n*1024,), ["ecg": ...,] "labels": int64 (n,)} of windows first_window ..
+        first_window + n - 1 of night `idx` (default: the whole night), one slice per array."""
+        n_windows = self.windows_per_subject if n_windows is None else n_windows
+        night = read_night(self._open(), int(self.starts[idx]) + first_window, n_windows, self.modalities)
         return {key: value.reshape(-1) if key != "labels" else value for key, value in night.items()}
 
-    def __getitem__(self, idx: int):
-        night = self.read_night(idx)
+    def __getitem__(self, item: int | tuple[int, int]):
+        if isinstance(item, tuple):  # (night, first window of the crop), from SegmentSampler
+            idx, first_window = item
+            night = self.read_night(idx, first_window, self.segment_windows)
+        else:
+            idx = item
+            night = self.read_night(idx)
         signals = [night[key] for key in self.modalities]
         if self.transform is not None:
             out = self.transform(*signals)
@@ -369,9 +442,10 @@ class PPGOnlyDataset(NightDataset):
     modalities = ("ppg",)
 
     def __init__(self, data_path, split="train", transform=None, seed=42, use_sleepppg_test_set=True,
-                 windows_per_subject=WINDOWS_PER_SUBJECT, return_index=False, test_subjects=None):
+                 windows_per_subject=WINDOWS_PER_SUBJECT, return_index=False, test_subjects=None,
+                 segment_windows=0):
         super().__init__(data_path, split, transform, seed, use_sleepppg_test_set, windows_per_subject,
-                         return_index, test_subjects=test_subjects)
+                         return_index, test_subjects=test_subjects, segment_windows=segment_windows)
 
 
 class MultiModalSleepDataset(NightDataset):
@@ -382,17 +456,19 @@ class MultiModalSleepDataset(NightDataset):
 
     def __init__(self, data_path, split="train", use_generated_ecg=False, transform=None, seed=42,
                  use_sleepppg_test_set=True, windows_per_subject=WINDOWS_PER_SUBJECT, return_index=False,
-                 test_subjects=None):
+                 test_subjects=None, segment_windows=0):
         self.use_generated_ecg = use_generated_ecg
         super().__init__(data_path, split, transform, seed, use_sleepppg_test_set, windows_per_subject,
-                         return_index, use_generated_ecg=use_generated_ecg, test_subjects=test_subjects)
+                         return_index, use_generated_ecg=use_generated_ecg, test_subjects=test_subjects,
+                         segment_windows=segment_windows)
 
 
 def get_dataloaders(data_path: dict | str | os.PathLike, batch_size: int = 1, num_workers: int = 0,
                     use_generated_ecg: bool = False, model_type: str = "ppg_only",
                     use_sleepppg_test_set: bool = True, windows_per_subject: int = WINDOWS_PER_SUBJECT,
                     seed: int = 42, distributed: bool = False, pin_memory: bool = False,
-                    return_index: bool = False, test_subjects: list[str] | None = None) -> tuple[Any, ...]:
+                    return_index: bool = False, test_subjects: list[str] | None = None,
+                    segment_windows: int = 0) -> tuple[Any, ...]:
     """(train_loader, val_loader, test_loader, train_ds, val_ds, test_ds), as the reference returns them.
 
     `test_subjects` is the test list (None = the SleepPPG-Net MESA IDs; `test_subjects_from_config(cfg)`
@@ -402,16 +478,20 @@ def get_dataloaders(data_path: dict | str | os.PathLike, batch_size: int = 1, nu
     runs reproducible). With `distributed=True` each loader gets a DistributedSampler (shuffling only for
     train; call `train_loader.sampler.set_epoch(epoch)` every epoch); it pads the last rank's share with
     repeated nights, so use `return_index=True` to drop duplicates when gathering results.
+    With `segment_windows > 0` the training items are crops of that many windows (validation and test stay whole
+    nights): the training loader's sampler is a `SegmentSampler`; call its `set_epoch(epoch_seed)` every epoch.
     """
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
     common = dict(seed=seed, use_sleepppg_test_set=use_sleepppg_test_set,
                   windows_per_subject=windows_per_subject, return_index=return_index, test_subjects=test_subjects)
     if model_type == "ppg_only":
-        datasets = [PPGOnlyDataset(data_path, split=s, **common) for s in SPLITS]
+        datasets = [PPGOnlyDataset(data_path, split=s, segment_windows=segment_windows if s == "train" else 0,
+                                   **common) for s in SPLITS]
     else:
         generated = use_generated_ecg or model_type == "generated_ecg"
-        datasets = [MultiModalSleepDataset(data_path, split=s, use_generated_ecg=generated, **common)
+        datasets = [MultiModalSleepDataset(data_path, split=s, use_generated_ecg=generated,
+                                           segment_windows=segment_windows if s == "train" else 0, **common)
                     for s in SPLITS]
     info = datasets[0].split_info
     log.info("split: %d subjects indexed, %d valid (%d windows); train %d, val %d, test %d",
@@ -423,6 +503,8 @@ def get_dataloaders(data_path: dict | str | os.PathLike, batch_size: int = 1, nu
     for split, ds in zip(SPLITS, datasets):
         shuffle = split == "train"
         sampler = DistributedSampler(ds, shuffle=shuffle, seed=seed) if distributed else None
+        if ds.segment_windows:
+            sampler = SegmentSampler(sampler if sampler is not None else RandomSampler(ds), ds)
         loaders.append(DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None,
                                   sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
                                   persistent_workers=num_workers > 0))

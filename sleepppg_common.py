@@ -211,6 +211,7 @@ CONFIG_SCHEMA: dict[str, dict[str, Any]] = {
         "lr_patience": int,
         "test_subjects_file": Default(str, "data/sleepppg_net_test_subjects.txt"),  # test IDs, one per line
         "select_best_by": Default(Choice("val_loss", "val_kappa", "val_median_kappa"), "val_loss"),
+        "segment_windows": Default(int, 0),  # train on random crops of this many windows; 0 = whole nights
     },
     "model": {
         "ppg_only": {"enabled": bool},
@@ -255,7 +256,7 @@ _POSITIVE = {
 _ID_PATTERNS = {"preprocessing.id_pattern"}  # must compile, with exactly one capturing group
 _NON_NEGATIVE = {
     "data.num_workers", "preprocessing.workers", "training.weight_decay", "training.patience",
-    "training.lr_patience", "gpu.device_id",
+    "training.lr_patience", "gpu.device_id", "training.segment_windows",
 }
 
 

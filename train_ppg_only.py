@@ -488,8 +488,11 @@ def preflight_data(cfg: dict, model_kind: str) -> None:
     made, so a failed start leaves nothing behind that `--resume` could later pick up."""
     import multimodal_dataset_aligned as mda
 
-    check_data_files(cfg, model_kind)
     data = cfg["data"]
+    if cfg["training"]["segment_windows"] > data["windows_per_subject"]:
+        raise SystemExit(f"training.segment_windows = {cfg['training']['segment_windows']} is longer than a night "
+                         f"(data.windows_per_subject = {data['windows_per_subject']}); use 0 for whole nights")
+    check_data_files(cfg, model_kind)
     try:
         test_subjects = mda.test_subjects_from_config(cfg)
     except ConfigError as err:  # training.test_subjects_file missing or empty
@@ -524,6 +527,7 @@ def build_data(cfg: dict, model_kind: str, device: torch.device, ctx: DistContex
             distributed=ctx.enabled,
             pin_memory=device.type == "cuda",
             return_index=True,
+            segment_windows=cfg["training"]["segment_windows"],
         )
     except ValueError as err:  # e.g. a night whose rows are not contiguous in the files
         raise SystemExit(f"cannot build the train/val/test split: {err}") from None
@@ -531,11 +535,17 @@ def build_data(cfg: dict, model_kind: str, device: torch.device, ctx: DistContex
 
 
 def set_loader_epoch(loader, run_seed: int, epoch: int) -> None:
-    """Make this epoch's shuffle a function of (run seed, epoch) only, so a resumed run shuffles alike:
-    DistributedSampler.set_epoch under DDP, else a RandomSampler generator reseeded every epoch."""
+    """Make this epoch's shuffle (and crops) a function of (run seed, epoch) only, so a resumed run shuffles
+    alike: DistributedSampler.set_epoch under DDP, else a RandomSampler generator reseeded every epoch; the
+    crops of a SegmentSampler are drawn from the same epoch seed."""
     from torch.utils.data import DistributedSampler, RandomSampler
 
+    from multimodal_dataset_aligned import SegmentSampler
+
     sampler = loader.sampler
+    if isinstance(sampler, SegmentSampler):
+        sampler.set_epoch(epoch_seed(run_seed, epoch))
+        sampler = sampler.sampler
     if isinstance(sampler, DistributedSampler):
         sampler.seed = run_seed  # its permutation is seeded with seed + epoch
         sampler.set_epoch(epoch)
@@ -675,8 +685,10 @@ class RunSetup:
     device: torch.device
     ctx: DistContext
     run_dir: Path
-    raw_model: torch.nn.Module  # the plain model: its weights are what checkpoints hold
-    model: torch.nn.Module  # what the steps call: raw_model, wrapped by DDP and/or torch.compile
+    raw_model: torch.nn.Module  # the plain model trained (n_windows = segment_windows when training on crops)
+    model: torch.nn.Module  # what the training step calls: raw_model, wrapped by DDP and/or torch.compile
+    eval_raw_model: torch.nn.Module  # the same weights at whole-night length (raw_model itself without crops)
+    eval_model: torch.nn.Module  # what validation and test call (eval_raw_model, compiled if asked)
     optimizer: torch.optim.Optimizer
     scheduler: Any
     class_weights: np.ndarray  # (C,) float32, from every training label
@@ -745,8 +757,15 @@ def build_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.devi
         model_args = {"n_windows": cfg["data"]["windows_per_subject"]}
         if model_kind == "real_ecg":
             model_args["fusion_strategy"] = cfg["model"]["real_ecg"]["fusion_strategy"]
-    raw_model = build_model(model_kind, **model_args).to(device)
-    log.info("model %s %s: %s parameters", model_kind, model_args, f"{count_parameters(raw_model):,}")
+    # Whole nights are staged by a model of n_windows = windows_per_subject; on crops the same weights train
+    # in a model of n_windows = segment_windows (the network is convolutional: only the regroup of encoder
+    # steps into windows depends on the window count, no weight does).
+    segment_windows = cfg["training"]["segment_windows"]
+    eval_raw_model = build_model(model_kind, **model_args).to(device)
+    raw_model = (build_model(model_kind, **{**model_args, "n_windows": segment_windows}).to(device)
+                 if segment_windows else eval_raw_model)
+    log.info("model %s %s: %s parameters%s", model_kind, model_args, f"{count_parameters(raw_model):,}",
+             f"; trained on crops of {segment_windows} windows" if segment_windows else "")
 
     train_cfg = cfg["training"]
     if resume is not None:
@@ -763,10 +782,13 @@ def build_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.devi
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    eval_model = model if eval_raw_model is raw_model else eval_raw_model
     if cfg["gpu"]["compile"]:
         model = torch.compile(model)
+        eval_model = model if eval_raw_model is raw_model else torch.compile(eval_raw_model)
     run = RunSetup(cfg=cfg, kind=model_kind, run_id=run_id, seed=seed, device=device, ctx=ctx, run_dir=run_dir,
-                   raw_model=raw_model, model=model, optimizer=optimizer, scheduler=scheduler,
+                   raw_model=raw_model, model=model, eval_raw_model=eval_raw_model, eval_model=eval_model,
+                   optimizer=optimizer, scheduler=scheduler,
                    class_weights=class_weights,
                    loaders={"train": train_loader, "val": val_loader, "test": test_loader},
                    datasets={"train": train_ds, "val": val_ds, "test": test_ds},
@@ -786,7 +808,8 @@ def checkpoint_payload(run: RunSetup, state: TrainState, metrics: dict, rng_stat
     from multimodal_sleep_model import checkpoint_model_fields
 
     return {
-        **checkpoint_model_fields(run.raw_model),
+        **checkpoint_model_fields(run.eval_raw_model),  # n_windows = a whole night: what inference rebuilds
+        "segment_windows": run.cfg["training"]["segment_windows"],  # crop length trained on (0 = whole nights)
         "model_state_dict": run.raw_model.state_dict(),
         "config": run.cfg,
         **state.to_checkpoint(),
@@ -837,8 +860,9 @@ def train_epochs(run: RunSetup, state: TrainState) -> None:
         loss_sum, n_valid, nights, train_seconds = ctx.all_sum(
             [stats["loss_sum"], stats["n_valid"], stats["nights"], stats["seconds"] / ctx.world_size])
         train_loss = loss_sum / max(n_valid, 1)
-        val, val_pred = evaluate(run.model, run.loaders["val"], run.datasets["val"].subjects, run.device, ctx,
-                                 n_inputs=run.n_inputs, amp=run.amp, desc=f"epoch {epoch} validation")
+        sync_eval_model(run)
+        val, val_pred = evaluate(run.eval_model, run.loaders["val"], run.datasets["val"].subjects, run.device,
+                                 ctx, n_inputs=run.n_inputs, amp=run.amp, desc=f"epoch {epoch} validation")
         val_kappa = val["kappa"] if math.isfinite(val["kappa"]) else 0.0
         run.scheduler.step(val_kappa)
         values = dict(zip(HISTORY_KEYS, (train_loss, val["loss"], val["accuracy"], val["kappa"], val["f1_weighted"],
@@ -853,6 +877,12 @@ def train_epochs(run: RunSetup, state: TrainState) -> None:
             save_epoch_checkpoints(run, epoch, checkpoint_payload(run, state, metrics, rng_states), improved, val)
             log_epoch(run, state, val, val_pred, improved)
         ctx.barrier()
+
+
+def sync_eval_model(run: RunSetup) -> None:
+    """Copy the trained weights (and BatchNorm statistics) into the whole-night model, when they differ."""
+    if run.eval_raw_model is not run.raw_model:
+        run.eval_raw_model.load_state_dict(run.raw_model.state_dict())
 
 
 def save_epoch_checkpoints(run: RunSetup, epoch: int, payload: dict, improved: bool, val: dict) -> None:
@@ -902,12 +932,12 @@ def test_best_checkpoint(run: RunSetup, state: TrainState) -> dict | None:
     ctx = run.ctx
     ctx.barrier()
     best = load_checkpoint(run.folder("checkpoints") / BEST_CHECKPOINT)
-    run.raw_model.load_state_dict(best["model_state_dict"])
+    run.eval_raw_model.load_state_dict(best["model_state_dict"])
     test_ds = run.datasets["test"]
     log.info("testing the best checkpoint (epoch %d by %s; validation loss %.4f) on %d test nights",
              best["epoch"], state.select_best_by, best["early_stopping"]["best_val_loss"], len(test_ds))
-    test, _ = evaluate(run.model, run.loaders["test"], test_ds.subjects, run.device, ctx, n_inputs=run.n_inputs,
-                       amp=run.amp, desc="test")
+    test, _ = evaluate(run.eval_model, run.loaders["test"], test_ds.subjects, run.device, ctx,
+                       n_inputs=run.n_inputs, amp=run.amp, desc="test")
     if not ctx.is_main:
         return None
     cfg, stats = run.cfg, test["per_subject_kappa_stats"]

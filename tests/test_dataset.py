@@ -227,3 +227,69 @@ def test_loader_benchmark_runs_on_a_tiny_size():
     out = subprocess.run([sys.executable, "bench/bench_loader.py", "--nights", "3", "--windows", "8",
                           "--repeats", "1"], capture_output=True, text=True, timeout=120, check=True).stdout
     assert "reference (gzip float64, open per item)" in out and "ours (float32, lzf)" in out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training on crops (segment_windows)
+
+
+def slow_crop_candidates(labels_W, n):
+    """Obvious version: every start whose crop holds a scored epoch; every start when none does."""
+    starts = [s for s in range(len(labels_W) - n + 1) if any(label != -1 for label in labels_W[s:s + n])]
+    return starts or list(range(len(labels_W) - n + 1))
+
+
+def test_crop_candidates_equal_the_slow_version():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        w = int(rng.integers(1, 30))
+        labels_W = rng.choice([-1, -1, 0, 1, 2, 3], size=w)
+        labels_W[int(rng.integers(0, w + 1)):] = -1  # padded tail, sometimes the whole night
+        for n in {1, max(1, w // 3), w}:
+            assert mda.crop_candidates(labels_W, n).tolist() == slow_crop_candidates(labels_W.tolist(), n)
+    assert mda.crop_candidates(np.array([-1, -1, 2, -1, -1, -1]), 2).tolist() == [1, 2]
+    with pytest.raises(ValueError, match="does not fit"):
+        mda.crop_candidates(np.zeros(4), 5)
+
+
+def test_crops_are_deterministic_per_seed_and_epoch_and_avoid_padding():
+    candidates = np.array([0, 1, 2, 5, 6, 9])
+    draws = [mda.draw_crop_start(candidates, epoch_seed=11, night=n) for n in range(20)]
+    assert draws == [mda.draw_crop_start(candidates, epoch_seed=11, night=n) for n in range(20)]
+    assert set(draws) <= set(candidates.tolist()) and len(set(draws)) > 2
+    assert draws != [mda.draw_crop_start(candidates, epoch_seed=12, night=n) for n in range(20)]
+
+
+def test_segment_loader_items_are_crops_of_the_raw_rows(data):
+    n = 5
+    kwargs = dict(batch_size=3, windows_per_subject=W, return_index=True, segment_windows=n, seed=42)
+    train0, val0, _, train_ds, _, _ = get_dataloaders(_paths(data), num_workers=0, **kwargs)
+    assert isinstance(train0.sampler, mda.SegmentSampler)
+    assert next(iter(val0))[0].shape[-1] == W * SAMPLES_PER_WINDOW  # validation stays whole nights
+
+    def epoch_items(loader, epoch_seed):
+        loader.sampler.sampler.generator = torch.Generator().manual_seed(epoch_seed)
+        loader.sampler.set_epoch(epoch_seed)
+        return [tuple(t.clone() for t in batch) for batch in loader]
+
+    first = epoch_items(train0, 7)
+    seen = []
+    for ppg_BT, labels_BW, index_B in ((b[0][:, 0], b[1], b[2]) for b in first):
+        assert ppg_BT.shape[1] == n * SAMPLES_PER_WINDOW and labels_BW.shape[1] == n
+        for ppg_T, labels_W, idx in zip(ppg_BT, labels_BW, index_B.tolist()):
+            sid = train_ds.subjects[idx]
+            raw_labels = _raw_rows(data["ppg"], "labels", sid)
+            start = mda.draw_crop_start(train_ds.crop_starts[idx], 7, idx)
+            assert (labels_W != -1).any() or (raw_labels == -1).all()  # never an all-padding crop
+            np.testing.assert_array_equal(labels_W.numpy(), raw_labels[start:start + n])
+            np.testing.assert_array_equal(ppg_T.numpy(),
+                                          _raw_rows(data["ppg"], "ppg", sid)[start:start + n].reshape(-1))
+            seen.append(idx)
+    assert sorted(seen) == list(range(len(train_ds)))
+    # the same epoch seed gives the same crops again, also from 2 worker processes; another seed others
+    train2 = get_dataloaders(_paths(data), num_workers=2, **kwargs)[0]
+    for a, b in zip(first, epoch_items(train2, 7)):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert any(not torch.equal(a[1], b[1]) for a, b in zip(first, epoch_items(train0, 8)))
+    with pytest.raises(ValueError, match="segment_windows"):
+        PPGOnlyDataset(_paths(data), windows_per_subject=W, segment_windows=W + 1)

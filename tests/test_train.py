@@ -340,6 +340,63 @@ def test_resume_without_path_takes_newest_run(straight_run, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Training on crops of nights (training.segment_windows)
+
+SEGMENT = 4  # windows per training crop in these tests
+
+
+@pytest.fixture(scope="module")
+def segment_run(data, tmp_path_factory):
+    """2 epochs on crops of SEGMENT windows, in one go."""
+    root = tmp_path_factory.mktemp("segments")
+    cfg = write_config(root / "cfg.yaml", data, root / "out", segment_windows=SEGMENT)
+    assert T.main(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"]) == 0
+    (run_dir,) = run_dirs(root / "out")
+    return run_dir
+
+
+def test_segment_training_evaluates_whole_nights(segment_run, data):
+    from multimodal_sleep_model import load_model_from_checkpoint
+
+    ckpt = torch.load(segment_run / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)
+    assert ckpt["segment_windows"] == SEGMENT and ckpt["config"]["training"]["segment_windows"] == SEGMENT
+    assert ckpt["model_args"]["n_windows"] == W  # inference rebuilds the whole-night model
+    r = json.loads((segment_run / "results" / "test_results.json").read_text())
+    with h5py.File(data["ppg"]) as f:
+        sids = f["subject_ids"][:].astype(str)
+        labels = f["labels"][:]
+    assert r["n_test_epochs"] == int(((labels >= 0) & np.isin(sids, r["test_subjects"])).sum())  # whole nights
+    assert all(math.isfinite(v) for v in r["training_history"]["train_losses"] + r["training_history"]["val_losses"])
+    model, _ = load_model_from_checkpoint(segment_run / "checkpoints" / "best_model.pth", expected_kind="ppg_only")
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, W * 1024)).shape == (1, 4, W)
+
+
+def test_segment_resume_equals_uninterrupted_run(segment_run, data, tmp_path, monkeypatch):
+    """Killed during epoch 2, then --resume: the same crops, so the same weights as 2 epochs in one go."""
+    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", segment_windows=SEGMENT)
+    real_train_one_epoch, calls = T.train_one_epoch, []
+
+    def killed_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train_one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(T, "train_one_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        T.main(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"])
+    monkeypatch.setattr(T, "train_one_epoch", real_train_one_epoch)
+    (run_dir,) = run_dirs(tmp_path / "out")
+    assert T.main(["--resume", str(run_dir), "--device", "cpu"]) == 0
+    a = torch.load(segment_run / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)
+    b = torch.load(run_dir / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2 and a["history"] == b["history"]
+    for key, value in a["model_state_dict"].items():
+        assert torch.equal(value, b["model_state_dict"][key]), key
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Bad setup
 
 
