@@ -226,6 +226,7 @@ CONFIG_SCHEMA: dict[str, dict[str, Any]] = {
     "gpu": {
         "device_id": int,
         "mixed_precision": bool,
+        "mixed_precision_on_cpu": Default(bool, False),  # bf16 autocast on the CPU too (tests the GPU path)
         "compile": bool,
     },
     "inference": {

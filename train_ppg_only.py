@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -371,8 +372,9 @@ def _split_batch(batch: list, n_inputs: int):
 
 
 def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    """bf16 autocast on `device` (CUDA, or the CPU when gpu.mixed_precision_on_cpu asks for it)."""
+    if enabled:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -706,6 +708,30 @@ class RunSetup:
         return self.run_dir / name
 
 
+def use_autocast(cfg: dict, device: torch.device) -> bool:
+    """bf16 autocast: gpu.mixed_precision on CUDA; on the CPU only with gpu.mixed_precision_on_cpu as well
+    (there it is mostly slower than fp32; it lets a CPU run take the same code path as a GPU run)."""
+    gpu = cfg["gpu"]
+    return gpu["mixed_precision"] and (device.type == "cuda" or gpu["mixed_precision_on_cpu"])
+
+
+def inductor_cpp_compiler() -> str | None:
+    """Path of the C++ compiler that torch.compile's CPU backend (inductor) would call, or None without one."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler  # where torch itself picks it ($CXX, g++, ...)
+
+        return shutil.which(get_cpp_compiler())
+    except (ImportError, RuntimeError):  # torch._inductor.exc.InvalidCxxCompiler is a RuntimeError
+        return None
+
+
+def check_compile_setup(cfg: dict, device: torch.device) -> None:
+    """gpu.compile on the CPU builds C++ kernels: stop before any run folder is made when no compiler exists."""
+    if cfg["gpu"]["compile"] and device.type == "cpu" and inductor_cpp_compiler() is None:
+        raise SystemExit("gpu.compile is true, but torch.compile on the CPU needs a C++ compiler and none was "
+                         "found (torch looks for $CXX, g++ or clang++): install one, or set gpu.compile: false")
+
+
 def run_seed(cfg: dict, run_id: int | None) -> int:
     return cfg["training"]["seed"] + (run_id if run_id is not None else 1)
 
@@ -792,7 +818,7 @@ def build_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.devi
                    class_weights=class_weights,
                    loaders={"train": train_loader, "val": val_loader, "test": test_loader},
                    datasets={"train": train_ds, "val": val_ds, "test": test_ds},
-                   amp=cfg["gpu"]["mixed_precision"] and device.type == "cuda", writer=None)
+                   amp=use_autocast(cfg, device), writer=None)
     state = (restore_checkpoint(run, resume.ckpt) if resume is not None
              else TrainState(select_best_by=train_cfg["select_best_by"]))
     if ctx.is_main:
@@ -1100,6 +1126,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"config error: {err}") from None
 
     device = resolve_device(args.device, cfg["gpu"]["device_id"], ctx)
+    check_compile_setup(cfg, device)
     ctx.init(device)
     try:
         for kind in ([resume.ckpt["model_kind"]] if resume is not None else models_to_train(args.model, cfg)):

@@ -397,6 +397,65 @@ def test_segment_resume_equals_uninterrupted_run(segment_run, data, tmp_path, mo
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The GPU recipe (bf16 autocast, torch.compile) through the same code paths on the CPU
+
+
+def gpu_recipe_run(data, root: Path, **gpu) -> Path:
+    """1 epoch of 1 step (7 training crops of SEGMENT windows in one batch), then --resume for a 2nd epoch."""
+    cfg = yaml.safe_load(write_config(root / "cfg.yaml", data, root / "out", num_epochs=1,
+                                      segment_windows=SEGMENT).read_text())
+    cfg["data"]["batch_size"] = 8
+    cfg["output"]["save_intermediate"] = False
+    cfg["gpu"].update(gpu)
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert T.main(["--config", str(root / "cfg.yaml"), "--model", "ppg_only", "--device", "cpu"]) == 0
+    (run_dir,) = run_dirs(root / "out")
+    assert T.main(["--resume", str(run_dir), "--epochs", "2", "--device", "cpu"]) == 0
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["config"]["gpu"] == cfg["gpu"]
+    history = ckpt["history"]
+    assert all(math.isfinite(v) for v in history["train_losses"] + history["val_losses"]), history
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model_state_dict"])  # plain weights
+    return run_dir
+
+
+def test_bf16_autocast_on_cpu_trains_saves_and_resumes(data, tmp_path, monkeypatch):
+    contexts = []
+    real_autocast = T._autocast
+
+    def recording_autocast(device, enabled):
+        contexts.append(real_autocast(device, enabled))
+        return contexts[-1]
+
+    monkeypatch.setattr(T, "_autocast", recording_autocast)
+    gpu_recipe_run(data, tmp_path, mixed_precision=True, mixed_precision_on_cpu=True)
+    assert contexts and all(isinstance(c, torch.autocast) and c.device == "cpu" and c.fast_dtype == torch.bfloat16
+                            for c in contexts)
+    # without mixed_precision_on_cpu the CPU stays in fp32, as before
+    cfg = {"gpu": {"mixed_precision": True, "mixed_precision_on_cpu": False}}
+    assert not T.use_autocast(cfg, torch.device("cpu")) and T.use_autocast(cfg, torch.device("cuda"))
+
+
+@pytest.mark.skipif(T.inductor_cpp_compiler() is None,
+                    reason="torch.compile on the CPU needs the C++ compiler torch looks for ($CXX, g++, clang++)")
+@pytest.mark.skipif(os.environ.get("SLEEPPPG_COMPILE_TESTS") != "1",
+                    reason="slow (compiles 3 graphs: 2-8 min on 2 cores); run with SLEEPPPG_COMPILE_TESTS=1")
+def test_torch_compile_on_cpu_trains_saves_and_resumes(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # not shared with other processes
+    gpu_recipe_run(data, tmp_path, compile=True, mixed_precision=False)
+
+
+def test_compile_without_a_cpp_compiler_stops_at_once(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "inductor_cpp_compiler", lambda: None)
+    cfg = yaml.safe_load(write_config(tmp_path / "cfg.yaml", data, tmp_path / "out").read_text())
+    cfg["gpu"]["compile"] = True
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit, match="C\\+\\+ compiler"):
+        T.main(["--config", str(tmp_path / "cfg.yaml"), "--model", "ppg_only", "--device", "cpu"])
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Bad setup
 
 
