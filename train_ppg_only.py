@@ -1,12 +1,14 @@
 """Train SleepPPG-Net (PPG only) or its PPG+ECG variant on the processed MESA HDF5 files, then test it.
 
 The reference training recipe (the public sleep-staging-models scripts) with its defects fixed: the model
-returns logits that go straight into CrossEntropyLoss; the loss is summed over scored epochs and divided by their number (label -1 = unscored or
-padding, ignored); class weights are inverse frequencies over *all* training labels (read from the label
-array, not the signals); checkpoints are loaded with `weights_only=True`. The validation and test loss is the
-same mean without class weights (as the reference); early stopping and the best checkpoint follow it (or the
-validation kappa, pooled or median per subject: `training.select_best_by`), the learning rate follows
-validation kappa (ReduceLROnPlateau, mode max).
+returns logits that go straight into CrossEntropyLoss; the loss is summed over scored epochs and divided by
+their number (label -1 = unscored or padding, ignored); class weights are inverse frequencies over *all*
+training labels (read from the label array, not the signals); checkpoints are loaded with
+`weights_only=True`. The validation and test loss is the same mean without class weights (as the reference);
+early stopping and the best checkpoint follow it (or the validation kappa, pooled or median per subject:
+`training.select_best_by`), the learning rate follows validation kappa (ReduceLROnPlateau, mode max). With
+`training.segment_windows` N > 0 training items are random N-window crops of the nights (less memory per
+step); validation and test always stage whole nights.
 
 Inputs: the three HDF5 files named in the config (`data.ppg_file`, `data.index_file`, and `data.ecg_file` for
 the PPG+ECG model), nights of `data.windows_per_subject` windows x 1,024 samples (30 s at 34.13 Hz).
@@ -29,6 +31,18 @@ uninterrupted run.
 
 Multi-GPU: `torchrun --nproc_per_node=K train_ppg_only.py ...` trains with DistributedDataParallel; rank 0
 logs and saves; validation and test metrics are computed over the whole set, gathered from all ranks.
+
+Bad input, and what happens (exit status 0 done, 1 bad data or a diverged run, 2 bad setup, 130 Ctrl-C):
+- before the first step, for every night of the split: files readable as HDF5 (else one line, 2); each
+  subject's rows one block of windows_per_subject rows, its labels integers in -1..3 and the data files'
+  subject_ids on those rows equal to its ID (else the subject is named, 1); signal values are checked for
+  NaN/Inf as each batch is read (the subject is named, 1);
+- a NaN/Inf loss or gradient stops training before the optimizer step, naming epoch, step and nights (1):
+  last.pth and best_model.pth keep the last good epoch;
+- Ctrl-C (130) keeps last.pth of the last finished epoch and prints the --resume command;
+- --resume refuses (2) when the data files (path, size, mtime), the split or a config key that shapes training
+  changed since the run started, naming what changed, unless --resume-anyway; an unreadable last.pth falls
+  back to the newest intact checkpoint of the run, saying so.
 
 Usage: python train_ppg_only.py --config configs/config_cloud.yaml --model ppg_only [--epochs 2] [--resume]
 """
@@ -54,15 +68,25 @@ import torch
 import torch.nn.functional as F
 
 from sleepppg_common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SETUP,
     IGNORE_INDEX,
     N_CLASSES,
     STAGE_NAMES,
     ConfigError,
+    SetupError,
     atomic_output,
     compute_metrics,
+    confusion_figure,
+    hypnogram_figure,
     keep_freed_memory,
     load_config,
-    make_timestamped_dir,
+    log_to_file,
+    make_run_dir,
+    resolve_device,
+    save_figure,
     setup_logging,
     summary_stats,
     validate_config,
@@ -85,8 +109,24 @@ SCALAR_TAGS = {"Train/Loss": "train_losses", "Val/Loss": "val_losses", "Val/Over
                "Val/Overall_Kappa": "val_overall_kappas", "Val/Overall_F1": "val_overall_f1_scores",
                "Val/Median_Kappa": "val_median_kappas", "Train/Learning_Rate": "learning_rates"}  # TensorBoard
 RUN_SUBDIRS = ("checkpoints", "logs", "results", "console_logs")
+DEFAULT_CONFIG = "configs/config_cloud.yaml"
+# --resume accepts changes of these config keys/sections (they do not change what is trained, or, for the
+# epoch count, are meant to: train longer); any other changed key is refused without --resume-anyway
+RESUME_FREE_KEYS = ("training.num_epochs", "training.num_runs")
+RESUME_FREE_SECTIONS = ("preprocessing", "inference")
 EPOCH_SEED_STRIDE = 1_000_003  # per-epoch shuffle seed = run seed * stride + epoch (a prime, so runs differ)
-HYPNOGRAM_LEVEL = {0: 3, 3: 2, 1: 1, 2: 0}  # class -> plot height: Wake on top, then REM, Light, Deep
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Errors that stop training (bad setup, SetupError, is exit status 2; these two are 1)
+
+
+class DataError(Exception):
+    """Bad data in the processed files (labels, IDs or signal values of a subject, named in the message)."""
+
+
+class TrainingDiverged(Exception):
+    """The loss or the gradient norm became NaN or infinite; the last good checkpoint is kept."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -164,35 +204,33 @@ def restore_rng_state(state: dict, device: torch.device) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def new_run_dir(save_dir: Path, model_kind: str, run_id: int | None) -> Path:
-    """Create `<save_dir>/<model>_<YYYYmmdd_HHMMSS>[_runN]` (with a numeric suffix if that name is taken)."""
-    try:
-        return make_timestamped_dir(save_dir, f"{model_kind}_", f"_run{run_id}" if run_id is not None else "")
-    except FileExistsError:
-        raise SystemExit(f"could not create a run folder under {save_dir} (1000 names taken)") from None
-
-
-@contextlib.contextmanager
-def log_to_file(path: Path):
-    """Copy every log record to `path` for the duration of the block, then detach and close the handler."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield path
-    finally:
-        root.removeHandler(handler)
-        handler.close()
-
-
 def newest_run_checkpoint(save_dir: Path, model_kind: str) -> Path:
     """checkpoints/last.pth of the most recently updated `<model_kind>_*` run under save_dir."""
     candidates = [p for p in save_dir.glob(f"{model_kind}_*/checkpoints/{LAST_CHECKPOINT}") if p.is_file()]
     if not candidates:
-        raise SystemExit(f"--resume: no {model_kind} run with checkpoints/{LAST_CHECKPOINT} under {save_dir}")
+        raise SetupError(f"--resume: no {model_kind} run with checkpoints/{LAST_CHECKPOINT} under {save_dir}")
     return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def load_resume_point(path: Path) -> Resume:
+    """The checkpoint at `path`; when it cannot be read (a truncated or corrupt file, e.g. a disk that filled
+    up), the newest intact checkpoint beside it (checkpoint_epoch_N.pth, best_model.pth), saying so."""
+    try:
+        return Resume(path, load_checkpoint(path))
+    except SetupError as err:
+        problem = str(err)
+    others = sorted((p for p in path.parent.glob("*.pth") if p.name != path.name),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for other in others:
+        try:
+            ckpt = load_checkpoint(other)
+        except SetupError as err:
+            log.warning("%s", err)
+            continue
+        log.warning("%s; resuming from the newest intact checkpoint instead: %s (epoch %d; later epochs are "
+                    "trained again)", problem, other, ckpt["epoch"])
+        return Resume(other, ckpt)
+    raise SetupError(f"{problem}; no other intact checkpoint in {path.parent} to resume from")
 
 
 def resolve_resume_path(path: str) -> Path:
@@ -201,69 +239,8 @@ def resolve_resume_path(path: str) -> Path:
     for candidate in (p, p / "checkpoints" / LAST_CHECKPOINT, p / LAST_CHECKPOINT):
         if candidate.is_file():
             return candidate
-    raise SystemExit(f"--resume: {path} is neither a checkpoint file nor a run folder holding "
+    raise SetupError(f"--resume: {path} is neither a checkpoint file nor a run folder holding "
                      f"checkpoints/{LAST_CHECKPOINT}")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Figures (matplotlib with the Agg backend, imported only when a figure is drawn)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def confusion_figure(cm: np.ndarray, title: str):
-    """Confusion matrix (rows = true stage) with counts and row-normalised shading."""
-    plt = _pyplot()
-    cm = np.asarray(cm)
-    row_sums = cm.sum(axis=1, keepdims=True)
-    frac = np.divide(cm, row_sums, out=np.zeros(cm.shape, dtype=float), where=row_sums > 0)
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, f"{cm[i, j]:d}", ha="center", va="center",
-                    color="white" if frac[i, j] > 0.6 else "black")
-    ax.set_xticks(range(len(STAGE_NAMES)), STAGE_NAMES)
-    ax.set_yticks(range(len(STAGE_NAMES)), STAGE_NAMES)
-    ax.set_xlabel("Predicted stage")
-    ax.set_ylabel("True stage")
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
-def hypnogram_figure(labels_W: np.ndarray, preds_W: np.ndarray, title: str):
-    """True and predicted hypnogram of one night; unscored epochs (-1) left blank."""
-    plt = _pyplot()
-    hours = np.arange(labels_W.size) * 30 / 3600
-    to_level = np.vectorize(lambda c: HYPNOGRAM_LEVEL.get(int(c), np.nan), otypes=[float])
-    scored = labels_W != IGNORE_INDEX
-    true_level = np.where(scored, to_level(labels_W), np.nan)
-    pred_level = np.where(scored, to_level(preds_W), np.nan)
-    fig, ax = plt.subplots(figsize=(9, 3))
-    ax.step(hours, true_level, where="post", color="black", lw=1.2, label="true")
-    ax.step(hours, pred_level, where="post", color="tab:orange", lw=1.0, alpha=0.8, label="predicted")
-    order = sorted(HYPNOGRAM_LEVEL, key=HYPNOGRAM_LEVEL.get)
-    ax.set_yticks([HYPNOGRAM_LEVEL[c] for c in order], [STAGE_NAMES[c] for c in order])
-    ax.set_xlabel("Time (h)")
-    ax.set_title(title)
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def save_figure(fig, path: Path) -> None:
-    plt = _pyplot()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -332,36 +309,6 @@ class DistContext:
         return [float(sum(v)) for v in zip(*self.all_gather(values))]
 
 
-def resolve_device(requested: str, device_id: int, ctx: DistContext) -> torch.device:
-    """--device: 'auto' (CUDA if present, else CPU with a warning), 'cpu', 'cuda' or 'cuda:N'.
-
-    Under torchrun each process takes cuda:LOCAL_RANK. Asking for CUDA without one stops the run.
-    """
-    if requested == "cpu":
-        return torch.device("cpu")
-    has_cuda = torch.cuda.is_available()
-    if requested == "auto":
-        if not has_cuda:
-            log.warning("no CUDA device found: training on the CPU (slow for full MESA nights)")
-            return torch.device("cpu")
-        requested = "cuda"
-    if not requested.startswith("cuda"):
-        raise SystemExit(f"--device must be auto, cpu, cuda or cuda:N, got {requested!r}")
-    if not has_cuda:
-        raise SystemExit(f"--device {requested}: CUDA was asked for but torch.cuda.is_available() is False "
-                         f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu")
-    if requested == "cuda":
-        index = ctx.local_rank if ctx.enabled else device_id
-    else:
-        try:
-            index = int(requested.split(":", 1)[1])
-        except ValueError:
-            raise SystemExit(f"--device must be auto, cpu, cuda or cuda:N, got {requested!r}") from None
-    if index >= torch.cuda.device_count():
-        raise SystemExit(f"--device: cuda:{index} asked for but only {torch.cuda.device_count()} CUDA device(s)")
-    return torch.device(f"cuda:{index}")
-
-
 # ----------------------------------------------------------------------------------------------------------
 # One epoch of training / one pass of evaluation
 
@@ -378,9 +325,22 @@ def _autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+def check_inputs_finite(inputs: tuple, index_B: torch.Tensor, subjects: list[str]) -> None:
+    """Raise DataError naming the subjects whose signal holds NaN or Inf (checked on each batch as read)."""
+    for name, x_B1T in zip(("PPG", "ECG"), inputs):
+        finite_B = torch.isfinite(x_B1T).flatten(1).all(dim=1)
+        if not bool(finite_B.all()):
+            bad = [subjects[int(i)] for i in index_B[~finite_B]]
+            raise DataError(f"subject {', '.join(bad)}: NaN or infinite {name} values in the processed data "
+                            f"(re-extract the night, or leave the subject out)")
+
+
 def train_one_epoch(model, loader, optimizer, class_weights_C, device, *, n_inputs: int, amp: bool,
-                    grad_clip: float, progress: bool, desc: str) -> dict:
-    """One pass over the training loader. Returns {"loss_sum", "n_valid", "nights", "seconds"} (this rank)."""
+                    grad_clip: float, progress: bool, desc: str, subjects: list[str]) -> dict:
+    """One pass over the training loader. Returns {"loss_sum", "n_valid", "nights", "seconds"} (this rank).
+
+    Raises DataError on a non-finite input (naming the subject) and TrainingDiverged when the loss or the
+    gradient norm is NaN/Inf, before the optimizer step, so the weights stay those of the last good step."""
     from tqdm import tqdm
 
     model.train()
@@ -389,8 +349,9 @@ def train_one_epoch(model, loader, optimizer, class_weights_C, device, *, n_inpu
     n_valid = torch.zeros((), dtype=torch.int64, device=device)
     nights = 0
     start = time.perf_counter()
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
-        inputs, labels_BW, _ = _split_batch(batch, n_inputs)
+    for step, batch in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True), 1):
+        inputs, labels_BW, index_B = _split_batch(batch, n_inputs)
+        check_inputs_finite(inputs, index_B, subjects)
         inputs = [x.to(device, non_blocking=non_blocking) for x in inputs]
         labels_BW = labels_BW.to(device, non_blocking=non_blocking)
         with _autocast(device, amp):
@@ -399,8 +360,11 @@ def train_one_epoch(model, loader, optimizer, class_weights_C, device, *, n_inpu
         loss = batch_loss_sum / batch_valid.clamp(min=1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=grad_clip)  # grad_clip > 0
+        if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):  # one device sync per step
+            nights_B = ", ".join(subjects[int(i)] for i in index_B)
+            raise TrainingDiverged(f"{desc}, step {step}: the loss is {float(loss.detach()):g} and the gradient "
+                                   f"norm {float(grad_norm):g} (nights {nights_B})")
         optimizer.step()
         loss_sum += batch_loss_sum.detach().double()
         n_valid += batch_valid
@@ -412,7 +376,8 @@ def train_one_epoch(model, loader, optimizer, class_weights_C, device, *, n_inpu
 
 
 @torch.no_grad()
-def predict(model, loader, device, *, n_inputs: int, amp: bool, progress: bool, desc: str) -> dict:
+def predict(model, loader, device, *, n_inputs: int, amp: bool, progress: bool, desc: str,
+            subjects: list[str]) -> dict:
     """Predictions of this rank's share of a loader built with return_index=True.
 
     Returns {"index": (N,), "preds": (N, W) int8, "labels": (N, W) int8, "loss_sum": (N,), "n_valid": (N,)}
@@ -425,6 +390,7 @@ def predict(model, loader, device, *, n_inputs: int, amp: bool, progress: bool, 
     parts: dict[str, list] = {"index": [], "preds": [], "labels": [], "loss_sum": [], "n_valid": []}
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
         inputs, labels_BW, index_B = _split_batch(batch, n_inputs)
+        check_inputs_finite(inputs, index_B, subjects)
         inputs = [x.to(device, non_blocking=non_blocking) for x in inputs]
         labels_BW = labels_BW.to(device, non_blocking=non_blocking)
         with _autocast(device, amp):
@@ -463,7 +429,8 @@ def evaluation_metrics(pred: dict, subjects: list[str]) -> dict:
 
 def evaluate(model, loader, subjects, device, ctx: DistContext, *, n_inputs: int, amp: bool, desc: str):
     """Whole-set metrics (gathered from every rank) and the merged predictions."""
-    share = predict(model, loader, device, n_inputs=n_inputs, amp=amp, progress=ctx.is_main, desc=desc)
+    share = predict(model, loader, device, n_inputs=n_inputs, amp=amp, progress=ctx.is_main, desc=desc,
+                    subjects=subjects)
     merged = merge_predictions(ctx.all_gather(share))
     if merged["index"].size != len(subjects):
         raise RuntimeError(f"{desc}: predictions cover {merged['index'].size} of {len(subjects)} nights")
@@ -481,33 +448,112 @@ def check_data_files(cfg: dict, model_kind: str) -> None:
         needed["data.ecg_file"] = cfg["data"]["ecg_file"]
     missing = [f"{key} = {path}" for key, path in needed.items() if not Path(path).is_file()]
     if missing:
-        raise SystemExit("processed HDF5 file(s) not found: " + "; ".join(missing)
+        raise SetupError("processed HDF5 file(s) not found: " + "; ".join(missing)
                          + " (run extract_mesa_data.py first, or fix the paths in the config)")
 
 
-def preflight_data(cfg: dict, model_kind: str) -> None:
-    """Stop on bad data setup (missing files, too few valid subjects for a split) before any run folder is
-    made, so a failed start leaves nothing behind that `--resume` could later pick up."""
+def data_file_keys(model_kind: str) -> tuple[str, ...]:
+    return ("ppg_file", "index_file", "ecg_file") if model_kind == "real_ecg" else ("ppg_file", "index_file")
+
+
+def preflight_data(cfg: dict, model_kind: str) -> dict:
+    """Stop on bad data setup (missing or unreadable files, too few valid subjects for a split; SetupError)
+    or bad data (DataError, see `check_nights`) before any run folder is made, so a failed start leaves
+    nothing behind that `--resume` could later pick up.
+
+    Returns:
+        the data fingerprint: {"files": {config key: file signature (path, size, mtime)}, "split": {"train",
+        "val", "test": subject IDs}}; checkpoints keep it so that `--resume` can tell what changed.
+    """
+    import h5py
+
     import multimodal_dataset_aligned as mda
+    from extract_mesa_data import file_signature
 
     data = cfg["data"]
     if cfg["training"]["segment_windows"] > data["windows_per_subject"]:
-        raise SystemExit(f"training.segment_windows = {cfg['training']['segment_windows']} is longer than a night "
+        raise SetupError(f"training.segment_windows = {cfg['training']['segment_windows']} is longer than a night "
                          f"(data.windows_per_subject = {data['windows_per_subject']}); use 0 for whole nights")
     check_data_files(cfg, model_kind)
-    try:
-        test_subjects = mda.test_subjects_from_config(cfg)
-    except ConfigError as err:  # training.test_subjects_file missing or empty
-        raise SystemExit(f"config error: {err}") from None
+    for key in data_file_keys(model_kind):
+        try:
+            h5py.File(data[key], "r").close()
+        except OSError as err:
+            raise SetupError(f"data.{key} = {data[key]} is not a readable HDF5 file (truncated, or not HDF5): "
+                             f"{err}") from None
+    test_subjects = mda.test_subjects_from_config(cfg)  # ConfigError (exit 2) when the list is missing or empty
     try:
         split = mda.make_split(data["index_file"], data["windows_per_subject"],
                                cfg["training"]["use_sleepppg_test_set"], cfg["training"]["seed"], test_subjects)
     except (ValueError, OSError, KeyError) as err:
-        raise SystemExit(f"cannot build the train/val/test split from {data['index_file']}: {err}") from None
+        raise SetupError(f"cannot build the train/val/test split from {data['index_file']}: {err}") from None
     for name, subjects in (("train", split.train), ("validation", split.val), ("test", split.test)):
         if not subjects:
-            raise SystemExit(f"the {name} set is empty: too few valid subjects with exactly "
+            raise SetupError(f"the {name} set is empty: too few valid subjects with exactly "
                              f"{data['windows_per_subject']} windows in {data['index_file']}")
+    check_nights(cfg, model_kind, split.train + split.val + split.test)
+    return {"files": {f"data.{key}": file_signature(data[key]) for key in data_file_keys(model_kind)},
+            "split": {"train": list(split.train), "val": list(split.val), "test": list(split.test)}}
+
+
+def check_nights(cfg: dict, model_kind: str, subjects: list[str]) -> None:
+    """What can be checked cheaply before the first step (labels and IDs only; signal values are checked as
+    each batch is read): each subject's rows per the index are one block of windows_per_subject rows, its
+    labels are integers in -1..3, and the data files' `subject_ids` on those rows read that subject (a
+    mismatch means the index and the data come from different extraction runs, or IDs were swapped).
+    Raises DataError naming the subjects, SetupError when a file lacks an array or is too short."""
+    import h5py
+
+    import multimodal_dataset_aligned as mda
+
+    data, n_windows = cfg["data"], cfg["data"]["windows_per_subject"]
+    try:
+        starts = mda.read_night_starts(data["index_file"], subjects, n_windows)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    rows_NW = starts[:, None] + np.arange(n_windows)[None, :]
+    sids_N1 = np.asarray(subjects)[:, None]
+    for key in data_file_keys(model_kind):
+        if key == "index_file":
+            continue
+        path = data[key]
+        try:
+            with h5py.File(path, "r") as f:
+                missing = [name for name in ("subject_ids", "labels")[:2 if key == "ppg_file" else 1] if name not in f]
+                if missing:
+                    raise SetupError(f"data.{key} = {path} has no {' or '.join(missing)} array")
+                n_rows = f["subject_ids"].shape[0]
+                if rows_NW.size and rows_NW.max() >= n_rows:
+                    raise SetupError(f"data.{key} = {path} has {n_rows} rows but the index refers to row "
+                                     f"{rows_NW.max()}")
+                ids_NW = f["subject_ids"][()][rows_NW]
+                labels = f["labels"][()] if key == "ppg_file" else None
+        except OSError as err:
+            raise SetupError(f"data.{key} = {path} cannot be read (truncated?): {err}") from None
+        ids_NW = np.char.decode(ids_NW) if ids_NW.dtype.kind == "S" else ids_NW.astype(str)
+        wrong = np.flatnonzero((ids_NW != sids_N1).any(axis=1))
+        if wrong.size:
+            i = int(wrong[0])
+            found = sorted(set(ids_NW[i].tolist()))
+            raise DataError(f"subject {subjects[i]}: the index puts it at rows {starts[i]}..{starts[i] + n_windows - 1}"
+                            f" of data.{key} = {path}, but subject_ids there read {', '.join(found[:3])} "
+                            f"({wrong.size} subject(s) disagree, e.g. {', '.join(subjects[j] for j in wrong[:5])}): "
+                            f"were the index and the data written by different extraction runs?")
+        if labels is None:
+            continue
+        if labels.dtype.kind not in "iuf":
+            raise SetupError(f"data.{key} = {path}: labels must be numbers, got dtype {labels.dtype}")
+        labels_NW = labels[rows_NW]
+        bad_NW = (labels_NW < IGNORE_INDEX) | (labels_NW >= N_CLASSES) | (labels_NW != np.floor(labels_NW))
+        if labels.dtype.kind == "f":
+            bad_NW |= ~np.isfinite(labels_NW)
+        bad = np.flatnonzero(bad_NW.any(axis=1))
+        if bad.size:
+            i = int(bad[0])
+            value = labels_NW[i][bad_NW[i]][0].item()
+            raise DataError(f"subject {subjects[i]}: label {value!r} in data.{key} = {path} (labels must be "
+                            f"integers -1..{N_CLASSES - 1}; {bad.size} subject(s) affected, e.g. "
+                            f"{', '.join(subjects[j] for j in bad[:5])})")
 
 
 def build_data(cfg: dict, model_kind: str, device: torch.device, ctx: DistContext):
@@ -532,7 +578,7 @@ def build_data(cfg: dict, model_kind: str, device: torch.device, ctx: DistContex
             segment_windows=cfg["training"]["segment_windows"],
         )
     except ValueError as err:  # e.g. a night whose rows are not contiguous in the files
-        raise SystemExit(f"cannot build the train/val/test split: {err}") from None
+        raise SetupError(f"cannot build the train/val/test split: {err}") from None
     return loaders
 
 
@@ -586,13 +632,16 @@ def load_checkpoint(path: Path) -> dict:
 
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise SystemExit(f"cannot load checkpoint {path} with weights_only=True: {err}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SetupError(f"cannot load checkpoint {path} (truncated or corrupt?): {first_line}") from None
+    if not isinstance(ckpt, dict):
+        raise SetupError(f"{path} is not a training checkpoint (a {type(ckpt).__name__}, not a dict)")
     missing = [k for k in ("model_kind", "model_args", "model_state_dict", "config", "epoch", "history",
                            "optimizer_state_dict", "scheduler_state_dict", "early_stopping", "rng_state")
                if k not in ckpt]
     if missing:
-        raise SystemExit(f"{path} cannot be resumed from: missing {', '.join(missing)}")
+        raise SetupError(f"{path} cannot be resumed from: missing {', '.join(missing)}")
     return ckpt
 
 
@@ -697,6 +746,7 @@ class RunSetup:
     loaders: dict[str, Any]  # split -> DataLoader (items carry their index)
     datasets: dict[str, Any]  # split -> dataset
     amp: bool  # bf16 autocast
+    data_fingerprint: dict  # the data files' signatures and the split (see preflight_data)
     writer: Any  # TensorBoard SummaryWriter on rank 0, None elsewhere
 
     @property
@@ -728,7 +778,7 @@ def inductor_cpp_compiler() -> str | None:
 def check_compile_setup(cfg: dict, device: torch.device) -> None:
     """gpu.compile on the CPU builds C++ kernels: stop before any run folder is made when no compiler exists."""
     if cfg["gpu"]["compile"] and device.type == "cpu" and inductor_cpp_compiler() is None:
-        raise SystemExit("gpu.compile is true, but torch.compile on the CPU needs a C++ compiler and none was "
+        raise SetupError("gpu.compile is true, but torch.compile on the CPU needs a C++ compiler and none was "
                          "found (torch looks for $CXX, g++ or clang++): install one, or set gpu.compile: false")
 
 
@@ -742,7 +792,8 @@ def open_run_dir(cfg: dict, model_kind: str, run_id: int | None, ctx: DistContex
     if resume is not None:
         run_dir = resume.run_dir
     else:
-        run_dir = new_run_dir(Path(cfg["output"]["save_dir"]), model_kind, run_id) if ctx.is_main else None
+        run_dir = (make_run_dir(cfg["output"]["save_dir"], f"{model_kind}_", "" if run_id is None else f"_run{run_id}")
+                   if ctx.is_main else None)
     run_dir = Path(ctx.broadcast(str(run_dir) if run_dir is not None else None))
     if ctx.is_main:
         for name in RUN_SUBDIRS:
@@ -768,7 +819,7 @@ def kernel_settings(device: torch.device):
 
 
 def build_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.device, ctx: DistContext,
-              run_dir: Path, resume: Resume | None) -> tuple[RunSetup, TrainState]:
+              run_dir: Path, resume: Resume | None, data_fingerprint: dict) -> tuple[RunSetup, TrainState]:
     """Data, model, optimizer, scheduler and writer of one run, and its state (restored when resuming)."""
     from multimodal_sleep_model import build_model, count_parameters
 
@@ -818,7 +869,7 @@ def build_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.devi
                    class_weights=class_weights,
                    loaders={"train": train_loader, "val": val_loader, "test": test_loader},
                    datasets={"train": train_ds, "val": val_ds, "test": test_ds},
-                   amp=use_autocast(cfg, device), writer=None)
+                   amp=use_autocast(cfg, device), data_fingerprint=data_fingerprint, writer=None)
     state = (restore_checkpoint(run, resume.ckpt) if resume is not None
              else TrainState(select_best_by=train_cfg["select_best_by"]))
     if ctx.is_main:
@@ -836,6 +887,7 @@ def checkpoint_payload(run: RunSetup, state: TrainState, metrics: dict, rng_stat
     return {
         **checkpoint_model_fields(run.eval_raw_model),  # n_windows = a whole night: what inference rebuilds
         "segment_windows": run.cfg["training"]["segment_windows"],  # crop length trained on (0 = whole nights)
+        "data_fingerprint": run.data_fingerprint,
         "model_state_dict": run.raw_model.state_dict(),
         "config": run.cfg,
         **state.to_checkpoint(),
@@ -882,7 +934,8 @@ def train_epochs(run: RunSetup, state: TrainState) -> None:
         lr = run.optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(run.model, run.loaders["train"], run.optimizer, class_weights_C, run.device,
                                 n_inputs=run.n_inputs, amp=run.amp, grad_clip=train_cfg["grad_clip"],
-                                progress=ctx.is_main, desc=f"epoch {epoch}/{num_epochs} train")
+                                progress=ctx.is_main, desc=f"epoch {epoch}/{num_epochs}",
+                                subjects=run.datasets["train"].subjects)
         loss_sum, n_valid, nights, train_seconds = ctx.all_sum(
             [stats["loss_sum"], stats["n_valid"], stats["nights"], stats["seconds"] / ctx.world_size])
         train_loss = loss_sum / max(n_valid, 1)
@@ -938,9 +991,8 @@ def log_epoch(run: RunSetup, state: TrainState, val: dict, val_pred: dict, impro
     w.add_figure("Val/Confusion_Matrix", confusion_figure(val["confusion_matrix"], f"Validation, epoch {epoch}"),
                  epoch)
     subject = run.datasets["val"].subjects[int(val_pred["index"][0])]
-    w.add_figure("Val/Hypnogram", hypnogram_figure(val_pred["labels"][0].astype(np.int64),
-                                                   val_pred["preds"][0].astype(np.int64),
-                                                   f"Validation subject {subject}, epoch {epoch}"), epoch)
+    w.add_figure("Val/Hypnogram", hypnogram_figure(val_pred["preds"][0], f"Validation subject {subject}, epoch {epoch}",
+                                                   true_W=val_pred["labels"][0]), epoch)
     w.flush()
     # nights/s to 3 significant digits: a CPU epoch can run at 0.048 nights/s, a GPU at 150
     log.info("epoch %3d/%d | train_loss %.4f | val_loss %.4f | val_acc %.4f | val_kappa %.4f | val_f1 %.4f | "
@@ -1021,9 +1073,13 @@ def test_best_checkpoint(run: RunSetup, state: TrainState) -> dict | None:
 
 
 def train_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.device, ctx: DistContext,
-              resume: Resume | None = None) -> dict | None:
-    """Train, test and write one run; returns the test results on rank 0 (None on other ranks)."""
+              data_fingerprint: dict, resume: Resume | None = None) -> dict | None:
+    """Train, test and write one run; returns the test results on rank 0 (None on other ranks).
+
+    A Ctrl-C or a stop on bad data / divergence leaves checkpoints/last.pth of the last finished epoch (never
+    a checkpoint of the failed epoch) and logs how to resume before the exception goes on."""
     run_dir = open_run_dir(cfg, model_kind, run_id, ctx, resume)
+    state = None
     with contextlib.ExitStack() as stack:
         if ctx.is_main:
             stack.enter_context(log_to_file(run_dir / "console_logs" / f"{run_dir.name}.log"))
@@ -1031,11 +1087,23 @@ def train_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.devi
         log.info("%s %s in %s on %s%s", "resuming" if resume else "training", model_kind, run_dir, device,
                  f" x{ctx.world_size} processes" if ctx.enabled else "")
         stack.enter_context(kernel_settings(device))
-        run, state = build_run(cfg, model_kind, run_id, device, ctx, run_dir, resume)
-        if run.writer is not None:
-            stack.callback(run.writer.close)
-        train_epochs(run, state)
-        return test_best_checkpoint(run, state)
+        try:
+            run, state = build_run(cfg, model_kind, run_id, device, ctx, run_dir, resume, data_fingerprint)
+            if run.writer is not None:
+                stack.callback(run.writer.close)
+            train_epochs(run, state)
+            return test_best_checkpoint(run, state)
+        except (KeyboardInterrupt, DataError, TrainingDiverged) as err:
+            if state is not None and state.epoch > 0:
+                hint = (f"checkpoints/{LAST_CHECKPOINT} keeps epoch {state.epoch}, the last finished one (nothing of "
+                        f"the stopped epoch was saved); continue with: python train_ppg_only.py --resume {run_dir}")
+            else:
+                hint = f"no epoch had finished, so {run_dir} holds nothing to resume"
+            if isinstance(err, KeyboardInterrupt):
+                if ctx.is_main:
+                    log.error("interrupted (Ctrl-C): %s", hint)
+                raise
+            raise type(err)(f"{err}; {hint}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1064,7 +1132,7 @@ def models_to_train(choice: str, cfg: dict) -> list[str]:
         log.warning("model.generated_ecg.enabled is true, but the generated-ECG model is not implemented "
                     "(as in the reference): skipped")
     if not kinds:
-        raise SystemExit("--model both: neither model.ppg_only.enabled nor model.real_ecg.enabled is true")
+        raise SetupError("--model both: neither model.ppg_only.enabled nor model.real_ecg.enabled is true")
     return kinds
 
 
@@ -1074,7 +1142,9 @@ def models_to_train(choice: str, cfg: dict) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train SleepPPG-Net (PPG) or the PPG+ECG model, then test it.")
-    p.add_argument("--config", default="configs/config_cloud.yaml", help="YAML config (see configs/)")
+    p.add_argument("--config", default=None,
+                   help=f"YAML config (default: {DEFAULT_CONFIG}); with --resume PATH the run's own config is "
+                        f"used unless one is given here (then it must match the run's)")
     p.add_argument("--model", choices=(*MODEL_KINDS, "both"), default="both",
                    help="which model to train; 'both' = those enabled under model: in the config")
     p.add_argument("--runs", type=int, default=None, help="number of runs (overrides training.num_runs)")
@@ -1082,6 +1152,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
                    help="continue a run: PATH = a run folder or a checkpoint; without PATH the newest run of "
                         "--model under output.save_dir")
+    p.add_argument("--resume-anyway", action="store_true",
+                   help="resume even though the data files, the split or the config changed since the run "
+                        "started (listed in the warning); without it such a resume is refused")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N (default: auto; "
                         "auto/cuda use gpu.device_id, or LOCAL_RANK under torchrun)")
@@ -1097,74 +1170,143 @@ def _overrides(args: argparse.Namespace) -> dict:
     return out
 
 
+def _flatten(cfg: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def resume_changes(ckpt: dict, cfg: dict, fingerprint: dict) -> list[str]:
+    """What differs between the run in `ckpt` and a resume with `cfg` on data `fingerprint`: config keys that
+    shape training (not num_epochs/num_runs, preprocessing or inference), data file signatures, split sets."""
+    changes = []
+    old, new = _flatten(ckpt["config"]), _flatten(cfg)
+    for key in sorted(set(old) | set(new)):
+        if key in RESUME_FREE_KEYS or key.split(".")[0] in RESUME_FREE_SECTIONS:
+            continue
+        if old.get(key) != new.get(key):
+            changes.append(f"config {key}: {old.get(key)!r} -> {new.get(key)!r}")
+    saved = ckpt.get("data_fingerprint")
+    if saved is None:
+        log.warning("this checkpoint predates data fingerprints: cannot check that the data and split are unchanged")
+        return changes
+    for key, signature in saved["files"].items():
+        now = fingerprint["files"].get(key)
+        if now != signature:
+            detail = ", ".join(f"{k} {signature.get(k) if signature else None} -> {now.get(k) if now else None}"
+                               for k in ("path", "size", "mtime_ns")
+                               if (signature or {}).get(k) != (now or {}).get(k))
+            changes.append(f"{key} changed ({detail})")
+    for name in ("train", "val", "test"):
+        before, after = set(saved["split"][name]), set(fingerprint["split"][name])
+        if before != after:
+            added, gone = sorted(after - before), sorted(before - after)
+            changes.append(f"the {name} subjects changed ({len(added)} added, e.g. {added[:3]}; {len(gone)} gone, "
+                           f"e.g. {gone[:3]})")
+    return changes
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Train; returns the exit status: 0 done, 1 bad data or training diverged, 2 bad setup, 130 Ctrl-C."""
     args = parse_args(argv)
     setup_logging()
     ctx = DistContext()
     if not ctx.is_main:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the group
     try:
-        cfg = load_config(args.config, _overrides(args)) if args.resume is None or args.resume == "" else None
-        resume = None
-        if args.resume is not None:
-            if args.resume == "":
-                if args.model == "both":
-                    raise SystemExit("--resume without a PATH needs --model ppg_only or --model real_ecg")
-                ckpt_path = newest_run_checkpoint(Path(cfg["output"]["save_dir"]), args.model)
-            else:
-                ckpt_path = resolve_resume_path(args.resume)
-            resume = Resume(ckpt_path, load_checkpoint(ckpt_path))
-            if args.model != "both" and args.model != resume.ckpt["model_kind"]:
-                raise SystemExit(f"--resume {ckpt_path} holds a {resume.ckpt['model_kind']} model, not {args.model}")
+        return _main(args, ctx)
+    except ConfigError as err:
+        log.error("config error: %s", err)
+        return EXIT_SETUP
+    except SetupError as err:
+        log.error("%s", err)
+        return EXIT_SETUP
+    except (DataError, TrainingDiverged) as err:
+        log.error("%s", err)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        ctx.close()
+
+
+def _main(args: argparse.Namespace, ctx: DistContext) -> int:
+    config_path = args.config if args.config is not None else DEFAULT_CONFIG
+    given_cfg = load_config(config_path, _overrides(args)) if args.config is not None or args.resume in (None, "") \
+        else None
+    resume = None
+    if args.resume is None:
+        cfg = given_cfg
+    else:
+        if args.resume == "":
+            if args.model == "both":
+                raise SetupError("--resume without a PATH needs --model ppg_only or --model real_ecg")
+            ckpt_path = newest_run_checkpoint(Path(given_cfg["output"]["save_dir"]), args.model)
+        else:
+            ckpt_path = resolve_resume_path(args.resume)
+        resume = load_resume_point(ckpt_path)
+        if args.model != "both" and args.model != resume.ckpt["model_kind"]:
+            raise SetupError(f"--resume {ckpt_path} holds a {resume.ckpt['model_kind']} model, not {args.model}")
+        if given_cfg is not None and args.config is not None:
+            cfg = given_cfg
+        else:
             saved = dict(resume.ckpt["config"])
             for dotted, value in _overrides(args).items():  # --epochs / --runs apply to the resumed run too
                 section, key = dotted.split(".")
                 saved[section] = {**saved[section], key: value}
-            cfg = validate_config(saved)
-            log.info("resuming from %s (run folder %s)", ckpt_path, resume.run_dir)
-    except ConfigError as err:
-        raise SystemExit(f"config error: {err}") from None
+            try:
+                cfg = validate_config(saved)
+            except ConfigError as err:
+                raise ConfigError(f"the config saved in {resume.path}: {err}") from None
+        log.info("resuming from %s (run folder %s)", resume.path, resume.run_dir)
 
-    device = resolve_device(args.device, cfg["gpu"]["device_id"], ctx)
+    device = resolve_device(args.device, cfg["gpu"]["device_id"], ctx.local_rank if ctx.enabled else None)
     check_compile_setup(cfg, device)
+    kinds = [resume.ckpt["model_kind"]] if resume is not None else models_to_train(args.model, cfg)
+    fingerprints = {kind: preflight_data(cfg, kind) for kind in kinds}
+    if resume is not None:
+        changes = resume_changes(resume.ckpt, cfg, fingerprints[kinds[0]])
+        if changes and not args.resume_anyway:
+            raise SetupError(f"refusing to resume {resume.run_dir}: since it started, " + "; ".join(changes)
+                             + ". Start a new run, or pass --resume-anyway to continue on the new setup")
+        for change in changes:
+            log.warning("--resume-anyway: continuing although %s", change)
     ctx.init(device)
-    try:
-        for kind in ([resume.ckpt["model_kind"]] if resume is not None else models_to_train(args.model, cfg)):
-            preflight_data(cfg, kind)
-        if resume is not None:
-            results = train_run(cfg, resume.ckpt["model_kind"], resume.ckpt.get("run_id"), device, ctx, resume)
-            if ctx.is_main and results is not None:
-                print(f"{results['model_type']}: test kappa {results['test_kappa_overall']:.4f}, accuracy "
-                      f"{results['test_accuracy_overall']:.4f} -> {results['output_dir']}")
-            return 0
-        kinds = models_to_train(args.model, cfg)
-        num_runs = cfg["training"]["num_runs"]
-        all_results: dict[str, list[dict]] = {k: [] for k in kinds}
-        for run in range(1, num_runs + 1):
+    if resume is not None:
+        results = train_run(cfg, kinds[0], resume.ckpt.get("run_id"), device, ctx, fingerprints[kinds[0]], resume)
+        if ctx.is_main and results is not None:
+            print(f"{results['model_type']}: test kappa {results['test_kappa_overall']:.4f}, accuracy "
+                  f"{results['test_accuracy_overall']:.4f} -> {results['output_dir']}")
+        return EXIT_OK
+    num_runs = cfg["training"]["num_runs"]
+    all_results: dict[str, list[dict]] = {k: [] for k in kinds}
+    for run in range(1, num_runs + 1):
+        for kind in kinds:
+            log.info("run %d/%d: %s", run, num_runs, kind)
+            results = train_run(cfg, kind, run if num_runs > 1 else None, device, ctx, fingerprints[kind])
+            if results is not None:
+                all_results[kind].append(results)
+    if ctx.is_main:
+        for kind in kinds:
+            for r in all_results[kind]:
+                print(f"{kind}{'' if r['run_id'] is None else ' run ' + str(r['run_id'])}: test kappa "
+                      f"{r['test_kappa_overall']:.4f}, accuracy {r['test_accuracy_overall']:.4f}, "
+                      f"median per-subject kappa {r['test_median_kappa']:.4f} -> {r['output_dir']}")
+        if num_runs > 1:
+            summary = summarize_runs(all_results)
+            stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
+            path = Path(cfg["output"]["save_dir"]) / f"summary_results_{stamp}.json"
+            write_json(path, {"num_runs": num_runs, "models": kinds, "summary": summary,
+                              "results": all_results})
             for kind in kinds:
-                log.info("run %d/%d: %s", run, num_runs, kind)
-                results = train_run(cfg, kind, run if num_runs > 1 else None, device, ctx)
-                if results is not None:
-                    all_results[kind].append(results)
-        if ctx.is_main:
-            for kind in kinds:
-                for r in all_results[kind]:
-                    print(f"{kind}{'' if r['run_id'] is None else ' run ' + str(r['run_id'])}: test kappa "
-                          f"{r['test_kappa_overall']:.4f}, accuracy {r['test_accuracy_overall']:.4f}, "
-                          f"median per-subject kappa {r['test_median_kappa']:.4f} -> {r['output_dir']}")
-            if num_runs > 1:
-                summary = summarize_runs(all_results)
-                stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
-                path = Path(cfg["output"]["save_dir"]) / f"summary_results_{stamp}.json"
-                write_json(path, {"num_runs": num_runs, "models": kinds, "summary": summary,
-                                  "results": all_results})
-                for kind in kinds:
-                    for key, s in summary[kind].items():
-                        print(f"{kind} {key}: median {s['median']:.4f} | mean {s['mean']:.4f} ± {s['std']:.4f}")
-                print(f"summary over {num_runs} runs: {path}")
-        return 0
-    finally:
-        ctx.close()
+                for key, s in summary[kind].items():
+                    print(f"{kind} {key}: median {s['median']:.4f} | mean {s['mean']:.4f} ± {s['std']:.4f}")
+            print(f"summary over {num_runs} runs: {path}")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

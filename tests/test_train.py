@@ -286,7 +286,7 @@ def test_short_run_learns(tmp_path):
 # Resume
 
 
-def test_resume_equals_uninterrupted_run(straight_run, data, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted_run(straight_run, data, tmp_path, monkeypatch, caplog):
     """Killed during epoch 3, then --resume: same history, weights, optimizer and scheduler as 4 straight."""
     cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", num_epochs=4)
     calls = []
@@ -299,10 +299,11 @@ def test_resume_equals_uninterrupted_run(straight_run, data, tmp_path, monkeypat
         return real_train_one_epoch(*args, **kwargs)
 
     monkeypatch.setattr(T, "train_one_epoch", killed_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        T.main(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"])
+    caplog.clear()
+    assert T.main(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"]) == 130  # Ctrl-C status
     monkeypatch.setattr(T, "train_one_epoch", real_train_one_epoch)
     (run_dir,) = run_dirs(tmp_path / "out")
+    assert "keeps epoch 2" in caplog.text and f"--resume {run_dir}" in caplog.text  # says how to continue
     assert torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True)["epoch"] == 2
     assert not (run_dir / "results" / "test_results.json").exists()
     assert T.main(["--resume", str(run_dir), "--device", "cpu"]) == 0
@@ -384,8 +385,7 @@ def test_segment_resume_equals_uninterrupted_run(segment_run, data, tmp_path, mo
         return real_train_one_epoch(*args, **kwargs)
 
     monkeypatch.setattr(T, "train_one_epoch", killed_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        T.main(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"])
+    assert T.main(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"]) == 130
     monkeypatch.setattr(T, "train_one_epoch", real_train_one_epoch)
     (run_dir,) = run_dirs(tmp_path / "out")
     assert T.main(["--resume", str(run_dir), "--device", "cpu"]) == 0
@@ -445,13 +445,13 @@ def test_torch_compile_on_cpu_trains_saves_and_resumes(data, tmp_path, monkeypat
     gpu_recipe_run(data, tmp_path, compile=True, mixed_precision=False)
 
 
-def test_compile_without_a_cpp_compiler_stops_at_once(data, tmp_path, monkeypatch):
+def test_compile_without_a_cpp_compiler_stops_at_once(data, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(T, "inductor_cpp_compiler", lambda: None)
     cfg = yaml.safe_load(write_config(tmp_path / "cfg.yaml", data, tmp_path / "out").read_text())
     cfg["gpu"]["compile"] = True
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    with pytest.raises(SystemExit, match="C\\+\\+ compiler"):
-        T.main(["--config", str(tmp_path / "cfg.yaml"), "--model", "ppg_only", "--device", "cpu"])
+    fails(["--config", str(tmp_path / "cfg.yaml"), "--model", "ppg_only", "--device", "cpu"], 2, "C\\+\\+ compiler",
+          caplog)
     assert not (tmp_path / "out").exists()
 
 
@@ -459,36 +459,49 @@ def test_compile_without_a_cpp_compiler_stops_at_once(data, tmp_path, monkeypatc
 # Bad setup
 
 
-def test_bad_setup_stops_with_a_message(data, tmp_path):
+def fails(argv: list[str], status: int, pattern: str, caplog) -> str:
+    """Run main(argv), check its exit status and that the log names the problem (one line); return the log."""
+    caplog.clear()
+    assert T.main(argv) == status, caplog.text[-2000:]
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0] and "Traceback" not in caplog.text, caplog.text[-2000:]
+    assert re.search(pattern, errors[0]), errors[0]
+    return caplog.text
+
+
+def test_bad_setup_stops_with_a_message(data, tmp_path, caplog):
     missing = dict(data, ppg=str(tmp_path / "nope.h5"))
-    with pytest.raises(SystemExit, match="not found.*data.ppg_file"):
-        T.main(["--config", str(write_config(tmp_path / "a.yaml", missing, tmp_path / "out")), "--model",
-                "ppg_only", "--device", "cpu"])
+    fails(["--config", str(write_config(tmp_path / "a.yaml", missing, tmp_path / "out")), "--model", "ppg_only",
+           "--device", "cpu"], 2, "not found.*data.ppg_file", caplog)
     few = write_processed(tmp_path / "few", n_subjects=2, windows_per_subject=4, n_test=1)
-    with pytest.raises(SystemExit, match="split"):
-        T.main(["--config", str(write_config(tmp_path / "b.yaml", few, tmp_path / "out", windows=4)),
-                "--model", "ppg_only", "--device", "cpu"])
+    fails(["--config", str(write_config(tmp_path / "b.yaml", few, tmp_path / "out", windows=4)), "--model",
+           "ppg_only", "--device", "cpu"], 2, "split", caplog)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # no empty run folders left
     bad = tmp_path / "c.yaml"
     bad.write_text((tmp_path / "a.yaml").read_text().replace("save_intermediate: true", "save_intermediate: flase"))
-    with pytest.raises(SystemExit, match="config error.*save_intermediate"):
-        T.main(["--config", str(bad), "--model", "ppg_only", "--device", "cpu"])
-    with pytest.raises(SystemExit, match="--resume"):
-        T.main(["--config", str(tmp_path / "a.yaml"), "--resume", str(tmp_path / "no_such_run")])
+    fails(["--config", str(bad), "--model", "ppg_only", "--device", "cpu"], 2, "config error.*save_intermediate",
+          caplog)
+    fails(["--config", str(tmp_path / "a.yaml"), "--resume", str(tmp_path / "no_such_run")], 2, "--resume", caplog)
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit, match="CUDA was asked for"):
-            T.main(["--config", str(write_config(tmp_path / "d.yaml", data, tmp_path / "out")), "--model",
-                    "ppg_only", "--device", "cuda"])
+        fails(["--config", str(write_config(tmp_path / "d.yaml", data, tmp_path / "out")), "--model", "ppg_only",
+               "--device", "cuda"], 2, "CUDA was asked for", caplog)
+    too_long = write_config(tmp_path / "e.yaml", data, tmp_path / "out", segment_windows=W + 1)
+    fails(["--config", str(too_long), "--model", "ppg_only", "--device", "cpu"], 2, "segment_windows", caplog)
+    # family 10: the run folder's parent is a file
+    (tmp_path / "a_file").write_text("x")
+    blocked = write_config(tmp_path / "f.yaml", data, tmp_path / "a_file" / "out")
+    fails(["--config", str(blocked), "--model", "ppg_only", "--device", "cpu"], 2,
+          "cannot create a run folder: .*a_file is a file", caplog)
 
 
 def test_cli_exits_non_zero_and_never_imports_mne(data, tmp_path):
-    """A subprocess: a bad path exits 1 with the message; a real 1-epoch run leaves mne unimported."""
+    """A subprocess: a bad path exits 2 with the message; a real 1-epoch run leaves mne unimported."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     missing = write_config(tmp_path / "a.yaml", dict(data, index=str(tmp_path / "nope.h5")), tmp_path / "out")
     proc = subprocess.run([sys.executable, str(REPO / "train_ppg_only.py"), "--config", str(missing),
                            "--model", "ppg_only", "--device", "cpu"], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=120)
-    assert proc.returncode == 1 and "data.index_file" in proc.stderr
+    assert proc.returncode == 2 and "data.index_file" in proc.stderr and "Traceback" not in proc.stderr
 
     cfg = write_config(tmp_path / "b.yaml", data, tmp_path / "out")
     code = ("import sys, train_ppg_only as t\n"
@@ -524,3 +537,134 @@ def test_ddp_two_cpu_processes_cover_the_whole_test_set(data, tmp_path):
     assert r["n_test_epochs"] == scored  # every scored test epoch once: no share missing, no repeat counted
     ckpt = torch.load(run_dir / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)
     assert len(ckpt["rng_state"]) == 2 and not any(k.startswith("module.") for k in ckpt["model_state_dict"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hostile inputs: bad data, divergence, changed setup on resume, broken checkpoints
+
+
+def copy_data(data: dict, folder: Path) -> dict:
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = dict(data)
+    for key in ("ppg", "ecg", "index"):
+        out[key] = str(shutil.copy(data[key], folder / Path(data[key]).name))
+    return out
+
+
+def first_train_subject(data: dict) -> tuple[str, int]:
+    """A training subject and the first row of its night."""
+    import multimodal_dataset_aligned as mda
+
+    sid = mda.make_split(data["index"], W).train[0]
+    return sid, int(mda.read_night_starts(data["index"], [sid], W)[0])
+
+
+def test_bad_data_stops_naming_the_subject(data, tmp_path, caplog):
+    sid, row = first_train_subject(data)
+    cases = {  # what is broken -> what the one error line must say
+        "label": (lambda f: f["labels"].__setitem__(row + 3, 7), f"subject {sid}: label 7"),
+        "ids": (lambda f: f["subject_ids"].__setitem__(row + 5, b"9999"), f"subject {sid}: the index puts it at rows"),
+        "nan": (lambda f: f["ppg"].__setitem__((row + 2, 10), np.nan), f"subject {sid}: NaN or infinite PPG"),
+    }
+    for name, (corrupt, message) in cases.items():
+        bad = copy_data(data, tmp_path / name)
+        with h5py.File(bad["ppg"], "r+") as f:
+            corrupt(f)
+        cfg = write_config(tmp_path / f"{name}.yaml", bad, tmp_path / f"out_{name}", num_epochs=1)
+        text = fails(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"], 1, re.escape(message), caplog)
+        if name != "nan":  # found before any run folder is made
+            assert not (tmp_path / f"out_{name}").exists()
+        else:  # found as the batch is read, in epoch 1: nothing to resume, and it says so
+            assert "nothing to resume" in text
+
+
+def test_swapped_subject_ids_are_found(data, tmp_path, caplog):
+    """Two nights whose IDs were swapped in the data file (the index still points at the old rows)."""
+    import multimodal_dataset_aligned as mda
+
+    bad = copy_data(data, tmp_path / "swapped")
+    split = mda.make_split(bad["index"], W)
+    a, b = split.train[0], split.val[0]
+    rows = {s: int(r) for s, r in zip((a, b), mda.read_night_starts(bad["index"], [a, b], W))}
+    with h5py.File(bad["ppg"], "r+") as f:
+        f["subject_ids"][rows[a]:rows[a] + W] = b.encode()
+        f["subject_ids"][rows[b]:rows[b] + W] = a.encode()
+    cfg = write_config(tmp_path / "cfg.yaml", bad, tmp_path / "out", num_epochs=1)
+    fails(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"], 1, "2 subject\\(s\\) disagree", caplog)
+
+
+def test_truncated_or_non_hdf5_files_are_one_line(data, tmp_path, caplog):
+    for name, damage in (("truncated", lambda b: b[:len(b) // 2]), ("not_hdf5", lambda b: b"just some text\n")):
+        bad = copy_data(data, tmp_path / name)
+        path = Path(bad["index"])
+        path.write_bytes(damage(path.read_bytes()))
+        cfg = write_config(tmp_path / f"{name}.yaml", bad, tmp_path / "out")
+        fails(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"], 2,
+              "data.index_file = .* is not a readable HDF5 file", caplog)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch, caplog):
+    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", num_epochs=3)
+    real_loss, calls = T.masked_cross_entropy, []
+
+    def nan_from_epoch_2(logits_BCW, labels_BW, class_weights_C=None):
+        calls.append(1)
+        loss_sum, n_valid = real_loss(logits_BCW, labels_BW, class_weights_C)
+        return (loss_sum * float("nan") if len(calls) > 2 else loss_sum), n_valid  # 2 steps per epoch
+
+    monkeypatch.setattr(T, "masked_cross_entropy", nan_from_epoch_2)
+    fails(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"], 1,
+          "epoch 2/3, step 1: the loss is nan.*keeps epoch 1", caplog)
+    (run_dir,) = run_dirs(tmp_path / "out")
+    for name in ("last.pth", "best_model.pth"):
+        ckpt = torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=True)
+        assert ckpt["epoch"] == 1
+        assert all(torch.isfinite(v).all() for v in ckpt["model_state_dict"].values() if v.is_floating_point())
+
+
+def test_resume_refuses_a_changed_setup_and_survives_a_broken_checkpoint(data, tmp_path, caplog):
+    own = copy_data(data, tmp_path / "data")
+    cfg_path = write_config(tmp_path / "cfg.yaml", own, tmp_path / "out", num_epochs=1)
+    assert T.main(["--config", str(cfg_path), "--model", "ppg_only", "--device", "cpu"]) == 0
+    (run_dir,) = run_dirs(tmp_path / "out")
+    ckpt_dir = run_dir / "checkpoints"
+    # family 6: a config key that shapes training changed -> refused, naming it
+    changed = yaml.safe_load(cfg_path.read_text())
+    changed["training"]["learning_rate"] = 0.5
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
+    fails(["--config", str(tmp_path / "changed.yaml"), "--resume", str(run_dir), "--device", "cpu"], 2,
+          "refusing to resume.*config training.learning_rate: 0.001 -> 0.5.*--resume-anyway", caplog)
+    # the data file was rewritten since -> refused, naming the file
+    Path(own["index"]).write_bytes(Path(data["index"]).read_bytes())
+    os.utime(own["index"], ns=(1, 1))
+    fails(["--resume", str(run_dir), "--device", "cpu"], 2, "refusing to resume.*data.index_file changed", caplog)
+    # family 3: last.pth truncated -> the newest intact checkpoint (best_model.pth) is used, and it says so;
+    # --resume-anyway accepts the changed data file (a warning names it)
+    last = ckpt_dir / "last.pth"
+    last.write_bytes(last.read_bytes()[:1000])
+    caplog.clear()
+    assert T.main(["--resume", str(run_dir), "--resume-anyway", "--epochs", "2", "--device", "cpu"]) == 0
+    assert "resuming from the newest intact checkpoint instead" in caplog.text and "best_model.pth" in caplog.text
+    assert "--resume-anyway: continuing although data.index_file changed" in caplog.text
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 2
+    # every checkpoint broken -> one line, exit 2
+    for path in ckpt_dir.glob("*.pth"):
+        path.write_bytes(b"\x00" * 10)
+    fails(["--resume", str(run_dir), "--device", "cpu"], 2, "truncated or corrupt.*no other intact checkpoint",
+          caplog)
+
+
+def test_resume_changes_names_split_changes():
+    ckpt = {"config": {"training": {"num_epochs": 2, "seed": 1}},
+            "data_fingerprint": {"files": {"data.ppg_file": {"path": "/a", "size": 1, "mtime_ns": 1}},
+                                 "split": {"train": ["0001", "0002"], "val": ["0003"], "test": ["0004"]}}}
+    same = json.loads(json.dumps(ckpt["data_fingerprint"]))
+    assert T.resume_changes(ckpt, {"training": {"num_epochs": 9, "seed": 1}}, same) == []  # more epochs: fine
+    moved = json.loads(json.dumps(same))
+    moved["split"]["train"], moved["split"]["val"] = ["0001", "0003"], ["0002"]
+    changes = T.resume_changes(ckpt, {"training": {"num_epochs": 2, "seed": 2}}, moved)
+    assert changes == ["config training.seed: 1 -> 2",
+                       "the train subjects changed (1 added, e.g. ['0003']; 1 gone, e.g. ['0002'])",
+                       "the val subjects changed (1 added, e.g. ['0002']; 1 gone, e.g. ['0003'])"]
