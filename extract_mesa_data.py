@@ -5,26 +5,40 @@ a regex with one group; MESA's by default) finds in their names, and the annotat
 `<stem>-nsrr.xml` (NSRR XML) or `<stem>-profusion.xml` (Compumedics Profusion XML; NSRR preferred when both).
 IDs that differ only by leading zeros (282, 0282) are all skipped as 'id_clash'.
 
-For every subject with both files: read the PPG (Pleth) and ECG (EKG) channels with mne, filter, resample
-to 34.133 Hz (1,024 samples per 30-s epoch), clip at mean +/- 3 SD and z-score (SPEC §4, Kotzen et al. 2023),
-cut into 1,200 windows (the first 10 h, zero-padded) and label each 30-s epoch from the XML stage runs
-(Wake 0, Light 1, Deep 2, REM 3, -1 unscored or beyond the recording).
+For every subject with both files: read the PPG (Pleth) and ECG (EKG) channels (our own EDF/BDF reader: one
+open and one pass per file), filter, resample to 34.133 Hz (1,024 samples per 30-s epoch), clip at
+mean +/- 3 SD and z-score (Kotzen et al. 2023), cut into 1,200 windows (the first 10 h, zero-padded) and
+label each 30-s epoch from the XML stage runs (Wake 0, Light 1, Deep 2, REM 3, -1 unscored or beyond the
+recording).
 
-Outputs (SPEC §5) in the output folder (default ./mesa-x), rows in sorted subject-ID order:
+Outputs in the output folder (default ./mesa-x; names, keys and attrs as the reference's), rows in sorted
+subject-ID order:
 - mesa_ppg_with_labels.h5: ppg (N_windows, 1024) float32, labels (N_windows,) int64, subject_ids (N_windows,) S4;
 - mesa_real_ecg.h5: ecg (N_windows, 1024) float32 (zeros without ECG), has_real_ecg, subject_ids, labels,
   real_ecg_indices;
 - mesa_subject_index.h5: subjects/<id>/window_indices with attrs n_windows, has_ecg, n_recorded_windows;
 - data_stats.npy/.txt, failed_subjects.json (id, file, kind, reason per skipped subject),
-  extract_manifest.json (settings, sources, subjects: says whether a rerun is up to date), logs/processing.log.
+  subject_warnings.json (id, file, warning per kept subject that looks suspicious), extract_manifest.json
+  (settings, sources, subjects: says whether a rerun is up to date), logs/processing.log.
 
 How it runs: worker processes preprocess subjects one at a time and each writes `<out>/.parts/<id>.npz`
-(temporary name, then rename), so a run killed at any moment resumes without redoing finished subjects. The
-main process then streams the parts, in sorted ID order, into pre-sized HDF5 datasets written under temporary
-names and renamed at the end. Memory stays at about one subject per process whatever the cohort size.
-Bad data (no PPG, unreadable/truncated EDF, missing/malformed XML, no stage events, NaNs, flat PPG, a file
-without its partner) is logged, skipped and listed; exit status 1 if any subject failed, 0 if none, 2 on bad
-setup (missing folder, unwritable output, no subjects).
+(temporary name, then rename), so a run killed at any moment resumes without redoing finished subjects. A
+child process then streams the parts, in sorted ID order, into pre-sized HDF5 datasets written under
+temporary names and renamed at the end. Memory stays at about one subject per process whatever the cohort size.
+
+Bad data never stops the run: a subject whose EDF or XML is missing, unreadable (no permission), truncated,
+not an EDF, has an absurd header field (no signals, record duration 0/negative/NaN, a header size that
+disagrees with the signal count, a PPG with no scale or no samples), no PPG channel, a flat or mostly-NaN PPG,
+a malformed XML, no stage events, or no scored epoch within the recording is logged, skipped and listed in
+failed_subjects.json with its file, kind and reason. Suspicious but usable data (a PPG at its digital limits
+for over 5% of the night, stages ending over 30 min before or after the EDF, a record count that disagrees
+with the file size, bytes after the last record, two channels with the same label, an unusable ECG) is kept
+and listed in subject_warnings.json. A damaged part file from an earlier run is detected (each array's CRC-32
+and shape) and rebuilt.
+
+Exit status: 0 every subject done; 1 some subjects failed; 2 bad setup (a missing or unreadable folder, an
+output folder that is a file or not writable, no subjects, a bad config) or a full disk (one line saying how
+much to free; run the same command again); 130 on Ctrl-C (finished subjects are kept).
 
 DREAMT (`--format dreamt --csv-dir DIR`, or preprocessing.format/csv_dir): one CSV per participant
 (S002_whole_df.csv -> subject S002) read by recording_formats.preprocess_dreamt: the `preprocessing.ppg_column`
@@ -40,26 +54,31 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import errno
+import dataclasses
 import functools
 import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 import xml.etree.ElementTree as ET
+import zipfile
+import zlib
 from collections import Counter
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 
-from sleepppg_common import (CONCEPT_TO_CLASS, ECG_FILE, IGNORE_INDEX, INDEX_FILE, PPG_FILE, SAMPLES_PER_WINDOW,
-                             MESA_ID_PATTERN, STAGE_NAMES, TARGET_FS, WINDOW_SECONDS, WINDOWS_PER_SUBJECT,
-                             ConfigError, atomic_output, compile_id_pattern, keep_freed_memory, load_config,
-                             setup_logging, write_text_atomic)
+from sleepppg_common import (CONCEPT_TO_CLASS, ECG_FILE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP,
+                             IGNORE_INDEX, INDEX_FILE, MESA_ID_PATTERN, PPG_FILE, SAMPLES_PER_WINDOW, STAGE_NAMES,
+                             TARGET_FS, WINDOW_SECONDS, WINDOWS_PER_SUBJECT, ConfigError, SetupError, atomic_output,
+                             compile_id_pattern, keep_freed_memory, load_config, setup_logging, write_text_atomic)
 
 log = logging.getLogger("extract_mesa_data")
 
@@ -67,6 +86,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "config_cloud.yam
 PPG_PATTERNS = ("pleth", "ppg", "bvp")  # the PPG is a label containing one of these (any case), highest rate
 FAILED_FILE = "failed_subjects.json"
 MANIFEST_FILE = "extract_manifest.json"
+WARNINGS_FILE = "subject_warnings.json"  # subjects kept despite something suspicious (id, file, warning)
 PARTS_DIR = ".parts"
 DREAMT_KEYS = ("ppg_column", "nominal_fs", "max_gap_s")  # preprocessing keys only DREAMT extraction uses
 # The one preprocessing version: bump it whenever EDF reading, preprocessing, labelling or the part layout
@@ -92,13 +112,28 @@ PROFUSION_ROOT = "CMPStudyConfig"  # root element of Compumedics Profusion XML
 PROFUSION_STAGE_TO_CLASS = {0: 0, 1: 1, 2: 1, 3: 2, 4: 2, 5: 3}
 EPOCH_TOLERANCE = 1e-6  # in epochs: XML times like 29.9999999 s count as the 30-s boundary
 
+# EDF/BDF files (layout in the "EDF reading" section below)
+EDF_FIXED_HEADER_BYTES = 256
+EDF_SIGNAL_HEADER_BYTES = 256  # per signal: the widths below add up to 256
+EDF_SIGNAL_FIELDS = (("label", 16), ("transducer", 80), ("physical_dimension", 8), ("physical_min", 8),
+                     ("physical_max", 8), ("digital_min", 8), ("digital_max", 8), ("prefiltering", 80),
+                     ("samples_per_record", 8), ("reserved", 32))
+VOLTS_PER_UNIT = {"uV": 1e-6, "\u00b5V": 1e-6, "\u03bcV": 1e-6, "mV": 1e-3}  # voltage channels in volts, as mne
+MAX_SAMPLING_RATE_HZ = 100_000.0  # far above any PSG channel: a higher rate means a broken header
+READ_BLOCK_BYTES = 8 * 2**20  # data records are read in blocks of about 8 MB (memory stays ~1 channel per night)
+SATURATION_WARN_FRACTION = 0.05  # warn when more of the PPG than this sits at its digital limits
+LABEL_HORIZON_EPOCHS = 2880  # stages are read over 24 h to compare the XML's length with the EDF's
+XML_LENGTH_WARN_S = 1800.0  # warn when the stages end more than 30 min before or after the EDF does
+
 
 class BadRecordingError(ValueError):
-    """One subject's data cannot be used; `kind` is a short machine-readable reason (e.g. 'no_ppg_channel')."""
+    """One subject's data cannot be used; `kind` is a short machine-readable reason (e.g. 'no_ppg_channel'),
+    `path` the file at fault when it is not the EDF (e.g. the XML)."""
 
-    def __init__(self, message: str, kind: str = "bad_recording"):
-        super().__init__(message)
+    def __init__(self, message: str, kind: str = "bad_recording", path: str | os.PathLike | None = None):
+        super().__init__(message or kind.replace("_", " "))  # never an empty reason
         self.kind = kind
+        self.path = None if path is None else str(path)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -137,7 +172,7 @@ def _log_ppg_choice(edf_path: Path, chosen: str, labels: list[str], rates: list[
 
 
 def find_ecg_channel(ch_names: list[str]) -> str | None:
-    """The ECG channel (SPEC §3): an ecg/ekg label with lead II ('ii' or '2') first, then any ecg, then any ekg."""
+    """The ECG channel: an ecg/ekg label with lead II ('ii' or '2') first, then any ecg, then any ekg."""
     rules = (
         lambda s: ("ecg" in s or "ekg" in s) and ("ii" in s or "2" in s),
         lambda s: "ecg" in s,
@@ -151,7 +186,7 @@ def find_ecg_channel(ch_names: list[str]) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Signal preprocessing (SPEC §4)
+# Signal preprocessing (Kotzen et al. 2023, as the reference implements it)
 
 
 def _fs_fraction(fs: float) -> Fraction:
@@ -242,7 +277,7 @@ def preprocess_ppg(signal: np.ndarray, fs: float, method: str = "linear") -> np.
     x = _check_input(signal, fs, 2 * PPG_CUTOFF_HZ, "PPG", inclusive=True)
     if fs > 2 * PPG_CUTOFF_HZ:
         x = sosfiltfilt(_ppg_sos(float(fs)), x)
-    return clip_zscore(resample(x, fs, method))
+    return _finite(clip_zscore(resample(x, fs, method)), "PPG")
 
 
 def preprocess_ecg(signal: np.ndarray, fs: float, method: str = "linear") -> np.ndarray:
@@ -251,7 +286,14 @@ def preprocess_ecg(signal: np.ndarray, fs: float, method: str = "linear") -> np.
     from scipy.signal import sosfiltfilt
 
     x = _check_input(signal, fs, 2 * ECG_BAND_HZ[0] / ECG_MAX_NYQUIST_FRACTION, "ECG")
-    return clip_zscore(resample(sosfiltfilt(_ecg_sos(float(fs)), x), fs, method))
+    return _finite(clip_zscore(resample(sosfiltfilt(_ecg_sos(float(fs)), x), fs, method)), "ECG")
+
+
+def _finite(x: np.ndarray, what: str) -> np.ndarray:
+    """`x` unchanged, or BadRecordingError when filtering overflowed (values near the float64 limit)."""
+    if not np.isfinite(x).all():
+        raise BadRecordingError(f"{what}: values too large to filter (the result is not finite)", kind="nan_signal")
+    return x
 
 
 def to_windows(x: np.ndarray, n_windows: int = WINDOWS_PER_SUBJECT) -> np.ndarray:
@@ -281,7 +323,7 @@ def repair_nonfinite(x: np.ndarray, what: str) -> np.ndarray:
 def flat_fraction(x: np.ndarray, fs: float) -> float:
     """Share of whole 30-s segments of `x` whose values are all equal (sensor off or saturated); a signal
     shorter than one segment counts as one segment."""
-    seg = int(round(fs * WINDOW_SECONDS))
+    seg = max(1, int(round(fs * WINDOW_SECONDS)))
     n_seg = max(1, x.size // seg)
     segments = x[:n_seg * seg].reshape(n_seg, -1)
     if segments.size == 0:
@@ -299,13 +341,19 @@ def _child_text(event: ET.Element, tag: str) -> str | None:
 
 
 def _parse_xml(xml_path: str | os.PathLike) -> ET.Element:
-    """The root element of an annotation file; BadRecordingError 'missing_xml' or 'malformed_xml'."""
+    """The root element of an annotation file; BadRecordingError 'missing_xml', 'unreadable_xml' (no read
+    permission, an I/O error) or 'malformed_xml' (not well-formed XML)."""
     try:
-        return ET.parse(xml_path).getroot()
+        with open(xml_path, "rb") as fh:
+            return ET.parse(fh).getroot()
     except FileNotFoundError:
         raise BadRecordingError(f"XML not found: {xml_path}", kind="missing_xml") from None
-    except (ET.ParseError, OSError, UnicodeDecodeError) as err:
-        raise BadRecordingError(f"malformed XML {Path(xml_path).name}: {err}", kind="malformed_xml") from None
+    except PermissionError:
+        raise BadRecordingError(f"unreadable XML {xml_path}: no permission to read it", kind="unreadable_xml") from None
+    except OSError as err:
+        raise BadRecordingError(f"unreadable XML {xml_path}: {err.strerror or err}", kind="unreadable_xml") from None
+    except (ET.ParseError, UnicodeDecodeError, ValueError) as err:
+        raise BadRecordingError(f"malformed XML {xml_path}: {err}", kind="malformed_xml") from None
 
 
 def xml_to_labels(xml_path: str | os.PathLike, n_windows: int = WINDOWS_PER_SUBJECT) -> np.ndarray:
@@ -317,17 +365,22 @@ def xml_to_labels(xml_path: str | os.PathLike, n_windows: int = WINDOWS_PER_SUBJ
     Returns:
         int64 array (n_windows,).
     Raises:
-        BadRecordingError: kind 'missing_xml', 'malformed_xml', 'no_stage_events', 'unknown_xml_dialect'
-            (a root of neither dialect: no stages are guessed from it) or 'unsupported_epoch_length'.
+        BadRecordingError with `path` = the XML: kind 'missing_xml', 'unreadable_xml', 'malformed_xml',
+            'no_stage_events', 'unknown_xml_dialect' (a root of neither dialect: no stages are guessed from it)
+            or 'unsupported_epoch_length'.
     """
-    root = _parse_xml(xml_path)
-    name = Path(xml_path).name
-    if root.tag == NSRR_ROOT:
-        return nsrr_labels(root, name, n_windows)
-    if root.tag == PROFUSION_ROOT:
-        return profusion_labels(root, name, n_windows)
-    raise BadRecordingError(f"{name}: neither NSRR XML (root <{NSRR_ROOT}>) nor Profusion XML (root "
-                            f"<{PROFUSION_ROOT}>): the root element is <{root.tag}>", kind="unknown_xml_dialect")
+    try:
+        root = _parse_xml(xml_path)
+        name = Path(xml_path).name
+        if root.tag == NSRR_ROOT:
+            return nsrr_labels(root, name, n_windows)
+        if root.tag == PROFUSION_ROOT:
+            return profusion_labels(root, name, n_windows)
+        raise BadRecordingError(f"{name}: neither NSRR XML (root <{NSRR_ROOT}>) nor Profusion XML (root "
+                                f"<{PROFUSION_ROOT}>): the root element is <{root.tag}>", kind="unknown_xml_dialect")
+    except BadRecordingError as err:
+        err.path = str(xml_path)  # the failure list names the XML, not the EDF
+        raise
 
 
 def nsrr_labels(root: ET.Element, name: str, n_windows: int = WINDOWS_PER_SUBJECT) -> np.ndarray:
@@ -357,7 +410,7 @@ def nsrr_labels(root: ET.Element, name: str, n_windows: int = WINDOWS_PER_SUBJEC
         except (TypeError, ValueError):
             raise BadRecordingError(f"{name}: stage event {n_stage_events} has no numeric "
                                     "Start/Duration", kind="malformed_xml") from None
-        if not (math.isfinite(start) and math.isfinite(duration)) or duration <= 0:
+        if not math.isfinite(start + duration) or duration <= 0:  # NaN, inf, or a sum that overflows
             continue
         first = max(0, math.ceil(start / WINDOW_SECONDS - EPOCH_TOLERANCE))
         stop = min(n_windows, math.ceil((start + duration) / WINDOW_SECONDS - EPOCH_TOLERANCE))
@@ -421,92 +474,284 @@ def profusion_labels(root: ET.Element, name: str, n_windows: int = WINDOWS_PER_S
 
 
 # ----------------------------------------------------------------------------------------------------------
-# EDF reading
+# EDF reading: our own parser of the EDF/BDF header and data records (one open and one pass per file)
+#
+# Layout (EDF: Kemp et al. 1992; BDF: BioSemi's 24-bit variant): a 256-byte fixed header of ASCII fields, then
+# 256 bytes per signal stored field by field (all labels, then all transducers, ...), then the data records.
+# Each record holds, signal after signal, `samples_per_record` little-endian two's-complement integers
+# (16-bit in EDF, 24-bit in BDF). Physical value = physical_min + (digital - digital_min) x
+# (physical_max - physical_min) / (digital_max - digital_min), in the signal's physical dimension.
 
 
-def _edf_header(edf_path: Path) -> dict:
-    """The fixed EDF header fields we need: n_records, labels, samples per record, record duration (s)."""
+@dataclasses.dataclass(frozen=True)
+class EdfSignal:
+    """One signal's header fields. Numbers that do not parse are NaN; `check_readable` says why the signal
+    cannot be read."""
+
+    index: int  # position among the signals (0-based)
+    label: str  # whitespace and NUL padding removed
+    physical_dimension: str  # e.g. 'uV', 'mV', '%', ''
+    physical_min: float
+    physical_max: float
+    digital_min: float
+    digital_max: float
+    samples_per_record: int
+    fs: float  # samples_per_record / record duration, Hz
+
+    def check_readable(self) -> str | None:
+        """A reason this signal's samples cannot be turned into physical values, or None."""
+        name = f"channel {self.label!r} (signal {self.index + 1})"
+        values = {"physical min": self.physical_min, "physical max": self.physical_max,
+                  "digital min": self.digital_min, "digital max": self.digital_max}
+        for what, value in values.items():
+            if not math.isfinite(value):
+                return f"{name}: {what} is not a number"
+        if self.samples_per_record <= 0:
+            return f"{name}: {self.samples_per_record} samples per record"
+        if not 0 < self.fs <= MAX_SAMPLING_RATE_HZ:
+            return f"{name}: sampling rate {self.fs:g} Hz is outside (0, {MAX_SAMPLING_RATE_HZ:g}]"
+        if self.digital_min == self.digital_max:
+            return f"{name}: digital min = digital max = {self.digital_min:g} (no scale)"
+        if self.physical_min == self.physical_max:
+            return f"{name}: physical min = physical max = {self.physical_min:g} (no scale)"
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class EdfHeader:
+    """What `read_edf_header` found: the layout of the data records and every signal's fields."""
+
+    path: Path
+    bytes_per_sample: int  # 2 (EDF) or 3 (BDF)
+    header_bytes: int  # 256 x (number of signals + 1)
+    n_records: int  # complete data records to read: the declared count, or what the file holds if unknown
+    record_s: float  # duration of one data record, s
+    signals: tuple[EdfSignal, ...]
+    warnings: tuple[str, ...]  # disagreements that were resolved (record count, trailing bytes, labels)
+
+    @property
+    def labels(self) -> list[str]:
+        return [s.label for s in self.signals]
+
+    @property
+    def record_samples(self) -> int:
+        return sum(s.samples_per_record for s in self.signals)
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("latin-1").replace("\x00", " ").strip()
+
+
+def _header_int(raw: bytes, what: str, name: str) -> int:
     try:
-        with open(edf_path, "rb") as fh:
-            head = fh.read(256)
-            n_records = int(head[236:244].decode("ascii").strip())
-            record_s = float(head[244:252].decode("ascii").strip())
-            n_signals = int(head[252:256].decode("ascii").strip())
-            labels = fh.read(n_signals * 16).decode("ascii", errors="replace")
-            fh.seek(256 + n_signals * 216)
-            samples = fh.read(n_signals * 8).decode("ascii")
-        per_record = [int(samples[i * 8:(i + 1) * 8].strip()) for i in range(n_signals)]
-    except (ValueError, UnicodeDecodeError) as err:
-        raise BadRecordingError(f"unreadable EDF header {edf_path.name}: {err}", kind="unreadable_edf") from None
-    return {"n_records": n_records, "record_s": record_s, "n_signals": n_signals,
-            "labels": [labels[i * 16:(i + 1) * 16].strip() for i in range(n_signals)],
-            "samples_per_record": per_record}
+        return int(_text(raw))
+    except ValueError:
+        raise BadRecordingError(f"bad EDF header in {name}: {what} {_text(raw)!r} is not an integer",
+                                kind="bad_edf_header") from None
 
 
-def _check_edf_size(edf_path: Path, header: dict) -> None:
-    """Raise BadRecordingError when the file is shorter than its header declares (a truncated download);
-    mne would silently read the records that are there."""
-    if header["n_records"] < 0:  # -1 = unknown (still being recorded); nothing to compare against
-        return
-    expected = 256 * (header["n_signals"] + 1) + header["n_records"] * sum(header["samples_per_record"]) * 2
-    actual = edf_path.stat().st_size  # 2 bytes per EDF sample
-    if actual < expected:
-        raise BadRecordingError(f"truncated EDF {edf_path.name}: {actual} bytes, header declares {expected}",
+def _header_float(raw: bytes) -> float:
+    try:
+        return float(_text(raw))
+    except ValueError:
+        return math.nan
+
+
+def read_edf_header(fh: BinaryIO, path: Path, file_size: int) -> EdfHeader:
+    """Parse the header of an open EDF/BDF file (positioned at its start) and check it against the file size.
+
+    The record count used is the declared one when the file holds at least that many records (bytes after
+    them are ignored, with a warning), or, when the header says -1 (unknown), the complete records the file
+    holds (a partial last record is ignored, with a warning).
+
+    Raises:
+        BadRecordingError: kind 'unreadable_edf' (not an EDF/BDF file), 'truncated_edf' (shorter than its
+            header or its declared records) or 'bad_edf_header' (a field that is absent, not a number or
+            absurd: no signals, a record duration that is not a positive finite number, a header size that
+            disagrees with the number of signals, records without samples).
+    """
+    name = path.name
+    head = fh.read(EDF_FIXED_HEADER_BYTES)
+    if len(head) < EDF_FIXED_HEADER_BYTES:
+        raise BadRecordingError(f"truncated EDF {name}: {len(head)} bytes, shorter than the 256-byte header",
                                 kind="truncated_edf")
+    if head[:1] == b"0":
+        bytes_per_sample = 2
+    elif head[:8] == b"\xffBIOSEMI":
+        bytes_per_sample = 3
+    else:
+        raise BadRecordingError(f"unreadable EDF {name}: not an EDF or BDF file (version field {head[:8]!r})",
+                                kind="unreadable_edf")
+
+    def bad(message: str) -> BadRecordingError:
+        return BadRecordingError(f"bad EDF header in {name}: {message}", kind="bad_edf_header")
+
+    n_signals = _header_int(head[252:256], "number of signals", name)
+    if n_signals < 1:
+        raise bad(f"{n_signals} signals")
+    header_bytes = EDF_FIXED_HEADER_BYTES + n_signals * EDF_SIGNAL_HEADER_BYTES
+    declared_header_bytes = _header_int(head[184:192], "header size", name)
+    if declared_header_bytes != header_bytes:
+        raise bad(f"header size field says {declared_header_bytes} bytes, but {n_signals} signals "
+                  f"need 256 x {n_signals + 1} = {header_bytes}")
+    if file_size < header_bytes:
+        raise BadRecordingError(f"truncated EDF {name}: {file_size} bytes, shorter than its "
+                                f"{header_bytes}-byte header", kind="truncated_edf")
+    record_s = _header_float(head[244:252])
+    if not (math.isfinite(record_s) and record_s > 0):
+        raise bad(f"record duration {_text(head[244:252])!r} s is not a positive number")
+    declared_records = _header_int(head[236:244], "number of data records", name)
+
+    columns = fh.read(header_bytes - EDF_FIXED_HEADER_BYTES)
+    fields, offset = {}, 0
+    for field, width in EDF_SIGNAL_FIELDS:
+        fields[field] = [columns[offset + i * width: offset + (i + 1) * width] for i in range(n_signals)]
+        offset += width * n_signals
+    per_record = [_header_int(raw, f"samples per record of signal {i + 1}", name)
+                  for i, raw in enumerate(fields["samples_per_record"])]
+    if any(n < 0 for n in per_record) or sum(per_record) == 0:
+        raise bad(f"samples per record {per_record}")
+    signals = tuple(EdfSignal(
+        index=i, label=_text(fields["label"][i]), physical_dimension=_text(fields["physical_dimension"][i]),
+        physical_min=_header_float(fields["physical_min"][i]), physical_max=_header_float(fields["physical_max"][i]),
+        digital_min=_header_float(fields["digital_min"][i]), digital_max=_header_float(fields["digital_max"][i]),
+        samples_per_record=per_record[i], fs=per_record[i] / record_s) for i in range(n_signals))
+
+    warnings = []
+    record_bytes = sum(per_record) * bytes_per_sample
+    held, extra_bytes = divmod(file_size - header_bytes, record_bytes)
+    if declared_records >= 0:
+        if held < declared_records:
+            raise BadRecordingError(f"truncated EDF {name}: {file_size} bytes hold {held} complete data records, "
+                                    f"the header declares {declared_records}", kind="truncated_edf")
+        n_records = declared_records
+        ignored = file_size - header_bytes - n_records * record_bytes
+        if ignored:
+            warnings.append(f"{ignored} bytes after the {n_records} declared data records are ignored")
+    else:
+        n_records = held
+        warnings.append(f"the header gives the number of data records as {declared_records} (unknown): "
+                        f"reading the {held} complete records the file holds"
+                        + (f", ignoring {extra_bytes} bytes of a partial record" if extra_bytes else ""))
+    if n_records == 0:
+        raise bad("no data records")
+    seen: dict[str, int] = {}
+    for s in signals:
+        key = s.label.lower()
+        if key in seen:
+            warnings.append(f"channels {seen[key] + 1} and {s.index + 1} are both labelled {s.label!r} "
+                            "(ignoring case and padding); a search by name takes the first")
+        else:
+            seen[key] = s.index
+    return EdfHeader(path, bytes_per_sample, header_bytes, n_records, record_s, signals, tuple(warnings))
 
 
-def _read_channels(edf_path: Path, channels: list[str]) -> list[tuple[np.ndarray, float]]:
-    """(data, fs) per channel. mne resamples every included channel to the highest rate among them, so
-    only channels sharing one rate are read together (one pass over the file)."""
-    import mne
+def _read_digital(fh: BinaryIO, header: EdfHeader, indices: list[int]) -> list[np.ndarray]:
+    """The stored integers of the signals at `indices`, in one pass over the data records (blocks of whole
+    records, about READ_BLOCK_BYTES at a time). int16 for EDF, int32 for BDF."""
+    per_record = [s.samples_per_record for s in header.signals]
+    starts = np.concatenate([[0], np.cumsum(per_record)])
+    total = int(starts[-1])
+    record_bytes = total * header.bytes_per_sample
+    dtype = np.int16 if header.bytes_per_sample == 2 else np.int32
+    out = [np.empty(header.n_records * per_record[i], dtype=dtype) for i in indices]
+    block = max(1, READ_BLOCK_BYTES // record_bytes)
+    fh.seek(header.header_bytes)
+    for first in range(0, header.n_records, block):
+        n = min(block, header.n_records - first)
+        raw = fh.read(n * record_bytes)
+        if len(raw) < n * record_bytes:  # the file shrank while we read it
+            raise BadRecordingError(f"truncated EDF {header.path.name}: data ended inside record "
+                                    f"{first + len(raw) // record_bytes + 1}", kind="truncated_edf")
+        if header.bytes_per_sample == 2:
+            records = np.frombuffer(raw, dtype="<i2").reshape(n, total)
+        else:  # 24-bit little-endian two's complement
+            b = np.frombuffer(raw, dtype=np.uint8).reshape(n, total, 3).astype(np.int32)
+            records = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)
+            records -= (records & 0x800000) << 1
+        for dest, i in zip(out, indices):
+            spr = per_record[i]
+            dest[first * spr:(first + n) * spr] = records[:, starts[i]:starts[i] + spr].reshape(-1)
+    return out
 
-    raw = mne.io.read_raw_edf(edf_path, include=channels, preload=False, verbose="error")
-    data = raw.get_data(picks=channels)
-    return [(row, float(raw.info["sfreq"])) for row in data]
+
+def to_physical(digital: np.ndarray, signal: EdfSignal) -> np.ndarray:
+    """Stored integers -> physical values (float64) as the EDF specification defines them,
+    physical_min + (digital - digital_min) x (physical_max - physical_min) / (digital_max - digital_min),
+    then volts for channels in uV or mV (as mne returns them; other units are kept)."""
+    gain = (signal.physical_max - signal.physical_min) / (signal.digital_max - signal.digital_min)
+    x = digital.astype(np.float64)
+    x -= signal.digital_min
+    x *= gain
+    x += signal.physical_min
+    x *= VOLTS_PER_UNIT.get(signal.physical_dimension, 1.0)
+    return x
+
+
+def saturated_fraction(digital: np.ndarray, signal: EdfSignal, bytes_per_sample: int) -> float:
+    """Share of samples at the signal's digital min or max, or at the format's lowest integer (-32,768 in
+    EDF), which recorders use as a dropout marker."""
+    lowest = -(2 ** (8 * bytes_per_sample - 1))
+    lo, hi = min(signal.digital_min, signal.digital_max), max(signal.digital_min, signal.digital_max)
+    if digital.size == 0:
+        return 0.0
+    return float(np.count_nonzero((digital <= lo) | (digital >= hi) | (digital == lowest)) / digital.size)
 
 
 def read_edf(edf_path: str | os.PathLike, ppg_patterns: tuple[str, ...] | list[str] = PPG_PATTERNS,
              with_ecg: bool = True) -> dict:
-    """Read the PPG and (if present and `with_ecg`) ECG channels of one EDF with mne, each at its native rate.
+    """Read the PPG and (if present and `with_ecg`) ECG channels of one EDF/BDF, each at its native rate:
+    one open, one header parse, one pass over the data records.
 
     Returns:
         dict(ppg=float64 1-D, ppg_fs=Hz, ppg_channel=label, ecg=float64 1-D or None, ecg_fs=Hz or None,
-        duration_s=PPG duration in s). Values are in mne's units (volts for uV/mV channels).
+        ecg_channel=label or None, duration_s=PPG duration in s, warnings=list of str). Values are physical,
+        in volts for uV/mV channels (as mne gives them), else in the channel's own unit. An ECG that cannot
+        be read is dropped with a warning.
     Raises:
-        BadRecordingError: kind 'missing_edf', 'unreadable_edf', 'truncated_edf' or 'no_ppg_channel'.
+        BadRecordingError: kind 'missing_edf', 'unreadable_edf' (not an EDF, no read permission, I/O error),
+            'truncated_edf', 'bad_edf_header' (see `read_edf_header`; the PPG channel's own scale or rate
+            included) or 'no_ppg_channel'.
     """
-    import mne
-
     edf_path = Path(edf_path)
-    if not edf_path.is_file():
-        raise BadRecordingError(f"EDF not found: {edf_path}", kind="missing_edf")
-    header = _edf_header(edf_path)
-    _check_edf_size(edf_path, header)
     try:
-        ch_names = mne.io.read_raw_edf(edf_path, preload=False, verbose="error").ch_names
-        header_rates = {label: n / header["record_s"] if header["record_s"] > 0 else 0.0
-                        for label, n in zip(header["labels"], header["samples_per_record"])}
-        rates = [header_rates.get(name, 0.0) for name in ch_names]
-        ppg_channel = find_ppg_channel(ch_names, rates, ppg_patterns)
-        if ppg_channel is None:
-            raise BadRecordingError(f"no PPG channel (labels containing {list(ppg_patterns)}) in {edf_path.name}; "
-                                    f"channels: {ch_names}", kind="no_ppg_channel")
-        _log_ppg_choice(edf_path, ppg_channel, ch_names, rates, ppg_patterns)
-        ecg_channel = find_ecg_channel(ch_names) if with_ecg else None
-        per_record = dict(zip(header["labels"], header["samples_per_record"]))
-        same_rate = ecg_channel is not None and per_record.get(ppg_channel, -1) == per_record.get(ecg_channel, -2)
-        if same_rate:
-            (ppg, ppg_fs), (ecg, ecg_fs) = _read_channels(edf_path, [ppg_channel, ecg_channel])
-        else:
-            ((ppg, ppg_fs),) = _read_channels(edf_path, [ppg_channel])
-            ((ecg, ecg_fs),) = _read_channels(edf_path, [ecg_channel]) if ecg_channel else ((None, None),)
-    except (ValueError, OSError, RuntimeError, IndexError, KeyError, EOFError, UnicodeDecodeError) as err:
-        if isinstance(err, BadRecordingError):
-            raise
-        raise BadRecordingError(f"unreadable EDF {edf_path.name}: {type(err).__name__}: {err}",
+        with open(edf_path, "rb") as fh:
+            header = read_edf_header(fh, edf_path, os.fstat(fh.fileno()).st_size)
+            warnings = list(header.warnings)
+            rates = [s.fs for s in header.signals]
+            ppg_channel = find_ppg_channel(header.labels, rates, ppg_patterns)
+            if ppg_channel is None:
+                raise BadRecordingError(f"no PPG channel (labels containing {list(ppg_patterns)}) in "
+                                        f"{edf_path.name}; channels: {header.labels}", kind="no_ppg_channel")
+            _log_ppg_choice(edf_path, ppg_channel, header.labels, rates, ppg_patterns)
+            ppg_signal = header.signals[header.labels.index(ppg_channel)]
+            problem = ppg_signal.check_readable()
+            if problem:
+                raise BadRecordingError(f"bad EDF header in {edf_path.name}: PPG {problem}", kind="bad_edf_header")
+            ecg_channel = find_ecg_channel(header.labels) if with_ecg else None
+            ecg_signal = header.signals[header.labels.index(ecg_channel)] if ecg_channel is not None else None
+            if ecg_signal is not None and ecg_signal.check_readable():
+                warnings.append(f"ECG not used: {ecg_signal.check_readable()}")
+                ecg_signal = None
+            wanted = [ppg_signal] + ([ecg_signal] if ecg_signal is not None else [])
+            digital = _read_digital(fh, header, [s.index for s in wanted])
+    except FileNotFoundError:
+        raise BadRecordingError(f"EDF not found: {edf_path}", kind="missing_edf") from None
+    except PermissionError:
+        raise BadRecordingError(f"unreadable EDF {edf_path}: no permission to read it",
                                 kind="unreadable_edf") from None
-    return {"ppg": ppg, "ppg_fs": ppg_fs, "ppg_channel": ppg_channel, "ecg": ecg, "ecg_fs": ecg_fs,
-            "duration_s": ppg.size / ppg_fs}
+    except OSError as err:
+        raise BadRecordingError(f"unreadable EDF {edf_path}: {err.strerror or err}", kind="unreadable_edf") from None
+    saturated = saturated_fraction(digital[0], ppg_signal, header.bytes_per_sample)
+    if saturated > SATURATION_WARN_FRACTION:
+        warnings.append(f"PPG {ppg_signal.label!r} sits at its digital limits (saturated, or dropout markers) "
+                        f"for {saturated:.0%} of the recording")
+    ppg = to_physical(digital[0], ppg_signal)
+    ecg = to_physical(digital[1], ecg_signal) if ecg_signal is not None else None
+    return {"ppg": ppg, "ppg_fs": ppg_signal.fs, "ppg_channel": ppg_signal.label,
+            "ecg": ecg, "ecg_fs": ecg_signal.fs if ecg_signal is not None else None,
+            "ecg_channel": ecg_signal.label if ecg_signal is not None else None,
+            "duration_s": header.n_records * header.record_s, "warnings": warnings}
 
 
 def bridge_gaps(x: np.ndarray, fs: float, n_windows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -534,7 +779,8 @@ def bridge_gaps(x: np.ndarray, fs: float, n_windows: int) -> tuple[np.ndarray, n
 
 def preprocess_signals(ppg: np.ndarray, ppg_fs: float, n_windows: int = WINDOWS_PER_SUBJECT,
                        method: str = "linear", ecg: np.ndarray | None = None, ecg_fs: float | None = None,
-                       name: str = "", nan_is_gap: bool = False) -> dict:
+                       name: str = "", nan_is_gap: bool = False, ppg_what: str = "PPG",
+                       ecg_what: str = "ECG") -> dict:
     """The one preprocessing of a recording, whatever its file format: PPG (and ECG) -> model input.
 
     Args:
@@ -542,11 +788,13 @@ def preprocess_signals(ppg: np.ndarray, ppg_fs: float, n_windows: int = WINDOWS_
             bad, unless `nan_is_gap`, where NaN marks gaps (see `bridge_gaps`): bridged for filtering, their
             epochs zeroed and listed in `gap_epochs`.
         ecg, ecg_fs: optional ECG; one that is flat or mostly NaN is dropped (has_ecg False), with a warning.
-        name: the recording's name, for log lines.
+        name: the recording's name, for log lines; ppg_what, ecg_what: how messages name the signals (e.g.
+            "PPG 'Pleth'", with the channel).
     Returns:
         dict(ppg_windows (n_windows, 1024) float32, ecg_windows (n_windows, 1024) float32 or None, has_ecg,
         n_recorded_windows = epochs holding recorded PPG (at most n_windows), gap_epochs = sorted epoch
-        indices touched by a gap (empty without gaps), ppg_fs, duration_s = the PPG's length in s).
+        indices touched by a gap (empty without gaps), ppg_fs, duration_s = the PPG's length in s,
+        warnings = list of str: what looked wrong without stopping the night, e.g. a dropped ECG).
     Raises:
         BadRecordingError: 'nan_signal', 'no_signal', 'flat_ppg', 'too_short', 'low_sampling_rate'.
     """
@@ -554,30 +802,32 @@ def preprocess_signals(ppg: np.ndarray, ppg_fs: float, n_windows: int = WINDOWS_
     gap_W = np.zeros(n_windows, dtype=bool)
     if nan_is_gap:
         ppg, gap_W = bridge_gaps(ppg, ppg_fs, n_windows)
-    ppg = repair_nonfinite(ppg, "PPG")
+    ppg = repair_nonfinite(ppg, ppg_what)
     flat = flat_fraction(ppg, ppg_fs)
     if flat > MAX_FLAT_FRACTION:
-        raise BadRecordingError(f"flat PPG: {flat:.0%} of 30-s segments are constant", kind="flat_ppg")
+        raise BadRecordingError(f"flat {ppg_what}: {flat:.0%} of 30-s segments are constant", kind="flat_ppg")
     ppg_z = preprocess_ppg(ppg, ppg_fs, method)
     ppg_windows = to_windows(ppg_z, n_windows)
     ppg_windows[gap_W] = 0.0  # gap epochs hold no recorded signal, like the padding
-    ecg_windows = None
+    ecg_windows, warnings = None, []
     if ecg is not None:
         try:
-            ecg = repair_nonfinite(np.asarray(ecg, dtype=np.float64), "ECG")
+            ecg = repair_nonfinite(np.asarray(ecg, dtype=np.float64), ecg_what)
             if flat_fraction(ecg, ecg_fs) > MAX_FLAT_FRACTION:
-                raise BadRecordingError("flat ECG", kind="flat_ecg")
+                raise BadRecordingError(f"flat {ecg_what}", kind="flat_ecg")
             ecg_windows = to_windows(preprocess_ecg(ecg, ecg_fs, method), n_windows)
         except BadRecordingError as err:
+            warnings.append(f"ECG not used: {err}")
             log.warning("%s: ECG not used (%s)", name, err)
     return {
         "ppg_windows": ppg_windows,
         "ecg_windows": ecg_windows,
         "has_ecg": ecg_windows is not None,
-        "n_recorded_windows": min(n_windows, math.ceil(ppg_z.size / SAMPLES_PER_WINDOW)),
+        "n_recorded_windows": max(1, min(n_windows, math.ceil(ppg_z.size / SAMPLES_PER_WINDOW))),
         "gap_epochs": np.flatnonzero(gap_W).tolist(),
         "ppg_fs": ppg_fs,
         "duration_s": ppg.size / ppg_fs,
+        "warnings": warnings,
     }
 
 
@@ -588,14 +838,20 @@ def preprocess_recording(edf_path: str | os.PathLike, n_windows: int = WINDOWS_P
     ECG is neither read nor filtered; PPG-only inference uses this).
 
     Returns:
-        `preprocess_signals`'s dict plus ppg_channel (the EDF label used).
+        `preprocess_signals`'s dict plus ppg_channel (the EDF label used); its warnings include the reader's
+        (record count, trailing bytes, repeated labels, a saturated PPG, an unusable ECG).
     Raises:
-        BadRecordingError: reading errors (see `read_edf`) and those of `preprocess_signals`.
+        BadRecordingError: reading errors (see `read_edf`) and those of `preprocess_signals`; no other
+            exception for anything in the file.
     """
     rec = read_edf(edf_path, ppg_patterns, with_ecg=with_ecg)
-    out = preprocess_signals(rec["ppg"], rec["ppg_fs"], n_windows, method, rec["ecg"], rec["ecg_fs"],
-                             name=Path(edf_path).name)
+    name = Path(edf_path).name
+    for text in rec["warnings"]:
+        log.warning("%s: %s", name, text)
+    out = preprocess_signals(rec["ppg"], rec["ppg_fs"], n_windows, method, rec["ecg"], rec["ecg_fs"], name=name,
+                             ppg_what=f"PPG {rec['ppg_channel']!r}", ecg_what=f"ECG {rec['ecg_channel']!r}")
     out["ppg_channel"] = rec["ppg_channel"]
+    out["warnings"] = rec["warnings"] + out["warnings"]
     return out
 
 
@@ -631,12 +887,78 @@ def input_signature(settings: dict, *paths: str | os.PathLike | None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _read_part_meta(part: Path) -> dict | None:
+class BadPartError(RuntimeError):
+    """A part file is damaged (truncated, bad CRC, wrong arrays); `part` is its path. It is rebuilt."""
+
+    def __init__(self, message: str, part: str | os.PathLike):
+        super().__init__(message)
+        self.part = str(part)
+
+
+def _part_arrays(rec: dict, labels: np.ndarray) -> dict[str, np.ndarray]:
+    arrays = {"ppg": rec["ppg_windows"], "labels": labels}
+    if rec["has_ecg"]:
+        arrays["ecg"] = rec["ecg_windows"]
+    return arrays
+
+
+def read_part(part: Path, n_windows: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """(meta, arrays) of one part file, checked: every array is read in full, which checks its CRC-32
+    (np.savez stores each array as a zip member with its checksum), and shapes and dtypes must match the meta.
+
+    Raises:
+        BadPartError: naming the file and the problem.
+    """
     try:
-        with np.load(part) as npz:
-            return json.loads(str(npz["meta"]))
-    except (OSError, ValueError, KeyError, EOFError):
+        with np.load(part, allow_pickle=False) as npz:
+            meta = json.loads(str(npz["meta"]))
+            arrays = {name: npz[name] for name in npz.files if name != "meta"}
+    except FileNotFoundError:
+        raise BadPartError(f"part file {part} is missing", part) from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise BadPartError(f"part file {part} is damaged ({type(err).__name__}: {err})", part) from None
+    expected = {"ppg": ((n_windows, SAMPLES_PER_WINDOW), np.float32), "labels": ((n_windows,), np.int64)}
+    if isinstance(meta, dict) and meta.get("has_ecg"):
+        expected["ecg"] = ((n_windows, SAMPLES_PER_WINDOW), np.float32)
+    if not isinstance(meta, dict) or sorted(arrays) != sorted(expected) or any(
+            arrays[k].shape != shape or arrays[k].dtype != dtype for k, (shape, dtype) in expected.items()):
+        raise BadPartError(f"part file {part} holds unexpected arrays "
+                           f"{ {k: (v.shape, str(v.dtype)) for k, v in arrays.items()} }", part)
+    return meta, arrays
+
+
+def _read_part_meta(part: Path) -> dict | None:
+    """The meta of a part file, or None when it cannot be read (cheap: the arrays are not read)."""
+    try:
+        with np.load(part, allow_pickle=False) as npz:
+            meta = json.loads(str(npz["meta"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
         return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _labels_for(labels_long: np.ndarray, xml: str, rec: dict, n_windows: int) -> tuple[np.ndarray, list[str]]:
+    """From the XML's labels over LABEL_HORIZON_EPOCHS (`xml_to_labels`): the labels of the first
+    `n_windows` epochs (-1 after the recording) and warnings about the XML's length against the EDF's.
+
+    Raises:
+        BadRecordingError: 'no_scored_epochs' when no epoch within the recording carries a stage (e.g. every
+            stage lies after the recording ends).
+    """
+    labels = labels_long[:n_windows].copy()
+    labels[rec["n_recorded_windows"]:] = IGNORE_INDEX  # epochs beyond the recording
+    scored = np.flatnonzero(labels_long != IGNORE_INDEX)
+    hours = rec["duration_s"] / 3600
+    if not (labels != IGNORE_INDEX).any():
+        where = (f"stages span {scored[0] * WINDOW_SECONDS / 3600:.2f}-{(scored[-1] + 1) * WINDOW_SECONDS / 3600:.2f} h"
+                 if scored.size else "no epoch carries a sleep stage")
+        raise BadRecordingError(f"no scored epoch within the first {rec['n_recorded_windows']} recorded epochs "
+                                f"(EDF {hours:.2f} h; {where})", kind="no_scored_epochs", path=xml)
+    warnings = []
+    stage_end_s = (scored[-1] + 1) * WINDOW_SECONDS
+    if abs(stage_end_s - rec["duration_s"]) > XML_LENGTH_WARN_S:
+        warnings.append(f"the XML's stages end at {stage_end_s / 3600:.2f} h but the EDF lasts {hours:.2f} h")
+    return labels, warnings
 
 
 def process_subject(job: dict) -> dict:
@@ -646,36 +968,42 @@ def process_subject(job: dict) -> dict:
         job: dict(id, edf, xml, part, signature, windows_per_subject, resample_method, ppg_channels, format;
             with format 'dreamt' also ppg_column, nominal_fs, max_gap_s, and edf = xml = the participant's CSV).
     Returns:
-        dict(id, ok, kind, reason, seconds, has_ecg, n_recorded_windows); bad data gives ok=False with the
-        reason instead of raising.
+        dict(id, ok, kind, reason, file, warnings, seconds, has_ecg, n_recorded_windows); bad data gives
+        ok=False with the reason and the file at fault instead of raising.
+    Raises:
+        OSError: only when the part cannot be written (a full disk): that stops the run, not the subject.
     """
     t0 = time.perf_counter()
     sid = job["id"]
+    n_windows = job["windows_per_subject"]
     try:
-        n_windows = job["windows_per_subject"]
         if job.get("format") == "dreamt":
             import recording_formats
 
             labels, rec = recording_formats.preprocess_dreamt(job["edf"], n_windows, job["resample_method"],
                                                               job["ppg_column"], job["nominal_fs"], job["max_gap_s"])
+            labels = np.array(labels, dtype=np.int64)
+            labels[rec["n_recorded_windows"]:] = IGNORE_INDEX  # epochs beyond the recording
+            xml_warnings = []
         else:
-            labels = xml_to_labels(job["xml"], n_windows)
+            labels_long = xml_to_labels(job["xml"], max(n_windows, LABEL_HORIZON_EPOCHS))  # first: it is cheap
             rec = preprocess_recording(job["edf"], n_windows, job["resample_method"], tuple(job["ppg_channels"]))
+            labels, xml_warnings = _labels_for(labels_long, job["xml"], rec, n_windows)
     except BadRecordingError as err:
-        return {"id": sid, "ok": False, "kind": err.kind, "reason": str(err),
-                "seconds": time.perf_counter() - t0}
-    labels[rec["n_recorded_windows"]:] = IGNORE_INDEX  # epochs beyond the recording
+        return {"id": sid, "ok": False, "kind": err.kind, "reason": str(err), "file": err.path or job["edf"],
+                "warnings": [], "seconds": time.perf_counter() - t0}
+    warnings = rec["warnings"] + xml_warnings
+    for text in xml_warnings:
+        log.warning("%s: %s", Path(job["xml"]).name, text)
     meta = {"id": sid, "signature": job["signature"], "has_ecg": rec["has_ecg"],
             "n_recorded_windows": rec["n_recorded_windows"], "ppg_channel": rec["ppg_channel"],
-            "ppg_fs": rec["ppg_fs"]}
-    arrays = {"ppg": rec["ppg_windows"], "labels": labels, "meta": np.array(json.dumps(meta))}
-    if rec["has_ecg"]:
-        arrays["ecg"] = rec["ecg_windows"]
+            "ppg_fs": rec["ppg_fs"], "warnings": warnings}
     part = Path(job["part"])
     with atomic_output(part) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    return {"id": sid, "ok": True, "kind": None, "reason": None, "seconds": time.perf_counter() - t0,
-            "has_ecg": rec["has_ecg"], "n_recorded_windows": rec["n_recorded_windows"]}
+        np.savez(fh, **_part_arrays(rec, labels), meta=np.array(json.dumps(meta)))
+    return {"id": sid, "ok": True, "kind": None, "reason": None, "file": job["edf"], "warnings": warnings,
+            "seconds": time.perf_counter() - t0, "has_ecg": rec["has_ecg"],
+            "n_recorded_windows": rec["n_recorded_windows"]}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -687,7 +1015,12 @@ def _compression_args(compression: str) -> dict:
 
 
 def assemble(out_dir: Path, subjects: list[str], parts_dir: Path, settings: dict) -> dict:
-    """Stream the part files of `subjects` (sorted) into the three SPEC §5 HDF5 files; return statistics."""
+    """Stream the part files of `subjects` (sorted) into the three HDF5 files (written under temporary
+    names, renamed when complete); return statistics.
+
+    Raises:
+        BadPartError: a part file fails its checks (`read_part`); OSError from h5py (a full disk).
+    """
     import h5py
 
     n_windows = settings["windows_per_subject"]
@@ -709,12 +1042,11 @@ def assemble(out_dir: Path, subjects: list[str], parts_dir: Path, settings: dict
         subjects_group = f_index.create_group("subjects")
         for i, sid in enumerate(subjects):
             rows = slice(i * n_windows, (i + 1) * n_windows)
-            with np.load(parts_dir / f"{sid}.npz") as part:
-                meta = json.loads(str(part["meta"]))
-                d_ppg[rows] = part["ppg"]
-                if meta["has_ecg"]:
-                    d_ecg[rows] = part["ecg"]  # without ECG the rows keep the fill value 0
-                labels_all[rows] = part["labels"]
+            meta, part = read_part(parts_dir / f"{sid}.npz", n_windows)
+            d_ppg[rows] = part["ppg"]
+            if meta["has_ecg"]:
+                d_ecg[rows] = part["ecg"]  # without ECG the rows keep the fill value 0
+            labels_all[rows] = part["labels"]
             has_ecg_all[rows] = meta["has_ecg"]
             g = subjects_group.create_group(sid)
             g.create_dataset("window_indices", data=np.arange(rows.start, rows.stop, dtype=np.int64))
@@ -855,21 +1187,68 @@ def _settings_of(settings: dict) -> dict:
 
 
 def _check_setup(settings: dict) -> str | None:
-    """A message describing bad setup, or None."""
+    """A one-line description of bad setup, or None."""
     for key in ("csv_dir",) if settings["format"] == "dreamt" else ("edf_dir", "xml_dir"):
-        if not Path(settings[key]).is_dir():
-            return f"{key.replace('_', ' ')} {settings[key]} is not a folder"
+        folder = Path(settings[key])
+        if not folder.is_dir():
+            return f"{key.replace('_', ' ')} {folder} is not a folder"
+        if not os.access(folder, os.R_OK | os.X_OK):
+            return f"{key.replace('_', ' ')} {folder} is not readable (permission denied)"
     out = Path(settings["out_dir"])
+    if out.exists() and not out.is_dir():
+        return f"output folder {out} is a file, not a folder"
     try:
         write_text_atomic(out / ".write_test", "ok")  # creates the folder too
         (out / ".write_test").unlink()
     except OSError as err:
-        return f"output folder {out} is not writable: {err}"
+        return f"output folder {out} is not writable: {err.strerror or err}"
     if settings["workers"] < 1:
         return f"--workers must be >= 1, got {settings['workers']}"
     if settings["windows_per_subject"] < 1:
         return f"--windows-per-subject must be >= 1, got {settings['windows_per_subject']}"
     return None
+
+
+class DiskFullError(OSError):
+    """The output disk filled up; `filename` is the file being written. Stops the run (exit status 2)."""
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    """True for a full disk or quota. h5py reports the C library's errno inside its message, and raises
+    RuntimeError rather than OSError when the failure comes while it closes a file."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(err, (OSError, RuntimeError)) and ("errno = 28" in str(err) or "No space left" in str(err))
+
+
+def _bytes_needed(n_parts: int, n_subjects: int, n_windows: int) -> int:
+    """Disk space for `n_parts` part files still to write and the HDF5 files of `n_subjects` (uncompressed,
+    PPG and ECG at 4 bytes a sample, plus labels, IDs and indices), beside the parts they are built from."""
+    signal_bytes = n_windows * SAMPLES_PER_WINDOW * 4
+    return n_parts * 2 * signal_bytes + n_subjects * (2 * signal_bytes + n_windows * 40)
+
+
+def _disk_full_message(path: str | os.PathLike, needed: int) -> str:
+    try:
+        free = shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        free = 0
+    more_gb = max(0.1, math.ceil((needed - free) / 1e8) / 10)
+    return f"disk full while writing {path}: free {more_gb:.1f} GB and run the same command again"
+
+
+@contextlib.contextmanager
+def _naming_a_full_disk(path: str | os.PathLike, needed: int = 0) -> Iterator[None]:
+    """Turn a full disk inside the block into DiskFullError, with the one line the user sees."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except OSError as err:
+        if not _is_disk_full(err):
+            raise
+        path = err.filename or path
+        raise DiskFullError(errno.ENOSPC, _disk_full_message(path, needed), str(path)) from None
 
 
 def _remove_stale_temporaries(out_dir: Path) -> None:
@@ -879,12 +1258,12 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
 
 
 def _plan(wanted: list[str], all_subjects: dict, problems: dict, settings: dict,
-          overwrite: bool) -> tuple[list[dict], list[str], list[dict]]:
+          overwrite: bool) -> tuple[list[dict], dict[str, list[str]], list[dict]]:
     """Split the wanted IDs into jobs to run, IDs whose part file from an earlier run still holds (same
-    settings, same source files), and failures known before reading anything (missing partner, duplicate
-    files, IDs that clash)."""
+    settings, same source files, every array intact: {id: its warnings}), and failures known before reading
+    anything (missing partner, duplicate files, IDs that clash). A damaged part is logged and rebuilt."""
     parts_dir = Path(settings["out_dir"]) / PARTS_DIR
-    jobs, reused, failed = [], [], []
+    jobs, reused, failed = [], {}, []
     for sid in wanted:
         edf, xml = all_subjects[sid]
         if sid in problems:
@@ -899,8 +1278,14 @@ def _plan(wanted: list[str], all_subjects: dict, problems: dict, settings: dict,
             part = parts_dir / f"{sid}.npz"
             meta = None if overwrite or not part.is_file() else _read_part_meta(part)
             if meta is not None and meta.get("signature") == signature:
-                reused.append(sid)
-                continue
+                try:
+                    read_part(part, settings["windows_per_subject"])
+                    reused[sid] = list(meta.get("warnings", []))
+                    continue
+                except BadPartError as err:
+                    log.warning("subject %s: %s; processing it again", sid, err)
+            elif part.is_file() and not overwrite and meta is None:
+                log.warning("subject %s: part file %s is damaged (unreadable); processing it again", sid, part)
             jobs.append({"id": sid, "edf": str(edf), "xml": str(xml), "part": str(part), "signature": signature,
                          "windows_per_subject": settings["windows_per_subject"],
                          "resample_method": settings["resample_method"],
@@ -909,12 +1294,15 @@ def _plan(wanted: list[str], all_subjects: dict, problems: dict, settings: dict,
     return jobs, reused, failed
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def _worker_init(parent_pid: int) -> None:
     """Worker initializer: on Linux, ask the kernel to SIGKILL this worker when the main process dies
-    (kill -9 included), so no orphaned worker keeps running or holding memory after the run is gone."""
+    (kill -9 included), so no orphaned worker keeps running or holding memory after the run is gone; and
+    leave Ctrl-C to the main process (the subject in progress finishes and its part is kept)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
 
         pr_set_pdeathsig = 1  # from <sys/prctl.h>
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
@@ -922,18 +1310,105 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _process_subject_or_disk_full(job: dict) -> dict:
+    """process_subject, with a full disk reported as an OSError that names the part file."""
+    try:
+        return process_subject(job)
+    except OSError as err:
+        if _is_disk_full(err):
+            raise OSError(errno.ENOSPC, "No space left on device", job["part"]) from None
+        raise
+
+
 def _run_jobs(jobs: list[dict], workers: int) -> list[dict]:
-    """process_subject over `jobs`, in `workers` processes (in this process when 1); results in job order."""
+    """process_subject over `jobs`, in `workers` processes (in this process when 1); results in job order.
+    On an error or Ctrl-C the jobs not yet started are cancelled; parts already written are kept."""
     from tqdm import tqdm
 
-    with contextlib.ExitStack() as stack:
-        if workers > 1 and len(jobs) > 1:
-            pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
-                max_workers=min(workers, len(jobs)), initializer=_die_with_parent, initargs=(os.getpid(),)))
-            results = pool.map(process_subject, jobs)  # forks the workers now, before tqdm starts its thread
-        else:
-            results = map(process_subject, jobs)
-        return list(tqdm(results, total=len(jobs), desc="subjects", unit="subject", disable=not jobs))
+    pool = None
+    if workers > 1 and len(jobs) > 1:
+        pool = concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_worker_init,
+                                                      initargs=(os.getpid(),))
+    try:
+        # pool.map forks the workers now, before tqdm starts its monitor thread
+        results = pool.map(_process_subject_or_disk_full, jobs) if pool else map(_process_subject_or_disk_full, jobs)
+        done = []
+        with tqdm(total=len(jobs), desc="subjects", unit="subject", disable=not jobs) as bar:
+            for result in results:  # the bar is closed before any error reaches the user
+                done.append(result)
+                bar.update(1)
+    except BaseException:
+        if pool:  # stop now: a subject in progress is lost (its part is never half-written), finished ones stay
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+        raise
+    if pool:
+        pool.shutdown()
+    return done
+
+
+def _assembly_child(send, out_dir: Path, subjects: list[str], parts_dir: Path, settings: dict) -> None:
+    """Runs `assemble` in a child process and sends back ('ok', stats) or (kind, message)."""
+    status = 0
+    try:
+        send.send(("ok", assemble(out_dir, subjects, parts_dir, settings)))
+    except KeyboardInterrupt:
+        send.send(("interrupted", ""))
+    except BadPartError as err:
+        send.send(("bad_part", (str(err), err.part)))
+    except BaseException as err:
+        if _is_disk_full(err):
+            send.send(("disk_full", "No space left on device"))
+        elif isinstance(err, OSError):
+            send.send(("os_error", f"{err.strerror or err}"))
+        else:  # a bug: its traceback goes to the main process, which raises it
+            import traceback
+
+            send.send(("bug", traceback.format_exc()))
+            status = 1
+    finally:
+        send.close()
+        # No interpreter teardown: after a failed write (a full disk) the HDF5 library can crash while it
+        # closes its files at exit. Everything this process wrote is closed or removed by now.
+        os._exit(status)
+
+
+def assemble_isolated(out_dir: Path, subjects: list[str], parts_dir: Path, settings: dict) -> dict:
+    """`assemble` in a forked child process, so that a failed HDF5 write (a full disk) cannot crash this
+    process; its outcome comes back as statistics or as the matching exception.
+
+    Raises:
+        BadPartError, KeyboardInterrupt, OSError (ENOSPC: a full disk), SetupError (the child was killed);
+        RuntimeError for a bug (with its traceback).
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_assembly_child, args=(send, out_dir, subjects, parts_dir, settings))
+    child.start()
+    send.close()
+    try:
+        kind, payload = receive.recv()
+    except EOFError:
+        kind, payload = "died", ""
+    finally:
+        child.join()
+    if kind == "died":
+        raise SetupError(f"the process writing the HDF5 files in {out_dir} was killed (exit status "
+                         f"{child.exitcode}; out of memory?): run the same command again")
+    if kind == "ok":
+        return payload
+    if kind == "interrupted":
+        raise KeyboardInterrupt
+    if kind == "bad_part":
+        raise BadPartError(*payload)
+    if kind == "disk_full":
+        raise OSError(errno.ENOSPC, payload, str(out_dir / PPG_FILE))
+    if kind == "os_error":
+        raise OSError(f"writing the HDF5 files in {out_dir} failed: {payload}")
+    raise RuntimeError(f"assembly failed: {payload}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -960,41 +1435,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def _read_manifest(path: Path) -> dict | None:
+    """The manifest of the last finished run, or None (absent, or damaged: then it is ignored, with a log line)."""
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        log.warning("ignoring damaged %s (%s)", path, err)
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def run(args: argparse.Namespace) -> int:
+    """The whole extraction; bad setup raises SetupError, a full disk DiskFullError."""
     t_start = time.perf_counter()
     try:
         settings = resolve_settings(args)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise SetupError(str(err)) from None
     problem = _check_setup(settings)
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+        raise SetupError(problem)
     out_dir, parts_dir = Path(settings["out_dir"]), Path(settings["out_dir"]) / PARTS_DIR
     edf_dir, xml_dir = Path(settings["edf_dir"]), Path(settings["xml_dir"])
     setup_logging(out_dir / "logs" / "processing.log")
 
     dreamt = settings["format"] == "dreamt"
-    if dreamt:
-        all_subjects, problems = find_dreamt_subjects(Path(settings["csv_dir"]))
-    else:
-        all_subjects, problems = find_subjects(edf_dir, xml_dir, settings["id_pattern"])
+    try:
+        if dreamt:
+            all_subjects, problems = find_dreamt_subjects(Path(settings["csv_dir"]))
+        else:
+            all_subjects, problems = find_subjects(edf_dir, xml_dir, settings["id_pattern"])
+    except OSError as err:
+        raise SetupError(f"cannot list {err.filename or edf_dir}: {err.strerror or err}") from None
     wanted = sorted(all_subjects)
     if args.subjects:
         requested = sorted({s.strip() for s in args.subjects.split(",") if s.strip()})
         unknown = [s for s in requested if s not in all_subjects]
         if unknown:
-            print(f"error: --subjects: no EDF or XML file for {', '.join(unknown)}", file=sys.stderr)
-            return 2
+            raise SetupError(f"--subjects: no EDF or XML file for {', '.join(unknown)}")
         wanted = requested
     if args.limit is not None:
         wanted = wanted[:max(args.limit, 0)]
     if not any(all_subjects[s][0] and all_subjects[s][1] for s in wanted):
         where = f"CSV files in {settings['csv_dir']}" if dreamt else f"EDF/XML pairs in {edf_dir} and {xml_dir}"
-        print(f"error: no {where} to process", file=sys.stderr)
-        return 2
+        raise SetupError(f"no {where} to process")
 
     sources = {sid: [file_signature(all_subjects[sid][0]), file_signature(all_subjects[sid][1])]
                for sid in wanted}
@@ -1002,64 +1488,113 @@ def main(argv: list[str] | None = None) -> int:
                     "chunk_windows": settings["chunk_windows"], "sources": sources}
     manifest_path = out_dir / MANIFEST_FILE
     outputs_exist = all((out_dir / name).is_file() for name in (PPG_FILE, ECG_FILE, INDEX_FILE))
-    if not args.overwrite and outputs_exist and manifest_path.is_file():
-        previous = json.loads(manifest_path.read_text())
-        if previous.get("key") == manifest_key:
-            n_failed = len(previous.get("failed", []))
-            print(f"up to date: {out_dir} already holds {len(previous['subjects'])} subjects "
-                  f"({n_failed} failed earlier; see {FAILED_FILE}); use --overwrite to redo")
-            return 1 if n_failed else 0
+    previous = None if args.overwrite or not outputs_exist else _read_manifest(manifest_path)
+    if previous is not None and previous.get("key") == manifest_key:
+        n_failed = len(previous.get("failed", []))
+        print(f"up to date: {out_dir} already holds {len(previous.get('subjects', []))} subjects "
+              f"({n_failed} failed earlier; see {FAILED_FILE}); use --overwrite to redo")
+        return EXIT_FAILED if n_failed else EXIT_OK
     manifest_path.unlink(missing_ok=True)  # outputs are about to change: the old manifest no longer holds
     _remove_stale_temporaries(out_dir)
 
-    jobs, reused, failed = _plan(wanted, all_subjects, problems, settings, args.overwrite)
-    for item in failed:
-        log.warning("subject %s skipped (%s): %s", item["id"], item["kind"], item["reason"])
-    log.info("%d subjects: %d to process, %d reused from %s, %d without a usable pair; %d worker(s)",
-             len(wanted), len(jobs), len(reused), parts_dir, len(failed), settings["workers"])
-
-    ok = list(reused)
-    files_by_id = {job["id"]: job["edf"] for job in jobs}
-    results = _run_jobs(jobs, settings["workers"])
-    for result in results:
-        if result["ok"]:
-            ok.append(result["id"])
-        else:
-            log.warning("subject %s skipped (%s): %s", result["id"], result["kind"], result["reason"])
-            failed.append({"id": result["id"], "file": files_by_id[result["id"]], "kind": result["kind"],
-                           "reason": result["reason"]})
-    ok.sort()
-    failed.sort(key=lambda item: item["id"])
-    write_text_atomic(out_dir / FAILED_FILE, json.dumps(failed, indent=2) + "\n")
-
-    if ok:
+    n_windows = settings["windows_per_subject"]
+    results: list[dict] = []
+    for attempt in range(2):  # a part damaged after it was checked is rebuilt once, then assembly retried
+        jobs, reused, failed = _plan(wanted, all_subjects, problems, settings, args.overwrite and attempt == 0)
+        if attempt == 0:
+            for item in failed:
+                log.warning("subject %s skipped (%s): %s", item["id"], item["kind"], item["reason"])
+        log.info("%d subjects: %d to process, %d reused from %s, %d without a usable pair; %d worker(s)",
+                 len(wanted), len(jobs), len(reused), parts_dir, len(failed), settings["workers"])
+        n_ok_max = len(jobs) + len(reused)
+        with _naming_a_full_disk(parts_dir, _bytes_needed(len(jobs), n_ok_max, n_windows)):
+            results = _run_jobs(jobs, settings["workers"])
+        warnings = dict(reused)
+        ok = sorted(reused)
+        for result in results:
+            if result["ok"]:
+                ok.append(result["id"])
+                warnings[result["id"]] = result["warnings"]
+            else:
+                log.warning("subject %s skipped (%s): %s", result["id"], result["kind"], result["reason"])
+                failed.append({"id": result["id"], "file": result["file"], "kind": result["kind"],
+                               "reason": result["reason"]})
+        ok.sort()
+        failed.sort(key=lambda item: item["id"])
+        warning_list = [{"id": sid, "file": str(all_subjects[sid][0]), "warning": text}
+                        for sid in ok for text in warnings.get(sid, [])]
+        with _naming_a_full_disk(out_dir / FAILED_FILE, _bytes_needed(0, len(ok), n_windows)):
+            write_text_atomic(out_dir / FAILED_FILE, json.dumps(failed, indent=2) + "\n")
+            write_text_atomic(out_dir / WARNINGS_FILE, json.dumps(warning_list, indent=2) + "\n")
+        if not ok:
+            log.error("no subject could be processed; no HDF5 written (any HDF5 files in %s are from an earlier "
+                      "run)", out_dir)
+            break
         log.info("assembling %d subjects into %s", len(ok), out_dir)
-        stats = assemble(out_dir, ok, parts_dir, settings)
+        try:
+            with _naming_a_full_disk(out_dir / PPG_FILE, _bytes_needed(0, len(ok), n_windows)):
+                stats = assemble_isolated(out_dir, ok, parts_dir, settings)
+        except BadPartError as err:
+            if attempt == 1:
+                raise
+            log.warning("%s; rebuilding it", err)
+            Path(err.part).unlink(missing_ok=True)  # the next pass processes that subject again
+            continue
         stats["failed_subjects"] = len(failed)
-        write_stats(out_dir, stats)
+        stats["subjects_with_warnings"] = len({w["id"] for w in warning_list})
         manifest = {"key": manifest_key, "subjects": ok, "failed": [f["id"] for f in failed]}
-        write_text_atomic(manifest_path, json.dumps(manifest, indent=1) + "\n")
+        with _naming_a_full_disk(out_dir / MANIFEST_FILE):
+            write_stats(out_dir, stats)
+            write_text_atomic(manifest_path, json.dumps(manifest, indent=1) + "\n")
         if not args.keep_parts:
             for sid in ok:
                 (parts_dir / f"{sid}.npz").unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 parts_dir.rmdir()
-    else:
-        log.error("no subject could be processed; no HDF5 written (any HDF5 files in %s are from an earlier run)",
-                  out_dir)
+        break
 
     seconds = time.perf_counter() - t_start
     if results:
         log.info("preprocessing took %.2f s per subject (per worker)", np.mean([r["seconds"] for r in results]))
     by_kind = Counter(item["kind"] for item in failed)
+    n_warned = len({w["id"] for w in warning_list})
     print(f"done in {seconds:.1f} s: {len(ok)} subjects ok ({len(reused)} reused), {len(failed)} failed"
           + (" (" + ", ".join(f"{k}: {v}" for k, v in sorted(by_kind.items())) + f"; see {out_dir / FAILED_FILE})"
-             if failed else ""))
-    return 1 if failed else 0
+             if failed else "")
+          + (f"; {n_warned} with warnings (see {out_dir / WARNINGS_FILE})" if n_warned else ""))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 every subject done, 1 some subjects failed, 2 bad setup or a full disk, 130 Ctrl-C."""
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except SetupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_SETUP
+    except DiskFullError as err:
+        print(f"error: {err.strerror}", file=sys.stderr)
+        return EXIT_SETUP
+    except BadPartError as err:  # damaged again right after it was rebuilt: the disk itself is suspect
+        Path(err.part).unlink(missing_ok=True)
+        print(f"error: {err} again after it was rebuilt (removed; check the disk, then run the same command "
+              "again)", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as err:
+        if not _is_disk_full(err):
+            raise
+        print(f"error: {_disk_full_message(err.filename or args.out_dir or '.', 0)}", file=sys.stderr)
+        return EXIT_SETUP
+    except KeyboardInterrupt:
+        print("interrupted: finished subjects are kept; run the same command again to go on from there",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
     # The filters copy ~80-MB arrays many times per night; reusing freed memory instead of faulting in fresh
     # pages saves ~12% per subject here. Forked workers inherit the setting.
     keep_freed_memory()
+    logging.raiseExceptions = False  # a log line that cannot be written (a full disk) is dropped, not a traceback
     sys.exit(main())

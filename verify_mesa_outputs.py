@@ -1,15 +1,19 @@
 """Verify the processed MESA files written by extract_mesa_data.py before training on them.
 
 Input: the output folder (`--base ./mesa-x`) holding mesa_ppg_with_labels.h5, mesa_real_ecg.h5 and
-mesa_subject_index.h5 (SPEC §5). Checks, each printed as PASS/FAIL with its detail:
+mesa_subject_index.h5. Checks, each printed as PASS/FAIL with its detail:
 - the reference's: 1,024 samples per window, sampling_rate x 30 s = 1,024, labels within {-1, 0, 1, 2, 3}
   (distribution printed), the expected windows per subject (1,200 unless the files or --windows-per-subject
   say otherwise), and the share of PPG energy above 8 Hz (reported; the 8-Hz low-pass leaves little there);
-- ours: float32 finite signals, file attrs that match the data, and the three files consistent with each
-  other (same rows, labels and subject IDs; has_real_ecg / real_ecg_indices / ECG attrs agree; rows without
-  ECG are zero; the index covers every row exactly once, subject by subject, with matching attrs).
-Signals are read in blocks of rows, so a 5-GB PPG array needs only a few MB of memory.
-Exit status: 0 when every check passes, 1 naming the failed checks, 2 when the folder does not exist.
+- ours: each file is readable HDF5; integer labels; float32 signals that are finite and within +/-1,000
+  (they are z-scored: larger values mean corrupt data); no subject whose PPG is all zeros; file attrs that
+  match the data; and the three files consistent with each other (same rows, labels and subject IDs;
+  has_real_ecg / real_ecg_indices / ECG attrs agree; rows without ECG are zero; the index covers every row
+  exactly once, each subject's entry pointing at that subject's rows, with matching attrs).
+A damaged file (truncated, not HDF5, a dataset of the wrong kind) is a failed check naming the file and the
+error, never a traceback. Signals are read in blocks of rows, so a 5-GB PPG array needs only a few MB of memory.
+Exit status: 0 when every check passes, 1 naming the failed checks, 2 when the folder does not exist,
+130 on Ctrl-C.
 
 Usage: python verify_mesa_outputs.py --base ./mesa-x
 """
@@ -22,15 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
-from sleepppg_common import (ECG_FILE, IGNORE_INDEX, INDEX_FILE, N_CLASSES, PPG_FILE, SAMPLES_PER_WINDOW, STAGE_NAMES,
-                             WINDOW_SECONDS, WINDOWS_PER_SUBJECT)
+from sleepppg_common import (ECG_FILE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, IGNORE_INDEX, INDEX_FILE,
+                             N_CLASSES, PPG_FILE, SAMPLES_PER_WINDOW, STAGE_NAMES, WINDOW_SECONDS, WINDOWS_PER_SUBJECT)
 
 FS_TOLERANCE = 1e-6  # samples per window: |sampling_rate x 30 - 1024| must be below this
-HIGH_FREQ_HZ = 8.0  # PPG low-pass cut-off (SPEC §4)
+HIGH_FREQ_HZ = 8.0  # PPG low-pass cut-off (Chebyshev II, 8 Hz, in extraction)
 HIGH_FREQ_WARN = 0.01  # report a warning when more than 1% of PPG power lies above 8 Hz
 ENERGY_WINDOWS = 200  # windows sampled (evenly over the file) for the spectrum
 BLOCK_ROWS = 1200  # rows per read: one night, 4.9 MB of float32
 VALID_LABELS = set(range(IGNORE_INDEX, N_CLASSES))
+MAX_ABS_SIGNAL = 1000.0  # z-scored windows after a 3-SD clip stay within a few units; beyond this is corruption
+# what a damaged HDF5 file or dataset raises in h5py/numpy while it is read
+READ_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError)
 
 
 class Report:
@@ -107,14 +114,16 @@ def check_ppg_file(f, report: Report, expected_wps: int | None) -> dict | None:
     sids = sids_ds[()]
     report.check("labels and subject_ids have one entry per window", labels.shape == (n,) and sids.shape == (n,),
                  f"ppg {n} rows, labels {labels.shape}, subject_ids {sids.shape}")
+    report.check("labels are integers", labels.dtype.kind in "iu", str(labels.dtype))
     bad_labels = sorted(set(np.unique(labels).tolist()) - VALID_LABELS)
     report.check("labels within {-1, 0, 1, 2, 3}", not bad_labels,
-                 f"unexpected values {bad_labels}" if bad_labels else "")
+                 f"unexpected values {bad_labels[:10]}" if bad_labels else "")
     report.info("label distribution: " + format_distribution(label_distribution(labels)))
 
     subjects, first_rows, counts = np.unique(sids, return_index=True, return_counts=True)
     wps = expected_wps or int(_attr(f, "windows_per_subject", WINDOWS_PER_SUBJECT))
-    wrong = [(s.decode(), int(c)) for s, c in zip(subjects, counts) if c != wps]
+    wrong = [(s.decode(errors="replace") if isinstance(s, bytes) else str(s), int(c))
+             for s, c in zip(subjects, counts) if c != wps]
     report.check(f"{wps} windows per subject", not wrong,
                  f"{len(subjects)} subjects" + (f"; wrong counts (id, windows): {wrong[:5]}" if wrong else ""))
     order = np.argsort(first_rows)
@@ -124,10 +133,24 @@ def check_ppg_file(f, report: Report, expected_wps: int | None) -> dict | None:
     report.check("attr total_subjects", _attr(f, "total_subjects") == len(subjects),
                  f"{_attr(f, 'total_subjects')} vs {len(subjects)} subjects")
 
-    nonfinite = 0
+    nonfinite, absurd = 0, 0
+    row_has_signal = np.zeros(n, dtype=bool)
     for rows in _blocks(n):
-        nonfinite += int((~np.isfinite(ppg[rows])).sum())
+        block = ppg[rows]
+        finite = np.isfinite(block)
+        nonfinite += int((~finite).sum())
+        absurd += int((np.abs(np.where(finite, block, 0)) > MAX_ABS_SIGNAL).sum())
+        row_has_signal[rows] = np.any(block != 0, axis=1) if block.ndim == 2 else block != 0
     report.check("ppg values finite", nonfinite == 0, f"{nonfinite} NaN/inf values" if nonfinite else "")
+    report.check(f"ppg values within +/-{MAX_ABS_SIGNAL:g}", absurd == 0,
+                 f"{absurd} values beyond (corrupt: the windows are z-scored)" if absurd else "")
+    if sids.shape == (n,):
+        _, inverse = np.unique(sids, return_inverse=True)
+        silent = [s.decode(errors="replace") if isinstance(s, bytes) else str(s)
+                  for s, has in zip(subjects, np.bincount(inverse, weights=row_has_signal, minlength=len(subjects)))
+                  if has == 0]
+        report.check("every subject has non-zero PPG", not silent,
+                     f"{len(silent)} subjects whose PPG is all zeros: {silent[:10]}" if silent else "")
     pick = np.unique(np.linspace(0, n - 1, min(ENERGY_WINDOWS, n)).astype(int)) if n else np.zeros(0, int)
     share = high_frequency_share(ppg[pick] if pick.size else np.zeros((0, SAMPLES_PER_WINDOW)), fs)
     flag = " (WARNING: more than expected after an 8-Hz low-pass)" if share > HIGH_FREQ_WARN else ""
@@ -174,7 +197,7 @@ def check_index_file(f, report: Report, ppg_info: dict, has_ecg: np.ndarray | No
         return
     n, sids = ppg_info["n"], ppg_info["sids"]
     group = f["subjects"]
-    expected = sorted(s.decode() for s in ppg_info["subjects"])
+    expected = sorted(s.decode(errors="replace") if isinstance(s, bytes) else str(s) for s in ppg_info["subjects"])
     report.check("index subjects = subjects in the data", sorted(group) == expected,
                  f"{len(group)} in index vs {len(expected)} in data")
     covered = np.zeros(n, dtype=np.int64)
@@ -182,6 +205,9 @@ def check_index_file(f, report: Report, ppg_info: dict, has_ecg: np.ndarray | No
     for sid in sorted(group):
         g = group[sid]
         idx = g["window_indices"][()] if "window_indices" in g else np.zeros(0, np.int64)
+        if idx.ndim != 1 or idx.dtype.kind not in "iu":
+            problems.append(f"{sid}: window_indices are not a list of row numbers ({idx.dtype} {idx.shape})")
+            continue
         if idx.size == 0 or idx.min() < 0 or idx.max() >= n:
             problems.append(f"{sid}: window_indices empty or out of range")
             continue
@@ -203,27 +229,35 @@ def check_index_file(f, report: Report, ppg_info: dict, has_ecg: np.ndarray | No
                  f"{_attr(f, 'total_subjects')}/{_attr(f, 'total_windows')} vs {len(expected)}/{n}")
 
 
-def verify(base: Path, windows_per_subject: int | None = None) -> Report:
-    """Run every check on the files in `base`; return the report."""
+def _checked(report: Report, path: Path, check, *args):
+    """Open `path` and run `check(f, report, *args)`; a file that is not HDF5, is truncated or holds a damaged
+    dataset becomes a failed check naming the file and the error (the checks of the other files still run)."""
     import h5py
 
+    try:
+        with h5py.File(path, "r") as f:
+            return check(f, report, *args)
+    except READ_ERRORS as err:
+        report.check(f"{path.name} is readable", False, f"{type(err).__name__}: {err}")
+        return None
+
+
+def verify(base: Path, windows_per_subject: int | None = None) -> Report:
+    """Run every check on the files in `base`; return the report."""
     report = Report()
     paths = {name: base / name for name in (PPG_FILE, ECG_FILE, INDEX_FILE)}
     for name, path in paths.items():
         report.check(f"{name} exists", path.is_file(), str(path))
     if not paths[PPG_FILE].is_file():
         return report
-    with h5py.File(paths[PPG_FILE], "r") as f:
-        ppg_info = check_ppg_file(f, report, windows_per_subject)
+    ppg_info = _checked(report, paths[PPG_FILE], check_ppg_file, windows_per_subject)
     if ppg_info is None:
         return report
     has_ecg = None
     if paths[ECG_FILE].is_file():
-        with h5py.File(paths[ECG_FILE], "r") as f:
-            has_ecg = check_ecg_file(f, report, ppg_info)
+        has_ecg = _checked(report, paths[ECG_FILE], check_ecg_file, ppg_info)
     if paths[INDEX_FILE].is_file():
-        with h5py.File(paths[INDEX_FILE], "r") as f:
-            check_index_file(f, report, ppg_info, has_ecg)
+        _checked(report, paths[INDEX_FILE], check_index_file, ppg_info, has_ecg)
     return report
 
 
@@ -240,15 +274,19 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(args.base)
     if not base.is_dir():
         print(f"error: --base {base} is not a folder", file=sys.stderr)
-        return 2
+        return EXIT_SETUP
     print(f"Verifying {base}")
-    report = verify(base, args.windows_per_subject)
+    try:
+        report = verify(base, args.windows_per_subject)
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written; run the same command again", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print("\n".join(report.lines))
     if report.failed:
         print(f"FAILED {len(report.failed)} check(s): {'; '.join(report.failed)}")
-        return 1
+        return EXIT_FAILED
     print("all checks passed")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ subprocess so peak memory is measured cleanly:
 - "ours": extract_mesa_data.main with --workers W for each W in --workers.
 Printed: seconds in total and per subject, peak memory (the PSS of the whole process tree, main + workers,
 sampled every 50 ms from /proc; the main process's ru_maxrss beside it), and ours/reference ratios.
+First, EDF reading alone on the first night (`--read-repeats` times, best time kept): our reader
+(extract_mesa_data.read_edf: one open, one pass over the records for PPG and ECG) against mne as extraction
+used it before (one open for the channel names, a second to read PPG and ECG), with the values compared.
 
 `--dreamt` measures instead a DREAMT-shaped cohort (one 14-column CSV per participant at 64 Hz, 8-h nights by
 default; make_synthetic_mesa.write_dreamt_subject when that exists, else a plain writer below) through
@@ -19,6 +22,7 @@ in N (there is no reference approach for DREAMT).
 
 Usage: python bench/bench_extract.py --sizes 4,16 --workers 1,2   (default --sizes 2,4: a few minutes)
        python bench/bench_extract.py --dreamt --sizes 2,8 --workers 1 [--hours 8]
+       python bench/bench_extract.py --read-only                   (EDF reading alone, about a minute)
 """
 
 from __future__ import annotations
@@ -191,6 +195,42 @@ def reference_extract(edf_dir: Path, xml_dir: Path, out_dir: Path, ids: list[str
 
 
 # ----------------------------------------------------------------------------------------------------------
+# EDF reading alone
+
+
+def read_with_mne(edf: Path) -> tuple[np.ndarray, np.ndarray]:
+    """PPG and ECG as extraction read them with mne before: channel names from one open, then both
+    channels (same rate) from a second."""
+    import mne
+
+    from extract_mesa_data import find_ecg_channel, find_ppg_channel
+
+    names = mne.io.read_raw_edf(edf, preload=False, verbose="error").ch_names
+    ppg, ecg = find_ppg_channel(names), find_ecg_channel(names)
+    raw = mne.io.read_raw_edf(edf, include=[ppg, ecg], preload=False, verbose="error")
+    data = raw.get_data(picks=[ppg, ecg])
+    return data[0], data[1]
+
+
+def bench_read(edf: Path, repeats: int) -> dict:
+    """Best-of-`repeats` seconds of each reader on one EDF, and the largest difference between their values."""
+    import extract_mesa_data
+
+    times = {"mne": [], "ours": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ppg_mne, ecg_mne = read_with_mne(edf)
+        times["mne"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        rec = extract_mesa_data.read_edf(edf)
+        times["ours"].append(time.perf_counter() - t0)
+    diff = max(float(np.max(np.abs(rec["ppg"] - ppg_mne)) / np.max(np.abs(ppg_mne))),
+               float(np.max(np.abs(rec["ecg"] - ecg_mne)) / np.max(np.abs(ecg_mne))))
+    return {"mne_s": min(times["mne"]), "ours_s": min(times["ours"]), "max_relative_difference": diff,
+            "mb": edf.stat().st_size / 1e6}
+
+
+# ----------------------------------------------------------------------------------------------------------
 # One measured run (in its own subprocess)
 
 
@@ -344,6 +384,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--root", help="cohort folder, kept for reuse (default: a temporary folder)")
     parser.add_argument("--dreamt", action="store_true", help="time a DREAMT-shaped cohort (ours only; --hours "
                                                                   f"defaults to {DREAMT_HOURS:g})")
+    parser.add_argument("--read-repeats", type=int, default=3, help="repeats of the EDF-reading comparison")
+    parser.add_argument("--read-only", action="store_true", help="only the EDF-reading comparison")
     parser.add_argument("--measure-one", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -364,8 +406,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
         root = Path(args.root) if args.root else Path(tmp) / "cohort"
         t0 = time.perf_counter()
-        ids = make_cohort(root, max(sizes), args.hours)
+        ids = make_cohort(root, 1 if args.read_only else max(sizes), args.hours)
         print(f"cohort: {len(ids)} subjects x {args.hours} h in {root} ({time.perf_counter() - t0:.0f} s to make)")
+        read = bench_read(root / "polysomnography" / "edfs" / f"mesa-sleep-{ids[0]}.edf", args.read_repeats)
+        print(f"EDF reading, PPG + ECG of one {read['mb']:.0f}-MB night (best of {args.read_repeats}): mne as before "
+              f"{read['mne_s']:.2f} s, ours {read['ours_s']:.2f} s ({read['mne_s'] / read['ours_s']:.2f}x); "
+              f"largest difference {read['max_relative_difference']:.1e} of the signal's range")
+        if args.read_only:
+            return 0
         rows = []
         for n in sizes:
             subset = ids[:n]

@@ -24,6 +24,20 @@ from sleepppg_common import SAMPLES_PER_WINDOW, TARGET_FS
 REPO = Path(__file__).resolve().parents[1]
 W = 40  # windows per subject in these tests (20 min); real data uses 1,200
 
+
+@pytest.fixture(autouse=True)
+def _fresh_log_handlers():
+    """setup_logging binds its console handler to the sys.stderr of the test that first called it; drop the
+    handlers after each test so a later test's captured stderr holds only its own lines."""
+    import logging
+
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_sleepppg_console", False) or isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+
 # ----------------------------------------------------------------------------------------------------------
 # Builders (also used by test_verify_outputs.py)
 
@@ -377,7 +391,9 @@ def test_formats_attrs_and_bad_inputs(tmp_path, monkeypatch, capsys):
     assert kinds == {"0100": "no_ppg_channel", "0101": "truncated_edf", "0102": "unreadable_edf",
                      "0103": "missing_xml", "0104": "no_stage_events", "0105": "malformed_xml",
                      "0106": "flat_ppg", "0107": "missing_edf", "0108": "nan_signal"}
-    assert all(item["file"] and item["reason"] for item in failed)
+    assert all(item["file"] and item["reason"].strip() for item in failed)  # no empty reason
+    reasons = {item["id"]: item["reason"] for item in failed}
+    assert "flat PPG 'Pleth'" in reasons["0106"] and "PPG 'Pleth'" in reasons["0108"]  # the channel is named
     assert "9 failed" in capsys.readouterr().out
     log_text = (out / "logs" / "processing.log").read_text()
     assert "subject 0106 skipped (flat_ppg)" in log_text
@@ -459,22 +475,19 @@ calls = {{"n": 0}}
 def kill_on_second(real):
     def wrapper(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if calls["n"] == 2:  # the whole run: the main process and the HDF5 writer it forked
+            os.killpg(0, signal.SIGKILL)
         return real(*args, **kwargs)
     return wrapper
 if {kill_at!r} == "processing":   # after the first subject's part is written
     ex.process_subject = kill_on_second(ex.process_subject)
 else:                               # in the middle of writing the HDF5 files
-    real_assemble = ex.assemble
-    def assemble(*args, **kwargs):
-        np.load = kill_on_second(np.load)
-        return real_assemble(*args, **kwargs)
-    ex.assemble = assemble
+    ex.read_part = kill_on_second(ex.read_part)
 sys.exit(ex.main(["--edf-dir", {str(edf_dir)!r}, "--xml-dir", {str(xml_dir)!r}, "--out-dir", {str(out)!r},
                   "--windows-per-subject", "{W}", "--workers", "1"]))
 """
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          start_new_session=True)
     assert proc.returncode == -9, proc.stderr
 
 
@@ -496,7 +509,7 @@ def test_resume_after_kill_gives_identical_outputs(tmp_path, kill_at, capsys):
     assert not list(out.glob(".*.tmp"))
 
 
-def test_crash_in_assembly_keeps_old_outputs_untouched(tmp_path, monkeypatch):
+def test_crash_in_assembly_keeps_old_outputs_untouched(tmp_path, monkeypatch, capsys):
     ids = ["0004", "0006"]
     edf_dir, xml_dir = make_cohort(tmp_path / "raw", ids, minutes=6)
     out = tmp_path / "out"
@@ -506,9 +519,10 @@ def test_crash_in_assembly_keeps_old_outputs_untouched(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ex, "assemble", boom)
-    with pytest.raises(KeyboardInterrupt):
-        run_cli(edf_dir, xml_dir, out, "--overwrite", "--keep-parts")
+    monkeypatch.setattr(ex, "assemble", boom)  # Ctrl-C while the HDF5 files are written
+    capsys.readouterr()
+    assert run_cli(edf_dir, xml_dir, out, "--overwrite", "--keep-parts") == 130
+    assert "interrupted: finished subjects are kept" in capsys.readouterr().err
     assert dataset_contents(out) == before
     assert not (out / ex.MANIFEST_FILE).exists()  # so the next run does not call the outputs up to date
     monkeypatch.undo()
@@ -609,3 +623,355 @@ def test_one_preprocessing_version_and_signature_for_parts_and_inference_cache(t
     monkeypatch.setattr(ex, "PREPROCESSING_VERSION", ex.PREPROCESSING_VERSION + 1)
     assert ex.input_signature(ex.preprocessing_settings("linear", ["Pleth"], 4), edf) != signature
     assert ex.file_signature(tmp_path / "absent.edf") is None and ex.file_signature(None) is None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Our EDF reader: equal to mne, and hostile headers and bodies
+
+
+def edf_field_offset(n_signals: int, field: str, signal: int | None = None) -> tuple[int, int]:
+    """(byte offset, width) of a header field: a fixed-header field by name, or a signal field of `signal`."""
+    fixed = {"version": (0, 8), "header_bytes": (184, 8), "n_records": (236, 8), "record_s": (244, 8),
+             "n_signals": (252, 4)}
+    if signal is None:
+        return fixed[field]
+    offset = 256
+    for name, width in ex.EDF_SIGNAL_FIELDS:
+        if name == field:
+            return offset + signal * width, width
+        offset += width * n_signals
+    raise KeyError(field)
+
+
+def set_field(data: bytes, n_signals: int, field: str, text: str | bytes, signal: int | None = None) -> bytes:
+    offset, width = edf_field_offset(n_signals, field, signal)
+    raw = text if isinstance(text, bytes) else text.encode("latin-1")
+    return data[:offset] + raw.ljust(width)[:width] + data[offset + width:]
+
+
+def write_raw_edf(path: Path, channels: list[dict], record_s: float = 1.0, bdf: bool = False) -> Path:
+    """A hand-made EDF (or BDF) from digital values: channels of dict(label, spr, digital (int array),
+    pmin, pmax, dmin, dmax, dim)."""
+    n_records = len(channels[0]["digital"]) // channels[0]["spr"]
+    ns = len(channels)
+    head = (b"\xffBIOSEMI" if bdf else b"0".ljust(8)) + b"X X X X".ljust(80) + b"Startdate X X X X".ljust(80)
+    head += b"01.01.01" + b"22.00.00" + str(256 * (ns + 1)).encode().ljust(8) + (b"24BIT" if bdf else b"").ljust(44)
+    head += str(n_records).encode().ljust(8) + f"{record_s:g}".encode().ljust(8) + str(ns).encode().ljust(4)
+    columns = {"label": lambda c: c["label"], "transducer": lambda c: "", "physical_dimension": lambda c: c["dim"],
+               "physical_min": lambda c: f"{c['pmin']:g}", "physical_max": lambda c: f"{c['pmax']:g}",
+               "digital_min": lambda c: str(c["dmin"]), "digital_max": lambda c: str(c["dmax"]),
+               "prefiltering": lambda c: "", "samples_per_record": lambda c: str(c["spr"]), "reserved": lambda c: ""}
+    for name, width in ex.EDF_SIGNAL_FIELDS:
+        head += b"".join(columns[name](c).encode("latin-1").ljust(width) for c in channels)
+    body = bytearray()
+    for r in range(n_records):
+        for c in channels:
+            values = np.asarray(c["digital"][r * c["spr"]:(r + 1) * c["spr"]], dtype=np.int64)
+            if bdf:  # the low 3 bytes of each little-endian two's-complement value
+                body += (values & 0xFFFFFF).astype("<u4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+            else:
+                body += values.astype("<i2").tobytes()
+    path.write_bytes(bytes(head) + bytes(body))
+    return path
+
+
+def _channels(seconds: int = 120, seed: int = 0, bdf: bool = False) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    top = 2**23 - 1 if bdf else 32767
+    t = np.arange(seconds * 256) / 256
+    pleth = (0.4 * top * np.sin(2 * np.pi * 1.1 * t) + 0.05 * top * rng.standard_normal(t.size)).astype(np.int64)
+    ekg = (0.3 * top * np.sin(2 * np.pi * 1.1 * t) ** 9 + 0.02 * top * rng.standard_normal(t.size)).astype(np.int64)
+    spo2 = np.full(seconds, 950, dtype=np.int64)
+    return [dict(label="EKG", spr=256, digital=ekg, pmin=-2.5, pmax=2.5, dmin=-top - 1, dmax=top, dim="mV"),
+            dict(label="Pleth", spr=256, digital=pleth, pmin=-100, pmax=100, dmin=-top - 1, dmax=top, dim=""),
+            dict(label="SpO2", spr=1, digital=spo2, pmin=0, pmax=100, dmin=0, dmax=1000, dim="%")]
+
+
+def test_edf_reader_equals_mne_for_every_channel(tmp_path):
+    """Our reader gives mne's values (float precision) for each channel of an edfio-written EDF with mixed rates."""
+    import mne
+
+    edf = write_edf(tmp_path / "a.edf", minutes=2)
+    with open(edf, "rb") as fh:
+        header = ex.read_edf_header(fh, edf, edf.stat().st_size)
+        digital = ex._read_digital(fh, header, list(range(len(header.signals))))
+    assert header.labels == ["EKG", "Pleth", "Thor", "SpO2"] and header.n_records == 120 and not header.warnings
+    assert [s.fs for s in header.signals] == [256.0, 256.0, 32.0, 1.0]
+    for signal, values in zip(header.signals, digital):
+        raw = mne.io.read_raw_edf(edf, include=[signal.label], preload=True, verbose="error")
+        ours = ex.to_physical(values, signal)
+        assert float(raw.info["sfreq"]) == signal.fs
+        np.testing.assert_allclose(ours, raw.get_data()[0], rtol=1e-12, atol=1e-12 * np.abs(ours).max())
+    rec = ex.read_edf(edf)
+    assert rec["ppg_channel"] == "Pleth" and rec["ecg_channel"] == "EKG" and rec["duration_s"] == 120.0
+    assert rec["ppg"].dtype == np.float64 and rec["warnings"] == []
+
+
+def test_bdf_and_hand_written_edf_equal_mne(tmp_path):
+    import mne
+
+    for bdf in (False, True):
+        path = write_raw_edf(tmp_path / ("a.bdf" if bdf else "a.edf"), _channels(bdf=bdf), bdf=bdf)
+        rec = ex.read_edf(path)
+        reader = mne.io.read_raw_bdf if bdf else mne.io.read_raw_edf
+        for channel, key in (("Pleth", "ppg"), ("EKG", "ecg")):
+            expected = reader(path, include=[channel], preload=True, verbose="error").get_data()[0]
+            np.testing.assert_allclose(rec[key], expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+        # the spec's formula, sample by sample, on the stored integers
+        c = _channels(bdf=bdf)[1]
+        slow = [c["pmin"] + (d - c["dmin"]) * (c["pmax"] - c["pmin"]) / (c["dmax"] - c["dmin"])
+                for d in c["digital"][:50]]
+        np.testing.assert_allclose(rec["ppg"][:50], slow, rtol=1e-13)
+
+
+def _read(path: Path) -> dict:
+    return ex.read_edf(path)
+
+
+NS = 3  # signals in _channels(): EKG, Pleth, SpO2
+
+
+@pytest.mark.parametrize("field, value, signal, kind", [
+    ("n_signals", "0", None, "bad_edf_header"),
+    ("n_signals", "x1", None, "bad_edf_header"),
+    ("n_signals", "999", None, "bad_edf_header"),  # header size then disagrees
+    ("header_bytes", "2048", None, "bad_edf_header"),
+    ("header_bytes", "abc", None, "bad_edf_header"),
+    ("record_s", "0", None, "bad_edf_header"),
+    ("record_s", "-1", None, "bad_edf_header"),
+    ("record_s", "inf", None, "bad_edf_header"),
+    ("record_s", "nan", None, "bad_edf_header"),
+    ("record_s", "one", None, "bad_edf_header"),
+    ("record_s", "1e-300", None, "bad_edf_header"),  # a rate beyond any recorder
+    ("n_records", "many", None, "bad_edf_header"),
+    ("n_records", "0", None, "bad_edf_header"),
+    ("n_records", "500", None, "truncated_edf"),  # more than the file holds
+    ("version", "9", None, "unreadable_edf"),
+    ("samples_per_record", "0", 1, "bad_edf_header"),
+    ("samples_per_record", "x", 1, "bad_edf_header"),
+    ("samples_per_record", "-256", 1, "bad_edf_header"),
+    ("digital_min", "32767", 1, "bad_edf_header"),  # = digital max
+    ("physical_min", "100", 1, "bad_edf_header"),  # = physical max
+    ("physical_max", "nan", 1, "bad_edf_header"),
+    ("digital_max", "high", 1, "bad_edf_header"),
+])
+def test_absurd_header_fields_make_a_bad_subject(tmp_path, field, value, signal, kind):
+    data = write_raw_edf(tmp_path / "ok.edf", _channels()).read_bytes()
+    path = tmp_path / "bad.edf"
+    path.write_bytes(set_field(data, NS, field, value, signal))
+    with pytest.raises(ex.BadRecordingError) as info:
+        ex.preprocess_recording(path, n_windows=8)
+    assert info.value.kind == kind and str(info.value) and "bad.edf" in str(info.value)
+
+
+def test_header_problems_on_unused_channels_only_warn_or_pass(tmp_path):
+    data = write_raw_edf(tmp_path / "ok.edf", _channels()).read_bytes()
+    good = ex.preprocess_recording(tmp_path / "ok.edf", n_windows=8)
+    assert good["has_ecg"] and good["warnings"] == []
+    path = tmp_path / "b.edf"
+    path.write_bytes(set_field(set_field(data, NS, "digital_min", "1000", 2), NS, "physical_max", "zz", 2))  # SpO2
+    np.testing.assert_array_equal(ex.preprocess_recording(path, n_windows=8)["ppg_windows"], good["ppg_windows"])
+    path.write_bytes(set_field(data, NS, "digital_max", "-32768", 0))  # the ECG has no scale: dropped, not fatal
+    rec = ex.preprocess_recording(path, n_windows=8)
+    assert not rec["has_ecg"] and any("ECG not used" in w and "'EKG'" in w for w in rec["warnings"])
+    np.testing.assert_array_equal(rec["ppg_windows"], good["ppg_windows"])
+
+
+def test_record_count_and_trailing_bytes(tmp_path):
+    """Trailing garbage is never read as signal; -1 (unknown) uses the complete records the file holds."""
+    path = write_raw_edf(tmp_path / "ok.edf", _channels())
+    data, good = path.read_bytes(), ex.read_edf(path)
+    record_bytes = (256 + 256 + 1) * 2
+    cases = {
+        "garbage.edf": (data + b"\x7f\xff" * 700, "bytes after the 120 declared data records are ignored", 120),
+        "unknown.edf": (set_field(data, NS, "n_records", "-1"), "reading the 120 complete records", 120),
+        "unknown_partial.edf": (set_field(data, NS, "n_records", "-1") + b"\x01" * 100, "partial record", 120),
+        "fewer.edf": (set_field(data, NS, "n_records", "100"), "bytes after the 100 declared", 100),
+    }
+    for name, (content, warning, n_records) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        rec = ex.read_edf(tmp_path / name)
+        assert any(warning in w for w in rec["warnings"]), (name, rec["warnings"])
+        np.testing.assert_array_equal(rec["ppg"], good["ppg"][:n_records * 256])
+        assert rec["duration_s"] == n_records
+    (tmp_path / "short.edf").write_bytes(data[:-record_bytes // 2])  # half a record missing: truncated download
+    with pytest.raises(ex.BadRecordingError) as info:
+        ex.read_edf(tmp_path / "short.edf")
+    assert info.value.kind == "truncated_edf" and "119 complete data records" in str(info.value)
+    for size in (0, 100, 300):  # shorter than the headers
+        (tmp_path / "tiny.edf").write_bytes(data[:size])
+        with pytest.raises(ex.BadRecordingError) as info:
+            ex.read_edf(tmp_path / "tiny.edf")
+        assert info.value.kind == "truncated_edf"
+
+
+def test_labels_differing_only_in_case_or_padding(tmp_path):
+    channels = _channels()
+    second = dict(channels[1], label="PLETH", digital=channels[1]["digital"] // 2)
+    path = write_raw_edf(tmp_path / "dup.edf", channels + [second])
+    raw = path.read_bytes()
+    path.write_bytes(set_field(raw, 4, "label", b"PLETH\x00\x00 ", 3))  # NUL padding, other case
+    rec = ex.read_edf(path)
+    assert rec["ppg_channel"] == "Pleth"
+    np.testing.assert_array_equal(rec["ppg"], ex.read_edf(write_raw_edf(tmp_path / "one.edf", channels))["ppg"])
+    assert any("both labelled 'PLETH'" in w for w in rec["warnings"])
+
+
+def test_saturated_ppg_is_kept_with_a_warning(tmp_path):
+    channels = _channels()
+    digital = channels[1]["digital"].copy()
+    digital[: digital.size // 5] = 32767  # 20% at the digital max
+    digital[digital.size // 5: digital.size // 5 + 2000] = -32768  # dropout markers
+    channels[1] = dict(channels[1], digital=digital)
+    rec = ex.preprocess_recording(write_raw_edf(tmp_path / "sat.edf", channels), n_windows=8)
+    assert any("PPG 'Pleth' sits at its digital limits" in w and "27%" in w for w in rec["warnings"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hostile inputs through the whole run: XML, permissions, damaged parts and manifest, full disk, Ctrl-C
+
+
+def deny_read(monkeypatch, *paths: Path) -> None:
+    """Make `paths` unreadable to extraction: chmod 000, or (as root, who reads anything) a refused open."""
+    if os.geteuid() != 0:
+        for path in paths:
+            path.chmod(0)
+        return
+    import builtins
+
+    real_open = builtins.open
+
+    def refusing_open(file, *args, **kwargs):
+        if Path(file) in paths:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(ex, "open", refusing_open, raising=False)  # the module's `open` before the builtin
+
+
+def test_xml_problems_and_unreadable_files_are_bad_subjects_with_their_own_path(tmp_path, monkeypatch):
+    ids = ["0001", "0002", "0003", "0004", "0005", "0006"]
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ids, minutes=6)
+    write_xml(xml_dir / "mesa-sleep-0002-nsrr.xml", [("Wake|0", 900, 300), ("REM sleep|5", 1200, 600)])  # after
+    write_xml(xml_dir / "mesa-sleep-0003-nsrr.xml", [("Stage 2 sleep|2", 0, 3 * 3600)])  # 3 h of stages, 6-min EDF
+    write_xml(xml_dir / "mesa-sleep-0006-nsrr.xml", [("Wake|0", 1e308, 1e308), ("Wake|0", float("nan"), 30),
+                                                     ("Wake|0", 0, 360)])  # absurd times are skipped
+    deny_read(monkeypatch, xml_dir / "mesa-sleep-0004-nsrr.xml", edf_dir / "mesa-sleep-0005.edf")
+    out = tmp_path / "out"
+    assert run_cli(edf_dir, xml_dir, out) == 1
+    failed = {item["id"]: item for item in json.loads((out / ex.FAILED_FILE).read_text())}
+    assert {sid: item["kind"] for sid, item in failed.items()} == {
+        "0002": "no_scored_epochs", "0004": "unreadable_xml", "0005": "unreadable_edf"}
+    assert failed["0004"]["file"] == str(xml_dir / "mesa-sleep-0004-nsrr.xml")
+    assert "no permission" in failed["0004"]["reason"] and "mesa-sleep-0004-nsrr.xml" in failed["0004"]["reason"]
+    assert failed["0005"]["file"] == str(edf_dir / "mesa-sleep-0005.edf")
+    assert "stages span 0.25-0.50 h" in failed["0002"]["reason"]
+    assert all(item["reason"].strip() for item in failed.values())  # no empty reason
+    warnings = json.loads((out / ex.WARNINGS_FILE).read_text())
+    assert [(w["id"], w["warning"]) for w in warnings] == [
+        ("0003", "the XML's stages end at 3.00 h but the EDF lasts 0.10 h")]
+    with h5py.File(out / ex.INDEX_FILE) as f:
+        assert sorted(f["subjects"]) == ["0001", "0003", "0006"]
+
+
+def test_unreadable_input_folder_and_output_file_are_bad_setup(tmp_path, monkeypatch, capsys):
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ["0001"], minutes=2)
+    out_file = tmp_path / "out.txt"
+    out_file.write_text("x")
+    assert run_cli(edf_dir, xml_dir, out_file) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: output folder {out_file} is a file, not a folder"
+    real_access = os.access
+    monkeypatch.setattr(ex.os, "access", lambda p, mode: Path(p) != edf_dir and real_access(p, mode))
+    assert run_cli(edf_dir, xml_dir, tmp_path / "o") == 2
+    assert "is not readable (permission denied)" in capsys.readouterr().err
+
+
+def test_damaged_parts_and_manifest_are_rebuilt(tmp_path, capsys):
+    ids = ["0004", "0006", "0009"]
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ids, minutes=5)
+    assert run_cli(edf_dir, xml_dir, tmp_path / "clean") == 0
+    out = tmp_path / "out"
+    assert run_cli(edf_dir, xml_dir, out, "--keep-parts") == 0
+    parts = {sid: out / ex.PARTS_DIR / f"{sid}.npz" for sid in ids}
+    data = parts["0004"].read_bytes()
+    parts["0004"].write_bytes(data[: len(data) // 2])  # truncated
+    data = bytearray(parts["0006"].read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the PPG: only the CRC-32 can tell (same size)
+    parts["0006"].write_bytes(bytes(data))
+    (out / ex.MANIFEST_FILE).write_text('{"key": {"settin')  # truncated manifest
+    capsys.readouterr()
+    assert run_cli(edf_dir, xml_dir, out, "--keep-parts") == 0
+    assert "(1 reused)" in capsys.readouterr().out  # 0009 reused; 0004 and 0006 rebuilt
+    assert dataset_contents(out) == dataset_contents(tmp_path / "clean")
+    for sid in ids:
+        ex.read_part(parts[sid], W)  # all intact again
+
+
+def test_ctrl_c_exits_130_and_keeps_finished_subjects(tmp_path, monkeypatch, capsys):
+    ids = ["0001", "0002", "0003"]
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ids, minutes=3)
+    real, calls = ex.process_subject, []
+
+    def interrupted_on_second(job):
+        calls.append(job["id"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(ex, "process_subject", interrupted_on_second)
+    out = tmp_path / "out"
+    assert run_cli(edf_dir, xml_dir, out) == 130
+    assert "interrupted: finished subjects are kept" in capsys.readouterr().err
+    assert sorted(p.stem for p in (out / ex.PARTS_DIR).glob("*.npz")) == ["0001"]
+    monkeypatch.undo()
+    assert run_cli(edf_dir, xml_dir, out) == 0
+    assert "(1 reused)" in capsys.readouterr().out
+
+
+def _mount_tmpfs(path: Path, size: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True,
+                   capture_output=True)
+
+
+def _tmpfs_available(tmp_path: Path) -> str | None:
+    """None when a tmpfs can be mounted here, else the reason (the full-disk test is then skipped)."""
+    if os.geteuid() != 0:
+        return "mounting a small tmpfs needs root"
+    probe = tmp_path / "probe"
+    try:
+        _mount_tmpfs(probe, "64k")
+    except (OSError, subprocess.CalledProcessError) as err:
+        return f"cannot mount a tmpfs here: {getattr(err, 'stderr', b'') or err}"
+    subprocess.run(["umount", str(probe)], check=True)
+    return None
+
+
+@pytest.mark.parametrize("size_kb, stage", [(500, "per-subject step"), (1500, "assembly")])
+def test_full_disk_stops_with_one_line_and_a_rerun_completes_identically(tmp_path, capsys, size_kb, stage):
+    reason = _tmpfs_available(tmp_path)
+    if reason:
+        pytest.skip(reason)
+    ids = ["0001", "0002", "0003"]
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ids, minutes=5)
+    assert run_cli(edf_dir, xml_dir, tmp_path / "clean") == 0
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, f"{size_kb}k")  # parts are ~330 kB each, the HDF5 files ~1 MB together
+    try:
+        out = disk / "out"
+        capsys.readouterr()
+        assert run_cli(edf_dir, xml_dir, out) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        last = err.strip().splitlines()[-1]  # the lines before are the log and the progress bar
+        assert last.startswith("error: disk full while writing ") and last.endswith("GB and run the same command again")
+        written = str(out / ex.PARTS_DIR) if stage == "per-subject step" else str(out / ex.PPG_FILE)
+        assert written in last, last
+        assert not list(out.glob(".*.tmp")) and not list((out / ex.PARTS_DIR).glob(".*.tmp"))
+        subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
+        assert run_cli(edf_dir, xml_dir, out) == 0
+        for name in (ex.PPG_FILE, ex.ECG_FILE, ex.INDEX_FILE):
+            assert (out / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -97,3 +97,108 @@ def test_high_frequency_share():
     assert vo.high_frequency_share(low, fs) < 0.001
     assert vo.high_frequency_share(high, fs) > 0.99
     assert np.isnan(vo.high_frequency_share(np.zeros((3, 1024)), fs))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Damaged and suspicious files: each found and reported (exit 1), never a traceback
+
+
+def _truncate_ppg(paths):
+    from pathlib import Path
+
+    path = Path(paths["ppg"])
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _not_hdf5(paths):
+    from pathlib import Path
+
+    Path(paths["index"]).write_text("this is not an HDF5 file\n")
+
+
+def _float_labels(paths):
+    with h5py.File(paths["ppg"], "r+") as f:
+        labels = f["labels"][()].astype(np.float64)
+        labels[7] = 1.5
+        del f["labels"]
+        f["labels"] = labels
+
+
+def _absurd_value(paths):
+    with h5py.File(paths["ppg"], "r+") as f:
+        f["ppg"][2, 100] = 1e30
+
+
+def _inf_ppg(paths):
+    with h5py.File(paths["ppg"], "r+") as f:
+        f["ppg"][4, 0] = np.inf
+
+
+def _silent_subject(paths):
+    with h5py.File(paths["ppg"], "r+") as f:
+        f["ppg"][W:2 * W] = 0  # the second subject's PPG is all zeros
+
+
+def _index_disagrees(paths):
+    with h5py.File(paths["index"], "r+") as f:
+        f["subjects"][paths["subjects"][1]].attrs["n_windows"] = W + 3
+
+
+def _ids_swapped(paths):
+    first, second = paths["subjects"][:2]
+    with h5py.File(paths["index"], "r+") as f:
+        f["subjects"].move(first, "tmp")
+        f["subjects"].move(second, first)
+        f["subjects"].move("tmp", second)
+
+
+def _dataset_is_a_group(paths):
+    with h5py.File(paths["ecg"], "r+") as f:
+        del f["has_real_ecg"]
+        f.create_group("has_real_ecg")
+
+
+def _float_indices(paths):
+    with h5py.File(paths["index"], "r+") as f:
+        g = f["subjects"][paths["subjects"][0]]
+        data = g["window_indices"][()].astype(np.float32)
+        del g["window_indices"]
+        g["window_indices"] = data
+
+
+@pytest.mark.parametrize("corrupt, failed_check", [
+    (_truncate_ppg, "mesa_ppg_with_labels.h5 is readable"),
+    (_not_hdf5, "mesa_subject_index.h5 is readable"),
+    (_float_labels, "labels are integers"),
+    (_absurd_value, "ppg values within +/-1000"),
+    (_inf_ppg, "ppg values finite"),
+    (_silent_subject, "every subject has non-zero PPG"),
+    (_index_disagrees, "index entries agree with the data"),
+    (_ids_swapped, "index entries agree with the data"),
+    (_dataset_is_a_group, "mesa_real_ecg.h5 is readable"),
+    (_float_indices, "index entries agree with the data"),
+])
+def test_damaged_or_suspicious_files_fail_without_a_traceback(tmp_path, capsys, corrupt, failed_check):
+    paths = write_processed(tmp_path, n_subjects=4, windows_per_subject=W, n_test=1)
+    corrupt(paths)
+    capsys.readouterr()
+    assert vo.main(["--base", str(tmp_path), "--windows-per-subject", str(W)]) == 1
+    captured = capsys.readouterr()
+    assert f"[FAIL] {failed_check}" in captured.out and "Traceback" not in captured.out + captured.err
+    last = captured.out.strip().splitlines()[-1]
+    assert last.startswith("FAILED") and failed_check in last
+    if corrupt is _silent_subject:
+        assert f"['{paths['subjects'][1]}']" in captured.out
+    if corrupt is _ids_swapped:
+        assert "window_indices point at other subjects' rows" in captured.out
+
+
+def test_ctrl_c_exits_130(tmp_path, capsys, monkeypatch):
+    write_processed(tmp_path, n_subjects=2, windows_per_subject=W, n_test=1)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vo, "verify", interrupted)
+    assert vo.main(["--base", str(tmp_path)]) == 130
+    assert "interrupted" in capsys.readouterr().err
