@@ -206,7 +206,7 @@ def read_with_mne(edf: Path) -> tuple[np.ndarray, np.ndarray]:
     from extract_mesa_data import find_ecg_channel, find_ppg_channel
 
     names = mne.io.read_raw_edf(edf, preload=False, verbose="error").ch_names
-    ppg, ecg = find_ppg_channel(names), find_ecg_channel(names)
+    ppg, ecg = find_ppg_channel(names, [0.0] * len(names)), find_ecg_channel(names)  # first match, as before
     raw = mne.io.read_raw_edf(edf, include=[ppg, ecg], preload=False, verbose="error")
     data = raw.get_data(picks=[ppg, ecg])
     return data[0], data[1]
