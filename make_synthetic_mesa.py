@@ -1092,8 +1092,8 @@ def _make_cohort_counted(out_root, n_subjects, hours, seed, min_hours, max_hours
                 written += _subject_job(job)[1]
                 bar.update()
     skipped = len(jobs) - written
-    log.info("cohort %s: %d subjects written, %d skipped (already present), %d without ECG",
-             out_root, written, skipped, len(no_ecg))
+    log.info("cohort %s: %d subjects written, %d skipped (already present)%s", out_root, written, skipped,
+             f", {len(no_ecg)} without ECG" if fmt == "mesa" else "")
     return ids, written, skipped
 
 
