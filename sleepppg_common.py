@@ -212,11 +212,13 @@ CONFIG_SCHEMA: dict[str, dict[str, Any]] = {
         "test_subjects_file": Default(str, "data/sleepppg_net_test_subjects.txt"),  # test IDs, one per line
         "select_best_by": Default(Choice("val_loss", "val_kappa", "val_median_kappa"), "val_loss"),
         "segment_windows": Default(int, 0),  # train on random crops of this many windows; 0 = whole nights
+        "activation_checkpointing": Default(bool, False),
     },
     "model": {
         "ppg_only": {"enabled": bool},
         "real_ecg": {"enabled": bool, "fusion_strategy": Choice("concat", "attention", "gated")},
         "generated_ecg": {"enabled": bool},
+        "tcn_causal": Default(bool, True),
     },
     "output": {
         "save_dir": str,
