@@ -123,8 +123,8 @@ def regroup_windows(feat_BCL: torch.Tensor, n_windows: int) -> torch.Tensor:
     b, c, length = feat_BCL.shape
     if length != n_windows * STEPS_PER_WINDOW:
         raise ValueError(f"encoder output has {length} steps, expected {n_windows} x {STEPS_PER_WINDOW}")
-    feat_BCWS = feat_BCL.reshape(b, c, n_windows, STEPS_PER_WINDOW)
-    return feat_BCWS.permute(0, 1, 3, 2).reshape(b, c * STEPS_PER_WINDOW, n_windows)
+    feat_BCWL = feat_BCL.reshape(b, c, n_windows, STEPS_PER_WINDOW)  # L: the 4 encoder steps of one window
+    return feat_BCWL.permute(0, 1, 3, 2).reshape(b, c * STEPS_PER_WINDOW, n_windows)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -193,13 +193,16 @@ class Encoder(nn.Sequential):
 
     def forward(self, x_BCL: torch.Tensor) -> torch.Tensor:
         use_checkpoints = self.activation_checkpointing and torch.is_grad_enabled()
+        compiling = torch.compiler.is_compiling()
         for block in self:
-            if use_checkpoints:
+            if not use_checkpoints:
+                x_BCL = block(x_BCL)
+            elif compiling:  # the compiled graph recomputes values only; buffer updates happen once, in forward
+                x_BCL = checkpoint_activations(block, x_BCL, use_reentrant=False)
+            else:
                 x_BCL = checkpoint_activations(
                     block, x_BCL, use_reentrant=False,
                     context_fn=lambda b=block: (contextlib.nullcontext(), _batchnorm_stats_kept(b)))
-            else:
-                x_BCL = block(x_BCL)
         return x_BCL
 
 

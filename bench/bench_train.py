@@ -15,8 +15,20 @@ Printed for each recipe: nights/s of the training step alone (a batch already on
 alone, and end to end (loader + step, what an epoch costs), then ours / reference ratios. Issue 3 goals: on
 the CPU ours is no slower per step; on a GPU ours end to end >= 3.5x the reference.
 
-Usage: python bench/bench_train.py                  (CPU: 1,200-window nights, batch 1, 3 timed steps; ~2 min)
+Memory (--mode memory or both): our training step with and without activation checkpointing of the encoder
+(multimodal_sleep_model.set_activation_checkpointing), at batch 1 and 2 (--memory-batches) nights of
+--n-windows windows. Each setting runs in a fresh Python process (so one setting's freed memory cannot hide
+the next one's peak) that builds the model, optimizer and a random batch, then reports the peak memory rise
+of the step above what it held before it: on the CPU the process's peak resident set size
+(getrusage ru_maxrss) minus its resident size before the first step; on CUDA torch.cuda.max_memory_allocated
+minus the memory allocated before it. Per night = the slope between the two batch sizes; the batch that fits
+in 24/40/80 GB is derived from that slope and the fixed part (it is not measured). CPU figures are fp32; a
+GPU step with bf16 autocast keeps smaller activations, so run it on the GPU for GPU figures.
+
+Usage: python bench/bench_train.py                  (CPU: 1,200-window nights, batch 1, 3 timed steps, then
+                                                     the memory table; ~6 min on an idle 2-core machine)
        python bench/bench_train.py --device cuda --compile   (GPU: batch 8, 10 timed steps)
+       python bench/bench_train.py --mode memory --memory-batches 1 2   (memory and step time only)
 """
 
 from __future__ import annotations
@@ -24,6 +36,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,8 +55,8 @@ for _p in (REPO, REPO / "bench"):
 
 from bench_loader import reference_item, write_files  # noqa: E402
 from multimodal_dataset_aligned import PPGOnlyDataset  # noqa: E402
-from multimodal_sleep_model import SleepPPGNet  # noqa: E402
-from sleepppg_common import IGNORE_INDEX, WINDOWS_PER_SUBJECT  # noqa: E402
+from multimodal_sleep_model import SleepPPGNet, set_activation_checkpointing  # noqa: E402
+from sleepppg_common import IGNORE_INDEX, N_CLASSES, SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT  # noqa: E402
 from train_ppg_only import masked_cross_entropy  # noqa: E402
 
 log = logging.getLogger("sleepppg.bench_train")
@@ -53,6 +68,8 @@ GRAD_CLIP = 1.0  # reference
 LEARNING_RATE = 2.5e-4  # paper
 CLASS_WEIGHTS = (1.0, 0.6, 1.6, 1.2)  # a fixed inverse-frequency-like vector; its values do not change speed
 EMPTY_CACHE_EVERY = 10  # the reference's per-batch torch.cuda.empty_cache() period
+MEMORY_BUDGETS_GB = (24, 40, 80)  # common GPU sizes (e.g. L4/A10 24 GB, A100 40/80 GB, H100 80 GB)
+GB = 1e9
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -88,11 +105,13 @@ def our_loss(logits_BCW: torch.Tensor, labels_BW: torch.Tensor, weights_C: torch
 class Recipe:
     """A model, optimizer and step function for one recipe on one device."""
 
-    def __init__(self, name: str, device: torch.device, n_windows: int, amp: bool, compile_model: bool):
+    def __init__(self, name: str, device: torch.device, n_windows: int, amp: bool, compile_model: bool,
+                 activation_checkpointing: bool = False):
         self.name, self.device = name, device
         self.amp = amp and device.type == "cuda"
         torch.manual_seed(0)  # both recipes start from the same weights
         self.model = SleepPPGNet(n_windows=n_windows).to(device)
+        set_activation_checkpointing(self.model, activation_checkpointing)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE, weight_decay=1e-5)
         self.forward = torch.compile(self.model) if compile_model else self.model
         self.loss_fn = reference_loss if name == "reference" else our_loss
@@ -184,37 +203,10 @@ def time_end_to_end(recipe: Recipe, loader, steps: int, warmup: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Command line
+# The comparison
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Training-step nights/s: reference recipe vs ours, same run.")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    p.add_argument("--n-windows", type=int, default=WINDOWS_PER_SUBJECT, help="windows per night (1,200 = 10 h)")
-    p.add_argument("--nights", type=int, default=4, help="nights written to disk (batches are drawn from them)")
-    p.add_argument("--batch", type=int, default=None, help="nights per step (default: 1 on CPU, 8 on CUDA)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 on CPU, 10 on CUDA)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 1 CPU, 3 CUDA)")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 CPU, 4 CUDA)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch intra-op threads on the CPU (default 0 = torch's default, one per core). On an "
-                        "idle 2-core VM 2 threads ran the step 1.8x faster than 1; on a busy one (other "
-                        "processes on the cores) 1 thread was far faster, as idle threads spin")
-    p.add_argument("--compile", action="store_true", help="ours: torch.compile the model (CUDA)")
-    p.add_argument("--no-amp", action="store_true", help="ours: no bf16 autocast on CUDA")
-    p.add_argument("--work-dir", type=Path, default=None, help="where to write the HDF5 files (default: a temp dir)")
-    p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda asked for but torch.cuda.is_available() is False")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+def compare(args: argparse.Namespace, device: torch.device, device_name: str) -> dict:
+    """The reference recipe vs ours (step alone, loader alone, end to end); prints the table, returns figures."""
     defaults = DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
     batch = args.batch or defaults["batch"]
     steps = args.steps or defaults["steps"]
@@ -253,10 +245,9 @@ def main(argv: list[str] | None = None) -> int:
             if cuda:
                 torch.cuda.empty_cache()
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     ours_desc = ("bf16 autocast" if device.type == "cuda" and not args.no_amp else "fp32") + \
                 (" + torch.compile" if args.compile else "") + ", logits + masked CE, float32 loader"
-    print(f"device: {name}; torch {torch.__version__}; nights of {args.n_windows} windows; batch {batch}; "
+    print(f"device: {device_name}; torch {torch.__version__}; nights of {args.n_windows} windows; batch {batch}; "
           f"{steps} timed steps after {warmup} warm-up; {workers} loader workers")
     print("reference: fp32 eager, softmax + CE mean, gzip float64 loader opening the file per night")
     print(f"ours:      {ours_desc}")
@@ -265,9 +256,170 @@ def main(argv: list[str] | None = None) -> int:
                        ("end_to_end_nights_per_s", "end to end")):
         ref, ours = figures["reference"][key], figures["ours"][key]
         print(f"{label:<14}{ref:>12.2f}{ours:>12.2f}{ours / ref:>9.2f}x")
+    return {**figures, "batch": batch, "steps": steps}
+
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Memory: one fresh process per setting
+
+
+def resident_bytes() -> int:
+    """This process's resident set size now (Linux /proc/self/statm)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident set size so far (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def probe_memory(device: torch.device, n_windows: int, batch: int, checkpointing: bool, amp: bool,
+                 steps: int) -> dict:
+    """In this (fresh) process: peak memory rise and time of our training step for one setting.
+
+    One untimed step first (it also allocates the gradients and Adam's state), then `steps` timed steps; the
+    peak covers all of them. Returns a dict of plain numbers (bytes, seconds).
+    """
+    recipe = Recipe("ours", device, n_windows, amp=amp, compile_model=False, activation_checkpointing=checkpointing)
+    g = torch.Generator().manual_seed(0)
+    ppg_B1T = torch.randn(batch, 1, n_windows * SAMPLES_PER_WINDOW, generator=g).to(device)
+    labels_BW = torch.randint(0, N_CLASSES, (batch, n_windows), generator=g).to(device)
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    else:
+        before = resident_bytes()
+    recipe.step(ppg_B1T, labels_BW)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        recipe.step(ppg_B1T, labels_BW)
+    sync(device)
+    step_s = (time.perf_counter() - t0) / steps
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_resident_bytes()
+    return {"batch": batch, "activation_checkpointing": checkpointing, "before_bytes": before,
+            "peak_rise_bytes": peak - before, "step_s": step_s, "nights_per_s": batch / step_s}
+
+
+def run_probe(args: argparse.Namespace, batch: int, checkpointing: bool) -> dict:
+    """probe_memory in a fresh interpreter (this script with --probe-memory); its last stdout line is JSON."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--probe-memory", "--device", args.device,
+           "--n-windows", str(args.n_windows), "--batch", str(batch), "--memory-steps", str(args.memory_steps),
+           "--threads", str(args.threads)]
+    cmd += ["--activation-checkpointing"] if checkpointing else []
+    cmd += ["--no-amp"] if args.no_amp else []
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"memory probe (batch {batch}, checkpointing {checkpointing}) failed with status "
+                         f"{done.returncode}: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def fit_batches(per_night: float, fixed: float, budgets_gb=MEMORY_BUDGETS_GB) -> dict[int, int | None]:
+    """Largest batch with fixed + batch * per_night <= budget, per budget in GB (derived, not measured).
+
+    None where the slope is not positive (nights too short for the batch to show in the peak).
+    """
+    return {gb: max(0, math.floor((gb * GB - fixed) / per_night)) if per_night > 0 else None for gb in budgets_gb}
+
+
+def memory_table(args: argparse.Namespace) -> dict:
+    """Run every (checkpointing, batch) probe; return the rows, per-night slopes and derived batch sizes."""
+    rows, summary = [], {}
+    lo, hi = sorted(args.memory_batches)[0], sorted(args.memory_batches)[-1]
+    for checkpointing in (False, True):
+        by_batch = {}
+        for batch in sorted(set(args.memory_batches)):
+            row = run_probe(args, batch, checkpointing)
+            log.info("memory: checkpointing %s, batch %d: peak rise %.2f GB, step %.1f s",
+                     "on" if checkpointing else "off", batch, row["peak_rise_bytes"] / GB, row["step_s"])
+            rows.append(row)
+            by_batch[batch] = row
+        per_night = (by_batch[hi]["peak_rise_bytes"] - by_batch[lo]["peak_rise_bytes"]) / (hi - lo)
+        # what does not grow with the batch: on CUDA the model, optimizer and allocator before the step too
+        fixed = by_batch[lo]["peak_rise_bytes"] - lo * per_night
+        fixed += by_batch[lo]["before_bytes"] if args.device.startswith("cuda") else 0
+        summary["on" if checkpointing else "off"] = {"per_night_bytes": per_night, "fixed_bytes": fixed,
+                                                      "fits": fit_batches(per_night, fixed)}
+    return {"rows": rows, "summary": summary}
+
+
+def print_memory(mem: dict, device_name: str, n_windows: int, cuda: bool) -> None:
+    how = ("torch.cuda.max_memory_allocated rise" if cuda
+           else "peak RSS rise (ru_maxrss minus RSS before the step) of a fresh process per setting")
+    print(f"\ntraining-step memory, ours ({device_name}; {'bf16 autocast' if cuda else 'fp32'}; nights of "
+          f"{n_windows} windows; {how}):")
+    print(f"{'checkpointing':<15}{'batch':>6}{'peak rise GB':>14}{'step s':>9}{'nights/s':>10}")
+    for row in mem["rows"]:
+        print(f"{'on' if row['activation_checkpointing'] else 'off':<15}{row['batch']:>6}"
+              f"{row['peak_rise_bytes'] / GB:>14.2f}{row['step_s']:>9.2f}{row['nights_per_s']:>10.3f}")
+    for key, s in mem["summary"].items():
+        fits = ", ".join(f"{gb} GB: {'n/a' if n is None else n}" for gb, n in s["fits"].items())
+        print(f"checkpointing {key}: {s['per_night_bytes'] / GB:.2f} GB per night (slope between the batch sizes), "
+              f"fixed {s['fixed_bytes'] / GB:.2f} GB; largest batch that fits (derived from the slope, not "
+              f"measured): {fits}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Training-step nights/s: reference recipe vs ours, same run.")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--n-windows", type=int, default=WINDOWS_PER_SUBJECT, help="windows per night (1,200 = 10 h)")
+    p.add_argument("--nights", type=int, default=4, help="nights written to disk (batches are drawn from them)")
+    p.add_argument("--batch", type=int, default=None, help="nights per step (default: 1 on CPU, 8 on CUDA)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 on CPU, 10 on CUDA)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 1 CPU, 3 CUDA)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 CPU, 4 CUDA)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads on the CPU (default 0 = torch's default, one per core). On an "
+                        "idle 2-core VM 2 threads ran the step 1.8x faster than 1; on a busy one (other "
+                        "processes on the cores) 1 thread was far faster, as idle threads spin")
+    p.add_argument("--compile", action="store_true", help="ours: torch.compile the model (CUDA)")
+    p.add_argument("--no-amp", action="store_true", help="ours: no bf16 autocast on CUDA")
+    p.add_argument("--work-dir", type=Path, default=None, help="where to write the HDF5 files (default: a temp dir)")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    p.add_argument("--mode", choices=("compare", "memory", "both"), default="both",
+                   help="compare = reference vs ours; memory = our step's memory and time with and without "
+                        "activation checkpointing; both (default)")
+    p.add_argument("--memory-batches", type=int, nargs=2, default=[1, 2], metavar=("B1", "B2"),
+                   help="the two batch sizes (nights) of the memory table (default 1 2)")
+    p.add_argument("--memory-steps", type=int, default=1, help="timed steps per memory setting, after one untimed")
+    p.add_argument("--probe-memory", action="store_true", help=argparse.SUPPRESS)  # internal: one setting
+    p.add_argument("--activation-checkpointing", action="store_true", help=argparse.SUPPRESS)  # with --probe-memory
+    args = p.parse_args(argv)
+    if min(args.memory_batches) < 1 or len(set(args.memory_batches)) != 2:
+        p.error("--memory-batches needs two different positive batch sizes")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for but torch.cuda.is_available() is False")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.probe_memory:
+        print(json.dumps(probe_memory(device, args.n_windows, args.batch or 1, args.activation_checkpointing,
+                                      not args.no_amp, args.memory_steps)))
+        return 0
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    figures: dict[str, dict] = {}
+    if args.mode in ("compare", "both"):
+        figures = compare(args, device, name)
+    memory = memory_table(args) if args.mode in ("memory", "both") else None
+    if memory:
+        print_memory(memory, name, args.n_windows, device.type == "cuda")
     if args.json:
-        args.json.write_text(json.dumps({"device": name, "batch": batch, "steps": steps, "n_windows": args.n_windows,
-                                         "compile": args.compile, "figures": figures}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"device": name, "n_windows": args.n_windows, "compile": args.compile,
+                                         "figures": figures, "memory": memory}, indent=2) + "\n")
     return 0
 
 

@@ -24,7 +24,7 @@ def _inputs(batch=2, n_windows=N_WINDOWS, seed=0):
 
 
 def _forward(model, ppg, ecg):
-    return model(ppg) if isinstance(model, SleepPPGNet) else model(ppg, ecg)
+    return model(ppg) if ecg is None or isinstance(model, SleepPPGNet) else model(ppg, ecg)
 
 
 def test_ppg_only_parameter_count_matches_reference_and_full_night_runs():
@@ -452,7 +452,6 @@ def test_centred_tcn_has_the_same_parameters_and_sees_later_windows():
     assert torch.equal(a_c[..., :k], b_c[..., :k]) and not torch.equal(a_c[..., k], b_c[..., k])
     # centred: window w sees up to +-3d per conv; changing window k moves earlier outputs too
     assert not torch.equal(a_n[..., k - 1], b_n[..., k - 1]) and not torch.equal(a_n[..., 0], b_n[..., 0])
-    assert torch.equal(a_n[..., :k - 190], b_n[..., :k - 190]) if k > 190 else True
 
 
 def test_tcn_causal_round_trip_and_old_checkpoints_load_causal(tmp_path):
@@ -476,3 +475,21 @@ def test_tcn_causal_round_trip_and_old_checkpoints_load_causal(tmp_path):
         assert torch.equal(old(ppg), causal(ppg)) and not torch.equal(old(ppg), centred(ppg))
     with pytest.raises(ValueError, match="tcn_causal"):
         SleepPPGNet(tcn_causal="no")
+
+
+def test_activation_checkpointing_under_torch_compile():
+    """torch.compile traces the checkpointed encoder (graph-level recomputation) with the same results."""
+    torch.manual_seed(0)
+    plain = SleepPPGNet(n_windows=2).encoder
+    ckpt = set_activation_checkpointing(SleepPPGNet(n_windows=2), True).encoder
+    ckpt.load_state_dict(plain.state_dict())
+    compiled = torch.compile(ckpt, backend="aot_eager")  # no C++ compiler needed
+    ppg, _ = _inputs(batch=2, n_windows=2)
+    out_a, out_b = plain(ppg), compiled(ppg)
+    out_a.square().sum().backward()
+    out_b.square().sum().backward()
+    assert torch.allclose(out_a, out_b, atol=1e-6)
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), name
+    for (name, a), b in zip(plain.named_buffers(), ckpt.buffers()):  # running stats updated once, not twice
+        assert torch.allclose(a.double(), b.double()), name
