@@ -581,11 +581,14 @@ def _one_line(text: str, limit: int = 200) -> str:
 
 
 def _looks_like_text(path: Path) -> bool:
-    head = path.read_bytes()[:4096] if path.stat().st_size < 4096 else path.open("rb").read(4096)
+    """True if the file starts with UTF-8 text (no NUL bytes)."""
+    with path.open("rb") as f:
+        head = f.read(4096)
     try:
         head.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:  # not just a character cut at the 4096-byte boundary
+            return False
     return b"\x00" not in head
 
 
@@ -595,7 +598,8 @@ def _refused_globals(path: Path, err: Exception) -> list[str]:
         try:
             with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
                 names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-            allowed = {"numpy.dtype", "numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar"}
+            allowed = {"numpy.dtype", "numpy.dtypes.Float64DType", "numpy._core.multiarray.scalar",
+                       "numpy.core.multiarray.scalar"}
             names = [n for n in names if n not in allowed]
             if names:
                 return names
