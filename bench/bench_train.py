@@ -19,9 +19,9 @@ Memory (--mode memory or both): our training step with and without activation ch
 (multimodal_sleep_model.set_activation_checkpointing), at batch 1 and 2 (--memory-batches) nights of
 --n-windows windows. Each setting runs in a fresh Python process (so one setting's freed memory cannot hide
 the next one's peak) that builds the model, optimizer and a random batch, then reports the peak memory rise
-of the step above what it held before it: on the CPU the process's peak resident set size
-(getrusage ru_maxrss) minus its resident size before the first step; on CUDA torch.cuda.max_memory_allocated
-minus the memory allocated before it. Per night = the slope between the two batch sizes; the batch that fits
+of the step above what it held before it: on the CPU the process's peak resident set size (VmHWM of
+/proc/self/status, reset just before the first step) minus its resident size then; on CUDA
+torch.cuda.max_memory_allocated minus the memory allocated before it. Per night = the slope between the two batch sizes; the batch that fits
 in 24/40/80 GB is derived from that slope and the fixed part (it is not measured). CPU figures are fp32; a
 GPU step with bf16 autocast keeps smaller activations, so run it on the GPU for GPU figures.
 
@@ -270,9 +270,26 @@ def resident_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def reset_peak_resident() -> None:
+    """Reset this process's peak-RSS mark to its current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError as err:  # older kernel or no permission: the peak then counts from process start
+        log.warning("cannot reset the peak RSS mark (%s); the peak includes the setup before the step", err)
+
+
 def peak_resident_bytes() -> int:
-    """This process's peak resident set size so far (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident set size (VmHWM of /proc/self/status, KiB).
+
+    Not getrusage's ru_maxrss: Linux carries it over fork and exec, so a child started by a big parent reports
+    at least the parent's size.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def probe_memory(device: torch.device, n_windows: int, batch: int, checkpointing: bool, amp: bool,
@@ -291,6 +308,7 @@ def probe_memory(device: torch.device, n_windows: int, batch: int, checkpointing
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     else:
+        reset_peak_resident()
         before = resident_bytes()
     recipe.step(ppg_B1T, labels_BW)
     sync(device)
@@ -349,7 +367,7 @@ def memory_table(args: argparse.Namespace) -> dict:
 
 def print_memory(mem: dict, device_name: str, n_windows: int, cuda: bool) -> None:
     how = ("torch.cuda.max_memory_allocated rise" if cuda
-           else "peak RSS rise (ru_maxrss minus RSS before the step) of a fresh process per setting")
+           else "peak RSS rise (VmHWM minus RSS before the step) of a fresh process per setting")
     print(f"\ntraining-step memory, ours ({device_name}; {'bf16 autocast' if cuda else 'fp32'}; nights of "
           f"{n_windows} windows; {how}):")
     print(f"{'checkpointing':<15}{'batch':>6}{'peak rise GB':>14}{'step s':>9}{'nights/s':>10}")
