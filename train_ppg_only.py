@@ -981,7 +981,7 @@ def build_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.devi
               parent: ParentCheckpoint | None = None) -> tuple[RunSetup, TrainState]:
     """Data, model, optimizer, scheduler and writer of one run, and its state (restored when resuming); a new
     run with a `parent` starts from its weights."""
-    from multimodal_sleep_model import build_model, count_parameters
+    from multimodal_sleep_model import build_model, count_parameters, set_activation_checkpointing, with_n_windows
 
     seed = int(resume.ckpt.get("seed", run_seed(cfg, run_id))) if resume else run_seed(cfg, run_id)
     seed_everything(seed + ctx.rank)
@@ -994,8 +994,9 @@ def build_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.devi
     # steps into windows depends on the window count, no weight does).
     segment_windows = cfg["training"]["segment_windows"]
     eval_raw_model = build_model(model_kind, **model_args).to(device)
-    raw_model = (build_model(model_kind, **{**model_args, "n_windows": segment_windows}).to(device)
-                 if segment_windows else eval_raw_model)
+    # recompute the encoder's activations in backward (less memory per night); acts only while training
+    set_activation_checkpointing(eval_raw_model, cfg["training"]["activation_checkpointing"])
+    raw_model = with_n_windows(eval_raw_model, segment_windows) if segment_windows else eval_raw_model
     if parent is not None and resume is None:
         raw_model.load_state_dict(parent.state_dict)
     log.info("model %s %s: %s parameters%s%s", model_kind, model_args, f"{count_parameters(raw_model):,}",

@@ -348,9 +348,9 @@ SEGMENT = 4  # windows per training crop in these tests
 
 @pytest.fixture(scope="module")
 def segment_run(data, tmp_path_factory):
-    """2 epochs on crops of SEGMENT windows, in one go."""
+    """2 epochs on crops of SEGMENT windows, in one go (with activation checkpointing of the encoder)."""
     root = tmp_path_factory.mktemp("segments")
-    cfg = write_config(root / "cfg.yaml", data, root / "out", segment_windows=SEGMENT)
+    cfg = write_config(root / "cfg.yaml", data, root / "out", segment_windows=SEGMENT, activation_checkpointing=True)
     assert T.main(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"]) == 0
     (run_dir,) = run_dirs(root / "out")
     return run_dir
@@ -362,6 +362,7 @@ def test_segment_training_evaluates_whole_nights(segment_run, data):
     ckpt = torch.load(segment_run / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)
     assert ckpt["segment_windows"] == SEGMENT and ckpt["config"]["training"]["segment_windows"] == SEGMENT
     assert ckpt["model_args"]["n_windows"] == W  # inference rebuilds the whole-night model
+    assert ckpt["config"]["training"]["activation_checkpointing"] and ckpt["model_args"]["tcn_causal"]
     r = json.loads((segment_run / "results" / "test_results.json").read_text())
     with h5py.File(data["ppg"]) as f:
         sids = f["subject_ids"][:].astype(str)
@@ -375,7 +376,8 @@ def test_segment_training_evaluates_whole_nights(segment_run, data):
 
 def test_segment_resume_equals_uninterrupted_run(segment_run, data, tmp_path, monkeypatch):
     """Killed during epoch 2, then --resume: the same crops, so the same weights as 2 epochs in one go."""
-    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", segment_windows=SEGMENT)
+    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", segment_windows=SEGMENT,
+                       activation_checkpointing=True)
     real_train_one_epoch, calls = T.train_one_epoch, []
 
     def killed_in_epoch_2(*args, **kwargs):
