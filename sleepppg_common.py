@@ -213,6 +213,9 @@ CONFIG_SCHEMA: dict[str, dict[str, Any]] = {
         "select_best_by": Default(Choice("val_loss", "val_kappa", "val_median_kappa"), "val_loss"),
         "segment_windows": Default(int, 0),  # train on random crops of this many windows; 0 = whole nights
         "activation_checkpointing": Default(bool, False),
+        "init_from": Default(str, ""),  # a trained checkpoint to start from ("" = random weights)
+        "init_from_sha256": Default(str, ""),  # filled in by the run; when set, the parent must have this hash
+        "freeze_encoder_epochs": Default(int, 0),  # 0 never, N the first N epochs, -1 every epoch
     },
     "model": {
         "ppg_only": {"enabled": bool},

@@ -29,6 +29,14 @@ metrics, history, optimizer/scheduler state, early-stopping state, RNG states) i
 is written atomically. On CPU a run resumed from `last.pth` ends with the same history and weights as an
 uninterrupted run.
 
+Transfer learning: `--init-from CHECKPOINT` (training.init_from) starts from the weights of a trained model,
+ours or the reference's, instead of random ones, e.g. a MESA model fine-tuned on another cohort's HDF5 files;
+`--freeze-encoder [N]` (training.freeze_encoder_epochs) keeps the 8 ResConv blocks of the encoder fixed for the
+first N epochs (all epochs without N). The parent must be of the same model kind, window count, TCN causality
+(and fusion); otherwise the run stops before it makes a folder. The parent's path and sha256 go into
+config.json (training.init_from, training.init_from_sha256), every checkpoint (`parent_checkpoint`, with the
+parent's validation figures on this run's validation set before any step) and the TensorBoard hparams.
+
 Multi-GPU: `torchrun --nproc_per_node=K train_ppg_only.py ...` trains with DistributedDataParallel; rank 0
 logs and saves; validation and test metrics are computed over the whole set, gathered from all ranks.
 
@@ -52,6 +60,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import hashlib
 import logging
 import math
 import os
@@ -127,6 +136,8 @@ class DataError(Exception):
 
 class TrainingDiverged(Exception):
     """The loss or the gradient norm became NaN or infinite; the last good checkpoint is kept."""
+FREEZE_ALL_EPOCHS = -1  # training.freeze_encoder_epochs: the encoder stays frozen for the whole run
+ENCODER_NAMES = ("encoder", "ppg_encoder", "ecg_encoder")  # the 8-ResConv-block encoders of our two models
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -336,14 +347,17 @@ def check_inputs_finite(inputs: tuple, index_B: torch.Tensor, subjects: list[str
 
 
 def train_one_epoch(model, loader, optimizer, class_weights_C, device, *, n_inputs: int, amp: bool,
-                    grad_clip: float, progress: bool, desc: str, subjects: list[str]) -> dict:
+                    grad_clip: float, progress: bool, desc: str, subjects: list[str], frozen: tuple = ()) -> dict:
     """One pass over the training loader. Returns {"loss_sum", "n_valid", "nights", "seconds"} (this rank).
+    The modules in `frozen` (a frozen encoder) stay in eval mode: see `set_encoder_frozen`.
 
     Raises DataError on a non-finite input (naming the subject) and TrainingDiverged when the loss or the
     gradient norm is NaN/Inf, before the optimizer step, so the weights stay those of the last good step."""
     from tqdm import tqdm
 
     model.train()
+    for module in frozen:
+        module.eval()
     non_blocking = device.type == "cuda"
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     n_valid = torch.zeros((), dtype=torch.int64, device=device)
@@ -618,6 +632,136 @@ def training_class_weights(cfg: dict, train_ds) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Transfer learning: start from a trained model (training.init_from), optionally with a frozen encoder
+
+
+@dataclass
+class ParentCheckpoint:
+    """The trained model a run starts from: what is recorded about it, and its weights."""
+
+    record: dict  # path, sha256, checkpoint_format, model_kind, model_args, epoch (+ val_before_training)
+    state_dict: dict
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_model_args(cfg: dict, model_kind: str) -> dict:
+    """The constructor arguments of a new run's model, from the config (model.tcn_causal where the config
+    schema has it)."""
+    args = {"n_windows": cfg["data"]["windows_per_subject"]}
+    if "tcn_causal" in cfg["model"]:
+        args["tcn_causal"] = cfg["model"]["tcn_causal"]
+    if model_kind == "real_ecg":
+        args["fusion_strategy"] = cfg["model"]["real_ecg"]["fusion_strategy"]
+    return args
+
+
+def check_transfer_settings(cfg: dict) -> None:
+    """Stop on transfer settings that cannot work (before anything is loaded or made)."""
+    train_cfg = cfg["training"]
+    freeze = train_cfg["freeze_encoder_epochs"]
+    if freeze < FREEZE_ALL_EPOCHS:
+        raise ConfigError(f"training.freeze_encoder_epochs must be 0 (never), N > 0 (the first N "
+                         f"epochs) or -1 (every epoch), got {freeze}")
+    if freeze != 0 and not train_cfg["init_from"]:
+        raise ConfigError("training.freeze_encoder_epochs (--freeze-encoder) needs training.init_from "
+                         "(--init-from): freezing a randomly initialised encoder would only cripple the model")
+
+
+def parent_mismatches(parent: dict, wanted: dict) -> list[str]:
+    """What keeps a parent checkpoint (as load_model_from_checkpoint returns it) from being this run's model."""
+    args = parent["model_args"]
+    out = []
+    trained_n_windows = parent.get("trained_n_windows", args.get("n_windows"))
+    if trained_n_windows != wanted["n_windows"]:
+        out.append(f"it was trained on nights of {trained_n_windows} windows, this run has "
+                   f"data.windows_per_subject {wanted['n_windows']}")
+    causal, wanted_causal = args.get("tcn_causal", True), wanted.get("tcn_causal", True)  # the reference: causal
+    if causal != wanted_causal:
+        out.append(f"its TCN is {'causal' if causal else 'centred'} (tcn_causal {str(causal).lower()}), this run "
+                   f"has model.tcn_causal {str(wanted_causal).lower()}")
+    if "fusion_strategy" in wanted and args.get("fusion_strategy") != wanted["fusion_strategy"]:
+        out.append(f"its fusion is {args.get('fusion_strategy')!r}, this run has model.real_ecg.fusion_strategy "
+                   f"{wanted['fusion_strategy']!r}")
+    if args.get("num_classes", N_CLASSES) != N_CLASSES:
+        out.append(f"it stages {args.get('num_classes')} classes, not {N_CLASSES}")
+    return out
+
+
+def load_parent(cfg: dict, model_kind: str) -> ParentCheckpoint | None:
+    """The checkpoint named by training.init_from, checked against this run's model; None when the key is empty.
+
+    Ours or the reference's format (multimodal_sleep_model.load_model_from_checkpoint reads both, with
+    weights_only=True). Stops the program, naming the problem, when the file is missing or unreadable, its
+    sha256 is not training.init_from_sha256 (when that is set), or its model kind, window count, TCN causality,
+    fusion or class count differ from this run's: all before any run folder is made.
+    """
+    train_cfg = cfg["training"]
+    if not train_cfg["init_from"]:
+        return None
+    from multimodal_sleep_model import load_model_from_checkpoint
+
+    path = Path(train_cfg["init_from"])
+    if not path.is_file():
+        raise SetupError(f"training.init_from (--init-from) = {path}: checkpoint not found")
+    sha256 = file_sha256(path)
+    expected = train_cfg["init_from_sha256"]
+    if expected and expected.lower() != sha256:
+        raise SetupError(f"training.init_from = {path} has sha256 {sha256}, but training.init_from_sha256 is "
+                         f"{expected}: not the parent this config was written for")
+    try:
+        model, ckpt = load_model_from_checkpoint(path, "cpu", expected_kind=model_kind)
+    except ValueError as err:  # the model module's CheckpointError: one line naming the file and the problem
+        raise SetupError(f"training.init_from (--init-from): {err}") from None
+    mismatches = parent_mismatches(ckpt, run_model_args(cfg, model_kind))
+    if mismatches:
+        raise SetupError(f"training.init_from = {path} cannot start this {model_kind} run: " + "; ".join(mismatches))
+    epoch = ckpt.get("epoch")
+    record = {"path": str(path.resolve()), "sha256": sha256,
+              "checkpoint_format": ckpt.get("checkpoint_format", "sleepppg"),
+              "model_kind": ckpt["model_kind"], "model_args": dict(ckpt["model_args"]),
+              "epoch": int(epoch) if isinstance(epoch, (int, np.integer)) else None}
+    log.info("starting from %s (%s format, %s, epoch %s, sha256 %s)", path, record["checkpoint_format"],
+             model_kind, record["epoch"], sha256)
+    return ParentCheckpoint(record, model.state_dict())
+
+
+def encoder_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The 8-ResConv-block encoder(s) of a model: SleepPPG-Net's one, the PPG+ECG model's two."""
+    from multimodal_sleep_model import unwrap_model
+
+    model = unwrap_model(model)
+    return [getattr(model, name) for name in ENCODER_NAMES if hasattr(model, name)]
+
+
+def encoder_frozen_at(freeze_encoder_epochs: int, epoch: int) -> bool:
+    """Is the encoder frozen in `epoch` (counted from 1)? 0 = never, N > 0 = the first N epochs, -1 = always."""
+    return freeze_encoder_epochs == FREEZE_ALL_EPOCHS or epoch <= freeze_encoder_epochs
+
+
+def set_encoder_frozen(model: torch.nn.Module, frozen: bool) -> tuple:
+    """Freeze (or unfreeze) the encoder weights; returns the modules to keep in eval mode while training.
+
+    A frozen encoder also keeps its BatchNorm layers in eval mode: in train mode they would normalise with the
+    batch's statistics and overwrite their running means and variances with the new cohort's, so the
+    "frozen" encoder would compute a different function from the parent's (and the layers after it were
+    trained on the parent's), and few nights per batch make those batch statistics noisy. The optimizer
+    skips parameters without a gradient, so Adam's weight decay does not touch them either.
+    """
+    modules = encoder_modules(model)
+    for module in modules:
+        for param in module.parameters():
+            param.requires_grad_(not frozen)
+    return tuple(modules) if frozen else ()
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Checkpoints
 
 
@@ -748,6 +892,7 @@ class RunSetup:
     amp: bool  # bf16 autocast
     data_fingerprint: dict  # the data files' signatures and the split (see preflight_data)
     writer: Any  # TensorBoard SummaryWriter on rank 0, None elsewhere
+    parent: dict | None = None  # the record of the checkpoint this run started from (training.init_from)
 
     @property
     def n_inputs(self) -> int:
@@ -818,9 +963,24 @@ def kernel_settings(device: torch.device):
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
+def wrap_model(raw_model: torch.nn.Module, cfg: dict, ctx: DistContext, device: torch.device) -> torch.nn.Module:
+    """What the steps call: DDP under torchrun (it syncs the gradients of the parameters that require one when
+    it is built, so it is rebuilt when the encoder is unfrozen), then torch.compile when gpu.compile is set."""
+    model = raw_model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg["gpu"]["compile"]:
+        model = torch.compile(model)
+    return model
+
+
 def build_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.device, ctx: DistContext,
-              run_dir: Path, resume: Resume | None, data_fingerprint: dict) -> tuple[RunSetup, TrainState]:
-    """Data, model, optimizer, scheduler and writer of one run, and its state (restored when resuming)."""
+              run_dir: Path, resume: Resume | None, data_fingerprint: dict,
+              parent: ParentCheckpoint | None = None) -> tuple[RunSetup, TrainState]:
+    """Data, model, optimizer, scheduler and writer of one run, and its state (restored when resuming); a new
+    run with a `parent` starts from its weights."""
     from multimodal_sleep_model import build_model, count_parameters
 
     seed = int(resume.ckpt.get("seed", run_seed(cfg, run_id))) if resume else run_seed(cfg, run_id)
@@ -828,12 +988,7 @@ def build_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.devi
     train_loader, val_loader, test_loader, train_ds, val_ds, test_ds = build_data(cfg, model_kind, device, ctx)
     log.info("split: %d train, %d validation, %d test nights", len(train_ds), len(val_ds), len(test_ds))
 
-    if resume is not None:
-        model_args = dict(resume.ckpt["model_args"])
-    else:
-        model_args = {"n_windows": cfg["data"]["windows_per_subject"]}
-        if model_kind == "real_ecg":
-            model_args["fusion_strategy"] = cfg["model"]["real_ecg"]["fusion_strategy"]
+    model_args = dict(resume.ckpt["model_args"]) if resume is not None else run_model_args(cfg, model_kind)
     # Whole nights are staged by a model of n_windows = windows_per_subject; on crops the same weights train
     # in a model of n_windows = segment_windows (the network is convolutional: only the regroup of encoder
     # steps into windows depends on the window count, no weight does).
@@ -841,8 +996,11 @@ def build_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.devi
     eval_raw_model = build_model(model_kind, **model_args).to(device)
     raw_model = (build_model(model_kind, **{**model_args, "n_windows": segment_windows}).to(device)
                  if segment_windows else eval_raw_model)
-    log.info("model %s %s: %s parameters%s", model_kind, model_args, f"{count_parameters(raw_model):,}",
-             f"; trained on crops of {segment_windows} windows" if segment_windows else "")
+    if parent is not None and resume is None:
+        raw_model.load_state_dict(parent.state_dict)
+    log.info("model %s %s: %s parameters%s%s", model_kind, model_args, f"{count_parameters(raw_model):,}",
+             f"; trained on crops of {segment_windows} windows" if segment_windows else "",
+             f"; weights from {parent.record['path']}" if parent is not None and resume is None else "")
 
     train_cfg = cfg["training"]
     if resume is not None:
@@ -854,22 +1012,25 @@ def build_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.devi
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=train_cfg["lr_factor"], patience=train_cfg["lr_patience"])
 
-    model = raw_model
-    if ctx.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    eval_model = model if eval_raw_model is raw_model else eval_raw_model
-    if cfg["gpu"]["compile"]:
-        model = torch.compile(model)
-        eval_model = model if eval_raw_model is raw_model else torch.compile(eval_raw_model)
+    first_epoch = int(resume.ckpt["epoch"]) + 1 if resume is not None else 1
+    freeze_epochs = train_cfg["freeze_encoder_epochs"]
+    set_encoder_frozen(raw_model, encoder_frozen_at(freeze_epochs, first_epoch))
+    if freeze_epochs:
+        log.info("the encoder (8 ResConv blocks) is frozen %s", "in every epoch" if freeze_epochs == FREEZE_ALL_EPOCHS
+                 else f"in epochs 1-{freeze_epochs}")
+    model = wrap_model(raw_model, cfg, ctx, device)
+    eval_model = model if eval_raw_model is raw_model else (
+        torch.compile(eval_raw_model) if cfg["gpu"]["compile"] else eval_raw_model)
+    parent_record = resume.ckpt.get("parent_checkpoint") if resume is not None else (
+        dict(parent.record) if parent is not None else None)
     run = RunSetup(cfg=cfg, kind=model_kind, run_id=run_id, seed=seed, device=device, ctx=ctx, run_dir=run_dir,
                    raw_model=raw_model, model=model, eval_raw_model=eval_raw_model, eval_model=eval_model,
                    optimizer=optimizer, scheduler=scheduler,
                    class_weights=class_weights,
                    loaders={"train": train_loader, "val": val_loader, "test": test_loader},
                    datasets={"train": train_ds, "val": val_ds, "test": test_ds},
-                   amp=use_autocast(cfg, device), data_fingerprint=data_fingerprint, writer=None)
+                   amp=use_autocast(cfg, device), data_fingerprint=data_fingerprint, writer=None,
+                   parent=parent_record)
     state = (restore_checkpoint(run, resume.ckpt) if resume is not None
              else TrainState(select_best_by=train_cfg["select_best_by"]))
     if ctx.is_main:
@@ -900,6 +1061,7 @@ def checkpoint_payload(run: RunSetup, state: TrainState, metrics: dict, rng_stat
         "seed": run.seed,
         "run_id": run.run_id,
         "world_size": run.ctx.world_size,
+        "parent_checkpoint": run.parent,
     }
 
 
@@ -927,15 +1089,26 @@ def train_epochs(run: RunSetup, state: TrainState) -> None:
         log.info("nothing left to train (epoch %d of %d%s)", state.epoch, num_epochs,
                  ", stopped early" if state.stopped else "")
     class_weights_C = torch.as_tensor(run.class_weights, device=run.device)
+    if run.parent is not None and state.epoch == 0 and num_epochs > 0:
+        evaluate_parent(run)
+    freeze_epochs = train_cfg["freeze_encoder_epochs"]
     while state.epoch < num_epochs and not state.stopped:
         epoch = state.epoch + 1
         epoch_start = time.perf_counter()
+        frozen_before = encoder_frozen_at(freeze_epochs, epoch - 1) if epoch > 1 else None
+        frozen = set_encoder_frozen(run.raw_model, encoder_frozen_at(freeze_epochs, epoch))
+        if frozen_before is not None and frozen_before != bool(frozen):
+            log.info("epoch %d: the encoder is %s", epoch, "frozen" if frozen else "trained from now on")
+            if ctx.enabled:
+                run.model = wrap_model(run.raw_model, run.cfg, ctx, run.device)
+                if run.eval_raw_model is run.raw_model:
+                    run.eval_model = run.model
         set_loader_epoch(run.loaders["train"], run.seed, epoch)
         lr = run.optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(run.model, run.loaders["train"], run.optimizer, class_weights_C, run.device,
                                 n_inputs=run.n_inputs, amp=run.amp, grad_clip=train_cfg["grad_clip"],
                                 progress=ctx.is_main, desc=f"epoch {epoch}/{num_epochs}",
-                                subjects=run.datasets["train"].subjects)
+                                subjects=run.datasets["train"].subjects, frozen=frozen)
         loss_sum, n_valid, nights, train_seconds = ctx.all_sum(
             [stats["loss_sum"], stats["n_valid"], stats["nights"], stats["seconds"] / ctx.world_size])
         train_loss = loss_sum / max(n_valid, 1)
@@ -962,6 +1135,23 @@ def sync_eval_model(run: RunSetup) -> None:
     """Copy the trained weights (and BatchNorm statistics) into the whole-night model, when they differ."""
     if run.eval_raw_model is not run.raw_model:
         run.eval_raw_model.load_state_dict(run.raw_model.state_dict())
+
+
+def evaluate_parent(run: RunSetup) -> None:
+    """The parent's validation figures on this run's validation set, before any step: how well the model
+    transfers as it is; recorded with the parent (every checkpoint and test_results.json) and logged to
+    TensorBoard as epoch 0."""
+    sync_eval_model(run)
+    val, _ = evaluate(run.eval_model, run.loaders["val"], run.datasets["val"].subjects, run.device, run.ctx,
+                      n_inputs=run.n_inputs, amp=run.amp, desc="parent on validation")
+    run.parent["val_before_training"] = {"loss": val["loss"], "accuracy": val["accuracy"], "kappa": val["kappa"],
+                                         "median_kappa": val["median_kappa"], "f1": val["f1_weighted"]}
+    log.info("parent checkpoint on this validation set, before training: loss %.4f | accuracy %.4f | kappa %.4f "
+             "| median per-subject kappa %.4f", val["loss"], val["accuracy"], val["kappa"], val["median_kappa"])
+    if run.writer is not None:
+        for tag, value in (("Val/Loss", val["loss"]), ("Val/Overall_Accuracy", val["accuracy"]),
+                           ("Val/Overall_Kappa", val["kappa"]), ("Val/Median_Kappa", val["median_kappa"])):
+            run.writer.add_scalar(tag, value, 0)
 
 
 def save_epoch_checkpoints(run: RunSetup, epoch: int, payload: dict, improved: bool, val: dict) -> None:
@@ -1036,6 +1226,7 @@ def test_best_checkpoint(run: RunSetup, state: TrainState) -> dict | None:
         "best_val_loss": best["early_stopping"]["best_val_loss"],
         "select_best_by": state.select_best_by,
         "best_value": state.best_value,
+        "parent_checkpoint": run.parent,
         "epochs_trained": state.epoch,
         "stopped_early": state.stopped,
         "patient_kappa_stats": {"n": stats["n"], "min": stats["min"], "max": stats["max"],
@@ -1060,7 +1251,9 @@ def test_best_checkpoint(run: RunSetup, state: TrainState) -> dict | None:
          "weight_decay": cfg["training"]["weight_decay"], "batch_size": cfg["data"]["batch_size"],
          "seed": run.seed, "epochs_trained": state.epoch, "best_epoch": int(best["epoch"]),
          "mixed_precision": run.amp, "compile": cfg["gpu"]["compile"],
-         "select_best_by": state.select_best_by},
+         "select_best_by": state.select_best_by, "init_from": (run.parent or {}).get("path", ""),
+         "init_from_sha256": (run.parent or {}).get("sha256", ""),
+         "freeze_encoder_epochs": cfg["training"]["freeze_encoder_epochs"]},
         {f"hparam/{k}": v for k, v in (("test_accuracy", test["accuracy"]), ("test_kappa", test["kappa"]),
                                        ("test_f1", test["f1_weighted"]), ("test_median_kappa", test["median_kappa"]))
          if math.isfinite(v)},
@@ -1073,8 +1266,10 @@ def test_best_checkpoint(run: RunSetup, state: TrainState) -> dict | None:
 
 
 def train_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.device, ctx: DistContext,
-              data_fingerprint: dict, resume: Resume | None = None) -> dict | None:
-    """Train, test and write one run; returns the test results on rank 0 (None on other ranks).
+              data_fingerprint: dict, resume: Resume | None = None,
+              parent: ParentCheckpoint | None = None) -> dict | None:
+    """Train, test and write one run (from `parent`'s weights when given); returns the test results on rank 0
+    (None on other ranks).
 
     A Ctrl-C or a stop on bad data / divergence leaves checkpoints/last.pth of the last finished epoch (never
     a checkpoint of the failed epoch) and logs how to resume before the exception goes on."""
@@ -1088,7 +1283,8 @@ def train_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.devi
                  f" x{ctx.world_size} processes" if ctx.enabled else "")
         stack.enter_context(kernel_settings(device))
         try:
-            run, state = build_run(cfg, model_kind, run_id, device, ctx, run_dir, resume, data_fingerprint)
+            run, state = build_run(cfg, model_kind, run_id, device, ctx, run_dir, resume, data_fingerprint,
+                                   parent)
             if run.writer is not None:
                 stack.callback(run.writer.close)
             train_epochs(run, state)
@@ -1155,6 +1351,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume-anyway", action="store_true",
                    help="resume even though the data files, the split or the config changed since the run "
                         "started (listed in the warning); without it such a resume is refused")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start from this trained model's weights (ours or the reference's .pth) instead of random "
+                        "ones (overrides training.init_from)")
+    p.add_argument("--freeze-encoder", nargs="?", type=int, const=0, default=None, metavar="N",
+                   help="with --init-from: keep the 8 ResConv encoder blocks fixed for the first N epochs; without "
+                        "N (or 0) for every epoch (overrides training.freeze_encoder_epochs)")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N (default: auto; "
                         "auto/cuda use gpu.device_id, or LOCAL_RANK under torchrun)")
@@ -1167,6 +1369,13 @@ def _overrides(args: argparse.Namespace) -> dict:
         out["training.num_runs"] = args.runs
     if args.epochs is not None:
         out["training.num_epochs"] = args.epochs
+    if args.init_from is not None:
+        out["training.init_from"] = args.init_from
+        out["training.init_from_sha256"] = ""  # a new parent: its hash is taken from the file
+    if args.freeze_encoder is not None:
+        if args.freeze_encoder < 0:
+            raise SetupError(f"--freeze-encoder N: N must be >= 0 (0 or none = every epoch), got {args.freeze_encoder}")
+        out["training.freeze_encoder_epochs"] = args.freeze_encoder or FREEZE_ALL_EPOCHS
     return out
 
 
@@ -1239,6 +1448,9 @@ def _main(args: argparse.Namespace, ctx: DistContext) -> int:
     given_cfg = load_config(config_path, _overrides(args)) if args.config is not None or args.resume in (None, "") \
         else None
     resume = None
+    if args.resume is not None and (args.init_from is not None or args.freeze_encoder is not None):
+        raise SetupError("--init-from and --freeze-encoder start a new run; a resumed run keeps the parent and "
+                         "freezing it started with")
     if args.resume is None:
         cfg = given_cfg
     else:
@@ -1264,6 +1476,13 @@ def _main(args: argparse.Namespace, ctx: DistContext) -> int:
                 raise ConfigError(f"the config saved in {resume.path}: {err}") from None
         log.info("resuming from %s (run folder %s)", resume.path, resume.run_dir)
 
+    check_transfer_settings(cfg)
+    parents: dict[str, ParentCheckpoint | None] = {}
+    if resume is None:  # a resumed run has its own weights and keeps its parent's record
+        for kind in models_to_train(args.model, cfg):
+            parents[kind] = load_parent(cfg, kind)
+            if parents[kind] is not None:
+                cfg["training"]["init_from_sha256"] = parents[kind].record["sha256"]  # into config.json
     device = resolve_device(args.device, cfg["gpu"]["device_id"], ctx.local_rank if ctx.enabled else None)
     check_compile_setup(cfg, device)
     kinds = [resume.ckpt["model_kind"]] if resume is not None else models_to_train(args.model, cfg)
@@ -1287,7 +1506,8 @@ def _main(args: argparse.Namespace, ctx: DistContext) -> int:
     for run in range(1, num_runs + 1):
         for kind in kinds:
             log.info("run %d/%d: %s", run, num_runs, kind)
-            results = train_run(cfg, kind, run if num_runs > 1 else None, device, ctx, fingerprints[kind])
+            results = train_run(cfg, kind, run if num_runs > 1 else None, device, ctx, fingerprints[kind],
+                                parent=parents[kind])
             if results is not None:
                 all_results[kind].append(results)
     if ctx.is_main:

@@ -1,7 +1,14 @@
 """Tests for using the pipeline beyond MESA: the configurable test list (`training.test_subjects_file`),
 fine-tuning from a trained checkpoint (`--init-from`, `--freeze-encoder`) and the choice of the validation
-figure that picks the best checkpoint (`training.select_best_by`)."""
+figure that picks the best checkpoint (`training.select_best_by`).
+
+The fine-tuning tests train a tiny parent (1 epoch, 8-window nights) and fine-tune it on other nights: the
+validation loss before any step equals the parent's own on that validation set, frozen weights and BatchNorm
+statistics stay bit-identical while the rest changes, a resumed run keeps its parent record, and a parent
+that does not fit stops the run before a run folder exists."""
+import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +18,9 @@ import yaml
 
 import multimodal_dataset_aligned as mda
 import train_ppg_only as T
+from multimodal_sleep_model import load_model_from_checkpoint
 from processed_fixtures import write_processed
-from sleepppg_common import ConfigError, load_config, sleepppg_test_subjects
+from sleepppg_common import CONFIG_SCHEMA, ConfigError, load_config, sleepppg_test_subjects
 
 W = 8  # windows per night: tiny nights keep the tests fast
 
@@ -194,3 +202,104 @@ def test_select_best_by_kappa_decides_the_best_checkpoint_and_survives_resume(da
     assert best["epoch"] == results["best_epoch"]
     assert best["early_stopping"]["select_best_by"] == "val_kappa"
     assert best["early_stopping"]["best_value"] == pytest.approx(max(kappas))
+@pytest.fixture(scope="module")
+def other_cohort(tmp_path_factory):
+    """The cohort fine-tuned on: other nights (another seed) of the same tiny length."""
+    return write_processed(tmp_path_factory.mktemp("other"), n_subjects=10, windows_per_subject=W, n_test=2, seed=5)
+
+
+@pytest.fixture(scope="module")
+def parent(data, tmp_path_factory):
+    """A model trained 1 epoch on `data`; returns its best_model.pth."""
+    root = tmp_path_factory.mktemp("parent")
+    run_dir = _train(_run_config(root, data, "parent"))
+    return run_dir / "checkpoints" / "best_model.pth"
+
+
+def _encoder(state):
+    return {k: v for k, v in state.items() if k.startswith("encoder.")}
+
+
+def test_fine_tuning_starts_from_the_parent_and_records_it(parent, other_cohort, tmp_path):
+    run_dir = _train(_run_config(tmp_path, other_cohort, "fine"), "--init-from", str(parent))
+    sha = hashlib.sha256(parent.read_bytes()).hexdigest()
+    last = _load(run_dir / "checkpoints" / "last.pth")
+    record = last["parent_checkpoint"]
+    assert (record["path"], record["sha256"], record["checkpoint_format"]) == (str(parent.resolve()), sha, "sleepppg")
+    config = json.loads((run_dir / "checkpoints" / "config.json").read_text())
+    assert config["training"]["init_from"] == str(parent) and config["training"]["init_from_sha256"] == sha
+    results = json.loads((run_dir / "results" / "test_results.json").read_text())
+    assert results["parent_checkpoint"]["sha256"] == sha
+    assert sha.encode() in b"".join(p.read_bytes() for p in (run_dir / "logs").rglob("events.*"))  # hparams
+
+    # the validation loss before any step is the parent's own on this validation set
+    cfg = load_config(_run_config(tmp_path, other_cohort, "check"))
+    loaders = mda.get_dataloaders(mda.data_paths_from_config(cfg), batch_size=4, windows_per_subject=W,
+                                  use_sleepppg_test_set=False, seed=cfg["training"]["seed"], return_index=True)
+    model, _ = load_model_from_checkpoint(parent)
+    val, _ = T.evaluate(model, loaders[1], loaders[4].subjects, torch.device("cpu"), T.DistContext(), n_inputs=1,
+                        amp=False, desc="parent")
+    before = record["val_before_training"]
+    assert before["loss"] == pytest.approx(val["loss"], rel=1e-6)
+    assert before["kappa"] == pytest.approx(val["kappa"], rel=1e-6, abs=1e-9)
+
+
+def test_a_frozen_encoder_does_not_change_while_the_rest_learns(parent, other_cohort, tmp_path):
+    cfg = _run_config(tmp_path, other_cohort, "frozen", num_epochs=2)
+    run_dir = _train(cfg, "--init-from", str(parent), "--freeze-encoder", "1")
+    start = _load(parent)["model_state_dict"]
+    after_1 = _load(run_dir / "checkpoints" / "checkpoint_epoch_1.pth")["model_state_dict"]
+    after_2 = _load(run_dir / "checkpoints" / "checkpoint_epoch_2.pth")["model_state_dict"]
+    # epoch 1 frozen: weights and BatchNorm running statistics exactly the parent's
+    assert _encoder(start) and all(torch.equal(start[k], after_1[k]) for k in _encoder(start))
+    head = [k for k in start if k.startswith("head.") and start[k].is_floating_point()]
+    assert any(not torch.equal(start[k], after_1[k]) for k in head)
+    # epoch 2 trains the encoder too
+    assert any(not torch.equal(after_1[k], after_2[k]) for k in _encoder(start) if k.endswith("weight"))
+    assert json.loads((run_dir / "checkpoints" / "config.json").read_text())["training"][
+        "freeze_encoder_epochs"] == 1
+
+
+def test_freeze_for_the_whole_run_and_resume_keeps_the_parent(parent, other_cohort, tmp_path):
+    cfg = _run_config(tmp_path, other_cohort, "all")
+    run_dir = _train(cfg, "--init-from", str(parent), "--freeze-encoder")  # no N: every epoch
+    first = _load(run_dir / "checkpoints" / "last.pth")
+    assert first["config"]["training"]["freeze_encoder_epochs"] == -1
+    assert T.main(["--resume", str(run_dir), "--epochs", "2", "--device", "cpu"]) == 0
+    resumed = _load(run_dir / "checkpoints" / "last.pth")
+    assert resumed["epoch"] == 2 and resumed["parent_checkpoint"] == first["parent_checkpoint"]
+    start = _load(parent)["model_state_dict"]
+    assert all(torch.equal(start[k], resumed["model_state_dict"][k]) for k in _encoder(start))
+    results = json.loads((run_dir / "results" / "test_results.json").read_text())
+    assert results["parent_checkpoint"]["sha256"] == first["parent_checkpoint"]["sha256"]
+
+
+def test_a_parent_that_does_not_fit_stops_before_any_run_folder(parent, other_cohort, tmp_path, caplog):
+    longer = write_processed(tmp_path / "longer", n_subjects=10, windows_per_subject=2 * W, n_test=2)
+    cases = [] if "tcn_causal" not in CONFIG_SCHEMA["model"] else [  # the TCN option of the model module
+        (_run_config(tmp_path, other_cohort, "acausal"), ["--init-from", str(parent)], "model.tcn_causal",
+         {"model": {"tcn_causal": False}})]
+    cases += [
+        (_run_config(tmp_path, longer, "windows"), ["--init-from", str(parent)],
+         f"nights of {W} windows, this run has data.windows_per_subject {2 * W}", {"data": {"windows_per_subject": 2 * W}}),
+        (_run_config(tmp_path, other_cohort, "kind"), ["--init-from", str(parent), "--model", "real_ecg"],
+         "'ppg_only' model but a 'real_ecg' model", {}),
+        (_run_config(tmp_path, other_cohort, "nofile"), ["--init-from", str(tmp_path / "absent.pth")],
+         "checkpoint not found", {}),
+        (_run_config(tmp_path, other_cohort, "noparent"), ["--freeze-encoder"], "needs training.init_from", {}),
+        (_run_config(tmp_path, other_cohort, "otherhash"), [], "but training.init_from_sha256 is " + "0" * 64,
+         {"training": {"init_from": str(parent), "init_from_sha256": "0" * 64}}),
+    ]
+    for cfg_file, extra, message, changes in cases:
+        raw = yaml.safe_load(cfg_file.read_text())
+        for section, values in changes.items():
+            raw[section].update(values)
+        cfg_file.write_text(yaml.safe_dump(raw))
+        argv = ["--config", str(cfg_file), "--device", "cpu"] + (extra if "--model" in extra else
+                                                                 ["--model", "ppg_only", *extra])
+        caplog.clear()
+        assert T.main(argv) == 2  # bad setup
+        assert message in caplog.text
+        assert not (tmp_path / "out").exists()
+
+
