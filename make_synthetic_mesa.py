@@ -1109,7 +1109,7 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    p.add_argument("--out", required=True,
+    p.add_argument("--out-dir", "--out", dest="out", required=True, metavar="DIR",
                    help="cohort root (MESA: polysomnography/... is created inside; DREAMT: data_64Hz/)")
     p.add_argument("--n-subjects", type=_positive_int, help="number of subjects (or --ids)")
     p.add_argument("--subjects", type=_positive_int, dest="subjects_deprecated",

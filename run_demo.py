@@ -348,7 +348,8 @@ def newest_finished(runs: RunFolders, outputs: list[str]) -> Path:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config (paths and sizes)")
-    p.add_argument("--subjects", type=int, default=DEFAULT_SUBJECTS, help="synthetic nights to generate")
+    p.add_argument("--n-subjects", "--subjects", dest="subjects", type=int, default=DEFAULT_SUBJECTS,
+                   help="synthetic nights to generate (--subjects is an older name)")
     p.add_argument("--hours", type=float, default=None,
                    help="fixed night length in hours (default: lengths vary around 10 h, as in MESA)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: training.num_epochs)")

@@ -2,8 +2,8 @@
 
 Every script of the pipeline imports what it shares from here, so each concept exists once:
 
-- constants of the processed format (SPEC §4-5): 30-s epochs of 1,024 samples at 34.133 Hz, 1,200 per night;
-- the 4-class stage map and names (SPEC §3);
+- constants of the processed format (docs/DESIGN.md §2-3): 30-s epochs of 1,024 samples at 34.133 Hz, 1,200 per night;
+- the 4-class stage map and names (Wake 0, Light 1, Deep 2, REM 3; -1 ignored);
 - `load_config(path, overrides)`: reads one YAML file, rejects unknown/missing keys, wrong types and
   non-booleans such as the reference's `flase`, and returns a plain nested dict;
 - `compute_metrics(...)`: pooled accuracy, Cohen's kappa, weighted F1, per-class report, confusion matrix and
@@ -47,7 +47,7 @@ import numpy as np
 import yaml
 
 # ----------------------------------------------------------------------------------------------------------
-# Constants (SPEC §3-5)
+# Constants (data, preprocessing and file facts: docs/DESIGN.md)
 REPO_DIR = Path(__file__).resolve().parent
 DATA_DIR = REPO_DIR / "data"
 WINDOW_SECONDS = 30  # one scoring epoch, AASM
@@ -55,7 +55,7 @@ SAMPLES_PER_WINDOW = 1024  # 30 s at 34.133 Hz (SleepPPG-Net input rate)
 TARGET_FS = SAMPLES_PER_WINDOW / WINDOW_SECONDS  # 34.1333... Hz = 256 Hz x 2/15
 WINDOWS_PER_SUBJECT = 1200  # the first 10 h of each night (SleepPPG-Net)
 N_CLASSES = 4
-PPG_FILE = "mesa_ppg_with_labels.h5"  # processed-file names kept from the reference (SPEC §5)
+PPG_FILE = "mesa_ppg_with_labels.h5"  # processed-file names kept from the reference
 ECG_FILE = "mesa_real_ecg.h5"
 INDEX_FILE = "mesa_subject_index.h5"
 IGNORE_INDEX = -1  # unscored / movement / padding: ignored by loss and metrics

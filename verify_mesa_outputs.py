@@ -263,7 +263,9 @@ def verify(base: Path, windows_per_subject: int | None = None) -> Report:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", required=True, help="folder with the processed HDF5 files (e.g. ./mesa-x)")
+    parser.add_argument("--out-dir", "--base", dest="base", required=True, metavar="DIR",
+                        help="folder with the processed HDF5 files: extraction's --out-dir (e.g. ./mesa-x); "
+                             "--base is the reference's name for it")
     parser.add_argument("--windows-per-subject", type=int,
                         help="expected windows per subject (default: the files' attr, else 1200)")
     return parser.parse_args(argv)
