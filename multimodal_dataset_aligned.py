@@ -152,6 +152,14 @@ def missing_test_subjects(valid_subjects: list[str], test_subjects: list[str] | 
     return [s for s in listed if s not in valid_set]
 
 
+def missing_test_message(n_missing: int, n_listed: int, windows_per_subject: int) -> str:
+    """The log line for test-list subjects absent from the data, saying when that is expected."""
+    return (f"{n_missing} of the {n_listed} subjects of the test list are not in the data (or not "
+            f"{windows_per_subject} windows long). Expected on a partial or synthetic cohort (a subset of MESA; "
+            f"the commercial-use release lacks 11 of the 204 SleepPPG-Net test subjects; the demo's synthetic "
+            f"nights hold only a few): the test set is the listed subjects that are present")
+
+
 def split_subjects(valid_subjects: list[str], use_sleepppg_test_set: bool = True, seed: int = 42,
                    test_subjects: list[str] | None = None) -> tuple[list[str], list[str], list[str]]:
     """(train, val, test) subject IDs from the sorted valid IDs, as the reference splits them: test = the
@@ -497,8 +505,9 @@ def get_dataloaders(data_path: dict | str | os.PathLike, batch_size: int = 1, nu
     log.info("split: %d subjects indexed, %d valid (%d windows); train %d, val %d, test %d",
              info.n_indexed, len(info.valid), windows_per_subject, len(info.train), len(info.val), len(info.test))
     if info.missing_test:
-        log.warning("%d subjects of the test list are not in the data (or not %d windows long), e.g. %s",
-                    len(info.missing_test), windows_per_subject, info.missing_test[:10])
+        log.warning("%s; e.g. %s", missing_test_message(len(info.missing_test), len(info.missing_test)
+                                                        + len(info.test), windows_per_subject),
+                    info.missing_test[:10])
     loaders = []
     for split, ds in zip(SPLITS, datasets):
         shuffle = split == "train"

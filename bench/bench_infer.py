@@ -50,7 +50,7 @@ from sleepppg_common import (SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT, keep_freed
 
 DEFAULT_NIGHTS = 2  # about two minutes on a 2-core CPU
 FULL_NIGHTS, FULL_REPEATS = 8, 3
-DEFAULT_HOURS = 10.5  # MESA nights are usually longer than the 10 h staged (SPEC §3, §8)
+DEFAULT_HOURS = 10.5  # MESA nights are usually longer than the 10 h (1,200 epochs) that are staged
 REF_TARGET_FS = 34.133333333  # the reference's rounded constant
 REF_CUTOFF_HZ, REF_ORDER, REF_STOP_DB = 8.0, 8, 40  # its Chebyshev II low-pass
 REF_TARGET_LEN = WINDOWS_PER_SUBJECT * SAMPLES_PER_WINDOW  # 1,228,800 samples = 10 h
@@ -167,13 +167,14 @@ def run_ours(edfs: list[Path], workdir: Path, config: str, workers: int | None) 
     shutil.rmtree(workdir / "cache", ignore_errors=True)
     timer = Timer(MEASURES["ours"])
     for name in ("ours_cold", "ours_warm"):
-        items, failures = timer(name, inf.run_edf_mode, model, WINDOWS_PER_SUBJECT, cfg, edfs,
-                                inf.make_run_dir(workdir / "out"), device, flags)
-        if failures:
-            raise SystemExit(f"bench nights failed: {failures}")
+        record = timer(name, inf.run_edf_mode, model, WINDOWS_PER_SUBJECT, cfg, edfs,
+                       inf.make_run_dir(workdir / "out"), device, flags)
+        if record.failed:
+            raise SystemExit(f"bench nights failed: {record.failed}")
+    items = record.nights
     settings = inf.preprocessing_settings(cfg["preprocessing"]["resample_method"],
                                           cfg["preprocessing"]["ppg_channels"], WINDOWS_PER_SUBJECT)
-    windows = [inf.load_cache(Path(i["cache_dir"]), inf.edf_signature(Path(i["edf_file"])), settings)[0]
+    windows = [inf.load_cache(Path(i["cache_dir"]), inf.edf_signature(Path(i["source_file"])), settings)[0]
                for i in items]
     batch = cfg["inference"]["batch_size"]
     preds = []

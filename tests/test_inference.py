@@ -23,7 +23,7 @@ def test_sleep_report_textbook_night():
     # 10 min awake, sleep L L D D, 2 epochs wake (WASO), R R, L, then 4 epochs wake at the end
     hyp = [W] * 20 + [L, L, D, D, W, W, R, R, L] + [W] * 4
     rep = inf.sleep_report(hyp)
-    assert rep["n_epochs"] == rep["n_scored_epochs"] == 33
+    assert rep["n_epochs"] == rep["n_epochs_with_stage"] == 33
     assert rep["time_in_bed_min"] == 16.5
     assert rep["total_sleep_time_min"] == 3.5  # 7 sleep epochs
     assert rep["sleep_efficiency_pct"] == pytest.approx(100 * 7 / 33)
@@ -52,7 +52,7 @@ def test_sleep_report_unscored_epochs_and_no_rem():
     # unscored epochs keep their place in time but count toward no total
     hyp = [U, U, W, L, U, D, W, L]
     rep = inf.sleep_report(hyp, epoch_s=60)
-    assert rep["n_scored_epochs"] == 5 and rep["time_in_bed_min"] == 5.0
+    assert rep["n_epochs"] == 8 and rep["n_epochs_with_stage"] == 5 and rep["time_in_bed_min"] == 5.0
     assert rep["sleep_onset_latency_min"] == 3.0  # first sleep at epoch 3 (1-min epochs)
     assert rep["sleep_period_min"] == 5.0 and rep["waso_min"] == 1.0
     assert rep["rem_latency_min"] is None
@@ -304,11 +304,11 @@ def test_edf_folder_channel_variants_rates_and_broken_files(tmp_path, checkpoint
     cfg = make_config(tmp_path)
     code, result, run_dir = run(cfg, tmp_path / "out", "--checkpoint", str(checkpoint), "--edf", str(edfs))
     assert code == inf.EXIT_NIGHT_FAILED
-    assert result["mode"] == "EDF" and result["n_ok"] == 4 and result["n_failed"] == 3
-    assert sorted(f["subject_id"] for f in result["failures"]) == ["0005", "0006", "0007"]
-    kinds = {f["subject_id"]: f["kind"] for f in result["failures"]}
+    assert result["mode"] == "EDF" and result["n_nights_staged"] == 4 and result["n_nights_failed"] == 3
+    assert sorted(f["subject_id"] for f in result["failed"]) == ["0005", "0006", "0007"]
+    kinds = {f["subject_id"]: f["kind"] for f in result["failed"]}
     assert kinds["0005"] == "no_ppg_channel" and kinds["0006"] == "flat_ppg"
-    for item in result["items"]:
+    for item in result["nights"]:
         sid = item["subject_id"]
         label, fs = good[sid]
         assert item["ppg_channel"] == label and item["ppg_fs"] == fs
@@ -329,21 +329,21 @@ def test_cache_reuse_invalidation_and_corruption(tmp_path, checkpoint, monkeypat
     edf = write_edf(tmp_path / "edfs" / "mesa-sleep-0042.edf", 20)
     cfg = make_config(tmp_path, **{"inference.best_model": str(checkpoint)})
     code, first, run1 = run(cfg, tmp_path / "o1", "--edf", str(edf))
-    assert code == 0 and first["items"][0]["cache_used"] is False
+    assert code == 0 and first["nights"][0]["cache_used"] is False
     pred_first = [r[2] for r in _read_csv(run1 / "csv" / "0042" / "0042.csv")[1]]
 
     calls = []
     real = extract_mesa_data.preprocess_recording
     monkeypatch.setattr(extract_mesa_data, "preprocess_recording", lambda *a, **k: calls.append(a) or real(*a, **k))
     code, second, run2 = run(cfg, tmp_path / "o2", "--edf", str(edf))
-    assert code == 0 and second["items"][0]["cache_used"] is True and calls == []
+    assert code == 0 and second["nights"][0]["cache_used"] is True and calls == []
     assert [r[2] for r in _read_csv(run2 / "csv" / "0042" / "0042.csv")[1]] == pred_first
 
     # the EDF is rewritten (new content, new mtime): rebuilt
     write_edf(edf, 20, seed=7)
     caplog.clear()
     code, third, _ = run(cfg, tmp_path / "o3", "--edf", str(edf))
-    assert code == 0 and third["items"][0]["cache_used"] is False and len(calls) == 1
+    assert code == 0 and third["nights"][0]["cache_used"] is False and len(calls) == 1
     assert any("rebuilding cache" in r.getMessage() and "EDF changed" in r.getMessage() for r in caplog.records)
 
     # a truncated .npy: rebuilt, with a log line
@@ -351,10 +351,10 @@ def test_cache_reuse_invalidation_and_corruption(tmp_path, checkpoint, monkeypat
     npy.write_bytes(npy.read_bytes()[:5000])
     caplog.clear()
     code, fourth, _ = run(cfg, tmp_path / "o4", "--edf", str(edf))
-    assert code == 0 and fourth["items"][0]["cache_used"] is False and len(calls) == 2
+    assert code == 0 and fourth["nights"][0]["cache_used"] is False and len(calls) == 2
     assert any("corrupt cache" in r.getMessage() for r in caplog.records)
     code, fifth, _ = run(cfg, tmp_path / "o5", "--edf", str(edf))
-    assert fifth["items"][0]["cache_used"] is True and len(calls) == 2
+    assert fifth["nights"][0]["cache_used"] is True and len(calls) == 2
 
 
 def test_short_and_long_nights(tmp_path, checkpoint):
@@ -364,7 +364,7 @@ def test_short_and_long_nights(tmp_path, checkpoint):
     cfg = make_config(tmp_path, **{"inference.best_model": str(checkpoint), "inference.save_graph": False})
     code, result, run_dir = run(cfg, tmp_path / "out", "--edf", str(edfs / "*.edf"))
     assert code == 0
-    items = {i["subject_id"]: i for i in result["items"]}
+    items = {i["subject_id"]: i for i in result["nights"]}
     short, long_ = items["0100"], items["0101"]
     assert short["n_epochs_staged"] == 30 and not short["truncated"]
     assert short["sleep_report"]["time_in_bed_min"] == 15.0  # the padding is not staged
@@ -375,7 +375,7 @@ def test_short_and_long_nights(tmp_path, checkpoint):
     assert not (run_dir / "graph").exists()
 
 
-def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint):
+def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint, capsys):
     from sklearn.metrics import accuracy_score, cohen_kappa_score
 
     from processed_fixtures import write_processed
@@ -389,14 +389,14 @@ def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint):
                  "inference.only_inference": False}
     cfg = make_config(tmp_path, **overrides)
     code, result, run_dir = run(cfg, tmp_path / "out", "--n-subjects", "2")
-    assert code == 0 and result["mode"] == "H5" and len(result["items"]) == 2
+    assert code == 0 and result["mode"] == "HDF5" and len(result["nights"]) == 2
     test_ids = set(sleepppg_test_subjects()[1:4])
     from sleepppg_common import load_config
     sel = inf.select_hdf5_nights(load_config(cfg), N_WIN, n_subjects=10)
     assert sorted(sel.subjects) == sorted(test_ids)  # valid test subjects only, capped at what exists
-    assert sel.subjects[:2] == [i["subject_id"] for i in result["items"]]
+    assert sel.subjects[:2] == [i["subject_id"] for i in result["nights"]]
     all_true, all_pred, accs = [], [], []
-    for item in result["items"]:
+    for item in result["nights"]:
         sid = item["subject_id"]
         assert sid in test_ids
         _, rows = _read_csv(run_dir / "csv" / sid / f"{sid}.csv")
@@ -408,18 +408,32 @@ def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint):
         acc = accuracy_score(y_true, y_pred)
         assert item["performance"]["accuracy"] == pytest.approx(acc)
         assert item["performance"]["kappa"] == pytest.approx(cohen_kappa_score(y_true, y_pred, labels=[0, 1, 2, 3]))
-        assert item["performance"]["n_scored_epochs"] == len(scored)
+        assert item["performance"]["n_epochs_compared"] == len(scored)
         _assert_png(run_dir / "graph" / sid / f"{sid}_with_label.png")
         all_true += y_true
         all_pred += y_pred
         accs.append(acc)
+    # the console shows the predicted sleep report beside the scored one, with the difference
+    out = capsys.readouterr().out
+    first = result["nights"][0]
+    pred_rep, true_rep, diff = first["sleep_report"], first["sleep_report_scored"], first["sleep_report_difference"]
+    assert diff["total_sleep_time_min"] == pytest.approx(pred_rep["total_sleep_time_min"]
+                                                        - true_rep["total_sleep_time_min"])
+    assert diff["stage_minutes"]["REM"] == pytest.approx(pred_rep["stage_minutes"]["REM"]
+                                                        - true_rep["stage_minutes"]["REM"])
+    assert "predicted    scored  difference" in out
+    tst_line = next(line for line in out.splitlines() if "total sleep time" in line)
+    assert tst_line.split()[-3:] == [f"{pred_rep['total_sleep_time_min']:.1f}",
+                                     f"{true_rep['total_sleep_time_min']:.1f}",
+                                     f"{diff['total_sleep_time_min']:+.1f}"]
+    assert result["paths"] == "absolute" and first["source_file"] == str(Path(files["ppg"]).resolve())
     metrics = result["metrics"]
     assert metrics["acc_mean"] == pytest.approx(np.mean(accs)) and metrics["acc_std"] == pytest.approx(np.std(accs))
     assert metrics["pooled"]["accuracy"] == pytest.approx(accuracy_score(all_true, all_pred))
     assert metrics["pooled"]["kappa"] == pytest.approx(cohen_kappa_score(all_true, all_pred, labels=[0, 1, 2, 3]))
     # the same seed picks the same subjects
     _, again, _ = run(cfg, tmp_path / "out2", "--n-subjects", "2")
-    assert [i["subject_id"] for i in again["items"]] == [i["subject_id"] for i in result["items"]]
+    assert [i["subject_id"] for i in again["nights"]] == [i["subject_id"] for i in result["nights"]]
 
 
 def test_bad_setup_exits_2(tmp_path, checkpoint):
@@ -498,10 +512,229 @@ def test_command_line_script(tmp_path, checkpoint):
     assert proc.returncode == 0, proc.stderr
     assert "[0001]" in proc.stdout and "TST" in proc.stdout and "Results at:" in proc.stdout
     (run_dir,) = list((tmp_path / "out").iterdir())
-    assert json.loads((run_dir / "result.json").read_text())["items"][0]["subject_id"] == "0001"
+    assert json.loads((run_dir / "result.json").read_text())["nights"][0]["subject_id"] == "0001"
     code = subprocess.run([sys.executable, "-c", "import sleepppg_common as c; print(c.keep_freed_memory())"],
                           cwd=script.parent, capture_output=True, text=True, timeout=120)
     import platform
 
     expected = "True" if platform.libc_ver()[0] == "glibc" else "False"  # mallopt exists only in glibc
     assert code.returncode == 0 and code.stdout.strip() == expected
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hostile inputs and result.json as a newcomer reads it
+
+
+def write_damaged_edf(path: Path, minutes: float, mode: str, share: float, fs: int = 256) -> Path:
+    """A pulse-like PPG where `share` of the 1-min blocks hold the channel's physical maximum ("saturated")
+    or its minimum written as a dropout marker ("dropout")."""
+    from edfio import Edf, EdfSignal
+
+    rng = np.random.default_rng(0)
+    n = int(minutes * 60 * fs)
+    t = np.arange(n) / fs
+    phase = 2 * np.pi * np.cumsum(1.1 + 0.1 * np.sin(2 * np.pi * t / 600)) / fs
+    ppg = np.sin(phase) + 0.4 * np.sin(2 * phase) + 0.05 * rng.standard_normal(n)
+    block = 60 * fs
+    for b in rng.choice(n // block, int(round(share * (n // block))), replace=False):
+        ppg[b * block:(b + 1) * block] = 3.0 if mode == "saturated" else -3.0
+    spo2 = 95 + rng.standard_normal(int(minutes * 60))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Edf([EdfSignal(ppg, fs, label="Pleth", physical_range=(-3, 3)),
+         EdfSignal(spo2, 1, label="SpO2", physical_range=(80, 110))], data_record_duration=1).write(path)
+    return path
+
+
+def _quality_slow(x: np.ndarray, step_sd: float, run_samples: float) -> float:
+    """ppg_quality's flat share, the obvious way: walk the samples, count runs of still steps."""
+    flat, run = 0, 1  # run = samples in the current still run
+    for i in range(1, x.size + 1):
+        if i < x.size and abs(float(x[i]) - float(x[i - 1])) < step_sd:
+            run += 1
+            continue
+        if run >= run_samples and run > 1:
+            flat += run
+        run = 1
+    return flat / x.size
+
+
+def test_ppg_quality_matches_a_slow_count():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(6 * SAMPLES_PER_WINDOW).astype(np.float32)
+    x[100:400] = 1.5  # 300 samples (8.8 s) flat
+    x[1000:1040] = -0.2  # 40 samples (1.2 s): shorter than FLAT_RUN_S, not counted
+    x[5000:5200] = 0.0
+    windows = x.reshape(6, SAMPLES_PER_WINDOW)
+    q = inf.ppg_quality(windows, 6)
+    expected = _quality_slow(x, inf.FLAT_STEP_SD, inf.FLAT_RUN_S * inf.TARGET_FS)
+    assert q["flat_share"] == pytest.approx(expected) and q["flat_share"] == pytest.approx(500 / x.size)
+    assert q["clipped_share"] == pytest.approx(2 / x.size)  # one max and one min sample
+    assert inf.quality_warnings(q) == []
+    assert inf.ppg_quality(windows, 0) == {"flat_share": 0.0, "clipped_share": 0.0}
+    clipped = np.clip(x, -1.0, 1.0)  # ~32% of the samples at the clip
+    assert inf.quality_warnings(inf.ppg_quality(clipped.reshape(6, -1), 6))[0].endswith("excursions)")
+
+
+def test_edf_failures_at_any_step_are_listed_and_the_rest_is_kept(tmp_path, checkpoint, monkeypatch, capsys):
+    """A file that breaks the reader (here an EDF header claiming 0 signals, which makes mne raise an
+    AssertionError), a night whose outputs cannot be written, and saturated/dropout PPG among good nights."""
+    edfs = tmp_path / "edfs"
+    write_edf(edfs / "mesa-sleep-0001.edf", 20, seed=1)
+    good = (edfs / "mesa-sleep-0001.edf").read_bytes()
+    (edfs / "mesa-sleep-0002.edf").write_bytes(good[:252] + b"0   " + good[256:])  # n_signals = 0
+    write_damaged_edf(edfs / "mesa-sleep-0003.edf", 20, "saturated", 0.3)
+    write_damaged_edf(edfs / "mesa-sleep-0004.edf", 20, "dropout", 0.25)
+    write_edf(edfs / "mesa-sleep-0005.edf", 20, seed=5)
+    real_write_csv = inf.write_csv
+
+    def failing_write_csv(path, *args, **kwargs):
+        if path.stem == "0005":
+            raise OSError(28, "No space left on device")
+        return real_write_csv(path, *args, **kwargs)
+
+    monkeypatch.setattr(inf, "write_csv", failing_write_csv)
+    cfg = make_config(tmp_path, **{"inference.best_model": str(checkpoint)})
+    code, result, run_dir = run(cfg, tmp_path / "out", "--edf", str(edfs))
+    assert code == inf.EXIT_NIGHT_FAILED
+    failed = {f["subject_id"]: f for f in result["failed"]}
+    assert sorted(failed) == ["0002", "0005"] and result["n_nights_failed"] == 2
+    assert failed["0002"]["file"] == str((edfs / "mesa-sleep-0002.edf").resolve())
+    assert failed["0002"]["step"] == "reading" and failed["0002"]["reason"].startswith("AssertionError")
+    assert failed["0005"]["step"] == "writing outputs" and "No space left" in failed["0005"]["reason"]
+    nights = {n["subject_id"]: n for n in result["nights"]}
+    assert sorted(nights) == ["0001", "0003", "0004"] and result["n_nights_staged"] == 3
+    assert nights["0001"]["warnings"] == [] and nights["0001"]["signal_quality"]["flat_share"] == 0
+    assert nights["0003"]["signal_quality"]["flat_share"] == pytest.approx(0.3, abs=0.03)
+    assert nights["0004"]["signal_quality"]["flat_share"] == pytest.approx(0.25, abs=0.03)
+    for sid in ("0003", "0004"):
+        assert len(nights[sid]["warnings"]) == 1 and "is flat" in nights[sid]["warnings"][0]
+        assert Path(nights[sid]["outputs"]["csv"]).is_file()
+    out = capsys.readouterr().out
+    assert "FAILED 0002" in out and "FAILED 0005" in out and out.count("WARNING:") == 2
+    # result.json as a newcomer reads it: every path absolute and pointing at a file
+    assert result["paths"] == "absolute" and result["result_format"] == inf.RESULT_FORMAT
+    for n in result["nights"]:
+        for key in ("csv", "hypnogram"):
+            assert Path(n["outputs"][key]).is_absolute() and Path(n["outputs"][key]).is_file()
+        assert n["outputs"]["hypnogram_with_labels"] is None
+        assert Path(n["source_file"]).is_file() and Path(n["cache_dir"]).is_dir()
+    assert not (run_dir / "csv" / "0005" / "0005.csv").exists()
+
+
+def test_damaged_cache_is_rebuilt(tmp_path, checkpoint, caplog):
+    edf = write_edf(tmp_path / "edfs" / "mesa-sleep-0042.edf", 20)
+    cfg = make_config(tmp_path, **{"inference.best_model": str(checkpoint)})
+    assert run(cfg, tmp_path / "o0", "--edf", str(edf))[0] == 0
+    cache = tmp_path / "cache" / "0042"
+    npy, meta_path = cache / inf.CACHE_WINDOWS_FILE, cache / inf.CACHE_META_FILE
+    pristine_npy, pristine_meta = npy.read_bytes(), meta_path.read_text()
+
+    def flip_bytes():  # same size, same mtime: only the checksum can tell
+        st = npy.stat()
+        data = bytearray(pristine_npy)
+        data[-4000:-3996] = b"\x00\x00\xc0\x7f"
+        npy.write_bytes(bytes(data))
+        os.utime(npy, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    def huge_header():  # a valid header asking for 400 GB, then a few bytes
+        with open(npy, "wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False,
+                                                      "shape": (10**8, SAMPLES_PER_WINDOW)})
+            fh.write(b"\0" * 64)
+
+    def garbled_header():
+        npy.write_bytes(pristine_npy.replace(b"(40, 1024)", b"(40, 1024"))
+
+    damages = {
+        "checksum": flip_bytes,
+        "float64": lambda: np.save(npy, np.zeros((N_WIN, SAMPLES_PER_WINDOW))),
+        "header": huge_header,
+        "garbled header": garbled_header,
+        "truncated meta": lambda: meta_path.write_text(pristine_meta[:40]),
+        "meta types": lambda: meta_path.write_text(pristine_meta.replace('"n_recorded_windows": 40',
+                                                                        '"n_recorded_windows": "40"')),
+        "no checksum": lambda: meta_path.write_text(json.dumps({k: v for k, v in json.loads(pristine_meta).items()
+                                                                if k != "windows_sha256"})),
+    }
+    for i, (name, damage) in enumerate(damages.items()):
+        npy.write_bytes(pristine_npy)
+        meta_path.write_text(pristine_meta)
+        damage()
+        caplog.clear()
+        code, result, _ = run(cfg, tmp_path / f"o{i + 1}", "--edf", str(edf))
+        assert code == 0 and result["nights"][0]["cache_used"] is False, name
+        assert any("rebuilding cache" in r.getMessage() for r in caplog.records), name
+    code, result, _ = run(cfg, tmp_path / "o_last", "--edf", str(edf))
+    assert code == 0 and result["nights"][0]["cache_used"] is True  # the rebuilt cache is valid
+
+    # a cache folder that cannot be written: the night is staged anyway
+    blocked = make_config(tmp_path, **{"inference.best_model": str(checkpoint),
+                                       "inference.cache_root": str(tmp_path / "cache-file")})
+    (tmp_path / "cache-file").write_text("not a folder")
+    caplog.clear()
+    code, result, _ = run(blocked, tmp_path / "o_blocked", "--edf", str(edf))
+    assert code == 0 and result["n_nights_staged"] == 1
+    assert any("cannot write the cache" in r.getMessage() for r in caplog.records)
+
+
+def test_bad_checkpoints_are_one_line_exit_2(tmp_path, checkpoint, caplog):
+    import torch
+
+    edf = write_edf(tmp_path / "mesa-sleep-0001.edf", 20)
+    cfg = make_config(tmp_path)
+    ckpt = torch.load(checkpoint, weights_only=True)
+    name = next(k for k, v in ckpt["model_state_dict"].items() if v.is_floating_point())
+    ckpt["model_state_dict"][name] = torch.full_like(ckpt["model_state_dict"][name], float("nan"))
+    torch.save(ckpt, tmp_path / "nan.pth")
+    for bad in ("nan.pth",):
+        caplog.clear()
+        code, _, _ = run(cfg, tmp_path / "out", "--checkpoint", str(tmp_path / bad), "--edf", str(edf))
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert code == inf.EXIT_SETUP and len(errors) == 1 and "\n" not in errors[0], bad
+        assert bad in errors[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_setup_problems_and_ctrl_c(tmp_path, checkpoint, monkeypatch, caplog):
+    edfs = tmp_path / "edfs"
+    for sid in ("0001", "0002", "0003"):
+        write_edf(edfs / f"mesa-sleep-{sid}.edf", 20, seed=int(sid))
+    cfg = make_config(tmp_path, **{"inference.best_model": str(checkpoint), "inference.batch_size": 1})
+    code = inf.main(["--config", str(cfg), "--out", str(tmp_path / "o"), "--device", "tpu", "--edf", str(edfs)])
+    assert code == inf.EXIT_SETUP
+    (tmp_path / "afile").write_text("x")
+    caplog.clear()
+    code = inf.main(["--config", str(cfg), "--out", str(tmp_path / "afile"), "--device", "cpu", "--edf", str(edfs)])
+    assert code == inf.EXIT_SETUP and any("is a file" in r.getMessage() for r in caplog.records)
+
+    real = inf.stage_nights
+    calls = []
+
+    def interrupted_on_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inf, "stage_nights", interrupted_on_second_batch)
+    code, result, run_dir = run(cfg, tmp_path / "out", "--edf", str(edfs))
+    assert code == inf.EXIT_INTERRUPTED == 130
+    assert result["interrupted"] is True and [n["subject_id"] for n in result["nights"]] == ["0001"]
+    assert (run_dir / "csv" / "0001" / "0001.csv").is_file()  # what was staged before Ctrl-C is kept
+
+
+def test_read_night_names_the_file_and_rows(tmp_path):
+    import h5py
+
+    import multimodal_dataset_aligned as mda
+
+    path = tmp_path / "p.h5"
+    with h5py.File(path, "w") as f:
+        f["ppg"] = np.arange(5 * SAMPLES_PER_WINDOW, dtype=np.float64).reshape(5, SAMPLES_PER_WINDOW)
+        f["labels"] = np.array([0, 1, 2, 3, -1])
+    with h5py.File(path, "r") as f:
+        night = mda.read_night({"ppg": f}, 1, 3)
+        assert night["ppg"].dtype == np.float32 and night["ppg"].shape == (3, SAMPLES_PER_WINDOW)
+        assert night["ppg"][0, 0] == SAMPLES_PER_WINDOW and night["labels"].tolist() == [1, 2, 3]
+        with pytest.raises(ValueError, match=r"p\.h5: rows 3\.\.5 asked for, but 'ppg' has 5 rows"):
+            mda.read_night({"ppg": f}, 3, 3)
