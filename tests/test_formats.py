@@ -674,3 +674,25 @@ def test_bad_setup_exits_2(tmp_path, checkpoint):
     (tmp_path / "empty").mkdir()
     assert stage(tmp_path, checkpoint, "--ppg", str(tmp_path / "empty"))[0] == 2
     assert stage(tmp_path, checkpoint, "--ppg", str(tmp_path / "x.csv"), "--edf", str(tmp_path / "y.edf"))[0] == 2
+
+
+def test_synthetic_dreamt_cohort_extracts(tmp_path):
+    """make_synthetic_mesa.py --format dreamt (the DREAMT-shaped synthetic cohort) -> HDF5 with its stages."""
+    import h5py
+
+    import extract_mesa_data
+    import make_synthetic_mesa
+    from sleepppg_common import PPG_FILE
+
+    assert make_synthetic_mesa.main(["--format", "dreamt", "--out", str(tmp_path / "dreamt"), "--n-subjects", "2",
+                                     "--hours", "0.4"]) == 0
+    csv_dir = make_synthetic_mesa.dreamt_path(tmp_path / "dreamt", "x").parent
+    ids = sorted(rf.find_dreamt_files(csv_dir)[0])
+    out = tmp_path / "x"
+    assert extract_mesa_data.main(["--format", "dreamt", "--csv-dir", str(csv_dir), "--out-dir", str(out),
+                                   "--workers", "1", "--windows-per-subject", "60"]) == 0
+    with h5py.File(out / PPG_FILE) as f:
+        assert f["ppg"].shape == (60 * len(ids), 1024)
+        for i, sid in enumerate(ids):
+            expected = rf.read_dreamt(csv_dir / f"{sid}_whole_df.csv", n_windows=60)["labels_W"]
+            assert np.array_equal(f["labels"][i * 60:(i + 1) * 60], expected) and (expected >= 0).sum() > 20
