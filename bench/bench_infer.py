@@ -232,12 +232,14 @@ def bench_csv_night(workdir: Path, config: str, hours: float) -> dict:
                                    "gpu.mixed_precision": False, "inference.ppg_file": ppg_file})
         for phase in ("cold", "warm"):
             t0 = time.perf_counter()
-            items, failures = inf.run_edf_mode(model, WINDOWS_PER_SUBJECT, cfg, [path],
-                                               inf.make_run_dir(workdir / "out"), device, flags)
-            if failures:
-                raise SystemExit(f"bench night failed: {failures}")
+            record = inf.run_edf_mode(model, WINDOWS_PER_SUBJECT, cfg, [path], inf.make_run_dir(workdir / "out"),
+                                      device, flags)
+            if record.failed:
+                raise SystemExit(f"bench night failed: {record.failed}")
+            items = record.nights
             results[f"{name}_{phase}_s"] = time.perf_counter() - t0
-        results[f"{name}_pred"] = (Path(items[0]["csv"]).read_text().splitlines()[1:] if items[0]["csv"]
+        results[f"{name}_pred"] = (Path(items[0]["outputs"]["csv"]).read_text().splitlines()[1:]
+                                   if items[0]["outputs"]["csv"]
                                    else None)
     agree = np.mean([a.split(",")[3] == b.split(",")[3] for a, b in zip(results.pop("edf_pred"),
                                                                          results.pop("csv_pred"))])

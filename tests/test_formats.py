@@ -555,14 +555,14 @@ def test_every_format_gives_the_edf_predictions(tmp_path, checkpoint):
     wfdb.wrsamp("g_wfdb", fs=STAGE_FS, units=["NU"], sig_name=["PLETH"], p_signal=x[:, None], fmt=["16"],
                 adc_gain=[1.0], baseline=[0], write_dir=str(rec))
     code, result, run_dir = stage(tmp_path, checkpoint, "--ppg", str(rec), "--fs", "64")
-    assert code == 0, result.get("failures")
-    items = {i["subject_id"]: i for i in result["items"]}
+    assert code == 0, result.get("failed")
+    items = {i["subject_id"]: i for i in result["nights"]}
     assert sorted(items) == ["a_edf", "b_header", "c_noheader", "d_ms", "e_datetime", "f_npy", "g_wfdb"]
     formats = {sid: i["source_format"] for sid, i in items.items()}
     assert formats == {"a_edf": "edf", "b_header": "table", "c_noheader": "table", "d_ms": "table",
                        "e_datetime": "table", "f_npy": "npy", "g_wfdb": "wfdb"}
     assert items["d_ms"]["ppg_channel"] == "ppg" and items["g_wfdb"]["ppg_channel"] == "PLETH"
-    assert result["mode"] == "PPG" and items["a_edf"]["mode"] == "PPG"
+    assert result["mode"] == "PPG"
     ref_names, ref_probs = read_predictions(run_dir, "a_edf")
     assert len(ref_names) == STAGE_MIN * 2
     for sid, item in items.items():
@@ -578,14 +578,14 @@ def test_every_format_gives_the_edf_predictions(tmp_path, checkpoint):
     assert code == 0 and read_predictions(edf_run, "a_edf")[0] == ref_names
     odd_edf = write_edf(tmp_path / "h_odd.edf", x, STAGE_FS, "Finger pulse")
     code, odd, odd_run = stage(tmp_path, checkpoint, "--ppg", str(odd_edf))
-    assert code == 1 and odd["failures"][0]["kind"] == "no_ppg_channel"  # no label like pleth, ppg, bvp
+    assert code == 1 and odd["failed"][0]["kind"] == "no_ppg_channel"  # no label like pleth, ppg, bvp
     code, odd, odd_run = stage(tmp_path, checkpoint, "--ppg", str(odd_edf), "--column", "finger PULSE")
-    assert code == 0 and odd["items"][0]["ppg_channel"] == "Finger pulse"
+    assert code == 0 and odd["nights"][0]["ppg_channel"] == "Finger pulse"
     assert read_predictions(odd_run, "h_odd")[0] == ref_names
 
     # a second run reuses the caches (a_edf's was rebuilt by the --edf run: other settings), same predictions
     code, again, again_run = stage(tmp_path, checkpoint, "--ppg", str(rec / "*"), "--fs", "64")
-    assert code == 0 and {i["subject_id"]: i["cache_used"] for i in again["items"]} == {
+    assert code == 0 and {i["subject_id"]: i["cache_used"] for i in again["nights"]} == {
         sid: sid != "a_edf" for sid in items}
     assert read_predictions(again_run, "g_wfdb")[0] == ref_names
 
@@ -603,7 +603,7 @@ def test_gaps_are_not_staged_and_are_marked(tmp_path, checkpoint):
                        {"time": stamps, "pleth": np.round(pulse(n, STAGE_FS)[keep], 5).tolist()})
     code, result, run_dir = stage(tmp_path, checkpoint, "--ppg", str(path))
     assert code == 0
-    item = result["items"][0]
+    item = result["nights"][0]
     assert item["gap_epochs"] == [6, 7, 8, 9] and item["n_epochs_staged"] == STAGE_MIN * 2
     assert len(item["gaps"]) == 1 and item["gaps"][0][1] == pytest.approx(90, abs=0.1)
     names, probs = read_predictions(run_dir, "gappy")
@@ -612,7 +612,7 @@ def test_gaps_are_not_staged_and_are_marked(tmp_path, checkpoint):
     header = (run_dir / "csv" / "gappy" / "gappy.csv").read_text().splitlines()
     assert all(line.count(",") == header[0].count(",") for line in header)
     report = item["sleep_report"]
-    assert report["time_in_bed_min"] == STAGE_MIN - 2 and report["n_scored_epochs"] == STAGE_MIN * 2 - 4
+    assert report["time_in_bed_min"] == STAGE_MIN - 2 and report["n_epochs_with_stage"] == STAGE_MIN * 2 - 4
 
 
 def test_rates_lengths_and_truncation(tmp_path, checkpoint):
@@ -624,7 +624,7 @@ def test_rates_lengths_and_truncation(tmp_path, checkpoint):
     for name, fs in (("r16", 16), ("r1000", 1000), ("long", 64)):
         code, result, _ = stage(tmp_path, checkpoint, "--ppg", str(rec / f"{name}.npy"), "--fs", str(fs))
         assert code == 0, result
-        item = result["items"][0]
+        item = result["nights"][0]
         assert item["ppg_fs"] == fs
         if name == "long":
             assert item["truncated"] is True and item["n_epochs_staged"] == N_WIN
@@ -653,20 +653,20 @@ def test_bad_recordings_each_fail_with_one_line(tmp_path, checkpoint, capsys):
     np.save(tmp_path / "nofs" / "nofs.npy", pulse(n, 32.0))
     capsys.readouterr()
     code, result, _ = stage(tmp_path, checkpoint, "--ppg", str(rec / "*"), "--fs", "32")
-    assert code == 1 and [i["subject_id"] for i in result["items"]] == ["good"]
-    kinds = {f["subject_id"]: f["kind"] for f in result["failures"]}
+    assert code == 1 and [i["subject_id"] for i in result["nights"]] == ["good"]
+    kinds = {f["subject_id"]: f["kind"] for f in result["failed"]}
     assert kinds == {"notes": "unknown_format", "nocolumn": "no_ppg_column", "slow": "low_sampling_rate",
                      "allnan": "no_signal", "constant": "flat_ppg", "short": "too_short",
                      "nodata": "missing_data_file"}
     out = capsys.readouterr().out
     failed_lines = [line for line in out.splitlines() if line.startswith("FAILED")]
     assert len(failed_lines) == 7
-    for f in result["failures"]:
-        line = next(line for line in failed_lines if line.startswith(f"FAILED {f['subject_id']}:"))
-        assert Path(f["input_file"]).name in line  # names the file
+    for f in result["failed"]:
+        line = next(line for line in failed_lines if line.startswith(f"FAILED {f['subject_id']} ("))
+        assert Path(f["file"]).name in line  # names the file
     assert "10 Hz" in next(line for line in failed_lines if "slow" in line)
     code, result, _ = stage(tmp_path, checkpoint, "--ppg", str(tmp_path / "nofs"))
-    assert code == 1 and result["failures"][0]["kind"] == "needs_fs" and "--fs" in result["failures"][0]["error"]
+    assert code == 1 and result["failed"][0]["kind"] == "needs_fs" and "--fs" in result["failed"][0]["reason"]
 
 
 def test_bad_setup_exits_2(tmp_path, checkpoint):
