@@ -7,42 +7,171 @@ Steps (each one is a plain command of this repo, printed before it runs):
   4. verify_mesa_outputs.py
   5. train_ppg_only.py         -> output.save_dir/ppg_only_<timestamp>/ (TensorBoard logs, checkpoints, results)
   6. inference_ppg_only.py     -> test subjects from the HDF5 (with labels: metrics, CSVs, hypnograms)
-  7. inference_ppg_only.py --edf -> raw EDF nights (no labels), with the .npy cache
+  7. inference_ppg_only.py --edf -> raw EDF nights (no labels), with the .npy cache, one command per night
 Paths come from the config (default configs/config_demo.yaml); the cohort root is two folders above
-`preprocessing.edf_dir`. A rerun reuses finished steps: each step leaves a stamp in <workdir>/.demo_steps/
-holding its command and the config's hash (an edited config reruns the steps), and the scripts themselves
-resume (cohort files, extraction parts, caches). A failing step stops the demo with that step's name and exit
-status.
+`preprocessing.edf_dir`. The steps' own output goes to stderr (the terminal); stdout holds only the final
+summary, so `python run_demo.py | tail` shows it and a closed pipe (`| head`) never breaks a step.
 
+Rerunning: each finished step leaves a stamp in <workdir>/.demo_steps/ holding its command, the config's hash
+and the folders it made; a rerun skips a step whose stamp matches and whose folders still exist (an edited
+config reruns the steps), and the scripts themselves resume (cohort files, extraction parts, caches). A
+training step that was killed part-way continues from its `last.pth` in the same run folder (`--resume
+RUN_DIR`, when that run's config is the demo's); a run folder that never saved a checkpoint is removed, so
+TensorBoard shows no dead runs. A step that fails stops the demo with the step's name, its exit status or the
+signal that killed it, and the peak memory of its process tree (sampled every 0.5 s from /proc on Linux).
+
+What the demo's size trades (configs/config_demo.yaml; measured figures in the README): the cohort, the
+pipeline and every output are full-size (10-h nights of 1,200 windows, raw EDF staged night by night), but
+training is shortened to fit a 2-core laptop in a few minutes and ~3 GB of memory: fewer nights than MESA,
+few epochs, small batches and random crops of each night instead of whole nights (validation, test and
+inference still see whole nights). The model stages this cohort well above chance, not as well as it could.
+
+Exit status: 0 done; 1 a step failed; 2 bad setup or arguments; 130 interrupted (Ctrl-C; rerun to continue).
 All metrics printed here are on SYNTHETIC data: they say the pipeline works, not how well it stages MESA.
 
-Usage: python run_demo.py [--config configs/config_demo.yaml] [--subjects 24] [--hours H] [--epochs N]
+Usage: python run_demo.py [--config configs/config_demo.yaml] [--subjects N] [--hours H] [--epochs N]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Callable
 
-from sleepppg_common import ConfigError, load_config, setup_logging, write_text_atomic
+from sleepppg_common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, ConfigError, HelpFormatter,
+                             json_safe, load_config, setup_logging, write_text_atomic)
 
 REPO_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = "configs/config_demo.yaml"
 DEFAULT_SUBJECTS = 24  # ~16 train, 4 val, 4+ test nights: a 2-core CPU trains 3 epochs in minutes
 DEFAULT_EDF_NIGHTS = 2  # raw-EDF inference on the first few nights of the cohort (one is enough to show it)
+GENERATE_WORKERS = 2  # synthetic nights written in parallel (< 0.5 GB each): ~2x faster on 2 cores
+MIN_SUBJECTS = 8  # train, validation and test each need nights
+MODEL = "ppg_only"
+LAST_CHECKPOINT = "checkpoints/last.pth"  # train_ppg_only.py rewrites it after every epoch (--resume reads it)
+TEST_RESULTS = "results/test_results.json"  # a training run is finished once this exists
+INFERENCE_RESULT = "result.json"  # an inference run folder is finished once this exists
+MEMORY_SAMPLE_S = 0.5  # how often the peak memory of a running step's process tree is sampled
+# Peak memory (GB, whole process tree) of each step with the shipped demo config, measured on a 2-core VM;
+# quoted when a step is killed by SIGKILL and no earlier run of that step left its own figure.
+STEP_MEMORY_GB = {"generate": 1.0, "pair_check": 0.1, "extract": 1.0, "verify_outputs": 0.3, "train": 3.0,
+                  "infer": 1.5}
 
 log = logging.getLogger("run_demo")
 
 
 class StepFailed(RuntimeError):
-    """A pipeline step exited non-zero."""
+    """A pipeline step exited non-zero or was killed by a signal."""
+
+
+class Interrupted(RuntimeError):
+    """The user pressed Ctrl-C during a step (args[0]: the step's name)."""
+
+
+@dataclasses.dataclass
+class StepResult:
+    name: str
+    skipped: bool  # reused from an earlier run (stamp matched), not rerun
+    seconds: float  # this run's wall time, or the earlier run's when skipped
+    peak_gb: float | None  # peak memory of the step's process tree (None where /proc is missing)
+    outputs: list[str]  # the run folders the step made (training, inference)
+
+
+@dataclasses.dataclass
+class RunFolders:
+    """The timestamped run folders a step makes: `<parent>/<pattern>`, finished once `marker` exists inside.
+    A failed step's unfinished new folders are removed unless `keep(folder)` says they can be resumed."""
+    parent: Path
+    pattern: str
+    marker: str
+    keep: Callable[[Path], bool] = lambda folder: False
+
+    def all(self) -> set[Path]:
+        return {p for p in self.parent.glob(self.pattern) if p.is_dir()}
+
+    def finished(self, folder: Path) -> bool:
+        return (folder / self.marker).is_file()
+
+
+@dataclasses.dataclass
+class Context:
+    stamps: Path  # <workdir>/.demo_steps
+    config_digest: str  # sha256 of the config file's bytes: an edited config reruns the steps
+    force: bool
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Memory of a running step
+
+
+def _tree_pids(pid: int) -> list[int]:
+    """`pid` and all its descendants (Linux /proc/<pid>/task/<tid>/children)."""
+    pids, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        pids.append(p)
+        for children in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                stack += [int(c) for c in children.read_text().split()]
+            except (OSError, ValueError):
+                pass
+    return pids
+
+
+def tree_memory_bytes(pid: int) -> int | None:
+    """Proportional set size (PSS) of a process tree in bytes: pages shared by forked workers are split
+    between them, not counted twice. None where /proc is not available."""
+    if not Path(f"/proc/{pid}").exists():
+        return None
+    total_kb = 0
+    for p in _tree_pids(pid):
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kb += int(line.split()[1])
+                    break
+        except (OSError, ValueError):  # the process ended between listing and reading
+            pass
+    return total_kb * 1024
+
+
+class PeakMemory:
+    """Samples a process tree's memory every MEMORY_SAMPLE_S seconds in a thread; `.peak_gb` is the highest."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak_bytes, self.available = pid, 0, Path("/proc/self/smaps_rollup").exists()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        if self.available:
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, tree_memory_bytes(self.pid) or 0)
+            self._stop.wait(MEMORY_SAMPLE_S)
+
+    def stop(self) -> float | None:
+        """Stop sampling; the peak in GB (None where /proc is not available)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        return round(self.peak_bytes / 1e9, 2) if self.available else None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Steps
 
 
 def cohort_root(cfg: dict) -> Path:
@@ -50,47 +179,161 @@ def cohort_root(cfg: dict) -> Path:
     return Path(cfg["preprocessing"]["edf_dir"]).parent.parent
 
 
-def run_step(name: str, cmd: list[str], stamp_dir: Path, config_digest: str, force: bool = False) -> float:
-    """Run one step unless its stamp says the same command, with the same config contents, already finished.
-    Returns seconds spent."""
-    stamp = stamp_dir / f"{name}.json"
-    printable = " ".join(shlex.quote(c) for c in cmd)
-    if not force and stamp.is_file():
-        try:
-            done = json.loads(stamp.read_text())
-        except json.JSONDecodeError:
-            done = {}
-        if done.get("command") == printable and done.get("config_sha256") == config_digest:
-            log.info("[%s] already done (%.0f s last time), skipping: %s", name, done.get("seconds", 0), printable)
-            return 0.0
-    log.info("[%s] $ %s", name, printable)
+def read_stamp(path: Path) -> dict:
+    try:
+        stamp = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return stamp if isinstance(stamp, dict) else {}
+
+
+def describe_exit(name: str, returncode: int, seconds: float, peak_gb: float | None, need_gb: float,
+                  command: str) -> str:
+    """One line saying how a step ended badly: its exit status, or the signal that killed it (for SIGKILL also
+    the usual culprit and the memory the step needs)."""
+    if returncode >= 0:
+        return f"step '{name}' failed with exit status {returncode} after {seconds:.0f} s: {command}"
+    try:
+        sig = signal.Signals(-returncode).name
+    except ValueError:
+        sig = f"signal {-returncode}"
+    notes = []
+    if -returncode == signal.SIGKILL:
+        notes.append(f"most often the out-of-memory killer; this step needs about {need_gb:.1f} GB")
+    if peak_gb:
+        notes.append(f"its processes had reached {peak_gb:.1f} GB")
+    why = f" ({'; '.join(notes)})" if notes else ""
+    return f"step '{name}' was killed by {sig} after {seconds:.0f} s{why}: {command}"
+
+
+def wait_for(proc: subprocess.Popen) -> int:
+    """Wait for a step's process. On Ctrl-C (which the step, in the same process group, receives too) give it
+    time to stop cleanly, pass the interrupt on if it is still running, and kill it as a last resort."""
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        for action, grace_s in ((None, 5), (proc.send_signal, 30), (proc.kill, None)):
+            if action is not None:
+                action(signal.SIGINT) if action is proc.send_signal else action()
+            try:
+                proc.wait(timeout=grace_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        raise KeyboardInterrupt from None
+
+
+def stamp_matches(stamp: dict, command: str, ctx: Context) -> bool:
+    """Whether a step's stamp records this command and config, and every folder it made still exists."""
+    return (not ctx.force and stamp.get("command") == command and stamp.get("config_sha256") == ctx.config_digest
+            and all(Path(p).is_dir() for p in stamp.get("outputs", [])))
+
+
+def printable(cmd: list[str]) -> str:
+    return " ".join(shlex.quote(c) for c in cmd)
+
+
+def run_step(name: str, cmd: list[str], ctx: Context, *, kind: str, folders: RunFolders | None = None,
+             identity: list[str] | None = None, resumed: Path | None = None) -> StepResult:
+    """Run one step unless its stamp says the same command, with the same config, already finished and its
+    folders still exist.
+
+    Args:
+        kind: the step's entry in STEP_MEMORY_GB.
+        folders: the run folders the step makes; the new finished ones are recorded as its outputs, and a failed
+            step's unfinished ones are removed unless `folders.keep` says they can be resumed.
+        identity: the command the stamp records (default `cmd`): training that resumes a killed run adds
+            `--resume RUN_DIR` to `cmd`, yet is the same step as the command without it.
+        resumed: a run folder the step continues (recorded as an output, though not new).
+    Raises:
+        StepFailed: the step exited non-zero or was killed by a signal.
+        Interrupted: Ctrl-C.
+    """
+    stamp_path = ctx.stamps / f"{name}.json"
+    shown, key = printable(cmd), printable(identity or cmd)
+    stamp = read_stamp(stamp_path)
+    if stamp_matches(stamp, key, ctx):
+        log.info("[%s] done before (%.0f s), skipped: %s", name, stamp.get("seconds", 0), key)
+        return StepResult(name, True, float(stamp.get("seconds", 0)), stamp.get("peak_gb"), stamp.get("outputs", []))
+
+    log.info("[%s] $ %s", name, shown)
+    before = folders.all() if folders else set()
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=Path.cwd())
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise StepFailed(f"step '{name}' failed with exit status {proc.returncode} after {seconds:.0f} s: {printable}")
-    write_text_atomic(stamp, json.dumps({"command": printable, "config_sha256": config_digest,
-                                         "seconds": round(seconds, 1)}))
-    log.info("[%s] done in %.0f s", name, seconds)
-    return seconds
+    # The step's stdout goes to our stderr: stdout is kept for the summary (see the module docstring).
+    proc = subprocess.Popen(cmd, stdout=sys.stderr)
+    memory = PeakMemory(proc.pid)
+    try:
+        returncode = wait_for(proc)
+    except KeyboardInterrupt:
+        raise Interrupted(name) from None
+    finally:
+        peak_gb = memory.stop()
+        seconds = time.perf_counter() - start
+        new = sorted((folders.all() - before) if folders else [])
+        if folders and proc.returncode != 0:
+            for folder in new:
+                if not folders.finished(folder) and not folders.keep(folder):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    log.info("[%s] removed %s: the step stopped before it had anything to keep", name, folder)
+    if returncode in (EXIT_INTERRUPTED, -signal.SIGINT):
+        raise Interrupted(name)
+    if returncode != 0:
+        need = max(float(stamp.get("peak_gb") or 0), STEP_MEMORY_GB[kind])
+        raise StepFailed(describe_exit(name, returncode, seconds, peak_gb, need, shown))
+    outputs = [str(p) for p in ([resumed] if resumed else []) + [f for f in new if folders.finished(f)]]
+    write_text_atomic(stamp_path, json.dumps({"command": key, "config_sha256": ctx.config_digest,
+                                              "seconds": round(seconds, 1), "peak_gb": peak_gb,
+                                              "outputs": outputs}, indent=1))
+    log.info("[%s] done in %.0f s%s", name, seconds, f", peak memory {peak_gb:.2f} GB" if peak_gb else "")
+    return StepResult(name, False, seconds, peak_gb, outputs)
 
 
-def newest_run(save_dir: Path, model: str) -> Path:
-    """The newest finished training run folder (one with results/test_results.json)."""
-    runs = sorted(p for p in save_dir.glob(f"{model}_*") if (p / "results" / "test_results.json").is_file())
-    if not runs:
-        raise StepFailed(f"no finished {model} run under {save_dir}")
-    return runs[-1]
+# ----------------------------------------------------------------------------------------------------------
+# Training runs: resume a killed one, remove dead ones
 
 
-def newest_inference(save_dir: Path) -> Path | None:
-    """The newest inference output folder (<save_dir>/<run_id>/ holding a result.json)."""
-    found = [p.parent for p in save_dir.glob("*/result.json")]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+def has_checkpoint(run_dir: Path) -> bool:
+    return (run_dir / LAST_CHECKPOINT).is_file()
+
+
+def same_config(run_dir: Path, cfg: dict) -> bool:
+    """Whether a run folder's checkpoints/config.json is `cfg` (the config as train_ppg_only.py validates it)."""
+    try:
+        saved = json.loads((run_dir / "checkpoints" / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return saved == json.loads(json.dumps(json_safe(cfg)))
+
+
+def prepare_training(runs: RunFolders, cfg: dict) -> Path | None:
+    """Remove unfinished runs that never saved a checkpoint (nothing to resume; TensorBoard would list them)
+    and return the newest unfinished run trained with `cfg` that has one, to be resumed; None if there is none."""
+    resumable = None
+    for run in sorted(runs.all()):
+        if runs.finished(run):
+            continue
+        if not has_checkpoint(run):
+            shutil.rmtree(run, ignore_errors=True)
+            log.info("removed %s: a training run that stopped before its first checkpoint", run)
+        elif same_config(run, cfg):
+            resumable = run
+    return resumable
+
+
+def newest_finished(runs: RunFolders, outputs: list[str]) -> Path:
+    """The training run of the step (its recorded output), else the newest finished run folder."""
+    found = [Path(p) for p in outputs if runs.finished(Path(p))] or sorted(r for r in runs.all() if runs.finished(r))
+    if not found:
+        raise StepFailed(f"no finished {MODEL} run under {runs.parent}")
+    return found[-1]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config (paths and sizes)")
     p.add_argument("--subjects", type=int, default=DEFAULT_SUBJECTS, help="synthetic nights to generate")
     p.add_argument("--hours", type=float, default=None,
@@ -105,63 +348,82 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    overrides = {"training.num_epochs": args.epochs} if args.epochs is not None else {}
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, overrides)
     except ConfigError as err:
         log.error("%s", err)
-        return 2
-    if args.subjects < 8:
-        log.error("--subjects must be at least 8 (train, validation and test each need nights)")
-        return 2
+        return EXIT_SETUP
+    if args.subjects < MIN_SUBJECTS:
+        log.error("--subjects must be at least %d (train, validation and test each need nights)", MIN_SUBJECTS)
+        return EXIT_SETUP
+    if args.edf_nights < 0:
+        log.error("--edf-nights must be >= 0")
+        return EXIT_SETUP
+    started = time.perf_counter()
     py = sys.executable
-    digest = hashlib.sha256(Path(args.config).read_bytes()).hexdigest()  # an edited config reruns the steps
-    root = cohort_root(cfg)
-    workdir = Path(cfg["preprocessing"]["out_dir"]).parent
-    stamps = workdir / ".demo_steps"
-    save_dir = Path(cfg["output"]["save_dir"])
+    ctx = Context(stamps=Path(cfg["preprocessing"]["out_dir"]).parent / ".demo_steps",
+                  config_digest=hashlib.sha256(Path(args.config).read_bytes()).hexdigest(), force=args.force)
+    workdir = ctx.stamps.parent
     edf_dir = Path(cfg["preprocessing"]["edf_dir"])
-    gen = [py, str(REPO_DIR / "make_synthetic_mesa.py"), "--out", str(root), "--n-subjects", str(args.subjects),
-           "--seed", str(args.seed)]
+    runs = RunFolders(Path(cfg["output"]["save_dir"]), f"{MODEL}_*", TEST_RESULTS, keep=has_checkpoint)
+    infer_root = Path(cfg["inference"]["save_dir"])
+    hdf5_runs = RunFolders(infer_root / "hdf5_mode", "*", INFERENCE_RESULT)
+    edf_runs = RunFolders(infer_root / "edf_mode", "*", INFERENCE_RESULT)
+
+    gen = [py, str(REPO_DIR / "make_synthetic_mesa.py"), "--out", str(cohort_root(cfg)),
+           "--n-subjects", str(args.subjects), "--seed", str(args.seed), "--workers", str(GENERATE_WORKERS)]
     if args.hours is not None:
         gen += ["--hours", str(args.hours)]
-    train = [py, str(REPO_DIR / "train_ppg_only.py"), "--config", args.config, "--model", "ppg_only"]
+    train = [py, str(REPO_DIR / "train_ppg_only.py"), "--config", args.config, "--model", MODEL]
     if args.epochs is not None:
         train += ["--epochs", str(args.epochs)]
-    timings = {}
+    steps: list[StepResult] = []
     try:
-        timings["generate"] = run_step("1_generate", gen, stamps, digest, args.force)
-        timings["pair_check"] = run_step("2_pair_check", [
+        steps.append(run_step("1_generate", gen, ctx, kind="generate"))
+        steps.append(run_step("2_pair_check", [
             py, str(REPO_DIR / "verify_mesa_dataset.py"), "--xml-dir", cfg["preprocessing"]["xml_dir"],
-            "--edf-dir", str(edf_dir), "--out", str(workdir / "paircheck_result.json")], stamps, digest, args.force)
-        timings["extract"] = run_step("3_extract", [
-            py, str(REPO_DIR / "extract_mesa_data.py"), "--config", args.config], stamps, digest, args.force)
-        timings["verify_outputs"] = run_step("4_verify_outputs", [
-            py, str(REPO_DIR / "verify_mesa_outputs.py"), "--base", cfg["preprocessing"]["out_dir"]], stamps,
-            digest, args.force)
-        timings["train"] = run_step("5_train", train, stamps, digest, args.force)
-        run_dir = newest_run(save_dir, "ppg_only")
+            "--edf-dir", str(edf_dir), "--out", str(workdir / "paircheck_result.json")], ctx, kind="pair_check"))
+        steps.append(run_step("3_extract", [
+            py, str(REPO_DIR / "extract_mesa_data.py"), "--config", args.config], ctx, kind="extract"))
+        steps.append(run_step("4_verify_outputs", [
+            py, str(REPO_DIR / "verify_mesa_outputs.py"), "--base", cfg["preprocessing"]["out_dir"]], ctx,
+            kind="verify_outputs"))
+        will_skip = stamp_matches(read_stamp(ctx.stamps / "5_train.json"), printable(train), ctx)
+        resume = None if args.force or will_skip else prepare_training(runs, cfg)
+        if resume is not None:
+            log.info("continuing the unfinished training run %s from its last checkpoint", resume)
+        steps.append(run_step("5_train", train + (["--resume", str(resume)] if resume else []), ctx, kind="train",
+                              folders=runs, identity=train, resumed=resume))
+        run_dir = newest_finished(runs, steps[-1].outputs)
         checkpoint = run_dir / "checkpoints" / "best_model.pth"
         infer = [py, str(REPO_DIR / "inference_ppg_only.py"), "--config", args.config,
                  "--checkpoint", str(checkpoint)]
-        infer_root = Path(cfg["inference"]["save_dir"])
-        hdf5_dir, edf_out_dir = infer_root / "hdf5_mode", infer_root / "edf_mode"
-        timings["infer_hdf5"] = run_step("6_infer_hdf5", infer + ["--out", str(hdf5_dir)], stamps, digest,
-                                         args.force)
-        edfs = sorted(edf_dir.glob("*.edf"))[: args.edf_nights]
-        timings["infer_edf"] = sum(
-            run_step(f"7_infer_edf_{edf.stem}", infer + ["--edf", str(edf), "--out", str(edf_out_dir)], stamps,
-                     digest, args.force) for edf in edfs)
+        steps.append(run_step("6_infer_hdf5", infer + ["--out", str(hdf5_runs.parent)], ctx, kind="infer",
+                              folders=hdf5_runs))
+        for edf in sorted(edf_dir.glob("*.edf"))[: args.edf_nights]:
+            steps.append(run_step(f"7_infer_edf_{edf.stem}", infer + ["--edf", str(edf), "--out",
+                                                                      str(edf_runs.parent)],
+                                  ctx, kind="infer", folders=edf_runs))
     except StepFailed as err:
         log.error("%s", err)
-        return 1
-    print_summary(run_dir, checkpoint, newest_inference(hdf5_dir), newest_inference(edf_out_dir), cfg, timings)
-    return 0
+        return EXIT_FAILED
+    except Interrupted as err:
+        log.error("interrupted during step '%s'; run the same command again to continue from there", err.args[0])
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        log.error("interrupted; run the same command again to continue from there")
+        return EXIT_INTERRUPTED
+    try:
+        print_summary(run_dir, checkpoint, steps, cfg, time.perf_counter() - started)
+    except BrokenPipeError:  # `python run_demo.py | head`: the reader stopped reading; the demo itself is done
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_OK
 
 
-def print_summary(run_dir: Path, checkpoint: Path, hdf5_out: Path | None, edf_out: Path | None, cfg: dict,
-                  timings: dict) -> None:
-    """Tell the user where everything is and what the SYNTHETIC test metrics were."""
-    results = json.loads((run_dir / "results" / "test_results.json").read_text())
+def print_summary(run_dir: Path, checkpoint: Path, steps: list[StepResult], cfg: dict, total_s: float) -> None:
+    """Tell the user where everything is, what the SYNTHETIC test metrics were and what each step cost."""
+    results = json.loads((run_dir / TEST_RESULTS).read_text())
     lines = [
         "",
         "=" * 78,
@@ -170,15 +432,25 @@ def print_summary(run_dir: Path, checkpoint: Path, hdf5_out: Path | None, edf_ou
         f"TensorBoard logs : tensorboard --logdir {cfg['output']['save_dir']}",
         f"Training run     : {run_dir}",
         f"Best checkpoint  : {checkpoint}",
+        "Synthetic test set ({} nights): pooled accuracy {:.3f}, pooled kappa {:.3f}, median per-subject kappa "
+        "{:.3f}".format(results["n_test_subjects"], results["test_accuracy_overall"], results["test_kappa_overall"],
+                        results["test_median_kappa"]),
     ]
-    lines.append("Synthetic test set ({} nights): pooled accuracy {:.3f}, pooled kappa {:.3f}, median per-subject "
-                 "kappa {:.3f}".format(results["n_test_subjects"], results["test_accuracy_overall"],
-                                       results["test_kappa_overall"], results["test_median_kappa"]))
-    for label, out in (("HDF5 inference", hdf5_out), ("EDF inference", edf_out)):
-        if out is not None:
-            lines.append(f"{label:<17}: {out}  (result.json, csv/<id>/<id>.csv, graph/<id>/<id>.png)")
-    lines.append("Step seconds     : " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
-    print("\n".join(lines))
+    for step in steps:
+        if step.name.startswith(("6_", "7_")):
+            label = "HDF5 inference" if step.name.startswith("6_") else "EDF inference"
+            for out in step.outputs:
+                lines.append(f"{label:<17}: {out}  (result.json, csv/<id>/<id>.csv, graph/<id>/<id>.png)")
+    lines.append("Steps (seconds, peak memory of the step's processes):")
+    for step in steps:
+        memory = f", {step.peak_gb:.2f} GB" if step.peak_gb else ""
+        lines.append(f"  {step.name:<28} " + (f"skipped (done), {step.seconds:.0f} s last time" if step.skipped
+                                              else f"{step.seconds:.0f} s{memory}"))
+    ran = [s for s in steps if not s.skipped]
+    peak = max((s.peak_gb or 0 for s in ran), default=0)
+    lines.append(f"This run: {total_s:.0f} s, {len(ran)} step(s) run, {len(steps) - len(ran)} skipped"
+                 + (f"; highest step peak {peak:.2f} GB" if peak else ""))
+    print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":
