@@ -1,75 +1,270 @@
-"""End to end: run_demo.py runs every script of the pipeline, as a user would, on a tiny synthetic cohort."""
+"""Tests of run_demo.py: its step runner (stamps, failures, signals, Ctrl-C, dead run folders) on tiny
+commands, and once, end to end, every script of the pipeline run as a user would on a tiny synthetic cohort,
+with the training step killed part-way and resumed in the same run folder."""
+from __future__ import annotations
+
 import json
+import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+import yaml
+
+import run_demo
+from sleepppg_common import load_config
+
 REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+TINY_EPOCHS = 4  # enough epochs after the first checkpoint to kill the training step part-way
 
 
-def tiny_config(tmp_path: Path) -> Path:
-    """configs/config_demo.yaml with paths under tmp_path and sizes a 2-core CI finishes in about a minute."""
-    text = (REPO / "configs" / "config_demo.yaml").read_text()
-    replacements = {
-        "windows_per_subject: 1200": "windows_per_subject: 40",
-        "batch_size: 8                            # nights per forward pass": "batch_size: 4",
-        "  num_workers: 2": "  num_workers: 0",
-        "  workers: 0": "  workers: 2",
-        "chunk_windows: 1200": "chunk_windows: 40",
-        "num_epochs: 12": "num_epochs: 2",
-        "n_subjects: 3": "n_subjects: 2",
-    }
-    for old, new in replacements.items():
-        assert old in text, old
-        text = text.replace(old, new, 1)
+def tiny_config(tmp_path: Path, **overrides) -> Path:
+    """configs/config_demo.yaml with relative paths (under the working directory) and sizes a 2-core CI runs
+    in well under a minute: 40-window nights, a few epochs, no worker processes."""
+    cfg = yaml.safe_load((REPO / "configs" / "config_demo.yaml").read_text())
+    sizes = {"data.windows_per_subject": 40, "data.num_workers": 0, "data.batch_size": 2,
+             "preprocessing.workers": 1, "preprocessing.chunk_windows": 40, "training.num_epochs": TINY_EPOCHS,
+             "output.save_frequency": 100, "output.save_intermediate": False, "inference.n_subjects": 1,
+             "inference.batch_size": 2, **overrides}
+    for dotted, value in sizes.items():
+        section, key = dotted.split(".")
+        cfg[section][key] = value
     path = tmp_path / "tiny.yaml"
-    path.write_text(text)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 
-def test_demo_runs_end_to_end_and_resumes(tmp_path):
-    cfg = tiny_config(tmp_path)
-    cmd = [sys.executable, str(REPO / "run_demo.py"), "--config", str(cfg), "--subjects", "10", "--hours", "0.4",
-           "--edf-nights", "1"]
-    first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
-    assert "SYNTHETIC" in first.stdout and "Best checkpoint" in first.stdout
+def context(tmp_path: Path, digest: str = "abc", force: bool = False) -> run_demo.Context:
+    return run_demo.Context(stamps=tmp_path / ".demo_steps", config_digest=digest, force=force)
 
-    demo = tmp_path / "demo"
-    pair = json.loads((demo / "paircheck_result.json").read_text())
-    assert pair["summary"]["matched"] == 10 and pair["summary"]["only_xml"] == 0
-    for name in ("mesa_ppg_with_labels.h5", "mesa_real_ecg.h5", "mesa_subject_index.h5"):
-        assert (demo / "mesa-x" / name).is_file()
-    runs = list((demo / "outputs").glob("ppg_only_*"))
-    assert len(runs) == 1
-    results = json.loads((runs[0] / "results" / "test_results.json").read_text())
-    assert results  # metric fields are checked in test_train.py; here: the file is valid JSON with content
-    assert list((runs[0] / "logs").rglob("events.out.tfevents.*")), "no TensorBoard event file"
-    for mode in ("hdf5_mode", "edf_mode"):
-        out = list((demo / "outputs" / "inference" / mode).glob("*/result.json"))
-        assert out, f"no result.json for {mode}"
-        csvs = list(out[0].parent.glob("csv/*/*.csv"))
-        pngs = list(out[0].parent.glob("graph/*/*.png"))
-        assert csvs and pngs, mode
-    assert list((demo / "mesa-inference").glob("*/meta.json")), "EDF mode left no cache"
 
-    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("already done") >= 7  # every step reused
-    assert len(list((demo / "outputs").glob("ppg_only_*"))) == 1  # no second training run
+def py_cmd(code: str) -> list[str]:
+    return [PY, "-c", code]
 
-    cfg.write_text(cfg.read_text().replace("n_subjects: 2", "n_subjects: 1"))  # an edited config reruns steps
-    edited = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert edited.returncode == 0, edited.stderr[-3000:]
-    assert "already done" not in edited.stderr
-    assert "up to date" in edited.stdout + edited.stderr  # extraction itself sees nothing new to do
+
+# ----------------------------------------------------------------------------------------------------------
+# The step runner
+
+
+def test_stamp_skips_a_finished_step_until_the_config_or_its_folders_change(tmp_path):
+    out = tmp_path / "runs"
+    folders = run_demo.RunFolders(out, "run_*", "done.txt")
+    make = py_cmd(f"import pathlib, time; p = pathlib.Path({str(out)!r}) / ('run_%d' % time.time_ns()); "
+                  "p.mkdir(parents=True); (p / 'done.txt').write_text('x')")
+    first = run_demo.run_step("5_x", make, context(tmp_path), kind="train", folders=folders)
+    assert not first.skipped and len(first.outputs) == 1 and Path(first.outputs[0]).parent == out
+    stamp = json.loads((tmp_path / ".demo_steps" / "5_x.json").read_text())
+    assert stamp["outputs"] == first.outputs and stamp["config_sha256"] == "abc" and stamp["seconds"] >= 0
+
+    again = run_demo.run_step("5_x", make, context(tmp_path), kind="train", folders=folders)
+    assert again.skipped and again.outputs == first.outputs and again.seconds == stamp["seconds"]
+    assert len(folders.all()) == 1  # not rerun
+
+    edited = run_demo.run_step("5_x", make, context(tmp_path, digest="edited"), kind="train", folders=folders)
+    assert not edited.skipped and len(folders.all()) == 2
+
+    for folder in folders.all():  # a user deleted the outputs: the step runs again
+        (folder / "done.txt").unlink()
+        folder.rmdir()
+    gone = run_demo.run_step("5_x", make, context(tmp_path, digest="edited"), kind="train", folders=folders)
+    assert not gone.skipped and len(folders.all()) == 1
+    forced = run_demo.run_step("5_x", make, context(tmp_path, digest="edited", force=True), kind="train",
+                               folders=folders)
+    assert not forced.skipped and len(folders.all()) == 2
+
+
+def test_a_failing_step_names_itself_and_its_exit_status(tmp_path):
+    with pytest.raises(run_demo.StepFailed, match=r"step '3_x' failed with exit status 3 after \d+ s: .*exit\(3\)"):
+        run_demo.run_step("3_x", py_cmd("import sys; sys.exit(3)"), context(tmp_path), kind="extract")
+    assert not (tmp_path / ".demo_steps" / "3_x.json").exists()  # no stamp: the next run tries again
+
+
+def test_a_step_killed_by_sigkill_names_the_signal_and_the_memory_it_needs(tmp_path):
+    kill_self = py_cmd("import os, signal; b = bytearray(200 * 2**20); os.kill(os.getpid(), signal.SIGKILL)")
+    with pytest.raises(run_demo.StepFailed) as err:
+        run_demo.run_step("5_train", kill_self, context(tmp_path), kind="train")
+    text = str(err.value)
+    assert "step '5_train' was killed by SIGKILL" in text
+    assert f"most often the out-of-memory killer; this step needs about {run_demo.STEP_MEMORY_GB['train']:.1f} GB" \
+        in text
+    with pytest.raises(run_demo.StepFailed, match="killed by SIGTERM after"):
+        run_demo.run_step("6_x", py_cmd("import os, signal; os.kill(os.getpid(), signal.SIGTERM)"),
+                          context(tmp_path), kind="infer")
+
+
+def test_describe_exit_quotes_the_peak_memory_reached():
+    text = run_demo.describe_exit("5_train", -signal.SIGKILL, 12.4, 2.61, 3.0, "python train_ppg_only.py")
+    assert text == ("step '5_train' was killed by SIGKILL after 12 s (most often the out-of-memory killer; this "
+                    "step needs about 3.0 GB; its processes had reached 2.6 GB): python train_ppg_only.py")
+
+
+def test_an_interrupted_step_raises_interrupted(tmp_path):
+    for code in ("import sys; sys.exit(130)", "import os, signal; os.kill(os.getpid(), signal.SIGINT)"):
+        with pytest.raises(run_demo.Interrupted) as err:
+            run_demo.run_step("5_train", py_cmd(code), context(tmp_path), kind="train")
+        assert err.value.args == ("5_train",)
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="needs Linux /proc")
+def test_peak_memory_of_the_step_tree_counts_its_children(tmp_path):
+    # a child process holding ~300 MB of touched memory under a parent holding ~0: the tree's peak sees it
+    child = "b = bytearray(300 * 2**20); import time; time.sleep(2)"
+    result = run_demo.run_step("2_x", py_cmd(f"import subprocess, sys; subprocess.run([sys.executable, '-c', "
+                                             f"{child!r}])"), context(tmp_path), kind="pair_check")
+    assert 0.3 <= result.peak_gb < 1.0
+
+
+def test_a_failed_step_removes_its_unfinished_folders_unless_they_can_be_resumed(tmp_path):
+    runs = run_demo.RunFolders(tmp_path / "out", "ppg_only_*", run_demo.TEST_RESULTS, keep=run_demo.has_checkpoint)
+    old = tmp_path / "out" / "ppg_only_1"
+    old.mkdir(parents=True)  # an earlier folder is not this step's to remove
+    dead = py_cmd(f"import pathlib, sys; pathlib.Path({str(tmp_path / 'out' / 'ppg_only_2')!r}).mkdir(); "
+                  "sys.exit(1)")
+    with pytest.raises(run_demo.StepFailed):
+        run_demo.run_step("5_train", dead, context(tmp_path), kind="train", folders=runs)
+    assert runs.all() == {old}
+    ckpt = tmp_path / "out" / "ppg_only_3" / run_demo.LAST_CHECKPOINT
+    resumable = py_cmd(f"import pathlib, sys; p = pathlib.Path({str(ckpt)!r}); p.parent.mkdir(parents=True); "
+                       "p.write_bytes(b'x'); sys.exit(1)")
+    with pytest.raises(run_demo.StepFailed):
+        run_demo.run_step("5_train", resumable, context(tmp_path), kind="train", folders=runs)
+    assert runs.all() == {old, ckpt.parents[1]}
+
+
+def test_prepare_training_resumes_the_run_of_the_same_config_and_removes_dead_runs(tmp_path):
+    cfg = load_config(REPO / "configs" / "config_demo.yaml", {"output.save_dir": str(tmp_path)})
+    other = load_config(REPO / "configs" / "config_demo.yaml", {"output.save_dir": str(tmp_path),
+                                                                "training.num_epochs": 99})
+    runs = run_demo.RunFolders(tmp_path, "ppg_only_*", run_demo.TEST_RESULTS, keep=run_demo.has_checkpoint)
+
+    def make(name: str, config: dict | None, checkpoint: bool, finished: bool) -> Path:
+        run = tmp_path / name
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "results").mkdir()
+        if config is not None:
+            (run / "checkpoints" / "config.json").write_text(json.dumps(config))
+        if checkpoint:
+            (run / run_demo.LAST_CHECKPOINT).write_bytes(b"x")
+        if finished:
+            (run / run_demo.TEST_RESULTS).write_text("{}")
+        return run
+
+    done = make("ppg_only_20260101_000000", cfg, True, True)
+    dead = make("ppg_only_20260101_000001", cfg, False, False)
+    empty = make("ppg_only_20260101_000002", None, False, False)
+    same = make("ppg_only_20260101_000003", cfg, True, False)
+    newer_other = make("ppg_only_20260101_000004", other, True, False)
+    assert run_demo.same_config(same, cfg) and not run_demo.same_config(newer_other, cfg)
+    assert run_demo.prepare_training(runs, cfg) == same
+    assert runs.all() == {done, same, newer_other}
+    assert not dead.exists() and not empty.exists()
+
+
+def test_bad_setup_exits_2(tmp_path, caplog):
+    assert run_demo.main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in caplog.text
+    assert run_demo.main(["--config", str(tiny_config(tmp_path)), "--subjects", "3"]) == 2
+    assert "--subjects must be at least 8" in caplog.text
+    with pytest.raises(SystemExit) as err:
+        run_demo.main(["--epochs", "many"])
+    assert err.value.code == 2
 
 
 def test_demo_stops_on_a_failing_step(tmp_path):
     cfg = tiny_config(tmp_path)
     # An unwritable cohort location makes step 1 fail: the demo must stop there, naming the step.
     (tmp_path / "demo").write_text("not a folder")
-    proc = subprocess.run([sys.executable, str(REPO / "run_demo.py"), "--config", str(cfg), "--subjects", "8",
+    proc = subprocess.run([PY, str(REPO / "run_demo.py"), "--config", str(cfg), "--subjects", "8",
                            "--hours", "0.2"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
-    assert "step '1_generate' failed" in proc.stderr
+    assert "step '1_generate' failed with exit status" in proc.stderr
+    assert proc.stdout == ""  # no summary
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The whole pipeline, once
+
+
+def _descendants(pid: int) -> list[int]:
+    return [p for p in run_demo._tree_pids(pid) if p != pid]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _kill_training_after_its_first_checkpoint(demo: subprocess.Popen, save_dir: Path, timeout_s: float) -> Path:
+    """Wait for the first `last.pth`, then SIGKILL the train_ppg_only.py process (as the OOM killer would)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and demo.poll() is None:
+        found = list(save_dir.glob("ppg_only_*/checkpoints/last.pth"))
+        if found:
+            trainers = [p for p in _descendants(demo.pid) if "train_ppg_only.py" in _cmdline(p)]
+            assert trainers, "a checkpoint exists but no training process is running"
+            for pid in trainers:
+                os.kill(pid, signal.SIGKILL)
+            return found[0].parents[1]
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint within {timeout_s} s (demo exit status {demo.poll()})")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the training process")
+def test_demo_end_to_end_training_killed_then_resumed(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cmd = [PY, str(REPO / "run_demo.py"), "--config", str(cfg), "--subjects", "8", "--hours", "0.35",
+           "--edf-nights", "1"]
+    demo_dir, save_dir = tmp_path / "demo", tmp_path / "demo" / "outputs"
+
+    # 1. First run: the training step is killed after its first epoch's checkpoint.
+    with open(tmp_path / "first.out", "w") as out, open(tmp_path / "first.err", "w") as err:
+        first = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=err)
+        killed_run = _kill_training_after_its_first_checkpoint(first, save_dir, timeout_s=600)
+        assert first.wait(timeout=120) == 1
+    stderr = (tmp_path / "first.err").read_text()
+    assert "step '5_train' was killed by SIGKILL" in stderr and "most often the out-of-memory killer" in stderr
+    assert (tmp_path / "first.out").read_text() == ""  # no summary after a failed step
+
+    # 2. Rerun, its stdout a pipe closed at once (`| head`): the same run folder continues and finishes.
+    second = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second.stdout.close()
+    _, stderr = second.communicate(timeout=600)
+    assert second.returncode == 0, stderr[-5000:]
+    assert "Traceback" not in stderr
+    assert f"continuing the unfinished training run {killed_run.relative_to(tmp_path)}" in stderr
+    assert sorted(save_dir.glob("ppg_only_*")) == [killed_run]  # no second run, no dead run for TensorBoard
+    for step in ("1_generate", "2_pair_check", "3_extract", "4_verify_outputs"):
+        assert f"[{step}] done before" in stderr
+    results = json.loads((killed_run / "results" / "test_results.json").read_text())
+    assert results["epochs_trained"] == TINY_EPOCHS
+    assert len(results["training_history"]["train_losses"]) == TINY_EPOCHS  # epochs 2.. appended after epoch 1
+    assert results["n_test_subjects"] >= 2 and 0 <= results["test_accuracy_overall"] <= 1
+    assert math.isfinite(results["test_kappa_overall"]) and -1 <= results["test_kappa_overall"] <= 1
+    assert len(list((killed_run / "logs").rglob("events.out.tfevents.*"))) >= 1
+
+    pair = json.loads((demo_dir / "paircheck_result.json").read_text())
+    assert pair["summary"]["matched"] == 8 and pair["summary"]["only_xml"] == 0 == pair["summary"]["only_edf"]
+
+    # 3. Rerun again: every step skipped, and the summary lists every inference folder.
+    third = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr[-3000:]
+    summary = third.stdout
+    assert "SYNTHETIC" in summary and f"Training run     : {killed_run.relative_to(tmp_path)}" in summary
+    assert summary.count("skipped (done)") == 7 and "0 step(s) run, 7 skipped" in summary
+    assert sorted(save_dir.glob("ppg_only_*")) == [killed_run]
+    for mode, nights in (("hdf5_mode", 1), ("edf_mode", 1)):
+        (out,) = (save_dir / "inference" / mode).iterdir()
+        assert f"{out.relative_to(tmp_path)}  (result.json" in summary
+        result = json.loads((out / "result.json").read_text())
+        assert result["n_ok"] == nights == len(result["items"]) and result["n_failed"] == 0
+        assert result["mode"] == ("H5" if mode == "hdf5_mode" else "EDF")
+        assert len(list(out.glob("csv/*/*.csv"))) == nights and list(out.glob("graph/*/*.png"))
+    assert len(list((demo_dir / "mesa-inference").glob("*/meta.json"))) == 1  # the EDF night's cache
