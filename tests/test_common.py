@@ -7,13 +7,14 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 import sleepppg_common
+from helpers import REPO
 from sleepppg_common import (ConfigError, atomic_output, compute_metrics, load_config, make_timestamped_dir,
                              mesa_commercial_ids, sleepppg_test_subjects)
 
-CONFIGS = ["configs/config_cloud.yaml", "configs/config_demo.yaml"]
+CONFIGS = [REPO / "configs" / "config_cloud.yaml", REPO / "configs" / "config_demo.yaml"]
 
 
-@pytest.mark.parametrize("path", CONFIGS)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
     cfg = load_config(path)
     assert cfg["data"]["windows_per_subject"] == 1200

@@ -8,7 +8,7 @@ import multimodal_dataset_aligned as mda
 from multimodal_dataset_aligned import (SLEEPPPG_TEST_SUBJECTS, MultiModalSleepDataset, PPGOnlyDataset,
                                         data_paths_from_config, get_dataloaders, load_labels, make_split,
                                         split_subjects)
-from processed_fixtures import write_processed
+from helpers import REPO, write_processed
 from sleepppg_common import SAMPLES_PER_WINDOW, load_config, sleepppg_test_subjects
 
 W = 16  # windows per night: tiny nights keep the tests fast
@@ -202,11 +202,11 @@ def test_float64_gzip_files_are_read_as_float32(data, tmp_path):
 
 def test_cli_prints_split_and_missing_ids(data, capsys):
     cfg_overrides = {"data.ppg_file": data["ppg"], "data.ecg_file": data["ecg"], "data.index_file": data["index"]}
-    paths = data_paths_from_config(load_config("configs/config_demo.yaml", cfg_overrides))
+    paths = data_paths_from_config(load_config(REPO / "configs" / "config_demo.yaml", cfg_overrides))
     assert paths == {"ppg": data["ppg"], "ecg": data["ecg"], "index": data["index"]}
     import yaml
     cfg_file = data["index"].replace("mesa_subject_index.h5", "cfg.yaml")
-    raw = yaml.safe_load(open("configs/config_demo.yaml"))
+    raw = yaml.safe_load((REPO / "configs" / "config_demo.yaml").read_text())
     raw["data"].update(ppg_file=data["ppg"], ecg_file=data["ecg"], index_file=data["index"])
     with open(cfg_file, "w") as f:
         yaml.safe_dump(raw, f)
@@ -224,8 +224,8 @@ def test_cli_prints_split_and_missing_ids(data, capsys):
 def test_loader_benchmark_runs_on_a_tiny_size():
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "bench/bench_loader.py", "--nights", "3", "--windows", "8",
-                          "--repeats", "1"], capture_output=True, text=True, timeout=120, check=True).stdout
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "bench_loader.py"), "--nights", "3", "--windows",
+                          "8", "--repeats", "1"], capture_output=True, text=True, timeout=120, check=True).stdout
     assert "reference (gzip float64, open per item)" in out and "ours (float32, lzf)" in out
 
 

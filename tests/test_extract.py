@@ -12,17 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import edfio
 import h5py
 import numpy as np
 import pytest
 from scipy import signal as sps
 
 import extract_mesa_data as ex
+from helpers import REPO, W, make_cohort, run_cli, write_edf, write_xml
 from sleepppg_common import SAMPLES_PER_WINDOW, TARGET_FS
-
-REPO = Path(__file__).resolve().parents[1]
-W = 40  # windows per subject in these tests (20 min); real data uses 1,200
 
 
 @pytest.fixture(autouse=True)
@@ -37,74 +34,6 @@ def _fresh_log_handlers():
         if getattr(handler, "_sleepppg_console", False) or isinstance(handler, logging.FileHandler):
             root.removeHandler(handler)
             handler.close()
-
-# ----------------------------------------------------------------------------------------------------------
-# Builders (also used by test_verify_outputs.py)
-
-
-def write_xml(path: Path, stages: list[tuple[str, float, float]], other_events: bool = True) -> Path:
-    """An NSRR XML with `Recording Start Time` first, the stage runs (concept, start s, duration s) and
-    some non-stage events interleaved."""
-    events = ['<ScoredEvent><EventType/><EventConcept>Recording Start Time</EventConcept><Start>0</Start>'
-              '<Duration>36000.0</Duration><ClockTime>00.00.00 22.00.00</ClockTime></ScoredEvent>']
-    for k, (concept, start, duration) in enumerate(stages):
-        events.append(f"<ScoredEvent><EventType>Stages|Stages</EventType><EventConcept>{concept}</EventConcept>"
-                      f"<Start>{start}</Start><Duration>{duration}</Duration></ScoredEvent>")
-        if other_events and k % 2 == 0:
-            events.append("<ScoredEvent><EventType>Arousals|Arousals</EventType><EventConcept>Arousal|Arousal ()"
-                          f"</EventConcept><Start>{start + 5}</Start><Duration>10</Duration></ScoredEvent>")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text('<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n<PSGAnnotation>'
-                    "<SoftwareVersion>Compumedics</SoftwareVersion><EpochLength>30</EpochLength><ScoredEvents>"
-                    + "".join(events) + "</ScoredEvents></PSGAnnotation>\n")
-    return path
-
-
-def write_edf(path: Path, minutes: float = 12, seed: int = 0, fs_ppg: float = 256, ppg_label: str = "Pleth",
-              ecg: bool = True, flat_ppg: bool = False) -> Path:
-    """A small MESA-like EDF: EKG and Pleth (256 Hz by default), Thor at 32 Hz, SpO2 at 1 Hz."""
-    rng = np.random.default_rng(seed)
-    seconds = int(minutes * 60)
-    n = int(seconds * fs_ppg)
-    t = np.arange(n) / fs_ppg
-    hr = 1.0 + 0.2 * rng.random()
-    ppg = 60 * np.sin(2 * np.pi * hr * t) + 20 * np.sin(2 * np.pi * 0.25 * t) + 5 * rng.standard_normal(n)
-    if flat_ppg:
-        ppg = np.full(n, 12.0)
-    signals = []
-    if ecg:
-        te = np.arange(seconds * 256) / 256
-        ekg = 0.8 * np.sin(2 * np.pi * hr * te) ** 15 + 0.05 * rng.standard_normal(te.size)
-        signals.append(edfio.EdfSignal(ekg, 256, label="EKG", physical_dimension="mV", physical_range=(-2, 2)))
-    signals += [
-        edfio.EdfSignal(ppg, fs_ppg, label=ppg_label, physical_range=(-200, 200)),
-        edfio.EdfSignal(np.sin(2 * np.pi * 0.25 * np.arange(seconds * 32) / 32), 32, label="Thor",
-                        physical_range=(-2, 2)),
-        edfio.EdfSignal(np.full(seconds, 95.0), 1, label="SpO2", physical_dimension="%", physical_range=(0, 100)),
-    ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    edfio.Edf(signals).write(path)
-    return path
-
-
-STAGE_CYCLE = ["Wake|0", "Stage 1 sleep|1", "Stage 2 sleep|2", "Stage 3 sleep|3", "REM sleep|5",
-               "Stage 4 sleep|4", "Movement|6", "Unscored|9"]
-
-
-def make_cohort(root: Path, ids: list[str], minutes: float = 12, no_ecg: tuple[str, ...] = ()) -> tuple[Path, Path]:
-    """EDF + XML per ID under root/edfs and root/xml (IDs in `no_ecg` without an EKG channel);
-    returns (edf_dir, xml_dir)."""
-    edf_dir, xml_dir = root / "edfs", root / "xml"
-    for k, sid in enumerate(ids):
-        write_edf(edf_dir / f"mesa-sleep-{sid}.edf", minutes=minutes, seed=k, ecg=sid not in no_ecg)
-        stages = [(STAGE_CYCLE[(j + k) % len(STAGE_CYCLE)], 90.0 * j, 90.0) for j in range(int(minutes * 60 // 90))]
-        write_xml(xml_dir / f"mesa-sleep-{sid}-nsrr.xml", stages)
-    return edf_dir, xml_dir
-
-
-def run_cli(edf_dir: Path, xml_dir: Path, out_dir: Path, *extra: str) -> int:
-    return ex.main(["--edf-dir", str(edf_dir), "--xml-dir", str(xml_dir), "--out-dir", str(out_dir),
-                    "--windows-per-subject", str(W), "--workers", "1", *extra])
 
 
 def dataset_contents(out_dir: Path) -> dict:

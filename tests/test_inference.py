@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import inference_ppg_only as inf
+from helpers import write_edf, write_processed
 from sleepppg_common import SAMPLES_PER_WINDOW
 
 W, L, D, R, U = 0, 1, 2, 3, -1  # Wake, Light, Deep, REM, unscored
@@ -234,26 +235,6 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def write_edf(path: Path, minutes: float, fs: int = 256, label: str = "Pleth", flat: bool = False,
-              seed: int = 0) -> Path:
-    """A short EDF with a pulse-like PPG channel (1-Hz beats with drifting rate) and a 1-Hz SpO2 channel."""
-    from edfio import Edf, EdfSignal
-
-    rng = np.random.default_rng(seed)
-    n = int(round(minutes * 60 * fs))
-    t = np.arange(n) / fs
-    rate = 1.1 + 0.1 * np.sin(2 * np.pi * t / 600)
-    phase = 2 * np.pi * np.cumsum(rate) / fs
-    ppg = np.zeros(n) if flat else np.sin(phase) + 0.4 * np.sin(2 * phase) + 0.05 * rng.standard_normal(n)
-    spo2 = 95 + rng.standard_normal(int(round(minutes * 60)))
-    signals = [EdfSignal(spo2, 1, label="SpO2", physical_range=(80, 110))]
-    if label is not None:
-        signals.insert(0, EdfSignal(ppg, fs, label=label, physical_range=(-3, 3)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Edf(signals, data_record_duration=1).write(path)
-    return path
-
-
 def make_config(tmp_path: Path, **overrides) -> Path:
     """configs/config_demo.yaml with paths under tmp_path (and `overrides`), written as a new YAML file."""
     import yaml
@@ -297,9 +278,9 @@ def test_edf_folder_channel_variants_rates_and_broken_files(tmp_path, checkpoint
     edfs = tmp_path / "edfs"
     good = {"0001": ("Pleth", 256), "0002": ("PPG", 125), "0003": ("BVP", 250), "0004": ("Plethysmogram", 256)}
     for i, (sid, (label, fs)) in enumerate(good.items()):
-        write_edf(edfs / f"mesa-sleep-{sid}.edf", 20, fs=fs, label=label, seed=i)
-    write_edf(edfs / "mesa-sleep-0005.edf", 20, label=None)  # no PPG channel
-    write_edf(edfs / "mesa-sleep-0006.edf", 20, flat=True)  # flat PPG
+        write_edf(edfs / f"mesa-sleep-{sid}.edf", 20, fs_ppg=fs, ppg_label=label, seed=i)
+    write_edf(edfs / "mesa-sleep-0005.edf", 20, ppg_label=None)  # no PPG channel
+    write_edf(edfs / "mesa-sleep-0006.edf", 20, flat_ppg=True)  # flat PPG
     (edfs / "mesa-sleep-0007.edf").write_bytes(b"not an EDF at all" * 50)  # corrupt
     cfg = make_config(tmp_path)
     code, result, run_dir = run(cfg, tmp_path / "out", "--checkpoint", str(checkpoint), "--edf", str(edfs))
@@ -378,7 +359,6 @@ def test_short_and_long_nights(tmp_path, checkpoint):
 def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint, capsys):
     from sklearn.metrics import accuracy_score, cohen_kappa_score
 
-    from processed_fixtures import write_processed
     from sleepppg_common import sleepppg_test_subjects
 
     short = sleepppg_test_subjects()[0]  # a test subject with one window too few: not valid

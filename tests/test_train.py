@@ -1,4 +1,4 @@
-"""Tests of train_ppg_only.py on tiny processed files (tests/processed_fixtures.py), CPU only.
+"""Tests of train_ppg_only.py on tiny processed files (tests/helpers.py), CPU only.
 
 What is checked: the loss (ignores -1, not diluted by padding, equals a slow per-epoch sum), class weights
 from every training label, the output layout and test_results.json, TensorBoard scalars, self-describing
@@ -23,7 +23,7 @@ import torch
 import yaml
 
 import train_ppg_only as T
-from processed_fixtures import write_processed
+from helpers import write_processed
 from sleepppg_common import sleepppg_test_subjects
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from processed_fixtures import write_processed
-from test_extract import W, make_cohort, run_cli
+from helpers import W, make_cohort, run_cli, write_processed
 
 import verify_mesa_outputs as vo
 
@@ -85,7 +84,7 @@ def test_short_subject_and_missing_folder(tmp_path, capsys):
     paths = write_processed(tmp_path, n_subjects=4, windows_per_subject=W, n_test=1, short_subjects=("9000",))
     assert vo.main(["--base", str(tmp_path), "--windows-per-subject", str(W)]) == 1
     assert "wrong counts (id, windows): [('9000', 39)]" in capsys.readouterr().out
-    assert paths["subjects"]
+    assert len(paths["subjects"]) == 4 and "9000" in paths["subjects"]  # the short night was written, and caught
     assert vo.main(["--base", str(tmp_path / "nope")]) == 2
 
 

@@ -1,0 +1,181 @@
+"""Builders shared by the tests (one place): tiny MESA-like EDF + NSRR XML recordings, a raw cohort of them
+and the extraction command on it, and tiny processed HDF5 files written straight in the extractor's format.
+
+- `write_edf`, `write_xml`, `make_cohort`, `run_cli`: raw recordings for extraction, inference and the
+  verifiers (nights of 10-20 min, `W` = 40 windows per subject);
+- `write_processed`: mesa_ppg_with_labels.h5, mesa_real_ecg.h5 and mesa_subject_index.h5 for the model,
+  dataset, training and inference tests. Their PPG is a pulse-like wave whose rate and regularity depend on
+  the stage, plus per-subject offsets and noise, so a small model can learn it, but not perfectly.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from sleepppg_common import SAMPLES_PER_WINDOW, TARGET_FS, sleepppg_test_subjects
+
+REPO = Path(__file__).resolve().parents[1]
+W = 40  # windows per subject in the raw-recording tests (20 min); real data uses 1,200
+
+# ----------------------------------------------------------------------------------------------------------
+# Raw recordings (EDF + NSRR XML)
+
+
+def write_xml(path: Path, stages: list[tuple[str, float, float]], other_events: bool = True) -> Path:
+    """An NSRR XML with `Recording Start Time` first, the stage runs (concept, start s, duration s) and
+    some non-stage events interleaved."""
+    events = ['<ScoredEvent><EventType/><EventConcept>Recording Start Time</EventConcept><Start>0</Start>'
+              '<Duration>36000.0</Duration><ClockTime>00.00.00 22.00.00</ClockTime></ScoredEvent>']
+    for k, (concept, start, duration) in enumerate(stages):
+        events.append(f"<ScoredEvent><EventType>Stages|Stages</EventType><EventConcept>{concept}</EventConcept>"
+                      f"<Start>{start}</Start><Duration>{duration}</Duration></ScoredEvent>")
+        if other_events and k % 2 == 0:
+            events.append("<ScoredEvent><EventType>Arousals|Arousals</EventType><EventConcept>Arousal|Arousal ()"
+                          f"</EventConcept><Start>{start + 5}</Start><Duration>10</Duration></ScoredEvent>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n<PSGAnnotation>'
+                    "<SoftwareVersion>Compumedics</SoftwareVersion><EpochLength>30</EpochLength><ScoredEvents>"
+                    + "".join(events) + "</ScoredEvents></PSGAnnotation>\n")
+    return path
+
+
+def write_edf(path: Path, minutes: float = 12, seed: int = 0, fs_ppg: float = 256, ppg_label: str | None = "Pleth",
+              ecg: bool = True, flat_ppg: bool = False) -> Path:
+    """A small MESA-like EDF (1-s data records): EKG at 256 Hz, the PPG channel `ppg_label` at `fs_ppg` Hz (a
+    ~1-Hz pulse with a 0.25-Hz respiratory wave and noise; constant when `flat_ppg`; left out when `ppg_label`
+    is None), Thor at 32 Hz and SpO2 at 1 Hz. `ecg=False` leaves the EKG out."""
+    import edfio
+
+    rng = np.random.default_rng(seed)
+    seconds = int(minutes * 60)
+    n = int(seconds * fs_ppg)
+    t = np.arange(n) / fs_ppg
+    hr = 1.0 + 0.2 * rng.random()
+    ppg = 60 * np.sin(2 * np.pi * hr * t) + 20 * np.sin(2 * np.pi * 0.25 * t) + 5 * rng.standard_normal(n)
+    if flat_ppg:
+        ppg = np.full(n, 12.0)
+    signals = []
+    if ecg:
+        te = np.arange(seconds * 256) / 256
+        ekg = 0.8 * np.sin(2 * np.pi * hr * te) ** 15 + 0.05 * rng.standard_normal(te.size)
+        signals.append(edfio.EdfSignal(ekg, 256, label="EKG", physical_dimension="mV", physical_range=(-2, 2)))
+    if ppg_label is not None:
+        signals.append(edfio.EdfSignal(ppg, fs_ppg, label=ppg_label, physical_range=(-200, 200)))
+    signals += [
+        edfio.EdfSignal(np.sin(2 * np.pi * 0.25 * np.arange(seconds * 32) / 32), 32, label="Thor",
+                        physical_range=(-2, 2)),
+        edfio.EdfSignal(np.full(seconds, 95.0), 1, label="SpO2", physical_dimension="%", physical_range=(0, 100)),
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    edfio.Edf(signals).write(path)
+    return path
+
+
+STAGE_CYCLE = ["Wake|0", "Stage 1 sleep|1", "Stage 2 sleep|2", "Stage 3 sleep|3", "REM sleep|5",
+               "Stage 4 sleep|4", "Movement|6", "Unscored|9"]
+
+
+def make_cohort(root: Path, ids: list[str], minutes: float = 12, no_ecg: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """EDF + XML per ID under root/edfs and root/xml (IDs in `no_ecg` without an EKG channel);
+    returns (edf_dir, xml_dir)."""
+    edf_dir, xml_dir = root / "edfs", root / "xml"
+    for k, sid in enumerate(ids):
+        write_edf(edf_dir / f"mesa-sleep-{sid}.edf", minutes=minutes, seed=k, ecg=sid not in no_ecg)
+        stages = [(STAGE_CYCLE[(j + k) % len(STAGE_CYCLE)], 90.0 * j, 90.0) for j in range(int(minutes * 60 // 90))]
+        write_xml(xml_dir / f"mesa-sleep-{sid}-nsrr.xml", stages)
+    return edf_dir, xml_dir
+
+
+def run_cli(edf_dir: Path, xml_dir: Path, out_dir: Path, *extra: str) -> int:
+    """extract_mesa_data.main on a raw cohort, `W` windows per subject, one worker (plus `extra` flags)."""
+    import extract_mesa_data as ex
+
+    return ex.main(["--edf-dir", str(edf_dir), "--xml-dir", str(xml_dir), "--out-dir", str(out_dir),
+                    "--windows-per-subject", str(W), "--workers", "1", *extra])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Processed files (the extractor's HDF5 format, written directly)
+
+# Stage -> (pulse rate in Hz, beat-to-beat jitter); Wake fast/irregular, Deep slow/regular, REM irregular.
+_STAGE_RATE = {0: (1.25, 0.12), 1: (1.0, 0.05), 2: (0.85, 0.02), 3: (1.15, 0.15)}
+
+
+def _hypnogram(rng: np.random.Generator, n_windows: int, n_scored: int) -> np.ndarray:
+    labels = np.full(n_windows, -1, dtype=np.int64)
+    i = 0
+    while i < n_scored:
+        stage = int(rng.choice(4, p=[0.25, 0.4, 0.15, 0.2]))
+        run = int(rng.integers(3, 12))
+        labels[i:min(i + run, n_scored)] = stage
+        i += run
+    return labels
+
+
+def _ppg_for(rng: np.random.Generator, labels: np.ndarray, hr_offset: float) -> np.ndarray:
+    t = np.arange(SAMPLES_PER_WINDOW) / TARGET_FS
+    out = np.zeros((labels.size, SAMPLES_PER_WINDOW), dtype=np.float32)
+    for w, stage in enumerate(labels):
+        if stage < 0:
+            continue
+        rate, jitter = _STAGE_RATE[int(stage)]
+        f = rate + hr_offset + jitter * rng.standard_normal()
+        phase = 2 * np.pi * np.cumsum(np.full_like(t, f) * (1 + jitter * rng.standard_normal(t.size))) / TARGET_FS
+        out[w] = np.sin(phase) + 0.3 * np.sin(2 * phase) + 0.3 * rng.standard_normal(t.size)
+    return out
+
+
+def write_processed(out_dir: str | Path, n_subjects: int = 12, windows_per_subject: int = 40,
+                    n_test: int = 3, seed: int = 0, with_ecg: bool = True,
+                    short_subjects: tuple[str, ...] = ()) -> dict:
+    """Write mesa_ppg_with_labels.h5, mesa_real_ecg.h5 and mesa_subject_index.h5 under `out_dir`.
+
+    Args:
+        n_subjects: subjects in total; the first `n_test` IDs come from the SleepPPG-Net test list, the rest
+            are other 4-digit IDs.
+        windows_per_subject: windows per night (1,200 in real data; small here for speed).
+        short_subjects: IDs (among those written) stored with one window fewer, i.e. invalid for the split.
+    Returns:
+        {"ppg": path, "ecg": path, "index": path, "subjects": [ids in file order]}
+    """
+    rng = np.random.default_rng(seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    test_ids = sleepppg_test_subjects()[:n_test]
+    others = [f"{i:04d}" for i in range(9000, 9000 + n_subjects - n_test)]
+    subjects = sorted(test_ids + others)
+    ppg, ecg, labels, sids, counts = [], [], [], [], {}
+    for sid in subjects:
+        n = windows_per_subject - (1 if sid in short_subjects else 0)
+        lab = _hypnogram(rng, n, n_scored=n - int(rng.integers(0, 4)))
+        sig = _ppg_for(rng, lab, hr_offset=0.1 * rng.standard_normal())
+        ppg.append(sig)
+        ecg.append(np.roll(sig, 3, axis=1) if with_ecg else np.zeros_like(sig))
+        labels.append(lab)
+        sids += [sid.encode()] * n
+        counts[sid] = n
+    ppg_all, ecg_all = np.concatenate(ppg), np.concatenate(ecg)
+    lab_all, sid_all = np.concatenate(labels), np.array(sids, dtype="S4")
+    paths = {"ppg": out_dir / "mesa_ppg_with_labels.h5", "ecg": out_dir / "mesa_real_ecg.h5",
+             "index": out_dir / "mesa_subject_index.h5"}
+    with h5py.File(paths["ppg"], "w") as f:
+        f["ppg"], f["labels"], f["subject_ids"] = ppg_all, lab_all, sid_all
+        f.attrs.update(sampling_rate=TARGET_FS, window_duration=30, samples_per_window=SAMPLES_PER_WINDOW,
+                       total_windows=len(lab_all), total_subjects=len(subjects))
+    with h5py.File(paths["ecg"], "w") as f:
+        f["ecg"], f["labels"], f["subject_ids"] = ecg_all, lab_all, sid_all
+        f["has_real_ecg"] = np.full(len(lab_all), with_ecg)
+        f["real_ecg_indices"] = np.arange(len(lab_all)) if with_ecg else np.zeros(0, dtype=np.int64)
+        f.attrs.update(windows_with_real_ecg=len(lab_all) if with_ecg else 0,
+                       windows_without_real_ecg=0 if with_ecg else len(lab_all))
+    with h5py.File(paths["index"], "w") as f:
+        start = 0
+        for sid in subjects:
+            g = f.create_group(f"subjects/{sid}")
+            g["window_indices"] = np.arange(start, start + counts[sid])
+            g.attrs.update(n_windows=counts[sid], has_ecg=with_ecg)
+            start += counts[sid]
+        f.attrs.update(total_subjects=len(subjects), total_windows=len(lab_all))
+    return {**{k: str(v) for k, v in paths.items()}, "subjects": subjects}
