@@ -5,7 +5,7 @@
 #    the machine can reach an index; nothing heavy, never torch or mne);
 # 2. bench/bench_train.py on CUDA: reference recipe (fp32 eager, softmax + CE, gzip float64 loader) vs ours
 #    (bf16 autocast, logits, float32 loader), then again with torch.compile for ours; nights/s and ratios;
-# 3. a small synthetic processed cohort (tests/processed_fixtures.write_processed, 24 nights of 1,200
+# 3. a small synthetic processed cohort (tests/helpers.write_processed, 24 nights of 1,200
 #    windows) and one short train_ppg_only.py run on it on CUDA (--epochs 2), then its test_results.json
 #    headline and the checkpoint listing; also asserts that mne was never imported.
 #
@@ -52,7 +52,7 @@ import sys
 from pathlib import Path
 import yaml
 sys.path[:0] = [".", "tests"]
-from processed_fixtures import write_processed
+from helpers import write_processed
 
 work = Path(sys.argv[1])
 paths = write_processed(work / "mesa-x", n_subjects=24, windows_per_subject=1200, n_test=4)
