@@ -40,6 +40,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -85,6 +86,7 @@ class StepResult:
     name: str
     skipped: bool  # reused from an earlier run (stamp matched), not rerun
     seconds: float  # this run's wall time, or the earlier run's when skipped
+    cpu_s: float | None  # CPU time (user + system) of the step's processes, children included
     peak_gb: float | None  # peak memory of the step's process tree (None where /proc is missing)
     outputs: list[str]  # the run folders the step made (training, inference)
 
@@ -187,7 +189,7 @@ def read_stamp(path: Path) -> dict:
     return stamp if isinstance(stamp, dict) else {}
 
 
-def describe_exit(name: str, returncode: int, seconds: float, peak_gb: float | None, need_gb: float,
+def describe_exit(name: str, returncode: int, seconds: float, peak_gb: float | None, need: str,
                   command: str) -> str:
     """One line saying how a step ended badly: its exit status, or the signal that killed it (for SIGKILL also
     the usual culprit and the memory the step needs)."""
@@ -199,11 +201,17 @@ def describe_exit(name: str, returncode: int, seconds: float, peak_gb: float | N
         sig = f"signal {-returncode}"
     notes = []
     if -returncode == signal.SIGKILL:
-        notes.append(f"most often the out-of-memory killer; this step needs about {need_gb:.1f} GB")
+        notes.append(f"most often the out-of-memory killer; this step needs about {need}")
     if peak_gb:
         notes.append(f"its processes had reached {peak_gb:.1f} GB")
     why = f" ({'; '.join(notes)})" if notes else ""
     return f"step '{name}' was killed by {sig} after {seconds:.0f} s{why}: {command}"
+
+
+def children_cpu_s() -> float:
+    """User + system CPU seconds of every finished child process (and their waited-for children) so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def wait_for(proc: subprocess.Popen) -> int:
@@ -254,11 +262,12 @@ def run_step(name: str, cmd: list[str], ctx: Context, *, kind: str, folders: Run
     stamp = read_stamp(stamp_path)
     if stamp_matches(stamp, key, ctx):
         log.info("[%s] done before (%.0f s), skipped: %s", name, stamp.get("seconds", 0), key)
-        return StepResult(name, True, float(stamp.get("seconds", 0)), stamp.get("peak_gb"), stamp.get("outputs", []))
+        return StepResult(name, True, float(stamp.get("seconds", 0)), stamp.get("cpu_s"), stamp.get("peak_gb"),
+                          stamp.get("outputs", []))
 
     log.info("[%s] $ %s", name, shown)
     before = folders.all() if folders else set()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), children_cpu_s()
     # The step's stdout goes to our stderr: stdout is kept for the summary (see the module docstring).
     proc = subprocess.Popen(cmd, stdout=sys.stderr)
     memory = PeakMemory(proc.pid)
@@ -268,7 +277,7 @@ def run_step(name: str, cmd: list[str], ctx: Context, *, kind: str, folders: Run
         raise Interrupted(name) from None
     finally:
         peak_gb = memory.stop()
-        seconds = time.perf_counter() - start
+        seconds, cpu_s = time.perf_counter() - start, children_cpu_s() - cpu_start
         new = sorted((folders.all() - before) if folders else [])
         if folders and proc.returncode != 0:
             for folder in new:
@@ -278,14 +287,18 @@ def run_step(name: str, cmd: list[str], ctx: Context, *, kind: str, folders: Run
     if returncode in (EXIT_INTERRUPTED, -signal.SIGINT):
         raise Interrupted(name)
     if returncode != 0:
-        need = max(float(stamp.get("peak_gb") or 0), STEP_MEMORY_GB[kind])
+        if stamp.get("peak_gb") and stamp.get("config_sha256") == ctx.config_digest:
+            need = f"{stamp['peak_gb']:.1f} GB when it last finished with this config"
+        else:
+            need = f"{STEP_MEMORY_GB[kind]:.1f} GB with {DEFAULT_CONFIG}"
         raise StepFailed(describe_exit(name, returncode, seconds, peak_gb, need, shown))
     outputs = [str(p) for p in ([resumed] if resumed else []) + [f for f in new if folders.finished(f)]]
     write_text_atomic(stamp_path, json.dumps({"command": key, "config_sha256": ctx.config_digest,
-                                              "seconds": round(seconds, 1), "peak_gb": peak_gb,
-                                              "outputs": outputs}, indent=1))
-    log.info("[%s] done in %.0f s%s", name, seconds, f", peak memory {peak_gb:.2f} GB" if peak_gb else "")
-    return StepResult(name, False, seconds, peak_gb, outputs)
+                                              "seconds": round(seconds, 1), "cpu_s": round(cpu_s, 1),
+                                              "peak_gb": peak_gb, "outputs": outputs}, indent=1))
+    log.info("[%s] done in %.0f s (CPU %.0f s)%s", name, seconds, cpu_s,
+             f", peak memory {peak_gb:.2f} GB" if peak_gb else "")
+    return StepResult(name, False, seconds, cpu_s, peak_gb, outputs)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -441,15 +454,17 @@ def print_summary(run_dir: Path, checkpoint: Path, steps: list[StepResult], cfg:
             label = "HDF5 inference" if step.name.startswith("6_") else "EDF inference"
             for out in step.outputs:
                 lines.append(f"{label:<17}: {out}  (result.json, csv/<id>/<id>.csv, graph/<id>/<id>.png)")
-    lines.append("Steps (seconds, peak memory of the step's processes):")
+    lines.append("Steps (wall seconds, CPU seconds, peak memory of the step's processes):")
     for step in steps:
-        memory = f", {step.peak_gb:.2f} GB" if step.peak_gb else ""
-        lines.append(f"  {step.name:<28} " + (f"skipped (done), {step.seconds:.0f} s last time" if step.skipped
-                                              else f"{step.seconds:.0f} s{memory}"))
+        cost = f"{step.seconds:.0f} s" + (f", CPU {step.cpu_s:.0f} s" if step.cpu_s is not None else "") + (
+            f", {step.peak_gb:.2f} GB" if step.peak_gb else "")
+        lines.append(f"  {step.name:<28} " + (f"skipped (done), {cost} last time" if step.skipped else cost))
     ran = [s for s in steps if not s.skipped]
     peak = max((s.peak_gb or 0 for s in ran), default=0)
-    lines.append(f"This run: {total_s:.0f} s, {len(ran)} step(s) run, {len(steps) - len(ran)} skipped"
-                 + (f"; highest step peak {peak:.2f} GB" if peak else ""))
+    own_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
+    lines.append(f"This run: {total_s:.0f} s, CPU {sum(s.cpu_s or 0 for s in ran):.0f} s, {len(ran)} step(s) run, "
+                 f"{len(steps) - len(ran)} skipped" + (f"; peak memory {peak + own_gb:.2f} GB (the largest step's "
+                                                       f"processes and this script)" if peak else ""))
     print("\n".join(lines), flush=True)
 
 

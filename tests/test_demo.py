@@ -60,6 +60,7 @@ def test_stamp_skips_a_finished_step_until_the_config_or_its_folders_change(tmp_
     assert not first.skipped and len(first.outputs) == 1 and Path(first.outputs[0]).parent == out
     stamp = json.loads((tmp_path / ".demo_steps" / "5_x.json").read_text())
     assert stamp["outputs"] == first.outputs and stamp["config_sha256"] == "abc" and stamp["seconds"] >= 0
+    assert 0 < stamp["cpu_s"] < 60 and stamp["cpu_s"] == round(first.cpu_s, 1)  # a Python start-up's worth
 
     again = run_demo.run_step("5_x", make, context(tmp_path), kind="train", folders=folders)
     assert again.skipped and again.outputs == first.outputs and again.seconds == stamp["seconds"]
@@ -85,22 +86,26 @@ def test_a_failing_step_names_itself_and_its_exit_status(tmp_path):
 
 
 def test_a_step_killed_by_sigkill_names_the_signal_and_the_memory_it_needs(tmp_path):
-    kill_self = py_cmd("import os, signal; b = bytearray(200 * 2**20); os.kill(os.getpid(), signal.SIGKILL)")
+    kill_self = py_cmd("import os, signal, time; b = bytearray(200 * 2**20); time.sleep(1.5); "
+                       "os.kill(os.getpid(), signal.SIGKILL)")
     with pytest.raises(run_demo.StepFailed) as err:
         run_demo.run_step("5_train", kill_self, context(tmp_path), kind="train")
     text = str(err.value)
     assert "step '5_train' was killed by SIGKILL" in text
-    assert f"most often the out-of-memory killer; this step needs about {run_demo.STEP_MEMORY_GB['train']:.1f} GB" \
+    need = run_demo.STEP_MEMORY_GB["train"]
+    assert f"most often the out-of-memory killer; this step needs about {need:.1f} GB with configs/config_demo.yaml" \
         in text
+    assert "its processes had reached" in text  # ~0.2 GB, sampled before the kill
     with pytest.raises(run_demo.StepFailed, match="killed by SIGTERM after"):
         run_demo.run_step("6_x", py_cmd("import os, signal; os.kill(os.getpid(), signal.SIGTERM)"),
                           context(tmp_path), kind="infer")
 
 
 def test_describe_exit_quotes_the_peak_memory_reached():
-    text = run_demo.describe_exit("5_train", -signal.SIGKILL, 12.4, 2.61, 3.0, "python train_ppg_only.py")
+    text = run_demo.describe_exit("5_train", -signal.SIGKILL, 12.4, 2.61, "3.0 GB", "python train_ppg_only.py")
     assert text == ("step '5_train' was killed by SIGKILL after 12 s (most often the out-of-memory killer; this "
                     "step needs about 3.0 GB; its processes had reached 2.6 GB): python train_ppg_only.py")
+    assert run_demo.describe_exit("x", 4, 1.0, None, "", "cmd") == "step 'x' failed with exit status 4 after 1 s: cmd"
 
 
 def test_an_interrupted_step_raises_interrupted(tmp_path):
