@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# GPU check for a bare CUDA machine that has PyTorch but not mne (about 5 minutes, under 8).
+# GPU check for a bare CUDA machine that has PyTorch but not mne (about 8 minutes, under 10).
 #
 # 1. shows the GPU and checks that the light packages are importable (installs the missing ones with pip if
 #    the machine can reach an index; nothing heavy, never torch or mne);
 # 2. bench/bench_train.py on CUDA: reference recipe (fp32 eager, softmax + CE, gzip float64 loader) vs ours
 #    (bf16 autocast, logits, float32 loader), then again with torch.compile for ours; nights/s and ratios;
-# 3. a small synthetic processed cohort (tests/helpers.write_processed, 24 nights of 1,200
-#    windows) and one short train_ppg_only.py run on it on CUDA (--epochs 2), then its test_results.json
-#    headline and the checkpoint listing; also asserts that mne was never imported.
+# 3. bench/bench_train.py --mode memory on CUDA: our bf16 training step's peak memory with and without
+#    activation checkpointing of the encoder, at 2 and 4 full nights per step (skipped, saying so, when this
+#    checkout's bench has no memory mode);
+# 4. a small synthetic processed cohort (tests/helpers.write_processed, 24 nights of 1,200 windows) and two
+#    short train_ppg_only.py runs on it on CUDA (--epochs 2): bf16 eager, then bf16 + torch.compile (with
+#    activation checkpointing where the config has the key); each run's test_results.json headline, epoch
+#    seconds and nights/s and its files; asserts that both end with finite losses and that mne was never
+#    imported.
 #
 # Everything is printed; work files go to $WORK (default: a temp dir). Usage: bash bench/gpu_check.sh
 set -euo pipefail
@@ -38,13 +43,26 @@ else
   echo "all present"
 fi
 
+# bench_train's --mode (compare | memory | both) exists once activation checkpointing is in; older checkouts
+# only compare.
+if "$PY" bench/bench_train.py --help | grep -q -- "--mode"; then HAS_MODES=1; COMPARE=(--mode compare); else
+  HAS_MODES=0; COMPARE=(); fi
+
 stamp "bench_train: reference vs ours (bf16, eager)"
-"$PY" bench/bench_train.py --device cuda --n-windows 1200 --nights 16 --work-dir "$WORK/bench" \
+"$PY" bench/bench_train.py --device cuda --n-windows 1200 --nights 16 --work-dir "$WORK/bench" "${COMPARE[@]}" \
   --json "$WORK/bench_eager.json"
 
 stamp "bench_train: reference vs ours (bf16 + torch.compile)"
 "$PY" bench/bench_train.py --device cuda --n-windows 1200 --nights 16 --work-dir "$WORK/bench" --compile \
-  --json "$WORK/bench_compile.json"
+  "${COMPARE[@]}" --json "$WORK/bench_compile.json"
+
+stamp "bench_train: training-step memory with and without activation checkpointing (bf16, 2 and 4 nights)"
+if [ "$HAS_MODES" = 1 ]; then
+  "$PY" bench/bench_train.py --device cuda --n-windows 1200 --nights 4 --work-dir "$WORK/bench" --mode memory \
+    --memory-batches 2 4 --json "$WORK/bench_memory.json"
+else
+  echo "skipped: this checkout's bench/bench_train.py has no --mode memory"
+fi
 
 stamp "synthetic processed cohort (24 nights x 1200 windows)"
 "$PY" - "$WORK" <<'EOF'
@@ -63,26 +81,44 @@ cfg["output"]["save_dir"] = str(work / "outputs")
 print("wrote", paths["ppg"], "and", work / "config_gpu_check.yaml")
 EOF
 
-stamp "train_ppg_only.py on CUDA, 2 epochs"
+stamp "train_ppg_only.py on CUDA, 2 epochs: bf16 eager, then bf16 + torch.compile"
 "$PY" - "$WORK" <<'EOF'
-import json, sys
+import json, math, sys
 from pathlib import Path
+import yaml
 sys.path.insert(0, ".")
+import sleepppg_common
 import train_ppg_only
 
 work = Path(sys.argv[1])
-code = train_ppg_only.main(["--config", str(work / "config_gpu_check.yaml"), "--model", "ppg_only",
-                            "--device", "cuda", "--epochs", "2"])
-assert code == 0, code
+base = yaml.safe_load((work / "config_gpu_check.yaml").read_text())
+checkpointing = "activation_checkpointing" in sleepppg_common.CONFIG_SCHEMA["training"]
+variants = {"eager": {}, "compile": {"gpu": {"compile": True}}}
+if checkpointing:
+    variants["compile"]["training"] = {"activation_checkpointing": True}
+for name, changes in variants.items():
+    cfg = json.loads(json.dumps(base))
+    cfg["gpu"]["mixed_precision"] = True
+    cfg["output"]["save_dir"] = str(work / f"outputs_{name}")
+    for section, values in changes.items():
+        cfg[section].update(values)
+    path = work / f"config_{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    code = train_ppg_only.main(["--config", str(path), "--model", "ppg_only", "--device", "cuda", "--epochs", "2"])
+    assert code == 0, (name, code)
+    (results,) = (work / f"outputs_{name}").glob("ppg_only_*/results/test_results.json")
+    r = json.loads(results.read_text())
+    losses = r["training_history"]["train_losses"] + r["training_history"]["val_losses"]
+    assert all(math.isfinite(x) for x in losses), (name, losses)
+    print("%s%s: test kappa %.4f | accuracy %.4f | epochs %d | epoch s %s | nights/s %s | device %s" % (
+        name, " + activation checkpointing" if name == "compile" and checkpointing else "",
+        r["test_kappa_overall"], r["test_accuracy_overall"], r["epochs_trained"],
+        ", ".join("%.1f" % x for x in r["timing"]["epoch_seconds"]),
+        ", ".join("%.1f" % x for x in r["timing"]["train_nights_per_s"]), r["device"]))
+    for p in sorted(results.parents[1].rglob("*")):
+        if p.is_file():
+            print("  ", p.relative_to(results.parents[1]))
 assert "mne" not in sys.modules, "training imported mne"
-(results,) = (work / "outputs").glob("ppg_only_*/results/test_results.json")
-r = json.loads(results.read_text())
-print("test kappa %.4f | accuracy %.4f | epochs %d | nights/s per epoch %s | device %s" % (
-    r["test_kappa_overall"], r["test_accuracy_overall"], r["epochs_trained"],
-    ", ".join("%.1f" % x for x in r["timing"]["train_nights_per_s"]), r["device"]))
-for p in sorted(results.parents[1].rglob("*")):
-    if p.is_file():
-        print("  ", p.relative_to(results.parents[1]))
 print("mne imported: no")
 EOF
 
