@@ -19,7 +19,7 @@ import yaml
 import multimodal_dataset_aligned as mda
 import train_ppg_only as T
 from multimodal_sleep_model import load_model_from_checkpoint
-from processed_fixtures import write_processed
+from helpers import REPO, write_processed
 from sleepppg_common import CONFIG_SCHEMA, ConfigError, load_config, sleepppg_test_subjects
 
 W = 8  # windows per night: tiny nights keep the tests fast
@@ -33,7 +33,7 @@ def data(tmp_path_factory):
 
 
 def _config_file(tmp_path, data, **training) -> str:
-    raw = yaml.safe_load(open("configs/config_demo.yaml"))
+    raw = yaml.safe_load((REPO / "configs" / "config_demo.yaml").read_text())
     raw["data"].update(ppg_file=data["ppg"], ecg_file=data["ecg"], index_file=data["index"], windows_per_subject=W)
     raw["training"].update(training)
     path = tmp_path / "cfg.yaml"
@@ -180,7 +180,7 @@ def _load(path):
 
 
 def _run_config(tmp_path, data, name, **training) -> Path:
-    raw = yaml.safe_load(open("configs/config_demo.yaml"))
+    raw = yaml.safe_load((REPO / "configs" / "config_demo.yaml").read_text())
     raw["data"].update(ppg_file=data["ppg"], ecg_file=data["ecg"], index_file=data["index"], windows_per_subject=W,
                        batch_size=4, num_workers=0)
     raw["output"].update(save_dir=str(tmp_path / "out"), save_frequency=1, save_intermediate=False)
