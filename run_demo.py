@@ -21,10 +21,9 @@ TensorBoard shows no dead runs. A step that fails stops the demo with the step's
 signal that killed it, and the peak memory of its process tree (sampled every 0.5 s from /proc on Linux).
 
 What the demo's size trades (configs/config_demo.yaml; measured figures in the README): the cohort, the
-pipeline and every output are full-size (10-h nights of 1,200 windows, raw EDF staged night by night), but
-training is shortened to fit a 2-core laptop in a few minutes and ~3 GB of memory: fewer nights than MESA,
-few epochs, small batches and random crops of each night instead of whole nights (validation, test and
-inference still see whole nights). The model stages this cohort well above chance, not as well as it could.
+pipeline and every output are full size (10-h nights of 1,200 windows, MESA's files and channels, raw EDF
+staged night by night); only training is cut down to fit a CPU: 24 synthetic nights instead of MESA's 1,900,
+few epochs and small batches, so the model stages this cohort well above chance, not as well as it could.
 
 Exit status: 0 done; 1 a step failed; 2 bad setup or arguments; 130 interrupted (Ctrl-C; rerun to continue).
 All metrics printed here are on SYNTHETIC data: they say the pipeline works, not how well it stages MESA.
@@ -56,7 +55,7 @@ from sleepppg_common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP,
 
 REPO_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = "configs/config_demo.yaml"
-DEFAULT_SUBJECTS = 24  # ~16 train, 4 val, 4+ test nights: a 2-core CPU trains 3 epochs in minutes
+DEFAULT_SUBJECTS = 24  # 13 train, 4 validation, 7 test nights (30% of the IDs come from the SleepPPG-Net test list)
 DEFAULT_EDF_NIGHTS = 2  # raw-EDF inference on the first few nights of the cohort (one is enough to show it)
 GENERATE_WORKERS = 2  # synthetic nights written in parallel (< 0.5 GB each): ~2x faster on 2 cores
 MIN_SUBJECTS = 8  # train, validation and test each need nights
@@ -65,10 +64,11 @@ LAST_CHECKPOINT = "checkpoints/last.pth"  # train_ppg_only.py rewrites it after 
 TEST_RESULTS = "results/test_results.json"  # a training run is finished once this exists
 INFERENCE_RESULT = "result.json"  # an inference run folder is finished once this exists
 MEMORY_SAMPLE_S = 0.5  # how often the peak memory of a running step's process tree is sampled
-# Peak memory (GB, whole process tree) of each step with the shipped demo config, measured on a 2-core VM;
-# quoted when a step is killed by SIGKILL and no earlier run of that step left its own figure.
-STEP_MEMORY_GB = {"generate": 1.0, "pair_check": 0.1, "extract": 1.0, "verify_outputs": 0.3, "train": 3.0,
-                  "infer": 1.5}
+# Peak memory (GB, whole process tree) of each step with the shipped demo config on a 2-core VM: measured
+# (PSS, sampled by this script), except inference: ~0.5 GB per full night in one forward pass, 3 nights at once;
+# quoted when a step is killed by SIGKILL and no earlier run of that step with this config left its own figure.
+STEP_MEMORY_GB = {"generate": 0.9, "pair_check": 0.1, "extract": 1.1, "verify_outputs": 0.1, "train": 10.4,
+                  "infer": 2.0}
 
 log = logging.getLogger("run_demo")
 
