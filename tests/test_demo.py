@@ -270,6 +270,6 @@ def test_demo_end_to_end_training_killed_then_resumed(tmp_path):
         assert f"{out.relative_to(tmp_path)}  (result.json" in summary
         result = json.loads((out / "result.json").read_text())
         assert result["n_nights_staged"] == nights == len(result["nights"]) and result["n_nights_failed"] == 0
-        assert result["mode"] == ("H5" if mode == "hdf5_mode" else "EDF")
+        assert result["mode"] == ("HDF5" if mode == "hdf5_mode" else "EDF")
         assert len(list(out.glob("csv/*/*.csv"))) == nights and list(out.glob("graph/*/*.png"))
     assert len(list((demo_dir / "mesa-inference").glob("*/meta.json"))) == 1  # the EDF night's cache
