@@ -1430,8 +1430,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="redo every subject, ignoring earlier results")
     parser.add_argument("--keep-parts", action="store_true", help="keep the per-subject part files after success")
     parser.add_argument("--windows-per-subject", type=int, help="windows per night (default 1200 = 10 h)")
-    parser.add_argument("--resample-method", choices=("linear", "polyphase"))
-    parser.add_argument("--compression", choices=("none", "lzf", "gzip"))
+    parser.add_argument("--resample-method", choices=("linear", "polyphase"),
+                        help="linear (the reference) or polyphase (default: preprocessing.resample_method, linear)")
+    parser.add_argument("--compression", choices=("none", "lzf", "gzip"),
+                        help="HDF5 compression (default: preprocessing.compression, none: fastest reads)")
     return parser.parse_args(argv)
 
 
