@@ -118,7 +118,7 @@ class Context:
 # Memory of a running step
 
 
-def _tree_pids(pid: int) -> list[int]:
+def tree_pids(pid: int) -> list[int]:
     """`pid` and all its descendants (Linux /proc/<pid>/task/<tid>/children)."""
     pids, stack = [], [pid]
     while stack:
@@ -138,7 +138,7 @@ def tree_memory_bytes(pid: int) -> int | None:
     if not Path(f"/proc/{pid}").exists():
         return None
     total_kb = 0
-    for p in _tree_pids(pid):
+    for p in tree_pids(pid):
         try:
             for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):

@@ -235,17 +235,10 @@ def bench_read(edf: Path, repeats: int) -> dict:
 
 
 def _tree_pids(pid: int) -> list[int]:
-    """`pid` and all its descendants (Linux /proc/<pid>/task/<tid>/children)."""
-    pids, stack = [], [pid]
-    while stack:
-        p = stack.pop()
-        pids.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*/children"):
-            try:
-                stack += [int(c) for c in task.read_text().split()]
-            except OSError:
-                pass
-    return pids
+    """`pid` and all its descendants: the demo's process-tree walk (Linux /proc), one copy for both."""
+    from run_demo import tree_pids
+
+    return tree_pids(pid)
 
 
 def _tree_pss_mb(pid: int) -> float:

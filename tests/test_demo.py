@@ -196,7 +196,7 @@ def test_demo_stops_on_a_failing_step(tmp_path):
 
 
 def _descendants(pid: int) -> list[int]:
-    return [p for p in run_demo._tree_pids(pid) if p != pid]
+    return [p for p in run_demo.tree_pids(pid) if p != pid]
 
 
 def _cmdline(pid: int) -> str:
