@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from extract_mesa_data import EDF_SIGNAL_FIELDS
 from sleepppg_common import SAMPLES_PER_WINDOW, TARGET_FS, sleepppg_test_subjects
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,3 +180,65 @@ def write_processed(out_dir: str | Path, n_subjects: int = 12, windows_per_subje
             start += counts[sid]
         f.attrs.update(total_subjects=len(subjects), total_windows=len(lab_all))
     return {**{k: str(v) for k, v in paths.items()}, "subjects": subjects}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hand-made EDF/BDF files (digital values written byte by byte), for hostile-header tests and the fuzz test
+
+
+def edf_field_offset(n_signals: int, field: str, signal: int | None = None) -> tuple[int, int]:
+    """(byte offset, width) of a header field: a fixed-header field by name, or a signal field of `signal`."""
+    fixed = {"version": (0, 8), "header_bytes": (184, 8), "n_records": (236, 8), "record_s": (244, 8),
+             "n_signals": (252, 4)}
+    if signal is None:
+        return fixed[field]
+    offset = 256
+    for name, width in EDF_SIGNAL_FIELDS:
+        if name == field:
+            return offset + signal * width, width
+        offset += width * n_signals
+    raise KeyError(field)
+
+
+def set_field(data: bytes, n_signals: int, field: str, text: str | bytes, signal: int | None = None) -> bytes:
+    offset, width = edf_field_offset(n_signals, field, signal)
+    raw = text if isinstance(text, bytes) else text.encode("latin-1")
+    return data[:offset] + raw.ljust(width)[:width] + data[offset + width:]
+
+
+def write_raw_edf(path: Path, channels: list[dict], record_s: float = 1.0, bdf: bool = False) -> Path:
+    """A hand-made EDF (or BDF) from digital values: channels of dict(label, spr, digital (int array),
+    pmin, pmax, dmin, dmax, dim)."""
+    n_records = len(channels[0]["digital"]) // channels[0]["spr"]
+    ns = len(channels)
+    head = (b"\xffBIOSEMI" if bdf else b"0".ljust(8)) + b"X X X X".ljust(80) + b"Startdate X X X X".ljust(80)
+    head += b"01.01.01" + b"22.00.00" + str(256 * (ns + 1)).encode().ljust(8) + (b"24BIT" if bdf else b"").ljust(44)
+    head += str(n_records).encode().ljust(8) + f"{record_s:g}".encode().ljust(8) + str(ns).encode().ljust(4)
+    columns = {"label": lambda c: c["label"], "transducer": lambda c: "", "physical_dimension": lambda c: c["dim"],
+               "physical_min": lambda c: f"{c['pmin']:g}", "physical_max": lambda c: f"{c['pmax']:g}",
+               "digital_min": lambda c: str(c["dmin"]), "digital_max": lambda c: str(c["dmax"]),
+               "prefiltering": lambda c: "", "samples_per_record": lambda c: str(c["spr"]), "reserved": lambda c: ""}
+    for name, width in EDF_SIGNAL_FIELDS:
+        head += b"".join(columns[name](c).encode("latin-1").ljust(width) for c in channels)
+    body = bytearray()
+    for r in range(n_records):
+        for c in channels:
+            values = np.asarray(c["digital"][r * c["spr"]:(r + 1) * c["spr"]], dtype=np.int64)
+            if bdf:  # the low 3 bytes of each little-endian two's-complement value
+                body += (values & 0xFFFFFF).astype("<u4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+            else:
+                body += values.astype("<i2").tobytes()
+    path.write_bytes(bytes(head) + bytes(body))
+    return path
+
+
+def channels_for_raw_edf(seconds: int = 120, seed: int = 0, bdf: bool = False) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    top = 2**23 - 1 if bdf else 32767
+    t = np.arange(seconds * 256) / 256
+    pleth = (0.4 * top * np.sin(2 * np.pi * 1.1 * t) + 0.05 * top * rng.standard_normal(t.size)).astype(np.int64)
+    ekg = (0.3 * top * np.sin(2 * np.pi * 1.1 * t) ** 9 + 0.02 * top * rng.standard_normal(t.size)).astype(np.int64)
+    spo2 = np.full(seconds, 950, dtype=np.int64)
+    return [dict(label="EKG", spr=256, digital=ekg, pmin=-2.5, pmax=2.5, dmin=-top - 1, dmax=top, dim="mV"),
+            dict(label="Pleth", spr=256, digital=pleth, pmin=-100, pmax=100, dmin=-top - 1, dmax=top, dim=""),
+            dict(label="SpO2", spr=1, digital=spo2, pmin=0, pmax=100, dmin=0, dmax=1000, dim="%")]

@@ -18,7 +18,8 @@ import pytest
 from scipy import signal as sps
 
 import extract_mesa_data as ex
-from helpers import REPO, W, make_cohort, run_cli, write_edf, write_xml
+from helpers import (REPO, W, channels_for_raw_edf, edf_field_offset, make_cohort, run_cli, set_field,
+                     write_edf, write_raw_edf, write_xml)
 from sleepppg_common import SAMPLES_PER_WINDOW, TARGET_FS
 
 
@@ -558,64 +559,6 @@ def test_one_preprocessing_version_and_signature_for_parts_and_inference_cache(t
 # Our EDF reader: equal to mne, and hostile headers and bodies
 
 
-def edf_field_offset(n_signals: int, field: str, signal: int | None = None) -> tuple[int, int]:
-    """(byte offset, width) of a header field: a fixed-header field by name, or a signal field of `signal`."""
-    fixed = {"version": (0, 8), "header_bytes": (184, 8), "n_records": (236, 8), "record_s": (244, 8),
-             "n_signals": (252, 4)}
-    if signal is None:
-        return fixed[field]
-    offset = 256
-    for name, width in ex.EDF_SIGNAL_FIELDS:
-        if name == field:
-            return offset + signal * width, width
-        offset += width * n_signals
-    raise KeyError(field)
-
-
-def set_field(data: bytes, n_signals: int, field: str, text: str | bytes, signal: int | None = None) -> bytes:
-    offset, width = edf_field_offset(n_signals, field, signal)
-    raw = text if isinstance(text, bytes) else text.encode("latin-1")
-    return data[:offset] + raw.ljust(width)[:width] + data[offset + width:]
-
-
-def write_raw_edf(path: Path, channels: list[dict], record_s: float = 1.0, bdf: bool = False) -> Path:
-    """A hand-made EDF (or BDF) from digital values: channels of dict(label, spr, digital (int array),
-    pmin, pmax, dmin, dmax, dim)."""
-    n_records = len(channels[0]["digital"]) // channels[0]["spr"]
-    ns = len(channels)
-    head = (b"\xffBIOSEMI" if bdf else b"0".ljust(8)) + b"X X X X".ljust(80) + b"Startdate X X X X".ljust(80)
-    head += b"01.01.01" + b"22.00.00" + str(256 * (ns + 1)).encode().ljust(8) + (b"24BIT" if bdf else b"").ljust(44)
-    head += str(n_records).encode().ljust(8) + f"{record_s:g}".encode().ljust(8) + str(ns).encode().ljust(4)
-    columns = {"label": lambda c: c["label"], "transducer": lambda c: "", "physical_dimension": lambda c: c["dim"],
-               "physical_min": lambda c: f"{c['pmin']:g}", "physical_max": lambda c: f"{c['pmax']:g}",
-               "digital_min": lambda c: str(c["dmin"]), "digital_max": lambda c: str(c["dmax"]),
-               "prefiltering": lambda c: "", "samples_per_record": lambda c: str(c["spr"]), "reserved": lambda c: ""}
-    for name, width in ex.EDF_SIGNAL_FIELDS:
-        head += b"".join(columns[name](c).encode("latin-1").ljust(width) for c in channels)
-    body = bytearray()
-    for r in range(n_records):
-        for c in channels:
-            values = np.asarray(c["digital"][r * c["spr"]:(r + 1) * c["spr"]], dtype=np.int64)
-            if bdf:  # the low 3 bytes of each little-endian two's-complement value
-                body += (values & 0xFFFFFF).astype("<u4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
-            else:
-                body += values.astype("<i2").tobytes()
-    path.write_bytes(bytes(head) + bytes(body))
-    return path
-
-
-def _channels(seconds: int = 120, seed: int = 0, bdf: bool = False) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    top = 2**23 - 1 if bdf else 32767
-    t = np.arange(seconds * 256) / 256
-    pleth = (0.4 * top * np.sin(2 * np.pi * 1.1 * t) + 0.05 * top * rng.standard_normal(t.size)).astype(np.int64)
-    ekg = (0.3 * top * np.sin(2 * np.pi * 1.1 * t) ** 9 + 0.02 * top * rng.standard_normal(t.size)).astype(np.int64)
-    spo2 = np.full(seconds, 950, dtype=np.int64)
-    return [dict(label="EKG", spr=256, digital=ekg, pmin=-2.5, pmax=2.5, dmin=-top - 1, dmax=top, dim="mV"),
-            dict(label="Pleth", spr=256, digital=pleth, pmin=-100, pmax=100, dmin=-top - 1, dmax=top, dim=""),
-            dict(label="SpO2", spr=1, digital=spo2, pmin=0, pmax=100, dmin=0, dmax=1000, dim="%")]
-
-
 def test_edf_reader_equals_mne_for_every_channel(tmp_path):
     """Our reader gives mne's values (float precision) for each channel of an edfio-written EDF with mixed rates."""
     import mne
@@ -640,14 +583,14 @@ def test_bdf_and_hand_written_edf_equal_mne(tmp_path):
     import mne
 
     for bdf in (False, True):
-        path = write_raw_edf(tmp_path / ("a.bdf" if bdf else "a.edf"), _channels(bdf=bdf), bdf=bdf)
+        path = write_raw_edf(tmp_path / ("a.bdf" if bdf else "a.edf"), channels_for_raw_edf(bdf=bdf), bdf=bdf)
         rec = ex.read_edf(path)
         reader = mne.io.read_raw_bdf if bdf else mne.io.read_raw_edf
         for channel, key in (("Pleth", "ppg"), ("EKG", "ecg")):
             expected = reader(path, include=[channel], preload=True, verbose="error").get_data()[0]
             np.testing.assert_allclose(rec[key], expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
         # the spec's formula, sample by sample, on the stored integers
-        c = _channels(bdf=bdf)[1]
+        c = channels_for_raw_edf(bdf=bdf)[1]
         slow = [c["pmin"] + (d - c["dmin"]) * (c["pmax"] - c["pmin"]) / (c["dmax"] - c["dmin"])
                 for d in c["digital"][:50]]
         np.testing.assert_allclose(rec["ppg"][:50], slow, rtol=1e-13)
@@ -657,7 +600,7 @@ def _read(path: Path) -> dict:
     return ex.read_edf(path)
 
 
-NS = 3  # signals in _channels(): EKG, Pleth, SpO2
+NS = 3  # signals in channels_for_raw_edf(): EKG, Pleth, SpO2
 
 
 @pytest.mark.parametrize("field, value, signal, kind", [
@@ -685,7 +628,7 @@ NS = 3  # signals in _channels(): EKG, Pleth, SpO2
     ("digital_max", "high", 1, "bad_edf_header"),
 ])
 def test_absurd_header_fields_make_a_bad_subject(tmp_path, field, value, signal, kind):
-    data = write_raw_edf(tmp_path / "ok.edf", _channels()).read_bytes()
+    data = write_raw_edf(tmp_path / "ok.edf", channels_for_raw_edf()).read_bytes()
     path = tmp_path / "bad.edf"
     path.write_bytes(set_field(data, NS, field, value, signal))
     with pytest.raises(ex.BadRecordingError) as info:
@@ -694,7 +637,7 @@ def test_absurd_header_fields_make_a_bad_subject(tmp_path, field, value, signal,
 
 
 def test_header_problems_on_unused_channels_only_warn_or_pass(tmp_path):
-    data = write_raw_edf(tmp_path / "ok.edf", _channels()).read_bytes()
+    data = write_raw_edf(tmp_path / "ok.edf", channels_for_raw_edf()).read_bytes()
     good = ex.preprocess_recording(tmp_path / "ok.edf", n_windows=8)
     assert good["has_ecg"] and good["warnings"] == []
     path = tmp_path / "b.edf"
@@ -708,7 +651,7 @@ def test_header_problems_on_unused_channels_only_warn_or_pass(tmp_path):
 
 def test_record_count_and_trailing_bytes(tmp_path):
     """Trailing garbage is never read as signal; -1 (unknown) uses the complete records the file holds."""
-    path = write_raw_edf(tmp_path / "ok.edf", _channels())
+    path = write_raw_edf(tmp_path / "ok.edf", channels_for_raw_edf())
     data, good = path.read_bytes(), ex.read_edf(path)
     record_bytes = (256 + 256 + 1) * 2
     cases = {
@@ -735,7 +678,7 @@ def test_record_count_and_trailing_bytes(tmp_path):
 
 
 def test_labels_differing_only_in_case_or_padding(tmp_path):
-    channels = _channels()
+    channels = channels_for_raw_edf()
     second = dict(channels[1], label="PLETH", digital=channels[1]["digital"] // 2)
     path = write_raw_edf(tmp_path / "dup.edf", channels + [second])
     raw = path.read_bytes()
@@ -747,7 +690,7 @@ def test_labels_differing_only_in_case_or_padding(tmp_path):
 
 
 def test_saturated_ppg_is_kept_with_a_warning(tmp_path):
-    channels = _channels()
+    channels = channels_for_raw_edf()
     digital = channels[1]["digital"].copy()
     digital[: digital.size // 5] = 32767  # 20% at the digital max
     digital[digital.size // 5: digital.size // 5 + 2000] = -32768  # dropout markers

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_extract import _channels, edf_field_offset, write_raw_edf, write_xml
+from helpers import channels_for_raw_edf, edf_field_offset, write_raw_edf, write_xml
 
 import extract_mesa_data as ex
 from sleepppg_common import IGNORE_INDEX, SAMPLES_PER_WINDOW
 
 N_WINDOWS = 6  # 3 minutes of windows for a 2-minute night: padding is exercised too
-NS = 3  # signals in _channels(): EKG, Pleth, SpO2
+NS = 3  # signals in channels_for_raw_edf(): EKG, Pleth, SpO2
 FIELDS = ["version", "header_bytes", "n_records", "record_s", "n_signals"]
 SIGNAL_FIELDS = [name for name, _ in ex.EDF_SIGNAL_FIELDS]
 TRICKY = ["0", "-1", "1", "nan", "inf", "-inf", "1e309", "1e-300", "", " ", "abc", "99999999", "-0", "0.0",
@@ -32,7 +32,7 @@ FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
 @pytest.fixture(scope="module")
 def originals(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
-    edf = write_raw_edf(root / "mesa-sleep-0001.edf", _channels(seconds=120)).read_bytes()
+    edf = write_raw_edf(root / "mesa-sleep-0001.edf", channels_for_raw_edf(seconds=120)).read_bytes()
     xml = write_xml(root / "mesa-sleep-0001-nsrr.xml",
                     [("Wake|0", 0, 30), ("Stage 2 sleep|2", 30, 60), ("REM sleep|5", 90, 30)]).read_text()
     return edf, xml
