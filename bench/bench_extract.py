@@ -234,26 +234,12 @@ def bench_read(edf: Path, repeats: int) -> dict:
 # One measured run (in its own subprocess)
 
 
-def _tree_pids(pid: int) -> list[int]:
-    """`pid` and all its descendants: the demo's process-tree walk (Linux /proc), one copy for both."""
-    from run_demo import tree_pids
-
-    return tree_pids(pid)
-
-
 def _tree_pss_mb(pid: int) -> float:
     """Proportional set size of a process tree in MB (shared pages split between processes, so forked
-    workers are not counted twice)."""
-    total_kb = 0
-    for p in _tree_pids(pid):
-        try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total_kb += int(line.split()[1])
-                    break
-        except OSError:
-            pass
-    return total_kb / 1024
+    workers are not counted twice): the demo's measure (run_demo.tree_memory_bytes), one copy for both."""
+    from run_demo import tree_memory_bytes
+
+    return (tree_memory_bytes(pid) or 0) / 2**20
 
 
 class PeakSampler:
