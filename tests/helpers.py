@@ -242,3 +242,17 @@ def channels_for_raw_edf(seconds: int = 120, seed: int = 0, bdf: bool = False) -
     return [dict(label="EKG", spr=256, digital=ekg, pmin=-2.5, pmax=2.5, dmin=-top - 1, dmax=top, dim="mV"),
             dict(label="Pleth", spr=256, digital=pleth, pmin=-100, pmax=100, dmin=-top - 1, dmax=top, dim=""),
             dict(label="SpO2", spr=1, digital=spo2, pmin=0, pmax=100, dmin=0, dmax=1000, dim="%")]
+
+
+def write_tiny_checkpoint(path: Path, n_windows: int, seed: int = 0) -> Path:
+    """A checkpoint of an untrained SleepPPG-Net for n_windows-window nights (seeded weights), as training
+    writes it: model kind and arguments, state dict, config, epoch, metrics."""
+    import torch
+
+    from multimodal_sleep_model import SleepPPGNet, checkpoint_model_fields
+
+    torch.manual_seed(seed)
+    model = SleepPPGNet(n_windows=n_windows)
+    torch.save({**checkpoint_model_fields(model), "model_state_dict": model.state_dict(), "config": {},
+                "epoch": 0, "metrics": {}}, path)
+    return path

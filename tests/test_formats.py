@@ -11,6 +11,7 @@ import pytest
 
 import recording_formats as rf
 from extract_mesa_data import BadRecordingError
+from helpers import write_tiny_checkpoint
 from sleepppg_common import IGNORE_INDEX
 
 # ----------------------------------------------------------------------------------------------------------
@@ -484,16 +485,7 @@ STAGE_MIN = 12  # recordings of 12 min = 24 epochs
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    import torch
-
-    from multimodal_sleep_model import SleepPPGNet, checkpoint_model_fields
-
-    torch.manual_seed(0)
-    model = SleepPPGNet(n_windows=N_WIN)
-    path = tmp_path_factory.mktemp("ckpt") / "best_model.pth"
-    torch.save({**checkpoint_model_fields(model), "model_state_dict": model.state_dict(), "config": {},
-                "epoch": 0, "metrics": {}}, path)
-    return path
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "best_model.pth", N_WIN)
 
 
 def stage(tmp_path: Path, checkpoint: Path, *extra: str) -> tuple[int, dict, Path]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import inference_ppg_only as inf
-from helpers import write_edf, write_processed
+from helpers import write_edf, write_processed, write_tiny_checkpoint
 from sleepppg_common import SAMPLES_PER_WINDOW
 
 W, L, D, R, U = 0, 1, 2, 3, -1  # Wake, Light, Deep, REM, unscored
@@ -223,16 +223,7 @@ N_WIN = 40  # model span in tests: 40 x 30 s = 20 min
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    import torch
-
-    from multimodal_sleep_model import SleepPPGNet, checkpoint_model_fields
-
-    torch.manual_seed(0)
-    model = SleepPPGNet(n_windows=N_WIN)
-    path = tmp_path_factory.mktemp("ckpt") / "best_model.pth"
-    torch.save({**checkpoint_model_fields(model), "model_state_dict": model.state_dict(), "config": {},
-                "epoch": 0, "metrics": {}}, path)
-    return path
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "best_model.pth", N_WIN)
 
 
 def make_config(tmp_path: Path, **overrides) -> Path:
