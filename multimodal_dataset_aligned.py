@@ -20,9 +20,11 @@ A night is one contiguous row range, so an item is one HDF5 read per array. File
 process (keyed by PID), so DataLoader workers (`num_workers > 0`) each get their own handle.
 
 Training on crops (`segment_windows` N > 0, config `training.segment_windows`): each training item is N consecutive
-windows of a night (ppg_1T (1, N*1024), labels (N,)), drawn anew every epoch, uniformly among the crops that hold
-at least one scored epoch, by a seed of (epoch seed, night index) only (`SegmentSampler`), so a resumed run
-and any number of workers see the same crops. Validation and test items stay whole nights.
+windows of a night (ppg_1T (1, N*1024), labels (N,)). An epoch still covers each night about once, as with whole
+nights: every night gives K = W // N crops per epoch (`crops_per_night`), one drawn uniformly from each of K
+consecutive strata of the crops that hold at least one scored epoch, anew every epoch, by a seed of (epoch seed,
+night index) only (`SegmentSampler`), so a resumed run and any number of workers see the same crops. The K crops
+of all nights are shuffled together. Validation and test items stay whole nights.
 
 Usage: `python multimodal_dataset_aligned.py --config configs/config_cloud.yaml` prints the split and which
 IDs of the test list are missing from the data.
@@ -301,17 +303,33 @@ def crop_candidates(labels_W: np.ndarray, segment_windows: int) -> np.ndarray:
     return starts if starts.size else np.arange(n_starts)
 
 
-def draw_crop_start(candidates: np.ndarray, epoch_seed: int, night: int) -> int:
-    """The crop start of night `night` in the epoch with shuffle seed `epoch_seed`: uniform over `candidates`,
-    a function of (epoch_seed, night) only, so a resumed run and every DataLoader worker draw the same."""
+def crops_per_night(windows_per_subject: int, segment_windows: int) -> int:
+    """K, the crops each night gives per epoch: W // N, so an epoch of crops covers about as many windows as
+    an epoch of whole nights (1,200-window nights, 240-window crops: 5 per night per epoch)."""
+    return max(1, windows_per_subject // segment_windows)
+
+
+def draw_crop_starts(candidates: np.ndarray, n_crops: int, epoch_seed: int, night: int) -> np.ndarray:
+    """The `n_crops` crop starts of night `night` in the epoch with shuffle seed `epoch_seed`: `candidates`
+    split into `n_crops` consecutive strata of (almost) equal size, one start drawn uniformly from each (so the
+    crops spread over the whole night, with new boundaries every epoch); with fewer candidates than crops, drawn
+    with replacement. A function of (epoch_seed, night) only, so a resumed run and every worker draw the same.
+
+    Returns:
+        int64 (n_crops,), sorted when drawn from strata.
+    """
     rng = np.random.default_rng([epoch_seed, night])
-    return int(candidates[rng.integers(candidates.size)])
+    if candidates.size < n_crops:
+        return candidates[rng.integers(candidates.size, size=n_crops)]
+    edges = (np.arange(n_crops + 1) * candidates.size) // n_crops  # stratum k: candidates[edges[k]:edges[k+1]]
+    return candidates[edges[:-1] + rng.integers(0, edges[1:] - edges[:-1])]
 
 
 class SegmentSampler(Sampler):
-    """Wraps a sampler of night indices and yields (night index, first window of its crop) pairs for a dataset
-    built with `segment_windows > 0`; the crops are drawn in the main process, so workers need no epoch state.
-    Call `set_epoch(epoch_seed)` before each epoch (it is also passed on to a DistributedSampler inside)."""
+    """Wraps a sampler of crop slots 0 .. N*K-1 (N nights, K = `dataset.crops_per_night`) and yields (night
+    index, first window of its crop) pairs for a dataset built with `segment_windows > 0`: slot i is crop i % K
+    of night i // K. The crops are drawn in the main process, so workers need no epoch state. Call
+    `set_epoch(epoch_seed)` before each epoch (it is also passed on to a DistributedSampler inside)."""
 
     def __init__(self, sampler: Sampler, dataset: "NightDataset"):
         self.sampler, self.dataset = sampler, dataset
@@ -321,8 +339,12 @@ class SegmentSampler(Sampler):
         self.epoch_seed = int(epoch_seed)
 
     def __iter__(self):
-        for idx in self.sampler:
-            yield int(idx), draw_crop_start(self.dataset.crop_starts[idx], self.epoch_seed, int(idx))
+        n_crops, drawn = self.dataset.crops_per_night, {}
+        for slot in self.sampler:
+            idx, k = divmod(int(slot), n_crops)
+            if idx not in drawn:
+                drawn[idx] = draw_crop_starts(self.dataset.crop_starts[idx], n_crops, self.epoch_seed, idx)
+            yield idx, int(drawn[idx][k])
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -370,12 +392,14 @@ class NightDataset(Dataset):
         self._check_arrays()
         self.segment_windows = int(segment_windows)
         self.crop_starts: list[np.ndarray] = []  # per night: crop starts with a scored epoch (segment_windows > 0)
+        self.crops_per_night = 1  # K: crops per night per epoch (segment_windows > 0)
         if self.segment_windows:
             if not 0 < self.segment_windows <= self.windows_per_subject:
                 raise ValueError(f"segment_windows must be in 1..{self.windows_per_subject} (windows per night), "
                                  f"got {self.segment_windows}")
             labels_NW = load_labels(self.paths["ppg"], self.paths["index"], self.subjects, self.windows_per_subject)
             self.crop_starts = [crop_candidates(labels_W, self.segment_windows) for labels_W in labels_NW]
+            self.crops_per_night = crops_per_night(self.windows_per_subject, self.segment_windows)
         self._files: dict[str, h5py.File] = {}
         self._pid: int | None = None
         log.debug("%s set: %d subjects", split, len(self.subjects))
@@ -471,6 +495,14 @@ class MultiModalSleepDataset(NightDataset):
                          segment_windows=segment_windows)
 
 
+def eval_batch_size(batch_size: int, segment_windows: int, windows_per_subject: int) -> int:
+    """Whole nights per validation/test batch: `batch_size` when training on whole nights; with crops of
+    `segment_windows` windows, as many nights as fit in the windows of one training batch, at least one."""
+    if not segment_windows:
+        return batch_size
+    return max(1, batch_size * segment_windows // windows_per_subject)
+
+
 def get_dataloaders(data_path: dict | str | os.PathLike, batch_size: int = 1, num_workers: int = 0,
                     use_generated_ecg: bool = False, model_type: str = "ppg_only",
                     use_sleepppg_test_set: bool = True, windows_per_subject: int = WINDOWS_PER_SUBJECT,
@@ -486,8 +518,12 @@ def get_dataloaders(data_path: dict | str | os.PathLike, batch_size: int = 1, nu
     runs reproducible). With `distributed=True` each loader gets a DistributedSampler (shuffling only for
     train; call `train_loader.sampler.set_epoch(epoch)` every epoch); it pads the last rank's share with
     repeated nights, so use `return_index=True` to drop duplicates when gathering results.
-    With `segment_windows > 0` the training items are crops of that many windows (validation and test stay whole
-    nights): the training loader's sampler is a `SegmentSampler`; call its `set_epoch(epoch_seed)` every epoch.
+    With `segment_windows > 0` the training items are crops of that many windows, `crops_per_night` of each
+    night per epoch (validation and test stay whole nights): the training loader's sampler is a
+    `SegmentSampler`; call its `set_epoch(epoch_seed)` every epoch. Validation and test batches then hold
+    `eval_batch_size(batch_size, segment_windows, W)` whole nights: no more windows than a training batch (at
+    least one night), so the memory sized for training crops also holds evaluation (a forward pass without
+    gradients needs less per window than a training step).
     """
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
@@ -511,10 +547,13 @@ def get_dataloaders(data_path: dict | str | os.PathLike, batch_size: int = 1, nu
     loaders = []
     for split, ds in zip(SPLITS, datasets):
         shuffle = split == "train"
-        sampler = DistributedSampler(ds, shuffle=shuffle, seed=seed) if distributed else None
+        items = range(len(ds) * ds.crops_per_night) if ds.segment_windows else ds  # crop slots or nights
+        sampler = DistributedSampler(items, shuffle=shuffle, seed=seed) if distributed else None
         if ds.segment_windows:
-            sampler = SegmentSampler(sampler if sampler is not None else RandomSampler(ds), ds)
-        loaders.append(DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None,
+            sampler = SegmentSampler(sampler if sampler is not None else RandomSampler(items), ds)
+        nights_per_batch = batch_size if shuffle else eval_batch_size(batch_size, segment_windows,
+                                                                      windows_per_subject)
+        loaders.append(DataLoader(ds, batch_size=nights_per_batch, shuffle=shuffle and sampler is None,
                                   sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
                                   persistent_workers=num_workers > 0))
     return (*loaders, *datasets)

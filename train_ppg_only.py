@@ -8,7 +8,8 @@ training labels (read from the label array, not the signals); checkpoints are lo
 early stopping and the best checkpoint follow it (or the validation kappa, pooled or median per subject:
 `training.select_best_by`), the learning rate follows validation kappa (ReduceLROnPlateau, mode max). With
 `training.segment_windows` N > 0 training items are random N-window crops of the nights (less memory per
-step); validation and test always stage whole nights.
+step), W // N crops of each night per epoch so that an epoch still covers the data about once; validation and
+test always stage whole nights.
 
 Inputs: the three HDF5 files named in the config (`data.ppg_file`, `data.index_file`, and `data.ecg_file` for
 the PPG+ECG model), nights of `data.windows_per_subject` windows x 1,024 samples (30 s at 34.13 Hz).

@@ -252,12 +252,21 @@ def test_crop_candidates_equal_the_slow_version():
         mda.crop_candidates(np.zeros(4), 5)
 
 
-def test_crops_are_deterministic_per_seed_and_epoch_and_avoid_padding():
-    candidates = np.array([0, 1, 2, 5, 6, 9])
-    draws = [mda.draw_crop_start(candidates, epoch_seed=11, night=n) for n in range(20)]
-    assert draws == [mda.draw_crop_start(candidates, epoch_seed=11, night=n) for n in range(20)]
-    assert set(draws) <= set(candidates.tolist()) and len(set(draws)) > 2
-    assert draws != [mda.draw_crop_start(candidates, epoch_seed=12, night=n) for n in range(20)]
+def test_crops_are_deterministic_per_seed_and_epoch_and_spread_over_the_night():
+    candidates = np.array([0, 1, 2, 5, 6, 9, 10, 11, 12])
+    draws = [mda.draw_crop_starts(candidates, 3, epoch_seed=11, night=n).tolist() for n in range(20)]
+    assert draws == [mda.draw_crop_starts(candidates, 3, epoch_seed=11, night=n).tolist() for n in range(20)]
+    for starts in draws:  # one start from each third of the candidates
+        assert starts[0] in (0, 1, 2) and starts[1] in (5, 6, 9) and starts[2] in (10, 11, 12)
+    assert len({tuple(d) for d in draws}) > 5
+    assert draws != [mda.draw_crop_starts(candidates, 3, epoch_seed=12, night=n).tolist() for n in range(20)]
+    few = mda.draw_crop_starts(np.array([4, 7]), 5, epoch_seed=1, night=0)  # fewer candidates than crops
+    assert few.size == 5 and set(few.tolist()) <= {4, 7}
+    assert mda.crops_per_night(1200, 240) == 5 and mda.crops_per_night(1200, 500) == 2
+    assert mda.crops_per_night(10, 10) == 1
+    # whole nights per evaluation batch: no more windows than a training batch, at least one night
+    assert mda.eval_batch_size(8, 0, 1200) == 8 and mda.eval_batch_size(2, 240, 1200) == 1
+    assert mda.eval_batch_size(16, 240, 1200) == 3 and mda.eval_batch_size(8, 600, 1200) == 4
 
 
 def test_segment_loader_items_are_crops_of_the_raw_rows(data):
@@ -266,6 +275,7 @@ def test_segment_loader_items_are_crops_of_the_raw_rows(data):
     train0, val0, _, train_ds, _, _ = get_dataloaders(_paths(data), num_workers=0, **kwargs)
     assert isinstance(train0.sampler, mda.SegmentSampler)
     assert next(iter(val0))[0].shape[-1] == W * SAMPLES_PER_WINDOW  # validation stays whole nights
+    assert val0.batch_size == 1  # 3 crops of 5 windows: fewer windows than one 16-window night
 
     def epoch_items(loader, epoch_seed):
         loader.sampler.sampler.generator = torch.Generator().manual_seed(epoch_seed)
@@ -273,19 +283,24 @@ def test_segment_loader_items_are_crops_of_the_raw_rows(data):
         return [tuple(t.clone() for t in batch) for batch in loader]
 
     first = epoch_items(train0, 7)
-    seen = []
+    k = train_ds.crops_per_night
+    assert k == W // n > 1
+    seen = {}
     for ppg_BT, labels_BW, index_B in ((b[0][:, 0], b[1], b[2]) for b in first):
         assert ppg_BT.shape[1] == n * SAMPLES_PER_WINDOW and labels_BW.shape[1] == n
         for ppg_T, labels_W, idx in zip(ppg_BT, labels_BW, index_B.tolist()):
             sid = train_ds.subjects[idx]
             raw_labels = _raw_rows(data["ppg"], "labels", sid)
-            start = mda.draw_crop_start(train_ds.crop_starts[idx], 7, idx)
+            raw_ppg = _raw_rows(data["ppg"], "ppg", sid)
             assert (labels_W != -1).any() or (raw_labels == -1).all()  # never an all-padding crop
-            np.testing.assert_array_equal(labels_W.numpy(), raw_labels[start:start + n])
-            np.testing.assert_array_equal(ppg_T.numpy(),
-                                          _raw_rows(data["ppg"], "ppg", sid)[start:start + n].reshape(-1))
-            seen.append(idx)
-    assert sorted(seen) == list(range(len(train_ds)))
+            starts = [s for s in mda.draw_crop_starts(train_ds.crop_starts[idx], k, 7, idx).tolist()
+                      if np.array_equal(raw_labels[s:s + n], labels_W.numpy())
+                      and np.array_equal(raw_ppg[s:s + n].reshape(-1), ppg_T.numpy())]
+            assert starts, f"night {idx}: an item that is none of its epoch's crops"
+            seen.setdefault(idx, []).append(starts[0])
+    assert sorted(seen) == list(range(len(train_ds)))  # every night, k crops each, spread over the night
+    for idx, starts in seen.items():
+        assert sorted(starts) == mda.draw_crop_starts(train_ds.crop_starts[idx], k, 7, idx).tolist()
     # the same epoch seed gives the same crops again, also from 2 worker processes; another seed others
     train2 = get_dataloaders(_paths(data), num_workers=2, **kwargs)[0]
     for a, b in zip(first, epoch_items(train2, 7)):
