@@ -25,9 +25,11 @@ TINY_EPOCHS = 4  # enough epochs after the first checkpoint to kill the training
 
 def tiny_config(tmp_path: Path, **overrides) -> Path:
     """configs/config_demo.yaml with relative paths (under the working directory) and sizes a 2-core CI runs
-    in well under a minute: 40-window nights, a few epochs, no worker processes."""
+    in well under a minute: 40-window nights (trained on 10-window crops, as the demo trains on crops), a few
+    epochs, no worker processes."""
     cfg = yaml.safe_load((REPO / "configs" / "config_demo.yaml").read_text())
     sizes = {"data.windows_per_subject": 40, "data.num_workers": 0, "data.batch_size": 2,
+             "training.segment_windows": 10,
              "preprocessing.workers": 1, "preprocessing.chunk_windows": 40, "training.num_epochs": TINY_EPOCHS,
              "output.save_frequency": 100, "output.save_intermediate": False, "inference.n_subjects": 1,
              "inference.batch_size": 2, **overrides}
