@@ -22,8 +22,10 @@ signal that killed it, and the peak memory of its process tree (sampled every 0.
 
 What the demo's size trades (configs/config_demo.yaml; measured figures in the README): the cohort, the
 pipeline and every output are full size (10-h nights of 1,200 windows, MESA's files and channels, raw EDF
-staged night by night); only training is cut down to fit a CPU: 24 synthetic nights instead of MESA's 1,900,
-few epochs and small batches, so the model stages this cohort well above chance, not as well as it could.
+staged night by night, validation and test on whole nights); only training is cut down to fit a laptop: 24
+synthetic nights instead of MESA's 1,900, 5 epochs, and steps of two random 2-h crops instead of eight whole
+nights (training.segment_windows; ~2.3 GB for the whole demo instead of ~10 GB), so the model stages this
+cohort well above chance, not as well as it could (`--epochs N` trains longer).
 
 Exit status: 0 done; 1 a step failed; 2 bad setup or arguments; 130 interrupted (Ctrl-C; rerun to continue).
 All metrics printed here are on SYNTHETIC data: they say the pipeline works, not how well it stages MESA.
@@ -64,11 +66,11 @@ LAST_CHECKPOINT = "checkpoints/last.pth"  # train_ppg_only.py rewrites it after 
 TEST_RESULTS = "results/test_results.json"  # a training run is finished once this exists
 INFERENCE_RESULT = "result.json"  # an inference run folder is finished once this exists
 MEMORY_SAMPLE_S = 0.5  # how often the peak memory of a running step's process tree is sampled
-# Peak memory (GB, whole process tree) of each step with the shipped demo config on a 2-core VM: measured
-# (PSS, sampled by this script), except inference: ~0.5 GB per full night in one forward pass, 3 nights at once;
-# quoted when a step is killed by SIGKILL and no earlier run of that step with this config left its own figure.
-STEP_MEMORY_GB = {"generate": 0.9, "pair_check": 0.1, "extract": 1.1, "verify_outputs": 0.1, "train": 10.4,
-                  "infer": 2.0}
+# Peak memory (GB, whole process tree) of each step with the shipped demo config on a 2-core VM, measured (PSS,
+# sampled by this script; 2026-11-26) and rounded up; quoted when a step is killed by SIGKILL and no earlier run
+# of that step with this config left its own figure.
+STEP_MEMORY_GB = {"generate": 0.8, "pair_check": 0.1, "extract": 1.1, "verify_outputs": 0.2, "train": 2.3,
+                  "infer": 1.7}
 
 log = logging.getLogger("run_demo")
 
