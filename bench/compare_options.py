@@ -67,7 +67,7 @@ def write_config(path: Path, processed: Path, save_dir: Path, args: argparse.Nam
                        index_file=str(processed / INDEX_FILE), windows_per_subject=args.windows,
                        batch_size=args.batch_size, num_workers=0)
     raw["training"].update(num_epochs=args.epochs, seed=args.seed, num_runs=1, patience=args.epochs,
-                           select_best_by=select_best_by)
+                           select_best_by=select_best_by, segment_windows=0)  # whole (short) nights
     raw["model"]["tcn_causal"] = tcn_causal
     raw["output"].update(save_dir=str(save_dir), save_intermediate=False, save_frequency=max(args.epochs, 1))
     path.parent.mkdir(parents=True, exist_ok=True)

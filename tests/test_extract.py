@@ -474,7 +474,8 @@ def test_bad_setup_exits_2(tmp_path, capsys):
     assert "no EDF/XML pairs" in capsys.readouterr().err
     assert run_cli(edf_dir, xml_dir, tmp_path / "o", "--subjects", "9999") == 2
     bad_cfg = tmp_path / "bad.yaml"
-    bad_cfg.write_text((REPO / "configs" / "config_demo.yaml").read_text().replace("workers: 0", "workers: many"))
+    demo_text = (REPO / "configs" / "config_demo.yaml").read_text()
+    bad_cfg.write_text(demo_text.replace("\n  workers: 0", "\n  workers: many"))
     assert ex.main(["--config", str(bad_cfg)]) == 2
     assert "preprocessing.workers" in capsys.readouterr().err
 

@@ -33,12 +33,14 @@ SCALAR_TAGS = ("Train/Loss", "Val/Loss", "Val/Overall_Accuracy", "Val/Overall_Ka
 
 
 def write_config(path: Path, data: dict, save_dir: Path, windows: int = W, **training) -> Path:
-    """A config file like configs/config_demo.yaml, pointing at `data`, sized for a test."""
+    """A config file like configs/config_demo.yaml, pointing at `data`, sized for a test: whole nights and
+    the learning-rate schedule these tests were measured with, whatever the demo uses."""
     cfg = yaml.safe_load((REPO / "configs" / "config_demo.yaml").read_text())
     cfg["data"].update(ppg_file=data["ppg"], ecg_file=data["ecg"], index_file=data["index"], batch_size=4,
                        num_workers=0, windows_per_subject=windows)
     cfg["output"].update(save_dir=str(save_dir), save_frequency=2, save_intermediate=True)
-    cfg["training"].update({"num_epochs": 2, **training})
+    cfg["training"].update({"num_epochs": 2, "segment_windows": 0, "learning_rate": 0.001, "lr_factor": 0.7,
+                            "lr_patience": 5, **training})
     path.write_text(yaml.safe_dump(cfg))
     return path
 

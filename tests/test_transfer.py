@@ -35,7 +35,7 @@ def data(tmp_path_factory):
 def _config_file(tmp_path, data, **training) -> str:
     raw = yaml.safe_load((REPO / "configs" / "config_demo.yaml").read_text())
     raw["data"].update(ppg_file=data["ppg"], ecg_file=data["ecg"], index_file=data["index"], windows_per_subject=W)
-    raw["training"].update(training)
+    raw["training"].update({"segment_windows": 0, **training})  # whole (tiny) nights
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(raw))
     return str(path)
@@ -184,7 +184,7 @@ def _run_config(tmp_path, data, name, **training) -> Path:
     raw["data"].update(ppg_file=data["ppg"], ecg_file=data["ecg"], index_file=data["index"], windows_per_subject=W,
                        batch_size=4, num_workers=0)
     raw["output"].update(save_dir=str(tmp_path / "out"), save_frequency=1, save_intermediate=False)
-    raw["training"].update({"num_epochs": 1, "use_sleepppg_test_set": False, **training})
+    raw["training"].update({"num_epochs": 1, "use_sleepppg_test_set": False, "segment_windows": 0, **training})
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
