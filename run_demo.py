@@ -152,10 +152,13 @@ def tree_memory_bytes(pid: int) -> int | None:
 
 
 class PeakMemory:
-    """Samples a process tree's memory every MEMORY_SAMPLE_S seconds in a thread; `.peak_gb` is the highest."""
+    """Samples a process tree's memory (PSS, `tree_memory_bytes`) every `interval` seconds in a thread;
+    `.peak_bytes` is the highest so far, `stop()` ends sampling and returns it in GB. Also a context manager
+    (the benchmarks sample their own process tree with it)."""
 
-    def __init__(self, pid: int):
-        self.pid, self.peak_bytes, self.available = pid, 0, Path("/proc/self/smaps_rollup").exists()
+    def __init__(self, pid: int, interval: float = MEMORY_SAMPLE_S):
+        self.pid, self.interval = pid, interval
+        self.peak_bytes, self.available = 0, Path("/proc/self/smaps_rollup").exists()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         if self.available:
@@ -164,7 +167,7 @@ class PeakMemory:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak_bytes = max(self.peak_bytes, tree_memory_bytes(self.pid) or 0)
-            self._stop.wait(MEMORY_SAMPLE_S)
+            self._stop.wait(self.interval)
 
     def stop(self) -> float | None:
         """Stop sampling; the peak in GB (None where /proc is not available)."""
@@ -172,6 +175,12 @@ class PeakMemory:
         if self._thread.is_alive():
             self._thread.join()
         return round(self.peak_bytes / 1e9, 2) if self.available else None
+
+    def __enter__(self) -> "PeakMemory":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -325,9 +325,15 @@ class DistContext:
 # One epoch of training / one pass of evaluation
 
 
-def _split_batch(batch: list, n_inputs: int):
-    """(inputs tuple, labels_BW, index_B) from a loader batch [ppg, (ecg,) labels, idx]."""
-    return tuple(batch[:n_inputs]), batch[n_inputs], batch[n_inputs + 1]
+def batch_on_device(batch: list, n_inputs: int, subjects: list[str], device: torch.device):
+    """(inputs list, labels_BW, index_B) of a loader batch [ppg, (ecg,) labels, idx], the inputs checked for
+    NaN/Inf (DataError naming the night) and moved with the labels to `device` (asynchronously on CUDA, from
+    pinned memory); index_B stays on the CPU."""
+    inputs, labels_BW, index_B = tuple(batch[:n_inputs]), batch[n_inputs], batch[n_inputs + 1]
+    check_inputs_finite(inputs, index_B, subjects)
+    non_blocking = device.type == "cuda"
+    inputs = [x.to(device, non_blocking=non_blocking) for x in inputs]
+    return inputs, labels_BW.to(device, non_blocking=non_blocking), index_B
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -359,16 +365,12 @@ def train_one_epoch(model, loader, optimizer, class_weights_C, device, *, n_inpu
     model.train()
     for module in frozen:
         module.eval()
-    non_blocking = device.type == "cuda"
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     n_valid = torch.zeros((), dtype=torch.int64, device=device)
     nights = 0
     start = time.perf_counter()
     for step, batch in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True), 1):
-        inputs, labels_BW, index_B = _split_batch(batch, n_inputs)
-        check_inputs_finite(inputs, index_B, subjects)
-        inputs = [x.to(device, non_blocking=non_blocking) for x in inputs]
-        labels_BW = labels_BW.to(device, non_blocking=non_blocking)
+        inputs, labels_BW, index_B = batch_on_device(batch, n_inputs, subjects, device)
         with _autocast(device, amp):
             logits_BCW = model(*inputs)
         batch_loss_sum, batch_valid = masked_cross_entropy(logits_BCW, labels_BW, class_weights_C)
@@ -401,13 +403,9 @@ def predict(model, loader, device, *, n_inputs: int, amp: bool, progress: bool, 
     from tqdm import tqdm
 
     model.eval()
-    non_blocking = device.type == "cuda"
     parts: dict[str, list] = {"index": [], "preds": [], "labels": [], "loss_sum": [], "n_valid": []}
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
-        inputs, labels_BW, index_B = _split_batch(batch, n_inputs)
-        check_inputs_finite(inputs, index_B, subjects)
-        inputs = [x.to(device, non_blocking=non_blocking) for x in inputs]
-        labels_BW = labels_BW.to(device, non_blocking=non_blocking)
+        inputs, labels_BW, index_B = batch_on_device(batch, n_inputs, subjects, device)
         with _autocast(device, amp):
             logits_BCW = model(*inputs)
         loss_BW = F.cross_entropy(logits_BCW.float(), labels_BW, ignore_index=IGNORE_INDEX, reduction="none")

@@ -234,38 +234,6 @@ def bench_read(edf: Path, repeats: int) -> dict:
 # One measured run (in its own subprocess)
 
 
-def _tree_pss_mb(pid: int) -> float:
-    """Proportional set size of a process tree in MB (shared pages split between processes, so forked
-    workers are not counted twice): the demo's measure (run_demo.tree_memory_bytes), one copy for both."""
-    from run_demo import tree_memory_bytes
-
-    return (tree_memory_bytes(pid) or 0) / 2**20
-
-
-class PeakSampler:
-    """Background thread sampling the process tree's PSS every `interval` s; `.peak_mb` is the maximum."""
-
-    def __init__(self, interval: float = 0.05):
-        import threading
-
-        self.interval, self.peak_mb = interval, 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, _tree_pss_mb(os.getpid()))
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "PeakSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 DREAMT_HOURS = 8.0  # a DREAMT night (lights-off to end) is about 7-8 h
 DREAMT_FS = 64  # Hz: Empatica E4 BVP rows in data_64Hz
 DREAMT_COLUMNS = ("TIMESTAMP", "BVP", "ACC_X", "ACC_Y", "ACC_Z", "TEMP", "EDA", "HR", "IBI", "Sleep_Stage",
@@ -319,8 +287,10 @@ def measure_one(kind: str, edf_dir: Path, xml_dir: Path, out_dir: Path, ids: lis
     import extract_mesa_data
     from sleepppg_common import keep_freed_memory
 
+    from run_demo import PeakMemory  # PSS of the process tree: forked workers' shared pages are not counted twice
+
     t0 = time.perf_counter()
-    with PeakSampler() as sampler:
+    with PeakMemory(os.getpid(), interval=0.05) as sampler:
         if kind == "reference":
             reference_extract(edf_dir, xml_dir, out_dir, ids)
         elif kind == "dreamt":
@@ -338,7 +308,7 @@ def measure_one(kind: str, edf_dir: Path, xml_dir: Path, out_dir: Path, ids: lis
                 raise SystemExit(f"extract_mesa_data exited {rc}")
     seconds = time.perf_counter() - t0
     main_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {"seconds": seconds, "peak_tree_mb": sampler.peak_mb, "rss_main_mb": main_kb / 1024}
+    return {"seconds": seconds, "peak_tree_mb": sampler.peak_bytes / 2**20, "rss_main_mb": main_kb / 1024}
 
 
 def run_measured(kind: str, root: Path, out_dir: Path, ids: list[str], workers: int) -> dict:
