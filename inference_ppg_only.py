@@ -811,11 +811,6 @@ def run_edf_mode(model, n_windows: int, cfg: dict, edf_paths: list[Path], run_di
     # preprocessing threads: preprocessing.workers (0 = one per CPU core). On a GPU box they keep the GPU fed;
     # on a small CPU box the forward pass dominates and extra threads simply wait.
     workers = max(1, min(pre_cfg["workers"] or os.cpu_count() or 1, len(jobs)))
-    if workers > 1:
-        import mne
-
-        # mne switches its log level per call and back, which is not thread-safe: set it once for all threads
-        mne.set_log_level("WARNING")
     run_pipeline(model, jobs, functools.partial(prepare_edf_night, cache_root=cache_root, settings=settings),
                  record, device=device, bf16=cfg["gpu"]["mixed_precision"], batch_size=inf_cfg["batch_size"],
                  workers=workers, run_dir=run_dir, flags=flags)

@@ -42,6 +42,7 @@ import dataclasses
 import datetime as dt
 import logging
 import math
+import os
 import re
 import warnings
 from pathlib import Path
@@ -582,14 +583,14 @@ def read_edf_ppg(path: Path, column: str | None = None, patterns: Sequence[str] 
     are interpolated by preprocessing and more make the night bad."""
     import extract_mesa_data
 
-    if column:
-        import mne
-
+    if column:  # the header alone, with the same parser as read_edf (BadRecordingError when it is broken)
         try:
-            labels = mne.io.read_raw(path, preload=False, verbose="error").ch_names
-        except (ValueError, OSError, RuntimeError) as err:
+            with open(path, "rb") as fh:
+                header = extract_mesa_data.read_edf_header(fh, path, os.fstat(fh.fileno()).st_size)
+        except OSError as err:
             raise BadRecordingError(f"unreadable EDF {path.name}: {err}", kind="unreadable_edf") from None
-        patterns = (_pick_signal(labels, [1.0] * len(labels), column, patterns, path, "channel"),)
+        patterns = (_pick_signal(header.labels, [s.fs for s in header.signals], column, patterns, path,
+                                 "channel"),)
     rec = extract_mesa_data.read_edf(path, patterns, with_ecg=False)
     return Recording(rec["ppg"], float(rec["ppg_fs"]),
                      {"source_format": "edf", "column": rec["ppg_channel"], "fs_found": float(rec["ppg_fs"]),
