@@ -282,6 +282,12 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, d
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+# PyYAML follows YAML 1.1, where a float needs a dot: `1e-5` would load as the string "1e-5" (and so would the
+# `1e-05` that json.dumps writes into a run's config.json). Numbers in exponent form load as floats here, as in
+# YAML 1.2 and JSON.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 def _check_value(key: str, value: Any, expected: Any) -> Any:

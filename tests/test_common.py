@@ -1,5 +1,6 @@
 """Tests for sleepppg_common: config validation, metrics against scikit-learn, atomic writes, ID lists."""
 import datetime
+import json
 import types
 
 import numpy as np
@@ -60,6 +61,19 @@ def test_missing_and_duplicate_keys(tmp_path):
     p = _write(tmp_path, CONFIGS[0], "  random_seed: 42", "  random_seed: 42\n  random_seed: 7")
     with pytest.raises(ConfigError, match="duplicate key 'random_seed'"):
         load_config(p)
+
+
+def test_exponent_floats_load_as_numbers_and_a_run_config_json_reloads(tmp_path):
+    """`1e-5` is a float (YAML 1.1 would make it a string), so a run's config.json (JSON writes 1e-05) reloads."""
+    p = _write(tmp_path, CONFIGS[1], "weight_decay: 0.00001", "weight_decay: 1e-5")
+    assert load_config(p)["training"]["weight_decay"] == 1e-5
+    p = _write(tmp_path, CONFIGS[1], "learning_rate: 0.0005", 'learning_rate: "5e-4"')  # quoted stays a string
+    with pytest.raises(ConfigError, match="training.learning_rate"):
+        load_config(p)
+    cfg = load_config(CONFIGS[1])
+    as_json = tmp_path / "config.json"
+    as_json.write_text(json.dumps(cfg, indent=2))  # as train_ppg_only writes checkpoints/config.json
+    assert "1e-05" in as_json.read_text() and load_config(as_json) == cfg
 
 
 def test_overrides_apply_and_are_validated():
