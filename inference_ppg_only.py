@@ -120,8 +120,8 @@ import torch
 # one owner of the preprocessing version and of what a cached night depends on: extraction
 from extract_mesa_data import file_signature as edf_signature
 from extract_mesa_data import preprocessing_settings
-from sleepppg_common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, IGNORE_INDEX, N_CLASSES,
-                             SAMPLES_PER_WINDOW, STAGE_NAMES, TARGET_FS, WINDOW_SECONDS, WINDOWS_PER_SUBJECT,
+from sleepppg_common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, IGNORE_INDEX, MESA_ID_PATTERN,
+                             N_CLASSES, SAMPLES_PER_WINDOW, STAGE_NAMES, TARGET_FS, WINDOW_SECONDS, WINDOWS_PER_SUBJECT,
                              ConfigError, SetupError, atomic_output, compute_metrics, hypnogram_figure, json_safe,
                              keep_freed_memory, load_config, log_to_file, make_run_dir, resolve_device,
                              save_figure, setup_logging, subject_id_from_filename, summary_stats,
@@ -236,10 +236,11 @@ def format_sleep_report(subject_id: str, report: dict, extra: str = "", scored: 
 # Small helpers: ids, inputs, JSON
 
 
-def subject_id_for(edf_path: str | os.PathLike) -> str:
-    """MESA subject ID from a file name (mesa-sleep-0010.edf -> '0010'), else the file stem."""
+def subject_id_for(edf_path: str | os.PathLike, id_pattern: str = MESA_ID_PATTERN) -> str:
+    """The subject ID in a file name by `id_pattern` (config preprocessing.id_pattern; MESA's by default:
+    mesa-sleep-0010.edf -> '0010'), else the file stem."""
     stem = Path(edf_path).stem
-    return subject_id_from_filename(stem) or stem
+    return subject_id_from_filename(stem, id_pattern) or stem
 
 
 def resolve_edf_inputs(spec: str, ppg: bool = False) -> list[Path]:
@@ -281,12 +282,12 @@ def resolve_edf_inputs(spec: str, ppg: bool = False) -> list[Path]:
     raise SetupError(f"{what} input not found: {spec} (give a file, a folder or a glob pattern)")
 
 
-def unique_ids(paths: Sequence[Path]) -> list[str]:
-    """Subject IDs for `paths`, made unique within the run (a repeated ID gets _2, _3 ...)."""
+def unique_ids(paths: Sequence[Path], id_pattern: str = MESA_ID_PATTERN) -> list[str]:
+    """Subject IDs for `paths` (`subject_id_for`), made unique within the run (a repeated ID gets _2, _3 ...)."""
     seen: dict[str, int] = {}
     out = []
     for p in paths:
-        sid = subject_id_for(p)
+        sid = subject_id_for(p, id_pattern)
         seen[sid] = seen.get(sid, 0) + 1
         out.append(sid if seen[sid] == 1 else f"{sid}_{seen[sid]}")
     return out
@@ -807,7 +808,7 @@ def run_edf_mode(model, n_windows: int, cfg: dict, edf_paths: list[Path], run_di
         settings = ppg_settings(settings, inf_cfg["ppg_fs"], inf_cfg["ppg_column"], pre_cfg["max_gap_s"])
     cache_root = Path(inf_cfg["cache_root"])
     record = RunRecord() if record is None else record
-    jobs = [NightJob(sid, path) for sid, path in zip(unique_ids(edf_paths), edf_paths)]
+    jobs = [NightJob(sid, path) for sid, path in zip(unique_ids(edf_paths, pre_cfg["id_pattern"]), edf_paths)]
     # preprocessing threads: preprocessing.workers (0 = one per CPU core). On a GPU box they keep the GPU fed;
     # on a small CPU box the forward pass dominates and extra threads simply wait.
     workers = max(1, min(pre_cfg["workers"] or os.cpu_count() or 1, len(jobs)))

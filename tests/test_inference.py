@@ -187,6 +187,9 @@ def test_resolve_inputs_and_ids(tmp_path):
     assert inf.resolve_edf_inputs(str(tmp_path / "mesa-*.edf")) == [a]
     assert inf.subject_id_for(a) == "0001" and inf.subject_id_for(b) == "night_B"
     assert inf.unique_ids([a, b, a]) == ["0001", "night_B", "0001_2"]
+    cfs = _fake_edf(tmp_path, "cfs-visit5-800002.edf")  # another cohort's names: preprocessing.id_pattern
+    assert inf.subject_id_for(cfs) == "cfs-visit5-800002"
+    assert inf.unique_ids([cfs, a], r"cfs-visit5-(\d+)") == ["800002", "mesa-sleep-0001"]
     empty = tmp_path / "empty"
     empty.mkdir()
     for spec in (str(empty), str(tmp_path / "nothing-*.edf"), str(tmp_path / "missing.edf")):
