@@ -67,7 +67,7 @@ TIME_REDUCTION = 2 ** len(ENCODER_CHANNELS)  # each block max-pools by 2: 1,228,
 STEPS_PER_WINDOW = SAMPLES_PER_WINDOW // TIME_REDUCTION  # 4 encoder steps per 30-s window
 EMBED_DIM = 128  # per-window embedding after the dense layer
 TCN_KERNEL = 7
-TCN_LEVELS = 6  # dilations 1, 2, 4, 8, 16, 32: a receptive field of ~380 windows (~3 h) per stack
+TCN_LEVELS = 6  # dilations 1..32, two convs each: a reach of 1 + 2*6*63 = 757 windows (6.3 h) per stack
 TCN_STACKS = 2
 ATTENTION_HEADS = 8  # cross-modal attention (reference)
 ATTENTION_DROPOUT = 0.1  # on the attention weights (reference)
