@@ -355,7 +355,8 @@ def check_inputs_finite(inputs: tuple, index_B: torch.Tensor, subjects: list[str
 
 def train_one_epoch(model, loader, optimizer, class_weights_C, device, *, n_inputs: int, amp: bool,
                     grad_clip: float, progress: bool, desc: str, subjects: list[str], frozen: tuple = ()) -> dict:
-    """One pass over the training loader. Returns {"loss_sum", "n_valid", "nights", "seconds"} (this rank).
+    """One pass over the training loader. Returns {"loss_sum", "n_valid", "windows", "seconds"} (this rank;
+    windows: all windows trained on, so that crops and whole nights give comparable speeds).
     The modules in `frozen` (a frozen encoder) stay in eval mode: see `set_encoder_frozen`.
 
     Raises DataError on a non-finite input (naming the subject) and TrainingDiverged when the loss or the
@@ -367,7 +368,7 @@ def train_one_epoch(model, loader, optimizer, class_weights_C, device, *, n_inpu
         module.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     n_valid = torch.zeros((), dtype=torch.int64, device=device)
-    nights = 0
+    windows = 0
     start = time.perf_counter()
     for step, batch in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True), 1):
         inputs, labels_BW, index_B = batch_on_device(batch, n_inputs, subjects, device)
@@ -385,10 +386,10 @@ def train_one_epoch(model, loader, optimizer, class_weights_C, device, *, n_inpu
         optimizer.step()
         loss_sum += batch_loss_sum.detach().double()
         n_valid += batch_valid
-        nights += labels_BW.shape[0]
+        windows += labels_BW.numel()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return {"loss_sum": float(loss_sum.item()), "n_valid": int(n_valid.item()), "nights": nights,
+    return {"loss_sum": float(loss_sum.item()), "n_valid": int(n_valid.item()), "windows": windows,
             "seconds": time.perf_counter() - start}
 
 
@@ -1109,8 +1110,9 @@ def train_epochs(run: RunSetup, state: TrainState) -> None:
                                 n_inputs=run.n_inputs, amp=run.amp, grad_clip=train_cfg["grad_clip"],
                                 progress=ctx.is_main, desc=f"epoch {epoch}/{num_epochs}",
                                 subjects=run.datasets["train"].subjects, frozen=frozen)
-        loss_sum, n_valid, nights, train_seconds = ctx.all_sum(
-            [stats["loss_sum"], stats["n_valid"], stats["nights"], stats["seconds"] / ctx.world_size])
+        loss_sum, n_valid, windows, train_seconds = ctx.all_sum(
+            [stats["loss_sum"], stats["n_valid"], stats["windows"], stats["seconds"] / ctx.world_size])
+        nights = windows / run.cfg["data"]["windows_per_subject"]  # night-equivalents: crops count by length
         train_loss = loss_sum / max(n_valid, 1)
         sync_eval_model(run)
         val, val_pred = evaluate(run.eval_model, run.loaders["val"], run.datasets["val"].subjects, run.device,
