@@ -1060,7 +1060,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                     "name of a WFDB/EDF record; overrides inference.ppg_column (default: "
                                     "preprocessing.ppg_channels patterns)")
     p.add_argument("--out-dir", "--out", dest="out", metavar="DIR",
-                   help="output root; overrides inference.save_dir (a run folder is made inside; --out is an older name)")
+                   help="output root; overrides inference.save_dir (a run folder is made inside; "
+                        "--out is an older name)")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N (default: auto; auto and cuda "
                         "take gpu.device_id)")
