@@ -11,7 +11,7 @@ import pytest
 
 import recording_formats as rf
 from extract_mesa_data import BadRecordingError
-from helpers import write_tiny_checkpoint
+from helpers import write_raw_edf, write_tiny_checkpoint
 from sleepppg_common import IGNORE_INDEX
 
 # ----------------------------------------------------------------------------------------------------------
@@ -580,6 +580,29 @@ def test_every_format_gives_the_edf_predictions(tmp_path, checkpoint):
     assert code == 0 and {i["subject_id"]: i["cache_used"] for i in again["nights"]} == {
         sid: sid != "a_edf" for sid in items}
     assert read_predictions(again_run, "g_wfdb")[0] == ref_names
+
+
+def test_a_bdf_night_is_staged_like_the_same_night_in_edf(tmp_path, checkpoint):
+    """--ppg on a 24-bit BDF: the same physical values as a 16-bit EDF (digital values and range x 256) give the
+    same stages through the whole pipeline (reader, preprocessing, cache, model, CSV)."""
+    rng = np.random.default_rng(5)
+    n = int(STAGE_MIN * 60 * STAGE_FS)
+    t = np.arange(n) / STAGE_FS
+    digital = (12000 * np.sin(2 * np.pi * 1.1 * t) + 1500 * rng.standard_normal(n)).astype(np.int64)
+    fs = int(STAGE_FS)
+    edf = write_raw_edf(tmp_path / "night_edf.edf", [dict(label="Pleth", spr=fs, digital=digital, pmin=-100,
+                                                           pmax=100, dmin=-32768, dmax=32767, dim="")])
+    bdf = write_raw_edf(tmp_path / "night_bdf.bdf", [dict(label="Pleth", spr=fs, digital=digital * 256, pmin=-100,
+                                                           pmax=100, dmin=-32768 * 256, dmax=32767 * 256, dim="")],
+                        bdf=True)
+    code_e, result_e, run_e = stage(tmp_path, checkpoint, "--ppg", str(edf))
+    code_b, result_b, run_b = stage(tmp_path, checkpoint, "--ppg", str(bdf))
+    assert code_e == 0 == code_b and result_b["n_nights_failed"] == 0
+    assert result_b["nights"][0]["ppg_channel"] == "Pleth"
+    names_e, probs_e = read_predictions(run_e, "night_edf")
+    names_b, probs_b = read_predictions(run_b, "night_bdf")
+    assert len(names_b) == STAGE_MIN * 2 and names_b == names_e
+    np.testing.assert_allclose(probs_b, probs_e, atol=1e-5)
 
 
 def test_gaps_are_not_staged_and_are_marked(tmp_path, checkpoint):
