@@ -256,3 +256,17 @@ def write_tiny_checkpoint(path: Path, n_windows: int, seed: int = 0) -> Path:
     torch.save({**checkpoint_model_fields(model), "model_state_dict": model.state_dict(), "config": {},
                 "epoch": 0, "metrics": {}}, path)
     return path
+
+
+def interrupted_on_call(real, n: int):
+    """A stand-in for the function `real` that raises KeyboardInterrupt (as Ctrl-C or a kill would) on its n-th
+    call and passes every other call through; monkeypatch it in place of `real`."""
+    calls = [0]
+
+    def wrapper(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    return wrapper

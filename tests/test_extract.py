@@ -18,8 +18,8 @@ import pytest
 from scipy import signal as sps
 
 import extract_mesa_data as ex
-from helpers import (REPO, W, channels_for_raw_edf, edf_field_offset, make_cohort, run_cli, set_field,
-                     write_edf, write_raw_edf, write_xml)
+from helpers import (REPO, W, channels_for_raw_edf, edf_field_offset, interrupted_on_call, make_cohort, run_cli,
+                     set_field, write_edf, write_raw_edf, write_xml)
 from sleepppg_common import SAMPLES_PER_WINDOW, TARGET_FS
 
 
@@ -784,15 +784,7 @@ def test_damaged_parts_and_manifest_are_rebuilt(tmp_path, capsys):
 def test_ctrl_c_exits_130_and_keeps_finished_subjects(tmp_path, monkeypatch, capsys):
     ids = ["0001", "0002", "0003"]
     edf_dir, xml_dir = make_cohort(tmp_path / "raw", ids, minutes=3)
-    real, calls = ex.process_subject, []
-
-    def interrupted_on_second(job):
-        calls.append(job["id"])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(job)
-
-    monkeypatch.setattr(ex, "process_subject", interrupted_on_second)
+    monkeypatch.setattr(ex, "process_subject", interrupted_on_call(ex.process_subject, 2))  # on the second subject
     out = tmp_path / "out"
     assert run_cli(edf_dir, xml_dir, out) == 130
     assert "interrupted: finished subjects are kept" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import inference_ppg_only as inf
-from helpers import write_edf, write_processed, write_tiny_checkpoint
+from helpers import interrupted_on_call, write_edf, write_processed, write_tiny_checkpoint
 from sleepppg_common import SAMPLES_PER_WINDOW
 
 W, L, D, R, U = 0, 1, 2, 3, -1  # Wake, Light, Deep, REM, unscored
@@ -680,16 +680,7 @@ def test_setup_problems_and_ctrl_c(tmp_path, checkpoint, monkeypatch, caplog):
     code = inf.main(["--config", str(cfg), "--out", str(tmp_path / "afile"), "--device", "cpu", "--edf", str(edfs)])
     assert code == inf.EXIT_SETUP and any("is a file" in r.getMessage() for r in caplog.records)
 
-    real = inf.stage_nights
-    calls = []
-
-    def interrupted_on_second_batch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(inf, "stage_nights", interrupted_on_second_batch)
+    monkeypatch.setattr(inf, "stage_nights", interrupted_on_call(inf.stage_nights, 2))  # on the second batch
     code, result, run_dir = run(cfg, tmp_path / "out", "--edf", str(edfs))
     assert code == inf.EXIT_INTERRUPTED == 130
     assert result["interrupted"] is True and [n["subject_id"] for n in result["nights"]] == ["0001"]

@@ -23,7 +23,7 @@ import torch
 import yaml
 
 import train_ppg_only as T
-from helpers import write_processed
+from helpers import interrupted_on_call, write_processed
 from sleepppg_common import sleepppg_test_subjects
 
 REPO = Path(__file__).resolve().parents[1]
@@ -291,16 +291,8 @@ def test_short_run_learns(tmp_path):
 def test_resume_equals_uninterrupted_run(straight_run, data, tmp_path, monkeypatch, caplog):
     """Killed during epoch 3, then --resume: same history, weights, optimizer and scheduler as 4 straight."""
     cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", num_epochs=4)
-    calls = []
     real_train_one_epoch = T.train_one_epoch
-
-    def killed_in_epoch_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # as Ctrl-C / a kill in the middle of epoch 3
-        return real_train_one_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(T, "train_one_epoch", killed_in_epoch_3)
+    monkeypatch.setattr(T, "train_one_epoch", interrupted_on_call(real_train_one_epoch, 3))  # in epoch 3
     caplog.clear()
     assert T.main(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"]) == 130  # Ctrl-C status
     monkeypatch.setattr(T, "train_one_epoch", real_train_one_epoch)
@@ -380,15 +372,8 @@ def test_segment_resume_equals_uninterrupted_run(segment_run, data, tmp_path, mo
     """Killed during epoch 2, then --resume: the same crops, so the same weights as 2 epochs in one go."""
     cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", segment_windows=SEGMENT,
                        activation_checkpointing=True)
-    real_train_one_epoch, calls = T.train_one_epoch, []
-
-    def killed_in_epoch_2(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_train_one_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(T, "train_one_epoch", killed_in_epoch_2)
+    real_train_one_epoch = T.train_one_epoch
+    monkeypatch.setattr(T, "train_one_epoch", interrupted_on_call(real_train_one_epoch, 2))  # in epoch 2
     assert T.main(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"]) == 130
     monkeypatch.setattr(T, "train_one_epoch", real_train_one_epoch)
     (run_dir,) = run_dirs(tmp_path / "out")
