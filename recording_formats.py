@@ -414,6 +414,13 @@ def choose_columns(layout: TableLayout, column: str | None, patterns: Sequence[s
     return time_idx, (kinds[time_idx] if time_idx is not None else None), ppg_idx
 
 
+def check_times_finite(t: np.ndarray, path: Path, what: str) -> None:
+    """BadRecordingError (kind 'bad_timestamps') naming the first data row whose time (`what`) did not parse."""
+    if not np.isfinite(t).all():
+        row = int(np.flatnonzero(~np.isfinite(t))[0])
+        raise BadRecordingError(f"{path.name}: unparseable {what} in data row {row + 1}", kind="bad_timestamps")
+
+
 def stamps_to_seconds(raw: list[np.ndarray], kind: str, path: Path) -> tuple[np.ndarray, str | None]:
     """Time-column blocks -> float64 seconds from the first stamp, and the first stamp as text (date-times).
 
@@ -430,10 +437,7 @@ def stamps_to_seconds(raw: list[np.ndarray], kind: str, path: Path) -> tuple[np.
         origin = stamps.min()
         return (stamps - origin).astype(np.int64) / 1e6, str(origin)
     t = np.concatenate(raw)
-    if not np.isfinite(t).all():
-        row = int(np.flatnonzero(~np.isfinite(t))[0])
-        raise BadRecordingError(f"{path.name}: unparseable time stamp in data row {row + 1}",
-                                kind="bad_timestamps")
+    check_times_finite(t, path, "time stamp")
     if kind == "auto":
         steps = np.diff(np.sort(t))
         positive = steps[steps > 0]
@@ -745,10 +749,7 @@ def read_dreamt(path: Path, ppg_column: str = "BVP", nominal_fs: float = 64.0, m
     data = {key: np.concatenate(values) for key, values in parts.items()}
     del parts
     t, codes = data["time"], data["stage"]
-    if not np.isfinite(t).all():
-        row = int(np.flatnonzero(~np.isfinite(t))[0])
-        raise BadRecordingError(f"{path.name}: unparseable {DREAMT_TIME_COLUMN} in data row {row + 1}",
-                                kind="bad_timestamps")
+    check_times_finite(t, path, DREAMT_TIME_COLUMN)
     if np.any(np.diff(t) < 0):
         order = np.argsort(t, kind="stable")
         data = {key: values[order] for key, values in data.items()}
