@@ -285,9 +285,8 @@ def measure_one(kind: str, edf_dir: Path, xml_dir: Path, out_dir: Path, ids: lis
     import scipy.signal  # noqa: F401
 
     import extract_mesa_data
-    from sleepppg_common import keep_freed_memory
-
     from run_demo import PeakMemory  # PSS of the process tree: forked workers' shared pages are not counted twice
+    from sleepppg_common import keep_freed_memory
 
     t0 = time.perf_counter()
     with PeakMemory(os.getpid(), interval=0.05) as sampler:
