@@ -274,6 +274,39 @@ def _surge_kernel(fs: float, rise_s: float, decay_s: float, length_s: float) -> 
     return k / k.max()
 
 
+def _resample(x: np.ndarray, fs_in: int, fs_out: int, first: int = 0, count: int | None = None) -> np.ndarray:
+    """`x` (sampled at fs_in from t = 0) linearly interpolated at samples first .. first + count - 1 of an fs_out
+    grid (all of it by default: x.size * fs_out // fs_in samples); past the last input sample the value is held.
+    The values of np.interp(i / fs_out, k / fs_in, x); when fs_out is a multiple of fs_in, several times faster
+    (each input interval is filled in one broadcast step instead of searching for every output sample)."""
+    count = x.size * fs_out // fs_in - first if count is None else count
+    if fs_out % fs_in:
+        return np.interp(np.arange(first, first + count) / fs_out, np.arange(x.size) / fs_in, x)
+    factor = fs_out // fs_in
+    k0, k1 = first // factor, -(-(first + count) // factor)
+    a = x[k0:k1]
+    b = x[np.minimum(np.arange(k0 + 1, k1 + 1), x.size - 1)]
+    fine = (a[:, None] + (b - a)[:, None] * (np.arange(factor) / factor)).ravel()
+    return fine[first - k0 * factor:][:count]
+
+
+def _lookup(table: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """`table` linearly interpolated at fractional indices `pos`; 0 outside [0, table.size - 1]. (np.interp on
+    a uniform grid, without its search.)"""
+    inside = (pos >= 0) & (pos <= table.size - 1)
+    p = np.where(inside, pos, 0.0)
+    k = np.minimum(p.astype(np.int64), table.size - 2)
+    a = table[k]
+    return np.where(inside, a + (table[k + 1] - a) * (p - k), 0.0)
+
+
+def _last_onset(onsets: np.ndarray, first: int, count: int) -> np.ndarray:
+    """For samples first .. first + count - 1: the index of the last of the sorted integer `onsets` at or
+    before each sample (np.searchsorted(onsets, i, side="right") - 1), found by counting onsets per sample."""
+    lo, hi = np.searchsorted(onsets, (first, first + count))
+    return lo - 1 + np.cumsum(np.bincount(onsets[lo:hi] - first, minlength=count))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Hypnogram
 
@@ -571,33 +604,33 @@ def _movement_artefact(rng: np.random.Generator, movements: list, duration: int,
 def _synth_ppg(rng, phys: dict, duration: int, fs: int, artefact_32: np.ndarray) -> np.ndarray:
     """PPG at fs (Pleth units) from the pulse-arrival times; phase-based, in chunks.
 
-    Each sample looks up the beat it falls in (searchsorted), its phase within that beat, and the pulse
+    Each sample looks up the beat it falls in, its phase within that beat, and the pulse
     template at that phase, scaled by the beat's amplitude; slow parts (respiratory baseline, wander,
     movement artefacts) are built at FS_RESP and interpolated once.
     """
     tr = phys["traits"]
     t_c = phys["t_ctrl"]
     table = _pulse_table(tr["dicrotic"])
-    table_phase = np.linspace(0, 1, table.size)
     feet = phys["beats"] + tr["ptt_s"]
     beat_amp = np.interp(feet, t_c, phys["pulse_amp_ctrl"]) * (1 + 0.04 * rng.standard_normal(feet.size))
     # Sentinel beats far outside the night with zero amplitude: no pulse before the first/after the last foot.
     feet = np.r_[feet[0] - 1e6, feet, feet[-1] + 1e6]
     beat_amp = np.r_[0.0, beat_amp[:-1], 0.0, 0.0]
-    t_32 = np.arange(duration * FS_RESP) / FS_RESP
-    amp_32 = np.interp(t_32, t_c, phys["pulse_amp_ctrl"])
+    amp_32 = _resample(phys["pulse_amp_ctrl"], FS_CTRL, FS_RESP)
     breathing_c = tr["ppg_baseline"] * np.sin(phys["resp_phase_ctrl"]) * phys["resp_depth_ctrl"]
     wander_c = 0.3 * _band_noise(rng, t_c.size, FS_CTRL, None, 0.05)
-    slow_32 = amp_32 * (np.interp(t_32, t_c, breathing_c + wander_c) + 0.8 * artefact_32)
+    slow_32 = amp_32 * (_resample(breathing_c + wander_c, FS_CTRL, FS_RESP) + 0.8 * artefact_32)
     noise_sd = tr["ppg_noise"] * tr["ppg_amplitude"]
+    onsets = np.ceil(feet * fs).astype(np.int64)  # first sample of each beat: feet[j] <= i / fs
     ppg = np.empty(duration * fs)
     chunk = CHUNK_SECONDS * fs
     for i0 in range(0, ppg.size, chunk):
-        t = np.arange(i0, min(i0 + chunk, ppg.size)) / fs
-        j = np.searchsorted(feet, t, side="right") - 1
+        n = min(chunk, ppg.size - i0)
+        t = np.arange(i0, i0 + n) / fs
+        j = _last_onset(onsets, i0, n)
         phase = (t - feet[j]) / (feet[j + 1] - feet[j])
-        ppg[i0:i0 + t.size] = (beat_amp[j] * np.interp(phase, table_phase, table) + np.interp(t, t_32, slow_32)
-                               + noise_sd * rng.standard_normal(t.size))
+        ppg[i0:i0 + n] = (beat_amp[j] * _lookup(table, phase * (table.size - 1))
+                          + _resample(slow_32, FS_RESP, fs, i0, n) + noise_sd * rng.standard_normal(n))
     return ppg
 
 
@@ -611,50 +644,49 @@ def _synth_ecg(rng, phys: dict, duration: int, artefact_32: np.ndarray) -> np.nd
     beat_amp = tr["ecg_amplitude"] * (1 + 0.08 * np.interp(beats, t_c, resp_c))  # ECG-derived respiration
     beats = np.r_[-1e6, beats, duration + 1e6]  # zero-amplitude sentinels: every sample has both neighbours
     beat_amp = np.r_[0.0, beat_amp, 0.0]
-    t_32 = np.arange(duration * FS_RESP) / FS_RESP
-    slow_32 = 0.08 * np.interp(t_32, t_c, resp_c) + 0.3 * artefact_32  # respiratory wander + movement
+    slow_32 = 0.08 * _resample(resp_c, FS_CTRL, FS_RESP) + 0.3 * artefact_32  # respiratory wander + movement
+    onsets = np.floor(beats * FS_ECG).astype(np.int64) + 1  # first sample after each beat: beats[j] < i / FS_ECG
     ecg = np.empty(duration * FS_ECG)
     chunk = CHUNK_SECONDS * FS_ECG
     for i0 in range(0, ecg.size, chunk):
-        t = np.arange(i0, min(i0 + chunk, ecg.size)) / FS_ECG
-        nxt = np.searchsorted(beats, t)
-        out = np.interp(t, t_32, slow_32) + tr["ecg_noise"] * rng.standard_normal(t.size)
+        n = min(chunk, ecg.size - i0)
+        t = np.arange(i0, i0 + n) / FS_ECG
+        nxt = _last_onset(onsets, i0, n) + 1  # the first beat at or after each sample
+        out = _resample(slow_32, FS_RESP, FS_ECG, i0, n) + tr["ecg_noise"] * rng.standard_normal(n)
         for j in (nxt - 1, nxt):  # the beat before and the beat after each sample
-            out += beat_amp[j] * np.interp(t - beats[j], t_tab, tab, left=0.0, right=0.0)
-        ecg[i0:i0 + t.size] = out
+            out += beat_amp[j] * _lookup(tab, (t - beats[j] - t_tab[0]) * FS_ECG)
+        ecg[i0:i0 + n] = out
     return ecg
 
 
 def _synth_eeg(rng, phys: dict, duration: int) -> np.ndarray:
     """EEG1 at FS_EEG (uV): stage-weighted delta and alpha band noise plus broadband noise."""
     fs_low = 64
-    t_low = np.arange(duration * fs_low) / fs_low
     s = phys["traits"]["stage_strength"]
-    t_c = phys["t_ctrl"]
-    delta_amp = np.interp(t_low, t_c, _stage_curve(DELTA_UV, phys["states"], s, t_c.size))
-    alpha_amp = np.interp(t_low, t_c, _stage_curve(ALPHA_UV, phys["states"], s, t_c.size))
-    low = delta_amp * _band_noise(rng, t_low.size, fs_low, 0.5, 2.0)
-    low += alpha_amp * _band_noise(rng, t_low.size, fs_low, 8.0, 12.0)
+    n_c = phys["t_ctrl"].size
+    delta_amp = _resample(_stage_curve(DELTA_UV, phys["states"], s, n_c), FS_CTRL, fs_low)
+    alpha_amp = _resample(_stage_curve(ALPHA_UV, phys["states"], s, n_c), FS_CTRL, fs_low)
+    low = delta_amp * _band_noise(rng, delta_amp.size, fs_low, 0.5, 2.0)
+    low += alpha_amp * _band_noise(rng, delta_amp.size, fs_low, 8.0, 12.0)
     eeg = np.empty(duration * FS_EEG)
     chunk = CHUNK_SECONDS * FS_EEG
     for i0 in range(0, eeg.size, chunk):
-        t = np.arange(i0, min(i0 + chunk, eeg.size)) / FS_EEG
-        eeg[i0:i0 + t.size] = np.interp(t, t_low, low) + 6.0 * rng.standard_normal(t.size)
+        n = min(chunk, eeg.size - i0)
+        eeg[i0:i0 + n] = _resample(low, fs_low, FS_EEG, i0, n) + 6.0 * rng.standard_normal(n)
     return eeg
 
 
 def _synth_resp(rng, phys: dict, duration: int, artefact_32: np.ndarray) -> dict:
     """Flow, Thor, Abdo (mV) and Pos at FS_RESP from the breathing phase and depth."""
     tr = phys["traits"]
-    t = np.arange(duration * FS_RESP) / FS_RESP
-    phase = np.interp(t, phys["t_ctrl"], phys["resp_phase_ctrl"])
-    depth = np.interp(t, phys["t_ctrl"], phys["resp_depth_ctrl"]) * tr["resp_amplitude"]
-    noise = lambda scale: scale * rng.standard_normal(t.size)  # noqa: E731
+    phase = _resample(phys["resp_phase_ctrl"], FS_CTRL, FS_RESP)
+    depth = _resample(phys["resp_depth_ctrl"], FS_CTRL, FS_RESP) * tr["resp_amplitude"]
+    noise = lambda scale: scale * rng.standard_normal(phase.size)  # noqa: E731
     thor = depth * (np.sin(phase) + 0.15 * np.sin(2 * phase)) + 0.2 * artefact_32 + noise(0.02)
     abdo = 0.8 * depth * np.sin(phase - 0.3) + 0.2 * artefact_32 + noise(0.02)
     flow = 1.2 * depth * np.cos(phase) * (1 + 0.2 * np.cos(phase)) + noise(0.03)
     # Body position: changes only with some movements (0 supine ... 3 left, as levels).
-    pos = np.zeros(t.size)
+    pos = np.zeros(phase.size)
     level = float(rng.integers(0, 4))
     last = 0
     for on, _ in phys["movements"]:

@@ -451,3 +451,30 @@ def test_cli_n_subjects_deprecated_alias_and_help(tmp_path, capsys, caplog):
         syn.parse_args(["--help"])
     text = capsys.readouterr().out
     assert "deprecated alias of --n-subjects" in text and "cfs-visit5-{id}" in text and "(default: 0)" in text
+
+
+@pytest.mark.parametrize("fs_in, fs_out, first, count", [(4, 32, 0, None), (32, 256, 512, 120), (32, 256, 624, 16),
+                                                          (64, 256, 3, 5), (32, 100, 7, 200)])
+def test_resample_gives_the_values_of_np_interp(fs_in, fs_out, first, count):
+    """The synthesis upsamples with a broadcast fill instead of np.interp: same values, chunk by chunk, with
+    the last value held past the end (the final input interval), and np.interp itself for a non-multiple rate."""
+    x = np.random.default_rng(0).standard_normal(80)
+    n = x.size * fs_out // fs_in
+    want = np.interp(np.arange(n) / fs_out, np.arange(x.size) / fs_in, x)
+    stop = n if count is None else first + count
+    got = syn._resample(x, fs_in, fs_out, first, count)
+    assert got.shape == (stop - first,)
+    np.testing.assert_allclose(got, want[first:stop], rtol=0, atol=1e-12)
+
+
+def test_lookup_and_last_onset_match_np_interp_and_searchsorted():
+    rng = np.random.default_rng(1)
+    table = rng.standard_normal(50)
+    pos = np.r_[rng.uniform(-3, 52, 500), 0.0, 49.0, 48.9999]
+    want = np.interp(pos, np.arange(table.size), table, left=0.0, right=0.0)
+    np.testing.assert_allclose(syn._lookup(table, pos), want, rtol=0, atol=1e-12)
+    onsets = np.sort(rng.integers(-50, 1200, 40))  # repeats and onsets before/after the chunk included
+    for first, count in ((0, 1000), (100, 37), (990, 300)):
+        i = np.arange(first, first + count)
+        np.testing.assert_array_equal(syn._last_onset(onsets, first, count),
+                                      np.searchsorted(onsets, i, side="right") - 1)
