@@ -1,5 +1,5 @@
 """Tests for using the pipeline beyond MESA: the configurable test list (`training.test_subjects_file`),
-fine-tuning from a trained checkpoint (`--init-from`, `--freeze-encoder`) and the choice of the validation
+fine-tuning from a trained checkpoint (`--init-from`, `--freeze-encoder`, also under torchrun) and the choice of the validation
 figure that picks the best checkpoint (`training.select_best_by`).
 
 The fine-tuning tests train a tiny parent (1 epoch, 8-window nights) and fine-tune it on other nights: the
@@ -259,6 +259,31 @@ def test_a_frozen_encoder_does_not_change_while_the_rest_learns(parent, other_co
     assert json.loads((run_dir / "checkpoints" / "config.json").read_text())["training"][
         "freeze_encoder_epochs"] == 1
 
+
+def test_unfreezing_under_torchrun_rebuilds_ddp_in_every_process(parent, other_cohort, tmp_path):
+    """2 gloo processes: epoch 1 trains with a frozen encoder (DDP must not expect its gradients), epoch 2
+    re-wraps the model with the encoder trainable (a stale wrapper would stop the run waiting for the encoder's
+    gradients, or leave it frozen)."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = _run_config(tmp_path, other_cohort, "ddp", num_epochs=2)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(REPO / "train_ppg_only.py"), "--config", str(cfg), "--model", "ppg_only",
+                           "--device", "cpu", "--init-from", str(parent), "--freeze-encoder", "1"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "epoch 2: the encoder is trained from now on" in proc.stderr
+    (run_dir,) = (tmp_path / "out").iterdir()
+    start = _load(parent)["model_state_dict"]
+    after_1 = _load(run_dir / "checkpoints" / "checkpoint_epoch_1.pth")
+    after_2 = _load(run_dir / "checkpoints" / "checkpoint_epoch_2.pth")
+    assert after_2["world_size"] == 2
+    assert all(torch.equal(start[k], after_1["model_state_dict"][k]) for k in _encoder(start))
+    assert any(not torch.equal(after_1["model_state_dict"][k], after_2["model_state_dict"][k])
+               for k in _encoder(start) if k.endswith("weight"))
 
 def test_freeze_for_the_whole_run_and_resume_keeps_the_parent(parent, other_cohort, tmp_path):
     cfg = _run_config(tmp_path, other_cohort, "all")
