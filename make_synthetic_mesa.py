@@ -212,7 +212,10 @@ def subject_rng(seed: int, subject_id: str, stream: int = 0) -> np.random.Genera
     """An RNG that depends only on (seed, subject ID, stream), so subjects are independent of order/workers.
     Digit IDs seed with their number (MESA's files stay as they were); other IDs with a hash of their text."""
     sid = str(subject_id)
-    key = int(sid) if sid.isascii() and sid.isdigit() else int.from_bytes(hashlib.sha256(sid.encode()).digest()[:8], "little")
+    if sid.isascii() and sid.isdigit():
+        key = int(sid)
+    else:
+        key = int.from_bytes(hashlib.sha256(sid.encode()).digest()[:8], "little")
     return np.random.default_rng([int(seed), key, int(stream)])
 
 

@@ -21,9 +21,10 @@ Memory (--mode memory or both): our training step with and without activation ch
 the next one's peak) that builds the model, optimizer and a random batch, then reports the peak memory rise
 of the step above what it held before it: on the CPU the process's peak resident set size (VmHWM of
 /proc/self/status, reset just before the first step) minus its resident size then; on CUDA
-torch.cuda.max_memory_allocated minus the memory allocated before it. Per night = the slope between the two batch sizes; the batch that fits
-in 24/40/80 GB is derived from that slope and the fixed part (it is not measured). CPU figures are fp32; a
-GPU step with bf16 autocast keeps smaller activations, so run it on the GPU for GPU figures.
+torch.cuda.max_memory_allocated minus the memory allocated before it. Per night = the slope between the two
+batch sizes; the batch that fits in 24/40/80 GB is derived from that slope and the fixed part (it is not
+measured). CPU figures are fp32; a GPU step with bf16 autocast keeps smaller activations, so run it on the GPU
+for GPU figures.
 
 Usage: python bench/bench_train.py                  (CPU: 1,200-window nights, batch 1, 3 timed steps, then
                                                      the memory table; ~6 min on an idle 2-core machine)

@@ -550,7 +550,8 @@ def test_ppg_quality_matches_a_slow_count():
 
 
 def test_edf_failures_at_any_step_are_listed_and_the_rest_is_kept(tmp_path, checkpoint, monkeypatch, capsys):
-    """A file that breaks the reader (here an EDF header claiming 0 signals), a night whose outputs cannot be written, and saturated/dropout PPG among good nights."""
+    """A file that breaks the reader (here an EDF header claiming 0 signals), a night whose outputs cannot be
+    written, and saturated/dropout PPG among good nights."""
     edfs = tmp_path / "edfs"
     write_edf(edfs / "mesa-sleep-0001.edf", 20, seed=1)
     good = (edfs / "mesa-sleep-0001.edf").read_bytes()

@@ -1,6 +1,6 @@
 """Tests for using the pipeline beyond MESA: the configurable test list (`training.test_subjects_file`),
-fine-tuning from a trained checkpoint (`--init-from`, `--freeze-encoder`, also under torchrun) and the choice of the validation
-figure that picks the best checkpoint (`training.select_best_by`).
+fine-tuning from a trained checkpoint (`--init-from`, `--freeze-encoder`, also under torchrun) and the choice
+of the validation figure that picks the best checkpoint (`training.select_best_by`).
 
 The fine-tuning tests train a tiny parent (1 epoch, 8-window nights) and fine-tune it on other nights: the
 validation loss before any step equals the parent's own on that validation set, frozen weights and BatchNorm
@@ -306,7 +306,8 @@ def test_a_parent_that_does_not_fit_stops_before_any_run_folder(parent, other_co
          {"model": {"tcn_causal": False}})]
     cases += [
         (_run_config(tmp_path, longer, "windows"), ["--init-from", str(parent)],
-         f"nights of {W} windows, this run has data.windows_per_subject {2 * W}", {"data": {"windows_per_subject": 2 * W}}),
+         f"nights of {W} windows, this run has data.windows_per_subject {2 * W}",
+         {"data": {"windows_per_subject": 2 * W}}),
         (_run_config(tmp_path, other_cohort, "kind"), ["--init-from", str(parent), "--model", "real_ecg"],
          "'ppg_only' model but a 'real_ecg' model", {}),
         (_run_config(tmp_path, other_cohort, "nofile"), ["--init-from", str(tmp_path / "absent.pth")],
