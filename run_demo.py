@@ -69,7 +69,7 @@ MEMORY_SAMPLE_S = 0.5  # how often the peak memory of a running step's process t
 # Peak memory (GB, whole process tree) of each step with the shipped demo config on a 2-core VM, measured (PSS,
 # sampled by this script; 2026-11-26) and rounded up; quoted when a step is killed by SIGKILL and no earlier run
 # of that step with this config left its own figure.
-STEP_MEMORY_GB = {"generate": 0.8, "pair_check": 0.1, "extract": 1.2, "verify_outputs": 0.2, "train": 2.6,
+STEP_MEMORY_GB = {"generate": 0.9, "pair_check": 0.1, "extract": 1.2, "verify_outputs": 0.2, "train": 2.6,
                   "infer": 1.7}
 
 log = logging.getLogger("run_demo")
