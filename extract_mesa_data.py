@@ -1297,7 +1297,7 @@ def _plan(wanted: list[str], all_subjects: dict, problems: dict, settings: dict,
 def _worker_init(parent_pid: int) -> None:
     """Worker initializer: on Linux, ask the kernel to SIGKILL this worker when the main process dies
     (kill -9 included), so no orphaned worker keeps running or holding memory after the run is gone; and
-    leave Ctrl-C to the main process (the subject in progress finishes and its part is kept)."""
+    leave Ctrl-C to the main process, which stops the workers (a subject in progress is redone next run)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -1339,8 +1339,11 @@ def _run_jobs(jobs: list[dict], workers: int) -> list[dict]:
                 bar.update(1)
     except BaseException:
         if pool:  # stop now: a subject in progress is lost (its part is never half-written), finished ones stay
+            # the worker list must be taken first: shutdown() forgets it (and there is no public one before
+            # Python 3.14's terminate_workers)
+            workers_alive = list((getattr(pool, "_processes", None) or {}).values())
             pool.shutdown(wait=False, cancel_futures=True)
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
+            for process in workers_alive:
                 process.terminate()
         raise
     if pool:

@@ -840,3 +840,30 @@ def test_full_disk_stops_with_one_line_and_a_rerun_completes_identically(tmp_pat
             assert (out / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fail_first_sleep_others(job: dict) -> dict:
+    """Stand-in for a worker's job: the first subject fails at once, the others would take a minute."""
+    import time
+
+    if job["fail"]:
+        raise RuntimeError(f"subject {job['id']} is broken")
+    time.sleep(60)
+    return {}
+
+
+def test_an_error_stops_the_worker_processes_at_once(monkeypatch):
+    """With several workers, an error (or Ctrl-C) in the main process terminates the workers instead of
+    leaving them to finish their subjects while the run has already stopped."""
+    import multiprocessing
+    import time
+
+    monkeypatch.setattr(ex, "_process_subject_or_disk_full", _fail_first_sleep_others)
+    jobs = [{"id": "0001", "fail": True}] + [{"id": f"000{i}", "fail": False} for i in (2, 3, 4)]
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="subject 0001 is broken"):
+        ex._run_jobs(jobs, workers=2)
+    while multiprocessing.active_children() and time.monotonic() - start < 20:
+        time.sleep(0.1)
+    assert not multiprocessing.active_children()  # both workers are gone, long before their 60-s jobs end
+    assert time.monotonic() - start < 20
