@@ -211,7 +211,7 @@ def check_index_file(f, report: Report, ppg_info: dict, has_ecg: np.ndarray | No
         if idx.size == 0 or idx.min() < 0 or idx.max() >= n:
             problems.append(f"{sid}: window_indices empty or out of range")
             continue
-        covered[idx] += 1
+        np.add.at(covered, idx, 1)  # counts a row listed twice by the same subject twice (covered[idx] += 1 would not)
         if not np.all(sids[idx] == sid.encode()):
             problems.append(f"{sid}: window_indices point at other subjects' rows")
         if _attr(g, "n_windows") != idx.size:

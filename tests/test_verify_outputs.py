@@ -60,8 +60,19 @@ def _missing_file(paths):
     os.remove(paths["ecg"])
 
 
+def _row_listed_twice(paths):
+    """One subject's last row listed twice in its own window_indices (n_windows updated to match)."""
+    with h5py.File(paths["index"], "r+") as f:
+        g = f["subjects"][paths["subjects"][0]]
+        idx = np.append(g["window_indices"][()], g["window_indices"][-1])
+        del g["window_indices"]
+        g.create_dataset("window_indices", data=idx)
+        g.attrs["n_windows"] = idx.size
+
+
 @pytest.mark.parametrize("corrupt, failed_check", [
     (_corrupt_labels, "labels within {-1, 0, 1, 2, 3}"),
+    (_row_listed_twice, "index covers every row exactly once"),
     (_corrupt_ecg_labels, "ecg labels equal ppg labels"),
     (_nan_ppg, "ppg values finite"),
     (_drop_index_subject, "index subjects = subjects in the data"),
