@@ -283,13 +283,22 @@ def resolve_edf_inputs(spec: str, ppg: bool = False) -> list[Path]:
 
 
 def unique_ids(paths: Sequence[Path], id_pattern: str = MESA_ID_PATTERN) -> list[str]:
-    """Subject IDs for `paths` (`subject_id_for`), made unique within the run (a repeated ID gets _2, _3 ...)."""
-    seen: dict[str, int] = {}
-    out = []
-    for p in paths:
-        sid = subject_id_for(p, id_pattern)
-        seen[sid] = seen.get(sid, 0) + 1
-        out.append(sid if seen[sid] == 1 else f"{sid}_{seen[sid]}")
+    """Subject IDs for `paths` (`subject_id_for`), made unique within the run: the first file with an ID keeps
+    it, a later one gets the first of _2, _3 ... that no other file's ID already is (night.csv, night.npy and
+    night_2.txt -> night, night_3, night_2), so no two nights share a cache folder or output files."""
+    base = [subject_id_for(p, id_pattern) for p in paths]
+    taken = set(base)
+    out, kept = [], set()
+    for sid in base:
+        if sid not in kept:
+            kept.add(sid)
+            out.append(sid)
+            continue
+        k = 2
+        while f"{sid}_{k}" in taken:
+            k += 1
+        taken.add(f"{sid}_{k}")
+        out.append(f"{sid}_{k}")
     return out
 
 

@@ -187,6 +187,10 @@ def test_resolve_inputs_and_ids(tmp_path):
     assert inf.resolve_edf_inputs(str(tmp_path / "mesa-*.edf")) == [a]
     assert inf.subject_id_for(a) == "0001" and inf.subject_id_for(b) == "night_B"
     assert inf.unique_ids([a, b, a]) == ["0001", "night_B", "0001_2"]
+    # a suffixed ID never takes another file's own name (night_2.txt keeps night_2; night.npy gets night_3)
+    nights = [Path("recs/night.csv"), Path("recs/night.npy"), Path("recs/night_2.txt")]
+    assert inf.unique_ids(nights) == ["night", "night_3", "night_2"]
+    assert inf.unique_ids([Path("x/0001_2.edf"), a, a]) == ["0001_2", "0001", "0001_3"]
     cfs = _fake_edf(tmp_path, "cfs-visit5-800002.edf")  # another cohort's names: preprocessing.id_pattern
     assert inf.subject_id_for(cfs) == "cfs-visit5-800002"
     assert inf.unique_ids([cfs, a], r"cfs-visit5-(\d+)") == ["800002", "mesa-sleep-0001"]
