@@ -699,9 +699,10 @@ def saturated_fraction(digital: np.ndarray, signal: EdfSignal, bytes_per_sample:
 
 
 def read_edf(edf_path: str | os.PathLike, ppg_patterns: tuple[str, ...] | list[str] = PPG_PATTERNS,
-             with_ecg: bool = True) -> dict:
+             with_ecg: bool = True, ppg_label: str | None = None) -> dict:
     """Read the PPG and (if present and `with_ecg`) ECG channels of one EDF/BDF, each at its native rate:
-    one open, one header parse, one pass over the data records.
+    one open, one header parse, one pass over the data records. The PPG channel is the label `ppg_label`
+    exactly when given, else the one `find_ppg_channel` picks with `ppg_patterns`.
 
     Returns:
         dict(ppg=float64 1-D, ppg_fs=Hz, ppg_channel=label, ecg=float64 1-D or None, ecg_fs=Hz or None,
@@ -719,7 +720,11 @@ def read_edf(edf_path: str | os.PathLike, ppg_patterns: tuple[str, ...] | list[s
             header = read_edf_header(fh, edf_path, os.fstat(fh.fileno()).st_size)
             warnings = list(header.warnings)
             rates = [s.fs for s in header.signals]
-            ppg_channel = find_ppg_channel(header.labels, rates, ppg_patterns)
+            if ppg_label is not None:
+                ppg_channel = ppg_label if ppg_label in header.labels else None
+                ppg_patterns = [ppg_label]  # for the message below
+            else:
+                ppg_channel = find_ppg_channel(header.labels, rates, ppg_patterns)
             if ppg_channel is None:
                 raise BadRecordingError(f"no PPG channel (labels containing {list(ppg_patterns)}) in "
                                         f"{edf_path.name}; channels: {header.labels}", kind="no_ppg_channel")

@@ -587,15 +587,15 @@ def read_edf_ppg(path: Path, column: str | None = None, patterns: Sequence[str] 
     are interpolated by preprocessing and more make the night bad."""
     import extract_mesa_data
 
+    label = None
     if column:  # the header alone, with the same parser as read_edf (BadRecordingError when it is broken)
         try:
             with open(path, "rb") as fh:
                 header = extract_mesa_data.read_edf_header(fh, path, os.fstat(fh.fileno()).st_size)
         except OSError as err:
             raise BadRecordingError(f"unreadable EDF {path.name}: {err}", kind="unreadable_edf") from None
-        patterns = (_pick_signal(header.labels, [s.fs for s in header.signals], column, patterns, path,
-                                 "channel"),)
-    rec = extract_mesa_data.read_edf(path, patterns, with_ecg=False)
+        label = _pick_signal(header.labels, [s.fs for s in header.signals], column, patterns, path, "channel")
+    rec = extract_mesa_data.read_edf(path, patterns, with_ecg=False, ppg_label=label)
     return Recording(rec["ppg"], float(rec["ppg_fs"]),
                      {"source_format": "edf", "column": rec["ppg_channel"], "fs_found": float(rec["ppg_fs"]),
                       "time_column": None, "duplicated_stamps": 0, "start_time": None, "gaps": []})

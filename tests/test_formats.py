@@ -245,6 +245,19 @@ def test_column_choice_by_name_number_and_errors(tmp_path):
     assert info.value.kind == "no_ppg_column"
 
 
+def test_column_on_an_edf_is_the_exact_label(tmp_path):
+    """--column PPG must not give a faster channel whose label only contains 'PPG' (PPG_ambient)."""
+    seconds = 60
+    wave = np.round(1000 * np.sin(2 * np.pi * np.arange(64 * seconds) / 64)).astype(np.int64)
+    common = dict(pmin=-32768, pmax=32767, dmin=-32768, dmax=32767, dim="")
+    path = write_raw_edf(tmp_path / "two.edf", [dict(label="PPG", spr=64, digital=wave, **common),
+                                                dict(label="PPG_ambient", spr=128,
+                                                     digital=np.full(128 * seconds, 5), **common)])
+    rec = rf.read_recording(path, column="ppg")
+    assert rec.info["column"] == "PPG" and rec.fs == 64 and np.allclose(rec.signal_T, wave)
+    assert rf.read_recording(path).info["column"] == "PPG_ambient"  # without --column the rate decides
+
+
 @pytest.mark.parametrize("content, kind", [
     ("", "empty_file"),
     ("time,ppg\n", "empty_file"),
