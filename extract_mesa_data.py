@@ -997,6 +997,10 @@ def process_subject(job: dict) -> dict:
     except BadRecordingError as err:
         return {"id": sid, "ok": False, "kind": err.kind, "reason": str(err), "file": err.path or job["edf"],
                 "warnings": [], "seconds": time.perf_counter() - t0}
+    except Exception as err:  # noqa: BLE001 - a failure nobody foresaw (out of memory, ...) costs this subject only
+        log.debug("subject %s failed", sid, exc_info=True)
+        return {"id": sid, "ok": False, "kind": "unexpected_error", "reason": f"{type(err).__name__}: {err}",
+                "file": job["edf"], "warnings": [], "seconds": time.perf_counter() - t0}
     warnings = rec["warnings"] + xml_warnings
     for text in xml_warnings:
         log.warning("%s: %s", Path(job["xml"]).name, text)
@@ -1607,4 +1611,7 @@ if __name__ == "__main__":
     # pages saves ~12% per subject here. Forked workers inherit the setting.
     keep_freed_memory()
     logging.raiseExceptions = False  # a log line that cannot be written (a full disk) is dropped, not a traceback
+    # recording_formats imports this module by name: without this it would load a second copy, whose
+    # BadRecordingError the `except` clauses here would not catch (a bad DREAMT file then looked unexpected)
+    sys.modules.setdefault("extract_mesa_data", sys.modules[__name__])
     sys.exit(main())

@@ -65,6 +65,7 @@ MIN_FS = 16.0  # Hz: the PPG low-pass is at 8 Hz (SleepPPG-Net), so 16 Hz is the
 MAX_GAP_S = 30.0  # s: missing stretches up to this are interpolated; longer ones stay gaps (one epoch)
 RATE_SNAP_TOLERANCE = 1e-3  # a measured rate within 0.1% of a whole number of Hz is that number
 RATE_MISMATCH_TOLERANCE = 0.05  # a measured rate more than 5% off the declared/nominal one is an error
+MAX_SPAN_H = 48.0  # h: time stamps spanning more than this are not one night (a stray or corrupt stamp)
 REGULAR_STEP_FACTOR = 1.5  # steps up to 1.5x the median step are ordinary sampling (not gaps) for the rate
 MS_STEP_THRESHOLD = 0.5  # numeric stamps whose median step is >= 0.5 are milliseconds (as seconds: < 2 Hz)
 BLOCK_BYTES = 16 << 20  # rows are parsed 16 MB of text at a time
@@ -168,7 +169,8 @@ def to_uniform_grid(t_s: np.ndarray, x: np.ndarray, fs: float, max_gap_s: float 
     Returns:
         (float64 values on the grid, gaps as [start_s, duration_s] relative to t0).
     Raises:
-        BadRecordingError 'no_signal' when no sample is left.
+        BadRecordingError 'no_signal' when no sample is left; 'bad_timestamps' when the stamps span more than
+        MAX_SPAN_H hours (one wrong stamp, e.g. 1e13, would otherwise ask for a grid of petabytes).
     """
     t_s = np.asarray(t_s, dtype=np.float64)
     keep = ~np.isnan(x)
@@ -176,6 +178,10 @@ def to_uniform_grid(t_s: np.ndarray, x: np.ndarray, fs: float, max_gap_s: float 
         raise BadRecordingError("every sample is missing (NaN or saturated)", kind="no_signal")
     t_first = float(t_s.min()) if t0 is None else float(t0)
     t_all_last = float(t_s.max())
+    if t_all_last - t_first > MAX_SPAN_H * 3600:
+        raise BadRecordingError(f"the time stamps span {(t_all_last - t_first) / 3600:.3g} h (from {t_first:g} to "
+                                f"{t_all_last:g} s); more than {MAX_SPAN_H:g} h is not one night: a stray or "
+                                "corrupt time stamp?", kind="bad_timestamps")
     t_k, x_k = t_s[keep], np.asarray(x, dtype=np.float64)[keep]
     if np.any(np.diff(t_k) < 0):
         order = np.argsort(t_k, kind="stable")
@@ -764,8 +770,9 @@ def read_dreamt(path: Path, ppg_column: str = "BVP", nominal_fs: float = 64.0, m
                                 "empty)", kind="no_stages")
     lights_off = float(t[scored[0]])
     after = t >= lights_off
-    ppg, gaps = to_uniform_grid(t[after], mark_missing(data["ppg"][after], None), nominal_fs, max_gap_s,
-                                t0=lights_off)
+    with naming_file(path):
+        ppg, gaps = to_uniform_grid(t[after], mark_missing(data["ppg"][after], None), nominal_fs, max_gap_s,
+                                    t0=lights_off)
     if gaps:
         start, length = gaps[0]
         raise BadRecordingError(f"{path.name}: {len(gaps)} gap(s) longer than {max_gap_s:g} s after lights-off, "

@@ -867,3 +867,25 @@ def test_an_error_stops_the_worker_processes_at_once(monkeypatch):
         time.sleep(0.1)
     assert not multiprocessing.active_children()  # both workers are gone, long before their 60-s jobs end
     assert time.monotonic() - start < 20
+
+
+def test_an_unforeseen_error_costs_only_its_subject(tmp_path, monkeypatch, capsys):
+    """Bad data never stops the run, even data that breaks the code in a way nobody foresaw (here running out
+    of memory on one subject): it is counted with its error and the other subjects are written."""
+    ids = ["0001", "0002"]
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ids, minutes=3)
+    real = ex.preprocess_recording
+
+    def out_of_memory_on_0002(edf, *args, **kwargs):
+        if "0002" in Path(edf).name:
+            raise MemoryError("Unable to allocate 4.55 PiB")
+        return real(edf, *args, **kwargs)
+
+    monkeypatch.setattr(ex, "preprocess_recording", out_of_memory_on_0002)
+    out = tmp_path / "out"
+    assert run_cli(edf_dir, xml_dir, out) == 1
+    failed = json.loads((out / "failed_subjects.json").read_text())
+    assert [(f["id"], f["kind"], f["reason"]) for f in failed] == [
+        ("0002", "unexpected_error", "MemoryError: Unable to allocate 4.55 PiB")]
+    with h5py.File(out / ex.INDEX_FILE) as f:
+        assert sorted(f["subjects"]) == ["0001"]

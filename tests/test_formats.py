@@ -393,6 +393,7 @@ def test_dreamt_lights_off_labels_and_ecg(tmp_path):
     ("no_bvp", "missing_column"),
     ("only_p", "no_stages"),
     ("bad_time", "bad_timestamps"),
+    ("stray_time", "bad_timestamps"),
     ("empty", "empty_file"),
     ("rate", "rate_mismatch"),
     ("gap", "gap_in_recording"),
@@ -410,6 +411,11 @@ def test_dreamt_bad_inputs(tmp_path, case, kind):
         write_dreamt(path, stages)
         lines = path.read_text().splitlines()
         lines[100] = "noon" + lines[100][lines[100].index(","):]
+        path.write_text("\n".join(lines) + "\n")
+    elif case == "stray_time":  # one corrupt stamp far in the future: a grid of petabytes, were it built
+        write_dreamt(path, stages)
+        lines = path.read_text().splitlines()
+        lines[-1] = "1e13" + lines[-1][lines[-1].index(","):]
         path.write_text("\n".join(lines) + "\n")
     elif case == "empty":
         path.write_text(",".join(DREAMT_COLUMNS) + "\n")
@@ -475,6 +481,28 @@ def test_dreamt_extraction_to_hdf5_and_dataset(tmp_path):
 
     # a rerun with nothing new is up to date; the failures are reported again
     assert extract_mesa_data.main(args) == 1
+
+
+def test_dreamt_bad_participant_from_the_command_line(tmp_path):
+    """`python extract_mesa_data.py` (the module runs as __main__, recording_formats imports it by name): a
+    bad participant is counted with its own reason and the good one is written."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    csv_dir = tmp_path / "data_64Hz"
+    csv_dir.mkdir()
+    stages = [("P", 20), ("W", 90), ("N2", 90)]
+    write_dreamt(csv_dir / "S002_whole_df.csv", stages)
+    write_dreamt(csv_dir / "S003_whole_df.csv", [("P", 30), ("Missing", 90)])  # no stages
+    proc = subprocess.run([sys.executable, str(REPO / "extract_mesa_data.py"), "--format", "dreamt", "--csv-dir",
+                           str(csv_dir), "--out-dir", str(tmp_path / "out"), "--workers", "1",
+                           "--windows-per-subject", "8"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    failed = json.loads((tmp_path / "out" / "failed_subjects.json").read_text())
+    assert [(f["id"], f["kind"]) for f in failed] == [("S003", "no_stages")]
+    assert (tmp_path / "out" / "mesa_ppg_with_labels.h5").is_file()
 
 
 def test_dreamt_extraction_setup_errors(tmp_path, capsys):
