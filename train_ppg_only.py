@@ -1490,6 +1490,10 @@ def _main(args: argparse.Namespace, ctx: DistContext) -> int:
     kinds = [resume.ckpt["model_kind"]] if resume is not None else models_to_train(args.model, cfg)
     fingerprints = {kind: preflight_data(cfg, kind) for kind in kinds}
     if resume is not None:
+        saved = resume.ckpt["config"]["training"]
+        if not cfg["training"]["init_from_sha256"] and cfg["training"]["init_from"] == saved.get("init_from"):
+            # the run wrote its parent's hash into its config; the user's YAML (--config) still has ""
+            cfg["training"]["init_from_sha256"] = saved.get("init_from_sha256", "")
         changes = resume_changes(resume.ckpt, cfg, fingerprints[kinds[0]])
         if changes and not args.resume_anyway:
             raise SetupError(f"refusing to resume {resume.run_dir}: since it started, " + "; ".join(changes)

@@ -285,6 +285,16 @@ def test_unfreezing_under_torchrun_rebuilds_ddp_in_every_process(parent, other_c
     assert any(not torch.equal(after_1["model_state_dict"][k], after_2["model_state_dict"][k])
                for k in _encoder(start) if k.endswith("weight"))
 
+def test_a_fine_tuning_run_resumes_with_its_own_yaml(parent, other_cohort, tmp_path):
+    """The run writes its parent's sha256 into its config; the user's YAML still has init_from_sha256: "",
+    which is no change of setup."""
+    cfg = _run_config(tmp_path, other_cohort, "own", init_from=str(parent))
+    run_dir = _train(cfg)
+    assert T.main(["--config", str(cfg), "--resume", str(run_dir), "--epochs", "2", "--device", "cpu"]) == 0
+    resumed = _load(run_dir / "checkpoints" / "last.pth")
+    assert resumed["epoch"] == 2
+    assert resumed["config"]["training"]["init_from_sha256"] == hashlib.sha256(parent.read_bytes()).hexdigest()
+
 def test_freeze_for_the_whole_run_and_resume_keeps_the_parent(parent, other_cohort, tmp_path):
     cfg = _run_config(tmp_path, other_cohort, "all")
     run_dir = _train(cfg, "--init-from", str(parent), "--freeze-encoder")  # no N: every epoch
