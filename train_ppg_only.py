@@ -1198,14 +1198,21 @@ def log_epoch(run: RunSetup, state: TrainState, val: dict, val_pred: dict, impro
 
 
 def test_best_checkpoint(run: RunSetup, state: TrainState) -> dict | None:
-    """Evaluate best_model.pth on the test set; rank 0 writes results/ and returns the results."""
+    """Evaluate best_model.pth on the test set (last.pth when no epoch had a finite selection figure, so
+    there is no best); rank 0 writes results/ and returns the results."""
     ctx = run.ctx
     ctx.barrier()
-    best = load_checkpoint(run.folder("checkpoints") / BEST_CHECKPOINT)
-    run.eval_raw_model.load_state_dict(best["model_state_dict"])
     test_ds = run.datasets["test"]
-    log.info("testing the best checkpoint (epoch %d by %s; validation loss %.4f) on %d test nights",
-             best["epoch"], state.select_best_by, best["early_stopping"]["best_val_loss"], len(test_ds))
+    if state.best_epoch > 0:
+        best = load_checkpoint(run.folder("checkpoints") / BEST_CHECKPOINT)
+        log.info("testing the best checkpoint (epoch %d by %s; validation loss %.4f) on %d test nights",
+                 best["epoch"], state.select_best_by, best["early_stopping"]["best_val_loss"], len(test_ds))
+    else:
+        best = load_checkpoint(run.folder("checkpoints") / LAST_CHECKPOINT)
+        log.warning("no epoch had a finite %s on the validation set (kappa is undefined when the validation "
+                    "nights hold one stage only), so there is no best checkpoint: testing the last one (epoch %d) "
+                    "on %d test nights", state.select_best_by, best["epoch"], len(test_ds))
+    run.eval_raw_model.load_state_dict(best["model_state_dict"])
     test, _ = evaluate(run.eval_model, run.loaders["test"], test_ds.subjects, run.device, ctx,
                        n_inputs=run.n_inputs, amp=run.amp, desc="test")
     if not ctx.is_main:
@@ -1224,7 +1231,8 @@ def test_best_checkpoint(run: RunSetup, state: TrainState) -> dict | None:
         "confusion_matrix": test["confusion_matrix"],
         "training_history": state.history,
         "timing": state.timing,
-        "best_epoch": int(best["epoch"]),
+        "best_epoch": state.best_epoch,  # 0: none (the last epoch was tested)
+        "tested_epoch": int(best["epoch"]),
         "best_val_loss": best["early_stopping"]["best_val_loss"],
         "select_best_by": state.select_best_by,
         "best_value": state.best_value,
@@ -1251,7 +1259,7 @@ def test_best_checkpoint(run: RunSetup, state: TrainState) -> dict | None:
     run.writer.add_hparams(
         {"model": run.kind, "learning_rate": cfg["training"]["learning_rate"],
          "weight_decay": cfg["training"]["weight_decay"], "batch_size": cfg["data"]["batch_size"],
-         "seed": run.seed, "epochs_trained": state.epoch, "best_epoch": int(best["epoch"]),
+         "seed": run.seed, "epochs_trained": state.epoch, "best_epoch": state.best_epoch,
          "mixed_precision": run.amp, "compile": cfg["gpu"]["compile"],
          "select_best_by": state.select_best_by, "init_from": (run.parent or {}).get("path", ""),
          "init_from_sha256": (run.parent or {}).get("sha256", ""),

@@ -202,6 +202,25 @@ def test_select_best_by_kappa_decides_the_best_checkpoint_and_survives_resume(da
     assert best["epoch"] == results["best_epoch"]
     assert best["early_stopping"]["select_best_by"] == "val_kappa"
     assert best["early_stopping"]["best_value"] == pytest.approx(max(kappas))
+
+
+def test_without_any_finite_validation_figure_the_last_checkpoint_is_tested(tmp_path):
+    """Every night scored as one stage: kappa is undefined in every epoch, so no epoch is a best; the run
+    still ends with test results, from last.pth, instead of failing to find best_model.pth."""
+    import h5py
+
+    one_stage = write_processed(tmp_path / "data", n_subjects=10, windows_per_subject=W, n_test=2)
+    for key in ("ppg", "ecg"):
+        with h5py.File(one_stage[key], "r+") as f:
+            labels = f["labels"][()]
+            labels[labels >= 0] = 1
+            f["labels"][...] = labels
+    run_dir = _train(_run_config(tmp_path, one_stage, "nan", num_epochs=2, select_best_by="val_kappa"))
+    assert not (run_dir / "checkpoints" / "best_model.pth").exists()
+    results = json.loads((run_dir / "results" / "test_results.json").read_text())
+    assert results["best_epoch"] == 0 and results["tested_epoch"] == 2 and results["test_accuracy_overall"] > 0
+
+
 @pytest.fixture(scope="module")
 def other_cohort(tmp_path_factory):
     """The cohort fine-tuned on: other nights (another seed) of the same tiny length."""
