@@ -50,8 +50,9 @@ Bad input, and what happens (exit status 0 done, 1 bad data or a diverged run, 2
   last.pth and best_model.pth keep the last good epoch;
 - Ctrl-C (130) keeps last.pth of the last finished epoch and prints the --resume command;
 - --resume refuses (2) when the data files (path, size, mtime), the split or a config key that shapes training
-  changed since the run started, naming what changed, unless --resume-anyway; an unreadable last.pth falls
-  back to the newest intact checkpoint of the run, saying so.
+  changed since the run started, naming what changed, unless --resume-anyway (then the new learning rate,
+  weight decay and schedule apply from the resumed epoch; training.select_best_by never changes on resume);
+  an unreadable last.pth falls back to the newest intact checkpoint of the run, saying so.
 
 Usage: python train_ppg_only.py --config configs/config_cloud.yaml --model ppg_only [--epochs 2] [--resume]
 """
@@ -1071,6 +1072,13 @@ def restore_checkpoint(run: RunSetup, ckpt: dict) -> TrainState:
     run.raw_model.load_state_dict(ckpt["model_state_dict"])
     run.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
     run.scheduler.load_state_dict(ckpt["scheduler_state_dict"])
+    # settings the saved states carry: a change accepted with --resume-anyway takes effect from here on
+    new, old = run.cfg["training"], ckpt["config"]["training"]
+    for key, group_key in (("learning_rate", "lr"), ("weight_decay", "weight_decay")):
+        if new[key] != old.get(key):
+            for group in run.optimizer.param_groups:
+                group[group_key] = new[key]
+    run.scheduler.factor, run.scheduler.patience = new["lr_factor"], new["lr_patience"]
     states, ctx = ckpt["rng_state"], run.ctx
     if len(states) != ctx.world_size:
         log.warning("checkpoint holds RNG states of %d process(es), this run has %d: rank 0's state is used "
@@ -1503,6 +1511,11 @@ def _main(args: argparse.Namespace, ctx: DistContext) -> int:
             # the run wrote its parent's hash into its config; the user's YAML (--config) still has ""
             cfg["training"]["init_from_sha256"] = saved.get("init_from_sha256", "")
         changes = resume_changes(resume.ckpt, cfg, fingerprints[kinds[0]])
+        if cfg["training"]["select_best_by"] != saved.get("select_best_by", "val_loss"):
+            raise SetupError(f"cannot resume {resume.run_dir} with training.select_best_by "
+                             f"{cfg['training']['select_best_by']!r}: its best_model.pth was chosen by "
+                             f"{saved.get('select_best_by', 'val_loss')!r} (not even with --resume-anyway); start a "
+                             "new run to select by another figure")
         if changes and not args.resume_anyway:
             raise SetupError(f"refusing to resume {resume.run_dir}: since it started, " + "; ".join(changes)
                              + ". Start a new run, or pass --resume-anyway to continue on the new setup")

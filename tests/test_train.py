@@ -613,6 +613,27 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, monke
         assert all(torch.isfinite(v).all() for v in ckpt["model_state_dict"].values() if v.is_floating_point())
 
 
+def test_resume_anyway_trains_on_the_new_settings(data, tmp_path, caplog):
+    """--resume-anyway with a new learning rate, weight decay and schedule: the resumed epochs use them (the
+    optimizer and scheduler states restored from last.pth carried the old ones); the figure that picked
+    best_model.pth cannot change on resume."""
+    cfg_path = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", num_epochs=1)
+    assert T.main(["--config", str(cfg_path), "--model", "ppg_only", "--device", "cpu"]) == 0
+    (run_dir,) = run_dirs(tmp_path / "out")
+    changed = yaml.safe_load(cfg_path.read_text())
+    changed["training"].update(learning_rate=0.0002, weight_decay=0.001, lr_factor=0.25, num_epochs=2)
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
+    assert T.main(["--config", str(tmp_path / "changed.yaml"), "--resume", str(run_dir), "--resume-anyway",
+                   "--device", "cpu"]) == 0
+    last = torch.load(run_dir / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)
+    assert last["history"]["learning_rates"] == [0.001, 0.0002]
+    assert last["optimizer_state_dict"]["param_groups"][0]["weight_decay"] == 0.001
+    assert last["scheduler_state_dict"]["factor"] == 0.25
+    changed["training"].update(select_best_by="val_kappa", num_epochs=3)
+    (tmp_path / "other_figure.yaml").write_text(yaml.safe_dump(changed))
+    fails(["--config", str(tmp_path / "other_figure.yaml"), "--resume", str(run_dir), "--resume-anyway",
+           "--device", "cpu"], 2, "cannot resume .* training.select_best_by 'val_kappa'.*chosen by 'val_loss'", caplog)
+
 def test_resume_refuses_a_changed_setup_and_survives_a_broken_checkpoint(data, tmp_path, caplog):
     own = copy_data(data, tmp_path / "data")
     cfg_path = write_config(tmp_path / "cfg.yaml", own, tmp_path / "out", num_epochs=1)
