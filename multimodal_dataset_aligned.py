@@ -548,14 +548,21 @@ def get_dataloaders(data_path: dict | str | os.PathLike, batch_size: int = 1, nu
     for split, ds in zip(SPLITS, datasets):
         shuffle = split == "train"
         items = range(len(ds) * ds.crops_per_night) if ds.segment_windows else ds  # crop slots or nights
-        sampler = DistributedSampler(items, shuffle=shuffle, seed=seed) if distributed else None
+        if distributed:
+            sampler = DistributedSampler(items, shuffle=shuffle, seed=seed)
+        else:  # the shuffle draws from the sampler's own generator (reseeded per epoch by the trainer)
+            sampler = RandomSampler(items, generator=torch.Generator()) if shuffle else None
         if ds.segment_windows:
-            sampler = SegmentSampler(sampler if sampler is not None else RandomSampler(items), ds)
+            sampler = SegmentSampler(sampler, ds)
         nights_per_batch = batch_size if shuffle else eval_batch_size(batch_size, segment_windows,
                                                                       windows_per_subject)
-        loaders.append(DataLoader(ds, batch_size=nights_per_batch, shuffle=shuffle and sampler is None,
-                                  sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                                  persistent_workers=num_workers > 0))
+        # Each new iterator draws its workers' base seed from the loader's generator, or from the global RNG
+        # (dropout's) when it has none. Persistent workers keep their iterator, so a resumed run would draw at
+        # another epoch than an uninterrupted one and its dropout would differ from there on: with workers the
+        # loader has its own generator. (Without workers every epoch draws alike, and runs stay as they were.)
+        own = torch.Generator().manual_seed(seed) if num_workers > 0 else None
+        loaders.append(DataLoader(ds, batch_size=nights_per_batch, sampler=sampler, num_workers=num_workers,
+                                  pin_memory=pin_memory, persistent_workers=num_workers > 0, generator=own))
     return (*loaders, *datasets)
 
 

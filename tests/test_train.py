@@ -323,6 +323,29 @@ def test_resume_equals_uninterrupted_run(straight_run, data, tmp_path, monkeypat
     assert [e.step for e in acc.Scalars("Val/Loss")] == [1, 2, 3, 4]
 
 
+def test_resume_with_loader_workers_equals_uninterrupted_run(data, tmp_path, monkeypatch):
+    """data.num_workers 1 (persistent worker processes, as config_cloud.yaml): a run stopped in epoch 3 and
+    resumed ends with the same history and weights as 3 epochs in one go (the loaders' iterators, created at
+    another epoch when resuming, must not draw from the RNG that dropout uses)."""
+    def config(name):
+        path = write_config(tmp_path / f"{name}.yaml", data, tmp_path / name, num_epochs=3)
+        path.write_text(path.read_text().replace("num_workers: 0", "num_workers: 1"))
+        return path
+
+    assert T.main(["--config", str(config("straight")), "--model", "ppg_only", "--device", "cpu"]) == 0
+    real_train_one_epoch = T.train_one_epoch
+    monkeypatch.setattr(T, "train_one_epoch", interrupted_on_call(real_train_one_epoch, 3))
+    assert T.main(["--config", str(config("resumed")), "--model", "ppg_only", "--device", "cpu"]) == 130
+    monkeypatch.setattr(T, "train_one_epoch", real_train_one_epoch)
+    (run_dir,) = run_dirs(tmp_path / "resumed")
+    assert T.main(["--resume", str(run_dir), "--device", "cpu"]) == 0
+    (straight,) = run_dirs(tmp_path / "straight")
+    a = torch.load(straight / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)
+    b = torch.load(run_dir / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3 and a["history"] == b["history"]
+    for key, value in a["model_state_dict"].items():
+        assert torch.equal(value, b["model_state_dict"][key]), key
+
 def test_resume_without_path_takes_newest_run(straight_run, tmp_path):
     cfg = json.loads((straight_run / "checkpoints" / "config.json").read_text())
     save_dir = Path(cfg["output"]["save_dir"])
