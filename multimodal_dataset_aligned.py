@@ -337,6 +337,8 @@ class SegmentSampler(Sampler):
 
     def set_epoch(self, epoch_seed: int) -> None:
         self.epoch_seed = int(epoch_seed)
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(self.epoch_seed)
 
     def __iter__(self):
         n_crops, drawn = self.dataset.crops_per_night, {}

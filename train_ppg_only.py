@@ -609,9 +609,9 @@ def set_loader_epoch(loader, run_seed: int, epoch: int) -> None:
     if isinstance(sampler, SegmentSampler):
         sampler.set_epoch(epoch_seed(run_seed, epoch))
         sampler = sampler.sampler
-    if isinstance(sampler, DistributedSampler):
-        sampler.seed = run_seed  # its permutation is seeded with seed + epoch
-        sampler.set_epoch(epoch)
+    if isinstance(sampler, DistributedSampler):  # its permutation is seeded with seed + epoch
+        sampler.seed = 0  # (seed = run seed would make run r's epoch e + 1 shuffle as run r + 1's epoch e)
+        sampler.set_epoch(epoch_seed(run_seed, epoch))
     elif isinstance(sampler, RandomSampler):
         if sampler.generator is None:
             sampler.generator = torch.Generator()
