@@ -1283,6 +1283,15 @@ def test_best_checkpoint(run: RunSetup, state: TrainState) -> dict | None:
     return results
 
 
+def epoch_in_last_checkpoint(run_dir: Path) -> int:
+    """The epoch that the run's last.pth holds; 0 when there is none (or it cannot be read)."""
+    try:
+        ckpt = torch.load(run_dir / "checkpoints" / LAST_CHECKPOINT, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt["epoch"])
+    except Exception:  # noqa: BLE001 - only for the message after a stop: no checkpoint to name
+        return 0
+
+
 def train_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.device, ctx: DistContext,
               data_fingerprint: dict, resume: Resume | None = None,
               parent: ParentCheckpoint | None = None) -> dict | None:
@@ -1292,7 +1301,6 @@ def train_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.devi
     A Ctrl-C or a stop on bad data / divergence leaves checkpoints/last.pth of the last finished epoch (never
     a checkpoint of the failed epoch) and logs how to resume before the exception goes on."""
     run_dir = open_run_dir(cfg, model_kind, run_id, ctx, resume)
-    state = None
     with contextlib.ExitStack() as stack:
         if ctx.is_main:
             stack.enter_context(log_to_file(run_dir / "console_logs" / f"{run_dir.name}.log"))
@@ -1308,9 +1316,10 @@ def train_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.devi
             train_epochs(run, state)
             return test_best_checkpoint(run, state)
         except (KeyboardInterrupt, DataError, TrainingDiverged) as err:
-            if state is not None and state.epoch > 0:
-                hint = (f"checkpoints/{LAST_CHECKPOINT} keeps epoch {state.epoch}, the last finished one (nothing of "
-                        f"the stopped epoch was saved); continue with: python train_ppg_only.py --resume {run_dir}")
+            saved = epoch_in_last_checkpoint(run_dir)  # not state.epoch: the stop may come while it is written
+            if saved > 0:
+                hint = (f"checkpoints/{LAST_CHECKPOINT} keeps epoch {saved}, the last one saved; continue with: "
+                        f"python train_ppg_only.py --resume {run_dir}")
             else:
                 hint = f"no epoch had finished, so {run_dir} holds nothing to resume"
             if isinstance(err, KeyboardInterrupt):

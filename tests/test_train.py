@@ -346,6 +346,27 @@ def test_resume_with_loader_workers_equals_uninterrupted_run(data, tmp_path, mon
     for key, value in a["model_state_dict"].items():
         assert torch.equal(value, b["model_state_dict"][key]), key
 
+def test_ctrl_c_while_checkpoints_are_written_names_the_epoch_saved(data, tmp_path, monkeypatch, caplog):
+    """Ctrl-C while epoch 2's last.pth is written: the message names epoch 1 (what last.pth holds), and a
+    Ctrl-C while a resumed run is set up still names its last.pth."""
+    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", num_epochs=3)
+    real_save = T.save_checkpoint
+
+    def interrupted_at_epoch_2(path, payload):
+        if path.name == "last.pth" and payload["epoch"] == 2:
+            raise KeyboardInterrupt
+        return real_save(path, payload)
+
+    monkeypatch.setattr(T, "save_checkpoint", interrupted_at_epoch_2)
+    assert T.main(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"]) == 130
+    assert "last.pth keeps epoch 1" in caplog.text
+    monkeypatch.setattr(T, "save_checkpoint", real_save)
+    (run_dir,) = run_dirs(tmp_path / "out")
+    monkeypatch.setattr(T, "build_run", interrupted_on_call(T.build_run, 1))
+    caplog.clear()
+    assert T.main(["--resume", str(run_dir), "--device", "cpu"]) == 130
+    assert "last.pth keeps epoch 1" in caplog.text and f"--resume {run_dir}" in caplog.text
+
 def test_resume_without_path_takes_newest_run(straight_run, tmp_path):
     cfg = json.loads((straight_run / "checkpoints" / "config.json").read_text())
     save_dir = Path(cfg["output"]["save_dir"])
