@@ -401,8 +401,9 @@ class Night:
     info: dict = dataclasses.field(default_factory=dict)  # source facts for result.json (channel, cache ...)
 
 
-def ppg_quality(ppg_WS: np.ndarray, n_recorded: int) -> dict:
-    """Signal-quality shares of a night's preprocessed PPG (z-scored, 34.13 Hz), over its recorded windows.
+def ppg_quality(ppg_WS: np.ndarray, n_recorded: int, gap_epochs: Sequence[int] = ()) -> dict:
+    """Signal-quality shares of a night's preprocessed PPG (z-scored, 34.13 Hz), over its recorded windows
+    outside the gaps in the recording (`gap_epochs`: zero-filled, not staged, so not flat signal either).
 
     - flat_share: share of the samples lying in runs of at least FLAT_RUN_S seconds where the signal does
       not move (|step| < FLAT_STEP_SD). A PPG held at the ADC limit (saturation), a sensor that fell off, or a
@@ -412,7 +413,9 @@ def ppg_quality(ppg_WS: np.ndarray, n_recorded: int) -> dict:
       mean +/- 3 SD before z-scoring, so a night with long excursions (saturated bursts) piles samples there;
       a clean night has a handful.
     """
-    x = np.asarray(ppg_WS[:n_recorded], dtype=np.float32).reshape(-1)
+    keep = np.ones(n_recorded, dtype=bool)
+    keep[[e for e in gap_epochs if 0 <= e < n_recorded]] = False
+    x = np.asarray(ppg_WS[:n_recorded][keep], dtype=np.float32).reshape(-1)
     if x.size < 2:
         return {"flat_share": 0.0, "clipped_share": 0.0}
     still = np.abs(np.diff(x)) < FLAT_STEP_SD
@@ -730,7 +733,7 @@ class RunRecord:
 def night_entry(night: Night, probs_WC: np.ndarray) -> tuple[dict, dict | None]:
     """The result.json entry of one staged night (and its performance when it has labels)."""
     pred_W = predicted_stages(probs_WC)
-    quality = ppg_quality(night.ppg_windows_WS, night.n_recorded)
+    quality = ppg_quality(night.ppg_windows_WS, night.n_recorded, night.info.get("gap_epochs") or ())
     warnings = quality_warnings(quality)
     if night.truncated:
         warnings.append(f"recording longer than the model's span: only its first "

@@ -551,6 +551,11 @@ def test_ppg_quality_matches_a_slow_count():
     assert inf.ppg_quality(windows, 0) == {"flat_share": 0.0, "clipped_share": 0.0}
     clipped = np.clip(x, -1.0, 1.0)  # ~32% of the samples at the clip
     assert inf.quality_warnings(inf.ppg_quality(clipped.reshape(6, -1), 6))[0].endswith("excursions)")
+    # a gap in the recording (zero-filled epochs, not staged) is no flat signal
+    gapped = windows.copy()
+    gapped[2:4] = 0.0
+    assert inf.ppg_quality(gapped, 6)["flat_share"] > 1 / 3
+    assert inf.ppg_quality(gapped, 6, gap_epochs=[2, 3])["flat_share"] == pytest.approx(500 / (4 * 1024))
 
 
 def test_edf_failures_at_any_step_are_listed_and_the_rest_is_kept(tmp_path, checkpoint, monkeypatch, capsys):
