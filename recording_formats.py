@@ -65,6 +65,7 @@ MIN_FS = 16.0  # Hz: the PPG low-pass is at 8 Hz (SleepPPG-Net), so 16 Hz is the
 MAX_GAP_S = 30.0  # s: missing stretches up to this are interpolated; longer ones stay gaps (one epoch)
 RATE_SNAP_TOLERANCE = 1e-3  # a measured rate within 0.1% of a whole number of Hz is that number
 RATE_MISMATCH_TOLERANCE = 0.05  # a measured rate more than 5% off the declared/nominal one is an error
+SAMPLE_ROWS = 100  # data rows a table's sniffer looks through for each column's first non-empty field
 MAX_SPAN_H = 48.0  # h: time stamps spanning more than this are not one night (a stray or corrupt stamp)
 REGULAR_STEP_FACTOR = 1.5  # steps up to 1.5x the median step are ordinary sampling (not gaps) for the rate
 MS_STEP_THRESHOLD = 0.5  # numeric stamps whose median step is >= 0.5 are milliseconds (as seconds: < 2 Hz)
@@ -228,12 +229,13 @@ def check_rate(fs: float, path: Path) -> None:
 @dataclasses.dataclass
 class TableLayout:
     """What the first lines of a table say: delimiter (None = white space), column names (header, or
-    "column 1", "column 2" ... without one), whether there is a header, and the first data row's fields."""
+    "column 1", "column 2" ... without one), whether there is a header, and a sample row: each column's first
+    non-empty field among the first data rows (a missing first sample must not hide what a column holds)."""
 
     delimiter: str | None
     names: list[str]
     has_header: bool
-    first_row: list[str]
+    sample_row: list[str]
 
 
 def _split(line: str, delimiter: str | None) -> list[str]:
@@ -269,7 +271,7 @@ def _pick_delimiter(line: str, suffix: str) -> str | None:
 
 
 def sniff_table(path: Path) -> TableLayout:
-    """Delimiter, header and first data row from the first 64 kB of a table.
+    """Delimiter, header and a sample row (see TableLayout) from the first 64 kB of a table.
 
     Raises:
         BadRecordingError 'empty_file' (no data line) or 'unreadable_table' (not text).
@@ -290,7 +292,14 @@ def sniff_table(path: Path) -> TableLayout:
     if has_header and len(lines) < 2:
         raise BadRecordingError(f"{path.name}: empty file (a header and no data rows)", kind="empty_file")
     names = fields if has_header else [f"column {i + 1}" for i in range(len(fields))]
-    return TableLayout(delimiter, names, has_header, _split(lines[1 if has_header else 0], delimiter))
+    sample = ["" for _ in names]
+    for line in lines[1 if has_header else 0:][:SAMPLE_ROWS]:
+        for i, field in enumerate(_split(line, delimiter)[:len(names)]):
+            if not sample[i] and field.strip():
+                sample[i] = field
+        if all(sample):
+            break
+    return TableLayout(delimiter, names, has_header, sample)
 
 
 def iter_blocks(path: Path, layout: TableLayout, columns: dict[str, tuple[int, str]]) -> Iterator[dict]:
@@ -388,7 +397,7 @@ def choose_columns(layout: TableLayout, column: str | None, patterns: Sequence[s
     Raises:
         BadRecordingError 'no_ppg_column' when no PPG column can be chosen, listing the columns.
     """
-    names, first = layout.names, layout.first_row
+    names, first = layout.names, layout.sample_row
     kinds = [_time_kind(n, layout.has_header, first[i] if i < len(first) else "") for i, n in enumerate(names)]
     time_idx = next((i for i, k in enumerate(kinds) if k), None)
     if time_idx is None and not layout.has_header and len(names) == 2 and all(_is_number(f) for f in first):

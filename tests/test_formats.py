@@ -163,6 +163,19 @@ def test_headerless_two_columns_time_first_in_ms(tmp_path):
     assert np.allclose(rec.signal_T, x)
 
 
+def test_headerless_table_whose_first_sample_is_missing(tmp_path):
+    """An empty first PPG field must not make the time column look like the only signal."""
+    x = np.round(pulse(N, FS), 6)
+    path = write_table(tmp_path / "gap_first.csv", {"t": (np.arange(N) / FS).tolist(), "v": x.tolist()},
+                       header=False)
+    lines = path.read_text().splitlines()
+    lines[0] = lines[0].split(",")[0] + ","
+    path.write_text("\n".join(lines) + "\n")
+    rec = rf.read_recording(path)
+    assert rec.info["time_column"] == "column 1" and rec.info["column"] == "column 2"
+    assert np.allclose(rec.signal_T[1:], x[1:])
+
+
 def test_headerless_two_signals_need_column(tmp_path):
     x = np.round(pulse(N, FS), 6)
     path = write_table(tmp_path / "two.csv", {"a": (-x).tolist(), "b": x.tolist()}, header=False)
