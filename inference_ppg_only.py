@@ -273,9 +273,9 @@ def resolve_edf_inputs(spec: str, ppg: bool = False) -> list[Path]:
         if ppg:
             import recording_formats
 
-            headers = {p.with_suffix("") for p in found if p.suffix.lower() == ".hea"}
-            found = [p for p in found if not (p.suffix.lower() in recording_formats.WFDB_DATA_SUFFIXES
-                                              and p.with_suffix("") in headers)]
+            data_files = {d.resolve() for p in found if p.suffix.lower() == ".hea"
+                          for d in recording_formats.wfdb_data_files(p)}  # part of a record, not one
+            found = [p for p in found if p.resolve() not in data_files]
         if not found:
             raise SetupError(f"no file matches the pattern {spec!r}")
         return found

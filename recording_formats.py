@@ -674,11 +674,26 @@ def is_recording_file(path: Path) -> bool:
     return path.suffix.lower() in FORMAT_BY_SUFFIX
 
 
+def wfdb_data_files(header: Path) -> list[Path]:
+    """The existing data files a WFDB header names (any name: converters often write e.g. signals.dat), in
+    its folder; <stem>.dat/.mat when the header names none or cannot be parsed."""
+    try:
+        import wfdb
+
+        names = wfdb.rdheader(str(header.with_suffix(""))).file_name or []
+    except Exception:  # noqa: BLE001 - a broken header fails where the record is read, with its reason
+        names = []
+    files = sorted({header.parent / name for name in names if name})
+    if not files:
+        files = sorted(p for p in header.parent.glob(header.stem + ".*") if p.suffix.lower() in WFDB_DATA_SUFFIXES)
+    return [p for p in files if p.is_file()]
+
+
 def recording_files(path: Path) -> list[Path]:
     """The files a recording is made of (a WFDB header and its data files), for cache signatures."""
     if path.suffix.lower() != ".hea":
         return [path]
-    return [path] + sorted(p for p in path.parent.glob(path.stem + ".*") if p.suffix.lower() in WFDB_DATA_SUFFIXES)
+    return [path] + wfdb_data_files(path)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -340,6 +340,23 @@ def test_wfdb_record_and_missing_data_file(tmp_path):
     assert info.value.kind == "missing_data_file" and "rec1.dat" in str(info.value)
 
 
+def test_wfdb_data_file_named_in_the_header(tmp_path):
+    """A header may name any data file (signals.dat): the cache signature covers it, and a glob over the
+    folder does not take it for a recording of its own."""
+    import wfdb
+
+    import inference_ppg_only as inf
+
+    wfdb.wrsamp("night", fs=FS, units=["NU"], sig_name=["PLETH"], p_signal=np.round(pulse(N, FS) * 1000)[:, None],
+                fmt=["16"], adc_gain=[1.0], baseline=[0], write_dir=str(tmp_path))
+    (tmp_path / "night.dat").rename(tmp_path / "signals.dat")
+    header = tmp_path / "night.hea"
+    header.write_text(header.read_text().replace("night.dat", "signals.dat"))
+    assert [p.name for p in rf.recording_files(header)] == ["night.hea", "signals.dat"]
+    assert inf.resolve_edf_inputs(str(tmp_path / "*"), ppg=True) == [header]
+    assert rf.read_recording(header).info["column"] == "PLETH"
+
+
 @pytest.mark.parametrize("name", ["night.xyz", "noext", "rec.dat"])
 def test_unknown_extension(tmp_path, name):
     (tmp_path / name).write_text("1\n2\n")
