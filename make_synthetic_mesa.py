@@ -66,6 +66,7 @@ from sleepppg_common import (
     HelpFormatter,
     atomic_output,
     mesa_commercial_ids,
+    positive_int,
     setup_logging,
     sleepppg_test_subjects,
 )
@@ -1132,22 +1133,12 @@ def _make_cohort_counted(out_root, n_subjects, hours, seed, min_hours, max_hours
     return ids, written, skipped
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--out-dir", "--out", dest="out", required=True, metavar="DIR",
                    help="cohort root (MESA: polysomnography/... is created inside; DREAMT: data_64Hz/)")
-    p.add_argument("--n-subjects", type=_positive_int, help="number of subjects (or --ids)")
-    p.add_argument("--subjects", type=_positive_int, dest="subjects_deprecated",
+    p.add_argument("--n-subjects", type=positive_int, help="number of subjects (or --ids)")
+    p.add_argument("--subjects", type=positive_int, dest="subjects_deprecated",
                    help="deprecated alias of --n-subjects (a count; extraction's --subjects is a list of IDs)")
     p.add_argument("--ids", help="explicit comma-separated subject IDs, kept as written (e.g. 800002,800010 or "
                                  "S002,S005); default: drawn MESA commercial-use IDs, or S002, S003, ... "

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Callable
 
 from sleepppg_common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, ConfigError, HelpFormatter,
-                             json_safe, load_config, setup_logging, write_text_atomic)
+                             json_safe, load_config, positive_int, setup_logging, write_text_atomic)
 
 REPO_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = "configs/config_demo.yaml"
@@ -363,7 +363,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="synthetic nights to generate (--subjects is an older name)")
     p.add_argument("--hours", type=float, default=None,
                    help="fixed night length in hours (default: lengths vary around 10 h, as in MESA)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: training.num_epochs)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: training.num_epochs)")
     p.add_argument("--edf-nights", type=int, default=DEFAULT_EDF_NIGHTS, help="nights staged in raw-EDF mode")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic cohort")
     p.add_argument("--force", action="store_true", help="rerun every step even if it finished before")

@@ -87,6 +87,17 @@ LOG_FORMAT, LOG_DATE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s",
 log = logging.getLogger("sleepppg")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a count of epochs, subjects, ...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def compile_id_pattern(pattern: str | re.Pattern) -> re.Pattern:
     """The subject-ID pattern as a case-insensitive regex with exactly one capturing group (the ID).
 

@@ -96,6 +96,7 @@ from sleepppg_common import (
     load_config,
     log_to_file,
     make_run_dir,
+    positive_int,
     resolve_device,
     save_figure,
     setup_logging,
@@ -1371,7 +1372,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", choices=(*MODEL_KINDS, "both"), default="both",
                    help="which model to train; 'both' = those enabled under model: in the config")
     p.add_argument("--runs", type=int, default=None, help="number of runs (overrides training.num_runs)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (overrides training.num_epochs)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (overrides training.num_epochs)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
                    help="continue a run: PATH = a run folder or a checkpoint; without PATH the newest run of "
                         "--model under output.save_dir")

@@ -352,3 +352,14 @@ def test_hypnogram_figure_marks_mistakes_apart_from_rem(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.png", "p.png"]
     with pytest.raises(ValueError, match="differ in length"):
         hypnogram_figure(pred, "x", true_W=true[:-1])
+
+
+def test_positive_int_argument_type():
+    import argparse
+
+    from sleepppg_common import positive_int
+
+    assert positive_int("3") == 3
+    for text, message in (("0", "must be >= 1, got 0"), ("-2", "must be >= 1"), ("two", "a whole number")):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            positive_int(text)
