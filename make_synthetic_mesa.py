@@ -206,6 +206,14 @@ def check_ids(ids: list) -> list[str]:
     repeated = sorted({i for i in out if out.count(i) > 1})
     if repeated:
         raise ValueError(f"IDs given more than once: {repeated}")
+    # digit IDs are seeded by their number, and the pair check and extraction match them without leading zeros
+    by_number: dict[str, list[str]] = {}
+    for i in out:
+        if i.isascii() and i.isdigit():
+            by_number.setdefault(i.lstrip("0") or "0", []).append(i)
+    clashes = [group for group in by_number.values() if len(group) > 1]
+    if clashes:
+        raise ValueError(f"IDs that differ only by leading zeros are the same subject: {clashes}")
     return out
 
 
@@ -1196,10 +1204,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         check_name_format(args.name_format)
     except ValueError as err:
         p.error(f"--name-format: {err}")
-    if args.hours is not None and args.hours <= 0:
-        p.error("--hours must be > 0")
-    if not 0 < args.min_hours <= args.max_hours:
-        p.error("need 0 < --min-hours <= --max-hours")
+    if args.hours is not None and not (0 < args.hours < math.inf):
+        p.error(f"--hours must be a number > 0, got {args.hours:g}")
+    if not 0 < args.min_hours <= args.max_hours < math.inf:
+        p.error("need 0 < --min-hours <= --max-hours (finite numbers)")
+    if args.seed < 0:
+        p.error(f"--seed must be >= 0, got {args.seed}")
     for name in ("no_ecg_fraction", "test_fraction"):
         if not 0 <= getattr(args, name) <= 1:
             p.error(f"--{name.replace('_', '-')} must be within [0, 1]")

@@ -502,11 +502,15 @@ def _our_tcn_key(match: re.Match) -> str:
 
 
 def _strip_wrapper_prefixes(state: dict) -> dict:
-    """A copy of `state` without the prefixes torch.compile ("_orig_mod.") and DDP ("module.") add."""
+    """A copy of `state` without the prefixes torch.compile ("_orig_mod.") and DDP/DataParallel ("module.")
+    add, in either order and nesting (compile(DDP(m)) gives "_orig_mod.module.", DDP(compile(m)) the reverse)."""
     state = dict(state)
-    for prefix in ("_orig_mod.", "module."):
-        nn.modules.utils.consume_prefix_in_state_dict_if_present(state, prefix)
-    return state
+    while True:
+        before = list(state)
+        for prefix in ("_orig_mod.", "module."):
+            nn.modules.utils.consume_prefix_in_state_dict_if_present(state, prefix)
+        if list(state) == before:
+            return state
 
 
 def is_reference_state_dict(state: Any) -> bool:

@@ -187,12 +187,14 @@ def test_checkpoint_errors(tmp_path):
 def test_checkpoint_fields_unwrap_compiled_or_ddp_prefixes(tmp_path):
     torch.manual_seed(2)
     model = SleepPPGNet(n_windows=N_WINDOWS).eval()
-    state = {"module." + k: v for k, v in model.state_dict().items()}
-    torch.save({**checkpoint_model_fields(model), "model_state_dict": state}, tmp_path / "ddp.pth")
-    loaded, _ = load_model_from_checkpoint(tmp_path / "ddp.pth")
     ppg, _ = _inputs(batch=1)
-    with torch.no_grad():
-        assert torch.equal(model(ppg), loaded(ppg))
+    # DDP; compile(DDP(m)) as train_ppg_only wraps; DDP/DataParallel(compile(m)), the other order
+    for prefix in ("module.", "_orig_mod.module.", "module._orig_mod."):
+        state = {prefix + k: v for k, v in model.state_dict().items()}
+        torch.save({**checkpoint_model_fields(model), "model_state_dict": state}, tmp_path / "wrapped.pth")
+        loaded, _ = load_model_from_checkpoint(tmp_path / "wrapped.pth")
+        with torch.no_grad():
+            assert torch.equal(model(ppg), loaded(ppg)), prefix
 
 
 def test_cli_prints_every_variant(capsys):

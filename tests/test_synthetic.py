@@ -313,7 +313,10 @@ def test_cli_summary_and_bad_arguments(tmp_path, capsys):
     assert len(list((tmp_path / "polysomnography" / "edfs").glob("*.edf"))) == 2
     for bad in (["--subjects", "0"], ["--subjects", "2", "--hours", "-1"],
                 ["--subjects", "2", "--min-hours", "9", "--max-hours", "8"],
-                ["--subjects", "2", "--test-fraction", "1.5"], ["--subjects", "1901"]):
+                ["--subjects", "2", "--test-fraction", "1.5"], ["--subjects", "1901"],
+                ["--subjects", "2", "--seed", "-1"], ["--subjects", "2", "--hours", "nan"],
+                ["--subjects", "2", "--hours", "inf"], ["--subjects", "2", "--max-hours", "inf"],
+                ["--ids", "282,0282"]):
         with pytest.raises(SystemExit) as err:
             syn.main(["--out", str(tmp_path)] + bad)
         assert err.value.code == 2
@@ -379,10 +382,15 @@ def test_other_cohort_end_to_end_generate_pair_check_extract(tmp_path, capsys):
 def test_leading_zero_ids_kept_and_reported(tmp_path, capsys):
     import verify_mesa_dataset as vd
 
-    ids = syn.make_cohort(tmp_path, 0, hours=0.05, ids=["282", "0282"], no_ecg_fraction=0)
-    assert ids == ["0282", "282"]  # text kept: two files, not one
-    assert syn.edf_path(tmp_path, "282").name == "mesa-sleep-282.edf"
-    assert syn.edf_path(tmp_path, "0282").is_file() and syn.edf_path(tmp_path, "282").is_file()
+    assert syn.make_cohort(tmp_path, 0, hours=0.05, ids=["282"], no_ecg_fraction=0) == ["282"]  # text kept
+    assert syn.edf_path(tmp_path, "282").name == "mesa-sleep-282.edf" and syn.edf_path(tmp_path, "282").is_file()
+    # the generator refuses two IDs that differ only by leading zeros (they would be the same night, and the
+    # pair check and extraction could not tell them apart) ...
+    with pytest.raises(ValueError, match="differ only by leading zeros"):
+        syn.make_cohort(tmp_path, 0, hours=0.05, ids=["282", "0282"])
+    # ... and the pair check reports such a pair when it meets one (here copied by hand)
+    for path in (syn.edf_path(tmp_path, "282"), syn.xml_path(tmp_path, "282")):
+        path.with_name(path.name.replace("-282", "-0282")).write_bytes(path.read_bytes())
     out = tmp_path / "pair.json"
     assert vd.main(["--xml-dir", str(tmp_path / syn.XML_SUBDIR), "--edf-dir", str(tmp_path / syn.EDF_SUBDIR),
                     "--out", str(out)]) == 1
