@@ -13,8 +13,10 @@ Paths come from the config (default configs/config_demo.yaml); the cohort root i
 summary, so `python run_demo.py | tail` shows it and a closed pipe (`| head`) never breaks a step.
 
 Rerunning: each finished step leaves a stamp in <workdir>/.demo_steps/ holding its command, the config's hash
-and the folders it made; a rerun skips a step whose stamp matches and whose folders still exist (an edited
-config reruns the steps), and the scripts themselves resume (cohort files, extraction parts, caches). A
+and the files and folders it made; a rerun skips a step whose stamp matches and whose outputs still exist (an
+edited config or a deleted output reruns the step, and every step after it), and the scripts themselves resume
+(cohort files, extraction parts, caches). Other --subjects, --seed or --hours than the cohort was made with
+stop the demo (exit 2) instead of adding other nights to it: delete <workdir> to start over with them. A
 training step that was killed part-way continues from its `last.pth` in the same run folder (`--resume
 RUN_DIR`, when that run's config is the demo's); a run folder that never saved a checkpoint is removed, so
 TensorBoard shows no dead runs. A step that fails stops the demo with the step's name, its exit status or the
@@ -40,6 +42,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import resource
 import shlex
@@ -114,6 +117,7 @@ class Context:
     stamps: Path  # <workdir>/.demo_steps
     config_digest: str  # sha256 of the config file's bytes: an edited config reruns the steps
     force: bool
+    upstream_ran: bool = False  # a step ran in this invocation: every later step runs too (its inputs changed)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -205,7 +209,8 @@ def describe_exit(name: str, returncode: int, seconds: float, peak_gb: float | N
     """One line saying how a step ended badly: its exit status, or the signal that killed it (for SIGKILL also
     the usual culprit and the memory the step needs)."""
     if returncode >= 0:
-        return f"step '{name}' failed with exit status {returncode} after {seconds:.0f} s: {command}"
+        peak = f" (its processes had reached {peak_gb:.1f} GB)" if peak_gb else ""
+        return f"step '{name}' failed with exit status {returncode} after {seconds:.0f} s{peak}: {command}"
     try:
         sig = signal.Signals(-returncode).name
     except ValueError:
@@ -243,9 +248,11 @@ def wait_for(proc: subprocess.Popen) -> int:
 
 
 def stamp_matches(stamp: dict, command: str, ctx: Context) -> bool:
-    """Whether a step's stamp records this command and config, and every folder it made still exists."""
-    return (not ctx.force and stamp.get("command") == command and stamp.get("config_sha256") == ctx.config_digest
-            and all(Path(p).is_dir() for p in stamp.get("outputs", [])))
+    """Whether a step's stamp records this command and config, every file and folder it made still exists,
+    and no earlier step ran in this invocation (a step whose inputs were just remade runs again)."""
+    return (not ctx.force and not ctx.upstream_ran and stamp.get("command") == command
+            and stamp.get("config_sha256") == ctx.config_digest
+            and all(Path(p).exists() for p in stamp.get("outputs", [])))
 
 
 def printable(cmd: list[str]) -> str:
@@ -253,9 +260,10 @@ def printable(cmd: list[str]) -> str:
 
 
 def run_step(name: str, cmd: list[str], ctx: Context, *, kind: str, folders: RunFolders | None = None,
-             identity: list[str] | None = None, resumed: Path | None = None) -> StepResult:
-    """Run one step unless its stamp says the same command, with the same config, already finished and its
-    folders still exist.
+             identity: list[str] | None = None, resumed: Path | None = None,
+             made: list[Path] | None = None) -> StepResult:
+    """Run one step unless its stamp says the same command, with the same config, already finished, what it
+    made still exists, and no earlier step ran in this invocation.
 
     Args:
         kind: the step's entry in STEP_MEMORY_GB.
@@ -264,6 +272,8 @@ def run_step(name: str, cmd: list[str], ctx: Context, *, kind: str, folders: Run
         identity: the command the stamp records (default `cmd`): training that resumes a killed run adds
             `--resume RUN_DIR` to `cmd`, yet is the same step as the command without it.
         resumed: a run folder the step continues (recorded as an output, though not new).
+        made: the files or folders a step without run folders writes (recorded as its outputs: deleted, the
+            step runs again).
     Raises:
         StepFailed: the step exited non-zero or was killed by a signal.
         Interrupted: Ctrl-C.
@@ -277,6 +287,7 @@ def run_step(name: str, cmd: list[str], ctx: Context, *, kind: str, folders: Run
                           stamp.get("outputs", []))
 
     log.info("[%s] $ %s", name, shown)
+    ctx.upstream_ran = True
     before = folders.all() if folders else set()
     start, cpu_start = time.perf_counter(), children_cpu_s()
     # The step's stdout goes to our stderr: stdout is kept for the summary (see the module docstring).
@@ -303,7 +314,8 @@ def run_step(name: str, cmd: list[str], ctx: Context, *, kind: str, folders: Run
         else:
             need = f"{STEP_MEMORY_GB[kind]:.1f} GB with {DEFAULT_CONFIG}"
         raise StepFailed(describe_exit(name, returncode, seconds, peak_gb, need, shown))
-    outputs = [str(p) for p in ([resumed] if resumed else []) + [f for f in new if folders.finished(f)]]
+    outputs = [str(p) for p in ([resumed] if resumed else []) + [f for f in new if folders.finished(f)]
+               + [p for p in made or [] if Path(p).exists()]]
     write_text_atomic(stamp_path, json.dumps({"command": key, "config_sha256": ctx.config_digest,
                                               "seconds": round(seconds, 1), "cpu_s": round(cpu_s, 1),
                                               "peak_gb": peak_gb, "outputs": outputs}, indent=1))
@@ -321,12 +333,18 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 
 def same_config(run_dir: Path, cfg: dict) -> bool:
-    """Whether a run folder's checkpoints/config.json is `cfg` (the config as train_ppg_only.py validates it)."""
+    """Whether a run folder's checkpoints/config.json is `cfg` (the config as train_ppg_only.py validates it).
+    A fine-tuning run writes its parent's sha256 into its config where the YAML has "": still the same."""
     try:
         saved = json.loads((run_dir / "checkpoints" / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return saved == json.loads(json.dumps(json_safe(cfg)))
+    now = json.loads(json.dumps(json_safe(cfg)))
+    saved_training, now_training = saved.get("training"), now["training"]
+    if (isinstance(saved_training, dict) and not now_training.get("init_from_sha256")
+            and saved_training.get("init_from") == now_training.get("init_from")):
+        now_training["init_from_sha256"] = saved_training.get("init_from_sha256", "")
+    return saved == now
 
 
 def prepare_training(runs: RunFolders, cfg: dict) -> Path | None:
@@ -356,16 +374,38 @@ def newest_finished(runs: RunFolders, outputs: list[str]) -> Path:
 # Command line
 
 
+def positive_hours(text: str) -> float:
+    """argparse type: a finite number of hours > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of hours, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (a seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config (paths and sizes)")
     p.add_argument("--n-subjects", "--subjects", dest="subjects", type=int, default=DEFAULT_SUBJECTS,
                    help="synthetic nights to generate (--subjects is an older name)")
-    p.add_argument("--hours", type=float, default=None,
+    p.add_argument("--hours", type=positive_hours, default=None,
                    help="fixed night length in hours (default: lengths vary around 10 h, as in MESA)")
     p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: training.num_epochs)")
     p.add_argument("--edf-nights", type=int, default=DEFAULT_EDF_NIGHTS, help="nights staged in raw-EDF mode")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic cohort")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the synthetic cohort")
     p.add_argument("--force", action="store_true", help="rerun every step even if it finished before")
     return p.parse_args(argv)
 
@@ -403,19 +443,28 @@ def main(argv: list[str] | None = None) -> int:
     train = [py, str(REPO_DIR / "train_ppg_only.py"), "--config", args.config, "--model", MODEL]
     if args.epochs is not None:
         train += ["--epochs", str(args.epochs)]
+    made_with = shlex.split(read_stamp(ctx.stamps / "1_generate.json").get("command", ""))[2:]
+    if made_with and made_with != gen[2:] and any(edf_dir.glob("*.edf")):
+        log.error("the synthetic cohort in %s was made with other settings (%s); these (%s) would add other "
+                  "nights to it. Delete %s to start over with them, or rerun with the earlier --subjects, --seed "
+                  "and --hours", cohort_root(cfg), printable(made_with), printable(gen[2:]), workdir)
+        return EXIT_SETUP
     steps: list[StepResult] = []
     try:
-        steps.append(run_step("1_generate", gen, ctx, kind="generate"))
+        steps.append(run_step("1_generate", gen, ctx, kind="generate",
+                              made=[edf_dir, Path(cfg["preprocessing"]["xml_dir"])]))
+        pair_json = workdir / "paircheck_result.json"
         steps.append(run_step("2_pair_check", [
             py, str(REPO_DIR / "verify_mesa_dataset.py"), "--xml-dir", cfg["preprocessing"]["xml_dir"],
-            "--edf-dir", str(edf_dir), "--out", str(workdir / "paircheck_result.json")], ctx, kind="pair_check"))
+            "--edf-dir", str(edf_dir), "--out", str(pair_json)], ctx, kind="pair_check", made=[pair_json]))
         steps.append(run_step("3_extract", [
-            py, str(REPO_DIR / "extract_mesa_data.py"), "--config", args.config], ctx, kind="extract"))
+            py, str(REPO_DIR / "extract_mesa_data.py"), "--config", args.config], ctx, kind="extract",
+            made=[Path(cfg["data"][key]) for key in ("ppg_file", "ecg_file", "index_file")]))
         steps.append(run_step("4_verify_outputs", [
             py, str(REPO_DIR / "verify_mesa_outputs.py"), "--base", cfg["preprocessing"]["out_dir"]], ctx,
             kind="verify_outputs"))
         will_skip = stamp_matches(read_stamp(ctx.stamps / "5_train.json"), printable(train), ctx)
-        resume = None if args.force or will_skip else prepare_training(runs, cfg)
+        resume = None if will_skip else prepare_training(runs, cfg)
         if resume is not None:
             log.info("continuing the unfinished training run %s from its last checkpoint", resume)
         steps.append(run_step("5_train", train + (["--resume", str(resume)] if resume else []), ctx, kind="train",

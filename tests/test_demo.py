@@ -108,6 +108,8 @@ def test_describe_exit_quotes_the_peak_memory_reached():
     assert text == ("step '5_train' was killed by SIGKILL after 12 s (most often the out-of-memory killer; this "
                     "step needs about 3.0 GB; its processes had reached 2.6 GB): python train_ppg_only.py")
     assert run_demo.describe_exit("x", 4, 1.0, None, "", "cmd") == "step 'x' failed with exit status 4 after 1 s: cmd"
+    assert run_demo.describe_exit("x", 1, 2.0, 0.34, "", "cmd") == ("step 'x' failed with exit status 1 after 2 s "
+                                                                  "(its processes had reached 0.3 GB): cmd")
 
 
 def test_an_interrupted_step_raises_interrupted(tmp_path):
@@ -167,10 +169,122 @@ def test_prepare_training_resumes_the_run_of_the_same_config_and_removes_dead_ru
     same = make("ppg_only_20260101_000003", cfg, True, False)
     newer_other = make("ppg_only_20260101_000004", other, True, False)
     assert run_demo.same_config(same, cfg) and not run_demo.same_config(newer_other, cfg)
+    # a fine-tuning run wrote its parent's sha256 into its config; the YAML still has "": the same config
+    tuned = load_config(REPO / "configs" / "config_demo.yaml", {"output.save_dir": str(tmp_path),
+                                                                "training.init_from": "parent.pth"})
+    saved = json.loads(json.dumps(run_demo.json_safe(tuned)))
+    saved["training"]["init_from_sha256"] = "ab" * 32
+    (tmp_path / "tuned" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "tuned" / "checkpoints" / "config.json").write_text(json.dumps(saved))
+    assert run_demo.same_config(tmp_path / "tuned", tuned) and not run_demo.same_config(tmp_path / "tuned", cfg)
     assert run_demo.prepare_training(runs, cfg) == same
     assert runs.all() == {done, same, newer_other}
     assert not dead.exists() and not empty.exists()
 
+
+# A stand-in for each script of the pipeline: it logs its call and writes what the next step reads, in
+# milliseconds, so the demo's skip/rerun logic can be tested on whole runs.
+STUB = """
+import json, os, sys
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+import sleepppg_common as sc
+name, a = Path(sys.argv[0]).stem, sys.argv[1:]
+arg = lambda flag: a[a.index(flag) + 1]
+with open(os.environ["STUB_LOG"], "a") as log:
+    log.write(name + "\\n")
+cfg = sc.load_config(arg("--config")) if "--config" in a else None
+if name == "make_synthetic_mesa":
+    for sub, suffix in (("edfs", ".edf"), ("annotations-events-nsrr", "-nsrr.xml")):
+        folder = Path(arg("--out")) / "polysomnography" / sub
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(int(arg("--n-subjects"))):
+            (folder / f"mesa-sleep-{{i:04d}}{{suffix}}").touch()
+elif name == "verify_mesa_dataset":
+    sc.write_json(arg("--out"), {{}})
+elif name == "extract_mesa_data":
+    for key in ("ppg_file", "ecg_file", "index_file"):
+        Path(cfg["data"][key]).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg["data"][key]).touch()
+elif name == "train_ppg_only":
+    if not Path(cfg["data"]["ppg_file"]).exists():
+        sys.exit(2)
+    run = Path(arg("--resume")) if "--resume" in a else sc.make_run_dir(cfg["output"]["save_dir"], "ppg_only_")
+    sc.write_json(run / "checkpoints" / "config.json", cfg)
+    (run / "checkpoints" / "last.pth").write_bytes(b"x")
+    sc.write_json(run / "results" / "test_results.json", {{"n_test_subjects": 1, "test_accuracy_overall": 0.5,
+                                                          "test_kappa_overall": 0.3, "test_median_kappa": 0.3}})
+elif name == "inference_ppg_only":
+    sc.write_json(sc.make_run_dir(arg("--out")) / "result.json", {{}})
+"""
+
+
+@pytest.fixture
+def stub_demo(tmp_path, monkeypatch):
+    """run_demo.main on the stand-in scripts, in tmp_path; returns (run(*args) -> exit status, calls() ->
+    the scripts that ran since the last call)."""
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    for script in ("make_synthetic_mesa", "verify_mesa_dataset", "extract_mesa_data", "verify_mesa_outputs",
+                   "train_ppg_only", "inference_ppg_only"):
+        (stubs / f"{script}.py").write_text(STUB.format(repo=str(REPO)))
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("STUB_LOG", str(log))
+    monkeypatch.setattr(run_demo, "REPO_DIR", stubs)
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(tmp_path)
+
+    def run(*args: str) -> int:
+        return run_demo.main(["--config", str(cfg), "--subjects", "8", "--edf-nights", "1", *args])
+
+    def calls() -> list[str]:
+        text = log.read_text() if log.exists() else ""
+        log.write_text("")
+        return text.split()
+
+    return run, calls
+
+
+ALL_STEPS = ["make_synthetic_mesa", "verify_mesa_dataset", "extract_mesa_data", "verify_mesa_outputs",
+             "train_ppg_only", "inference_ppg_only", "inference_ppg_only"]
+
+
+def test_a_step_that_reruns_reruns_every_step_after_it(stub_demo):
+    run, calls = stub_demo
+    assert run() == 0 and calls() == ALL_STEPS
+    assert run() == 0 and calls() == []  # all done
+    Path("demo/paircheck_result.json").unlink()  # a step's own output deleted: it and every later step run
+    assert run() == 0 and calls() == ALL_STEPS[1:]
+    for name in ("mesa_ppg_with_labels.h5", "mesa_real_ecg.h5", "mesa_subject_index.h5"):
+        Path("demo/mesa-x", name).unlink()
+    assert run() == 0 and calls() == ALL_STEPS[2:]
+    assert run("--epochs", "2") == 0 and calls() == ALL_STEPS[4:]  # training changed: inference reruns too
+
+
+def test_other_cohort_settings_stop_before_mixing_two_cohorts(stub_demo, caplog):
+    run, calls = stub_demo
+    assert run() == 0 and calls() == ALL_STEPS
+    for changed in (["--subjects", "12"], ["--seed", "3"], ["--hours", "1"]):
+        assert run(*changed) == 2  # (a later --subjects wins over run's 8)
+        assert "was made with other settings" in caplog.text and calls() == []
+    for bad in (["--hours", "nan"], ["--hours", "0"], ["--seed", "-1"]):
+        with pytest.raises(SystemExit) as err:
+            run(*bad)
+        assert err.value.code == 2
+
+
+def test_force_reruns_every_step_but_still_cleans_and_resumes_training(stub_demo):
+    run, calls = stub_demo
+    assert run() == 0 and calls() == ALL_STEPS
+    dead = Path("demo/outputs/ppg_only_20200101_000000")
+    (dead / "checkpoints").mkdir(parents=True)
+    killed = Path("demo/outputs/ppg_only_20200101_000001")
+    (killed / "checkpoints").mkdir(parents=True)
+    (killed / run_demo.LAST_CHECKPOINT).write_bytes(b"x")
+    (killed / "checkpoints" / "config.json").write_text(json.dumps(run_demo.json_safe(load_config("tiny.yaml"))))
+    assert run("--force") == 0 and calls() == ALL_STEPS
+    assert not dead.exists()  # no checkpoint: removed
+    assert (killed / run_demo.TEST_RESULTS).is_file()  # the killed run was continued, not left behind
 
 def test_bad_setup_exits_2(tmp_path, caplog):
     assert run_demo.main(["--config", str(tmp_path / "missing.yaml")]) == 2
