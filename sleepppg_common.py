@@ -40,6 +40,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -171,6 +172,7 @@ class Choice:
 
 
 OptionalStr = (str, type(None))
+OptionalNumber = (float, type(None))  # a finite number (not a boolean) or null
 
 
 class Default:
@@ -258,7 +260,7 @@ CONFIG_SCHEMA: dict[str, dict[str, Any]] = {
         "n_subjects": int,
         "batch_size": int,
         "ppg_file": Default(str, ""),  # --ppg: PPG recordings of any format (file, folder or glob)
-        "ppg_fs": Default((int, float, type(None)), None),  # --fs: rate (Hz) where the file does not say it
+        "ppg_fs": Default(OptionalNumber, None),  # --fs: rate (Hz) where the file does not say it
         "ppg_column": Default(OptionalStr, None),  # --column: PPG column / signal name (null: ppg_channels)
     },
 }
@@ -268,7 +270,7 @@ _POSITIVE = {
     "data.batch_size", "data.windows_per_subject", "preprocessing.chunk_windows", "training.num_epochs",
     "training.learning_rate", "training.num_runs", "training.grad_clip", "training.lr_factor",
     "output.save_frequency", "inference.n_subjects", "inference.batch_size",
-    "preprocessing.nominal_fs", "preprocessing.max_gap_s",
+    "preprocessing.nominal_fs", "preprocessing.max_gap_s", "inference.ppg_fs",
 }
 _ID_PATTERNS = {"preprocessing.id_pattern"}  # must compile, with exactly one capturing group
 _NON_NEGATIVE = {
@@ -285,9 +287,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: the keys written here override those
+            continue
         key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
+        try:
+            if key in seen:
+                raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
+        except TypeError:  # a list or mapping used as a key
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: a list or mapping cannot be a key (a key "
+                              "is a name)") from None
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
 
@@ -323,6 +331,8 @@ def _check_value(key: str, value: Any, expected: Any) -> Any:
         if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
             raise ConfigError(f"key '{key}': got {value!r}, expected a non-empty list of strings")
         return value
+    if expected == OptionalNumber:
+        return None if value is None else _check_value(key, value, float)
     if not isinstance(value, expected):
         raise ConfigError(f"key '{key}': got {value!r}, expected {getattr(expected, '__name__', expected)}")
     return value
@@ -333,7 +343,7 @@ def validate_config(raw: Any, schema: dict = CONFIG_SCHEMA, prefix: str = "") ->
     where = prefix.rstrip(".") or "top level"
     if not isinstance(raw, dict):
         raise ConfigError(f"'{where}' must be a mapping of keys, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(schema))
+    unknown = sorted(set(raw) - set(schema), key=str)  # YAML 1.1 reads `on:` as True: keys of mixed types
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(prefix + str(k) for k in unknown)} "
                           f"(allowed in {where}: {', '.join(schema)})")
@@ -352,7 +362,7 @@ def validate_config(raw: Any, schema: dict = CONFIG_SCHEMA, prefix: str = "") ->
                 continue
             expected = expected.expected
         value = _check_value(full, raw[key], expected)
-        if full in _POSITIVE and value <= 0:
+        if full in _POSITIVE and value is not None and value <= 0:
             raise ConfigError(f"key '{full}': must be > 0, got {value!r}")
         if full in _NON_NEGATIVE and value < 0:
             raise ConfigError(f"key '{full}': must be >= 0, got {value!r}")
@@ -370,8 +380,10 @@ def _set_dotted(cfg: dict, dotted: str, value: Any, schema: dict = CONFIG_SCHEMA
     node, spec = cfg, schema
     parts = dotted.split(".")
     for part in parts[:-1]:
-        if not isinstance(node.get(part), dict) or not isinstance(spec.get(part), dict):
+        if not isinstance(spec.get(part), dict):
             raise ConfigError(f"override '{dotted}': no such section '{part}'")
+        if not isinstance(node.get(part), dict):  # the file lacks the section: validation names that
+            return
         node, spec = node[part], spec[part]
     if parts[-1] not in spec or isinstance(spec[parts[-1]], dict):
         raise ConfigError(f"override '{dotted}': no such key")
@@ -563,9 +575,19 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
+    """The process umask, read from /proc on Linux: os.umask can only read it by setting it, and for that
+    instant another thread's new files (a figure written by a writer thread) would get no umask at all."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)  # the strictest mask meanwhile, never a looser one
+        os.umask(mask)
     return mask
+
+
+_UMASK_LOCK = threading.Lock()
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -596,6 +618,8 @@ def json_safe(value: Any) -> Any:
         return value if math.isfinite(value) else None
     if isinstance(value, np.integer):
         return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
     return value
 
 

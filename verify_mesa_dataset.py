@@ -192,7 +192,7 @@ def pair_report(xml_dir: str | Path, edf_dir: str | Path, id_pattern: str | re.P
         "nsrr_and_profusion": sum(1 for m in matched if "also" in m),
     }
     return {"summary": summary, "matched": matched, "only_xml": only_xml, "only_edf": only_edf,
-            "duplicates": duplicates, "id_clashes": clashes, "no_id": pairing.no_id,
+            "duplicates": duplicates, "id_clashes": clashes, "no_id": sorted(pairing.no_id),
             "ignored_xml": pairing.ignored_xml}
 
 

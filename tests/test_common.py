@@ -63,6 +63,39 @@ def test_missing_and_duplicate_keys(tmp_path):
         load_config(p)
 
 
+def test_yaml_quirks_give_a_config_error_or_load(tmp_path):
+    """A YAML 1.1 boolean key (`on:`) beside a typo, a list as a key, and a merge key (`<<: *anchor`)."""
+    p = _write(tmp_path, CONFIGS[0], "  compile: false", "  compile: false\n  on: 1\n  compiel: true")
+    with pytest.raises(ConfigError, match="unknown key.*gpu.True, gpu.compiel"):
+        load_config(p)
+    p = _write(tmp_path, CONFIGS[0], "  compile: false", "  compile: false\n  [a, b]: 1")
+    with pytest.raises(ConfigError, match="a list or mapping cannot be a key"):
+        load_config(p)
+    p = _write(tmp_path, CONFIGS[0], "gpu:", "gpu_defaults: &gpu_defaults\n  device_id: 0\ngpu:\n  <<: *gpu_defaults")
+    with pytest.raises(ConfigError, match="unknown key.*gpu_defaults"):  # loads; the extra section is refused
+        load_config(p)
+
+
+@pytest.mark.parametrize("value", ["true", ".nan", "-5", "0"])
+def test_ppg_fs_must_be_a_positive_number_or_null(tmp_path, value):
+    p = _write(tmp_path, CONFIGS[0], "ppg_fs: null", f"ppg_fs: {value}")
+    with pytest.raises(ConfigError, match="inference.ppg_fs"):
+        load_config(p)
+    assert load_config(_write(tmp_path, CONFIGS[0], "ppg_fs: null", "ppg_fs: 64"))["inference"]["ppg_fs"] == 64.0
+
+
+def test_an_override_into_a_missing_section_reports_the_section(tmp_path):
+    import yaml
+
+    raw = yaml.safe_load(CONFIGS[0].read_text())
+    del raw["training"]
+    p = tmp_path / "no_training.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="missing key.*training"):  # not the override's fault
+        load_config(p, {"training.num_epochs": 2})
+    with pytest.raises(ConfigError, match="no such section 'trainin'"):
+        load_config(CONFIGS[0], {"trainin.num_epochs": 2})
+
 def test_exponent_floats_load_as_numbers_and_a_run_config_json_reloads(tmp_path):
     """`1e-5` is a float (YAML 1.1 would make it a string), so a run's config.json (JSON writes 1e-05) reloads."""
     p = _write(tmp_path, CONFIGS[1], "weight_decay: 0.00001", "weight_decay: 1e-5")
@@ -363,3 +396,18 @@ def test_positive_int_argument_type():
     for text, message in (("0", "must be >= 1, got 0"), ("-2", "must be >= 1"), ("two", "a whole number")):
         with pytest.raises(argparse.ArgumentTypeError, match=message):
             positive_int(text)
+
+
+def test_json_safe_converts_numpy_scalars_and_reads_the_umask_without_changing_it():
+    from sleepppg_common import _current_umask, json_safe
+
+    assert json_safe({"ok": np.bool_(True), "n": np.int64(3), "x": np.float32(0.5), "bad": float("nan")}) == {
+        "ok": True, "n": 3, "x": 0.5, "bad": None}
+    assert json.dumps(json_safe([np.bool_(False)])) == "[false]"
+    import os
+
+    mask = os.umask(0o027)
+    try:
+        assert _current_umask() == 0o027
+    finally:
+        os.umask(mask)

@@ -116,6 +116,10 @@ def test_other_id_pattern_keeps_id_text(tmp_path, capsys):
     assert code == 1  # the MESA-named EDF carries no CFS ID: listed, not silently dropped
     assert [(m["id"], m["dialect"]) for m in report["matched"]] == [("800002", "nsrr"), ("800010", "profusion")]
     assert report["no_id"] == ["mesa-sleep-0001.edf"]
+    _touch(tmp_path / "xml", "aa-notes-nsrr.xml")  # EDF and XML names without an ID: one list, sorted by name
+    assert _run(tmp_path, "--id-pattern", r"cfs-visit5-(\d+)")[1]["no_id"] == ["aa-notes-nsrr.xml",
+                                                                              "mesa-sleep-0001.edf"]
+    (tmp_path / "xml" / "aa-notes-nsrr.xml").unlink()
     (tmp_path / "edf" / "mesa-sleep-0001.edf").unlink()
     code, report = _run(tmp_path, "--id-pattern", r"cfs-visit5-(\d+)")
     assert code == 0 and report["summary"]["id_pattern"] == r"cfs-visit5-(\d+)"
