@@ -66,7 +66,9 @@ from sleepppg_common import (
     HelpFormatter,
     atomic_output,
     mesa_commercial_ids,
+    non_negative_int,
     positive_int,
+    positive_number,
     setup_logging,
     sleepppg_test_subjects,
 )
@@ -1160,11 +1162,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--xml-format", choices=XML_FORMATS, default="nsrr",
                    help="annotation dialect: NSRR XML (annotations-events-nsrr/), Compumedics Profusion XML "
                         "(annotations-events-profusion/), or both (the same scoring)")
-    p.add_argument("--hours", type=float, default=None,
+    p.add_argument("--hours", type=positive_number, default=None,
                    help="fixed night length (h) for everyone; unset: each drawn from [--min-hours, --max-hours]")
-    p.add_argument("--min-hours", type=float, default=8.5, help="shortest night when --hours is not given")
-    p.add_argument("--max-hours", type=float, default=11.5, help="longest night when --hours is not given")
-    p.add_argument("--seed", type=int, default=0, help="same seed -> byte-identical files")
+    p.add_argument("--min-hours", type=positive_number, default=8.5, help="shortest night when --hours is not given")
+    p.add_argument("--max-hours", type=positive_number, default=11.5, help="longest night when --hours is not given")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="same seed -> byte-identical files")
     p.add_argument("--no-ecg-fraction", type=float, default=0.1, help="share of subjects without EKG (MESA format)")
     p.add_argument("--test-fraction", type=float, default=0.3,
                    help="share of drawn MESA IDs taken from the SleepPPG-Net test list")
@@ -1204,12 +1206,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         check_name_format(args.name_format)
     except ValueError as err:
         p.error(f"--name-format: {err}")
-    if args.hours is not None and not (0 < args.hours < math.inf):
-        p.error(f"--hours must be a number > 0, got {args.hours:g}")
-    if not 0 < args.min_hours <= args.max_hours < math.inf:
-        p.error("need 0 < --min-hours <= --max-hours (finite numbers)")
-    if args.seed < 0:
-        p.error(f"--seed must be >= 0, got {args.seed}")
+    if not args.min_hours <= args.max_hours:
+        p.error("need --min-hours <= --max-hours")
     for name in ("no_ecg_fraction", "test_fraction"):
         if not 0 <= getattr(args, name) <= 1:
             p.error(f"--{name.replace('_', '-')} must be within [0, 1]")

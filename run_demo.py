@@ -42,7 +42,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import resource
 import shlex
@@ -56,7 +55,8 @@ from pathlib import Path
 from typing import Callable
 
 from sleepppg_common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, ConfigError, HelpFormatter,
-                             json_safe, load_config, positive_int, setup_logging, write_text_atomic)
+                             json_safe, load_config, non_negative_int, positive_int, positive_number,
+                             setup_logging, write_text_atomic)
 
 REPO_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = "configs/config_demo.yaml"
@@ -374,34 +374,12 @@ def newest_finished(runs: RunFolders, outputs: list[str]) -> Path:
 # Command line
 
 
-def positive_hours(text: str) -> float:
-    """argparse type: a finite number of hours > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of hours, got {text!r}") from None
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: a whole number >= 0 (a seed)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config (paths and sizes)")
     p.add_argument("--n-subjects", "--subjects", dest="subjects", type=int, default=DEFAULT_SUBJECTS,
                    help="synthetic nights to generate (--subjects is an older name)")
-    p.add_argument("--hours", type=positive_hours, default=None,
+    p.add_argument("--hours", type=positive_number, default=None,
                    help="fixed night length in hours (default: lengths vary around 10 h, as in MESA)")
     p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: training.num_epochs)")
     p.add_argument("--edf-nights", type=int, default=DEFAULT_EDF_NIGHTS, help="nights staged in raw-EDF mode")

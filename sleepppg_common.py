@@ -88,15 +88,33 @@ LOG_FORMAT, LOG_DATE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s",
 log = logging.getLogger("sleepppg")
 
 
+def _number_argument(text: str, kind: type, minimum: float, inclusive: bool) -> int | float:
+    """`text` as `kind` (int or float), finite and at least (inclusive) or above `minimum`; else the
+    argparse.ArgumentTypeError that argparse prints as one line naming the flag."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a {'whole number' if kind is int else 'number'}, "
+                                         f"got {text!r}") from None
+    if not (math.isfinite(value) and (value >= minimum if inclusive else value > minimum)):
+        raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {minimum:g}"
+                                         f"{' and finite' if kind is float else ''}, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1 (a count of epochs, subjects, ...)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+    return _number_argument(text, int, 1, inclusive=True)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (a seed)."""
+    return _number_argument(text, int, 0, inclusive=True)
+
+
+def positive_number(text: str) -> float:
+    """argparse type: a finite number > 0 (hours, a rate)."""
+    return _number_argument(text, float, 0, inclusive=False)
 
 
 def compile_id_pattern(pattern: str | re.Pattern) -> re.Pattern:

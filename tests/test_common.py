@@ -387,15 +387,18 @@ def test_hypnogram_figure_marks_mistakes_apart_from_rem(tmp_path):
         hypnogram_figure(pred, "x", true_W=true[:-1])
 
 
-def test_positive_int_argument_type():
+def test_number_argument_types():
     import argparse
 
-    from sleepppg_common import positive_int
+    from sleepppg_common import non_negative_int, positive_int, positive_number
 
-    assert positive_int("3") == 3
-    for text, message in (("0", "must be >= 1, got 0"), ("-2", "must be >= 1"), ("two", "a whole number")):
+    assert positive_int("3") == 3 and non_negative_int("0") == 0 and positive_number("0.5") == 0.5
+    for convert, text, message in ((positive_int, "0", "must be >= 1, got 0"), (positive_int, "two", "whole number"),
+                                   (non_negative_int, "-1", "must be >= 0"), (positive_number, "0", "must be > 0"),
+                                   (positive_number, "nan", "finite"), (positive_number, "inf", "finite"),
+                                   (positive_number, "x", "expected a number")):
         with pytest.raises(argparse.ArgumentTypeError, match=message):
-            positive_int(text)
+            convert(text)
 
 
 def test_json_safe_converts_numpy_scalars_and_reads_the_umask_without_changing_it():
