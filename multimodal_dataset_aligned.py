@@ -46,8 +46,9 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
-from sleepppg_common import (ECG_FILE, IGNORE_INDEX, INDEX_FILE, PPG_FILE, REPO_DIR, SAMPLES_PER_WINDOW,
-                             WINDOWS_PER_SUBJECT, ConfigError, load_config, sleepppg_test_subjects)
+from sleepppg_common import (ECG_FILE, EXIT_OK, EXIT_SETUP, IGNORE_INDEX, INDEX_FILE, PPG_FILE, REPO_DIR,
+                             SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT, ConfigError, load_config,
+                             sleepppg_test_subjects)
 
 # ----------------------------------------------------------------------------------------------------------
 # Constants (file names and split fractions from the reference)
@@ -595,8 +596,9 @@ def main(argv: list[str] | None = None) -> int:
         split = make_split(paths["index"], wps, use_test_set, seed, test_subjects)
         for name in SPLITS:  # the same checks the datasets make (contiguous nights)
             read_night_starts(paths["index"], getattr(split, name), wps)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from err
+    except (FileNotFoundError, ValueError) as err:  # ConfigError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_SETUP
     print(f"index: {paths['index']}")
     print(f"subjects in index: {split.n_indexed}; valid ({wps} windows): {len(split.valid)}; "
           f"excluded: {split.n_indexed - len(split.valid)}")
@@ -608,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
               f"missing: {len(split.missing_test)}")
         if split.missing_test:  # every one, so a user can check them against the data
             print(f"missing IDs (not in the index, or not {wps} windows long): {', '.join(split.missing_test)}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
