@@ -23,11 +23,11 @@ TensorBoard shows no dead runs. A step that fails stops the demo with the step's
 signal that killed it, and the peak memory of its process tree (sampled every 0.5 s from /proc on Linux).
 
 What the demo's size trades (configs/config_demo.yaml; measured figures in the README): the cohort, the
-pipeline and every output are full size (10-h nights of 1,200 windows, MESA's files and channels, raw EDF
-staged night by night, validation and test on whole nights); only training is cut down to fit a laptop: 24
-synthetic nights instead of MESA's 1,900, 4 epochs, and steps of two random 2-h crops instead of eight whole
-nights (training.segment_windows; ~2.5 GB for the whole demo instead of ~10 GB), so the model stages this
-cohort well above chance, not as well as it could (`--epochs N` trains longer).
+pipeline and every output are full size (MESA-length nights, 1,200 windows = 10 h staged, MESA's files and
+channels, raw EDF staged night by night, validation and test on whole nights); only training is cut down to
+fit a laptop: 24 synthetic nights instead of MESA's 1,900, 4 epochs, and steps of two random 2-h crops instead
+of eight whole nights (training.segment_windows; ~2.5 GB for the whole demo instead of ~10 GB), so the model
+stages this cohort well above chance, not as well as it could (`--epochs N` trains longer).
 
 Exit status: 0 done; 1 a step failed; 2 bad setup or arguments; 130 interrupted (Ctrl-C; rerun to continue).
 All metrics printed here are on SYNTHETIC data: they say the pipeline works, not how well it stages MESA.
