@@ -26,7 +26,7 @@ What the demo's size trades (configs/config_demo.yaml; measured figures in the R
 pipeline and every output are full size (MESA-length nights, 1,200 windows = 10 h staged, MESA's files and
 channels, raw EDF staged night by night, validation and test on whole nights); only training is cut down to
 fit a laptop: 24 synthetic nights instead of MESA's 1,900, 4 epochs, and steps of two random 2-h crops instead
-of eight whole nights (training.segment_windows; ~2.5 GB for the whole demo instead of ~10 GB), so the model
+of eight whole nights (training.segment_windows; ~2.6 GB for the whole demo instead of ~10 GB), so the model
 stages this cohort well above chance, not as well as it could (`--epochs N` trains longer).
 
 Exit status: 0 done; 1 a step failed; 2 bad setup or arguments; 130 interrupted (Ctrl-C; rerun to continue).
@@ -72,7 +72,7 @@ MEMORY_SAMPLE_S = 0.5  # how often the peak memory of a running step's process t
 # Peak memory (GB, whole process tree) of each step with the shipped demo config on a 2-core VM, measured (PSS,
 # sampled by this script; 2026-11-26) and rounded up; quoted when a step is killed by SIGKILL and no earlier run
 # of that step with this config left its own figure.
-STEP_MEMORY_GB = {"generate": 0.9, "pair_check": 0.1, "extract": 1.2, "verify_outputs": 0.2, "train": 2.6,
+STEP_MEMORY_GB = {"generate": 0.9, "pair_check": 0.1, "extract": 1.2, "verify_outputs": 0.2, "train": 2.7,
                   "infer": 1.7}
 
 log = logging.getLogger("run_demo")
