@@ -386,7 +386,19 @@ def test_workers_2_equals_workers_1_and_up_to_date(tmp_path, capsys):
     assert run_cli(edf_dir, xml_dir, tmp_path / "two", "--workers", "2") == 0
     assert "up to date" in capsys.readouterr().out
     assert not (tmp_path / "two" / ex.PARTS_DIR).exists()
-    # a changed source file makes the outputs stale again; --subjects picks a subset
+    # a changed source file makes the outputs stale again: 0007 rescored with 0011's stages
+    with h5py.File(tmp_path / "two" / ex.PPG_FILE) as f:
+        before = f["labels"][()]
+    (xml_dir / "mesa-sleep-0007-nsrr.xml").write_bytes((xml_dir / "mesa-sleep-0011-nsrr.xml").read_bytes())
+    assert run_cli(edf_dir, xml_dir, tmp_path / "two", "--workers", "2") == 0
+    assert "up to date" not in capsys.readouterr().out
+    with h5py.File(tmp_path / "two" / ex.PPG_FILE) as f:
+        after = f["labels"][()]
+    rows_0007, rows_0011 = slice(2 * W, 3 * W), slice(3 * W, 4 * W)
+    assert not np.array_equal(before[rows_0007], after[rows_0007])
+    np.testing.assert_array_equal(after[rows_0007], after[rows_0011])
+    np.testing.assert_array_equal(before[:2 * W], after[:2 * W])
+    # --subjects picks a subset
     assert run_cli(edf_dir, xml_dir, tmp_path / "sub", "--subjects", "0007,0002") == 0
     with h5py.File(tmp_path / "sub" / ex.INDEX_FILE) as f:
         assert sorted(f["subjects"]) == ["0002", "0007"]

@@ -309,14 +309,14 @@ def test_cache_reuse_invalidation_and_corruption(tmp_path, checkpoint, monkeypat
     cfg = make_config(tmp_path, **{"inference.best_model": str(checkpoint)})
     code, first, run1 = run(cfg, tmp_path / "o1", "--edf", str(edf))
     assert code == 0 and first["nights"][0]["cache_used"] is False
-    pred_first = [r[2] for r in _read_csv(run1 / "csv" / "0042" / "0042.csv")[1]]
+    pred_first = [r[2:] for r in _read_csv(run1 / "csv" / "0042" / "0042.csv")[1]]  # stage and probabilities
 
     calls = []
     real = extract_mesa_data.preprocess_recording
     monkeypatch.setattr(extract_mesa_data, "preprocess_recording", lambda *a, **k: calls.append(a) or real(*a, **k))
     code, second, run2 = run(cfg, tmp_path / "o2", "--edf", str(edf))
     assert code == 0 and second["nights"][0]["cache_used"] is True and calls == []
-    assert [r[2] for r in _read_csv(run2 / "csv" / "0042" / "0042.csv")[1]] == pred_first
+    assert [r[2:] for r in _read_csv(run2 / "csv" / "0042" / "0042.csv")[1]] == pred_first
 
     # the EDF is rewritten (new content, new mtime): rebuilt
     write_edf(edf, 20, seed=7)

@@ -172,8 +172,10 @@ def test_parallel_equals_serial_and_resume_skips(tmp_path):
         if path.stem.split("-")[2] != serial[0]:
             assert path.stat().st_mtime_ns == mtime, f"{path} was rewritten"
     # --overwrite rewrites everything (and gives the same bytes).
+    contents = {p: p.read_bytes() for p in before}
     syn.make_cohort(root, 3, workers=1, overwrite=True, **kwargs)
     assert all(p.stat().st_mtime_ns != m for p, m in before.items() if p != victim)
+    assert all(p.read_bytes() == data for p, data in contents.items())
 
 
 def test_without_ecg_and_other_ppg_rate(tmp_path):
