@@ -124,6 +124,19 @@ class Context:
 # Memory of a running step
 
 
+def peak_resident_bytes() -> int:
+    """This process's peak resident set size in bytes (VmHWM of /proc/self/status, Linux).
+
+    Not getrusage's ru_maxrss: Linux carries it over fork and exec, so a child started by a big parent reports
+    at least the parent's size.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def tree_pids(pid: int) -> list[int]:
     """`pid` and all its descendants (Linux /proc/<pid>/task/<tid>/children)."""
     pids, stack = [], [pid]

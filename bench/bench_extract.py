@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -285,7 +284,7 @@ def measure_one(kind: str, edf_dir: Path, xml_dir: Path, out_dir: Path, ids: lis
     import scipy.signal  # noqa: F401
 
     import extract_mesa_data
-    from run_demo import PeakMemory  # PSS of the process tree: forked workers' shared pages are not counted twice
+    from run_demo import PeakMemory, peak_resident_bytes  # PSS of the tree: shared pages are not counted twice
     from sleepppg_common import keep_freed_memory
 
     t0 = time.perf_counter()
@@ -306,8 +305,8 @@ def measure_one(kind: str, edf_dir: Path, xml_dir: Path, out_dir: Path, ids: lis
             if rc != 0:
                 raise SystemExit(f"extract_mesa_data exited {rc}")
     seconds = time.perf_counter() - t0
-    main_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {"seconds": seconds, "peak_tree_mb": sampler.peak_bytes / 2**20, "rss_main_mb": main_kb / 1024}
+    return {"seconds": seconds, "peak_tree_mb": sampler.peak_bytes / 2**20,
+            "rss_main_mb": peak_resident_bytes() / 2**20}
 
 
 def run_measured(kind: str, root: Path, out_dir: Path, ids: list[str], workers: int) -> dict:
@@ -352,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         return bench_dreamt(sizes, worker_counts, args.hours or DREAMT_HOURS, args.root)
     args.hours = args.hours or NIGHT_HOURS
     with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
-        root = Path(args.root) if args.root else Path(tmp) / "cohort"
+        # nights are reused from --root only when they have the length asked for (it is in the folder name)
+        root = (Path(args.root) if args.root else Path(tmp)) / f"cohort_{args.hours:g}h"
         t0 = time.perf_counter()
         ids = make_cohort(root, 1 if args.read_only else max(sizes), args.hours)
         print(f"cohort: {len(ids)} subjects x {args.hours} h in {root} ({time.perf_counter() - t0:.0f} s to make)")
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
 def bench_dreamt(sizes: list[int], worker_counts: list[int], hours: float, root: str | None) -> int:
     """Seconds per subject and peak memory of `--format dreamt` extraction for each cohort size."""
     with tempfile.TemporaryDirectory(prefix="bench_extract_dreamt_") as tmp:
-        cohort = Path(root) if root else Path(tmp) / "dreamt"
+        cohort = (Path(root) if root else Path(tmp)) / f"dreamt_{hours:g}h"
         t0 = time.perf_counter()
         ids = make_dreamt_cohort(cohort, max(sizes), hours)
         csv_mb = sum(p.stat().st_size for p in (cohort / "data_64Hz").glob("*.csv")) / 2**20 / len(ids)

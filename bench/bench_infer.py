@@ -95,10 +95,10 @@ def reference_forward(model, ppg_T: np.ndarray) -> np.ndarray:
 
 
 def make_nights(workdir: Path, n: int, hours: float) -> list[Path]:
-    """Synthetic nights (written once, reused by later runs)."""
+    """Synthetic nights (written once, reused by later runs of the same length)."""
     import make_synthetic_mesa
 
-    root = workdir / "cohort"
+    root = workdir / f"cohort_{hours:g}h"  # the length in the name: a run asking for other nights never reuses these
     paths = []
     for i in range(n):
         sid = f"{9001 + i:04d}"
@@ -162,6 +162,7 @@ def run_ours(edfs: list[Path], workdir: Path, config: str, workers: int | None) 
     flags = {"save_csv": True, "save_graph": True, "save_json": True}
     # one-time costs (imports, kernels, matplotlib fonts, thread pools) before timing, on a separate cache
     warmup_cfg = load_config(config, {**overrides, "inference.cache_root": str(workdir / "warmup-cache")})
+    shutil.rmtree(workdir / "warmup-cache", ignore_errors=True)  # a full preprocess, as the reference's warm-up
     inf.run_edf_mode(model, WINDOWS_PER_SUBJECT, warmup_cfg, edfs[:1], inf.make_run_dir(workdir / "out"),
                      device, flags)
     shutil.rmtree(workdir / "cache", ignore_errors=True)
@@ -195,7 +196,8 @@ def write_csv_and_edf_night(workdir: Path, hours: float, fs: float = CSV_FS) -> 
     """One synthetic PPG night as csv/night.csv (columns time,ppg; written once) and as edf/night.edf."""
     from edfio import Edf, EdfSignal
 
-    csv_path, edf_path = workdir / "csv" / "night.csv", workdir / "edf" / "night.edf"
+    tag = f"{hours:g}h_{fs:g}Hz"  # a run asking for another night never reuses this one
+    csv_path, edf_path = workdir / f"csv_{tag}" / "night.csv", workdir / f"edf_{tag}" / "night.edf"
     if csv_path.exists() and edf_path.exists():
         return csv_path, edf_path
     n = int(hours * 3600 * fs)

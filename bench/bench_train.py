@@ -57,7 +57,9 @@ for _p in (REPO, REPO / "bench"):
 from bench_loader import reference_item, write_files  # noqa: E402
 from multimodal_dataset_aligned import PPGOnlyDataset  # noqa: E402
 from multimodal_sleep_model import SleepPPGNet, set_activation_checkpointing  # noqa: E402
-from sleepppg_common import IGNORE_INDEX, N_CLASSES, SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT  # noqa: E402
+from run_demo import peak_resident_bytes  # noqa: E402
+from sleepppg_common import (IGNORE_INDEX, N_CLASSES, SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT,  # noqa: E402
+                             keep_freed_memory)
 from train_ppg_only import masked_cross_entropy  # noqa: E402
 
 log = logging.getLogger("sleepppg.bench_train")
@@ -280,19 +282,6 @@ def reset_peak_resident() -> None:
         log.warning("cannot reset the peak RSS mark (%s); the peak includes the setup before the step", err)
 
 
-def peak_resident_bytes() -> int:
-    """This process's peak resident set size (VmHWM of /proc/self/status, KiB).
-
-    Not getrusage's ru_maxrss: Linux carries it over fork and exec, so a child started by a big parent reports
-    at least the parent's size.
-    """
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def probe_memory(device: torch.device, n_windows: int, batch: int, checkpointing: bool, amp: bool,
                  steps: int) -> dict:
     """In this (fresh) process: peak memory rise and time of our training step for one setting.
@@ -426,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.probe_memory:
+        keep_freed_memory()  # the allocator setting train_ppg_only.py runs with (faster steps, a larger peak)
         print(json.dumps(probe_memory(device, args.n_windows, args.batch or 1, args.activation_checkpointing,
                                       not args.no_amp, args.memory_steps)))
         return 0
