@@ -74,14 +74,14 @@ def format_distribution(dist: dict[int, int]) -> str:
     return ", ".join(f"{names.get(k, k)} {v} ({v / total:.1%})" for k, v in sorted(dist.items()))
 
 
-def high_frequency_share(windows_WT: np.ndarray, fs: float, cutoff_hz: float = HIGH_FREQ_HZ) -> float:
+def high_frequency_share(windows_WS: np.ndarray, fs: float, cutoff_hz: float = HIGH_FREQ_HZ) -> float:
     """Share of total power above `cutoff_hz`, from the mean periodogram of non-constant windows."""
     from scipy.signal import welch
 
-    windows_WT = windows_WT[windows_WT.std(axis=1) > 0]
-    if windows_WT.size == 0:
+    windows_WS = windows_WS[windows_WS.std(axis=1) > 0]
+    if windows_WS.size == 0:
         return float("nan")
-    freqs, psd = welch(windows_WT, fs=fs, nperseg=min(512, windows_WT.shape[1]), axis=1)
+    freqs, psd = welch(windows_WS, fs=fs, nperseg=min(512, windows_WS.shape[1]), axis=1)
     psd = psd.mean(axis=0)
     return float(psd[freqs > cutoff_hz].sum() / psd.sum())
 
