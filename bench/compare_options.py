@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for tcn_causal, select_best_by in COMBINATIONS:
         name = combination_name(tcn_causal, select_best_by)
-        save_dir = work / "runs" / name
+        save_dir = work / "runs" / f"{name}_batch{args.batch_size}"  # other batch: other runs, never reused
         results = None if args.rerun else newest_results(save_dir)
         if results is None or results["epochs_trained"] != args.epochs:
             cfg_path = work / "configs" / f"{name}.yaml"
