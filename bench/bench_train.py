@@ -228,7 +228,11 @@ def compare(args: argparse.Namespace, device: torch.device, device_name: str) ->
         ref_ds = ReferenceNights(files["reference"], ours_ds.starts, args.n_windows)
         n_batches = warmup + steps
         figures: dict[str, dict] = {}
-        for name in ("reference", "ours"):
+        # Each recipe runs twice, in the order reference, ours, ours, reference, and keeps its best rates: a
+        # machine that speeds up or slows down during the run, or a first run that warms caches and thread pools
+        # for the second, then favours neither side (run once each, the order alone moved the CPU step ratio
+        # between 1.0x and 1.6x).
+        for name in ("reference", "ours", "ours", "reference"):
             recipe = Recipe(name, device, args.n_windows, amp=name == "ours" and not args.no_amp,
                             compile_model=name == "ours" and args.compile)
             ds = ref_ds if name == "reference" else ours_ds
@@ -240,8 +244,12 @@ def compare(args: argparse.Namespace, device: torch.device, device_name: str) ->
             step_rate, warm_s = time_step(recipe, first_batch, steps, warmup)
             loader_rate = time_loader(make_loader(ds, **{**loader_args, "n_batches": n_batches + 1}), n_batches)
             e2e_rate = time_end_to_end(recipe, make_loader(ds, **loader_args), steps, warmup)
-            figures[name] = {"step_nights_per_s": step_rate, "loader_nights_per_s": loader_rate,
-                             "end_to_end_nights_per_s": e2e_rate, "warmup_s": warm_s}
+            this = {"step_nights_per_s": step_rate, "loader_nights_per_s": loader_rate,
+                    "end_to_end_nights_per_s": e2e_rate, "warmup_s": warm_s}
+            if name in figures:  # the second run of this recipe: the best of the two for each rate
+                this = {key: max(value, figures[name][key]) if key != "warmup_s" else figures[name][key]
+                        for key, value in this.items()}
+            figures[name] = this
             log.info("%s: step %.2f nights/s, loader %.1f nights/s, end to end %.2f nights/s (warm-up %.1f s)",
                      name, step_rate, loader_rate, e2e_rate, warm_s)
             del recipe
@@ -251,7 +259,8 @@ def compare(args: argparse.Namespace, device: torch.device, device_name: str) ->
     ours_desc = ("bf16 autocast" if device.type == "cuda" and not args.no_amp else "fp32") + \
                 (" + torch.compile" if args.compile else "") + ", logits + masked CE, float32 loader"
     print(f"device: {device_name}; torch {torch.__version__}; nights of {args.n_windows} windows; batch {batch}; "
-          f"{steps} timed steps after {warmup} warm-up; {workers} loader workers")
+          f"{steps} timed steps after {warmup} warm-up; {workers} loader workers; best of 2 runs per recipe "
+          "(order reference, ours, ours, reference)")
     print("reference: fp32 eager, softmax + CE mean, gzip float64 loader opening the file per night")
     print(f"ours:      {ours_desc}")
     print(f"{'nights/s':<14}{'reference':>12}{'ours':>12}{'ours/ref':>10}")
