@@ -208,12 +208,13 @@ def check_ids(ids: list) -> list[str]:
     repeated = sorted({i for i in out if out.count(i) > 1})
     if repeated:
         raise ValueError(f"IDs given more than once: {repeated}")
-    # digit IDs are seeded by their number, and the pair check and extraction match them without leading zeros
-    by_number: dict[str, list[str]] = {}
+    # the pair check and extraction skip IDs that differ only by leading zeros (and digit IDs seed alike)
+    from verify_mesa_dataset import zero_free_id
+
+    groups: dict[str, list[str]] = {}
     for i in out:
-        if i.isascii() and i.isdigit():
-            by_number.setdefault(i.lstrip("0") or "0", []).append(i)
-    clashes = [group for group in by_number.values() if len(group) > 1]
+        groups.setdefault(zero_free_id(i), []).append(i)
+    clashes = [group for group in groups.values() if len(group) > 1]
     if clashes:
         raise ValueError(f"IDs that differ only by leading zeros are the same subject: {clashes}")
     return out
