@@ -55,8 +55,8 @@ from pathlib import Path
 from typing import Callable
 
 from sleepppg_common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, ConfigError, HelpFormatter,
-                             json_safe, load_config, non_negative_int, positive_int, positive_number,
-                             setup_logging, write_text_atomic)
+                             adopt_recorded_parent_hash, json_safe, load_config, non_negative_int, positive_int,
+                             positive_number, setup_logging, write_text_atomic)
 
 REPO_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = "configs/config_demo.yaml"
@@ -353,10 +353,8 @@ def same_config(run_dir: Path, cfg: dict) -> bool:
     except (OSError, json.JSONDecodeError):
         return False
     now = json.loads(json.dumps(json_safe(cfg)))
-    saved_training, now_training = saved.get("training"), now["training"]
-    if (isinstance(saved_training, dict) and not now_training.get("init_from_sha256")
-            and saved_training.get("init_from") == now_training.get("init_from")):
-        now_training["init_from_sha256"] = saved_training.get("init_from_sha256", "")
+    if isinstance(saved.get("training"), dict):
+        adopt_recorded_parent_hash(now["training"], saved["training"])
     return saved == now
 
 

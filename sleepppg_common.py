@@ -623,6 +623,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def adopt_recorded_parent_hash(training: dict, recorded: dict) -> None:
+    """A fine-tuning run writes its parent's sha256 into its config (training.init_from_sha256) where the
+    user's YAML has "": copy it into `training` (a config loaded from that YAML) when both name the same
+    parent, so the two compare equal. `recorded` is the run's saved `training` section."""
+    if not training.get("init_from_sha256") and training.get("init_from") == recorded.get("init_from"):
+        training["init_from_sha256"] = recorded.get("init_from_sha256", "")
+
+
 def json_safe(value: Any) -> Any:
     """Plain JSON types: numpy scalars/arrays to python, NaN/inf to None (strict JSON has no NaN)."""
     if isinstance(value, dict):

@@ -88,6 +88,7 @@ from sleepppg_common import (
     STAGE_NAMES,
     ConfigError,
     SetupError,
+    adopt_recorded_parent_hash,
     atomic_output,
     compute_metrics,
     confusion_figure,
@@ -1517,9 +1518,7 @@ def _main(args: argparse.Namespace, ctx: DistContext) -> int:
     fingerprints = {kind: preflight_data(cfg, kind) for kind in kinds}
     if resume is not None:
         saved = resume.ckpt["config"]["training"]
-        if not cfg["training"]["init_from_sha256"] and cfg["training"]["init_from"] == saved.get("init_from"):
-            # the run wrote its parent's hash into its config; the user's YAML (--config) still has ""
-            cfg["training"]["init_from_sha256"] = saved.get("init_from_sha256", "")
+        adopt_recorded_parent_hash(cfg["training"], saved)
         changes = resume_changes(resume.ckpt, cfg, fingerprints[kinds[0]])
         if cfg["training"]["select_best_by"] != saved.get("select_best_by", "val_loss"):
             raise SetupError(f"cannot resume {resume.run_dir} with training.select_best_by "
