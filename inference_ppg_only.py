@@ -39,7 +39,8 @@ those up to the last window that holds signal or a label (the padding windows ar
 
 Outputs under `<inference.save_dir or --out>/<run_id>/` (run_id = start time, YYYYmmdd_HHMMSS):
 - `result.json` (`result_format` 2; every path in it is absolute, `"paths": "absolute"`): run settings, the
-  checkpoint (`checkpoint`: path, model_kind, checkpoint_format, model_args, epoch), `nights` (one entry per
+  checkpoint (`checkpoint`: path, model_kind, checkpoint_format, model_args, epoch; reference_version for a
+  reference checkpoint), `nights` (one entry per
   staged night), `failed` (one entry per night that could not be staged: subject_id, file, step = reading /
   staging / writing outputs, kind, reason), `n_nights_staged`, `n_nights_failed`, `interrupted`, and in HDF5
   mode `metrics` (per-subject mean/std and pooled). A night's entry: subject_id, source_file, n_epochs_staged,
@@ -981,6 +982,8 @@ def load_model(checkpoint: str, device: torch.device) -> tuple[torch.nn.Module, 
     info = {"path": str(path.resolve()), "model_kind": ckpt.get("model_kind"),
             "checkpoint_format": ckpt.get("checkpoint_format", "sleepppg"), "model_args": model_args,
             "epoch": ckpt.get("epoch")}
+    if "reference_version" in ckpt:
+        info["reference_version"] = ckpt["reference_version"]
     return model, info, n_windows
 
 
@@ -993,9 +996,11 @@ def stage_and_report(args: argparse.Namespace, cfg: dict, edf_paths: list[Path],
     mode = ("PPG" if inf_cfg["ppg_file"] else "EDF") if edf_mode else "HDF5"
     flags = {k: inf_cfg[k] for k in ("save_csv", "save_graph", "save_json")}
     started = dt.datetime.now().isoformat(timespec="seconds")
+    fmt = model_info["checkpoint_format"]
+    if "reference_version" in model_info:
+        fmt += f" ({model_info['reference_version']})"
     log.info("run %s: %s mode, %s checkpoint %s (%d windows = %.1f h), device %s", run_dir.name, mode,
-             model_info["checkpoint_format"], model_info["path"], n_windows, n_windows * WINDOW_SECONDS / 3600,
-             device)
+             fmt, model_info["path"], n_windows, n_windows * WINDOW_SECONDS / 3600, device)
     t0 = time.perf_counter()
     record, interrupted = RunRecord(), False
     try:

@@ -479,9 +479,19 @@ def checkpoint_model_fields(model: nn.Module) -> dict:
 # The reference's module names -> ours. Its ResConvBlock names its layers conv1, bn1, conv2, bn2, conv3, bn3
 # and residual_conv (ours: main.0, main.1, main.3, main.4, main.6, main.7 and skip). Its TemporalBlock names
 # the two weight-normed convs conv1/conv2 and registers them again inside its `net` Sequential as net.0/net.4
-# (the same tensors under two names); ours are net.0.conv/net.3.conv. Its encoders are `resconv_blocks`
-# (PPG-only) or `ppg_encoder`/`ecg_encoder`, the head `dense`, `tcnblock1/2.network.N` and `final_conv`, the
-# attention fusion `fusion_layer.{query,key,value,out}_proj`, the gated fusion `ppg_gate.0`/`ecg_gate.0`.
+# (the same tensors under two names); ours are net.0.conv/net.3.conv. The head is `dense`,
+# `tcnblock1/2.network.N` and `final_conv`, the attention fusion `fusion_layer.{query,key,value,out}_proj`, the
+# gated fusion `ppg_gate.0`/`ecg_gate.0`. Two published versions name the encoders differently (an
+# nn.Sequential or an nn.ModuleList of the 8 blocks: the same keys apart from the encoder's name):
+REFERENCE_VERSIONS = {
+    # version -> {model kind: {its encoder name: ours}}
+    "sleep-staging-models (resconv_blocks / ppg_encoder, ecg_encoder)": {
+        "ppg_only": {"resconv_blocks": "encoder"},
+        "real_ecg": {"ppg_encoder": "ppg_encoder", "ecg_encoder": "ecg_encoder"}},
+    "the user guide's version (blocks / ppg_blocks, ecg_blocks)": {
+        "ppg_only": {"blocks": "encoder"},
+        "real_ecg": {"ppg_blocks": "ppg_encoder", "ecg_blocks": "ecg_encoder"}},
+}
 _REFERENCE_BLOCK_LAYERS = {"conv1": "main.0", "bn1": "main.1", "conv2": "main.3", "bn2": "main.4",
                            "conv3": "main.6", "bn3": "main.7", "residual_conv": "skip"}
 _REFERENCE_TCN_CONVS = {"conv1": "net.0", "conv2": "net.3"}
@@ -491,7 +501,8 @@ _REFERENCE_TCN_ALIASES = {"0": "conv1", "4": "conv2"}  # net.0 is conv1, net.4 i
 # original1 and computes the same w, so the pair is copied as is and training can go on from it.
 _WEIGHT_NORM_NAMES = {"weight_g": "parametrizations.weight.original0",
                       "weight_v": "parametrizations.weight.original1", "bias": "bias"}
-_REFERENCE_MARKERS = ("resconv_blocks.", "tcnblock1.", "tcnblock2.", "final_conv.")
+_REFERENCE_MARKERS = ("tcnblock1.", "tcnblock2.", "final_conv.") + tuple(
+    f"{name}." for kinds in REFERENCE_VERSIONS.values() for encoders in kinds.values() for name in encoders)
 _REFERENCE_TCN_CONV = r"tcnblock([12])\.network\.(\d+)\.(conv[12])\.(weight_g|weight_v|bias)"
 
 
@@ -519,27 +530,36 @@ def is_reference_state_dict(state: Any) -> bool:
             and any(k.startswith(_REFERENCE_MARKERS) for k in _strip_wrapper_prefixes(state)))
 
 
-def convert_reference_state_dict(state: dict) -> tuple[str, dict, dict]:
+def reference_version(state: dict) -> tuple[str, str, dict]:
+    """(version, model kind, {its encoder name: ours}) of a reference state dict, told by its encoder names
+    (REFERENCE_VERSIONS); ValueError naming the names looked for when no version's encoders are all there."""
+    prefixes = {k.split(".", 1)[0] for k in state}
+    for version, kinds in REFERENCE_VERSIONS.items():
+        for kind, encoders in kinds.items():
+            if prefixes >= set(encoders):
+                return version, kind, encoders
+    wanted = " or ".join(" and ".join(f"{name}.*" for name in encoders)
+                         for kinds in REFERENCE_VERSIONS.values() for encoders in kinds.values())
+    raise ValueError(f"no encoder weights of the reference ({wanted})")
+
+
+def convert_reference_state_dict(state: dict) -> tuple[str, str, dict, dict]:
     """Convert a state dict of the reference's SleepPPGNet / MultiModalSleepNet to this module's names.
 
-    The kind and the arguments are inferred: "ppg_only" if the encoder is `resconv_blocks`, "real_ecg" if
-    there are `ppg_encoder` and `ecg_encoder`; fusion "attention" if `fusion_layer` weights exist, "gated" if
+    Both published versions are read (REFERENCE_VERSIONS; reference_version tells them apart). The kind and
+    the arguments are inferred: "ppg_only" if the one encoder is there (`resconv_blocks` or `blocks`),
+    "real_ecg" if both are (`ppg_encoder`/`ecg_encoder` or `ppg_blocks`/`ecg_blocks`); fusion "attention" if `fusion_layer` weights exist, "gated" if
     `ppg_gate` weights exist, else "concat"; num_classes from `final_conv`. The rest are the reference's fixed
     settings, not stored in its files: n_windows 1,200, dropout 0.2, a causal TCN. The reference's final
     softmax has no parameters; our model returns the logits before it.
 
     Returns:
-        (model_kind, model_args, state dict for build_model(model_kind, **model_args))
+        (version, model_kind, model_args, state dict for build_model(model_kind, **model_args))
     Raises:
         ValueError naming the first keys that have no place in the inferred model.
     """
     state = _strip_wrapper_prefixes(state)
-    if any(k.startswith("resconv_blocks.") for k in state):
-        kind, encoders = "ppg_only", {"resconv_blocks": "encoder"}
-    elif any(k.startswith("ppg_encoder.") for k in state) and any(k.startswith("ecg_encoder.") for k in state):
-        kind, encoders = "real_ecg", {"ppg_encoder": "ppg_encoder", "ecg_encoder": "ecg_encoder"}
-    else:
-        raise ValueError("no encoder weights of the reference (resconv_blocks.*, or ppg_encoder.* and ecg_encoder.*)")
+    version, kind, encoders = reference_version(state)
     ours: dict[str, torch.Tensor] = {}
     aliases: dict[str, tuple[str, torch.Tensor]] = {}
     unexpected: list[str] = []
@@ -576,7 +596,7 @@ def convert_reference_state_dict(state: dict) -> tuple[str, dict, dict]:
         fusion = ("attention" if any(k.startswith("fusion_layer.") for k in state)
                   else "gated" if "ppg_gate.0.weight" in state else "concat")
         model_args = {"fusion_strategy": fusion, **model_args}
-    return kind, model_args, ours
+    return version, kind, model_args, ours
 
 
 def _one_line(text: str, limit: int = 200) -> str:
@@ -679,7 +699,9 @@ def load_model_from_checkpoint(path: str | os.PathLike, map_location: Any = "cpu
         (a model_args without tcn_causal, from before that option, loads as the causal TCN);
       - "reference": the reference's best_model.pth / checkpoint_epoch_N.pth (a dict whose model_state_dict
         uses its module names; also its epoch, optimizer state, numpy-float metrics and config dict), or a bare
-        state dict of that form. It holds no model kind or arguments: the kind, fusion and num_classes are
+        state dict of that form, from either published version of the reference (REFERENCE_VERSIONS: encoder
+        `resconv_blocks` or `blocks`; `ppg_encoder`/`ecg_encoder` or `ppg_blocks`/`ecg_blocks`). It holds no
+        model kind or arguments: the kind, fusion and num_classes are
         inferred from the weights, the rest are the reference's fixed settings (1,200 windows, dropout 0.2,
         causal TCN); see convert_reference_state_dict. Outputs equal the reference's before its final softmax.
     A weight holding NaN or Inf is refused (the model cannot be right), naming the first such tensor.
@@ -695,7 +717,7 @@ def load_model_from_checkpoint(path: str | os.PathLike, map_location: Any = "cpu
         bare state dict) with these keys set: "checkpoint_format" ("sleepppg" or "reference"), "model_kind",
         "model_args" (the arguments the returned model was built with, defaults filled in), "trained_n_windows"
         (the window count stored in or implied by the file), and for a reference file "model_fields_inferred"
-        (a sentence saying what was inferred and how).
+        (a sentence saying what was inferred and how) and "reference_version" (a key of REFERENCE_VERSIONS).
     Raises:
         FileNotFoundError if the file is missing; CheckpointError (a ValueError, one line naming the file) for
         a file that is empty, not a checkpoint, holds arbitrary objects, holds NaN/Inf weights, is of another
@@ -730,7 +752,7 @@ def load_model_from_checkpoint(path: str | os.PathLike, map_location: Any = "cpu
 
     if fmt == "reference":
         try:
-            kind, model_args, state = convert_reference_state_dict(state)
+            version, kind, model_args, state = convert_reference_state_dict(state)
         except ValueError as err:
             raise CheckpointError(f"{path}: a reference-style state dict that cannot be converted: {err}") from err
         ckpt["model_fields_inferred"] = (
@@ -738,7 +760,9 @@ def load_model_from_checkpoint(path: str | os.PathLike, map_location: Any = "cpu
             f" inferred from the weight names, num_classes from the output layer; n_windows "
             f"{REFERENCE_N_WINDOWS}, dropout {REFERENCE_DROPOUT} and a causal TCN are the reference's fixed "
             f"settings (a reference checkpoint stores no model arguments)")
-        log.info("%s: reference checkpoint; %s", path, ckpt["model_fields_inferred"])
+        ckpt["reference_version"] = version
+        log.info("%s: reference checkpoint of %s (it carries no checksum); %s", path, version,
+                 ckpt["model_fields_inferred"])
     else:
         kind, model_args = ckpt["model_kind"], ckpt["model_args"]
         if kind not in MODEL_CLASSES:

@@ -642,7 +642,8 @@ def training_class_weights(cfg: dict, train_ds) -> np.ndarray:
 class ParentCheckpoint:
     """The trained model a run starts from: what is recorded about it, and its weights."""
 
-    record: dict  # path, sha256, checkpoint_format, model_kind, model_args, epoch (+ val_before_training)
+    # path, sha256, checkpoint_format (+ reference_version), model_kind, model_args, epoch (+ val_before_training)
+    record: dict
     state_dict: dict
 
 
@@ -730,8 +731,11 @@ def load_parent(cfg: dict, model_kind: str) -> ParentCheckpoint | None:
               "checkpoint_format": ckpt.get("checkpoint_format", "sleepppg"),
               "model_kind": ckpt["model_kind"], "model_args": dict(ckpt["model_args"]),
               "epoch": int(epoch) if isinstance(epoch, (int, np.integer)) else None}
-    log.info("starting from %s (%s format, %s, epoch %s, sha256 %s)", path, record["checkpoint_format"],
-             model_kind, record["epoch"], sha256)
+    fmt = record["checkpoint_format"]
+    if "reference_version" in ckpt:
+        record["reference_version"] = ckpt["reference_version"]
+        fmt += f": {ckpt['reference_version']}"
+    log.info("starting from %s (%s format, %s, epoch %s, sha256 %s)", path, fmt, model_kind, record["epoch"], sha256)
     return ParentCheckpoint(record, model.state_dict())
 
 

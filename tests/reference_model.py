@@ -1,11 +1,15 @@
 """A stand-in for the reference implementation's models, to test reading its checkpoints.
 
 Written for these tests from the reference's published structure: the same modules under the same attribute
-names, so its state dicts have the reference's keys (resconv_blocks.N.conv1/bn1/.../residual_conv, dense,
-tcnblock1/2.network.N.conv1/conv2 with old-style weight norm weight_g/weight_v, the same convs again as
-net.0/net.4, final_conv; for PPG+ECG ppg_encoder/ecg_encoder, fusion_layer.*_proj or ppg_gate/ecg_gate),
-and the same computation: ends in a softmax over classes. One difference: the reference fixes the night at
-1,200 windows; here `n_windows` is an argument so tests can use short nights.
+names, so its state dicts have the reference's keys (dense, tcnblock1/2.network.N.conv1/conv2 with old-style
+weight norm weight_g/weight_v, the same convs again as net.0/net.4, final_conv; for PPG+ECG
+fusion_layer.*_proj or ppg_gate/ecg_gate), and the same computation: ends in a softmax over classes. The
+encoder's 8 blocks (N.conv1/bn1/.../residual_conv) are named as in either published version (`naming`):
+  - "original" (sleep-staging-models): an nn.Sequential `resconv_blocks`; PPG+ECG `ppg_encoder`/`ecg_encoder`;
+  - "guide" (the version the user guide was written for): an nn.ModuleList `blocks`; PPG+ECG
+    `ppg_blocks`/`ecg_blocks`, each run block by block.
+One difference: the reference fixes the night at 1,200 windows; here `n_windows` is an argument so tests can
+use short nights.
 """
 from __future__ import annotations
 
@@ -83,9 +87,20 @@ class RefTemporalConvNet(nn.Module):
         return self.network(x)
 
 
-def ref_encoder() -> nn.Sequential:
+NAMINGS = {"original": ("resconv_blocks", "ppg_encoder", "ecg_encoder"), "guide": ("blocks", "ppg_blocks", "ecg_blocks")}
+
+
+def ref_encoder(naming: str) -> nn.Module:
+    """The 8 blocks: an nn.Sequential ("original") or an nn.ModuleList run block by block ("guide")."""
     chans = (1,) + ENCODER_CHANNELS
-    return nn.Sequential(*[RefResConvBlock(a, b) for a, b in zip(chans, chans[1:])])
+    blocks = [RefResConvBlock(a, b) for a, b in zip(chans, chans[1:])]
+    return nn.Sequential(*blocks) if naming == "original" else nn.ModuleList(blocks)
+
+
+def encode(encoder: nn.Module, x):
+    for block in encoder:
+        x = block(x)
+    return x
 
 
 class RefCrossModalAttention(nn.Module):
@@ -119,24 +134,27 @@ def _head(model: nn.Module, x, n_windows: int):
 
 
 class RefSleepPPGNet(nn.Module):
-    def __init__(self, n_windows: int = 1200):
+    def __init__(self, n_windows: int = 1200, naming: str = "original"):
         super().__init__()
         self.n_windows = n_windows
-        self.resconv_blocks = ref_encoder()
+        self.encoder_name = NAMINGS[naming][0]
+        setattr(self, self.encoder_name, ref_encoder(naming))
         self.dense = nn.Linear(1024, 128)
         self.tcnblock1 = RefTemporalConvNet(128, 128)
         self.tcnblock2 = RefTemporalConvNet(128, 128)
         self.final_conv = nn.Conv1d(128, 4, 1)
 
     def forward(self, x):
-        return _head(self, self.resconv_blocks(x), self.n_windows)
+        return _head(self, encode(getattr(self, self.encoder_name), x), self.n_windows)
 
 
 class RefMultiModalSleepNet(nn.Module):
-    def __init__(self, fusion_strategy: str = "attention", n_windows: int = 1200):
+    def __init__(self, fusion_strategy: str = "attention", n_windows: int = 1200, naming: str = "original"):
         super().__init__()
         self.fusion_strategy, self.n_windows = fusion_strategy, n_windows
-        self.ppg_encoder, self.ecg_encoder = ref_encoder(), ref_encoder()
+        self.encoder_names = NAMINGS[naming][1:]
+        for name in self.encoder_names:
+            setattr(self, name, ref_encoder(naming))
         if fusion_strategy == "concat":
             fusion_dim, self.fusion_layer = 512, nn.Identity()
         elif fusion_strategy == "attention":
@@ -151,7 +169,7 @@ class RefMultiModalSleepNet(nn.Module):
         self.final_conv = nn.Conv1d(128, 4, 1)
 
     def forward(self, ppg, ecg):
-        p, e = self.ppg_encoder(ppg), self.ecg_encoder(ecg)
+        p, e = (encode(getattr(self, name), x) for name, x in zip(self.encoder_names, (ppg, ecg)))
         if self.fusion_strategy == "concat":
             fused = torch.cat([p, e], dim=1)
         elif self.fusion_strategy == "attention":

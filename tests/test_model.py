@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from multimodal_sleep_model import (FUSION_STRATEGIES, PPG_ONLY_PARAMETERS, STEPS_PER_WINDOW, CheckpointError,
-                                    MultiModalSleepNet, SleepPPGNet, build_model, checkpoint_model_fields,
-                                    count_parameters, load_model_from_checkpoint, main, regroup_windows,
-                                    set_activation_checkpointing, with_n_windows)
-from reference_model import RefMultiModalSleepNet, RefSleepPPGNet, randomize
+from multimodal_sleep_model import (FUSION_STRATEGIES, PPG_ONLY_PARAMETERS, REFERENCE_VERSIONS, STEPS_PER_WINDOW,
+                                    CheckpointError, MultiModalSleepNet, SleepPPGNet, build_model,
+                                    checkpoint_model_fields, count_parameters, load_model_from_checkpoint, main,
+                                    regroup_windows, set_activation_checkpointing, with_n_windows)
+from reference_model import NAMINGS, RefMultiModalSleepNet, RefSleepPPGNet, randomize
 from sleepppg_common import SAMPLES_PER_WINDOW
 
 N_WINDOWS = 8  # a 4-min "night": cheap on CPU
@@ -235,16 +235,21 @@ def _reference_and_ours_outputs(ref_model, ours, ppg, ecg):
     return probs, captured["logits"], logits
 
 
+@pytest.mark.parametrize("naming", sorted(NAMINGS))
 @pytest.mark.parametrize("fusion", [None, *FUSION_STRATEGIES])
-def test_reference_checkpoint_gives_the_reference_outputs(tmp_path, fusion):
+def test_reference_checkpoint_gives_the_reference_outputs(tmp_path, fusion, naming):
     torch.manual_seed(0)
-    ref = RefSleepPPGNet(N_WINDOWS) if fusion is None else RefMultiModalSleepNet(fusion, N_WINDOWS)
+    ref = (RefSleepPPGNet(N_WINDOWS, naming=naming) if fusion is None
+           else RefMultiModalSleepNet(fusion, N_WINDOWS, naming=naming))
     ref = randomize(ref, seed=5).eval()
+    assert any(k.startswith(NAMINGS[naming][0 if fusion is None else 1] + ".") for k in ref.state_dict())
     path = tmp_path / "best_model.pth"
     torch.save(_reference_checkpoint(ref), path)
     ours, ckpt = load_model_from_checkpoint(path, n_windows=N_WINDOWS)
     kind = "ppg_only" if fusion is None else "real_ecg"
     assert ckpt["checkpoint_format"] == "reference" and ckpt["model_kind"] == kind and not ours.training
+    assert ckpt["reference_version"] in REFERENCE_VERSIONS
+    assert NAMINGS[naming][0] in ckpt["reference_version"]  # the version is told by its encoder's name
     assert ckpt["trained_n_windows"] == 1200 and ckpt["model_args"]["n_windows"] == N_WINDOWS
     assert ckpt["model_args"].get("fusion_strategy") == fusion and ckpt["model_args"]["tcn_causal"] is True
     assert "inferred" in ckpt["model_fields_inferred"] and ckpt["epoch"] == 7
@@ -256,8 +261,9 @@ def test_reference_checkpoint_gives_the_reference_outputs(tmp_path, fusion):
     assert count_parameters(ours) == count_parameters(ref)
 
 
-def test_reference_bare_state_dict_and_weight_norm_are_the_same_function(tmp_path):
-    ref = randomize(RefSleepPPGNet(N_WINDOWS), seed=2).eval()
+@pytest.mark.parametrize("naming", sorted(NAMINGS))
+def test_reference_bare_state_dict_and_weight_norm_are_the_same_function(tmp_path, naming):
+    ref = randomize(RefSleepPPGNet(N_WINDOWS, naming=naming), seed=2).eval()
     torch.save(ref.state_dict(), tmp_path / "weights.pth")  # a bare state dict with the reference's names
     ours, ckpt = load_model_from_checkpoint(tmp_path / "weights.pth", n_windows=N_WINDOWS, expected_kind="ppg_only")
     assert ckpt["checkpoint_format"] == "reference" and set(ckpt) >= {"model_state_dict", "model_args"}
