@@ -75,10 +75,15 @@ from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 
-from sleepppg_common import (CONCEPT_TO_CLASS, ECG_FILE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP,
-                             IGNORE_INDEX, INDEX_FILE, MESA_ID_PATTERN, PPG_FILE, SAMPLES_PER_WINDOW, STAGE_NAMES,
-                             TARGET_FS, WINDOW_SECONDS, WINDOWS_PER_SUBJECT, ConfigError, SetupError, atomic_output,
-                             compile_id_pattern, keep_freed_memory, load_config, setup_logging, write_text_atomic)
+from sleepppg.cli import setup_logging
+from sleepppg.config import load_config
+from sleepppg.constants import (CONCEPT_TO_CLASS, ECG_FILE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP,
+                                IGNORE_INDEX, INDEX_FILE, MESA_ID_PATTERN, PPG_FILE, SAMPLES_PER_WINDOW, STAGE_NAMES,
+                                TARGET_FS, WINDOWS_PER_SUBJECT, WINDOW_SECONDS)
+from sleepppg.errors import ConfigError, SetupError
+from sleepppg.ids import compile_id_pattern
+from sleepppg.runio import atomic_output, write_text_atomic
+from sleepppg.runtime import keep_freed_memory
 
 log = logging.getLogger("extract_mesa_data")
 

@@ -6,7 +6,7 @@ Modes
 - HDF5 analysis (`inference.only_inference: false`): the valid subjects (exactly `data.windows_per_subject`
   windows) that are on the fixed SleepPPG-Net test list, sorted, shuffled with `inference.random_seed`, the
   first `inference.n_subjects`. Per subject: accuracy and Cohen's kappa over the scored epochs (label != -1);
-  summary: mean/std over subjects plus pooled figures (`sleepppg_common.compute_metrics`).
+  summary: mean/std over subjects plus pooled figures (`sleepppg.metrics.compute_metrics`).
 - EDF (`inference.only_inference: true`, or `--edf PATH|FOLDER|GLOB`): one EDF, every *.edf of a folder, or
   a glob. Each night is preprocessed by `extract_mesa_data.preprocess_recording` (the training
   preprocessing: `preprocessing.resample_method`, `preprocessing.ppg_channels`) to the model's number of
@@ -121,12 +121,17 @@ import torch
 # one owner of the preprocessing version and of what a cached night depends on: extraction
 from extract_mesa_data import file_signature as edf_signature
 from extract_mesa_data import preprocessing_settings
-from sleepppg_common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, IGNORE_INDEX, MESA_ID_PATTERN,
-                             N_CLASSES, SAMPLES_PER_WINDOW, STAGE_NAMES, TARGET_FS, WINDOW_SECONDS, WINDOWS_PER_SUBJECT,
-                             ConfigError, SetupError, atomic_output, compute_metrics, hypnogram_figure, json_safe,
-                             keep_freed_memory, load_config, log_to_file, make_run_dir, resolve_device,
-                             save_figure, setup_logging, subject_id_from_filename, summary_stats,
-                             write_text_atomic)
+from sleepppg.cli import log_to_file, setup_logging
+from sleepppg.config import load_config
+from sleepppg.constants import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, IGNORE_INDEX, MESA_ID_PATTERN,
+                                N_CLASSES, SAMPLES_PER_WINDOW, STAGE_NAMES, TARGET_FS, WINDOWS_PER_SUBJECT,
+                                WINDOW_SECONDS)
+from sleepppg.errors import ConfigError, SetupError
+from sleepppg.figures import hypnogram_figure, save_figure
+from sleepppg.ids import subject_id_from_filename
+from sleepppg.metrics import compute_metrics, summary_stats
+from sleepppg.runio import atomic_output, json_safe, make_run_dir, write_text_atomic
+from sleepppg.runtime import keep_freed_memory, resolve_device
 
 # ----------------------------------------------------------------------------------------------------------
 # Constants
@@ -604,7 +609,7 @@ def write_csv(path: Path, probs_WC: np.ndarray, epoch_s: float = WINDOW_SECONDS,
 
 def plot_hypnogram(path: Path, pred_W: np.ndarray, title: str, epoch_s: float = WINDOW_SECONDS,
                    true_W: np.ndarray | None = None) -> None:
-    """Save the hypnogram of `sleepppg_common.hypnogram_figure` (predicted; with `true_W` scored vs predicted,
+    """Save the hypnogram of `sleepppg.figures.hypnogram_figure` (predicted; with `true_W` scored vs predicted,
     mistakes shaded) as a PNG, atomically. Thread-safe (no pyplot state), so it runs in the writer thread."""
     save_figure(hypnogram_figure(pred_W, title, true_W=true_W, epoch_s=epoch_s), path)
 

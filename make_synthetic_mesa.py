@@ -59,19 +59,10 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from sleepppg_common import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    WINDOW_SECONDS,
-    HelpFormatter,
-    atomic_output,
-    mesa_commercial_ids,
-    non_negative_int,
-    positive_int,
-    positive_number,
-    setup_logging,
-    sleepppg_test_subjects,
-)
+from sleepppg.cli import HelpFormatter, non_negative_int, positive_int, positive_number, setup_logging
+from sleepppg.constants import EXIT_INTERRUPTED, EXIT_OK, WINDOW_SECONDS
+from sleepppg.ids import mesa_commercial_ids, sleepppg_test_subjects
+from sleepppg.runio import atomic_output
 
 log = logging.getLogger("make_synthetic_mesa")
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 import re
 import sys
@@ -58,7 +57,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 from torch.utils.checkpoint import checkpoint as checkpoint_activations
 
-from sleepppg_common import N_CLASSES, SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT
+from sleepppg.constants import N_CLASSES, SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT
 
 # ----------------------------------------------------------------------------------------------------------
 # Constants (SleepPPG-Net paper and the reference implementation)

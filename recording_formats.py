@@ -51,7 +51,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from extract_mesa_data import PPG_PATTERNS, BadRecordingError, find_ppg_channel
-from sleepppg_common import IGNORE_INDEX, WINDOW_SECONDS, WINDOWS_PER_SUBJECT
+from sleepppg.constants import IGNORE_INDEX, WINDOWS_PER_SUBJECT, WINDOW_SECONDS
 
 log = logging.getLogger("recording_formats")
 

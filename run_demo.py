@@ -54,9 +54,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from sleepppg_common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, ConfigError, HelpFormatter,
-                             adopt_recorded_parent_hash, json_safe, load_config, non_negative_int, positive_int,
-                             positive_number, setup_logging, write_text_atomic)
+from sleepppg.cli import HelpFormatter, non_negative_int, positive_int, positive_number, setup_logging
+from sleepppg.config import adopt_recorded_parent_hash, load_config
+from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP
+from sleepppg.errors import ConfigError
+from sleepppg.runio import json_safe, write_text_atomic
 
 REPO_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = "configs/config_demo.yaml"

@@ -78,33 +78,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sleepppg_common import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_SETUP,
-    IGNORE_INDEX,
-    N_CLASSES,
-    STAGE_NAMES,
-    ConfigError,
-    SetupError,
-    adopt_recorded_parent_hash,
-    atomic_output,
-    compute_metrics,
-    confusion_figure,
-    hypnogram_figure,
-    keep_freed_memory,
-    load_config,
-    log_to_file,
-    make_run_dir,
-    positive_int,
-    resolve_device,
-    save_figure,
-    setup_logging,
-    summary_stats,
-    validate_config,
-    write_json,
-)
+from sleepppg.cli import log_to_file, positive_int, setup_logging
+from sleepppg.config import adopt_recorded_parent_hash, load_config, validate_config
+from sleepppg.constants import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, IGNORE_INDEX, N_CLASSES,
+                                STAGE_NAMES)
+from sleepppg.errors import ConfigError, SetupError
+from sleepppg.figures import confusion_figure, hypnogram_figure, save_figure
+from sleepppg.metrics import compute_metrics, summary_stats
+from sleepppg.runio import atomic_output, make_run_dir, write_json
+from sleepppg.runtime import keep_freed_memory, resolve_device
 
 log = logging.getLogger("train_ppg_only")
 

@@ -3,7 +3,7 @@
 Inputs: an EDF folder and an XML folder. The annotation of a night `<stem>.edf` is `<stem>-nsrr.xml` (NSRR
 XML) or `<stem>-profusion.xml` (Compumedics Profusion XML), the names NSRR uses for every cohort it serves
 (MESA, SHHS, CFS, ...). Files pair by the subject ID the ID pattern finds in their names (default
-`sleepppg_common.MESA_ID_PATTERN`: `mesa-sleep-0001.edf` -> `0001`; `--id-pattern 'cfs-visit5-(\\d+)'` for
+`sleepppg.constants.MESA_ID_PATTERN`: `mesa-sleep-0001.edf` -> `0001`; `--id-pattern 'cfs-visit5-(\\d+)'` for
 CFS; any case; the ID keeps its text: leading zeros, letters, any length). When one ID has both an NSRR and a
 Profusion XML, the NSRR one is used and the pair says so.
 
@@ -36,9 +36,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sleepppg_common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, MESA_ID_PATTERN, ConfigError,
-                             HelpFormatter, compile_id_pattern, load_config, subject_id_from_filename,
-                             write_text_atomic)
+from sleepppg.cli import HelpFormatter
+from sleepppg.config import load_config
+from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, MESA_ID_PATTERN
+from sleepppg.errors import ConfigError
+from sleepppg.ids import compile_id_pattern, subject_id_from_filename
+from sleepppg.runio import write_text_atomic
 
 log = logging.getLogger("verify_mesa_dataset")
 

@@ -285,7 +285,7 @@ def measure_one(kind: str, edf_dir: Path, xml_dir: Path, out_dir: Path, ids: lis
 
     import extract_mesa_data
     from run_demo import PeakMemory, peak_resident_bytes  # PSS of the tree: shared pages are not counted twice
-    from sleepppg_common import keep_freed_memory
+    from sleepppg.runtime import keep_freed_memory
 
     t0 = time.perf_counter()
     with PeakMemory(os.getpid(), interval=0.05) as sampler:

@@ -45,8 +45,10 @@ import numpy as np
 REPO_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_DIR))
 
-from sleepppg_common import (SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT, keep_freed_memory, load_config,  # noqa: E402
-                             write_text_atomic)
+from sleepppg.config import load_config
+from sleepppg.constants import SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT
+from sleepppg.runio import write_text_atomic
+from sleepppg.runtime import keep_freed_memory
 
 DEFAULT_NIGHTS = 2  # about two minutes on a 2-core CPU
 FULL_NIGHTS, FULL_REPEATS = 8, 3

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from multimodal_dataset_aligned import SPLITS, PPGOnlyDataset  # noqa: E402
-from sleepppg_common import SAMPLES_PER_WINDOW, TARGET_FS, WINDOWS_PER_SUBJECT  # noqa: E402
+from sleepppg.constants import SAMPLES_PER_WINDOW, TARGET_FS, WINDOWS_PER_SUBJECT  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------
 # Constants

@@ -58,8 +58,8 @@ from bench_loader import reference_item, write_files  # noqa: E402
 from multimodal_dataset_aligned import PPGOnlyDataset  # noqa: E402
 from multimodal_sleep_model import SleepPPGNet, set_activation_checkpointing  # noqa: E402
 from run_demo import peak_resident_bytes  # noqa: E402
-from sleepppg_common import (IGNORE_INDEX, N_CLASSES, SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT,  # noqa: E402
-                             keep_freed_memory)
+from sleepppg.constants import IGNORE_INDEX, N_CLASSES, SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT
+from sleepppg.runtime import keep_freed_memory
 from train_ppg_only import masked_cross_entropy  # noqa: E402
 
 log = logging.getLogger("sleepppg.bench_train")

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from sleepppg_common import ECG_FILE, EXIT_OK, INDEX_FILE, PPG_FILE, WINDOW_SECONDS  # noqa: E402
+from sleepppg.constants import ECG_FILE, EXIT_OK, INDEX_FILE, PPG_FILE, WINDOW_SECONDS  # noqa: E402
 
 log = logging.getLogger("sleepppg.compare_options")
 

@@ -15,7 +15,8 @@ import h5py
 import numpy as np
 
 from extract_mesa_data import EDF_SIGNAL_FIELDS
-from sleepppg_common import SAMPLES_PER_WINDOW, TARGET_FS, sleepppg_test_subjects
+from sleepppg.constants import SAMPLES_PER_WINDOW, TARGET_FS
+from sleepppg.ids import sleepppg_test_subjects
 
 REPO = Path(__file__).resolve().parents[1]
 W = 40  # windows per subject in the raw-recording tests (20 min); real data uses 1,200

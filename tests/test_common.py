@@ -1,4 +1,4 @@
-"""Tests for sleepppg_common: config validation, metrics against scikit-learn, atomic writes, ID lists."""
+"""Tests for the shared library modules (sleepppg.config, .metrics, .runio, .ids, .cli): config validation, metrics against scikit-learn, atomic writes, ID lists."""
 import datetime
 import json
 import types
@@ -7,10 +7,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-import sleepppg_common
+import sleepppg.cli
+import sleepppg.config
+import sleepppg.runio
 from helpers import REPO
-from sleepppg_common import (ConfigError, atomic_output, compute_metrics, load_config, make_timestamped_dir,
-                             mesa_commercial_ids, sleepppg_test_subjects)
+from sleepppg.config import load_config
+from sleepppg.errors import ConfigError
+from sleepppg.ids import mesa_commercial_ids, sleepppg_test_subjects
+from sleepppg.metrics import compute_metrics
+from sleepppg.runio import atomic_output, make_timestamped_dir
 
 CONFIGS = [REPO / "configs" / "config_cloud.yaml", REPO / "configs" / "config_demo.yaml"]
 
@@ -159,7 +164,7 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path):
 
 def test_timestamped_dir_gets_a_suffix_when_taken(tmp_path, monkeypatch):
     fixed = datetime.datetime(2024, 1, 2, 3, 4, 5)  # every call lands in the same second
-    monkeypatch.setattr(sleepppg_common, "datetime",
+    monkeypatch.setattr(sleepppg.runio, "datetime",
                         types.SimpleNamespace(datetime=types.SimpleNamespace(now=lambda: fixed)))
     made = [make_timestamped_dir(tmp_path / "runs", "ppg_only_", "_run1") for _ in range(3)]
     base = "ppg_only_20240102_030405_run1"
@@ -195,22 +200,22 @@ def test_config_that_is_not_a_yaml_mapping_names_the_file(tmp_path, content, rea
 
 
 def test_default_key_may_be_absent_and_is_still_checked(monkeypatch):
-    schema = {"a": {"x": int, "y": sleepppg_common.Default(bool, False)}}
-    assert sleepppg_common.validate_config({"a": {"x": 1}}, schema) == {"a": {"x": 1, "y": False}}
-    assert sleepppg_common.validate_config({"a": {"x": 1, "y": True}}, schema)["a"]["y"] is True
+    schema = {"a": {"x": int, "y": sleepppg.config.Default(bool, False)}}
+    assert sleepppg.config.validate_config({"a": {"x": 1}}, schema) == {"a": {"x": 1, "y": False}}
+    assert sleepppg.config.validate_config({"a": {"x": 1, "y": True}}, schema)["a"]["y"] is True
     with pytest.raises(ConfigError, match="a.y"):
-        sleepppg_common.validate_config({"a": {"x": 1, "y": "flase"}}, schema)
+        sleepppg.config.validate_config({"a": {"x": 1, "y": "flase"}}, schema)
     cfg = {"a": {"x": 1}}
-    sleepppg_common._set_dotted(cfg, "a.y", True, schema)
+    sleepppg.config._set_dotted(cfg, "a.y", True, schema)
     assert cfg == {"a": {"x": 1, "y": True}}
     with pytest.raises(ConfigError, match="no such key"):
-        sleepppg_common._set_dotted(cfg, "a.z", True, schema)
+        sleepppg.config._set_dotted(cfg, "a.z", True, schema)
 
 
 def test_help_formatter_shows_real_defaults_only():
     import argparse
 
-    p = argparse.ArgumentParser(formatter_class=sleepppg_common.HelpFormatter)
+    p = argparse.ArgumentParser(formatter_class=sleepppg.cli.HelpFormatter)
     p.add_argument("--workers", type=int, default=3, help="processes")
     p.add_argument("--out", required=True, help="where")
     p.add_argument("--limit", type=int, help="only N")
@@ -221,8 +226,8 @@ def test_help_formatter_shows_real_defaults_only():
 
 
 def test_config_default_reads_the_shipped_config():
-    assert sleepppg_common.config_default("data.windows_per_subject") == 1200
-    assert sleepppg_common.config_default("no.such.key") is None
+    assert sleepppg.config.config_default("data.windows_per_subject") == 1200
+    assert sleepppg.config.config_default("no.such.key") is None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -242,7 +247,8 @@ def fake_cuda(monkeypatch):
 
 
 def test_resolve_device_rules(fake_cuda, caplog):
-    from sleepppg_common import SetupError, resolve_device
+    from sleepppg.errors import SetupError
+    from sleepppg.runtime import resolve_device
 
     fake_cuda(0)
     assert str(resolve_device("cpu", 3)) == "cpu"
@@ -271,7 +277,8 @@ def test_resolve_device_rules(fake_cuda, caplog):
 
 
 def test_make_run_dir_names_the_problem(tmp_path, monkeypatch):
-    from sleepppg_common import SetupError, make_run_dir
+    from sleepppg.errors import SetupError
+    from sleepppg.runio import make_run_dir
 
     run = make_run_dir(tmp_path / "runs", "ppg_only_", "_run2")
     assert run.is_dir() and run.name.startswith("ppg_only_") and run.name.endswith("_run2")
@@ -284,14 +291,14 @@ def test_make_run_dir_names_the_problem(tmp_path, monkeypatch):
     def deny(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(sleepppg_common, "make_timestamped_dir", deny)
+    monkeypatch.setattr(sleepppg.runio, "make_timestamped_dir", deny)
     with pytest.raises(SetupError, match="permission denied"):
         make_run_dir(tmp_path / "locked")
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(sleepppg_common, "make_timestamped_dir", full)
+    monkeypatch.setattr(sleepppg.runio, "make_timestamped_dir", full)
     with pytest.raises(SetupError, match="No space left"):
         make_run_dir(tmp_path / "full")
 
@@ -299,7 +306,7 @@ def test_make_run_dir_names_the_problem(tmp_path, monkeypatch):
 def test_log_to_file_always_detaches(tmp_path):
     import logging
 
-    from sleepppg_common import log_to_file
+    from sleepppg.cli import log_to_file
 
     root = logging.getLogger()
     before = list(root.handlers)
@@ -324,7 +331,7 @@ def test_log_to_file_always_detaches(tmp_path):
 def test_accuracy_kappa_from_confusion_matches_sklearn():
     from sklearn.metrics import confusion_matrix
 
-    from sleepppg_common import accuracy_kappa_from_confusion
+    from sleepppg.metrics import accuracy_kappa_from_confusion
 
     rng = np.random.default_rng(3)
     t = rng.integers(0, 4, 500)
@@ -339,7 +346,7 @@ def test_accuracy_kappa_from_confusion_matches_sklearn():
 
 
 def test_confusion_figure_says_how_to_read_it():
-    from sleepppg_common import confusion_figure
+    from sleepppg.figures import confusion_figure
 
     cm = np.array([[50, 5, 0, 5], [10, 80, 10, 0], [0, 5, 15, 0], [5, 5, 0, 30]])
     fig = confusion_figure(cm, "Validation, epoch 3")
@@ -347,7 +354,7 @@ def test_confusion_figure_says_how_to_read_it():
     assert "row-normalised" in bar_ax.get_ylabel()
     title = ax.get_title()
     acc, kappa = np.trace(cm) / cm.sum(), None
-    from sleepppg_common import accuracy_kappa_from_confusion
+    from sleepppg.metrics import accuracy_kappa_from_confusion
     _, kappa = accuracy_kappa_from_confusion(cm)
     assert "Validation, epoch 3" in title and f"kappa {kappa:.3f}" in title and f"accuracy {acc:.1%}" in title
     cells = sorted(t.get_text() for t in ax.texts)
@@ -361,7 +368,9 @@ def test_confusion_figure_says_how_to_read_it():
 def test_hypnogram_figure_marks_mistakes_apart_from_rem(tmp_path):
     from matplotlib.colors import to_rgba
 
-    from sleepppg_common import HYPNOGRAM_LEVEL, MISTAKE_COLOR, hypnogram_figure, save_figure
+    from sleepppg.config import MISTAKE_COLOR
+    from sleepppg.constants import HYPNOGRAM_LEVEL
+    from sleepppg.figures import hypnogram_figure, save_figure
 
     pred = np.array([0, 0, 1, 2, 2, 3, 1, 0])
     true = np.array([0, -1, 1, 2, 1, 3, 3, 0])  # 2 mistakes (epochs 4 and 6); the unscored epoch 1 is not one
@@ -390,7 +399,7 @@ def test_hypnogram_figure_marks_mistakes_apart_from_rem(tmp_path):
 def test_number_argument_types():
     import argparse
 
-    from sleepppg_common import non_negative_int, positive_int, positive_number
+    from sleepppg.cli import non_negative_int, positive_int, positive_number
 
     assert positive_int("3") == 3 and non_negative_int("0") == 0 and positive_number("0.5") == 0.5
     for convert, text, message in ((positive_int, "0", "must be >= 1, got 0"), (positive_int, "two", "whole number"),
@@ -402,7 +411,7 @@ def test_number_argument_types():
 
 
 def test_json_safe_converts_numpy_scalars_and_reads_the_umask_without_changing_it():
-    from sleepppg_common import _current_umask, json_safe
+    from sleepppg.runio import _current_umask, json_safe
 
     assert json_safe({"ok": np.bool_(True), "n": np.int64(3), "x": np.float32(0.5), "bad": float("nan")}) == {
         "ok": True, "n": 3, "x": 0.5, "bad": None}

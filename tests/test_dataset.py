@@ -9,7 +9,9 @@ from multimodal_dataset_aligned import (SLEEPPPG_TEST_SUBJECTS, MultiModalSleepD
                                         data_paths_from_config, get_dataloaders, load_labels, make_split,
                                         split_subjects)
 from helpers import REPO, write_processed
-from sleepppg_common import SAMPLES_PER_WINDOW, load_config, sleepppg_test_subjects
+from sleepppg.config import load_config
+from sleepppg.constants import SAMPLES_PER_WINDOW
+from sleepppg.ids import sleepppg_test_subjects
 
 W = 16  # windows per night: tiny nights keep the tests fast
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 import run_demo
-from sleepppg_common import load_config
+from sleepppg.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -188,12 +188,13 @@ STUB = """
 import json, os, sys
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-import sleepppg_common as sc
+from sleepppg.config import load_config
+from sleepppg.runio import make_run_dir, write_json
 name, a = Path(sys.argv[0]).stem, sys.argv[1:]
 arg = lambda flag: a[a.index(flag) + 1]
 with open(os.environ["STUB_LOG"], "a") as log:
     log.write(name + "\\n")
-cfg = sc.load_config(arg("--config")) if "--config" in a else None
+cfg = load_config(arg("--config")) if "--config" in a else None
 if name == "make_synthetic_mesa":
     for sub, suffix in (("edfs", ".edf"), ("annotations-events-nsrr", "-nsrr.xml")):
         folder = Path(arg("--out")) / "polysomnography" / sub
@@ -201,7 +202,7 @@ if name == "make_synthetic_mesa":
         for i in range(int(arg("--n-subjects"))):
             (folder / f"mesa-sleep-{{i:04d}}{{suffix}}").touch()
 elif name == "verify_mesa_dataset":
-    sc.write_json(arg("--out"), {{}})
+    write_json(arg("--out"), {{}})
 elif name == "extract_mesa_data":
     for key in ("ppg_file", "ecg_file", "index_file"):
         Path(cfg["data"][key]).parent.mkdir(parents=True, exist_ok=True)
@@ -209,13 +210,13 @@ elif name == "extract_mesa_data":
 elif name == "train_ppg_only":
     if not Path(cfg["data"]["ppg_file"]).exists():
         sys.exit(2)
-    run = Path(arg("--resume")) if "--resume" in a else sc.make_run_dir(cfg["output"]["save_dir"], "ppg_only_")
-    sc.write_json(run / "checkpoints" / "config.json", cfg)
+    run = Path(arg("--resume")) if "--resume" in a else make_run_dir(cfg["output"]["save_dir"], "ppg_only_")
+    write_json(run / "checkpoints" / "config.json", cfg)
     (run / "checkpoints" / "last.pth").write_bytes(b"x")
-    sc.write_json(run / "results" / "test_results.json", {{"n_test_subjects": 1, "test_accuracy_overall": 0.5,
+    write_json(run / "results" / "test_results.json", {{"n_test_subjects": 1, "test_accuracy_overall": 0.5,
                                                           "test_kappa_overall": 0.3, "test_median_kappa": 0.3}})
 elif name == "inference_ppg_only":
-    sc.write_json(sc.make_run_dir(arg("--out")) / "result.json", {{}})
+    write_json(make_run_dir(arg("--out")) / "result.json", {{}})
 """
 
 

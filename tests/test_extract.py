@@ -18,9 +18,9 @@ import pytest
 from scipy import signal as sps
 
 import extract_mesa_data as ex
-from helpers import (REPO, W, channels_for_raw_edf, edf_field_offset, interrupted_on_call, make_cohort, run_cli,
+from helpers import (REPO, W, channels_for_raw_edf, interrupted_on_call, make_cohort, run_cli,
                      set_field, write_edf, write_raw_edf, write_xml)
-from sleepppg_common import SAMPLES_PER_WINDOW, TARGET_FS
+from sleepppg.constants import SAMPLES_PER_WINDOW, TARGET_FS
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import pytest
 import recording_formats as rf
 from extract_mesa_data import BadRecordingError
 from helpers import write_raw_edf, write_tiny_checkpoint
-from sleepppg_common import IGNORE_INDEX
+from sleepppg.constants import IGNORE_INDEX
 
 # ----------------------------------------------------------------------------------------------------------
 # Helpers
@@ -476,7 +476,7 @@ def test_dreamt_extraction_to_hdf5_and_dataset(tmp_path, capsys):
 
     import extract_mesa_data
     from multimodal_dataset_aligned import MultiModalSleepDataset, PPGOnlyDataset
-    from sleepppg_common import ECG_FILE, INDEX_FILE, PPG_FILE
+    from sleepppg.constants import ECG_FILE, INDEX_FILE, PPG_FILE
 
     csv_dir, out = tmp_path / "data_64Hz", tmp_path / "dreamt-x"
     csv_dir.mkdir()
@@ -567,7 +567,7 @@ def stage(tmp_path: Path, checkpoint: Path, *extra: str) -> tuple[int, dict, Pat
     import yaml
 
     import inference_ppg_only as inf
-    from sleepppg_common import load_config
+    from sleepppg.config import load_config
 
     repo = Path(inf.__file__).resolve().parent
     cfg = load_config(repo / "configs" / "config_demo.yaml", {
@@ -772,7 +772,7 @@ def test_synthetic_dreamt_cohort_extracts(tmp_path):
 
     import extract_mesa_data
     import make_synthetic_mesa
-    from sleepppg_common import PPG_FILE
+    from sleepppg.constants import PPG_FILE
 
     assert make_synthetic_mesa.main(["--format", "dreamt", "--out", str(tmp_path / "dreamt"), "--n-subjects", "2",
                                      "--hours", "0.4"]) == 0

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from helpers import channels_for_raw_edf, edf_field_offset, write_raw_edf, write_xml
 
 import extract_mesa_data as ex
-from sleepppg_common import IGNORE_INDEX, SAMPLES_PER_WINDOW
+from sleepppg.constants import IGNORE_INDEX, SAMPLES_PER_WINDOW
 
 N_WINDOWS = 6  # 3 minutes of windows for a 2-minute night: padding is exercised too
 NS = 3  # signals in channels_for_raw_edf(): EKG, Pleth, SpO2

@@ -11,7 +11,7 @@ import pytest
 
 import inference_ppg_only as inf
 from helpers import interrupted_on_call, write_edf, write_processed, write_tiny_checkpoint
-from sleepppg_common import SAMPLES_PER_WINDOW
+from sleepppg.constants import SAMPLES_PER_WINDOW
 
 W, L, D, R, U = 0, 1, 2, 3, -1  # Wake, Light, Deep, REM, unscored
 
@@ -237,7 +237,7 @@ def make_config(tmp_path: Path, **overrides) -> Path:
     """configs/config_demo.yaml with paths under tmp_path (and `overrides`), written as a new YAML file."""
     import yaml
 
-    from sleepppg_common import load_config
+    from sleepppg.config import load_config
 
     repo = Path(inf.__file__).resolve().parent
     base = {"inference.cache_root": str(tmp_path / "cache"), "inference.save_dir": str(tmp_path / "out"),
@@ -357,7 +357,7 @@ def test_short_and_long_nights(tmp_path, checkpoint):
 def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint, capsys):
     from sklearn.metrics import accuracy_score, cohen_kappa_score
 
-    from sleepppg_common import sleepppg_test_subjects
+    from sleepppg.ids import sleepppg_test_subjects
 
     short = sleepppg_test_subjects()[0]  # a test subject with one window too few: not valid
     files = write_processed(tmp_path / "mesa-x", n_subjects=8, windows_per_subject=N_WIN, n_test=4,
@@ -369,7 +369,7 @@ def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint, capsys):
     code, result, run_dir = run(cfg, tmp_path / "out", "--n-subjects", "2")
     assert code == 0 and result["mode"] == "HDF5" and len(result["nights"]) == 2
     test_ids = set(sleepppg_test_subjects()[1:4])
-    from sleepppg_common import load_config
+    from sleepppg.config import load_config
     sel = inf.select_hdf5_nights(load_config(cfg), N_WIN, n_subjects=10)
     assert sorted(sel.subjects) == sorted(test_ids)  # valid test subjects only, capped at what exists
     assert sel.subjects[:2] == [i["subject_id"] for i in result["nights"]]
@@ -491,7 +491,7 @@ def test_command_line_script(tmp_path, checkpoint):
     assert "[0001]" in proc.stdout and "TST" in proc.stdout and "Results at:" in proc.stdout
     (run_dir,) = list((tmp_path / "out").iterdir())
     assert json.loads((run_dir / "result.json").read_text())["nights"][0]["subject_id"] == "0001"
-    code = subprocess.run([sys.executable, "-c", "import sleepppg_common as c; print(c.keep_freed_memory())"],
+    code = subprocess.run([sys.executable, "-c", "from sleepppg.runtime import keep_freed_memory as k; print(k())"],
                           cwd=script.parent, capture_output=True, text=True, timeout=120)
     import platform
 

@@ -11,7 +11,7 @@ from multimodal_sleep_model import (FUSION_STRATEGIES, PPG_ONLY_PARAMETERS, REFE
                                     checkpoint_model_fields, count_parameters, load_model_from_checkpoint, main,
                                     regroup_windows, set_activation_checkpointing, with_n_windows)
 from reference_model import NAMINGS, RefMultiModalSleepNet, RefSleepPPGNet, randomize
-from sleepppg_common import SAMPLES_PER_WINDOW
+from sleepppg.constants import SAMPLES_PER_WINDOW
 
 N_WINDOWS = 8  # a 4-min "night": cheap on CPU
 VARIANTS = [("ppg_only", {})] + [("real_ecg", {"fusion_strategy": s}) for s in FUSION_STRATEGIES]

@@ -15,7 +15,8 @@ import train_ppg_only as T
 from helpers import REPO, write_processed
 from multimodal_sleep_model import FUSION_STRATEGIES, REFERENCE_VERSIONS, build_model
 from reference_model import NAMINGS, RefMultiModalSleepNet, RefSleepPPGNet, randomize
-from sleepppg_common import SAMPLES_PER_WINDOW, load_config
+from sleepppg.config import load_config
+from sleepppg.constants import SAMPLES_PER_WINDOW
 
 FULL_NIGHT = 1200  # the reference's fixed night: 10 h of 30-s windows
 

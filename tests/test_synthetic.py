@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import make_synthetic_mesa as syn
-from sleepppg_common import CONCEPT_TO_CLASS, mesa_commercial_ids, sleepppg_test_subjects
+from sleepppg.constants import CONCEPT_TO_CLASS
+from sleepppg.ids import mesa_commercial_ids, sleepppg_test_subjects
 
 COHORT_HOURS = 1.0  # short nights keep the file fast; the hypnogram is compressed so every stage appears
 COHORT_SIZE = 6

@@ -24,7 +24,7 @@ import yaml
 
 import train_ppg_only as T
 from helpers import interrupted_on_call, write_processed
-from sleepppg_common import sleepppg_test_subjects
+from sleepppg.ids import sleepppg_test_subjects
 
 REPO = Path(__file__).resolve().parents[1]
 W = 16  # windows per night in these tests (8 min): small enough for a CPU, long enough for the TCN

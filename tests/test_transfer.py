@@ -8,7 +8,6 @@ statistics stay bit-identical while the rest changes, a resumed run keeps its pa
 that does not fit stops the run before a run folder exists."""
 import hashlib
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,9 @@ import multimodal_dataset_aligned as mda
 import train_ppg_only as T
 from helpers import REPO, write_processed
 from multimodal_sleep_model import load_model_from_checkpoint
-from sleepppg_common import CONFIG_SCHEMA, ConfigError, load_config, sleepppg_test_subjects
+from sleepppg.config import CONFIG_SCHEMA, load_config
+from sleepppg.errors import ConfigError
+from sleepppg.ids import sleepppg_test_subjects
 
 W = 8  # windows per night: tiny nights keep the tests fast
 

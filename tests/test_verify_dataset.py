@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 import verify_mesa_dataset as vd
-from sleepppg_common import MESA_ID_PATTERN, ConfigError, compile_id_pattern, load_config, subject_id_from_filename
+from sleepppg.config import load_config
+from sleepppg.constants import MESA_ID_PATTERN
+from sleepppg.errors import ConfigError
+from sleepppg.ids import compile_id_pattern, subject_id_from_filename
 
 REPO = Path(__file__).resolve().parents[1]
 

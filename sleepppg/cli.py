@@ -1,0 +1,102 @@
+"""What every entry point shares on its command line: number argument types that name the flag, help that
+shows real defaults, and logging set up once (console, optional file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+LOG_FORMAT, LOG_DATE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"
+
+
+def _number_argument(text: str, kind: type, minimum: float, inclusive: bool) -> int | float:
+    """`text` as `kind` (int or float), finite and at least (inclusive) or above `minimum`; else the
+    argparse.ArgumentTypeError that argparse prints as one line naming the flag."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a {'whole number' if kind is int else 'number'}, "
+                                         f"got {text!r}") from None
+    if not (math.isfinite(value) and (value >= minimum if inclusive else value > minimum)):
+        raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {minimum:g}"
+                                         f"{' and finite' if kind is float else ''}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a count of epochs, subjects, ...)."""
+    return _number_argument(text, int, 1, inclusive=True)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (a seed)."""
+    return _number_argument(text, int, 0, inclusive=True)
+
+
+def positive_number(text: str) -> float:
+    """argparse type: a finite number > 0 (hours, a rate)."""
+    return _number_argument(text, float, 0, inclusive=False)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks and appends "(default: X)" to a flag's help when it has a real
+    default: never "(default: None)" on a required flag or a flag whose default comes from the config."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or "default" in text or default is None or default is False
+                or default is argparse.SUPPRESS or action.required or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> None:
+    """Log to stderr (and to `log_file` when given) with one fixed format. Safe to call more than once."""
+    fmt = logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT)
+    root = logging.getLogger()
+    root.setLevel(level)
+    if not any(getattr(h, "_sleepppg_console", False) for h in root.handlers):
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(fmt)
+        console._sleepppg_console = True  # type: ignore[attr-defined]
+        root.addHandler(console)
+    if log_file is not None:
+        log_file = Path(log_file)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == log_file.resolve()
+                   for h in root.handlers):
+            handler = logging.FileHandler(log_file)
+            handler.setFormatter(fmt)
+            root.addHandler(handler)
+
+
+@contextlib.contextmanager
+def log_to_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Copy every log record to `path` (created with its folder) for the duration of the block, then detach
+    and close the file handler, also on an error or Ctrl-C (so a second run in the same process, e.g. from
+    tests, does not keep writing into the first run's log). Uses the format of `setup_logging`.
+
+    When a handler for `path` is already attached, it is left as it is (and left attached afterwards).
+    """
+    path = Path(path)
+    root = logging.getLogger()
+    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve() for h in root.handlers):
+        yield path
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
+    root.addHandler(handler)
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        handler.close()

@@ -1,0 +1,309 @@
+"""The one YAML config: its schema, loader and validator.
+
+`load_config(path, overrides)` reads one YAML file, rejects unknown/missing keys, wrong types and non-booleans
+such as the reference's `flase`, and returns a plain nested dict. Usage:
+`cfg = load_config("configs/config_demo.yaml", {"training.num_epochs": 2})`
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sleepppg.constants import MESA_ID_PATTERN, SHIPPED_CONFIG
+from sleepppg.errors import ConfigError
+from sleepppg.ids import compile_id_pattern
+
+
+class Choice:
+    """A string restricted to a fixed set of values."""
+
+    def __init__(self, *values: str):
+        self.values = values
+
+    def __repr__(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in self.values)
+
+
+OptionalStr = (str, type(None))
+OptionalNumber = (float, type(None))  # a finite number (not a boolean) or null
+
+
+class Default:
+    """A key that may be left out of the YAML: `expected` is checked as for any key, `value` is used when the
+    key is absent. Keys added after the reference's config exist get one, so older config files keep working."""
+
+    def __init__(self, expected: Any, value: Any):
+        self.expected = expected
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"{self.expected!r} (default {self.value!r})"
+
+CONFIG_SCHEMA: dict[str, dict[str, Any]] = {
+    "data": {
+        "ppg_file": str,
+        "ecg_file": str,
+        "index_file": str,
+        "batch_size": int,
+        "num_workers": int,
+        "windows_per_subject": int,
+    },
+    "preprocessing": {
+        "edf_dir": str,
+        "xml_dir": str,
+        "out_dir": str,
+        "workers": int,
+        "resample_method": Choice("linear", "polyphase"),
+        "ppg_channels": list,
+        "compression": Choice("none", "lzf", "gzip"),
+        "chunk_windows": int,
+        "id_pattern": Default(str, MESA_ID_PATTERN),  # file name -> subject ID: a regex with one group
+        "format": Default(Choice("edf", "dreamt"), "edf"),  # extraction input: MESA EDF + XML, or DREAMT CSVs
+        "csv_dir": Default(str, "./DREAMT/data_64Hz"),  # DREAMT: one <id>_whole_df.csv per participant
+        "ppg_column": Default(str, "BVP"),  # DREAMT: the PPG column (Empatica E4 BVP)
+        "nominal_fs": Default(float, 64.0),  # DREAMT: expected rate (Hz); stamps more than 5% off -> bad subject
+        "max_gap_s": Default(float, 30.0),  # missing data up to this (s) is interpolated; longer is a gap
+    },
+    "training": {
+        "num_epochs": int,
+        "learning_rate": float,
+        "weight_decay": float,
+        "patience": int,
+        "use_sleepppg_test_set": bool,
+        "num_runs": int,
+        "seed": int,
+        "grad_clip": float,
+        "lr_factor": float,
+        "lr_patience": int,
+        "test_subjects_file": Default(str, "data/sleepppg_net_test_subjects.txt"),  # test IDs, one per line
+        "select_best_by": Default(Choice("val_loss", "val_kappa", "val_median_kappa"), "val_loss"),
+        "segment_windows": Default(int, 0),  # train on random crops of this many windows; 0 = whole nights
+        "activation_checkpointing": Default(bool, False),
+        "init_from": Default(str, ""),  # a trained checkpoint to start from ("" = random weights)
+        "init_from_sha256": Default(str, ""),  # filled in by the run; when set, the parent must have this hash
+        "freeze_encoder_epochs": Default(int, 0),  # 0 never, N the first N epochs, -1 every epoch
+    },
+    "model": {
+        "ppg_only": {"enabled": bool},
+        "real_ecg": {"enabled": bool, "fusion_strategy": Choice("concat", "attention", "gated")},
+        "generated_ecg": {"enabled": bool},
+        "tcn_causal": Default(bool, True),
+    },
+    "output": {
+        "save_dir": str,
+        "save_frequency": int,
+        "save_intermediate": bool,
+    },
+    "gpu": {
+        "device_id": int,
+        "mixed_precision": bool,
+        "mixed_precision_on_cpu": Default(bool, False),  # bf16 autocast on the CPU too (tests the GPU path)
+        "compile": bool,
+    },
+    "inference": {
+        "only_inference": bool,
+        "random_seed": int,
+        "save_dir": str,
+        "best_model": str,
+        "cache_root": str,
+        "save_csv": bool,
+        "save_graph": bool,
+        "save_json": bool,
+        "edf_file": str,
+        "n_subjects": int,
+        "batch_size": int,
+        "ppg_file": Default(str, ""),  # --ppg: PPG recordings of any format (file, folder or glob)
+        "ppg_fs": Default(OptionalNumber, None),  # --fs: rate (Hz) where the file does not say it
+        "ppg_column": Default(OptionalStr, None),  # --column: PPG column / signal name (null: ppg_channels)
+    },
+}
+
+# Values that must be positive (> 0) or non-negative (>= 0); checked after types.
+_POSITIVE = {
+    "data.batch_size", "data.windows_per_subject", "preprocessing.chunk_windows", "training.num_epochs",
+    "training.learning_rate", "training.num_runs", "training.grad_clip", "training.lr_factor",
+    "output.save_frequency", "inference.n_subjects", "inference.batch_size",
+    "preprocessing.nominal_fs", "preprocessing.max_gap_s", "inference.ppg_fs",
+}
+_ID_PATTERNS = {"preprocessing.id_pattern"}  # must compile, with exactly one capturing group
+_NON_NEGATIVE = {
+    "data.num_workers", "preprocessing.workers", "training.weight_decay", "training.patience",
+    "training.lr_patience", "gpu.device_id", "training.segment_windows",
+}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping (the reference's sample config has
+    `random_seed` and `save_dir` twice under `inference`; YAML silently keeps the last one)."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: the keys written here override those
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            if key in seen:
+                raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
+        except TypeError:  # a list or mapping used as a key
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: a list or mapping cannot be a key (a key "
+                              "is a name)") from None
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+# PyYAML follows YAML 1.1, where a float needs a dot: `1e-5` would load as the string "1e-5" (and so would the
+# `1e-05` that json.dumps writes into a run's config.json). Numbers in exponent form load as floats here, as in
+# YAML 1.2 and JSON.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def _check_value(key: str, value: Any, expected: Any) -> Any:
+    """Return `value` if it matches `expected` (a type, a Choice or a tuple of types), else raise."""
+    if isinstance(expected, Choice):
+        if value not in expected.values:
+            raise ConfigError(f"key '{key}': got {value!r}, expected {expected!r}")
+        return value
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"key '{key}': got {value!r}, expected a boolean (true or false)")
+        return value
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"key '{key}': got {value!r}, expected an integer")
+        return value
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"key '{key}': got {value!r}, expected a number")
+        return float(value)
+    if expected is list:
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"key '{key}': got {value!r}, expected a non-empty list of strings")
+        return value
+    if expected == OptionalNumber:
+        return None if value is None else _check_value(key, value, float)
+    if not isinstance(value, expected):
+        raise ConfigError(f"key '{key}': got {value!r}, expected {getattr(expected, '__name__', expected)}")
+    return value
+
+
+def validate_config(raw: Any, schema: dict = CONFIG_SCHEMA, prefix: str = "") -> dict:
+    """Check `raw` against `schema`; return a validated deep copy. Raises ConfigError naming the key."""
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{where}' must be a mapping of keys, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(schema), key=str)  # YAML 1.1 reads `on:` as True: keys of mixed types
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(prefix + str(k) for k in unknown)} "
+                          f"(allowed in {where}: {', '.join(schema)})")
+    missing = [prefix + k for k, v in schema.items() if k not in raw and not isinstance(v, Default)]
+    if missing:
+        raise ConfigError(f"missing key(s): {', '.join(missing)}")
+    out = {}
+    for key, expected in schema.items():
+        full = prefix + key
+        if isinstance(expected, dict):
+            out[key] = validate_config(raw[key], expected, full + ".")
+            continue
+        if isinstance(expected, Default):
+            if key not in raw:
+                out[key] = copy.deepcopy(expected.value)
+                continue
+            expected = expected.expected
+        value = _check_value(full, raw[key], expected)
+        if full in _POSITIVE and value is not None and value <= 0:
+            raise ConfigError(f"key '{full}': must be > 0, got {value!r}")
+        if full in _NON_NEGATIVE and value < 0:
+            raise ConfigError(f"key '{full}': must be >= 0, got {value!r}")
+        if full in _ID_PATTERNS:
+            try:
+                compile_id_pattern(value)
+            except ValueError as err:
+                raise ConfigError(f"key '{full}': {err}") from None
+        out[key] = copy.deepcopy(value)
+    return out
+
+
+def _set_dotted(cfg: dict, dotted: str, value: Any, schema: dict = CONFIG_SCHEMA) -> None:
+    """Set `a.b.c` in `cfg`; the key must exist in the schema (a key with a Default may be absent from the file)."""
+    node, spec = cfg, schema
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        if not isinstance(spec.get(part), dict):
+            raise ConfigError(f"override '{dotted}': no such section '{part}'")
+        if not isinstance(node.get(part), dict):  # the file lacks the section: validation names that
+            return
+        node, spec = node[part], spec[part]
+    if parts[-1] not in spec or isinstance(spec[parts[-1]], dict):
+        raise ConfigError(f"override '{dotted}': no such key")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> dict:
+    """Load and validate a YAML config.
+
+    Args:
+        path: the YAML file. Relative paths inside it are relative to the current directory, as in the reference.
+        overrides: dotted keys -> values (from command-line flags), applied before validation. The YAML
+            file itself is never rewritten.
+    Returns:
+        The validated config as a nested dict.
+    Raises:
+        ConfigError: naming the file and the offending key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); a config is a YAML text file") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: not a text file (holds NUL bytes); a config is a YAML text file")
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+        if raw is None:
+            raise ConfigError("the file is empty; copy configs/config_cloud.yaml and edit it")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"the top level must be a mapping of sections (data:, training:, ...), "
+                              f"got a YAML {type(raw).__name__}")
+        for dotted, value in (overrides or {}).items():
+            _set_dotted(raw, dotted, value)
+        return validate_config(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+
+
+def config_default(dotted: str, path: str | os.PathLike = SHIPPED_CONFIG) -> Any:
+    """The value of `dotted` (e.g. "preprocessing.workers") in a config file, for help texts; None if unreadable."""
+    try:
+        node = load_config(path)
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+    except (ConfigError, KeyError, TypeError):
+        return None
+
+
+def adopt_recorded_parent_hash(training: dict, recorded: dict) -> None:
+    """A fine-tuning run writes its parent's sha256 into its config (training.init_from_sha256) where the
+    user's YAML has "": copy it into `training` (a config loaded from that YAML) when both name the same
+    parent, so the two compare equal. `recorded` is the run's saved `training` section."""
+    if not training.get("init_from_sha256") and training.get("init_from") == recorded.get("init_from"):
+        training["init_from_sha256"] = recorded.get("init_from_sha256", "")
+MISTAKE_COLOR = "tab:orange"  # epochs where prediction and scoring disagree (REM is drawn in red)
