@@ -8,11 +8,11 @@ Modes
   first `inference.n_subjects`. Per subject: accuracy and Cohen's kappa over the scored epochs (label != -1);
   summary: mean/std over subjects plus pooled figures (`sleepppg.metrics.compute_metrics`).
 - EDF (`inference.only_inference: true`, or `--edf PATH|FOLDER|GLOB`): one EDF, every *.edf of a folder, or
-  a glob. Each night is preprocessed by `extract_mesa_data.preprocess_recording` (the training
+  a glob. Each night is preprocessed by `preprocess_recording` (the training
   preprocessing: `preprocessing.resample_method`, `preprocessing.ppg_channels`) to the model's number of
   30-s windows, and cached in `<inference.cache_root>/<id>/` as `ppg_windows.npy` (float32, n_windows x 1024)
   + `meta.json`. The cache is reused only when meta.json matches the EDF (absolute path, size, mtime_ns) and
-  the preprocessing settings (method, channel patterns, n_windows, extract_mesa_data.PREPROCESSING_VERSION);
+  the preprocessing settings (method, channel patterns, n_windows, PREPROCESSING_VERSION);
   a stale, truncated or otherwise unreadable cache is rebuilt, with a log line saying why.
 
 - PPG (`--ppg PATH|FOLDER|GLOB`, or `inference.ppg_file`): recordings of any format recording_formats reads,
@@ -118,18 +118,30 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-# one owner of the preprocessing version and of what a cached night depends on: extraction
-from extract_mesa_data import file_signature as edf_signature
-from extract_mesa_data import preprocessing_settings
 from sleepppg.cli import log_to_file, setup_logging
 from sleepppg.config import load_config
-from sleepppg.constants import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, IGNORE_INDEX, MESA_ID_PATTERN,
-                                N_CLASSES, SAMPLES_PER_WINDOW, STAGE_NAMES, TARGET_FS, WINDOWS_PER_SUBJECT,
-                                WINDOW_SECONDS)
-from sleepppg.errors import ConfigError, SetupError
+from sleepppg.constants import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SETUP,
+    IGNORE_INDEX,
+    MESA_ID_PATTERN,
+    N_CLASSES,
+    SAMPLES_PER_WINDOW,
+    STAGE_NAMES,
+    TARGET_FS,
+    WINDOW_SECONDS,
+    WINDOWS_PER_SUBJECT,
+)
+from sleepppg.errors import BadRecordingError, ConfigError, SetupError
 from sleepppg.figures import hypnogram_figure, save_figure
 from sleepppg.ids import subject_id_from_filename
 from sleepppg.metrics import compute_metrics, summary_stats
+
+# one owner of the preprocessing version and of what a cached night depends on: extraction
+from sleepppg.preprocessing import file_signature as edf_signature
+from sleepppg.preprocessing import preprocess_recording, preprocessing_settings
 from sleepppg.runio import atomic_output, json_safe, make_run_dir, write_text_atomic
 from sleepppg.runtime import keep_freed_memory, resolve_device
 
@@ -458,17 +470,16 @@ def prepare_edf_night(job: NightJob, cache_root: Path, settings: dict) -> Night:
     cannot be written only costs the reuse next time (a warning), not the night.
 
     Raises:
-        extract_mesa_data.BadRecordingError (a ValueError) or OSError for an unusable recording; anything
+        BadRecordingError (a ValueError) or OSError for an unusable recording; anything
         else a broken file makes the reader raise (the caller records it as this night's failure).
     """
-    import extract_mesa_data
 
     subject_id, edf_path = job.subject_id, job.path
     n_windows = settings["n_windows"]
     cache_dir = cache_root / subject_id
     signature = edf_signature(edf_path)
     if signature is None:
-        raise extract_mesa_data.BadRecordingError(f"EDF not found: {edf_path}", kind="missing_edf")
+        raise BadRecordingError(f"EDF not found: {edf_path}", kind="missing_edf")
     any_format = settings.get("source") == "ppg"
     if any_format:
         import recording_formats
@@ -486,7 +497,7 @@ def prepare_edf_night(job: NightJob, cache_root: Path, settings: dict) -> Night:
                 edf_path, n_windows, settings["resample_method"], tuple(settings["ppg_channels"]),
                 settings["ppg_fs"], settings["ppg_column"], settings["max_gap_s"])
         else:
-            pre = extract_mesa_data.preprocess_recording(
+            pre = preprocess_recording(
                 edf_path, n_windows=n_windows, method=settings["resample_method"],
                 ppg_patterns=tuple(settings["ppg_channels"]), with_ecg=False)
         windows_WS = np.asarray(pre["ppg_windows"], dtype=np.float32)

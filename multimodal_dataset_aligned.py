@@ -47,8 +47,17 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from sleepppg.config import load_config
-from sleepppg.constants import (ECG_FILE, EXIT_OK, EXIT_SETUP, IGNORE_INDEX, INDEX_FILE, PPG_FILE, REPO_DIR,
-                                SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT)
+from sleepppg.constants import (
+    ECG_FILE,
+    EXIT_OK,
+    EXIT_SETUP,
+    IGNORE_INDEX,
+    INDEX_FILE,
+    PPG_FILE,
+    REPO_DIR,
+    SAMPLES_PER_WINDOW,
+    WINDOWS_PER_SUBJECT,
+)
 from sleepppg.errors import ConfigError
 from sleepppg.ids import sleepppg_test_subjects
 

@@ -1,12 +1,12 @@
 """Read PPG recordings that are not MESA EDF + XML: DREAMT wearable CSVs (with sleep stages), generic PPG
 tables (.csv, .tsv, .txt), NumPy arrays (.npy) and WFDB records (.hea + .dat/.mat); EDF/BDF through the EDF
 reader of extract_mesa_data. Every reader returns the PPG on a uniform time grid; preprocessing (filters,
-resampling to 34.133 Hz, windows) is extract_mesa_data.preprocess_signals, the same as for MESA.
+resampling to 34.133 Hz, windows) is preprocess_signals, the same as for MESA.
 
 Missing data. NaN/inf samples, saturated integer samples (an integer signal at a rail of its range, e.g.
 32767 or -32768 for 16 bits) and time gaps are missing, not signal. A missing stretch up to `max_gap_s`
 (default 30 s) is bridged by linear interpolation; a longer one stays a gap: its samples are NaN on the grid,
-and extract_mesa_data.preprocess_signals marks the 30-s epochs it touches (inference does not stage them; a
+and preprocess_signals marks the 30-s epochs it touches (inference does not stage them; a
 DREAMT night with such a gap is a bad subject).
 
 Tables. Delimiter from the extension (.csv comma, or semicolon/tab when the first line has no comma; .tsv
@@ -50,8 +50,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from extract_mesa_data import PPG_PATTERNS, BadRecordingError, find_ppg_channel
-from sleepppg.constants import IGNORE_INDEX, WINDOWS_PER_SUBJECT, WINDOW_SECONDS
+from sleepppg.channels import PPG_PATTERNS, find_ppg_channel
+from sleepppg.constants import IGNORE_INDEX, WINDOW_SECONDS, WINDOWS_PER_SUBJECT
+from sleepppg.edf import read_edf, read_edf_header
+from sleepppg.errors import BadRecordingError
+from sleepppg.preprocessing import preprocess_signals
 
 log = logging.getLogger("recording_formats")
 
@@ -597,20 +600,19 @@ def read_wfdb(path: Path, column: str | None = None, patterns: Sequence[str] = P
 
 
 def read_edf_ppg(path: Path, column: str | None = None, patterns: Sequence[str] = PPG_PATTERNS) -> Recording:
-    """The PPG channel of an EDF/BDF through extract_mesa_data.read_edf (the MESA reader): `column` is an
+    """The PPG channel of an EDF/BDF through read_edf (the MESA reader): `column` is an
     exact label (any case), else the configured patterns. No gap handling: as for MESA, up to 1% NaN samples
     are interpolated by preprocessing and more make the night bad."""
-    import extract_mesa_data
 
     label = None
     if column:  # the header alone, with the same parser as read_edf (BadRecordingError when it is broken)
         try:
             with open(path, "rb") as fh:
-                header = extract_mesa_data.read_edf_header(fh, path, os.fstat(fh.fileno()).st_size)
+                header = read_edf_header(fh, path, os.fstat(fh.fileno()).st_size)
         except OSError as err:
             raise BadRecordingError(f"unreadable EDF {path.name}: {err}", kind="unreadable_edf") from None
         label = _pick_signal(header.labels, [s.fs for s in header.signals], column, patterns, path, "channel")
-    rec = extract_mesa_data.read_edf(path, patterns, with_ecg=False, ppg_label=label)
+    rec = read_edf(path, patterns, with_ecg=False, ppg_label=label)
     return Recording(rec["ppg"], float(rec["ppg_fs"]),
                      {"source_format": "edf", "column": rec["ppg_channel"], "fs_found": float(rec["ppg_fs"]),
                       "time_column": None, "duplicated_stamps": 0, "start_time": None, "gaps": []})
@@ -818,18 +820,17 @@ def read_dreamt(path: Path, ppg_column: str = "BVP", nominal_fs: float = 64.0, m
 def preprocess_dreamt(path: str | Path, n_windows: int = WINDOWS_PER_SUBJECT, method: str = "linear",
                       ppg_column: str = "BVP", nominal_fs: float = 64.0,
                       max_gap_s: float = MAX_GAP_S) -> tuple[np.ndarray, dict]:
-    """One DREAMT participant -> (labels_W int64 (n_windows,), extract_mesa_data.preprocess_signals's dict
+    """One DREAMT participant -> (labels_W int64 (n_windows,), preprocess_signals's dict
     plus ppg_channel): what extraction stores for a MESA subject, from lights-off on.
 
     Raises:
-        BadRecordingError: see `read_dreamt` and extract_mesa_data.preprocess_signals.
+        BadRecordingError: see `read_dreamt` and preprocess_signals.
     """
-    import extract_mesa_data
 
     path = Path(path)
     night = read_dreamt(path, ppg_column, nominal_fs, max_gap_s, n_windows)
     with naming_file(path):
-        rec = extract_mesa_data.preprocess_signals(night["ppg"], night["fs"], n_windows, method, night["ecg"],
+        rec = preprocess_signals(night["ppg"], night["fs"], n_windows, method, night["ecg"],
                                                    night["fs"] if night["ecg"] is not None else None, name=path.name)
     rec["ppg_channel"] = ppg_column
     return night["labels_W"], rec
@@ -838,7 +839,7 @@ def preprocess_dreamt(path: str | Path, n_windows: int = WINDOWS_PER_SUBJECT, me
 def preprocess_file(path: str | Path, n_windows: int = WINDOWS_PER_SUBJECT, method: str = "linear",
                     patterns: Sequence[str] = PPG_PATTERNS, fs: float | None = None, column: str | None = None,
                     max_gap_s: float = MAX_GAP_S) -> dict:
-    """Any supported PPG recording -> model input through extract_mesa_data.preprocess_signals (the MESA
+    """Any supported PPG recording -> model input through preprocess_signals (the MESA
     preprocessing); gaps longer than `max_gap_s` are zeroed and their epochs listed in gap_epochs.
 
     Returns:
@@ -847,12 +848,11 @@ def preprocess_file(path: str | Path, n_windows: int = WINDOWS_PER_SUBJECT, meth
     Raises:
         BadRecordingError naming the file and the problem.
     """
-    import extract_mesa_data
 
     path = Path(path)
     rec = read_recording(path, fs, column, patterns, max_gap_s)
     with naming_file(path):
-        out = extract_mesa_data.preprocess_signals(rec.signal_T, rec.fs, n_windows, method, name=path.name,
+        out = preprocess_signals(rec.signal_T, rec.fs, n_windows, method, name=path.name,
                                                    nan_is_gap=rec.info["source_format"] != "edf")
     out.update(ppg_channel=rec.info["column"], source_format=rec.info["source_format"],
                ppg_fs_found=rec.info["fs_found"], gaps=rec.info["gaps"])

@@ -80,8 +80,7 @@ import torch.nn.functional as F
 
 from sleepppg.cli import log_to_file, positive_int, setup_logging
 from sleepppg.config import adopt_recorded_parent_hash, load_config, validate_config
-from sleepppg.constants import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, IGNORE_INDEX, N_CLASSES,
-                                STAGE_NAMES)
+from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, IGNORE_INDEX, N_CLASSES, STAGE_NAMES
 from sleepppg.errors import ConfigError, SetupError
 from sleepppg.figures import confusion_figure, hypnogram_figure, save_figure
 from sleepppg.metrics import compute_metrics, summary_stats
@@ -467,7 +466,7 @@ def preflight_data(cfg: dict, model_kind: str) -> dict:
     import h5py
 
     import multimodal_dataset_aligned as mda
-    from extract_mesa_data import file_signature
+    from sleepppg.preprocessing import file_signature
 
     data = cfg["data"]
     if cfg["training"]["segment_windows"] > data["windows_per_subject"]:

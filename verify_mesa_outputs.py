@@ -26,9 +26,21 @@ from pathlib import Path
 
 import numpy as np
 
-from sleepppg.constants import (ECG_FILE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, IGNORE_INDEX,
-                                INDEX_FILE, N_CLASSES, PPG_FILE, SAMPLES_PER_WINDOW, STAGE_NAMES,
-                                WINDOWS_PER_SUBJECT, WINDOW_SECONDS)
+from sleepppg.constants import (
+    ECG_FILE,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SETUP,
+    IGNORE_INDEX,
+    INDEX_FILE,
+    N_CLASSES,
+    PPG_FILE,
+    SAMPLES_PER_WINDOW,
+    STAGE_NAMES,
+    WINDOW_SECONDS,
+    WINDOWS_PER_SUBJECT,
+)
 
 FS_TOLERANCE = 1e-6  # samples per window: |sampling_rate x 30 - 1024| must be below this
 HIGH_FREQ_HZ = 8.0  # PPG low-pass cut-off (Chebyshev II, 8 Hz, in extraction)

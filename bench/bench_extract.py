@@ -12,7 +12,7 @@ subprocess so peak memory is measured cleanly:
 Printed: seconds in total and per subject, peak memory (the PSS of the whole process tree, main + workers,
 sampled every 50 ms from /proc; the main process's ru_maxrss beside it), and ours/reference ratios.
 First, EDF reading alone on the first night (`--read-repeats` times, best time kept): our reader
-(extract_mesa_data.read_edf: one open, one pass over the records for PPG and ECG) against mne as extraction
+(sleepppg.edf.read_edf: one open, one pass over the records for PPG and ECG) against mne as extraction
 used it before (one open for the channel names, a second to read PPG and ECG), with the values compared.
 
 `--dreamt` measures instead a DREAMT-shaped cohort (one 14-column CSV per participant at 64 Hz, 8-h nights by
@@ -155,7 +155,7 @@ def reference_extract(edf_dir: Path, xml_dir: Path, out_dir: Path, ids: list[str
     import h5py
     import mne
 
-    from extract_mesa_data import find_ecg_channel, find_ppg_channel
+    from sleepppg.channels import find_ecg_channel, find_ppg_channel
 
     all_ppg, all_ecg, all_labels, subject_ids, has_ecg = [], [], [], [], []
     for sid in ids:
@@ -202,7 +202,7 @@ def read_with_mne(edf: Path) -> tuple[np.ndarray, np.ndarray]:
     channels (same rate) from a second."""
     import mne
 
-    from extract_mesa_data import find_ecg_channel, find_ppg_channel
+    from sleepppg.channels import find_ecg_channel, find_ppg_channel
 
     names = mne.io.read_raw_edf(edf, preload=False, verbose="error").ch_names
     ppg, ecg = find_ppg_channel(names, [0.0] * len(names)), find_ecg_channel(names)  # first match, as before
@@ -213,7 +213,7 @@ def read_with_mne(edf: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def bench_read(edf: Path, repeats: int) -> dict:
     """Best-of-`repeats` seconds of each reader on one EDF, and the largest difference between their values."""
-    import extract_mesa_data
+    from sleepppg.edf import read_edf
 
     times = {"mne": [], "ours": []}
     for _ in range(repeats):
@@ -221,7 +221,7 @@ def bench_read(edf: Path, repeats: int) -> dict:
         ppg_mne, ecg_mne = read_with_mne(edf)
         times["mne"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        rec = extract_mesa_data.read_edf(edf)
+        rec = read_edf(edf)
         times["ours"].append(time.perf_counter() - t0)
     diff = max(float(np.max(np.abs(rec["ppg"] - ppg_mne)) / np.max(np.abs(ppg_mne))),
                float(np.max(np.abs(rec["ecg"] - ecg_mne)) / np.max(np.abs(ecg_mne))))

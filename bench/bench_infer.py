@@ -45,10 +45,10 @@ import numpy as np
 REPO_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_DIR))
 
-from sleepppg.config import load_config
-from sleepppg.constants import SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT
-from sleepppg.runio import write_text_atomic
-from sleepppg.runtime import keep_freed_memory
+from sleepppg.config import load_config  # noqa: E402
+from sleepppg.constants import SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT  # noqa: E402
+from sleepppg.runio import write_text_atomic  # noqa: E402
+from sleepppg.runtime import keep_freed_memory  # noqa: E402
 
 DEFAULT_NIGHTS = 2  # about two minutes on a 2-core CPU
 FULL_NIGHTS, FULL_REPEATS = 8, 3

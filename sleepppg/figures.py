@@ -20,7 +20,6 @@ from sleepppg.constants import (
 from sleepppg.metrics import accuracy_kappa_from_confusion
 from sleepppg.runio import atomic_output
 
-
 FIGURE_DPI = 110  # enough to read 1,200 epochs on a 12-inch-wide figure; higher only slows saving
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from extract_mesa_data import EDF_SIGNAL_FIELDS
 from sleepppg.constants import SAMPLES_PER_WINDOW, TARGET_FS
+from sleepppg.edf import EDF_SIGNAL_FIELDS
 from sleepppg.ids import sleepppg_test_subjects
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 
 import extract_mesa_data as ex
+from sleepppg.annotations import PROFUSION_STAGE_TO_CLASS, xml_to_labels
+from sleepppg.edf import read_edf
+from sleepppg.errors import BadRecordingError
 
 W = 12  # windows per subject in these tests (6 min)
 PROFUSION_TO_NSRR_CONCEPT = {0: "Wake|0", 1: "Stage 1 sleep|1", 2: "Stage 2 sleep|2", 3: "Stage 3 sleep|3",
@@ -63,7 +66,7 @@ def write_edf(path: Path, minutes: float = 6, seed: int = 0, status_first: bool 
 def slow_profusion_labels(stages, epoch_s, n_windows):
     """Obvious version: label every second from its Profusion epoch, then a 30-s epoch is labelled when all
     its 30 seconds agree (epoch lengths here are whole seconds)."""
-    classes = [ex.PROFUSION_STAGE_TO_CLASS.get(s, -1) for s in stages]
+    classes = [PROFUSION_STAGE_TO_CLASS.get(s, -1) for s in stages]
     per_second = [classes[int(sec // epoch_s)] for sec in range(int(len(stages) * epoch_s))]
     out = []
     for j in range(n_windows):
@@ -78,12 +81,12 @@ def slow_profusion_labels(stages, epoch_s, n_windows):
 
 def test_profusion_codes_map_like_nsrr_concepts(tmp_path):
     stages = [0, 1, 2, 3, 4, 5, 6, 9, 7, 2, 5, 0]
-    prof = ex.xml_to_labels(write(tmp_path / "a-profusion.xml", profusion_xml(stages)), W + 3)
-    nsrr = ex.xml_to_labels(write(tmp_path / "a-nsrr.xml", nsrr_xml([s if s != 7 else 9 for s in stages])), W + 3)
+    prof = xml_to_labels(write(tmp_path / "a-profusion.xml", profusion_xml(stages)), W + 3)
+    nsrr = xml_to_labels(write(tmp_path / "a-nsrr.xml", nsrr_xml([s if s != 7 else 9 for s in stages])), W + 3)
     assert prof.tolist() == [0, 1, 1, 2, 2, 3, -1, -1, -1, 1, 3, 0, -1, -1, -1]
     assert prof.dtype == np.int64 and prof.tolist() == nsrr.tolist()
     # Stages past n_windows are ignored.
-    assert ex.xml_to_labels(tmp_path / "a-profusion.xml", 4).tolist() == [0, 1, 1, 2]
+    assert xml_to_labels(tmp_path / "a-profusion.xml", 4).tolist() == [0, 1, 1, 2]
 
 
 @pytest.mark.parametrize("epoch_s", [10, 15, 20, 45, 60])
@@ -92,7 +95,7 @@ def test_profusion_other_epoch_lengths_match_slow_version(tmp_path, epoch_s):
     stages = np.repeat(rng.choice([0, 1, 2, 3, 4, 5, 9], 30), rng.integers(3, 12, 30))  # runs of 3-11 epochs
     path = write(tmp_path / "p.xml", profusion_xml(stages.tolist(), epoch_length=f"{epoch_s}.0"))
     n_windows = math.ceil(stages.size * epoch_s / 30) + 2
-    labels = ex.xml_to_labels(path, n_windows)
+    labels = xml_to_labels(path, n_windows)
     assert labels.tolist() == slow_profusion_labels(stages.tolist(), epoch_s, n_windows)
     assert (labels != -1).sum() > n_windows // 3  # most epochs are labelled, not refused wholesale
 
@@ -101,7 +104,7 @@ def test_profusion_20s_epochs_by_hand(tmp_path):
     # 20-s epochs W W N2 N2 N2 R: 30-s epoch 0 = [0, 30) covers W W -> Wake; epoch 1 = [30, 60) covers W N2
     # -> mixed -> -1; epoch 2 = [60, 90) covers N2 N2 -> Light; epoch 3 = [90, 120) covers N2 R -> -1.
     path = write(tmp_path / "p.xml", profusion_xml([0, 0, 2, 2, 2, 5], epoch_length="20"))
-    assert ex.xml_to_labels(path, 5).tolist() == [0, -1, 1, -1, -1]
+    assert xml_to_labels(path, 5).tolist() == [0, -1, 1, -1, -1]
 
 
 @pytest.mark.parametrize("text, kind, words", [
@@ -118,8 +121,8 @@ def test_profusion_20s_epochs_by_hand(tmp_path):
 ])
 def test_bad_annotation_files_are_named(tmp_path, text, kind, words):
     path = write(tmp_path / "mesa-sleep-0001-profusion.xml", text)
-    with pytest.raises(ex.BadRecordingError) as info:
-        ex.xml_to_labels(path, W)
+    with pytest.raises(BadRecordingError) as info:
+        xml_to_labels(path, W)
     assert info.value.kind == kind
     assert words in str(info.value) and "mesa-sleep-0001-profusion.xml" in str(info.value)
 
@@ -130,11 +133,11 @@ def test_bad_annotation_files_are_named(tmp_path, text, kind, words):
 
 def test_plethstatus_listed_first_does_not_win(tmp_path):
     edf = write_edf(tmp_path / "mesa-sleep-0001.edf", status_first=True)
-    rec = ex.read_edf(edf, with_ecg=False)
+    rec = read_edf(edf, with_ecg=False)
     assert (rec["ppg_channel"], rec["ppg_fs"]) == ("Pleth", 64.0)
     assert rec["ppg"].size == 6 * 60 * 64
     # The same PPG as an EDF without the status channel.
-    plain = ex.read_edf(write_edf(tmp_path / "plain.edf"), with_ecg=False)
+    plain = read_edf(write_edf(tmp_path / "plain.edf"), with_ecg=False)
     assert np.array_equal(rec["ppg"], plain["ppg"])
 
 

@@ -5,12 +5,12 @@ import types
 
 import numpy as np
 import pytest
+from helpers import REPO
 from sklearn.metrics import cohen_kappa_score
 
 import sleepppg.cli
 import sleepppg.config
 import sleepppg.runio
-from helpers import REPO
 from sleepppg.config import load_config
 from sleepppg.errors import ConfigError
 from sleepppg.ids import mesa_commercial_ids, sleepppg_test_subjects

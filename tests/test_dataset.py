@@ -3,12 +3,19 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers import REPO, write_processed
 
 import multimodal_dataset_aligned as mda
-from multimodal_dataset_aligned import (SLEEPPPG_TEST_SUBJECTS, MultiModalSleepDataset, PPGOnlyDataset,
-                                        data_paths_from_config, get_dataloaders, load_labels, make_split,
-                                        split_subjects)
-from helpers import REPO, write_processed
+from multimodal_dataset_aligned import (
+    SLEEPPPG_TEST_SUBJECTS,
+    MultiModalSleepDataset,
+    PPGOnlyDataset,
+    data_paths_from_config,
+    get_dataloaders,
+    load_labels,
+    make_split,
+    split_subjects,
+)
 from sleepppg.config import load_config
 from sleepppg.constants import SAMPLES_PER_WINDOW
 from sleepppg.ids import sleepppg_test_subjects

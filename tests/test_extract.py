@@ -15,12 +15,43 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from helpers import (
+    REPO,
+    W,
+    channels_for_raw_edf,
+    interrupted_on_call,
+    make_cohort,
+    run_cli,
+    set_field,
+    write_edf,
+    write_raw_edf,
+    write_xml,
+)
 from scipy import signal as sps
 
 import extract_mesa_data as ex
-from helpers import (REPO, W, channels_for_raw_edf, interrupted_on_call, make_cohort, run_cli,
-                     set_field, write_edf, write_raw_edf, write_xml)
+import sleepppg.annotations
+import sleepppg.edf
+import sleepppg.preprocessing
+from sleepppg.annotations import xml_to_labels
+from sleepppg.channels import PPG_PATTERNS, find_ecg_channel, find_ppg_channel
 from sleepppg.constants import SAMPLES_PER_WINDOW, TARGET_FS
+from sleepppg.edf import _read_digital, read_edf, read_edf_header, to_physical
+from sleepppg.errors import BadRecordingError
+from sleepppg.preprocessing import (
+    PREPROCESSING_VERSION,
+    file_signature,
+    flat_fraction,
+    input_signature,
+    preprocess_ecg,
+    preprocess_ppg,
+    preprocess_recording,
+    preprocessing_settings,
+    repair_nonfinite,
+    resample,
+    resampled_length,
+    to_windows,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +105,7 @@ def test_labels_runs_gaps_overlaps_and_concepts(tmp_path):
         ("Mystery stage|7", 390, 30),    # 13 -> unknown concept -> -1
         ("Stage 2 sleep|2", 435, 60),    # starts mid-epoch 14: epochs whose start is in [435, 495) = 15, 16
     ])
-    labels = ex.xml_to_labels(xml, n_windows=20)
+    labels = xml_to_labels(xml, n_windows=20)
     expected = [0, 0, 1, 1, 1, -1, 2, 2, 3, 0, 3, -1, -1, -1, -1, 1, 1, -1, -1, -1]
     assert labels.dtype == np.int64 and labels.shape == (20,)
     assert labels.tolist() == expected
@@ -84,14 +115,14 @@ def test_labels_events_past_the_window_limit_are_ignored(tmp_path):
     # 10 h = 1,200 epochs; a run from 9 h 59 min to 10 h 30 min fills only the last two epochs
     xml = write_xml(tmp_path / "long.xml", [("Stage 2 sleep|2", 0, 35940), ("REM sleep|5", 35940, 1860),
                                             ("Wake|0", 40000, 3000)])
-    labels = ex.xml_to_labels(xml)
+    labels = xml_to_labels(xml)
     assert labels.shape == (1200,)
     assert (labels[:1198] == 1).all() and (labels[1198:] == 3).all()
 
 
 def test_labels_float_times_on_epoch_boundaries(tmp_path):
     xml = write_xml(tmp_path / "f.xml", [("Wake|0", 0.0, 29.9999999), ("REM sleep|5", 29.9999999, 60.0000001)])
-    assert ex.xml_to_labels(xml, 4).tolist() == [0, 3, 3, -1]
+    assert xml_to_labels(xml, 4).tolist() == [0, 3, 3, -1]
 
 
 @pytest.mark.parametrize("content, kind", [
@@ -107,14 +138,14 @@ def test_labels_float_times_on_epoch_boundaries(tmp_path):
 def test_labels_bad_xml(tmp_path, content, kind):
     path = tmp_path / "bad.xml"
     path.write_text(content)
-    with pytest.raises(ex.BadRecordingError) as info:
-        ex.xml_to_labels(path, 10)
+    with pytest.raises(BadRecordingError) as info:
+        xml_to_labels(path, 10)
     assert info.value.kind == kind
 
 
 def test_labels_missing_xml(tmp_path):
-    with pytest.raises(ex.BadRecordingError) as info:
-        ex.xml_to_labels(tmp_path / "nope.xml", 10)
+    with pytest.raises(BadRecordingError) as info:
+        xml_to_labels(tmp_path / "nope.xml", 10)
     assert info.value.kind == "missing_xml"
 
 
@@ -123,15 +154,15 @@ def test_labels_missing_xml(tmp_path):
 
 
 def test_channel_choice():
-    assert ex.find_ppg_channel(["EKG", "Pleth", "PPG2"], [256, 256, 256]) == "Pleth"  # tie: the first
-    assert ex.find_ppg_channel(["EEG1", "finger PPG"], [256, 128]) == "finger PPG"
-    assert ex.find_ppg_channel(["EEG1", "Thor"], [256, 32]) is None
-    assert ex.find_ppg_channel(["EEG1", "Plethysmo"], [256, 256], ("pleth",)) == "Plethysmo"
-    assert ex.find_ppg_channel(["PlethStatus", "EKG", "Pleth"], [1, 256, 256]) == "Pleth"  # rate beats order
-    assert ex.find_ecg_channel(["ECG I", "ECG II", "EKG"]) == "ECG II"
-    assert ex.find_ecg_channel(["EKG", "ECG"]) == "ECG"
-    assert ex.find_ecg_channel(["EEG", "EKG"]) == "EKG"
-    assert ex.find_ecg_channel(["EEG", "Pleth"]) is None
+    assert find_ppg_channel(["EKG", "Pleth", "PPG2"], [256, 256, 256]) == "Pleth"  # tie: the first
+    assert find_ppg_channel(["EEG1", "finger PPG"], [256, 128]) == "finger PPG"
+    assert find_ppg_channel(["EEG1", "Thor"], [256, 32]) is None
+    assert find_ppg_channel(["EEG1", "Plethysmo"], [256, 256], ("pleth",)) == "Plethysmo"
+    assert find_ppg_channel(["PlethStatus", "EKG", "Pleth"], [1, 256, 256]) == "Pleth"  # rate beats order
+    assert find_ecg_channel(["ECG I", "ECG II", "EKG"]) == "ECG II"
+    assert find_ecg_channel(["EKG", "ECG"]) == "ECG"
+    assert find_ecg_channel(["EEG", "EKG"]) == "EKG"
+    assert find_ecg_channel(["EEG", "Pleth"]) is None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -162,7 +193,7 @@ def test_preprocess_ppg_matches_slow_version(fs):
     seconds = 300
     x = np.sin(2 * np.pi * 1.1 * np.arange(seconds * fs) / fs) + 0.3 * rng.standard_normal(seconds * fs)
     x[1000] = 40.0  # an artefact the clip must catch
-    out = ex.preprocess_ppg(x, fs)
+    out = preprocess_ppg(x, fs)
     assert out.dtype == np.float32
     assert out.size == round(seconds * TARGET_FS) == seconds * SAMPLES_PER_WINDOW // 30
     sos = sps.cheby2(8, 40, 8, btype="low", fs=fs, output="sos")
@@ -175,11 +206,11 @@ def test_preprocess_ecg_matches_slow_version_and_low_rates():
     rng = np.random.default_rng(1)
     fs, seconds = 256, 120
     x = np.sin(2 * np.pi * 1.2 * np.arange(seconds * fs) / fs) ** 9 + 0.1 * rng.standard_normal(seconds * fs)
-    out = ex.preprocess_ecg(x, fs)
+    out = preprocess_ecg(x, fs)
     sos = sps.butter(4, [0.5, 40], btype="bandpass", fs=fs, output="sos")
     expected = slow_clip_zscore(slow_linear_resample(sps.sosfiltfilt(sos, x), out.size))
     np.testing.assert_allclose(out, expected, atol=2e-5)
-    low = ex.preprocess_ecg(x[::4], 64)  # 40 Hz is above Nyquist (32 Hz): the band is capped
+    low = preprocess_ecg(x[::4], 64)  # 40 Hz is above Nyquist (32 Hz): the band is capped
     assert low.size == seconds * 1024 // 30 and np.isfinite(low).all() and abs(low.std() - 1) < 1e-3
 
 
@@ -187,16 +218,16 @@ def test_linear_resampling_is_the_references_np_interp_bit_for_bit():
     rng = np.random.default_rng(5)
     for n, fs in [(7680, 256), (7681, 256), (3750, 125), (12_345, 250)]:
         x = rng.standard_normal(n)
-        out = ex.resample(x, fs)
+        out = resample(x, fs)
         reference = np.interp(np.linspace(0, n - 1, out.size), np.linspace(0, n - 1, n), x)
-        assert out.size == ex.resampled_length(n, fs)
+        assert out.size == resampled_length(n, fs)
         np.testing.assert_array_equal(out, reference)
 
 
 def test_polyphase_resampling_agrees_with_linear():
     fs, seconds = 256, 120
     x = np.sin(2 * np.pi * 0.9 * np.arange(seconds * fs) / fs)
-    lin, poly = ex.preprocess_ppg(x, fs, "linear"), ex.preprocess_ppg(x, fs, "polyphase")
+    lin, poly = preprocess_ppg(x, fs, "linear"), preprocess_ppg(x, fs, "polyphase")
     assert lin.shape == poly.shape == (seconds * 1024 // 30,)
     truth = np.sin(2 * np.pi * 0.9 * np.arange(lin.size) / TARGET_FS)  # sampled on the exact new grid
     assert np.corrcoef(poly[200:-200], truth[200:-200])[0, 1] > 0.9999
@@ -204,78 +235,78 @@ def test_polyphase_resampling_agrees_with_linear():
     # (n-1)/(n_out-1) vs n/n_out: a few ms over two minutes, still nearly the same wave
     assert np.corrcoef(lin[200:-200], truth[200:-200])[0, 1] > 0.99
     with pytest.raises(ValueError):
-        ex.preprocess_ppg(x, fs, "cubic")
+        preprocess_ppg(x, fs, "cubic")
 
 
 def test_resampled_length_exact():
-    assert ex.resampled_length(int(10 * 3600 * 256), 256) == 1_228_800
-    assert ex.resampled_length(int(10.5 * 3600 * 125), 125) == int(10.5 * 3600 * 1024 / 30)
-    assert ex.resampled_length(255, 256) == 34  # 0.996 s -> floor(34.0) samples
+    assert resampled_length(int(10 * 3600 * 256), 256) == 1_228_800
+    assert resampled_length(int(10.5 * 3600 * 125), 125) == int(10.5 * 3600 * 1024 / 30)
+    assert resampled_length(255, 256) == 34  # 0.996 s -> floor(34.0) samples
 
 
 def test_preprocess_rejects_too_short_and_low_rate():
-    with pytest.raises(ex.BadRecordingError) as info:
-        ex.preprocess_ppg(np.ones(100), 256)
+    with pytest.raises(BadRecordingError) as info:
+        preprocess_ppg(np.ones(100), 256)
     assert info.value.kind == "too_short"
-    with pytest.raises(ex.BadRecordingError) as info:
-        ex.preprocess_ppg(np.random.default_rng(0).standard_normal(600), 10)
+    with pytest.raises(BadRecordingError) as info:
+        preprocess_ppg(np.random.default_rng(0).standard_normal(600), 10)
     assert info.value.kind == "low_sampling_rate"
 
 
 def test_to_windows_pads_and_truncates():
     x = np.arange(2.5 * SAMPLES_PER_WINDOW, dtype=np.float32)
-    w = ex.to_windows(x, 4)
+    w = to_windows(x, 4)
     assert w.shape == (4, SAMPLES_PER_WINDOW) and w.dtype == np.float32
     assert w.reshape(-1)[: x.size].tolist() == x.tolist() and not w.reshape(-1)[x.size:].any()
-    assert ex.to_windows(x, 2).reshape(-1).tolist() == x[: 2 * SAMPLES_PER_WINDOW].tolist()
+    assert to_windows(x, 2).reshape(-1).tolist() == x[: 2 * SAMPLES_PER_WINDOW].tolist()
 
 
 def test_nan_repair_and_flat_detection():
     x = np.sin(np.arange(10_000) / 10.0)
     y = x.copy()
     y[[10, 11, 500]] = np.nan
-    fixed = ex.repair_nonfinite(y, "PPG")
+    fixed = repair_nonfinite(y, "PPG")
     assert np.isfinite(fixed).all() and abs(fixed[10] - x[10]) < 0.01
     y[:200] = np.nan
-    with pytest.raises(ex.BadRecordingError) as info:
-        ex.repair_nonfinite(y, "PPG")
+    with pytest.raises(BadRecordingError) as info:
+        repair_nonfinite(y, "PPG")
     assert info.value.kind == "nan_signal"
     fs = 10
     night = np.sin(np.arange(30 * 300) / 3.0)  # 30 segments of 30 s
-    assert ex.flat_fraction(night, fs) == 0.0
+    assert flat_fraction(night, fs) == 0.0
     night[:20 * 300] = 1.5  # 20 of 30 segments constant
-    assert ex.flat_fraction(night, fs) == pytest.approx(20 / 30)
+    assert flat_fraction(night, fs) == pytest.approx(20 / 30)
 
 
 def test_preprocess_recording_reads_edf(tmp_path):
     edf = write_edf(tmp_path / "mesa-sleep-0001.edf", minutes=11)
-    rec = ex.preprocess_recording(edf, n_windows=W)
+    rec = preprocess_recording(edf, n_windows=W)
     assert rec["ppg_channel"] == "Pleth" and rec["ppg_fs"] == 256 and rec["has_ecg"]
     assert rec["ppg_windows"].shape == rec["ecg_windows"].shape == (W, SAMPLES_PER_WINDOW)
     assert rec["n_recorded_windows"] == 22 and rec["duration_s"] == 11 * 60
     assert not rec["ppg_windows"][22:].any() and rec["ppg_windows"][:22].std() > 0.5
-    raw = ex.read_edf(edf)
+    raw = read_edf(edf)
     np.testing.assert_array_equal(rec["ppg_windows"].reshape(-1)[: 22 * 1024],
-                                  ex.preprocess_ppg(raw["ppg"], 256)[: 22 * 1024])
-    no_ecg = ex.preprocess_recording(write_edf(tmp_path / "b.edf", 3, fs_ppg=125, ecg=False), n_windows=W)
+                                  preprocess_ppg(raw["ppg"], 256)[: 22 * 1024])
+    no_ecg = preprocess_recording(write_edf(tmp_path / "b.edf", 3, fs_ppg=125, ecg=False), n_windows=W)
     assert not no_ecg["has_ecg"] and no_ecg["ecg_windows"] is None and no_ecg["ppg_fs"] == 125
-    ppg_only = ex.preprocess_recording(edf, n_windows=W, with_ecg=False)  # what PPG-only inference asks for
+    ppg_only = preprocess_recording(edf, n_windows=W, with_ecg=False)  # what PPG-only inference asks for
     assert ppg_only["ecg_windows"] is None and not ppg_only["has_ecg"]
     np.testing.assert_array_equal(ppg_only["ppg_windows"], rec["ppg_windows"])
 
 
 def test_preprocess_recording_nan_ppg_is_bad(tmp_path, monkeypatch):
     edf = write_edf(tmp_path / "n.edf", 3)
-    real = ex.read_edf
+    real = read_edf
 
-    def with_nans(path, patterns=ex.PPG_PATTERNS, with_ecg=True):
+    def with_nans(path, patterns=PPG_PATTERNS, with_ecg=True):
         rec = real(path, patterns, with_ecg)
         rec["ppg"][: rec["ppg"].size // 10] = np.nan
         return rec
 
-    monkeypatch.setattr(ex, "read_edf", with_nans)
-    with pytest.raises(ex.BadRecordingError) as info:
-        ex.preprocess_recording(edf, n_windows=W)
+    monkeypatch.setattr(sleepppg.preprocessing, "read_edf", with_nans)
+    with pytest.raises(BadRecordingError) as info:
+        preprocess_recording(edf, n_windows=W)
     assert info.value.kind == "nan_signal"
 
 
@@ -304,15 +335,15 @@ def test_formats_attrs_and_bad_inputs(tmp_path, monkeypatch, capsys):
     write_xml(xml_dir / "mesa-sleep-0107-nsrr.xml", [("Wake|0", 0, 600)])                          # no EDF
     write_edf(edf_dir / "mesa-sleep-0108.edf", 12)                                                 # NaNs
     write_xml(xml_dir / "mesa-sleep-0108-nsrr.xml", [("Wake|0", 0, 600)])
-    real = ex.read_edf
+    real = read_edf
 
-    def nan_for_0108(path, patterns=ex.PPG_PATTERNS, with_ecg=True):
+    def nan_for_0108(path, patterns=PPG_PATTERNS, with_ecg=True):
         rec = real(path, patterns, with_ecg)
         if "0108" in str(path):
             rec["ppg"][::20] = np.nan
         return rec
 
-    monkeypatch.setattr(ex, "read_edf", nan_for_0108)
+    monkeypatch.setattr(sleepppg.preprocessing, "read_edf", nan_for_0108)
     out = tmp_path / "out"
     assert run_cli(edf_dir, xml_dir, out) == 1
 
@@ -353,9 +384,9 @@ def test_formats_attrs_and_bad_inputs(tmp_path, monkeypatch, capsys):
             assert g.attrs["n_windows"] == W and g.attrs["has_ecg"] and g.attrs["n_recorded_windows"] == 24
     # rows hold exactly the preprocessed recording and its labels (cut at the end of the recording)
     for i, sid in enumerate(good):
-        rec = ex.preprocess_recording(edf_dir / f"mesa-sleep-{sid}.edf", n_windows=W)
+        rec = preprocess_recording(edf_dir / f"mesa-sleep-{sid}.edf", n_windows=W)
         np.testing.assert_array_equal(ppg[i * W:(i + 1) * W], rec["ppg_windows"])
-        expected = ex.xml_to_labels(xml_dir / f"mesa-sleep-{sid}-nsrr.xml", W)
+        expected = xml_to_labels(xml_dir / f"mesa-sleep-{sid}-nsrr.xml", W)
         expected[24:] = -1
         np.testing.assert_array_equal(labels[i * W:(i + 1) * W], expected)
     stats = np.load(out / "data_stats.npy", allow_pickle=True).item()
@@ -553,19 +584,19 @@ def _alive(pid: int) -> bool:
 def test_one_preprocessing_version_and_signature_for_parts_and_inference_cache(tmp_path, monkeypatch):
     import inference_ppg_only as inf
 
-    assert inf.preprocessing_settings is ex.preprocessing_settings and inf.edf_signature is ex.file_signature
+    assert inf.preprocessing_settings is preprocessing_settings and inf.edf_signature is file_signature
     edf = write_edf(tmp_path / "a.edf", 1)
-    settings = ex.preprocessing_settings("linear", ["Pleth"], 4)
-    assert settings["version"] == ex.PREPROCESSING_VERSION
-    signature = ex.input_signature(settings, edf)
-    assert signature == ex.input_signature(ex.preprocessing_settings("linear", ["pleth"], 4), edf)
-    assert signature != ex.input_signature(ex.preprocessing_settings("polyphase", ["pleth"], 4), edf)
+    settings = preprocessing_settings("linear", ["Pleth"], 4)
+    assert settings["version"] == PREPROCESSING_VERSION
+    signature = input_signature(settings, edf)
+    assert signature == input_signature(preprocessing_settings("linear", ["pleth"], 4), edf)
+    assert signature != input_signature(preprocessing_settings("polyphase", ["pleth"], 4), edf)
     os.utime(edf, ns=(10**9, 10**9))  # a touched file counts as changed
-    assert ex.input_signature(settings, edf) != signature
-    signature = ex.input_signature(settings, edf)
-    monkeypatch.setattr(ex, "PREPROCESSING_VERSION", ex.PREPROCESSING_VERSION + 1)
-    assert ex.input_signature(ex.preprocessing_settings("linear", ["Pleth"], 4), edf) != signature
-    assert ex.file_signature(tmp_path / "absent.edf") is None and ex.file_signature(None) is None
+    assert input_signature(settings, edf) != signature
+    signature = input_signature(settings, edf)
+    monkeypatch.setattr(sleepppg.preprocessing, "PREPROCESSING_VERSION", PREPROCESSING_VERSION + 1)
+    assert input_signature(preprocessing_settings("linear", ["Pleth"], 4), edf) != signature
+    assert file_signature(tmp_path / "absent.edf") is None and file_signature(None) is None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -578,16 +609,16 @@ def test_edf_reader_equals_mne_for_every_channel(tmp_path):
 
     edf = write_edf(tmp_path / "a.edf", minutes=2)
     with open(edf, "rb") as fh:
-        header = ex.read_edf_header(fh, edf, edf.stat().st_size)
-        digital = ex._read_digital(fh, header, list(range(len(header.signals))))
+        header = read_edf_header(fh, edf, edf.stat().st_size)
+        digital = _read_digital(fh, header, list(range(len(header.signals))))
     assert header.labels == ["EKG", "Pleth", "Thor", "SpO2"] and header.n_records == 120 and not header.warnings
     assert [s.fs for s in header.signals] == [256.0, 256.0, 32.0, 1.0]
     for signal, values in zip(header.signals, digital):
         raw = mne.io.read_raw_edf(edf, include=[signal.label], preload=True, verbose="error")
-        ours = ex.to_physical(values, signal)
+        ours = to_physical(values, signal)
         assert float(raw.info["sfreq"]) == signal.fs
         np.testing.assert_allclose(ours, raw.get_data()[0], rtol=1e-12, atol=1e-12 * np.abs(ours).max())
-    rec = ex.read_edf(edf)
+    rec = read_edf(edf)
     assert rec["ppg_channel"] == "Pleth" and rec["ecg_channel"] == "EKG" and rec["duration_s"] == 120.0
     assert rec["ppg"].dtype == np.float64 and rec["warnings"] == []
 
@@ -597,7 +628,7 @@ def test_bdf_and_hand_written_edf_equal_mne(tmp_path):
 
     for bdf in (False, True):
         path = write_raw_edf(tmp_path / ("a.bdf" if bdf else "a.edf"), channels_for_raw_edf(bdf=bdf), bdf=bdf)
-        rec = ex.read_edf(path)
+        rec = read_edf(path)
         reader = mne.io.read_raw_bdf if bdf else mne.io.read_raw_edf
         for channel, key in (("Pleth", "ppg"), ("EKG", "ecg")):
             expected = reader(path, include=[channel], preload=True, verbose="error").get_data()[0]
@@ -610,7 +641,7 @@ def test_bdf_and_hand_written_edf_equal_mne(tmp_path):
 
 
 def _read(path: Path) -> dict:
-    return ex.read_edf(path)
+    return read_edf(path)
 
 
 NS = 3  # signals in channels_for_raw_edf(): EKG, Pleth, SpO2
@@ -644,20 +675,20 @@ def test_absurd_header_fields_make_a_bad_subject(tmp_path, field, value, signal,
     data = write_raw_edf(tmp_path / "ok.edf", channels_for_raw_edf()).read_bytes()
     path = tmp_path / "bad.edf"
     path.write_bytes(set_field(data, NS, field, value, signal))
-    with pytest.raises(ex.BadRecordingError) as info:
-        ex.preprocess_recording(path, n_windows=8)
+    with pytest.raises(BadRecordingError) as info:
+        preprocess_recording(path, n_windows=8)
     assert info.value.kind == kind and str(info.value) and "bad.edf" in str(info.value)
 
 
 def test_header_problems_on_unused_channels_only_warn_or_pass(tmp_path):
     data = write_raw_edf(tmp_path / "ok.edf", channels_for_raw_edf()).read_bytes()
-    good = ex.preprocess_recording(tmp_path / "ok.edf", n_windows=8)
+    good = preprocess_recording(tmp_path / "ok.edf", n_windows=8)
     assert good["has_ecg"] and good["warnings"] == []
     path = tmp_path / "b.edf"
     path.write_bytes(set_field(set_field(data, NS, "digital_min", "1000", 2), NS, "physical_max", "zz", 2))  # SpO2
-    np.testing.assert_array_equal(ex.preprocess_recording(path, n_windows=8)["ppg_windows"], good["ppg_windows"])
+    np.testing.assert_array_equal(preprocess_recording(path, n_windows=8)["ppg_windows"], good["ppg_windows"])
     path.write_bytes(set_field(data, NS, "digital_max", "-32768", 0))  # the ECG has no scale: dropped, not fatal
-    rec = ex.preprocess_recording(path, n_windows=8)
+    rec = preprocess_recording(path, n_windows=8)
     assert not rec["has_ecg"] and any("ECG not used" in w and "'EKG'" in w for w in rec["warnings"])
     np.testing.assert_array_equal(rec["ppg_windows"], good["ppg_windows"])
 
@@ -665,7 +696,7 @@ def test_header_problems_on_unused_channels_only_warn_or_pass(tmp_path):
 def test_record_count_and_trailing_bytes(tmp_path):
     """Trailing garbage is never read as signal; -1 (unknown) uses the complete records the file holds."""
     path = write_raw_edf(tmp_path / "ok.edf", channels_for_raw_edf())
-    data, good = path.read_bytes(), ex.read_edf(path)
+    data, good = path.read_bytes(), read_edf(path)
     record_bytes = (256 + 256 + 1) * 2
     cases = {
         "garbage.edf": (data + b"\x7f\xff" * 700, "bytes after the 120 declared data records are ignored", 120),
@@ -675,18 +706,18 @@ def test_record_count_and_trailing_bytes(tmp_path):
     }
     for name, (content, warning, n_records) in cases.items():
         (tmp_path / name).write_bytes(content)
-        rec = ex.read_edf(tmp_path / name)
+        rec = read_edf(tmp_path / name)
         assert any(warning in w for w in rec["warnings"]), (name, rec["warnings"])
         np.testing.assert_array_equal(rec["ppg"], good["ppg"][:n_records * 256])
         assert rec["duration_s"] == n_records
     (tmp_path / "short.edf").write_bytes(data[:-record_bytes // 2])  # half a record missing: truncated download
-    with pytest.raises(ex.BadRecordingError) as info:
-        ex.read_edf(tmp_path / "short.edf")
+    with pytest.raises(BadRecordingError) as info:
+        read_edf(tmp_path / "short.edf")
     assert info.value.kind == "truncated_edf" and "119 complete data records" in str(info.value)
     for size in (0, 100, 300):  # shorter than the headers
         (tmp_path / "tiny.edf").write_bytes(data[:size])
-        with pytest.raises(ex.BadRecordingError) as info:
-            ex.read_edf(tmp_path / "tiny.edf")
+        with pytest.raises(BadRecordingError) as info:
+            read_edf(tmp_path / "tiny.edf")
         assert info.value.kind == "truncated_edf"
 
 
@@ -696,9 +727,9 @@ def test_labels_differing_only_in_case_or_padding(tmp_path):
     path = write_raw_edf(tmp_path / "dup.edf", channels + [second])
     raw = path.read_bytes()
     path.write_bytes(set_field(raw, 4, "label", b"PLETH\x00\x00 ", 3))  # NUL padding, other case
-    rec = ex.read_edf(path)
+    rec = read_edf(path)
     assert rec["ppg_channel"] == "Pleth"
-    np.testing.assert_array_equal(rec["ppg"], ex.read_edf(write_raw_edf(tmp_path / "one.edf", channels))["ppg"])
+    np.testing.assert_array_equal(rec["ppg"], read_edf(write_raw_edf(tmp_path / "one.edf", channels))["ppg"])
     assert any("both labelled 'PLETH'" in w for w in rec["warnings"])
 
 
@@ -708,7 +739,7 @@ def test_saturated_ppg_is_kept_with_a_warning(tmp_path):
     digital[: digital.size // 5] = 32767  # 20% at the digital max
     digital[digital.size // 5: digital.size // 5 + 2000] = -32768  # dropout markers
     channels[1] = dict(channels[1], digital=digital)
-    rec = ex.preprocess_recording(write_raw_edf(tmp_path / "sat.edf", channels), n_windows=8)
+    rec = preprocess_recording(write_raw_edf(tmp_path / "sat.edf", channels), n_windows=8)
     assert any("PPG 'Pleth' sits at its digital limits" in w and "27%" in w for w in rec["warnings"])
 
 
@@ -731,7 +762,8 @@ def deny_read(monkeypatch, *paths: Path) -> None:
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(ex, "open", refusing_open, raising=False)  # the module's `open` before the builtin
+    for reader in (sleepppg.edf, sleepppg.annotations):  # the readers' module-level `open` before the builtin
+        monkeypatch.setattr(reader, "open", refusing_open, raising=False)
 
 
 def test_xml_problems_and_unreadable_files_are_bad_subjects_with_their_own_path(tmp_path, monkeypatch):
@@ -886,7 +918,7 @@ def test_an_unforeseen_error_costs_only_its_subject(tmp_path, monkeypatch, capsy
     of memory on one subject): it is counted with its error and the other subjects are written."""
     ids = ["0001", "0002"]
     edf_dir, xml_dir = make_cohort(tmp_path / "raw", ids, minutes=3)
-    real = ex.preprocess_recording
+    real = preprocess_recording
 
     def out_of_memory_on_0002(edf, *args, **kwargs):
         if "0002" in Path(edf).name:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_raw_edf, write_tiny_checkpoint
 
 import recording_formats as rf
-from extract_mesa_data import BadRecordingError
-from helpers import write_raw_edf, write_tiny_checkpoint
 from sleepppg.constants import IGNORE_INDEX
+from sleepppg.errors import BadRecordingError
 
 # ----------------------------------------------------------------------------------------------------------
 # Helpers

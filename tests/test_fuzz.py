@@ -12,17 +12,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import channels_for_raw_edf, edf_field_offset, write_raw_edf, write_xml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from helpers import channels_for_raw_edf, edf_field_offset, write_raw_edf, write_xml
 
 import extract_mesa_data as ex
+from sleepppg.annotations import xml_to_labels
 from sleepppg.constants import IGNORE_INDEX, SAMPLES_PER_WINDOW
+from sleepppg.edf import EDF_SIGNAL_FIELDS
+from sleepppg.errors import BadRecordingError
+from sleepppg.preprocessing import preprocess_recording
 
 N_WINDOWS = 6  # 3 minutes of windows for a 2-minute night: padding is exercised too
 NS = 3  # signals in channels_for_raw_edf(): EKG, Pleth, SpO2
 FIELDS = ["version", "header_bytes", "n_records", "record_s", "n_signals"]
-SIGNAL_FIELDS = [name for name, _ in ex.EDF_SIGNAL_FIELDS]
+SIGNAL_FIELDS = [name for name, _ in EDF_SIGNAL_FIELDS]
 TRICKY = ["0", "-1", "1", "nan", "inf", "-inf", "1e309", "1e-300", "", " ", "abc", "99999999", "-0", "0.0",
           "2.5", "-32768", "32767", "\x00\x00", "\xff\xfe", "1_0", "+5"]
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
@@ -124,8 +128,8 @@ def test_mutated_edf_never_escapes_bad_recording_error(originals, data):
         path = Path(folder) / "s.edf"
         path.write_bytes(edf)
         try:
-            rec = ex.preprocess_recording(path, n_windows=N_WINDOWS, with_ecg=data.draw(st.booleans()))
-        except ex.BadRecordingError as err:
+            rec = preprocess_recording(path, n_windows=N_WINDOWS, with_ecg=data.draw(st.booleans()))
+        except BadRecordingError as err:
             assert err.kind and str(err).strip()
         else:
             _check_recording(rec)
@@ -140,8 +144,8 @@ def test_mutated_xml_never_escapes_bad_recording_error(originals, data):
         path = Path(folder) / "s.xml"
         path.write_bytes(xml.encode("utf-8", errors="surrogatepass"))
         try:
-            labels = ex.xml_to_labels(path, N_WINDOWS)
-        except ex.BadRecordingError as err:
+            labels = xml_to_labels(path, N_WINDOWS)
+        except BadRecordingError as err:
             assert err.kind and str(err).strip() and err.path == str(path)
         else:
             assert labels.shape == (N_WINDOWS,) and labels.dtype == np.int64

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import interrupted_on_call, write_edf, write_processed, write_tiny_checkpoint
 
 import inference_ppg_only as inf
-from helpers import interrupted_on_call, write_edf, write_processed, write_tiny_checkpoint
 from sleepppg.constants import SAMPLES_PER_WINDOW
+from sleepppg.preprocessing import preprocess_recording
 
 W, L, D, R, U = 0, 1, 2, 3, -1  # Wake, Light, Deep, REM, unscored
 
@@ -303,8 +304,6 @@ def test_edf_folder_channel_variants_rates_and_broken_files(tmp_path, checkpoint
 
 
 def test_cache_reuse_invalidation_and_corruption(tmp_path, checkpoint, monkeypatch, caplog):
-    import extract_mesa_data
-
     edf = write_edf(tmp_path / "edfs" / "mesa-sleep-0042.edf", 20)
     cfg = make_config(tmp_path, **{"inference.best_model": str(checkpoint)})
     code, first, run1 = run(cfg, tmp_path / "o1", "--edf", str(edf))
@@ -312,8 +311,8 @@ def test_cache_reuse_invalidation_and_corruption(tmp_path, checkpoint, monkeypat
     pred_first = [r[2:] for r in _read_csv(run1 / "csv" / "0042" / "0042.csv")[1]]  # stage and probabilities
 
     calls = []
-    real = extract_mesa_data.preprocess_recording
-    monkeypatch.setattr(extract_mesa_data, "preprocess_recording", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = preprocess_recording
+    monkeypatch.setattr(inf, "preprocess_recording", lambda *a, **k: calls.append(a) or real(*a, **k))
     code, second, run2 = run(cfg, tmp_path / "o2", "--edf", str(edf))
     assert code == 0 and second["nights"][0]["cache_used"] is True and calls == []
     assert [r[2:] for r in _read_csv(run2 / "csv" / "0042" / "0042.csv")[1]] == pred_first

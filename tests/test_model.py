@@ -5,12 +5,25 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
-from multimodal_sleep_model import (FUSION_STRATEGIES, PPG_ONLY_PARAMETERS, REFERENCE_VERSIONS, STEPS_PER_WINDOW,
-                                    CheckpointError, MultiModalSleepNet, SleepPPGNet, build_model,
-                                    checkpoint_model_fields, count_parameters, load_model_from_checkpoint, main,
-                                    regroup_windows, set_activation_checkpointing, with_n_windows)
 from reference_model import NAMINGS, RefMultiModalSleepNet, RefSleepPPGNet, randomize
+
+from multimodal_sleep_model import (
+    FUSION_STRATEGIES,
+    PPG_ONLY_PARAMETERS,
+    REFERENCE_VERSIONS,
+    STEPS_PER_WINDOW,
+    CheckpointError,
+    MultiModalSleepNet,
+    SleepPPGNet,
+    build_model,
+    checkpoint_model_fields,
+    count_parameters,
+    load_model_from_checkpoint,
+    main,
+    regroup_windows,
+    set_activation_checkpointing,
+    with_n_windows,
+)
 from sleepppg.constants import SAMPLES_PER_WINDOW
 
 N_WINDOWS = 8  # a 4-min "night": cheap on CPU

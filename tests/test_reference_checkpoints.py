@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import REPO, write_processed
+from reference_model import NAMINGS, RefMultiModalSleepNet, RefSleepPPGNet, randomize
 
 import inference_ppg_only as inf
 import train_ppg_only as T
-from helpers import REPO, write_processed
 from multimodal_sleep_model import FUSION_STRATEGIES, REFERENCE_VERSIONS, build_model
-from reference_model import NAMINGS, RefMultiModalSleepNet, RefSleepPPGNet, randomize
 from sleepppg.config import load_config
 from sleepppg.constants import SAMPLES_PER_WINDOW
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import make_synthetic_mesa as syn
+from sleepppg.annotations import xml_to_labels
 from sleepppg.constants import CONCEPT_TO_CLASS
 from sleepppg.ids import mesa_commercial_ids, sleepppg_test_subjects
 
@@ -330,7 +331,6 @@ def test_cli_summary_and_bad_arguments(tmp_path, capsys):
 
 
 def test_profusion_and_nsrr_xml_of_a_night_give_identical_labels(tmp_path):
-    import extract_mesa_data as ex
 
     edf, nsrr = syn.write_subject(tmp_path / "both", "0005", 0.5, seed=2, xml_format="both")
     profusion = syn.xml_path(tmp_path / "both", "0005", dialect="profusion")
@@ -341,8 +341,8 @@ def test_profusion_and_nsrr_xml_of_a_night_give_identical_labels(tmp_path):
     assert len(codes) == 60 and set(codes) <= set(syn.STAGE_CONCEPTS)
     assert {e.findtext("Name") for e in root.find("ScoredEvents")} <= {"Arousal ()", "Hypopnea", "SpO2 desaturation"}
     for n_windows in (60, 70, 45):
-        nsrr_labels = ex.xml_to_labels(nsrr, n_windows)
-        assert np.array_equal(nsrr_labels, ex.xml_to_labels(profusion, n_windows))
+        nsrr_labels = xml_to_labels(nsrr, n_windows)
+        assert np.array_equal(nsrr_labels, xml_to_labels(profusion, n_windows))
         assert {0, 1, 2, 3} <= set(nsrr_labels.tolist())
     # The per-epoch codes are the NSRR XML's stage runs; 'both' leaves the EDF and NSRR XML as 'nsrr' writes them.
     assert codes == epoch_codes(read_xml(nsrr), 60).tolist()
@@ -378,7 +378,7 @@ def test_other_cohort_end_to_end_generate_pair_check_extract(tmp_path, capsys):
     with h5py.File(out / ex.PPG_FILE) as f:
         assert f["subject_ids"][()].tolist() == [b"800002"] * 20 + [b"800010"] * 20
         labels = f["labels"][()]
-    expected = [ex.xml_to_labels(xml_dir / f"cfs-visit5-{sid}-profusion.xml", 20) for sid in ("800002", "800010")]
+    expected = [xml_to_labels(xml_dir / f"cfs-visit5-{sid}-profusion.xml", 20) for sid in ("800002", "800010")]
     assert np.array_equal(labels, np.concatenate(expected)) and (labels != -1).any()
 
 

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import interrupted_on_call, write_processed
 
 import train_ppg_only as T
-from helpers import interrupted_on_call, write_processed
 from sleepppg.ids import sleepppg_test_subjects
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import REPO, write_processed
 
 import multimodal_dataset_aligned as mda
 import train_ppg_only as T
-from helpers import REPO, write_processed
 from multimodal_sleep_model import load_model_from_checkpoint
 from sleepppg.config import CONFIG_SCHEMA, load_config
 from sleepppg.errors import ConfigError
