@@ -41,7 +41,7 @@ output folder that is a file or not writable, no subjects, a bad config) or a fu
 much to free; run the same command again); 130 on Ctrl-C (finished subjects are kept).
 
 DREAMT (`--format dreamt --csv-dir DIR`, or preprocessing.format/csv_dir): one CSV per participant
-(S002_whole_df.csv -> subject S002) read by recording_formats.preprocess_dreamt: the `preprocessing.ppg_column`
+(S002_whole_df.csv -> subject S002) read by sleepppg.formats.preprocess_dreamt: the `preprocessing.ppg_column`
 (BVP) signal, the ECG column when present, stages from Sleep_Stage; epochs start at lights-off (the first
 sample not staged P). The same preprocessing, part files, outputs and bad-subject handling as the EDF path.
 
@@ -202,9 +202,9 @@ def process_subject(job: dict) -> dict:
     n_windows = job["windows_per_subject"]
     try:
         if job.get("format") == "dreamt":
-            import recording_formats
+            from sleepppg import formats
 
-            labels, rec = recording_formats.preprocess_dreamt(job["edf"], n_windows, job["resample_method"],
+            labels, rec = formats.preprocess_dreamt(job["edf"], n_windows, job["resample_method"],
                                                               job["ppg_column"], job["nominal_fs"], job["max_gap_s"])
             labels = np.array(labels, dtype=np.int64)
             labels[rec["n_recorded_windows"]:] = IGNORE_INDEX  # epochs beyond the recording
@@ -340,7 +340,7 @@ def find_subjects(edf_dir: Path, xml_dir: Path, id_pattern: str = MESA_ID_PATTER
     Annotations are `<stem>-nsrr.xml` or `<stem>-profusion.xml` (verify_mesa_dataset.pair_files); when an ID
     has both, the NSRR XML is used and the log says so.
     """
-    from verify_mesa_dataset import pair_files
+    from sleepppg.pairing import pair_files
 
     pairing = pair_files(edf_dir, xml_dir, id_pattern)
     problems: dict[str, tuple[str, str]] = {}
@@ -369,9 +369,9 @@ def find_subjects(edf_dir: Path, xml_dir: Path, id_pattern: str = MESA_ID_PATTER
 def find_dreamt_subjects(csv_dir: Path) -> tuple[dict[str, tuple[Path, Path]], dict[str, tuple[str, str]]]:
     """DREAMT: participant ID -> (csv, csv) (one file holds both the signals and the stages), plus {id:
     ('duplicate_files', reason)} for IDs with more than one CSV (not processed), as `find_subjects`."""
-    import recording_formats
+    from sleepppg import formats
 
-    files, duplicates = recording_formats.find_dreamt_files(csv_dir)
+    files, duplicates = formats.find_dreamt_files(csv_dir)
     return ({sid: (path, path) for sid, path in files.items()},
             {sid: ("duplicate_files", reason) for sid, reason in duplicates.items()})
 

@@ -15,7 +15,7 @@ Modes
   the preprocessing settings (method, channel patterns, n_windows, PREPROCESSING_VERSION);
   a stale, truncated or otherwise unreadable cache is rebuilt, with a log line saying why.
 
-- PPG (`--ppg PATH|FOLDER|GLOB`, or `inference.ppg_file`): recordings of any format recording_formats reads,
+- PPG (`--ppg PATH|FOLDER|GLOB`, or `inference.ppg_file`): recordings of any format sleepppg.formats reads,
   chosen by extension (.csv/.tsv/.txt tables, .npy, WFDB .hea with its .dat/.mat, .edf/.bdf; a folder gives
   every such file). `--fs` (`inference.ppg_fs`) is the rate where the file does not state it; `--column`
   (`inference.ppg_column`) the table column or record signal (default: the `preprocessing.ppg_channels`
@@ -263,7 +263,7 @@ def subject_id_for(edf_path: str | os.PathLike, id_pattern: str = MESA_ID_PATTER
 
 def resolve_edf_inputs(spec: str, ppg: bool = False) -> list[Path]:
     """Files named by `spec`: a file, a folder (sorted: its *.edf, any case; with `ppg`, every file with a
-    recording extension, see recording_formats.is_recording_file) or a glob pattern (sorted; with `ppg`, WFDB
+    recording extension, see sleepppg.formats.is_recording_file) or a glob pattern (sorted; with `ppg`, WFDB
     data files whose .hea matched too are left to their header).
 
     Raises:
@@ -278,9 +278,9 @@ def resolve_edf_inputs(spec: str, ppg: bool = False) -> list[Path]:
         return [path]
     if path.is_dir():
         if ppg:
-            import recording_formats
+            from sleepppg import formats
 
-            found = sorted(p for p in path.iterdir() if p.is_file() and recording_formats.is_recording_file(p))
+            found = sorted(p for p in path.iterdir() if p.is_file() and formats.is_recording_file(p))
         else:
             found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".edf")
         if not found:
@@ -289,10 +289,10 @@ def resolve_edf_inputs(spec: str, ppg: bool = False) -> list[Path]:
     if glob.has_magic(spec):
         found = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
         if ppg:
-            import recording_formats
+            from sleepppg import formats
 
             data_files = {d.resolve() for p in found if p.suffix.lower() == ".hea"
-                          for d in recording_formats.wfdb_data_files(p)}  # part of a record, not one
+                          for d in formats.wfdb_data_files(p)}  # part of a record, not one
             found = [p for p in found if p.resolve() not in data_files]
         if not found:
             raise SetupError(f"no file matches the pattern {spec!r}")
@@ -466,7 +466,7 @@ def ppg_settings(settings: dict, fs: float | None, column: str | None, max_gap_s
 
 def prepare_edf_night(job: NightJob, cache_root: Path, settings: dict) -> Night:
     """Cached or freshly preprocessed PPG windows of one EDF, or with `ppg_settings` of one recording in any
-    format recording_formats reads (the cache then also covers a WFDB record's data files); a cache that
+    format sleepppg.formats reads (the cache then also covers a WFDB record's data files); a cache that
     cannot be written only costs the reuse next time (a warning), not the night.
 
     Raises:
@@ -482,10 +482,10 @@ def prepare_edf_night(job: NightJob, cache_root: Path, settings: dict) -> Night:
         raise BadRecordingError(f"EDF not found: {edf_path}", kind="missing_edf")
     any_format = settings.get("source") == "ppg"
     if any_format:
-        import recording_formats
+        from sleepppg import formats
 
-        recording_formats.recording_format(edf_path)  # an unknown extension fails before any cache is read
-        signature["data_files"] = [edf_signature(p) for p in recording_formats.recording_files(edf_path)[1:]]
+        formats.recording_format(edf_path)  # an unknown extension fails before any cache is read
+        signature["data_files"] = [edf_signature(p) for p in formats.recording_files(edf_path)[1:]]
     windows_WS, meta, reason = load_cache(cache_dir, signature, settings)
     cache_used = windows_WS is not None
     if not cache_used:
@@ -493,7 +493,7 @@ def prepare_edf_night(job: NightJob, cache_root: Path, settings: dict) -> Night:
             log.warning("%s: rebuilding cache in %s: %s", subject_id, cache_dir, reason)
         t0 = time.perf_counter()
         if any_format:
-            pre = recording_formats.preprocess_file(
+            pre = formats.preprocess_file(
                 edf_path, n_windows, settings["resample_method"], tuple(settings["ppg_channels"]),
                 settings["ppg_fs"], settings["ppg_column"], settings["max_gap_s"])
         else:
@@ -833,7 +833,7 @@ def run_edf_mode(model, n_windows: int, cfg: dict, edf_paths: list[Path], run_di
     the cache); returns the run record."""
     pre_cfg, inf_cfg = cfg["preprocessing"], cfg["inference"]
     settings = preprocessing_settings(pre_cfg["resample_method"], pre_cfg["ppg_channels"], n_windows)
-    if inf_cfg["ppg_file"]:  # --ppg: any format, read by recording_formats
+    if inf_cfg["ppg_file"]:  # --ppg: any format, read by sleepppg.formats
         settings = ppg_settings(settings, inf_cfg["ppg_fs"], inf_cfg["ppg_column"], pre_cfg["max_gap_s"])
     cache_root = Path(inf_cfg["cache_root"])
     record = RunRecord() if record is None else record

@@ -200,7 +200,7 @@ def check_ids(ids: list) -> list[str]:
     if repeated:
         raise ValueError(f"IDs given more than once: {repeated}")
     # the pair check and extraction skip IDs that differ only by leading zeros (and digit IDs seed alike)
-    from verify_mesa_dataset import zero_free_id
+    from sleepppg.ids import zero_free_id
 
     groups: dict[str, list[str]] = {}
     for i in out:

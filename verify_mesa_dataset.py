@@ -3,7 +3,7 @@
 Inputs: an EDF folder and an XML folder. The annotation of a night `<stem>.edf` is `<stem>-nsrr.xml` (NSRR
 XML) or `<stem>-profusion.xml` (Compumedics Profusion XML), the names NSRR uses for every cohort it serves
 (MESA, SHHS, CFS, ...). Files pair by the subject ID the ID pattern finds in their names (default
-`sleepppg.constants.MESA_ID_PATTERN`: `mesa-sleep-0001.edf` -> `0001`; `--id-pattern 'cfs-visit5-(\\d+)'` for
+`sleepppg.constants.MESA_ID_PATTERN`: `mesa-sleep-0001.edf` -> `0001`; `--id-pattern 'cfs-visit5-(\d+)'` for
 CFS; any case; the ID keeps its text: leading zeros, letters, any length). When one ID has both an NSRR and a
 Profusion XML, the NSRR one is used and the pair says so.
 
@@ -33,124 +33,17 @@ import json
 import logging
 import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from sleepppg.cli import HelpFormatter
 from sleepppg.config import load_config
 from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, MESA_ID_PATTERN
 from sleepppg.errors import ConfigError
-from sleepppg.ids import compile_id_pattern, subject_id_from_filename
+from sleepppg.ids import compile_id_pattern
+from sleepppg.pairing import pair_files
 from sleepppg.runio import write_text_atomic
 
 log = logging.getLogger("verify_mesa_dataset")
-
-EDF_SUFFIX = ".edf"
-XML_SUFFIX = ".xml"
-# Annotation dialect -> file-name ending (NSRR's names for every cohort); the first is preferred when an
-# ID has both.
-ANNOTATION_SUFFIXES = {"nsrr": "-nsrr.xml", "profusion": "-profusion.xml"}
-_LEADING_ZEROS = re.compile(r"(?<!\d)0+(?=\d)")  # zeros that open a run of digits
-
-
-def zero_free_id(subject_id: str) -> str:
-    """The ID with the leading zeros of each run of digits removed ('0282' -> '282', 'S002' -> 'S2'): two IDs
-    with the same zero-free form differ only by leading zeros."""
-    return _LEADING_ZEROS.sub("", subject_id)
-
-
-def _strip_suffix(name: str, suffix: str) -> str | None:
-    return name[:-len(suffix)] if name.lower().endswith(suffix) else None
-
-
-def _annotation_kind(name: str) -> tuple[str, str] | None:
-    """(dialect, name without the ending) for `<stem>-nsrr.xml` / `<stem>-profusion.xml` (any case), else None."""
-    for dialect, suffix in ANNOTATION_SUFFIXES.items():
-        stem = _strip_suffix(name, suffix)
-        if stem is not None:
-            return dialect, stem
-    return None
-
-
-@dataclass
-class Pairing:
-    """EDF and annotation files of two folders, grouped by subject ID (file names, not paths)."""
-
-    edf_by_id: dict[str, list[str]] = field(default_factory=dict)
-    xml_by_id: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # id -> dialect -> names
-    no_id: list[str] = field(default_factory=list)
-    ignored_xml: list[str] = field(default_factory=list)
-
-    def ids(self) -> list[str]:
-        return sorted(self.edf_by_id.keys() | self.xml_by_id.keys())
-
-    def annotation(self, sid: str) -> tuple[str, str, list[str]] | None:
-        """(dialect, file name, passed-over names of other dialects) of the annotation used for `sid`:
-        NSRR before Profusion; None when the ID has no XML. Duplicates are reported by `duplicates`."""
-        by_dialect = self.xml_by_id.get(sid, {})
-        present = [d for d in ANNOTATION_SUFFIXES if by_dialect.get(d)]
-        if not present:
-            return None
-        chosen = present[0]
-        others = [name for d in present[1:] for name in by_dialect[d]]
-        return chosen, by_dialect[chosen][0], others
-
-    def duplicates(self) -> list[dict]:
-        """[{id, kind ('edf', 'nsrr' or 'profusion'), files}] for every ID with two files of one kind."""
-        out = [{"id": sid, "kind": "edf", "files": files} for sid, files in sorted(self.edf_by_id.items())
-               if len(files) > 1]
-        out += [{"id": sid, "kind": dialect, "files": files} for sid, by_dialect in sorted(self.xml_by_id.items())
-                for dialect, files in by_dialect.items() if len(files) > 1]
-        return sorted(out, key=lambda d: (d["id"], d["kind"]))
-
-    def id_clashes(self) -> list[dict]:
-        """[{ids, files}] for each group of IDs (EDF and XML together) that differ only by leading zeros."""
-        groups: dict[str, list[str]] = {}
-        for sid in self.ids():
-            groups.setdefault(zero_free_id(sid), []).append(sid)
-        clashes = []
-        for ids in groups.values():
-            if len(ids) > 1:
-                files = [name for sid in ids for name in self.edf_by_id.get(sid, [])
-                         + [n for names in self.xml_by_id.get(sid, {}).values() for n in names]]
-                clashes.append({"ids": ids, "files": sorted(files)})
-        return clashes
-
-
-def pair_files(edf_dir: str | Path, xml_dir: str | Path, id_pattern: str | re.Pattern = MESA_ID_PATTERN
-               ) -> Pairing:
-    """Scan both folders: EDFs (`*.edf`) and annotations (`*-nsrr.xml`, `*-profusion.xml`) by subject ID.
-
-    The ID pattern is searched in the name without its ending (`mesa-sleep-0001` of `mesa-sleep-0001-nsrr.xml`).
-
-    Raises:
-        ValueError: the ID pattern is not a regex with exactly one group.
-    """
-    pattern = compile_id_pattern(id_pattern)
-    pairing = Pairing()
-    for path in sorted(Path(edf_dir).iterdir()):
-        stem = _strip_suffix(path.name, EDF_SUFFIX) if path.is_file() else None
-        if stem is None:
-            continue
-        sid = subject_id_from_filename(stem, pattern)
-        if sid is None:
-            pairing.no_id.append(path.name)
-        else:
-            pairing.edf_by_id.setdefault(sid, []).append(path.name)
-    for path in sorted(Path(xml_dir).iterdir()):
-        if not path.is_file() or not path.name.lower().endswith(XML_SUFFIX):
-            continue
-        kind = _annotation_kind(path.name)
-        if kind is None:
-            pairing.ignored_xml.append(path.name)
-            continue
-        dialect, stem = kind
-        sid = subject_id_from_filename(stem, pattern)
-        if sid is None:
-            pairing.no_id.append(path.name)
-        else:
-            pairing.xml_by_id.setdefault(sid, {}).setdefault(dialect, []).append(path.name)
-    return pairing
 
 
 def pair_report(xml_dir: str | Path, edf_dir: str | Path, id_pattern: str | re.Pattern = MESA_ID_PATTERN) -> dict:

@@ -57,3 +57,12 @@ def sleepppg_test_subjects() -> list[str]:
 def mesa_commercial_ids() -> list[str]:
     """The 1,900 subject IDs of the NSRR MESA commercial-use release, from data/."""
     return read_id_list(DATA_DIR / "mesa_commercial_use_ids.txt")
+
+
+_LEADING_ZEROS = re.compile(r"(?<!\d)0+(?=\d)")  # zeros that open a run of digits
+
+
+def zero_free_id(subject_id: str) -> str:
+    """The ID with the leading zeros of each run of digits removed ('0282' -> '282', 'S002' -> 'S2'): two IDs
+    with the same zero-free form differ only by leading zeros."""
+    return _LEADING_ZEROS.sub("", subject_id)

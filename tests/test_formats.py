@@ -1,4 +1,4 @@
-"""Tests for recording_formats.py: the uniform grid (against a slow obvious version), rates, missing data,
+"""Tests for formats.py: the uniform grid (against a slow obvious version), rates, missing data,
 each table layout, NumPy, WFDB and DREAMT files written here, and every bad input with its reason."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import write_raw_edf, write_tiny_checkpoint
 
-import recording_formats as rf
+import sleepppg.formats as rf
 from sleepppg.constants import IGNORE_INDEX
 from sleepppg.errors import BadRecordingError
 
@@ -517,7 +517,7 @@ def test_dreamt_extraction_to_hdf5_and_dataset(tmp_path, capsys):
 
 
 def test_dreamt_bad_participant_from_the_command_line(tmp_path):
-    """`python extract_mesa_data.py` (the module runs as __main__, recording_formats imports it by name): a
+    """`python extract_mesa_data.py` (the module runs as __main__): a
     bad participant is counted with its own reason and the good one is written."""
     import subprocess
     import sys

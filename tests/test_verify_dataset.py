@@ -11,7 +11,7 @@ import verify_mesa_dataset as vd
 from sleepppg.config import load_config
 from sleepppg.constants import MESA_ID_PATTERN
 from sleepppg.errors import ConfigError
-from sleepppg.ids import compile_id_pattern, subject_id_from_filename
+from sleepppg.ids import compile_id_pattern, subject_id_from_filename, zero_free_id
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,10 +106,10 @@ def test_leading_zero_clash_is_named(tmp_path, capsys):
 
 
 def test_zero_free_id():
-    assert vd.zero_free_id("0282") == vd.zero_free_id("282") == "282"
-    assert vd.zero_free_id("S002") == vd.zero_free_id("S2") == "S2"
-    assert vd.zero_free_id("800002") == "800002"  # inner zeros are part of the number
-    assert vd.zero_free_id("0000") == vd.zero_free_id("0") == "0"
+    assert zero_free_id("0282") == zero_free_id("282") == "282"
+    assert zero_free_id("S002") == zero_free_id("S2") == "S2"
+    assert zero_free_id("800002") == "800002"  # inner zeros are part of the number
+    assert zero_free_id("0000") == zero_free_id("0") == "0"
 
 
 def test_other_id_pattern_keeps_id_text(tmp_path, capsys):

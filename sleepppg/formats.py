@@ -1,6 +1,6 @@
 """Read PPG recordings that are not MESA EDF + XML: DREAMT wearable CSVs (with sleep stages), generic PPG
 tables (.csv, .tsv, .txt), NumPy arrays (.npy) and WFDB records (.hea + .dat/.mat); EDF/BDF through the EDF
-reader of extract_mesa_data. Every reader returns the PPG on a uniform time grid; preprocessing (filters,
+reader of sleepppg.edf. Every reader returns the PPG on a uniform time grid; preprocessing (filters,
 resampling to 34.133 Hz, windows) is preprocess_signals, the same as for MESA.
 
 Missing data. NaN/inf samples, saturated integer samples (an integer signal at a rail of its range, e.g.
@@ -56,7 +56,7 @@ from sleepppg.edf import read_edf, read_edf_header
 from sleepppg.errors import BadRecordingError
 from sleepppg.preprocessing import preprocess_signals
 
-log = logging.getLogger("recording_formats")
+log = logging.getLogger("sleepppg.formats")
 
 # ----------------------------------------------------------------------------------------------------------
 # Constants
