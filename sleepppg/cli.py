@@ -1,17 +1,23 @@
-"""What every entry point shares on its command line: number argument types that name the flag, help that
-shows real defaults, and logging set up once (console, optional file).
+"""What every entry point shares on its command line: the one error handler (`run_entry_point`), number
+argument types that name the flag, help that shows real defaults, and logging set up once (console, optional
+file).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import math
 import os
 import sys
+import traceback
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
+
+from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SETUP
+from sleepppg.errors import ConfigError, SetupError
 
 LOG_FORMAT, LOG_DATE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"
 
@@ -100,3 +106,55 @@ def log_to_file(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         root.removeHandler(handler)
         handler.close()
+
+
+DEBUG_FLAG = "--debug"  # every entry point: show the traceback of an unexpected error
+DEBUG_HELP = "show the full traceback of an unexpected error (otherwise one line)"
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text) - limit + 20} more characters)"
+
+
+def run_entry_point(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run a script's `main(argv)` under the one handler every entry point has; returns the exit status.
+
+    What `main` returns is the status. What escapes it becomes one line on stderr and a documented status:
+    a ConfigError or SetupError (bad setup) 2; a full disk (ENOSPC) or a name too long for the file system 2,
+    with the path; Ctrl-C (KeyboardInterrupt) 130; anything else 1, "unexpected error", with its type. The
+    traceback reaches the console only with `--debug` (taken out of `argv` here, so every script accepts it).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv
+    argv = [a for a in argv if a != DEBUG_FLAG]
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): finished work is kept; run the same command again to go on", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ConfigError, SetupError) as err:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_SETUP
+    except OSError as err:
+        if debug:
+            traceback.print_exc()
+        where = f" ({err.filename})" if err.filename else ""
+        if err.errno == errno.ENOSPC:
+            print(f"error: the disk is full{where}: free some space and run the same command again "
+                  f"(finished work is kept)", file=sys.stderr)
+            return EXIT_SETUP
+        if err.errno == errno.ENAMETOOLONG:
+            print(f"error: a file name is too long for the file system{where}", file=sys.stderr)
+            return EXIT_SETUP
+        print(f"error: {type(err).__name__}: {_one_line(err)}"
+              f"{'' if debug else ' (run with --debug for the traceback)'}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as err:  # noqa: BLE001 - the entry point's one boundary: a bug is one line, not a dump
+        if debug:
+            traceback.print_exc()
+        print(f"unexpected error: {type(err).__name__}: {_one_line(err)}"
+              f"{'' if debug else ' (run with --debug for the traceback)'}", file=sys.stderr)
+        return EXIT_FAILED
