@@ -26,7 +26,8 @@ def resolve_device(requested: str | None, device_id: int = 0, local_rank: int | 
     Returns:
         torch.device
     Raises:
-        SetupError: an unknown name, CUDA asked for on a machine without it, or a GPU index that does not exist.
+        SetupError: an unknown name, CUDA asked for on a machine without it, a GPU index that does not exist,
+            or "cuda:N" under torchrun (every rank would take the same GPU).
     """
     import torch
 
@@ -42,6 +43,10 @@ def resolve_device(requested: str | None, device_id: int = 0, local_rank: int | 
     match = re.fullmatch(r"cuda(?::(\d+))?", name)
     if match is None:
         raise SetupError(f"--device must be auto, cpu, cuda or cuda:N (N = GPU number), got {requested!r}")
+    if match.group(1) is not None and local_rank is not None:
+        raise SetupError(f"--device {requested} under torchrun would put every rank on GPU {match.group(1)} "
+                         f"(NCCL: duplicate GPU); use --device cuda or auto: each rank takes its LOCAL_RANK, and "
+                         f"CUDA_VISIBLE_DEVICES chooses the GPUs")
     if not has_cuda:
         raise SetupError(f"--device {requested}: CUDA was asked for but this machine has none usable "
                          f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); use --device cpu")
