@@ -1,9 +1,19 @@
 """Our EDF/EDF+/BDF reader: one open and one pass per file, the header checked against the file size.
 
-Why our own rather than mne or edfio: it reads only the channels asked for in 8-MB blocks (memory stays about
-one channel per night), and every absurd header field (no signals, a record duration of 0, NaN or a negative
-number, a header size that disagrees with the signal count, a channel with no scale or no samples) becomes a
-`BadRecordingError` naming the file, never an assertion, a division by zero or bytes read as signal.
+It reads only the channels asked for, in 8-MB blocks, and every absurd header field (no signals, a record
+duration of 0, NaN or a negative number, a header size that disagrees with the signal count, a channel with no
+scale or no samples) becomes a `BadRecordingError` naming the file, never an assertion, a division by zero or
+bytes read as signal.
+
+Why our own reader rather than edfio (already a dependency): measured with bench/edf_readers.py on 2026-12-04,
+edfio 0.4.18 agrees with it to 2e-16 of the range on valid EDF, BDF and EDF+ files and is 1.2-1.45x faster on a
+10.5-h night (PPG + ECG), but peaks 1.66x higher in memory (339 against 204 MB) and fails 16 of the 41 files of
+tests/test_extract.py that this reader passes: ZeroDivisionError (no signals), UnboundLocalError (record
+duration 0), IndexError (999 signals; a file cut inside the header), or wrong values with at most a warning
+(sampling rates of -256 Hz, NaN or 2.6e302 Hz; stored integers returned uncalibrated when a scale field is equal
+to its pair or does not parse; NaN values; data read at a wrong offset when the header size disagrees; trailing
+bytes read as one more record; an ECG without a scale returned, not dropped). Of 261 fuzzed files
+(tests/test_fuzz.py) it fails 23, this reader none. Details: docs/benchmarks.md.
 """
 
 from __future__ import annotations
