@@ -1,11 +1,14 @@
-"""Subject IDs: the one rule that finds an ID in a file name (`id_pattern`, a regex with one group) and the
-shipped ID lists (the SleepPPG-Net test subjects, the MESA commercial-use release).
+"""Subject IDs: the one rule that finds an ID in a file name (`id_pattern`, a regex with one group), the one
+rule that turns an ID into a safe file-name part (`safe_id`, `safe_ids`, `check_unique`), and the shipped ID
+lists (the SleepPPG-Net test subjects, the MESA commercial-use release).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from sleepppg.constants import DATA_DIR, MESA_ID_PATTERN
@@ -66,3 +69,73 @@ def zero_free_id(subject_id: str) -> str:
     """The ID with the leading zeros of each run of digits removed ('0282' -> '282', 'S002' -> 'S2'): two IDs
     with the same zero-free form differ only by leading zeros."""
     return _LEADING_ZEROS.sub("", subject_id)
+
+
+MAX_ID_BYTES = 64  # UTF-8 bytes: an ID inside a name ("<id>_ppg.npz", "mesa-sleep-<id>.edf") stays far below the
+#                    255-byte file-name limit of ext4/xfs/btrfs/APFS, and 64 leaves every real cohort's IDs intact
+_HASH_HEX = 8  # hex digits of SHA-256 that keep two cut IDs apart (a collision needs ~65,000 long IDs)
+
+
+def safe_id(raw: str) -> str:
+    """The subject ID as one safe file-name part: IDs from file names and headers pass here once, and every
+    output name is built from the result.
+
+    Mapping (the same raw ID always gives the same result, and a safe ID maps to itself):
+
+    - '/' and '\\' (path separators) and every character that is not printable (control characters such as
+      NUL, tab and newline, undecodable bytes) become '_';
+    - a leading '.' becomes '_': no hidden files, and no name that starts like a temporary of
+      `sleepppg.paths` (which a cleanup deletes);
+    - an ID longer than `MAX_ID_BYTES` (64) UTF-8 bytes keeps its first 55 bytes plus '~' and the first 8 hex
+      digits of the SHA-256 of the raw ID, so two long IDs that differ only at the end stay distinct.
+
+    Real IDs ('0001', 'S002', '800002', 'Müller') come out unchanged. Two raw IDs may map to one safe ID
+    ('a/b' and 'a_b'): `check_unique` (or `safe_ids`) refuses that.
+
+    Raises:
+        ValueError: naming the raw ID and why, when no safe name can stand for it: not a string, empty or
+            only whitespace, or only dots ('.', '..': a folder, never a subject).
+    """
+    if not isinstance(raw, str):
+        raise ValueError(f"subject ID {raw!r} is a {type(raw).__name__}, not text")
+    if not raw.strip():
+        raise ValueError(f"subject ID {raw!r} is empty; no file name can stand for it")
+    if set(raw) == {"."}:
+        raise ValueError(f"subject ID {raw!r} is only dots, which names a folder, never a file")
+    safe = "".join("_" if ch in "/\\" or not ch.isprintable() else ch for ch in raw)
+    if safe.startswith("."):
+        safe = "_" + safe[1:]
+    encoded = safe.encode("utf-8")
+    if len(encoded) > MAX_ID_BYTES:
+        head = encoded[:MAX_ID_BYTES - _HASH_HEX - 1].decode("utf-8", errors="ignore")  # never half a character
+        safe = f"{head}~{hashlib.sha256(raw.encode('utf-8', errors='surrogateescape')).hexdigest()[:_HASH_HEX]}"
+    return safe
+
+
+def check_unique(ids: dict[str, str]) -> None:
+    """Refuse two raw IDs whose safe forms (`ids`: raw ID -> safe ID) would name the same file.
+
+    Safe IDs are compared case-folded: on a case-insensitive file system (macOS and Windows by default, many
+    network shares) 'S1' and 's1' are one file, and one subject's output would silently replace the other's.
+
+    Raises:
+        ValueError: naming both raw IDs and the name they share.
+    """
+    seen: dict[str, str] = {}
+    for raw, safe in ids.items():
+        key = safe.casefold()
+        if key in seen:
+            raise ValueError(f"subject IDs {seen[key]!r} and {raw!r} both become the file name {safe!r} "
+                             f"(compared ignoring case); rename one of the recordings")
+        seen[key] = raw
+
+
+def safe_ids(raw_ids: Iterable[str]) -> dict[str, str]:
+    """Raw ID -> `safe_id(raw)` for every ID, checked with `check_unique`.
+
+    Raises:
+        ValueError: an ID that cannot be made safe, or two that collide (see `safe_id`, `check_unique`).
+    """
+    mapping = {raw: safe_id(raw) for raw in raw_ids}
+    check_unique(mapping)
+    return mapping

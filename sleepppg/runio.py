@@ -1,75 +1,30 @@
-"""Run folders and atomic writes: a temporary name, fsync, then rename, so no half-written file carries a
-final name; run folders named by the time (`_2`, `_3` ... on a clash).
+"""Run folders named by the time (`_2`, `_3` ... on a clash) and the text and JSON writers. Every file is written
+by `atomic_output` of `sleepppg.paths` (imported here too, for the writers that take it from this module): a
+temporary name, fsync, then rename, so no half-written file carries a final name and no link planted at the
+final name is written through.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import math
 import os
-import tempfile
-import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from sleepppg.errors import SetupError
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success fsync it and rename it to `path`.
-
-    On any exception (or KeyboardInterrupt) the temporary file is removed and `path` is untouched, so a
-    final name never holds a half-written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _current_umask() -> int:
-    """The process umask, read from /proc on Linux: os.umask can only read it by setting it, and for that
-    instant another thread's new files (a figure written by a writer thread) would get no umask at all."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    with _UMASK_LOCK:
-        mask = os.umask(0o077)  # the strictest mask meanwhile, never a looser one
-        os.umask(mask)
-    return mask
-
-
-_UMASK_LOCK = threading.Lock()
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+from sleepppg.paths import atomic_output
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` atomically (see `atomic_output`)."""
+    """Write `text` to `path` atomically.
+
+    Raises:
+        OutputPathError: see `sleepppg.paths.atomic_output`.
+    """
     with atomic_output(path) as tmp:
         tmp.write_text(text)
 

@@ -410,16 +410,22 @@ def test_number_argument_types():
             convert(text)
 
 
-def test_json_safe_converts_numpy_scalars_and_reads_the_umask_without_changing_it():
-    from sleepppg.runio import _current_umask, json_safe
+def test_json_safe_converts_numpy_scalars():
+    from sleepppg.runio import json_safe
 
     assert json_safe({"ok": np.bool_(True), "n": np.int64(3), "x": np.float32(0.5), "bad": float("nan")}) == {
         "ok": True, "n": 3, "x": 0.5, "bad": None}
     assert json.dumps(json_safe([np.bool_(False)])) == "[false]"
+
+
+def test_atomic_output_gives_a_new_file_the_umask_permissions(tmp_path):
     import os
+    import stat
 
     mask = os.umask(0o027)
     try:
-        assert _current_umask() == 0o027
+        with atomic_output(tmp_path / "out.txt") as tmp:
+            tmp.write_text("x")
     finally:
         os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o640  # 0o666 less the umask, not mkstemp's 0o600
