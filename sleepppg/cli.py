@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Sequence
 
 from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SETUP
 from sleepppg.errors import ConfigError, SetupError
+from sleepppg.paths import NoFollowFileHandler
 
 LOG_FORMAT, LOG_DATE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"
 
@@ -79,7 +80,7 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
         log_file.parent.mkdir(parents=True, exist_ok=True)
         if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == log_file.resolve()
                    for h in root.handlers):
-            handler = logging.FileHandler(log_file)
+            handler = NoFollowFileHandler(log_file)
             handler.setFormatter(fmt)
             root.addHandler(handler)
 
@@ -98,7 +99,7 @@ def log_to_file(path: str | os.PathLike) -> Iterator[Path]:
         yield path
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
+    handler = NoFollowFileHandler(path)
     handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
     root.addHandler(handler)
     try:

@@ -52,3 +52,18 @@ def test_the_status_main_returns_is_kept_and_long_reasons_are_cut(capsys):
     assert run_entry_point(_raising(RuntimeError("r" * 1000)), []) == 1
     line = capsys.readouterr().err.strip()
     assert "\n" not in line and len(line) < 400 and "more characters" in line
+
+
+def test_a_symlink_planted_at_a_log_path_is_not_followed(tmp_path):
+    from sleepppg.cli import log_to_file
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("the user's own file\n")
+    log_dir = tmp_path / "run" / "logs"
+    log_dir.mkdir(parents=True)
+    (log_dir / "processing.log").symlink_to(outside)
+    with pytest.raises(SetupError, match="processing.log"):
+        with log_to_file(log_dir / "processing.log"):
+            import logging
+            logging.getLogger("sleepppg.test").warning("must not reach the link's target")
+    assert outside.read_text() == "the user's own file\n"

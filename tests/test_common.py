@@ -267,7 +267,8 @@ def test_resolve_device_rules(fake_cuda, caplog):
     assert str(resolve_device("cuda", 0)) == "cuda:0"
     assert str(resolve_device("cuda:1", 0)) == "cuda:1"  # an explicit index wins over device_id
     assert str(resolve_device("auto", 0, local_rank=1)) == "cuda:1"  # torchrun: LOCAL_RANK wins over device_id
-    assert str(resolve_device("cuda:0", 1, local_rank=1)) == "cuda:0"
+    with pytest.raises(SetupError, match="under torchrun would put every rank on GPU 0"):
+        resolve_device("cuda:0", 1, local_rank=1)  # every rank on one GPU: refused
     with pytest.raises(SetupError, match=r"gpu.device_id=5 asks for cuda:5 .* 2 CUDA device"):
         resolve_device("auto", 5)
     with pytest.raises(SetupError, match="LOCAL_RANK=2"):
