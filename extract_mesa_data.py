@@ -31,13 +31,13 @@ Bad data never stops the run: a subject whose EDF or XML is missing, unreadable 
 not an EDF, has an absurd header field (no signals, record duration 0/negative/NaN, a header size that
 disagrees with the signal count, a PPG with no scale or no samples), no PPG channel, a flat or mostly-NaN PPG,
 a malformed XML, no stage events, or no scored epoch within the recording is logged, skipped and listed in
-failed_subjects.json with its file, kind and reason; so is a subject that breaks the code in a way nobody
-foresaw ('unexpected_error') or whose worker process is killed (by the out-of-memory killer: 'worker_killed',
-the reason naming the signal), after it ran again alone; the other subjects go on. Suspicious but usable data (a PPG at its digital limits
-for over 5% of the night, stages ending over 30 min before or after the EDF, a record count that disagrees
-with the file size, bytes after the last record, two channels with the same label, an unusable ECG) is kept
-and listed in subject_warnings.json. A damaged part file from an earlier run is detected (each array's CRC-32
-and shape) and rebuilt.
+failed_subjects.json with its file, kind and reason. So is a subject that breaks the code in a way nobody
+foresaw ('unexpected_error'), or whose worker process is killed, also when it runs again alone (by the
+out-of-memory killer: 'worker_killed', the reason naming the signal); the other subjects go on. Suspicious but
+usable data (a PPG at its digital limits for over 5% of the night, stages ending over 30 min before or after the
+EDF, a record count that disagrees with the file size, bytes after the last record, two channels with the same
+label, an unusable ECG) is kept and listed in subject_warnings.json. A damaged part file from an earlier run is
+detected (each array's CRC-32 and shape) and rebuilt.
 
 Exit status: 0 every subject done; 1 some subjects failed; 2 bad setup (a missing or unreadable folder, an
 output folder that is a file or not writable, no subjects, a bad config) or a full disk (one line saying how

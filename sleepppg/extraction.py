@@ -228,8 +228,8 @@ def worker_died(job: dict, how: str) -> dict:
     """The result of a subject whose worker process died under it, also when it ran alone (`how`: 'killed by
     signal SIGKILL (9)': most often the out-of-memory killer)."""
     kind = "worker_killed" if how.startswith("killed") else "worker_died"
-    hint = " (out of memory?)" if "SIGKILL" in how else ""
-    return failure(job, kind, f"the worker process preprocessing this subject was {how}{hint}")
+    hint = "; out of memory?" if "SIGKILL" in how else ""
+    return failure(job, kind, f"its worker process was {how} while preprocessing it, also when it ran alone{hint}")
 
 
 def run_subjects(jobs: list[dict], n_workers: int) -> list[dict]:

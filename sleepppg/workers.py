@@ -165,8 +165,8 @@ def run_jobs(task: Callable[[Any], Any], jobs: list, workers: int, died: Callabl
         broke_in = _pool_round(task, jobs, todo, workers, results)
         waiting = [i for i in todo if i not in results and i not in broke_in]
         if broke_in or waiting:
-            log.warning("a worker process died; %d job(s) it may have been running will run again alone, %d go "
-                        "on in a new pool", len(broke_in), len(waiting))
+            log.warning("a worker process died: the %d job(s) started in its pool run again at the end, each in "
+                        "a process of its own; %d go on in a new pool", len(broke_in), len(waiting))
         if len(waiting) == len(todo):  # the workers died before taking any job: no pool at all from here
             broke_in, waiting = waiting, []
         suspects += broke_in

@@ -918,6 +918,37 @@ def test_an_error_stops_the_worker_processes_at_once():
     assert time.monotonic() - start < 20
 
 
+def test_a_worker_killed_by_a_signal_costs_only_its_subject(tmp_path, monkeypatch, capsys):
+    """A worker process killed while it preprocesses one subject (SIGKILL, as the out-of-memory killer sends)
+    breaks the pool for every pending subject: that subject is listed with the signal, the others go on in a
+    new pool and are written as in a run without it."""
+    import signal
+
+    ids = ["0001", "0002", "0003", "0004"]
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ids, minutes=3)
+    assert run_cli(edf_dir, xml_dir, tmp_path / "clean", "--subjects", "0001,0002,0004") == 0
+    real, main_pid = preprocess_recording, os.getpid()
+
+    def killed_on_0003(edf, *args, **kwargs):  # inherited by the forked workers
+        if "0003" in Path(edf).name and os.getpid() != main_pid:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(edf, *args, **kwargs)
+
+    monkeypatch.setattr(sleepppg.extraction, "preprocess_recording", killed_on_0003)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert run_cli(edf_dir, xml_dir, out, "--workers", "2") == 1
+    failed = json.loads((out / ex.FAILED_FILE).read_text())
+    assert [(f["id"], f["kind"], f["file"]) for f in failed] == [
+        ("0003", "worker_killed", str(edf_dir / "mesa-sleep-0003.edf"))]
+    assert "killed by signal SIGKILL (9)" in failed[0]["reason"]
+    assert "1 failed (worker_killed: 1" in capsys.readouterr().out
+    assert "subject 0003 skipped (worker_killed)" in (out / "logs" / "processing.log").read_text()
+    with h5py.File(out / ex.INDEX_FILE) as f:
+        assert sorted(f["subjects"]) == ["0001", "0002", "0004"]
+    assert dataset_contents(out) == dataset_contents(tmp_path / "clean")
+
+
 def test_an_unforeseen_error_costs_only_its_subject(tmp_path, monkeypatch, capsys):
     """Bad data never stops the run, even data that breaks the code in a way nobody foresaw (here running out
     of memory on one subject): it is counted with its error and the other subjects are written."""
