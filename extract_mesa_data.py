@@ -24,7 +24,7 @@ subject-ID order:
 How it runs (sleepppg.extraction): worker processes preprocess subjects one at a time and each writes
 `<out>/.parts/<id>.npz` (sleepppg.parts: temporary name, then rename), so a run killed at any moment resumes
 without redoing finished subjects. A child process then streams the parts, in sorted ID order, into pre-sized
-HDF5 datasets written under temporary names and renamed at the end (sleepppg.processed). Memory stays at about
+HDF5 datasets written under temporary names and renamed at the end (sleepppg.assembly). Memory stays at about
 one subject per process whatever the cohort size.
 
 Bad data never stops the run: a subject whose EDF or XML is missing, unreadable (no permission), truncated,
@@ -66,6 +66,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sleepppg.assembly import assemble_isolated, write_stats
 from sleepppg.cli import setup_logging
 from sleepppg.config import load_config
 from sleepppg.constants import ECG_FILE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, INDEX_FILE, PPG_FILE
@@ -73,7 +74,6 @@ from sleepppg.diskfull import DiskFullError, bytes_needed, disk_full_message, is
 from sleepppg.errors import ConfigError, SetupError
 from sleepppg.extraction import (
     DREAMT_KEYS,
-    assemble_isolated,
     find_dreamt_subjects,
     find_subjects,
     part_settings,
@@ -83,7 +83,6 @@ from sleepppg.extraction import (
 from sleepppg.ids import compile_id_pattern
 from sleepppg.parts import PARTS_DIR, BadPartError, part_path, remove_stale_temporaries
 from sleepppg.preprocessing import file_signature
-from sleepppg.processed import write_stats
 from sleepppg.runio import write_text_atomic
 from sleepppg.runtime import keep_freed_memory
 

@@ -1,5 +1,5 @@
-"""Extraction of a cohort, subject by subject: which subjects there are, which need processing (resume), the
-per-subject job inside its error boundary, and the assembly of the part files into the processed HDF5 files.
+"""Extraction of a cohort, subject by subject: which subjects there are, which need processing (resume), and
+the per-subject job inside its error boundary (the part files are then assembled by sleepppg.assembly).
 
 - `find_subjects` / `find_dreamt_subjects`: subject ID -> its files, plus the IDs that cannot be paired.
 - `plan`: jobs to run, parts of an earlier run still valid (same settings and source files, intact), and the
@@ -7,9 +7,7 @@ per-subject job inside its error boundary, and the assembly of the part files in
 - `process_subject`: one subject's job, run in a worker (sleepppg.workers): labels from the XML, the
   preprocessed recording (sleepppg.preprocessing), a part file (sleepppg.parts). It is the subject's error
   boundary: any exception becomes a failed result with a kind and a reason, as does a worker killed by a
-  signal (`worker_died`); only a full disk stops the run.
-- `assemble_isolated`: the parts, in sorted ID order, into the three HDF5 files (sleepppg.processed), in a
-  forked child so that a failed HDF5 write (a full disk) cannot crash the main process.
+  signal (`worker_died`); only a full disk stops the run. `run_subjects` runs the jobs.
 
 A result is dict(id, ok, kind, reason, file, warnings, seconds[, has_ecg, n_recorded_windows]); a failure in
 failed_subjects.json is dict(id, file, kind, reason).
@@ -17,9 +15,7 @@ failed_subjects.json is dict(id, file, kind, reason).
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -27,12 +23,11 @@ import numpy as np
 
 from sleepppg import workers
 from sleepppg.annotations import xml_to_labels
-from sleepppg.constants import IGNORE_INDEX, MESA_ID_PATTERN, PPG_FILE, WINDOW_SECONDS
+from sleepppg.constants import IGNORE_INDEX, MESA_ID_PATTERN, WINDOW_SECONDS
 from sleepppg.diskfull import disk_full_at, is_disk_full
-from sleepppg.errors import BadRecordingError, SetupError
+from sleepppg.errors import BadRecordingError
 from sleepppg.parts import PARTS_DIR, BadPartError, part_path, read_part, read_part_meta, write_part
 from sleepppg.preprocessing import input_signature, preprocess_recording, preprocessing_settings
-from sleepppg.processed import write_processed
 
 log = logging.getLogger("sleepppg.extraction")
 
@@ -235,82 +230,3 @@ def worker_died(job: dict, how: str) -> dict:
 def run_subjects(jobs: list[dict], n_workers: int) -> list[dict]:
     """`process_subject` over `jobs` in `n_workers` processes (sleepppg.workers); results in job order."""
     return workers.run_jobs(process_subject, jobs, n_workers, worker_died)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Assembly: parts -> three HDF5 files
-
-
-def assemble(out_dir: Path, subjects: list[str], parts_dir: Path, settings: dict) -> dict:
-    """Stream the part files of `subjects` (sorted) into the three HDF5 files; return statistics.
-
-    Raises:
-        BadPartError: a part file fails its checks (`read_part`); OSError from h5py (a full disk).
-    """
-    n_windows = settings["windows_per_subject"]
-    return write_processed(out_dir, subjects, lambda sid: read_part(part_path(parts_dir, sid), n_windows),
-                           n_windows, settings["resample_method"], settings["chunk_windows"],
-                           settings["compression"])
-
-
-def _assembly_child(send, out_dir: Path, subjects: list[str], parts_dir: Path, settings: dict) -> None:
-    """Runs `assemble` in a child process and sends back ('ok', stats) or (kind, message)."""
-    status = 0
-    try:
-        send.send(("ok", assemble(out_dir, subjects, parts_dir, settings)))
-    except KeyboardInterrupt:
-        send.send(("interrupted", ""))
-    except BadPartError as err:
-        send.send(("bad_part", (str(err), err.part)))
-    except BaseException as err:
-        if is_disk_full(err):
-            send.send(("disk_full", "No space left on device"))
-        elif isinstance(err, OSError):
-            send.send(("os_error", f"{err.strerror or err}"))
-        else:  # a bug: its traceback goes to the main process, which raises it
-            import traceback
-
-            send.send(("bug", traceback.format_exc()))
-            status = 1
-    finally:
-        send.close()
-        # No interpreter teardown: after a failed write (a full disk) the HDF5 library can crash while it
-        # closes its files at exit. Everything this process wrote is closed or removed by now.
-        os._exit(status)
-
-
-def assemble_isolated(out_dir: Path, subjects: list[str], parts_dir: Path, settings: dict) -> dict:
-    """`assemble` in a forked child process, so that a failed HDF5 write (a full disk) cannot crash this
-    process; its outcome comes back as statistics or as the matching exception.
-
-    Raises:
-        BadPartError, KeyboardInterrupt, OSError (ENOSPC: a full disk), SetupError (the child was killed);
-        RuntimeError for a bug (with its traceback).
-    """
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("fork")
-    receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_assembly_child, args=(send, out_dir, subjects, parts_dir, settings))
-    child.start()
-    send.close()
-    try:
-        kind, payload = receive.recv()
-    except EOFError:
-        kind, payload = "died", ""
-    finally:
-        child.join()
-    if kind == "died":
-        raise SetupError(f"the process writing the HDF5 files in {out_dir} was killed (exit status "
-                         f"{child.exitcode}; out of memory?): run the same command again")
-    if kind == "ok":
-        return payload
-    if kind == "interrupted":
-        raise KeyboardInterrupt
-    if kind == "bad_part":
-        raise BadPartError(*payload)
-    if kind == "disk_full":
-        raise OSError(errno.ENOSPC, payload, str(out_dir / PPG_FILE))
-    if kind == "os_error":
-        raise OSError(f"writing the HDF5 files in {out_dir} failed: {payload}")
-    raise RuntimeError(f"assembly failed: {payload}")

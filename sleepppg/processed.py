@@ -1,5 +1,4 @@
-"""The processed-file format (docs/DESIGN.md section 3): writing the three HDF5 files and data_stats, and the one
-validator every reader of them uses.
+"""The processed-file format (docs/DESIGN.md section 3) and its one validator; sleepppg.assembly writes the files.
 
 Files, rows in sorted subject-ID order, W windows per subject, N = subjects x W rows:
 - mesa_ppg_with_labels.h5: ppg (N, 1024) float32 z-scored PPG at 34.133 Hz, labels (N,) int64 in -1..3,
@@ -9,21 +8,22 @@ Files, rows in sorted subject-ID order, W windows per subject, N = subjects x W 
   real_ecg_indices; attrs windows_with_real_ecg, windows_without_real_ecg;
 - mesa_subject_index.h5: subjects/<id>/window_indices (one contiguous block of rows) with attrs n_windows,
   has_ecg, n_recorded_windows; attrs total_subjects, total_windows, windows_per_subject, resample_method;
-- data_stats.npy (a pickled dict, as the reference) and data_stats.txt.
+- data_stats.npy (a pickled dict, as the reference) and data_stats.txt (STATS_NPY, STATS_TXT).
 
 The one validator: `verify_files` (and `verify` on a folder) reports each check as PASS/FAIL with its detail:
 layout, keys, attrs, shapes, dtypes, labels in -1..3, the index covering every row once in one contiguous block
-per subject, and (`signals=True`) every signal value finite and within +/-1,000. `require_valid` turns a failed
-report into one error for a program about to read the files; `read_night_starts` and `check_rows` are the same
-checks on just the subjects and arrays a dataset reads.
+per subject, and every signal value finite and within +/-1,000. `Checks` says which run and how strictly:
+`WRITTEN`, all of them, for what the extractor writes (verify_mesa_outputs.py); `READABLE`, what a reader needs
+(no scan of the signal values; nights of another length and the reference's dtypes allowed). `require_valid`
+turns a failed report into one error for a program about to read the files; `read_night_starts` and `check_rows`
+are the same checks on just the subjects and arrays a dataset reads.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -35,11 +35,9 @@ from sleepppg.constants import (
     PPG_FILE,
     SAMPLES_PER_WINDOW,
     STAGE_NAMES,
-    TARGET_FS,
     WINDOW_SECONDS,
     WINDOWS_PER_SUBJECT,
 )
-from sleepppg.runio import atomic_output, write_text_atomic
 
 PPG_KEYS = ("ppg", "labels", "subject_ids")
 ECG_KEYS = ("ecg", "has_real_ecg", "subject_ids", "labels", "real_ecg_indices")
@@ -55,8 +53,18 @@ BLOCK_ROWS = 1200  # rows per read: one night, 4.9 MB of float32
 # what a damaged HDF5 file or dataset raises in h5py/numpy while it is read
 READ_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError)
 
-# one subject for the writer: (meta with has_ecg and n_recorded_windows, {"ppg", "labels"[, "ecg"]})
-SubjectReader = Callable[[str], "tuple[dict, dict[str, np.ndarray]]"]
+
+@dataclass(frozen=True)
+class Checks:
+    """Which checks the validator runs, and how strictly."""
+
+    signals: bool = True  # scan every signal value (in blocks of rows: a few MB of memory for any file size)
+    every_night_full: bool = True  # a night of another length than W fails (else it is counted as information)
+    reference_dtypes: bool = False  # accept the reference's float64 signals and whole-number float labels
+
+
+WRITTEN = Checks()  # what extraction writes, every check
+READABLE = Checks(signals=False, every_night_full=False, reference_dtypes=True)  # what the datasets read
 
 
 class ProcessedFilesError(ValueError):
@@ -66,97 +74,6 @@ class ProcessedFilesError(ValueError):
     def __init__(self, report: Report):
         super().__init__(f"the processed files fail {len(report.failed)} check(s): " + "; ".join(report.problems))
         self.report = report
-
-
-def _compression_args(compression: str) -> dict:
-    return {} if compression == "none" else {"compression": compression}
-
-
-def write_processed(out_dir: Path, subjects: list[str], read_subject: SubjectReader, n_windows: int,
-                    resample_method: str, chunk_windows: int, compression: str = "none") -> dict:
-    """Write the three HDF5 files from `subjects` (sorted), one subject in memory at a time, under temporary
-    names renamed when all are complete; return the statistics for `write_stats`.
-
-    Args:
-        read_subject: sid -> (meta, arrays), e.g. a part file (`sleepppg.parts.read_part`).
-        n_windows: W, windows per subject.
-        chunk_windows: rows per HDF5 chunk of the signals (one night per chunk reads fastest).
-        compression: "none", "lzf" or "gzip".
-    Raises:
-        whatever `read_subject` raises; OSError from h5py (a full disk). No final name then holds a half file.
-    """
-    import h5py
-
-    total = len(subjects) * n_windows
-    sid_dtype = f"S{max(4, max(len(s) for s in subjects))}"
-    signal_args = dict(shape=(total, SAMPLES_PER_WINDOW), dtype=np.float32, fillvalue=np.float32(0),
-                       chunks=(min(chunk_windows, total), SAMPLES_PER_WINDOW), **_compression_args(compression))
-    with contextlib.ExitStack() as stack:
-        tmp_ppg, tmp_ecg, tmp_index = (stack.enter_context(atomic_output(out_dir / name))
-                                       for name in (PPG_FILE, ECG_FILE, INDEX_FILE))
-        f_ppg = stack.enter_context(h5py.File(tmp_ppg, "w"))
-        f_ecg = stack.enter_context(h5py.File(tmp_ecg, "w"))
-        f_index = stack.enter_context(h5py.File(tmp_index, "w"))
-        d_ppg = f_ppg.create_dataset("ppg", **signal_args)
-        d_ecg = f_ecg.create_dataset("ecg", **signal_args)
-        labels_all = np.empty(total, dtype=np.int64)
-        has_ecg_all = np.empty(total, dtype=bool)
-        subjects_group = f_index.create_group("subjects")
-        for i, sid in enumerate(subjects):
-            rows = slice(i * n_windows, (i + 1) * n_windows)
-            meta, arrays = read_subject(sid)
-            d_ppg[rows] = arrays["ppg"]
-            if meta["has_ecg"]:
-                d_ecg[rows] = arrays["ecg"]  # without ECG the rows keep the fill value 0
-            labels_all[rows] = arrays["labels"]
-            has_ecg_all[rows] = meta["has_ecg"]
-            g = subjects_group.create_group(sid)
-            g.create_dataset("window_indices", data=np.arange(rows.start, rows.stop, dtype=np.int64))
-            g.attrs["n_windows"] = n_windows
-            g.attrs["has_ecg"] = bool(meta["has_ecg"])
-            g.attrs["n_recorded_windows"] = int(meta["n_recorded_windows"])
-        subject_ids = np.repeat(np.array(subjects, dtype=sid_dtype), n_windows)
-        for f in (f_ppg, f_ecg):
-            f.create_dataset("labels", data=labels_all)
-            f.create_dataset("subject_ids", data=subject_ids)
-        f_ecg.create_dataset("has_real_ecg", data=has_ecg_all)
-        f_ecg.create_dataset("real_ecg_indices", data=np.flatnonzero(has_ecg_all).astype(np.int64))
-        settings_attrs = {"windows_per_subject": n_windows, "resample_method": resample_method}
-        f_ppg.attrs.update(sampling_rate=TARGET_FS, window_duration=WINDOW_SECONDS,
-                           samples_per_window=SAMPLES_PER_WINDOW, total_windows=total,
-                           total_subjects=len(subjects), **settings_attrs)
-        n_ecg = int(has_ecg_all.sum())
-        f_ecg.attrs.update(windows_with_real_ecg=n_ecg, windows_without_real_ecg=total - n_ecg)
-        f_index.attrs.update(total_subjects=len(subjects), total_windows=total, **settings_attrs)
-        valid = labels_all[labels_all != IGNORE_INDEX]
-        label_counts = {int(k): int(v) for k, v in zip(*np.unique(valid, return_counts=True))}
-    return {
-        "total_windows": total, "total_subjects": len(subjects), "windows_with_real_ecg": n_ecg,
-        "windows_without_real_ecg": total - n_ecg, "ppg_shape": (total, SAMPLES_PER_WINDOW),
-        "ecg_shape": (total, SAMPLES_PER_WINDOW), "valid_labels": int(valid.size),
-        "label_distribution": label_counts, "sampling_rate": TARGET_FS,
-        "window_duration": WINDOW_SECONDS, "samples_per_window": SAMPLES_PER_WINDOW,
-        "windows_per_subject": n_windows, "resample_method": resample_method,
-        "file_structure": {PPG_FILE: list(PPG_KEYS), ECG_FILE: list(ECG_KEYS), INDEX_FILE: [INDEX_LAYOUT]},
-    }
-
-
-def write_stats(out_dir: Path, stats: dict) -> None:
-    """data_stats.npy (a pickled dict, as the reference: np.load(..., allow_pickle=True).item()) and .txt."""
-    with atomic_output(out_dir / STATS_NPY) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, np.array(stats, dtype=object), allow_pickle=True)
-    lines = ["MESA sleep data processing statistics", "=" * 50, "",
-             f"Total windows: {stats['total_windows']}", f"Total subjects: {stats['total_subjects']}",
-             f"Windows with real ECG: {stats['windows_with_real_ecg']}",
-             f"Windows without real ECG: {stats['windows_without_real_ecg']}",
-             f"Valid labels: {stats['valid_labels']}", "", "Label distribution:"]
-    lines += [f"  {STAGE_NAMES[k]}: {v}" for k, v in stats["label_distribution"].items()]
-    lines += ["", f"Sampling rate: {stats['sampling_rate']} Hz",
-              f"Window duration: {stats['window_duration']} seconds",
-              f"Samples per window: {stats['samples_per_window']}",
-              f"Windows per subject: {stats['windows_per_subject']}",
-              f"Resample method: {stats['resample_method']}", ""]
-    write_text_atomic(out_dir / STATS_TXT, "\n".join(lines))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -220,10 +137,17 @@ def _blocks(n_rows: int, block: int = BLOCK_ROWS):
         yield slice(start, min(start + block, n_rows))
 
 
-def check_ppg_file(f, report: Report, expected_wps: int | None, signals: bool = True,
-                   every_night_full: bool = True) -> dict | None:
+def _signal_dtype(key: str, dtype: np.dtype, checks: Checks) -> tuple[str, bool, str]:
+    """(check name, passed, detail) of a signal array's dtype: float32 (the reference's float64 too, which
+    readers convert as they read)."""
+    if checks.reference_dtypes:
+        return f"{key} dtype float32 or float64", dtype in (np.float32, np.float64), str(dtype)
+    return f"{key} dtype float32", dtype == np.float32, str(dtype)
+
+
+def check_ppg_file(f, report: Report, expected_wps: int | None, checks: Checks = WRITTEN) -> dict | None:
     """mesa_ppg_with_labels.h5: datasets, shapes, dtypes, attrs, labels, windows per subject, contiguous
-    subjects; with `signals` the PPG values too. Returns what the other files' checks need, or None when the
+    subjects, and the PPG values (`checks.signals`). Returns what the other files' checks need, or None when the
     file is too broken to go on."""
     missing = [k for k in PPG_KEYS if k not in f]
     if not report.check("ppg file datasets", not missing, f"missing {missing}" if missing else ", ".join(PPG_KEYS)):
@@ -232,7 +156,7 @@ def check_ppg_file(f, report: Report, expected_wps: int | None, signals: bool = 
     n = ppg.shape[0]
     report.check("ppg samples per window", ppg.ndim == 2 and ppg.shape[1] == SAMPLES_PER_WINDOW,
                  f"shape {ppg.shape}, expected (N, {SAMPLES_PER_WINDOW})")
-    report.check("ppg dtype float32", ppg.dtype == np.float32, str(ppg.dtype))
+    report.check(*_signal_dtype("ppg", ppg.dtype, checks))
     fs = float(_attr(f, "sampling_rate", float("nan")))  # absent -> NaN -> the check fails
     report.check("sampling_rate x 30 s = 1024", abs(fs * WINDOW_SECONDS - SAMPLES_PER_WINDOW) < FS_TOLERANCE,
                  f"{fs!r} Hz x {WINDOW_SECONDS} s = {fs * WINDOW_SECONDS!r}")
@@ -243,7 +167,9 @@ def check_ppg_file(f, report: Report, expected_wps: int | None, signals: bool = 
     labels, sids = labels_ds[()], sids_ds[()]
     report.check("labels and subject_ids have one entry per window", labels.shape == (n,) and sids.shape == (n,),
                  f"ppg {n} rows, labels {labels.shape}, subject_ids {sids.shape}")
-    report.check("labels are integers", labels.dtype.kind in "iu", str(labels.dtype))
+    whole_floats = (checks.reference_dtypes and labels.dtype.kind == "f"
+                    and bool(np.all(np.isfinite(labels) & (labels == np.floor(labels)))))
+    report.check("labels are integers", labels.dtype.kind in "iu" or whole_floats, str(labels.dtype))
     bad_labels = sorted(set(np.unique(labels).tolist()) - VALID_LABELS)
     report.check("labels within {-1, 0, 1, 2, 3}", not bad_labels,
                  f"unexpected values {bad_labels[:10]}" if bad_labels else "")
@@ -252,7 +178,7 @@ def check_ppg_file(f, report: Report, expected_wps: int | None, signals: bool = 
     subjects, first_rows, counts = np.unique(sids, return_index=True, return_counts=True)
     wps = expected_wps or int(_attr(f, "windows_per_subject", WINDOWS_PER_SUBJECT))
     wrong = [(_text(s), int(c)) for s, c in zip(subjects, counts) if c != wps]
-    if every_night_full or not wrong:
+    if checks.every_night_full or not wrong:
         report.check(f"{wps} windows per subject", not wrong,
                      f"{len(subjects)} subjects" + (f"; wrong counts (id, windows): {wrong[:5]}" if wrong else ""))
     else:
@@ -265,7 +191,7 @@ def check_ppg_file(f, report: Report, expected_wps: int | None, signals: bool = 
     report.check("attr total_subjects", _attr(f, "total_subjects") == len(subjects),
                  f"{_attr(f, 'total_subjects')} vs {len(subjects)} subjects")
     info = {"n": n, "labels": labels, "sids": sids, "subjects": subjects}
-    if not signals:
+    if not checks.signals:
         return info
 
     nonfinite, absurd = 0, 0
@@ -292,7 +218,7 @@ def check_ppg_file(f, report: Report, expected_wps: int | None, signals: bool = 
     return info
 
 
-def check_ecg_file(f, report: Report, ppg_info: dict, signals: bool = True) -> np.ndarray | None:
+def check_ecg_file(f, report: Report, ppg_info: dict, checks: Checks = WRITTEN) -> np.ndarray | None:
     """mesa_real_ecg.h5 against itself and the PPG file. Returns has_real_ecg (or None)."""
     missing = [k for k in ECG_KEYS if k not in f]
     if not report.check("ecg file datasets", not missing, f"missing {missing}" if missing else ", ".join(ECG_KEYS)):
@@ -300,7 +226,7 @@ def check_ecg_file(f, report: Report, ppg_info: dict, signals: bool = True) -> n
     n = ppg_info["n"]
     ecg = f["ecg"]
     report.check("ecg shape matches ppg", ecg.shape == (n, SAMPLES_PER_WINDOW), f"{ecg.shape} vs ({n}, 1024)")
-    report.check("ecg dtype float32", ecg.dtype == np.float32, str(ecg.dtype))
+    report.check(*_signal_dtype("ecg", ecg.dtype, checks))
     report.check("ecg labels equal ppg labels", np.array_equal(f["labels"][()], ppg_info["labels"]))
     report.check("ecg subject_ids equal ppg subject_ids", np.array_equal(f["subject_ids"][()], ppg_info["sids"]))
     has = f["has_real_ecg"][()].astype(bool)
@@ -312,7 +238,7 @@ def check_ecg_file(f, report: Report, ppg_info: dict, signals: bool = True) -> n
     report.check("attrs windows_with/without_real_ecg",
                  _attr(f, "windows_with_real_ecg") == n_with and _attr(f, "windows_without_real_ecg") == n - n_with,
                  f"{_attr(f, 'windows_with_real_ecg')}/{_attr(f, 'windows_without_real_ecg')} vs {n_with}/{n - n_with}")
-    if not signals:
+    if not checks.signals:
         return has
     nonfinite, nonzero_without = 0, 0
     if ecg.shape == (n, SAMPLES_PER_WINDOW):
@@ -380,15 +306,13 @@ def _checked(report: Report, path: Path, check, *args):
 
 
 def verify_files(ppg_file: str | os.PathLike, ecg_file: str | os.PathLike | None, index_file: str | os.PathLike,
-                 windows_per_subject: int | None = None, signals: bool = True,
-                 every_night_full: bool = True) -> Report:
+                 windows_per_subject: int | None = None, checks: Checks = WRITTEN) -> Report:
     """Every check on the three files; never raises for bad files (each problem is a failed check).
 
     Args:
         ecg_file: None to skip the ECG file's checks.
         windows_per_subject: W each night must have (None: the files' attr windows_per_subject, else 1,200).
-        signals: scan every signal value in blocks of rows (a few MB of memory for any file size).
-        every_night_full: False reports nights of another length as information, not as a failed check.
+        checks: which checks run, and how strictly (`WRITTEN`: all of them).
     """
     report = Report()
     paths = {"ppg": Path(ppg_file), "ecg": None if ecg_file is None else Path(ecg_file), "index": Path(index_file)}
@@ -397,39 +321,37 @@ def verify_files(ppg_file: str | os.PathLike, ecg_file: str | os.PathLike | None
             report.check(f"{path.name} exists", path.is_file(), str(path))
     if not paths["ppg"].is_file():
         return report
-    ppg_info = _checked(report, paths["ppg"], check_ppg_file, windows_per_subject, signals, every_night_full)
+    ppg_info = _checked(report, paths["ppg"], check_ppg_file, windows_per_subject, checks)
     if ppg_info is None:
         return report
     has_ecg = None
     if paths["ecg"] is not None and paths["ecg"].is_file():
-        has_ecg = _checked(report, paths["ecg"], check_ecg_file, ppg_info, signals)
+        has_ecg = _checked(report, paths["ecg"], check_ecg_file, ppg_info, checks)
     if paths["index"].is_file():
         _checked(report, paths["index"], check_index_file, ppg_info, has_ecg)
     return report
 
 
-def verify(base: str | os.PathLike, windows_per_subject: int | None = None, signals: bool = True) -> Report:
-    """Every check on the three files in the folder `base` (see `verify_files`); return the report."""
+def verify(base: str | os.PathLike, windows_per_subject: int | None = None, checks: Checks = WRITTEN) -> Report:
+    """The checks on the three files in the folder `base` (see `verify_files`); return the report."""
     base = Path(base)
-    return verify_files(base / PPG_FILE, base / ECG_FILE, base / INDEX_FILE, windows_per_subject, signals=signals)
+    return verify_files(base / PPG_FILE, base / ECG_FILE, base / INDEX_FILE, windows_per_subject, checks)
 
 
 def require_valid(ppg_file: str | os.PathLike, ecg_file: str | os.PathLike | None, index_file: str | os.PathLike,
-                  windows_per_subject: int, signals: bool = False, every_night_full: bool = False) -> Report:
-    """The validator for a program about to read the files (training's pre-flight check): the report when
-    every check passes, else one clear error.
+                  windows_per_subject: int, checks: Checks = READABLE) -> Report:
+    """The validator for a program about to read the files (a pre-flight check before training): the report
+    when every check passes, else one clear error.
 
     Args:
         ecg_file: None when the reader needs no ECG (its checks are then skipped).
         windows_per_subject: W of the nights the reader uses.
-        signals: also scan every signal value (finite, within range; reads the whole file, ~5 GB for MESA).
-        every_night_full: a night of another length than W fails (False: such nights are only counted, as
-            the split leaves them out).
+        checks: `READABLE` (default) leaves out the scan of the signal values, which reads every row, and lets
+            nights of another length (the split leaves them out) and the reference's dtypes pass.
     Raises:
         ProcessedFilesError: naming each failed check and its detail.
     """
-    report = verify_files(ppg_file, ecg_file, index_file, windows_per_subject, signals=signals,
-                          every_night_full=every_night_full)
+    report = verify_files(ppg_file, ecg_file, index_file, windows_per_subject, checks)
     if report.failed:
         raise ProcessedFilesError(report)
     return report

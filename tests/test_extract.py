@@ -31,6 +31,7 @@ from scipy import signal as sps
 
 import extract_mesa_data as ex
 import sleepppg.annotations
+import sleepppg.assembly
 import sleepppg.edf
 import sleepppg.extraction
 import sleepppg.preprocessing
@@ -448,6 +449,7 @@ def _killed_run(edf_dir: Path, xml_dir: Path, out: Path, kill_at: str) -> None:
 import os, signal, sys
 import numpy as np
 import extract_mesa_data as ex
+import sleepppg.assembly as assembly
 import sleepppg.extraction as extraction
 calls = {{"n": 0}}
 def kill_on_second(real):
@@ -460,7 +462,7 @@ def kill_on_second(real):
 if {kill_at!r} == "processing":   # after the first subject's part is written
     extraction.process_subject = kill_on_second(extraction.process_subject)
 else:                               # in the middle of writing the HDF5 files
-    extraction.read_part = kill_on_second(extraction.read_part)
+    assembly.read_part = kill_on_second(assembly.read_part)
 sys.exit(ex.main(["--edf-dir", {str(edf_dir)!r}, "--xml-dir", {str(xml_dir)!r}, "--out-dir", {str(out)!r},
                   "--windows-per-subject", "{W}", "--workers", "1"]))
 """
@@ -497,7 +499,7 @@ def test_crash_in_assembly_keeps_old_outputs_untouched(tmp_path, monkeypatch, ca
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sleepppg.extraction, "assemble", boom)  # Ctrl-C while the HDF5 files are written
+    monkeypatch.setattr(sleepppg.assembly, "assemble", boom)  # Ctrl-C while the HDF5 files are written
     capsys.readouterr()
     assert run_cli(edf_dir, xml_dir, out, "--overwrite", "--keep-parts") == 130
     assert "interrupted: finished subjects are kept" in capsys.readouterr().err

@@ -1,5 +1,6 @@
-"""Tests for sleepppg.processed: what the writer writes the validator passes; the validator serves a program
-about to read the files (one clear error naming the check), and agrees with the dataset's own checks."""
+"""Tests for sleepppg.processed: what the writer (sleepppg.assembly) writes the validator passes; the validator
+serves a program about to read the files (one clear error naming the check), and agrees with the dataset's own
+checks."""
 from __future__ import annotations
 
 import h5py
@@ -8,9 +9,9 @@ import pytest
 from helpers import W, write_processed
 
 from multimodal_dataset_aligned import PPGOnlyDataset, make_split
-from sleepppg import processed
+from sleepppg import assembly, processed
 from sleepppg.constants import ECG_FILE, INDEX_FILE, PPG_FILE, SAMPLES_PER_WINDOW
-from sleepppg.processed import ProcessedFilesError, read_night_starts, require_valid, verify, verify_files, write_stats
+from sleepppg.processed import ProcessedFilesError, read_night_starts, require_valid, verify, verify_files
 
 
 def _subject(has_ecg: bool, seed: int) -> tuple[dict, dict]:
@@ -25,8 +26,8 @@ def _subject(has_ecg: bool, seed: int) -> tuple[dict, dict]:
 
 def test_what_the_writer_writes_passes_every_check(tmp_path):
     subjects = {"0001": _subject(True, 0), "0002": _subject(False, 1), "0010": _subject(True, 2)}
-    stats = processed.write_processed(tmp_path, sorted(subjects), subjects.__getitem__, W, "linear", 16)
-    write_stats(tmp_path, stats)
+    stats = assembly.write_processed(tmp_path, sorted(subjects), subjects.__getitem__, W, "linear", 16)
+    assembly.write_stats(tmp_path, stats)
     report = verify(tmp_path)  # windows per subject from the files' attr
     assert not report.failed, report.lines
     assert f"[PASS] {W} windows per subject: 3 subjects" in report.lines
@@ -43,9 +44,9 @@ def test_require_valid_returns_the_report_or_one_error(tmp_path):
     paths = write_processed(tmp_path, n_subjects=4, windows_per_subject=W, n_test=1, short_subjects=("9000",))
     report = require_valid(paths["ppg"], paths["ecg"], paths["index"], W)  # a short night is left out, not wrong
     assert any("1 of 4 subjects have other than 40 windows and are not used" in line for line in report.lines)
-    assert not any("ppg values finite" in line for line in report.lines)  # signals=False: no value scan
+    assert not any("ppg values finite" in line for line in report.lines)  # READABLE: no scan of the values
     with pytest.raises(ProcessedFilesError, match=r"40 windows per subject \(4 subjects; wrong counts"):
-        require_valid(paths["ppg"], paths["ecg"], paths["index"], W, every_night_full=True)
+        require_valid(paths["ppg"], paths["ecg"], paths["index"], W, processed.WRITTEN)
     assert not require_valid(paths["ppg"], None, paths["index"], W).failed  # PPG-only: no ECG checks
     with h5py.File(paths["ppg"], "r+") as f:
         f["labels"][5] = 7
@@ -88,3 +89,21 @@ def test_a_night_out_of_order_fails_the_validator_and_the_dataset_alike(tmp_path
     name = next(name for name in ("train", "val", "test") if sid in getattr(split, name))
     with pytest.raises(ValueError, match=f"subject {sid}.*contiguous"):
         PPGOnlyDataset(tmp_path, split=name, windows_per_subject=W, use_sleepppg_test_set=False)
+
+
+def test_reference_dtypes_pass_for_a_reader_not_for_the_extractor_check(tmp_path):
+    """The reference's files (float64 signals and labels, gzip) are readable; verify_mesa_outputs still holds
+    our extractor to float32 and integer labels."""
+    paths = write_processed(tmp_path, n_subjects=3, windows_per_subject=W, n_test=1)
+    with h5py.File(paths["ppg"], "r+") as f:
+        ppg, labels = f["ppg"][()], f["labels"][()]
+        del f["ppg"], f["labels"]
+        f.create_dataset("ppg", data=ppg.astype(np.float64), compression="gzip")
+        f["labels"] = labels.astype(np.float64)
+    report = require_valid(paths["ppg"], None, paths["index"], W)
+    assert "[PASS] ppg dtype float32 or float64: float64" in report.lines
+    assert verify(tmp_path, W).failed == ["ppg dtype float32", "labels are integers"]
+    with h5py.File(paths["ppg"], "r+") as f:
+        f["labels"][3] = 0.5
+    with pytest.raises(ProcessedFilesError, match="labels are integers"):
+        require_valid(paths["ppg"], None, paths["index"], W)
