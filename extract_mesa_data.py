@@ -263,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"up to date: {out_dir} already holds {len(previous.get('subjects', []))} subjects "
               f"({n_failed} failed earlier; see {FAILED_FILE}); use --overwrite to redo")
         return EXIT_FAILED if n_failed else EXIT_OK
-    manifest_path.unlink(missing_ok=True)  # outputs are about to change: the old manifest no longer holds
+    manifest_path.unlink(missing_ok=True)  # the outputs are about to change: the old manifest would not describe them
     remove_stale_temporaries(out_dir)
 
     n_windows = settings["windows_per_subject"]

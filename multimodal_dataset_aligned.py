@@ -16,8 +16,9 @@ train/test split, then 80/20 train/val, both with the seed, and no list is read.
 Items: one night each.
     PPGOnlyDataset          (ppg_1T float32 (1, W*1024), labels_W int64 (W,)) [, index]
     MultiModalSleepDataset  (ppg_1T, ecg_1T, labels_W) [, index]
-A night is one contiguous row range, so an item is one HDF5 read per array. Files are opened lazily, once per
-process (keyed by PID), so DataLoader workers (`num_workers > 0`) each get their own handle.
+A night is one contiguous row range, so an item is one HDF5 read per array (a dataset checks the index and the
+arrays for that as it is made, with sleepppg.processed, the validator of the processed files). Files are opened
+lazily, once per process (keyed by PID), so DataLoader workers (`num_workers > 0`) each get their own handle.
 
 Training on crops (`segment_windows` N > 0, config `training.segment_windows`): each training item is N consecutive
 windows of a night (ppg_1T (1, N*1024), labels (N,)). An epoch still covers each night about once, as with whole
