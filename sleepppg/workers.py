@@ -1,7 +1,8 @@
 """Jobs in forked worker processes, where a worker killed by a signal costs only the job it was running.
 
 `run_jobs(task, jobs, workers, died)` returns [task(job) for job in jobs], in job order: in this process when
-`workers` is 1, else in a pool of `workers` forked processes. A worker killed by a signal (SIGKILL from the
+`workers` is 1 (a kill then ends the whole run, which the next run resumes), else in a pool of `workers` forked
+processes. A worker killed by a signal (SIGKILL from the
 out-of-memory killer) breaks a concurrent.futures pool: every pending job then raises BrokenProcessPool, and
 the pool cannot tell which job killed it. So the jobs that had started in the broken pool are run again at the
 end, one at a time, each in a process of its own; a job whose own process dies too gets `died(job, how)`

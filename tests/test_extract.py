@@ -1,5 +1,7 @@
-"""Tests for extract_mesa_data.py: labels from hand-written NSRR XML, preprocessing against slow obvious
-versions, HDF5 formats, bad data, bad setup, resume after a crash (kill -9 included), workers=2 == workers=1.
+"""Tests for extract_mesa_data.py and what it runs on (sleepppg.extraction, .parts, .assembly, .preprocessing,
+.edf, .annotations): labels from hand-written NSRR XML, preprocessing against slow obvious versions, HDF5
+formats, bad data, bad setup, resume after a crash (kill -9 included), a worker killed by a signal,
+workers=2 == workers=1.
 
 Recordings are tiny EDFs written with edfio under tmp_path (10-20 min nights, 40 windows per subject).
 """
