@@ -16,8 +16,9 @@ train/test split, then 80/20 train/val, both with the seed, and no list is read.
 Items: one night each.
     PPGOnlyDataset          (ppg_1T float32 (1, W*1024), labels_W int64 (W,)) [, index]
     MultiModalSleepDataset  (ppg_1T, ecg_1T, labels_W) [, index]
-A night is one contiguous row range, so an item is one HDF5 read per array. Files are opened lazily, once per
-process (keyed by PID), so DataLoader workers (`num_workers > 0`) each get their own handle.
+A night is one contiguous row range, so an item is one HDF5 read per array (a dataset checks the index and the
+arrays for that as it is made, with sleepppg.processed, the validator of the processed files). Files are opened
+lazily, once per process (keyed by PID), so DataLoader workers (`num_workers > 0`) each get their own handle.
 
 Training on crops (`segment_windows` N > 0, config `training.segment_windows`): each training item is N consecutive
 windows of a night (ppg_1T (1, N*1024), labels (N,)). An epoch still covers each night about once, as with whole
@@ -60,6 +61,7 @@ from sleepppg.constants import (
 )
 from sleepppg.errors import ConfigError
 from sleepppg.ids import sleepppg_test_subjects
+from sleepppg.processed import check_rows, read_night_starts
 
 # ----------------------------------------------------------------------------------------------------------
 # Constants (file names and split fractions from the reference)
@@ -201,22 +203,6 @@ def split_subjects(valid_subjects: list[str], use_sleepppg_test_set: bool = True
         train, test = train_test_split(list(valid), test_size=TEST_FRACTION, random_state=seed)
         train, val = train_test_split(train, test_size=VAL_FRACTION, random_state=seed)
     return list(train), list(val), list(test)
-
-
-def read_night_starts(index_file: str | os.PathLike, subjects: list[str], windows_per_subject: int) -> np.ndarray:
-    """First row of each subject's night; raises ValueError unless its rows are start..start+W-1."""
-    starts = np.empty(len(subjects), dtype=np.int64)
-    with h5py.File(index_file, "r") as f:
-        for i, sid in enumerate(subjects):
-            rows = f[f"subjects/{sid}/window_indices"][()]
-            if rows.size != windows_per_subject:
-                raise ValueError(f"{index_file}: subject {sid} lists {rows.size} window indices but "
-                                 f"n_windows = {windows_per_subject}")
-            if not np.array_equal(rows, np.arange(rows[0], rows[0] + windows_per_subject)):
-                raise ValueError(f"{index_file}: the windows of subject {sid} are not one contiguous block of "
-                                 f"rows (this loader reads each night as one slice)")
-            starts[i] = rows[0]
-    return starts
 
 
 def read_night(files: dict[str, h5py.File], start: int, n_windows: int,
@@ -422,18 +408,7 @@ class NightDataset(Dataset):
         """Fail now, not inside a worker, if an array is missing or too short for the index."""
         needed_rows = int(self.starts.max()) + self.windows_per_subject if len(self.starts) else 0
         for key in self.modalities:
-            with h5py.File(self.paths[key], "r") as f:
-                arrays = (key, "labels") if key == "ppg" else (key,)
-                for name in arrays:
-                    if name not in f:
-                        raise ValueError(f"{self.paths[key]} has no '{name}' dataset")
-                    ds = f[name]
-                    if ds.shape[0] < needed_rows:
-                        raise ValueError(f"{self.paths[key]}: '{name}' has {ds.shape[0]} rows but the index "
-                                         f"refers to rows up to {needed_rows}")
-                    if name != "labels" and ds.shape[1:] != (SAMPLES_PER_WINDOW,):
-                        raise ValueError(f"{self.paths[key]}: '{name}' rows must hold {SAMPLES_PER_WINDOW} "
-                                         f"samples, got shape {ds.shape}")
+            check_rows(self.paths[key], (key, "labels") if key == "ppg" else (key,), needed_rows)
 
     def _open(self) -> dict[str, h5py.File]:
         """The HDF5 handles of this process, opened on first use (after a fork, workers open their own)."""

@@ -1,5 +1,7 @@
-"""Tests for extract_mesa_data.py: labels from hand-written NSRR XML, preprocessing against slow obvious
-versions, HDF5 formats, bad data, bad setup, resume after a crash (kill -9 included), workers=2 == workers=1.
+"""Tests for extract_mesa_data.py and what it runs on (sleepppg.extraction, .parts, .assembly, .preprocessing,
+.edf, .annotations): labels from hand-written NSRR XML, preprocessing against slow obvious versions, HDF5
+formats, bad data, bad setup, resume after a crash (kill -9 included), a worker killed by a signal,
+workers=2 == workers=1.
 
 Recordings are tiny EDFs written with edfio under tmp_path (10-20 min nights, 40 windows per subject).
 """
@@ -31,13 +33,17 @@ from scipy import signal as sps
 
 import extract_mesa_data as ex
 import sleepppg.annotations
+import sleepppg.assembly
 import sleepppg.edf
+import sleepppg.extraction
 import sleepppg.preprocessing
 from sleepppg.annotations import xml_to_labels
 from sleepppg.channels import PPG_PATTERNS, find_ecg_channel, find_ppg_channel
 from sleepppg.constants import SAMPLES_PER_WINDOW, TARGET_FS
 from sleepppg.edf import _read_digital, read_edf, read_edf_header, to_physical
 from sleepppg.errors import BadRecordingError
+from sleepppg.extraction import worker_died
+from sleepppg.parts import read_part
 from sleepppg.preprocessing import (
     PREPROCESSING_VERSION,
     file_signature,
@@ -52,6 +58,7 @@ from sleepppg.preprocessing import (
     resampled_length,
     to_windows,
 )
+from sleepppg.workers import run_jobs
 
 
 @pytest.fixture(autouse=True)
@@ -444,6 +451,8 @@ def _killed_run(edf_dir: Path, xml_dir: Path, out: Path, kill_at: str) -> None:
 import os, signal, sys
 import numpy as np
 import extract_mesa_data as ex
+import sleepppg.assembly as assembly
+import sleepppg.extraction as extraction
 calls = {{"n": 0}}
 def kill_on_second(real):
     def wrapper(*args, **kwargs):
@@ -453,9 +462,9 @@ def kill_on_second(real):
         return real(*args, **kwargs)
     return wrapper
 if {kill_at!r} == "processing":   # after the first subject's part is written
-    ex.process_subject = kill_on_second(ex.process_subject)
+    extraction.process_subject = kill_on_second(extraction.process_subject)
 else:                               # in the middle of writing the HDF5 files
-    ex.read_part = kill_on_second(ex.read_part)
+    assembly.read_part = kill_on_second(assembly.read_part)
 sys.exit(ex.main(["--edf-dir", {str(edf_dir)!r}, "--xml-dir", {str(xml_dir)!r}, "--out-dir", {str(out)!r},
                   "--windows-per-subject", "{W}", "--workers", "1"]))
 """
@@ -492,7 +501,7 @@ def test_crash_in_assembly_keeps_old_outputs_untouched(tmp_path, monkeypatch, ca
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ex, "assemble", boom)  # Ctrl-C while the HDF5 files are written
+    monkeypatch.setattr(sleepppg.assembly, "assemble", boom)  # Ctrl-C while the HDF5 files are written
     capsys.readouterr()
     assert run_cli(edf_dir, xml_dir, out, "--overwrite", "--keep-parts") == 130
     assert "interrupted: finished subjects are kept" in capsys.readouterr().err
@@ -822,13 +831,14 @@ def test_damaged_parts_and_manifest_are_rebuilt(tmp_path, capsys):
     assert "(1 reused)" in capsys.readouterr().out  # 0009 reused; 0004 and 0006 rebuilt
     assert dataset_contents(out) == dataset_contents(tmp_path / "clean")
     for sid in ids:
-        ex.read_part(parts[sid], W)  # all intact again
+        read_part(parts[sid], W)  # all intact again
 
 
 def test_ctrl_c_exits_130_and_keeps_finished_subjects(tmp_path, monkeypatch, capsys):
     ids = ["0001", "0002", "0003"]
     edf_dir, xml_dir = make_cohort(tmp_path / "raw", ids, minutes=3)
-    monkeypatch.setattr(ex, "process_subject", interrupted_on_call(ex.process_subject, 2))  # on the second subject
+    monkeypatch.setattr(sleepppg.extraction, "process_subject",
+                        interrupted_on_call(sleepppg.extraction.process_subject, 2))  # on the second subject
     out = tmp_path / "out"
     assert run_cli(edf_dir, xml_dir, out) == 130
     assert "interrupted: finished subjects are kept" in capsys.readouterr().err
@@ -896,21 +906,51 @@ def _fail_first_sleep_others(job: dict) -> dict:
     return {}
 
 
-def test_an_error_stops_the_worker_processes_at_once(monkeypatch):
-    """With several workers, an error (or Ctrl-C) in the main process terminates the workers instead of
-    leaving them to finish their subjects while the run has already stopped."""
+def test_an_error_stops_the_worker_processes_at_once():
+    """With several workers, an error that escapes a job (as a full disk does) or Ctrl-C in the main process
+    terminates the workers instead of leaving them to finish their subjects while the run has already stopped."""
     import multiprocessing
     import time
 
-    monkeypatch.setattr(ex, "_process_subject_or_disk_full", _fail_first_sleep_others)
     jobs = [{"id": "0001", "fail": True}] + [{"id": f"000{i}", "fail": False} for i in (2, 3, 4)]
     start = time.monotonic()
     with pytest.raises(RuntimeError, match="subject 0001 is broken"):
-        ex._run_jobs(jobs, workers=2)
+        run_jobs(_fail_first_sleep_others, jobs, 2, worker_died)
     while multiprocessing.active_children() and time.monotonic() - start < 20:
         time.sleep(0.1)
     assert not multiprocessing.active_children()  # both workers are gone, long before their 60-s jobs end
     assert time.monotonic() - start < 20
+
+
+def test_a_worker_killed_by_a_signal_costs_only_its_subject(tmp_path, monkeypatch, capsys):
+    """A worker process killed while it preprocesses one subject (SIGKILL, as the out-of-memory killer sends)
+    breaks the pool for every pending subject: that subject is listed with the signal, the others go on in a
+    new pool and are written as in a run without it."""
+    import signal
+
+    ids = ["0001", "0002", "0003", "0004"]
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ids, minutes=3)
+    assert run_cli(edf_dir, xml_dir, tmp_path / "clean", "--subjects", "0001,0002,0004") == 0
+    real, main_pid = preprocess_recording, os.getpid()
+
+    def killed_on_0003(edf, *args, **kwargs):  # inherited by the forked workers
+        if "0003" in Path(edf).name and os.getpid() != main_pid:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(edf, *args, **kwargs)
+
+    monkeypatch.setattr(sleepppg.extraction, "preprocess_recording", killed_on_0003)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert run_cli(edf_dir, xml_dir, out, "--workers", "2") == 1
+    failed = json.loads((out / ex.FAILED_FILE).read_text())
+    assert [(f["id"], f["kind"], f["file"]) for f in failed] == [
+        ("0003", "worker_killed", str(edf_dir / "mesa-sleep-0003.edf"))]
+    assert "killed by signal SIGKILL (9)" in failed[0]["reason"]
+    assert "1 failed (worker_killed: 1" in capsys.readouterr().out
+    assert "subject 0003 skipped (worker_killed)" in (out / "logs" / "processing.log").read_text()
+    with h5py.File(out / ex.INDEX_FILE) as f:
+        assert sorted(f["subjects"]) == ["0001", "0002", "0004"]
+    assert dataset_contents(out) == dataset_contents(tmp_path / "clean")
 
 
 def test_an_unforeseen_error_costs_only_its_subject(tmp_path, monkeypatch, capsys):
@@ -925,7 +965,7 @@ def test_an_unforeseen_error_costs_only_its_subject(tmp_path, monkeypatch, capsy
             raise MemoryError("Unable to allocate 4.55 PiB")
         return real(edf, *args, **kwargs)
 
-    monkeypatch.setattr(ex, "preprocess_recording", out_of_memory_on_0002)
+    monkeypatch.setattr(sleepppg.extraction, "preprocess_recording", out_of_memory_on_0002)
     out = tmp_path / "out"
     assert run_cli(edf_dir, xml_dir, out) == 1
     failed = json.loads((out / "failed_subjects.json").read_text())

@@ -16,11 +16,12 @@ from helpers import channels_for_raw_edf, edf_field_offset, write_raw_edf, write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import extract_mesa_data as ex
 from sleepppg.annotations import xml_to_labels
 from sleepppg.constants import IGNORE_INDEX, SAMPLES_PER_WINDOW
 from sleepppg.edf import EDF_SIGNAL_FIELDS
 from sleepppg.errors import BadRecordingError
+from sleepppg.extraction import process_subject
+from sleepppg.parts import read_part
 from sleepppg.preprocessing import preprocess_recording
 
 N_WINDOWS = 6  # 3 minutes of windows for a 2-minute night: padding is exercised too
@@ -108,9 +109,9 @@ def _run_subject(folder: Path, edf: bytes, xml: str) -> dict:
     (folder / "s.xml").write_bytes(xml.encode("utf-8", errors="surrogatepass"))
     job = {"id": "0001", "edf": str(folder / "s.edf"), "xml": str(folder / "s.xml"), "part": str(folder / "p.npz"),
            "signature": "x", "windows_per_subject": N_WINDOWS, "resample_method": "linear", "ppg_channels": ["pleth"]}
-    result = ex.process_subject(job)  # must not raise for any content
+    result = process_subject(job)  # must not raise for any content
     if result["ok"]:
-        meta, arrays = ex.read_part(folder / "p.npz", N_WINDOWS)
+        meta, arrays = read_part(folder / "p.npz", N_WINDOWS)
         assert arrays["ppg"].shape == (N_WINDOWS, SAMPLES_PER_WINDOW) and arrays["labels"].shape == (N_WINDOWS,)
         assert np.isin(arrays["labels"], [IGNORE_INDEX, 0, 1, 2, 3]).all() and (arrays["labels"] >= 0).any()
         assert (arrays["labels"][meta["n_recorded_windows"]:] == IGNORE_INDEX).all()

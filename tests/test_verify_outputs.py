@@ -8,6 +8,7 @@ import pytest
 from helpers import W, make_cohort, run_cli, write_processed
 
 import verify_mesa_outputs as vo
+from sleepppg.processed import high_frequency_share
 
 
 def test_passes_on_extractor_output(tmp_path, capsys):
@@ -104,9 +105,9 @@ def test_high_frequency_share():
     t = np.arange(1024) / fs
     low = np.tile(np.sin(2 * np.pi * 1.0 * t), (4, 1))
     high = np.tile(np.sin(2 * np.pi * 12.0 * t), (4, 1))
-    assert vo.high_frequency_share(low, fs) < 0.001
-    assert vo.high_frequency_share(high, fs) > 0.99
-    assert np.isnan(vo.high_frequency_share(np.zeros((3, 1024)), fs))
+    assert high_frequency_share(low, fs) < 0.001
+    assert high_frequency_share(high, fs) > 0.99
+    assert np.isnan(high_frequency_share(np.zeros((3, 1024)), fs))
 
 
 # ----------------------------------------------------------------------------------------------------------
