@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sleepppg.constants import SAMPLES_PER_WINDOW
+from sleepppg.paths import is_disk_full
 
 SIGNAL_BYTES_PER_SAMPLE = 4  # float32
 INDEX_BYTES_PER_WINDOW = 40  # labels, subject IDs, has_real_ecg, indices: a generous bound
@@ -23,14 +24,6 @@ INDEX_BYTES_PER_WINDOW = 40  # labels, subject IDs, has_real_ecg, indices: a gen
 
 class DiskFullError(OSError):
     """The output disk filled up; `filename` is the file being written, `strerror` the line for the user."""
-
-
-def is_disk_full(err: BaseException) -> bool:
-    """True for a full disk or quota. h5py reports the C library's errno inside its message, and raises
-    RuntimeError rather than OSError when the failure comes while it closes a file."""
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return isinstance(err, (OSError, RuntimeError)) and ("errno = 28" in str(err) or "No space left" in str(err))
 
 
 def bytes_needed(n_parts: int, n_subjects: int, n_windows: int) -> int:
