@@ -70,7 +70,7 @@ from sleepppg.assembly import assemble_isolated, write_stats
 from sleepppg.cli import setup_logging
 from sleepppg.config import load_config
 from sleepppg.constants import ECG_FILE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, INDEX_FILE, PPG_FILE
-from sleepppg.diskfull import DiskFullError, bytes_needed, disk_full_message, is_disk_full, naming_a_full_disk
+from sleepppg.diskfull import DiskFullError, bytes_needed, disk_full_message, naming_a_full_disk
 from sleepppg.errors import ConfigError, SetupError
 from sleepppg.extraction import (
     DREAMT_KEYS,
@@ -82,6 +82,7 @@ from sleepppg.extraction import (
 )
 from sleepppg.ids import compile_id_pattern
 from sleepppg.parts import PARTS_DIR, BadPartError, part_path, remove_stale_temporaries
+from sleepppg.paths import is_disk_full
 from sleepppg.preprocessing import file_signature
 from sleepppg.runio import write_text_atomic
 from sleepppg.runtime import keep_freed_memory

@@ -27,9 +27,9 @@ from sleepppg.constants import (
     TARGET_FS,
     WINDOW_SECONDS,
 )
-from sleepppg.diskfull import is_disk_full
 from sleepppg.errors import SetupError
 from sleepppg.parts import BadPartError, part_path, read_part
+from sleepppg.paths import is_disk_full
 from sleepppg.processed import ECG_KEYS, INDEX_LAYOUT, PPG_KEYS, STATS_NPY, STATS_TXT
 from sleepppg.runio import atomic_output, write_text_atomic
 

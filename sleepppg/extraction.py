@@ -24,9 +24,10 @@ import numpy as np
 from sleepppg import workers
 from sleepppg.annotations import xml_to_labels
 from sleepppg.constants import IGNORE_INDEX, MESA_ID_PATTERN, WINDOW_SECONDS
-from sleepppg.diskfull import disk_full_at, is_disk_full
+from sleepppg.diskfull import disk_full_at
 from sleepppg.errors import BadRecordingError
 from sleepppg.parts import PARTS_DIR, BadPartError, part_path, read_part, read_part_meta, write_part
+from sleepppg.paths import is_disk_full
 from sleepppg.preprocessing import input_signature, preprocess_recording, preprocessing_settings
 
 log = logging.getLogger("sleepppg.extraction")
