@@ -23,8 +23,16 @@ import torch
 import yaml
 from helpers import interrupted_on_call, write_processed
 
+import sleepppg.distributed
+import sleepppg.evaluation
 import train_ppg_only as T
+from sleepppg.config import load_config
+from sleepppg.distributed import autocast, inductor_cpp_compiler, use_autocast
 from sleepppg.ids import sleepppg_test_subjects
+from sleepppg.loss import class_weights_from_labels, masked_cross_entropy
+from sleepppg.resume import newest_run_checkpoint, resume_changes
+from sleepppg.runstate import HISTORY_KEYS, TrainState
+from sleepppg.trainingdata import training_class_weights
 
 REPO = Path(__file__).resolve().parents[1]
 W = 16  # windows per night in these tests (8 min): small enough for a CPU, long enough for the TCN
@@ -99,14 +107,14 @@ def test_loss_ignores_unscored_and_is_not_diluted_by_padding():
     labels_BW[0, 7:] = -1  # a night padded at the end
     labels_BW[1, [2, 5]] = -1  # unscored epochs inside a night
     weights_C = torch.tensor([0.5, 0.3, 2.0, 1.2])
-    loss_sum, n_valid = T.masked_cross_entropy(logits_BCW, labels_BW, weights_C)
+    loss_sum, n_valid = masked_cross_entropy(logits_BCW, labels_BW, weights_C)
     assert int(n_valid) == int((labels_BW != -1).sum()) == 25
     assert float(loss_sum / n_valid) == pytest.approx(slow_masked_loss(logits_BCW, labels_BW, weights_C), rel=1e-6)
 
     # 20 more padded epochs (label -1, any logits) change neither the sum nor the count
     pad_logits = torch.cat([logits_BCW, 50 * torch.randn(3, 4, 20, generator=gen)], dim=2)
     pad_labels = torch.cat([labels_BW, torch.full((3, 20), -1)], dim=1)
-    padded_sum, padded_n = T.masked_cross_entropy(pad_logits, pad_labels, weights_C)
+    padded_sum, padded_n = masked_cross_entropy(pad_logits, pad_labels, weights_C)
     assert float(padded_sum / padded_n) == pytest.approx(float(loss_sum / n_valid), rel=1e-6)
     # the reference's recipe (reduction='none' then .mean() over all 90 entries) is diluted by the padding
     diluted = torch.nn.functional.cross_entropy(pad_logits, pad_labels, weight=weights_C, ignore_index=-1,
@@ -115,36 +123,36 @@ def test_loss_ignores_unscored_and_is_not_diluted_by_padding():
 
 
 def test_loss_of_a_night_without_scored_epochs_is_zero_not_nan():
-    loss_sum, n_valid = T.masked_cross_entropy(torch.randn(1, 4, 5), torch.full((1, 5), -1))
+    loss_sum, n_valid = masked_cross_entropy(torch.randn(1, 4, 5), torch.full((1, 5), -1))
     assert int(n_valid) == 0 and float(loss_sum / n_valid.clamp(min=1)) == 0.0
 
 
 def test_class_weights_inverse_frequency():
     labels = np.array([[0, 0, 0, 0, 1, 1, -1, -1], [2, 3, 3, 3, 3, 1, 1, -1]])  # counts 4, 4, 1, 4
-    weights = T.class_weights_from_labels(labels)
+    weights = class_weights_from_labels(labels)
     inverse = np.array([1 / 4, 1 / 4, 1, 1 / 4])
     np.testing.assert_allclose(weights, inverse / inverse.sum() * 4, rtol=1e-6)
     assert weights.sum() == pytest.approx(4.0)
     # a class that never occurs is counted once (finite weight), as the reference
-    assert np.isfinite(T.class_weights_from_labels(np.array([0, 1, 1, 3]))).all()
+    assert np.isfinite(class_weights_from_labels(np.array([0, 1, 1, 3]))).all()
 
 
 def test_class_weights_use_every_training_label(data, tmp_path):
     import multimodal_dataset_aligned as mda
 
-    cfg = T.load_config(write_config(tmp_path / "cfg.yaml", data, tmp_path / "out"))
+    cfg = load_config(write_config(tmp_path / "cfg.yaml", data, tmp_path / "out"))
     train_ds = mda.PPGOnlyDataset(data, split="train", windows_per_subject=W)
     with h5py.File(data["ppg"]) as f:  # slow obvious version: every row of every training subject
         sids = f["subject_ids"][:].astype(str)
         labels = f["labels"][:][np.isin(sids, train_ds.subjects)]
     assert labels.size == len(train_ds.subjects) * W
-    np.testing.assert_allclose(T.training_class_weights(cfg, train_ds), T.class_weights_from_labels(labels),
+    np.testing.assert_allclose(training_class_weights(cfg, train_ds), class_weights_from_labels(labels),
                                rtol=1e-6)
 
 
 def test_train_state_early_stopping_and_checkpoint_round_trip():
-    state = T.TrainState()
-    values = dict.fromkeys(T.HISTORY_KEYS, 0.5)
+    state = TrainState()
+    values = dict.fromkeys(HISTORY_KEYS, 0.5)
     timing = {"epoch_seconds": 2.0, "train_nights_per_s": 0.048}
     improved = [state.record_epoch(e, {**values, "val_losses": loss}, timing, patience=2)
                 for e, loss in enumerate((1.0, 0.8, 0.9, 0.85), start=1)]
@@ -155,7 +163,7 @@ def test_train_state_early_stopping_and_checkpoint_round_trip():
     saved = state.to_checkpoint()
     assert saved["early_stopping"] == {"select_best_by": "val_loss", "best_value": 0.8, "best_val_loss": 0.8,
                                        "best_epoch": 2, "bad_epochs": 2, "stopped": True}
-    assert T.TrainState.from_checkpoint(saved) == state
+    assert TrainState.from_checkpoint(saved) == state
     saved["history"]["val_losses"].append(0.1)  # the checkpoint holds copies, not the live lists
     assert len(state.history["val_losses"]) == 4
 
@@ -201,7 +209,7 @@ def test_test_results_fields(straight_run, data):
     assert sorted(r["test_subjects"]) == sorted(test_ids) and r["n_test_subjects"] == len(test_ids) == 3
     assert 1 <= r["best_epoch"] <= 4 and r["epochs_trained"] == 4
     history = r["training_history"]
-    assert all(len(history[k]) == 4 for k in T.HISTORY_KEYS)
+    assert all(len(history[k]) == 4 for k in HISTORY_KEYS)
     assert r["best_epoch"] == int(np.argmin(history["val_losses"])) + 1  # best = lowest validation loss
 
 
@@ -370,7 +378,7 @@ def test_ctrl_c_while_checkpoints_are_written_names_the_epoch_saved(data, tmp_pa
 def test_resume_without_path_takes_newest_run(straight_run, tmp_path):
     cfg = json.loads((straight_run / "checkpoints" / "config.json").read_text())
     save_dir = Path(cfg["output"]["save_dir"])
-    assert T.newest_run_checkpoint(save_dir, "ppg_only") == straight_run / "checkpoints" / "last.pth"
+    assert newest_run_checkpoint(save_dir, "ppg_only") == straight_run / "checkpoints" / "last.pth"
     # nothing left to train (epoch 4 of 4): it only re-tests the best checkpoint
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
@@ -454,22 +462,22 @@ def gpu_recipe_run(data, root: Path, **gpu) -> Path:
 
 def test_bf16_autocast_on_cpu_trains_saves_and_resumes(data, tmp_path, monkeypatch):
     contexts = []
-    real_autocast = T._autocast
 
     def recording_autocast(device, enabled):
-        contexts.append(real_autocast(device, enabled))
+        contexts.append(autocast(device, enabled))
         return contexts[-1]
 
-    monkeypatch.setattr(T, "_autocast", recording_autocast)
+    monkeypatch.setattr(T, "autocast", recording_autocast)  # the training steps
+    monkeypatch.setattr(sleepppg.evaluation, "autocast", recording_autocast)  # validation and test
     gpu_recipe_run(data, tmp_path, mixed_precision=True, mixed_precision_on_cpu=True)
     assert contexts and all(isinstance(c, torch.autocast) and c.device == "cpu" and c.fast_dtype == torch.bfloat16
                             for c in contexts)
     # without mixed_precision_on_cpu the CPU stays in fp32, as before
     cfg = {"gpu": {"mixed_precision": True, "mixed_precision_on_cpu": False}}
-    assert not T.use_autocast(cfg, torch.device("cpu")) and T.use_autocast(cfg, torch.device("cuda"))
+    assert not use_autocast(cfg, torch.device("cpu")) and use_autocast(cfg, torch.device("cuda"))
 
 
-@pytest.mark.skipif(T.inductor_cpp_compiler() is None,
+@pytest.mark.skipif(inductor_cpp_compiler() is None,
                     reason="torch.compile on the CPU needs the C++ compiler torch looks for ($CXX, g++, clang++)")
 @pytest.mark.skipif(os.environ.get("SLEEPPPG_COMPILE_TESTS") != "1",
                     reason="slow (compiles 3 graphs: 2-8 min on 2 cores); run with SLEEPPPG_COMPILE_TESTS=1")
@@ -479,7 +487,7 @@ def test_torch_compile_on_cpu_trains_saves_and_resumes(data, tmp_path, monkeypat
 
 
 def test_compile_without_a_cpp_compiler_stops_at_once(data, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(T, "inductor_cpp_compiler", lambda: None)
+    monkeypatch.setattr(sleepppg.distributed, "inductor_cpp_compiler", lambda: None)
     cfg = yaml.safe_load(write_config(tmp_path / "cfg.yaml", data, tmp_path / "out").read_text())
     cfg["gpu"]["compile"] = True
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
@@ -715,10 +723,10 @@ def test_resume_changes_names_split_changes():
             "data_fingerprint": {"files": {"data.ppg_file": {"path": "/a", "size": 1, "mtime_ns": 1}},
                                  "split": {"train": ["0001", "0002"], "val": ["0003"], "test": ["0004"]}}}
     same = json.loads(json.dumps(ckpt["data_fingerprint"]))
-    assert T.resume_changes(ckpt, {"training": {"num_epochs": 9, "seed": 1}}, same) == []  # more epochs: fine
+    assert resume_changes(ckpt, {"training": {"num_epochs": 9, "seed": 1}}, same) == []  # more epochs: fine
     moved = json.loads(json.dumps(same))
     moved["split"]["train"], moved["split"]["val"] = ["0001", "0003"], ["0002"]
-    changes = T.resume_changes(ckpt, {"training": {"num_epochs": 2, "seed": 2}}, moved)
+    changes = resume_changes(ckpt, {"training": {"num_epochs": 2, "seed": 2}}, moved)
     assert changes == ["config training.seed: 1 -> 2",
                        "the train subjects changed (1 added, e.g. ['0003']; 1 gone, e.g. ['0002'])",
                        "the val subjects changed (1 added, e.g. ['0002']; 1 gone, e.g. ['0003'])"]
