@@ -69,7 +69,7 @@ from sleepppg.runstate import (
     TrainState,
     capture_rng_state,
     checkpoint_payload,
-    is_disk_full,
+    disk_full_error,
     load_checkpoint,
     restore_checkpoint,
     save_checkpoint,
@@ -550,11 +550,12 @@ def main(argv: list[str] | None = None) -> int:
     except SetupError as err:
         log.error("%s", err)
         return EXIT_SETUP
-    except OSError as err:
-        if not is_disk_full(err):
+    except (OSError, RuntimeError) as err:
+        full = disk_full_error(err)
+        if full is None:
             raise
         log.error("disk full while writing %s: free space on the disk and run the same command again",
-                  err.filename or "an output file")
+                  full.filename or "an output file")
         return EXIT_SETUP
     finally:
         ctx.close()

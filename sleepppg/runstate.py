@@ -209,16 +209,18 @@ def checkpoint_payload(run: RunSetup, state: TrainState, metrics: dict, rng_stat
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write `payload` to `path` atomically. On a full disk the OSError (ENOSPC) names `path`, the file
-    already under `path` stays as it was and no temporary is left."""
+    """Write `payload` to `path` atomically. On a full disk: an OSError (ENOSPC) naming `path`, with the file
+    already under `path` as it was and no temporary left."""
     try:
-        # through a Python file object: a failed write is then an OSError with its errno, where torch's own
-        # file writer would raise a RuntimeError that does not say the disk is full
+        # through a Python file object, so that a failed write is an OSError with its errno (torch's own file
+        # writer reports a RuntimeError that does not say why)
         with atomic_output(path) as tmp, open(tmp, "wb") as f:
             torch.save(payload, f)
-    except OSError as err:
-        err.filename = str(path)  # the checkpoint, not its temporary name
-        raise
+    except (OSError, RuntimeError) as err:
+        full = disk_full_error(err)
+        if full is None:
+            raise
+        raise OSError(full.errno, full.strerror, str(path)) from None
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -278,9 +280,16 @@ def epoch_in_last_checkpoint(run_dir: Path) -> int:
 # When a run stops
 
 
-def is_disk_full(err: BaseException) -> bool:
-    """A write failed because the disk (or the user's quota) is full."""
-    return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
+def disk_full_error(err: BaseException) -> OSError | None:
+    """The OSError (ENOSPC, or EDQUOT: a full quota) behind `err` when a write failed for lack of space, else
+    None. torch.save reports its own RuntimeError after the OSError of the failed write, so the chain of
+    exceptions (`__cause__`, `__context__`) is searched."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in DISK_FULL_ERRNOS:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @contextlib.contextmanager
@@ -293,13 +302,14 @@ def stop_explained(run_dir: Path, ctx: DistContext) -> Iterator[None]:
     """
     try:
         yield
-    except (KeyboardInterrupt, DataError, TrainingDiverged, OSError) as err:
-        if isinstance(err, OSError) and not is_disk_full(err):
+    except BaseException as err:
+        full = disk_full_error(err)
+        if full is None and not isinstance(err, (KeyboardInterrupt, DataError, TrainingDiverged)):
             raise
         saved = epoch_in_last_checkpoint(run_dir)
         resume = f"python train_ppg_only.py --resume {run_dir}"
-        if isinstance(err, OSError):
-            what = f"disk full while writing {err.filename or run_dir}"
+        if full is not None:
+            what = f"disk full while writing {full.filename or run_dir}"
             if saved > 0:
                 raise SetupError(f"{what}: checkpoints/{LAST_CHECKPOINT} keeps epoch {saved}, the last one saved; "
                                  f"free space on the disk, then continue with: {resume}") from None

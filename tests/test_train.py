@@ -730,3 +730,127 @@ def test_resume_changes_names_split_changes():
     assert changes == ["config training.seed: 1 -> 2",
                        "the train subjects changed (1 added, e.g. ['0003']; 1 gone, e.g. ['0002'])",
                        "the val subjects changed (1 added, e.g. ['0002']; 1 gone, e.g. ['0003'])"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A full disk: one line (exit 2), the previous checkpoints intact, and --resume completes
+
+
+def no_space_after(n_writes: int, real):
+    """A stand-in for runstate.atomic_output: the first `n_writes` checkpoints are written, every later one
+    fails as torch.save fails on a full disk (half the bytes in the temporary file, then torch's RuntimeError
+    raised while handling the OSError ENOSPC of the write)."""
+    import contextlib
+    import errno
+
+    calls = [0]
+
+    @contextlib.contextmanager
+    def atomic_output(path):
+        calls[0] += 1
+        with real(path) as tmp:
+            yield tmp
+            if calls[0] > n_writes:
+                tmp.write_bytes(tmp.read_bytes()[: tmp.stat().st_size // 2])
+                try:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                except OSError:
+                    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from None
+
+    return atomic_output
+
+
+def assert_intact_checkpoints(run_dir: Path, epoch: int) -> None:
+    """No temporary is left, and every checkpoint under a final name loads whole (last.pth at `epoch`)."""
+    assert not list(run_dir.rglob("*.tmp")) and not list(run_dir.rglob(".*.tmp"))
+    for path in (run_dir / "checkpoints").glob("*.pth"):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # raises on a truncated file
+        assert ckpt["epoch"] <= epoch, path
+    assert torch.load(run_dir / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)["epoch"] == epoch
+
+
+def test_a_full_disk_while_a_checkpoint_is_written_is_one_line_and_resume_completes(data, tmp_path, monkeypatch,
+                                                                                    caplog):
+    import sleepppg.runstate
+
+    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", num_epochs=2)
+    # epoch 1 writes best_model.pth and last.pth; the disk is full from the first write of epoch 2 (best_model.pth
+    # on a new best, else checkpoint_epoch_2.pth)
+    monkeypatch.setattr(sleepppg.runstate, "atomic_output", no_space_after(2, sleepppg.runstate.atomic_output))
+    text = fails(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"], 2,
+                 r"^disk full while writing .*checkpoints/(best_model|checkpoint_epoch_2)\.pth: checkpoints/last\.pth "
+                 r"keeps epoch 1, "
+                 r"the last one saved; free space on the disk, then continue with: python train_ppg_only\.py "
+                 r"--resume ", caplog)
+    assert "RuntimeError" not in text and "unexpected pos" not in text
+    monkeypatch.undo()
+    (run_dir,) = run_dirs(tmp_path / "out")
+    assert_intact_checkpoints(run_dir, epoch=1)
+    assert torch.load(run_dir / "checkpoints" / "best_model.pth", weights_only=True)["epoch"] == 1
+    assert not (run_dir / "results" / "test_results.json").exists()
+
+    assert T.main(["--resume", str(run_dir), "--device", "cpu"]) == 0
+    assert_intact_checkpoints(run_dir, epoch=2)
+    results = json.loads((run_dir / "results" / "test_results.json").read_text())
+    assert results["epochs_trained"] == 2 and len(results["training_history"]["val_losses"]) == 2
+
+
+def test_a_full_disk_while_the_results_are_written_is_one_line_and_resume_completes(data, tmp_path, monkeypatch,
+                                                                                    caplog):
+    import errno
+
+    import sleepppg.evaluation
+
+    def no_space(path, payload):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", num_epochs=1)
+    monkeypatch.setattr(sleepppg.evaluation, "write_json", no_space)
+    fails(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"], 2,
+          r"^disk full while writing .*results/test_results\.json: checkpoints/last\.pth keeps epoch 1.*--resume",
+          caplog)
+    monkeypatch.undo()
+    (run_dir,) = run_dirs(tmp_path / "out")
+    assert_intact_checkpoints(run_dir, epoch=1)
+    assert T.main(["--resume", str(run_dir), "--device", "cpu"]) == 0  # nothing left to train: it tests
+    assert json.loads((run_dir / "results" / "test_results.json").read_text())["epochs_trained"] == 1
+
+
+def tmpfs_unavailable(tmp_path: Path) -> str | None:
+    """None when a small tmpfs can be mounted here, else the reason (the real full-disk test is skipped)."""
+    if os.geteuid() != 0:
+        return "mounting a small tmpfs needs root"
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        return f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}"
+    subprocess.run(["umount", str(probe)], check=True)
+    return None
+
+
+def test_a_real_full_disk_is_one_line_and_resume_completes(straight_run, data, tmp_path, caplog):
+    """The run folder on a tmpfs with room for two checkpoints (epoch 1's best_model.pth and last.pth): the
+    first write of epoch 2 fills it. After the disk grows, --resume finishes the run."""
+    reason = tmpfs_unavailable(tmp_path)
+    if reason:
+        pytest.skip(reason)
+    checkpoint_bytes = (straight_run / "checkpoints" / "last.pth").stat().st_size
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    size_kb = (2 * checkpoint_bytes + 8_000_000) // 1024  # + 8 MB for TensorBoard, figures and logs
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(disk)], check=True)
+    try:
+        cfg = write_config(tmp_path / "cfg.yaml", data, disk / "out", num_epochs=2)
+        fails(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"], 2,
+              r"^disk full while writing .*checkpoints/(best_model|checkpoint_epoch_2)\.pth: checkpoints/last\.pth "
+              r"keeps epoch 1", caplog)
+        (run_dir,) = run_dirs(disk / "out")
+        assert_intact_checkpoints(run_dir, epoch=1)
+        subprocess.run(["mount", "-o", f"remount,size={3 * size_kb}k", str(disk)], check=True)
+        assert T.main(["--resume", str(run_dir), "--device", "cpu"]) == 0
+        assert_intact_checkpoints(run_dir, epoch=2)
+        assert (run_dir / "results" / "test_results.json").is_file()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
