@@ -190,6 +190,11 @@ def open_run_dir(cfg: dict, model_kind: str, run_id: int | None, ctx: DistContex
     return run_dir
 
 
+def run_seed(cfg: dict, run_id: int | None) -> int:
+    """Training seed of a run: training.seed + run (runs counted from 1), as the reference."""
+    return cfg["training"]["seed"] + (run_id if run_id is not None else 1)
+
+
 def build_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.device, ctx: DistContext,
               run_dir: Path, resume: Resume | None, data_fingerprint: dict,
               parent: ParentCheckpoint | None = None) -> tuple[RunSetup, TrainState]:
@@ -252,10 +257,6 @@ def build_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.devi
         # purge_step drops events a killed run wrote after its last checkpoint
         run.writer = SummaryWriter(str(run.folder("logs")), purge_step=state.epoch + 1 if state.epoch else None)
     return run, state
-
-
-def run_seed(cfg: dict, run_id: int | None) -> int:
-    return cfg["training"]["seed"] + (run_id if run_id is not None else 1)
 
 
 def train_one_epoch(model, loader, optimizer, class_weights_C, device, *, n_inputs: int, amp: bool,

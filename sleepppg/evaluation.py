@@ -21,6 +21,7 @@ from sleepppg.distributed import DistContext, autocast
 from sleepppg.figures import confusion_figure, save_figure
 from sleepppg.metrics import compute_metrics, summary_stats
 from sleepppg.runio import write_json
+from sleepppg.runstate import RunSetup, TrainState
 from sleepppg.trainingdata import batch_on_device
 
 SUMMARY_KEYS = ("test_accuracy_overall", "test_kappa_overall", "test_f1_overall", "test_median_kappa")
@@ -88,11 +89,11 @@ def evaluate(model, loader, subjects, device, ctx: DistContext, *, n_inputs: int
     return evaluation_metrics(merged, subjects), merged
 
 
-def build_test_results(run, state, test: dict, tested: dict) -> dict:
+def build_test_results(run: RunSetup, state: TrainState, test: dict, tested: dict) -> dict:
     """The contents of results/test_results.json.
 
     Args:
-        run: the RunSetup; state: the TrainState at the end of training.
+        run: the run; state: its state at the end of training.
         test: `evaluate`'s metrics on the test set; tested: the checkpoint that was tested.
     """
     stats = test["per_subject_kappa_stats"]

@@ -99,7 +99,7 @@ class TrainState:
     def from_checkpoint(cls, ckpt: dict) -> TrainState:
         early = ckpt["early_stopping"]
         timing = ckpt.get("timing", {})
-        # checkpoints from before training.select_best_by followed the validation loss
+        # a checkpoint without select_best_by/best_value selected by the validation loss
         best_val_loss = float(early["best_val_loss"])
         return cls(epoch=int(ckpt["epoch"]), select_best_by=early.get("select_best_by", "val_loss"),
                    best_value=float(early.get("best_value", best_val_loss if math.isfinite(best_val_loss)
