@@ -130,7 +130,7 @@ def resume_changes(ckpt: dict, cfg: dict, fingerprint: dict) -> list[str]:
             changes.append(f"config {key}: {old.get(key)!r} -> {new.get(key)!r}")
     saved = ckpt.get("data_fingerprint")
     if saved is None:
-        log.warning("this checkpoint predates data fingerprints: cannot check that the data and split are unchanged")
+        log.warning("this checkpoint holds no data fingerprint: cannot check that the data and split are unchanged")
         return changes
     for key, signature in saved["files"].items():
         now = fingerprint["files"].get(key)
