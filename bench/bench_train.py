@@ -6,7 +6,7 @@ Two recipes on the same synthetic nights (bench_loader.write_files: W windows x 
   followed by .mean() (the reference's double softmax and padded mean); the loader opens the gzip float64
   file (chunks of 100 windows) for every night, as the reference dataset does; every 10th batch
   torch.cuda.empty_cache() on CUDA, as the reference;
-- ours: logits into the masked cross-entropy of train_ppg_only (sum over scored epochs / their count); the
+- ours: logits into the masked cross-entropy of sleepppg.loss (sum over scored epochs / their count); the
   loader is multimodal_dataset_aligned.PPGOnlyDataset over a float32 file with one night per chunk; on CUDA
   bf16 autocast, cuDNN autotuning, pinned memory and non-blocking copies, and torch.compile with --compile.
 
@@ -60,8 +60,8 @@ from multimodal_dataset_aligned import PPGOnlyDataset  # noqa: E402
 from multimodal_sleep_model import SleepPPGNet, set_activation_checkpointing  # noqa: E402
 from run_demo import peak_resident_bytes  # noqa: E402
 from sleepppg.constants import IGNORE_INDEX, N_CLASSES, SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT  # noqa: E402
+from sleepppg.loss import masked_cross_entropy  # noqa: E402
 from sleepppg.runtime import keep_freed_memory  # noqa: E402
-from train_ppg_only import masked_cross_entropy  # noqa: E402
 
 log = logging.getLogger("sleepppg.bench_train")
 

@@ -1,5 +1,6 @@
 """The errors that decide what happens next: `ConfigError` and `SetupError` stop a script (bad setup: exit 2);
-`BadRecordingError` makes one subject or night a listed failure while the others go on.
+`BadRecordingError` makes one subject or night a listed failure while the others go on; `DataError` and
+`TrainingDiverged` stop training (exit 1).
 """
 
 from __future__ import annotations
@@ -24,3 +25,12 @@ class BadRecordingError(ValueError):
         super().__init__(message or kind.replace("_", " "))  # never an empty reason
         self.kind = kind
         self.path = None if path is None else str(path)
+
+
+class DataError(Exception):
+    """Bad data in the processed files that training reads (labels, IDs or signal values of a subject, named
+    in the message): training stops with exit status 1 (EXIT_FAILED)."""
+
+
+class TrainingDiverged(Exception):
+    """The loss or the gradient norm became NaN or infinite; the last good checkpoint is kept (exit status 1)."""

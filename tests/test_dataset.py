@@ -167,17 +167,17 @@ def test_distributed_shuffles_differ_between_epochs_and_runs():
     """Under DDP each (run seed, epoch) shuffles on its own: run r's epoch e + 1 is not run r + 1's epoch e
     (a sampler seeded with the run seed + epoch would make it so), and a SegmentSampler passes its epoch on
     to the DistributedSampler inside it."""
-    import train_ppg_only as T
+    from sleepppg.trainingdata import epoch_seed, set_loader_epoch
 
     def order(run_seed, epoch, segments=False):
         items = list(range(40))
         sampler = torch.utils.data.DistributedSampler(items, num_replicas=2, rank=0, shuffle=True, seed=42)
         loader = torch.utils.data.DataLoader(items, sampler=sampler)
-        T.set_loader_epoch(loader, run_seed, epoch)
+        set_loader_epoch(loader, run_seed, epoch)
         if segments:  # the SegmentSampler alone, as a user of get_dataloaders would call it
             wrapped = mda.SegmentSampler(torch.utils.data.DistributedSampler(items, num_replicas=2, rank=0,
                                                                              shuffle=True, seed=42), None)
-            wrapped.set_epoch(T.epoch_seed(run_seed, epoch))
+            wrapped.set_epoch(epoch_seed(run_seed, epoch))
             return list(wrapped.sampler)
         return list(loader.sampler)
 

@@ -13,10 +13,10 @@ from helpers import REPO, write_processed
 from reference_model import NAMINGS, RefMultiModalSleepNet, RefSleepPPGNet, randomize
 
 import inference_ppg_only as inf
-import train_ppg_only as T
 from multimodal_sleep_model import FUSION_STRATEGIES, REFERENCE_VERSIONS, build_model
 from sleepppg.config import load_config
 from sleepppg.constants import SAMPLES_PER_WINDOW
+from sleepppg.transfer import load_parent, run_model_args
 
 FULL_NIGHT = 1200  # the reference's fixed night: 10 h of 30-s windows
 
@@ -88,10 +88,10 @@ def test_init_from_takes_a_reference_checkpoint_of_either_version(tmp_path, nami
     if fusion is not None:
         overrides["model.real_ecg.fusion_strategy"] = fusion
     cfg = load_config(REPO / "configs" / "config_demo.yaml", overrides)
-    parent = T.load_parent(cfg, kind)
+    parent = load_parent(cfg, kind)
     assert parent.record["checkpoint_format"] == "reference"
     assert NAMINGS[naming][0] in parent.record["reference_version"]
-    model = build_model(kind, **T.run_model_args(cfg, kind)).eval()
+    model = build_model(kind, **run_model_args(cfg, kind)).eval()
     model.load_state_dict(parent.state_dict)
     g = torch.Generator().manual_seed(8)
     ppg, ecg = (torch.randn(1, 1, FULL_NIGHT * SAMPLES_PER_WINDOW, generator=g) for _ in range(2))

@@ -1,10 +1,11 @@
 """Tests of train_ppg_only.py on tiny processed files (tests/helpers.py), CPU only.
 
-What is checked: the loss (ignores -1, not diluted by padding, equals a slow per-epoch sum), class weights
-from every training label, the output layout and test_results.json, TensorBoard scalars, self-describing
-checkpoints loadable with weights_only=True, resume equivalence (2 epochs + resume to 4 == 4 straight), DDP
-with 2 gloo processes over the whole test set, bad setup stopping with a message, no mne import, and that a
-short run learns (test kappa clearly above the majority-class baseline of 0).
+What is checked: class weights from every training label, the output layout and test_results.json, TensorBoard
+scalars, self-describing checkpoints loadable with weights_only=True, resume equivalence (2 epochs + resume to
+4 == 4 straight), DDP with 2 gloo processes over the whole test set, bad setup stopping with a message, a full
+disk stopping with one line and --resume then completing, no mne import, and that a short run learns (test kappa
+clearly above the majority-class baseline of 0). The loss is tested in test_loss.py, early stopping and checkpoint
+writes in test_runstate.py.
 """
 from __future__ import annotations
 
@@ -23,8 +24,16 @@ import torch
 import yaml
 from helpers import interrupted_on_call, write_processed
 
+import sleepppg.distributed
+import sleepppg.evaluation
 import train_ppg_only as T
+from sleepppg.config import load_config
+from sleepppg.distributed import autocast, inductor_cpp_compiler, use_autocast
 from sleepppg.ids import sleepppg_test_subjects
+from sleepppg.loss import class_weights_from_labels
+from sleepppg.resume import newest_run_checkpoint
+from sleepppg.runstate import HISTORY_KEYS
+from sleepppg.trainingdata import training_class_weights
 
 REPO = Path(__file__).resolve().parents[1]
 W = 16  # windows per night in these tests (8 min): small enough for a CPU, long enough for the TCN
@@ -74,90 +83,20 @@ def straight_run(data, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Loss and class weights
-
-
-def slow_masked_loss(logits_BCW, labels_BW, weights_C):
-    """Obvious version: weighted -log softmax of the true class, summed over scored epochs, / their count."""
-    total, count = 0.0, 0
-    for b in range(labels_BW.shape[0]):
-        for w in range(labels_BW.shape[1]):
-            y = int(labels_BW[b, w])
-            if y == -1:
-                continue
-            scores = logits_BCW[b, :, w].double()
-            log_p = scores[y] - torch.logsumexp(scores, dim=0)
-            total += float(-weights_C[y] * log_p)
-            count += 1
-    return total / count
-
-
-def test_loss_ignores_unscored_and_is_not_diluted_by_padding():
-    gen = torch.Generator().manual_seed(0)
-    logits_BCW = torch.randn(3, 4, 10, generator=gen)
-    labels_BW = torch.randint(0, 4, (3, 10), generator=gen)
-    labels_BW[0, 7:] = -1  # a night padded at the end
-    labels_BW[1, [2, 5]] = -1  # unscored epochs inside a night
-    weights_C = torch.tensor([0.5, 0.3, 2.0, 1.2])
-    loss_sum, n_valid = T.masked_cross_entropy(logits_BCW, labels_BW, weights_C)
-    assert int(n_valid) == int((labels_BW != -1).sum()) == 25
-    assert float(loss_sum / n_valid) == pytest.approx(slow_masked_loss(logits_BCW, labels_BW, weights_C), rel=1e-6)
-
-    # 20 more padded epochs (label -1, any logits) change neither the sum nor the count
-    pad_logits = torch.cat([logits_BCW, 50 * torch.randn(3, 4, 20, generator=gen)], dim=2)
-    pad_labels = torch.cat([labels_BW, torch.full((3, 20), -1)], dim=1)
-    padded_sum, padded_n = T.masked_cross_entropy(pad_logits, pad_labels, weights_C)
-    assert float(padded_sum / padded_n) == pytest.approx(float(loss_sum / n_valid), rel=1e-6)
-    # the reference's recipe (reduction='none' then .mean() over all 90 entries) is diluted by the padding
-    diluted = torch.nn.functional.cross_entropy(pad_logits, pad_labels, weight=weights_C, ignore_index=-1,
-                                                reduction="none").mean()
-    assert float(diluted) < 0.5 * float(padded_sum / padded_n)
-
-
-def test_loss_of_a_night_without_scored_epochs_is_zero_not_nan():
-    loss_sum, n_valid = T.masked_cross_entropy(torch.randn(1, 4, 5), torch.full((1, 5), -1))
-    assert int(n_valid) == 0 and float(loss_sum / n_valid.clamp(min=1)) == 0.0
-
-
-def test_class_weights_inverse_frequency():
-    labels = np.array([[0, 0, 0, 0, 1, 1, -1, -1], [2, 3, 3, 3, 3, 1, 1, -1]])  # counts 4, 4, 1, 4
-    weights = T.class_weights_from_labels(labels)
-    inverse = np.array([1 / 4, 1 / 4, 1, 1 / 4])
-    np.testing.assert_allclose(weights, inverse / inverse.sum() * 4, rtol=1e-6)
-    assert weights.sum() == pytest.approx(4.0)
-    # a class that never occurs is counted once (finite weight), as the reference
-    assert np.isfinite(T.class_weights_from_labels(np.array([0, 1, 1, 3]))).all()
+# Class weights from the training nights
 
 
 def test_class_weights_use_every_training_label(data, tmp_path):
     import multimodal_dataset_aligned as mda
 
-    cfg = T.load_config(write_config(tmp_path / "cfg.yaml", data, tmp_path / "out"))
+    cfg = load_config(write_config(tmp_path / "cfg.yaml", data, tmp_path / "out"))
     train_ds = mda.PPGOnlyDataset(data, split="train", windows_per_subject=W)
     with h5py.File(data["ppg"]) as f:  # slow obvious version: every row of every training subject
         sids = f["subject_ids"][:].astype(str)
         labels = f["labels"][:][np.isin(sids, train_ds.subjects)]
     assert labels.size == len(train_ds.subjects) * W
-    np.testing.assert_allclose(T.training_class_weights(cfg, train_ds), T.class_weights_from_labels(labels),
+    np.testing.assert_allclose(training_class_weights(cfg, train_ds), class_weights_from_labels(labels),
                                rtol=1e-6)
-
-
-def test_train_state_early_stopping_and_checkpoint_round_trip():
-    state = T.TrainState()
-    values = dict.fromkeys(T.HISTORY_KEYS, 0.5)
-    timing = {"epoch_seconds": 2.0, "train_nights_per_s": 0.048}
-    improved = [state.record_epoch(e, {**values, "val_losses": loss}, timing, patience=2)
-                for e, loss in enumerate((1.0, 0.8, 0.9, 0.85), start=1)]
-    assert improved == [True, True, False, False]
-    assert (state.epoch, state.best_epoch, state.best_val_loss, state.bad_epochs, state.stopped) == (4, 2, 0.8, 2,
-                                                                                                      True)
-    assert state.history["val_losses"] == [1.0, 0.8, 0.9, 0.85] and state.timing["train_nights_per_s"] == [0.048] * 4
-    saved = state.to_checkpoint()
-    assert saved["early_stopping"] == {"select_best_by": "val_loss", "best_value": 0.8, "best_val_loss": 0.8,
-                                       "best_epoch": 2, "bad_epochs": 2, "stopped": True}
-    assert T.TrainState.from_checkpoint(saved) == state
-    saved["history"]["val_losses"].append(0.1)  # the checkpoint holds copies, not the live lists
-    assert len(state.history["val_losses"]) == 4
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -201,7 +140,7 @@ def test_test_results_fields(straight_run, data):
     assert sorted(r["test_subjects"]) == sorted(test_ids) and r["n_test_subjects"] == len(test_ids) == 3
     assert 1 <= r["best_epoch"] <= 4 and r["epochs_trained"] == 4
     history = r["training_history"]
-    assert all(len(history[k]) == 4 for k in T.HISTORY_KEYS)
+    assert all(len(history[k]) == 4 for k in HISTORY_KEYS)
     assert r["best_epoch"] == int(np.argmin(history["val_losses"])) + 1  # best = lowest validation loss
 
 
@@ -370,7 +309,7 @@ def test_ctrl_c_while_checkpoints_are_written_names_the_epoch_saved(data, tmp_pa
 def test_resume_without_path_takes_newest_run(straight_run, tmp_path):
     cfg = json.loads((straight_run / "checkpoints" / "config.json").read_text())
     save_dir = Path(cfg["output"]["save_dir"])
-    assert T.newest_run_checkpoint(save_dir, "ppg_only") == straight_run / "checkpoints" / "last.pth"
+    assert newest_run_checkpoint(save_dir, "ppg_only") == straight_run / "checkpoints" / "last.pth"
     # nothing left to train (epoch 4 of 4): it only re-tests the best checkpoint
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
@@ -454,22 +393,22 @@ def gpu_recipe_run(data, root: Path, **gpu) -> Path:
 
 def test_bf16_autocast_on_cpu_trains_saves_and_resumes(data, tmp_path, monkeypatch):
     contexts = []
-    real_autocast = T._autocast
 
     def recording_autocast(device, enabled):
-        contexts.append(real_autocast(device, enabled))
+        contexts.append(autocast(device, enabled))
         return contexts[-1]
 
-    monkeypatch.setattr(T, "_autocast", recording_autocast)
+    monkeypatch.setattr(T, "autocast", recording_autocast)  # the training steps
+    monkeypatch.setattr(sleepppg.evaluation, "autocast", recording_autocast)  # validation and test
     gpu_recipe_run(data, tmp_path, mixed_precision=True, mixed_precision_on_cpu=True)
     assert contexts and all(isinstance(c, torch.autocast) and c.device == "cpu" and c.fast_dtype == torch.bfloat16
                             for c in contexts)
     # without mixed_precision_on_cpu the CPU stays in fp32, as before
     cfg = {"gpu": {"mixed_precision": True, "mixed_precision_on_cpu": False}}
-    assert not T.use_autocast(cfg, torch.device("cpu")) and T.use_autocast(cfg, torch.device("cuda"))
+    assert not use_autocast(cfg, torch.device("cpu")) and use_autocast(cfg, torch.device("cuda"))
 
 
-@pytest.mark.skipif(T.inductor_cpp_compiler() is None,
+@pytest.mark.skipif(inductor_cpp_compiler() is None,
                     reason="torch.compile on the CPU needs the C++ compiler torch looks for ($CXX, g++, clang++)")
 @pytest.mark.skipif(os.environ.get("SLEEPPPG_COMPILE_TESTS") != "1",
                     reason="slow (compiles 3 graphs: 2-8 min on 2 cores); run with SLEEPPPG_COMPILE_TESTS=1")
@@ -479,7 +418,7 @@ def test_torch_compile_on_cpu_trains_saves_and_resumes(data, tmp_path, monkeypat
 
 
 def test_compile_without_a_cpp_compiler_stops_at_once(data, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(T, "inductor_cpp_compiler", lambda: None)
+    monkeypatch.setattr(sleepppg.distributed, "inductor_cpp_compiler", lambda: None)
     cfg = yaml.safe_load(write_config(tmp_path / "cfg.yaml", data, tmp_path / "out").read_text())
     cfg["gpu"]["compile"] = True
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
@@ -710,15 +649,125 @@ def test_resume_refuses_a_changed_setup_and_survives_a_broken_checkpoint(data, t
           caplog)
 
 
-def test_resume_changes_names_split_changes():
-    ckpt = {"config": {"training": {"num_epochs": 2, "seed": 1}},
-            "data_fingerprint": {"files": {"data.ppg_file": {"path": "/a", "size": 1, "mtime_ns": 1}},
-                                 "split": {"train": ["0001", "0002"], "val": ["0003"], "test": ["0004"]}}}
-    same = json.loads(json.dumps(ckpt["data_fingerprint"]))
-    assert T.resume_changes(ckpt, {"training": {"num_epochs": 9, "seed": 1}}, same) == []  # more epochs: fine
-    moved = json.loads(json.dumps(same))
-    moved["split"]["train"], moved["split"]["val"] = ["0001", "0003"], ["0002"]
-    changes = T.resume_changes(ckpt, {"training": {"num_epochs": 2, "seed": 2}}, moved)
-    assert changes == ["config training.seed: 1 -> 2",
-                       "the train subjects changed (1 added, e.g. ['0003']; 1 gone, e.g. ['0002'])",
-                       "the val subjects changed (1 added, e.g. ['0002']; 1 gone, e.g. ['0003'])"]
+# ----------------------------------------------------------------------------------------------------------
+# A full disk: one line (exit 2), the previous checkpoints intact, and --resume completes
+
+
+def no_space_after(n_writes: int, real):
+    """A stand-in for runstate.atomic_output: the first `n_writes` checkpoints are written, every later one
+    fails as torch.save fails on a full disk (half the bytes in the temporary file, then torch's RuntimeError
+    raised while handling the OSError ENOSPC of the write)."""
+    import contextlib
+    import errno
+
+    calls = [0]
+
+    @contextlib.contextmanager
+    def atomic_output(path):
+        calls[0] += 1
+        with real(path) as tmp:
+            yield tmp
+            if calls[0] > n_writes:
+                tmp.write_bytes(tmp.read_bytes()[: tmp.stat().st_size // 2])
+                try:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                except OSError:
+                    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from None
+
+    return atomic_output
+
+
+def assert_intact_checkpoints(run_dir: Path, epoch: int) -> None:
+    """No temporary is left, and every checkpoint under a final name loads whole (last.pth at `epoch`)."""
+    assert not list(run_dir.rglob("*.tmp")) and not list(run_dir.rglob(".*.tmp"))
+    for path in (run_dir / "checkpoints").glob("*.pth"):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # raises on a truncated file
+        assert ckpt["epoch"] <= epoch, path
+    assert torch.load(run_dir / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)["epoch"] == epoch
+
+
+def test_a_full_disk_while_a_checkpoint_is_written_is_one_line_and_resume_completes(data, tmp_path, monkeypatch,
+                                                                                    caplog):
+    import sleepppg.runstate
+
+    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", num_epochs=2)
+    # epoch 1 writes best_model.pth and last.pth; the disk is full from the first write of epoch 2 (best_model.pth
+    # on a new best, else checkpoint_epoch_2.pth)
+    monkeypatch.setattr(sleepppg.runstate, "atomic_output", no_space_after(2, sleepppg.runstate.atomic_output))
+    text = fails(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"], 2,
+                 r"^disk full while writing .*checkpoints/(best_model|checkpoint_epoch_2)\.pth: checkpoints/last\.pth "
+                 r"keeps epoch 1, "
+                 r"the last one saved; free space on the disk, then continue with: python train_ppg_only\.py "
+                 r"--resume ", caplog)
+    assert "RuntimeError" not in text and "unexpected pos" not in text
+    monkeypatch.undo()
+    (run_dir,) = run_dirs(tmp_path / "out")
+    assert_intact_checkpoints(run_dir, epoch=1)
+    assert torch.load(run_dir / "checkpoints" / "best_model.pth", weights_only=True)["epoch"] == 1
+    assert not (run_dir / "results" / "test_results.json").exists()
+
+    assert T.main(["--resume", str(run_dir), "--device", "cpu"]) == 0
+    assert_intact_checkpoints(run_dir, epoch=2)
+    results = json.loads((run_dir / "results" / "test_results.json").read_text())
+    assert results["epochs_trained"] == 2 and len(results["training_history"]["val_losses"]) == 2
+
+
+def test_a_full_disk_while_the_results_are_written_is_one_line_and_resume_completes(data, tmp_path, monkeypatch,
+                                                                                    caplog):
+    import errno
+
+    import sleepppg.evaluation
+
+    def no_space(path, payload):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", num_epochs=1)
+    monkeypatch.setattr(sleepppg.evaluation, "write_json", no_space)
+    fails(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"], 2,
+          r"^disk full while writing .*results/test_results\.json: checkpoints/last\.pth keeps epoch 1.*--resume",
+          caplog)
+    monkeypatch.undo()
+    (run_dir,) = run_dirs(tmp_path / "out")
+    assert_intact_checkpoints(run_dir, epoch=1)
+    assert T.main(["--resume", str(run_dir), "--device", "cpu"]) == 0  # nothing left to train: it tests
+    assert json.loads((run_dir / "results" / "test_results.json").read_text())["epochs_trained"] == 1
+
+
+def tmpfs_unavailable(tmp_path: Path) -> str | None:
+    """None when a small tmpfs can be mounted here, else the reason (the real full-disk test is skipped)."""
+    if os.geteuid() != 0:
+        return "mounting a small tmpfs needs root"
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        return f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}"
+    subprocess.run(["umount", str(probe)], check=True)
+    return None
+
+
+def test_a_real_full_disk_is_one_line_and_resume_completes(straight_run, data, tmp_path, caplog):
+    """The run folder on a tmpfs with room for two checkpoints (epoch 1's best_model.pth and last.pth): the
+    first write of epoch 2 fills it. After the disk grows, --resume finishes the run."""
+    reason = tmpfs_unavailable(tmp_path)
+    if reason:
+        pytest.skip(reason)
+    checkpoint_bytes = (straight_run / "checkpoints" / "last.pth").stat().st_size
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    size_kb = (2 * checkpoint_bytes + 8_000_000) // 1024  # + 8 MB for TensorBoard, figures and logs
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(disk)], check=True)
+    try:
+        cfg = write_config(tmp_path / "cfg.yaml", data, disk / "out", num_epochs=2)
+        fails(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"], 2,
+              r"^disk full while writing .*checkpoints/(best_model|checkpoint_epoch_2)\.pth: checkpoints/last\.pth "
+              r"keeps epoch 1", caplog)
+        (run_dir,) = run_dirs(disk / "out")
+        assert_intact_checkpoints(run_dir, epoch=1)
+        subprocess.run(["mount", "-o", f"remount,size={3 * size_kb}k", str(disk)], check=True)
+        assert T.main(["--resume", str(run_dir), "--device", "cpu"]) == 0
+        assert_intact_checkpoints(run_dir, epoch=2)
+        assert (run_dir / "results" / "test_results.json").is_file()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

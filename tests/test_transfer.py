@@ -20,8 +20,11 @@ import multimodal_dataset_aligned as mda
 import train_ppg_only as T
 from multimodal_sleep_model import load_model_from_checkpoint
 from sleepppg.config import CONFIG_SCHEMA, load_config
+from sleepppg.distributed import DistContext
 from sleepppg.errors import ConfigError
+from sleepppg.evaluation import evaluate
 from sleepppg.ids import sleepppg_test_subjects
+from sleepppg.runstate import HISTORY_KEYS, TrainState
 
 W = 8  # windows per night: tiny nights keep the tests fast
 
@@ -119,7 +122,7 @@ def test_cli_prints_the_listed_ids_that_are_missing(data, tmp_path, capsys):
 
 def _epochs(state, rows, patience=5):
     """Record epochs with (val loss, val kappa, val median kappa); returns which ones improved."""
-    values = dict.fromkeys(T.HISTORY_KEYS, 0.5)
+    values = dict.fromkeys(HISTORY_KEYS, 0.5)
     timing = {"epoch_seconds": 1.0, "train_nights_per_s": 1.0}
     return [state.record_epoch(e, {**values, "val_losses": loss, "val_overall_kappas": kappa,
                                    "val_median_kappas": median}, timing, patience)
@@ -135,23 +138,23 @@ ROWS = [(1.0, 0.30, 0.40), (0.8, 0.25, 0.45), (0.9, 0.50, float("nan")), (0.85, 
     ("val_median_kappa", [True, True, False, False], 2, 0.45),  # a NaN never improves
 ])
 def test_the_chosen_figure_decides_best_and_early_stopping(select, improved, best_epoch, best_value):
-    state = T.TrainState(select_best_by=select)
+    state = TrainState(select_best_by=select)
     assert _epochs(state, ROWS, patience=2) == improved
     assert (state.best_epoch, state.best_value) == (best_epoch, best_value)
     assert state.best_val_loss == ROWS[best_epoch - 1][0]  # the loss of the best epoch, whatever decides
     assert state.bad_epochs == 4 - best_epoch and state.stopped == (4 - best_epoch >= 2)
     saved = state.to_checkpoint()
     assert saved["early_stopping"]["select_best_by"] == select
-    assert T.TrainState.from_checkpoint(saved) == state
+    assert TrainState.from_checkpoint(saved) == state
 
 
 def test_a_checkpoint_from_before_select_best_by_follows_the_loss():
-    state = T.TrainState()
+    state = TrainState()
     _epochs(state, ROWS[:2])
     saved = state.to_checkpoint()
     for key in ("select_best_by", "best_value"):
         del saved["early_stopping"][key]
-    restored = T.TrainState.from_checkpoint(saved)
+    restored = TrainState.from_checkpoint(saved)
     assert (restored.select_best_by, restored.best_value, restored.best_epoch) == ("val_loss", 0.8, 2)
 
 
@@ -257,7 +260,7 @@ def test_fine_tuning_starts_from_the_parent_and_records_it(parent, other_cohort,
     loaders = mda.get_dataloaders(mda.data_paths_from_config(cfg), batch_size=4, windows_per_subject=W,
                                   use_sleepppg_test_set=False, seed=cfg["training"]["seed"], return_index=True)
     model, _ = load_model_from_checkpoint(parent)
-    val, _ = T.evaluate(model, loaders[1], loaders[4].subjects, torch.device("cpu"), T.DistContext(), n_inputs=1,
+    val, _ = evaluate(model, loaders[1], loaders[4].subjects, torch.device("cpu"), DistContext(), n_inputs=1,
                         amp=False, desc="parent")
     before = record["val_before_training"]
     assert before["loss"] == pytest.approx(val["loss"], rel=1e-6)
