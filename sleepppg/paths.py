@@ -67,10 +67,23 @@ class OutputPathError(OSError, SetupError):
         return f"{self.filename}: {self.strerror}"
 
 
+def disk_full_error(err: BaseException) -> OSError | None:
+    """The OSError (ENOSPC, or EDQUOT: a full quota) behind `err` when a write failed for lack of space, else
+    None. torch.save reports its own RuntimeError after the OSError of the failed write, so the chain of
+    exceptions (`__cause__`, `__context__`) is searched."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def is_disk_full(err: BaseException) -> bool:
-    """True for a full disk or quota: OSError ENOSPC/EDQUOT, or h5py's report of one, which carries the C
-    library's errno in its message (and is a RuntimeError when the failure comes while it closes a file)."""
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+    """True for a full disk or quota: an OSError ENOSPC/EDQUOT in `err`'s chain (disk_full_error), or h5py's
+    report of one, which carries the C library's errno in its message (and is a RuntimeError when the failure
+    comes while it closes a file)."""
+    if disk_full_error(err) is not None:
         return True
     return isinstance(err, (OSError, RuntimeError)) and ("errno = 28" in str(err) or "No space left" in str(err))
 

@@ -15,7 +15,6 @@ results/, console_logs/.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 import random
@@ -28,6 +27,7 @@ import torch
 
 from sleepppg.distributed import DistContext
 from sleepppg.errors import DataError, SetupError, TrainingDiverged
+from sleepppg.paths import disk_full_error
 from sleepppg.runio import atomic_output
 
 log = logging.getLogger("sleepppg.runstate")
@@ -44,7 +44,6 @@ HISTORY_KEYS = ("train_losses", "val_losses", "val_overall_accuracies", "val_ove
 TIMING_KEYS = ("epoch_seconds", "train_nights_per_s")  # per epoch; not reproducible, so kept apart
 CHECKPOINT_KEYS = ("model_kind", "model_args", "model_state_dict", "config", "epoch", "history",
                    "optimizer_state_dict", "scheduler_state_dict", "early_stopping", "rng_state")  # to resume
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass
@@ -278,18 +277,6 @@ def epoch_in_last_checkpoint(run_dir: Path) -> int:
 
 # ----------------------------------------------------------------------------------------------------------
 # When a run stops
-
-
-def disk_full_error(err: BaseException) -> OSError | None:
-    """The OSError (ENOSPC, or EDQUOT: a full quota) behind `err` when a write failed for lack of space, else
-    None. torch.save reports its own RuntimeError after the OSError of the failed write, so the chain of
-    exceptions (`__cause__`, `__context__`) is searched."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in DISK_FULL_ERRNOS:
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 @contextlib.contextmanager

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import sleepppg.runstate
-from sleepppg.runstate import HISTORY_KEYS, TrainState, disk_full_error, save_checkpoint
+from sleepppg.paths import disk_full_error
+from sleepppg.runstate import HISTORY_KEYS, TrainState, save_checkpoint
 
 
 def test_train_state_early_stopping_and_checkpoint_round_trip():
