@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from sleepppg.constants import (
     WINDOW_SECONDS,
     WINDOWS_PER_SUBJECT,
 )
+from sleepppg.errors import DataError, SetupError
 
 PPG_KEYS = ("ppg", "labels", "subject_ids")
 ECG_KEYS = ("ecg", "has_real_ecg", "subject_ids", "labels", "real_ecg_indices")
@@ -406,3 +408,61 @@ def check_rows(path: str | os.PathLike, names: tuple[str, ...], needed_rows: int
             if name != "labels" and ds.shape[1:] != (SAMPLES_PER_WINDOW,):
                 raise ValueError(f"{path}: '{name}' rows must hold {SAMPLES_PER_WINDOW} samples, got shape "
                                  f"{ds.shape}")
+
+
+def check_nights(data: dict, keys: Sequence[str], subjects: list[str], n_windows: int) -> None:
+    """What can be checked cheaply before the first step (labels and IDs only; signal values are checked as
+    each batch is read): each subject's rows per the index are one block of windows_per_subject rows, its
+    labels are integers in -1..3, and the data files' `subject_ids` on those rows read that subject (a
+    mismatch means the index and the data come from different extraction runs, or IDs were swapped).
+    `data` is the config's data section, `keys` its file keys to check (e.g. "ppg_file", "index_file").
+    Raises DataError naming the subjects, SetupError when a file lacks an array or is too short."""
+    import h5py
+
+    try:
+        starts = read_night_starts(data["index_file"], subjects, n_windows)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    rows_NW = starts[:, None] + np.arange(n_windows)[None, :]
+    sids_N1 = np.asarray(subjects)[:, None]
+    for key in keys:
+        if key == "index_file":
+            continue
+        path = data[key]
+        try:
+            with h5py.File(path, "r") as f:
+                missing = [name for name in ("subject_ids", "labels")[:2 if key == "ppg_file" else 1] if name not in f]
+                if missing:
+                    raise SetupError(f"data.{key} = {path} has no {' or '.join(missing)} array")
+                n_rows = f["subject_ids"].shape[0]
+                if rows_NW.size and rows_NW.max() >= n_rows:
+                    raise SetupError(f"data.{key} = {path} has {n_rows} rows but the index refers to row "
+                                     f"{rows_NW.max()}")
+                ids_NW = f["subject_ids"][()][rows_NW]
+                labels = f["labels"][()] if key == "ppg_file" else None
+        except OSError as err:
+            raise SetupError(f"data.{key} = {path} cannot be read (truncated?): {err}") from None
+        ids_NW = np.char.decode(ids_NW) if ids_NW.dtype.kind == "S" else ids_NW.astype(str)
+        wrong = np.flatnonzero((ids_NW != sids_N1).any(axis=1))
+        if wrong.size:
+            i = int(wrong[0])
+            found = sorted(set(ids_NW[i].tolist()))
+            raise DataError(f"subject {subjects[i]}: the index puts it at rows {starts[i]}..{starts[i] + n_windows - 1}"
+                            f" of data.{key} = {path}, but subject_ids there read {', '.join(found[:3])} "
+                            f"({wrong.size} subject(s) disagree, e.g. {', '.join(subjects[j] for j in wrong[:5])}): "
+                            f"were the index and the data written by different extraction runs?")
+        if labels is None:
+            continue
+        if labels.dtype.kind not in "iuf":
+            raise SetupError(f"data.{key} = {path}: labels must be numbers, got dtype {labels.dtype}")
+        labels_NW = labels[rows_NW]
+        bad_NW = (labels_NW < IGNORE_INDEX) | (labels_NW >= N_CLASSES) | (labels_NW != np.floor(labels_NW))
+        if labels.dtype.kind == "f":
+            bad_NW |= ~np.isfinite(labels_NW)
+        bad = np.flatnonzero(bad_NW.any(axis=1))
+        if bad.size:
+            i = int(bad[0])
+            value = labels_NW[i][bad_NW[i]][0].item()
+            raise DataError(f"subject {subjects[i]}: label {value!r} in data.{key} = {path} (labels must be "
+                            f"integers -1..{N_CLASSES - 1}; {bad.size} subject(s) affected, e.g. "
+                            f"{', '.join(subjects[j] for j in bad[:5])})")

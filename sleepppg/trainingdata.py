@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 import multimodal_dataset_aligned as mda
-from sleepppg.constants import IGNORE_INDEX, N_CLASSES, STAGE_NAMES
+from sleepppg.constants import N_CLASSES, STAGE_NAMES
 from sleepppg.errors import DataError, SetupError
 from sleepppg.loss import class_weights_from_labels
 from sleepppg.preprocessing import file_signature
+from sleepppg.processed import ProcessedFilesError, check_nights, require_valid
 
 log = logging.getLogger("sleepppg.trainingdata")
 
@@ -79,65 +80,14 @@ def preflight_data(cfg: dict, model_kind: str) -> dict:
         if not subjects:
             raise SetupError(f"the {name} set is empty: too few valid subjects with exactly "
                              f"{data['windows_per_subject']} windows in {data['index_file']}")
-    check_nights(cfg, model_kind, split.train + split.val + split.test)
+    check_nights(data, data_file_keys(model_kind), split.train + split.val + split.test, data["windows_per_subject"])
+    ecg_file = data["ecg_file"] if model_kind == "real_ecg" else None
+    try:  # then the one validator of processed files, as verify_mesa_outputs.py runs it without the value scan
+        require_valid(data["ppg_file"], ecg_file, data["index_file"], data["windows_per_subject"])
+    except ProcessedFilesError as err:
+        raise DataError(f"{err} (python verify_mesa_outputs.py --out-dir <folder> lists every check)") from None
     return {"files": {f"data.{key}": file_signature(data[key]) for key in data_file_keys(model_kind)},
             "split": {"train": list(split.train), "val": list(split.val), "test": list(split.test)}}
-
-
-def check_nights(cfg: dict, model_kind: str, subjects: list[str]) -> None:
-    """What can be checked cheaply before the first step (labels and IDs only; signal values are checked as
-    each batch is read): each subject's rows per the index are one block of windows_per_subject rows, its
-    labels are integers in -1..3, and the data files' `subject_ids` on those rows read that subject (a
-    mismatch means the index and the data come from different extraction runs, or IDs were swapped).
-    Raises DataError naming the subjects, SetupError when a file lacks an array or is too short."""
-    data, n_windows = cfg["data"], cfg["data"]["windows_per_subject"]
-    try:
-        starts = mda.read_night_starts(data["index_file"], subjects, n_windows)
-    except ValueError as err:
-        raise DataError(str(err)) from None
-    rows_NW = starts[:, None] + np.arange(n_windows)[None, :]
-    sids_N1 = np.asarray(subjects)[:, None]
-    for key in data_file_keys(model_kind):
-        if key == "index_file":
-            continue
-        path = data[key]
-        try:
-            with h5py.File(path, "r") as f:
-                missing = [name for name in ("subject_ids", "labels")[:2 if key == "ppg_file" else 1] if name not in f]
-                if missing:
-                    raise SetupError(f"data.{key} = {path} has no {' or '.join(missing)} array")
-                n_rows = f["subject_ids"].shape[0]
-                if rows_NW.size and rows_NW.max() >= n_rows:
-                    raise SetupError(f"data.{key} = {path} has {n_rows} rows but the index refers to row "
-                                     f"{rows_NW.max()}")
-                ids_NW = f["subject_ids"][()][rows_NW]
-                labels = f["labels"][()] if key == "ppg_file" else None
-        except OSError as err:
-            raise SetupError(f"data.{key} = {path} cannot be read (truncated?): {err}") from None
-        ids_NW = np.char.decode(ids_NW) if ids_NW.dtype.kind == "S" else ids_NW.astype(str)
-        wrong = np.flatnonzero((ids_NW != sids_N1).any(axis=1))
-        if wrong.size:
-            i = int(wrong[0])
-            found = sorted(set(ids_NW[i].tolist()))
-            raise DataError(f"subject {subjects[i]}: the index puts it at rows {starts[i]}..{starts[i] + n_windows - 1}"
-                            f" of data.{key} = {path}, but subject_ids there read {', '.join(found[:3])} "
-                            f"({wrong.size} subject(s) disagree, e.g. {', '.join(subjects[j] for j in wrong[:5])}): "
-                            f"were the index and the data written by different extraction runs?")
-        if labels is None:
-            continue
-        if labels.dtype.kind not in "iuf":
-            raise SetupError(f"data.{key} = {path}: labels must be numbers, got dtype {labels.dtype}")
-        labels_NW = labels[rows_NW]
-        bad_NW = (labels_NW < IGNORE_INDEX) | (labels_NW >= N_CLASSES) | (labels_NW != np.floor(labels_NW))
-        if labels.dtype.kind == "f":
-            bad_NW |= ~np.isfinite(labels_NW)
-        bad = np.flatnonzero(bad_NW.any(axis=1))
-        if bad.size:
-            i = int(bad[0])
-            value = labels_NW[i][bad_NW[i]][0].item()
-            raise DataError(f"subject {subjects[i]}: label {value!r} in data.{key} = {path} (labels must be "
-                            f"integers -1..{N_CLASSES - 1}; {bad.size} subject(s) affected, e.g. "
-                            f"{', '.join(subjects[j] for j in bad[:5])})")
 
 
 def build_data(cfg: dict, model_kind: str, device: torch.device, distributed: bool) -> tuple:
