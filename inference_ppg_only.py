@@ -104,7 +104,6 @@ import dataclasses
 import datetime as dt
 import functools
 import glob
-import hashlib
 import itertools
 import json
 import logging
@@ -118,6 +117,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from sleepppg.cache import load_cache, write_cache
 from sleepppg.cli import log_to_file, setup_logging
 from sleepppg.config import load_config
 from sleepppg.constants import (
@@ -130,7 +130,6 @@ from sleepppg.constants import (
     N_CLASSES,
     SAMPLES_PER_WINDOW,
     STAGE_NAMES,
-    TARGET_FS,
     WINDOW_SECONDS,
     WINDOWS_PER_SUBJECT,
 )
@@ -142,112 +141,19 @@ from sleepppg.metrics import compute_metrics, summary_stats
 # one owner of the preprocessing version and of what a cached night depends on: extraction
 from sleepppg.preprocessing import file_signature as edf_signature
 from sleepppg.preprocessing import preprocess_recording, preprocessing_settings
-from sleepppg.runio import atomic_output, json_safe, make_run_dir, write_text_atomic
+from sleepppg.quality import ppg_quality, quality_warnings
+from sleepppg.report import format_sleep_report, report_difference, sleep_report
+from sleepppg.runio import json_safe, make_run_dir, write_text_atomic
 from sleepppg.runtime import keep_freed_memory, resolve_device
 
 # ----------------------------------------------------------------------------------------------------------
 # Constants
-CACHE_WINDOWS_FILE = "ppg_windows.npy"  # float32 (n_windows, 1024), z-scored PPG at 34.13 Hz, zero-padded
-CACHE_META_FILE = "meta.json"  # EDF signature + preprocessing settings + night facts; written last
 CSV_COLUMNS = ("epoch", "time_hours", "pred_idx", "pred_name", "true_idx", "true_name", "mismatch",
                "p_wake", "p_light", "p_deep", "p_rem")
-SLEEP_STAGES = (1, 2, 3)  # class indices of Light, Deep and REM (0 is Wake)
-WAKE, REM = 0, 3
 EXIT_NIGHT_FAILED = EXIT_FAILED  # 1: some nights failed; the others were staged and written
 RESULT_FORMAT = 2  # result.json layout: 2 = "nights"/"failed", absolute paths, split epoch counts
-# Signal-quality warnings (ppg_quality): the limits above which a night is flagged (it is still staged)
-FLAT_STEP_SD = 1e-3  # a z-scored PPG "does not move" when a 34.13-Hz step is below this (a pulse moves ~0.1-0.5)
-FLAT_RUN_S = 2.0  # a flat stretch shorter than about two beats is not counted
-MAX_FLAT_SHARE = 0.2  # more than 20% of the night flat: warned (extraction refuses a night over 50% flat)
-MAX_CLIPPED_SHARE = 0.02  # more than 2% at the +/-3 SD clip (a Gaussian puts 0.27% beyond 3 SD)
 
 log = logging.getLogger("inference_ppg_only")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Sleep report
-
-
-def sleep_report(stages_W: Sequence[int] | np.ndarray, epoch_s: float = WINDOW_SECONDS) -> dict:
-    """Standard sleep statistics of one hypnogram (definitions in the module docstring).
-
-    Args:
-        stages_W: stage per epoch (0 Wake, 1 Light, 2 Deep, 3 REM, -1 no stage), in time order from the
-            recording start.
-        epoch_s: epoch length in seconds (30).
-    Returns:
-        dict of minutes (floats), percentages and None where undefined.
-    """
-    stages_W = np.asarray(stages_W, dtype=np.int64).reshape(-1)
-    bad = (stages_W < IGNORE_INDEX) | (stages_W >= N_CLASSES)
-    if bad.any():
-        raise ValueError(f"stages must be -1..{N_CLASSES - 1}, got {sorted(set(stages_W[bad].tolist()))}")
-    epoch_min = epoch_s / 60.0
-    counts = {name: int((stages_W == k).sum()) for k, name in enumerate(STAGE_NAMES)}
-    n_with_stage = int((stages_W != IGNORE_INDEX).sum())
-    sleep_idx = np.flatnonzero(np.isin(stages_W, SLEEP_STAGES))
-    tst_epochs = int(sleep_idx.size)
-    report: dict[str, Any] = {
-        "epoch_s": float(epoch_s),
-        "n_epochs": int(stages_W.size),
-        "n_epochs_with_stage": n_with_stage,
-        "time_in_bed_min": n_with_stage * epoch_min,
-        "total_sleep_time_min": tst_epochs * epoch_min,
-        "sleep_efficiency_pct": 100.0 * tst_epochs / n_with_stage if n_with_stage else None,
-        "sleep_onset_latency_min": None,
-        "sleep_period_min": None,
-        "waso_min": None,
-        "rem_latency_min": None,
-        "stage_minutes": {name: c * epoch_min for name, c in counts.items()},
-        "stage_percent_of_tst": {STAGE_NAMES[k]: (100.0 * counts[STAGE_NAMES[k]] / tst_epochs
-                                                  if tst_epochs else None) for k in SLEEP_STAGES},
-        "wake_percent_of_time_in_bed": 100.0 * counts[STAGE_NAMES[WAKE]] / n_with_stage if n_with_stage else None,
-    }
-    if tst_epochs:
-        onset, last = int(sleep_idx[0]), int(sleep_idx[-1])
-        report["sleep_onset_latency_min"] = onset * epoch_min
-        report["sleep_period_min"] = (last - onset + 1) * epoch_min
-        report["waso_min"] = int((stages_W[onset:last + 1] == WAKE).sum()) * epoch_min
-        rem_idx = np.flatnonzero(stages_W == REM)
-        if rem_idx.size:
-            report["rem_latency_min"] = (int(rem_idx[0]) - onset) * epoch_min
-    return report
-
-
-REPORT_ROWS = (  # (label, sleep_report key) of the console table
-    ("time in bed (min)", "time_in_bed_min"), ("total sleep time, TST (min)", "total_sleep_time_min"),
-    ("sleep efficiency (%)", "sleep_efficiency_pct"), ("sleep onset latency (min)", "sleep_onset_latency_min"),
-    ("WASO (min)", "waso_min"), ("REM latency (min)", "rem_latency_min"), ("sleep period (min)", "sleep_period_min"),
-)
-
-
-def report_difference(predicted: dict, scored: dict) -> dict:
-    """predicted - scored for each number of REPORT_ROWS and each stage's minutes (None where either is None)."""
-    def diff(a: float | None, b: float | None) -> float | None:
-        return None if a is None or b is None else a - b
-
-    out = {key: diff(predicted[key], scored[key]) for _, key in REPORT_ROWS}
-    out["stage_minutes"] = {name: diff(predicted["stage_minutes"][name], scored["stage_minutes"][name])
-                            for name in STAGE_NAMES}
-    return out
-
-
-def format_sleep_report(subject_id: str, report: dict, extra: str = "", scored: dict | None = None) -> str:
-    """The console summary of one night: a table of the sleep report (with `scored`: predicted, scored and
-    predicted - scored side by side)."""
-    def fmt(v: float | None, signed: bool = False) -> str:
-        return "n/a" if v is None else (f"{v:+.1f}" if signed else f"{v:.1f}")
-
-    rows = [(label, report[key], None if scored is None else scored[key]) for label, key in REPORT_ROWS]
-    rows += [(f"{name} (min)", report["stage_minutes"][name],
-              None if scored is None else scored["stage_minutes"][name]) for name in STAGE_NAMES]
-    if scored is None:
-        lines = [f"  {'':30s}{'predicted':>10s}"] + [f"  {label:30s}{fmt(p):>10s}" for label, p, _ in rows]
-    else:
-        lines = [f"  {'':30s}{'predicted':>10s}{'scored':>10s}{'difference':>12s}"]
-        lines += [f"  {label:30s}{fmt(p):>10s}{fmt(t):>10s}"
-                  f"{fmt(None if p is None or t is None else p - t, signed=True):>12s}" for label, p, t in rows]
-    return f"[{subject_id}]{extra}\n" + "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -320,82 +226,6 @@ def unique_ids(paths: Sequence[Path], id_pattern: str = MESA_ID_PATTERN) -> list
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Cache: <cache_root>/<id>/ppg_windows.npy + meta.json
-
-
-def windows_checksum(windows_WS: np.ndarray) -> str:
-    """sha256 of the cached array's bytes (float32, C order): catches damage that leaves size and shape intact."""
-    return hashlib.sha256(np.ascontiguousarray(windows_WS, dtype=np.float32).tobytes()).hexdigest()
-
-
-def _npy_header(path: Path) -> tuple[tuple, np.dtype]:
-    """(shape, dtype) from a .npy header, read before the data so a damaged header cannot ask for a huge array."""
-    with open(path, "rb") as fh:
-        major, _ = np.lib.format.read_magic(fh)
-        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read_header(fh)
-    return shape, dtype
-
-
-def load_cache(cache_dir: Path, signature: dict, settings: dict) -> tuple[np.ndarray | None, dict | None, str]:
-    """Read a cached night if it is valid for this EDF and these settings.
-
-    Checks, in order: meta.json is a JSON object written for this EDF (path, size, mtime) and these settings;
-    its n_recorded_windows is 1..n_windows; the .npy header says float32 (n_windows, 1024); the data's sha256
-    equals meta.json's `windows_sha256`; every value is finite.
-
-    Returns:
-        (ppg_windows_WS, meta, "") when valid; (None, None, reason) when missing, stale or damaged.
-    """
-    meta_path, npy_path = cache_dir / CACHE_META_FILE, cache_dir / CACHE_WINDOWS_FILE
-    if not meta_path.exists() and not npy_path.exists():
-        return None, None, "no cache yet"
-    n_windows = settings["n_windows"]
-    try:
-        meta = json.loads(meta_path.read_text())
-        if not isinstance(meta, dict):
-            return None, None, f"corrupt cache (meta.json holds a JSON {type(meta).__name__}, not an object)"
-        if meta.get("edf") != signature:
-            return None, None, "the EDF changed (path, size or mtime differ)"
-        if meta.get("settings") != settings:
-            return None, None, "the preprocessing settings changed"
-        n_recorded = meta.get("n_recorded_windows")
-        if isinstance(n_recorded, bool) or not isinstance(n_recorded, int) or not 0 < n_recorded <= n_windows:
-            return None, None, f"corrupt cache (n_recorded_windows {n_recorded!r} in meta.json)"
-        if not isinstance(meta.get("windows_sha256"), str):
-            return None, None, "corrupt cache (no windows_sha256 in meta.json: written by an older version)"
-        shape, dtype = _npy_header(npy_path)
-        if dtype != np.float32 or tuple(shape) != (n_windows, SAMPLES_PER_WINDOW):
-            return None, None, f"corrupt cache (array {dtype} {tuple(shape)}, expected float32 " \
-                               f"{(n_windows, SAMPLES_PER_WINDOW)})"
-        windows_WS = np.load(npy_path, allow_pickle=False)
-    except FileNotFoundError as err:
-        return None, None, f"incomplete cache ({Path(err.filename).name} missing)"
-    except Exception as err:  # noqa: BLE001 - the cache boundary: any damage means "rebuild", with the reason
-        # (bad JSON, a truncated .npy, a garbled header that numpy's parser fails on in its own ways ...)
-        return None, None, f"corrupt cache ({type(err).__name__}: {err})"
-    if windows_checksum(windows_WS) != meta["windows_sha256"]:
-        return None, None, "corrupt cache (ppg_windows.npy does not match the checksum in meta.json)"
-    if not np.isfinite(windows_WS).all():
-        return None, None, "corrupt cache (non-finite values)"
-    return windows_WS, meta, ""
-
-
-def write_cache(cache_dir: Path, windows_WS: np.ndarray, meta: dict) -> None:
-    """Write a night's cache atomically: drop the old meta.json, write the .npy, then meta.json (with the
-    array's checksum) last, so a crash at any point leaves either a complete valid cache or one that
-    `load_cache` rejects."""
-    windows_WS = np.ascontiguousarray(windows_WS, dtype=np.float32)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    (cache_dir / CACHE_META_FILE).unlink(missing_ok=True)
-    with atomic_output(cache_dir / CACHE_WINDOWS_FILE) as tmp:
-        with open(tmp, "wb") as fh:  # a file handle: np.save on a path would append ".npy" to the temp name
-            np.save(fh, windows_WS, allow_pickle=False)
-    meta = {**meta, "windows_sha256": windows_checksum(windows_WS)}
-    write_text_atomic(cache_dir / CACHE_META_FILE, json.dumps(json_safe(meta), indent=2))
-
-
 @dataclasses.dataclass(frozen=True)
 class NightJob:
     """One night to stage: its subject ID in this run and the file it comes from (an EDF, or the processed
@@ -417,46 +247,6 @@ class Night:
     truncated: bool  # the recording was longer than the model's span; only its start is staged
     labels_W: np.ndarray | None = None  # int64 (n_windows,) in HDF5 mode
     info: dict = dataclasses.field(default_factory=dict)  # source facts for result.json (channel, cache ...)
-
-
-def ppg_quality(ppg_WS: np.ndarray, n_recorded: int, gap_epochs: Sequence[int] = ()) -> dict:
-    """Signal-quality shares of a night's preprocessed PPG (z-scored, 34.13 Hz), over its recorded windows
-    outside the gaps in the recording (`gap_epochs`: zero-filled, not staged, so not flat signal either).
-
-    - flat_share: share of the samples lying in runs of at least FLAT_RUN_S seconds where the signal does
-      not move (|step| < FLAT_STEP_SD). A PPG held at the ADC limit (saturation), a sensor that fell off, or a
-      dropout marker value written in place of the signal all leave such runs; a real pulse wave moves by
-      ~0.1-0.5 SD per sample.
-    - clipped_share: share of the samples at the night's extreme values: extraction clips the PPG at
-      mean +/- 3 SD before z-scoring, so a night with long excursions (saturated bursts) piles samples there;
-      a clean night has a handful.
-    """
-    keep = np.ones(n_recorded, dtype=bool)
-    keep[[e for e in gap_epochs if 0 <= e < n_recorded]] = False
-    x = np.asarray(ppg_WS[:n_recorded][keep], dtype=np.float32).reshape(-1)
-    if x.size < 2:
-        return {"flat_share": 0.0, "clipped_share": 0.0}
-    still = np.abs(np.diff(x)) < FLAT_STEP_SD
-    # lengths of the runs of "still" steps: a run of k still steps covers k + 1 samples
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], still.astype(np.int8), [0]))))
-    run_steps = edges[1::2] - edges[0::2]
-    long_runs = run_steps[run_steps + 1 >= FLAT_RUN_S * TARGET_FS]
-    flat = float((long_runs + 1).sum()) / x.size
-    lo, hi = x.min(), x.max()
-    clipped = float(np.count_nonzero((x <= lo) | (x >= hi))) / x.size if hi > lo else 0.0
-    return {"flat_share": flat, "clipped_share": clipped}
-
-
-def quality_warnings(quality: dict) -> list[str]:
-    """Human-readable warnings for the shares of `ppg_quality` above their limits (empty when fine)."""
-    out = []
-    if quality["flat_share"] > MAX_FLAT_SHARE:
-        out.append(f"{quality['flat_share']:.0%} of the recorded PPG is flat (saturated at the sensor's limit, "
-                   f"sensor off, or dropout markers): the stages there rest on no pulse signal")
-    if quality["clipped_share"] > MAX_CLIPPED_SHARE:
-        out.append(f"{quality['clipped_share']:.1%} of the recorded PPG sits at the +/-3 SD clip (long "
-                   f"saturated or artefact excursions)")
-    return out
 
 
 def ppg_settings(settings: dict, fs: float | None, column: str | None, max_gap_s: float) -> dict:

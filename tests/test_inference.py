@@ -1,5 +1,5 @@
-"""Tests for inference_ppg_only.py: sleep report on hand-made hypnograms, CSV/PNG outputs, the validated
-cache, and (with the other pipeline modules) end-to-end HDF5 and EDF runs on tiny synthetic nights."""
+"""Tests for inference_ppg_only.py: CSV/PNG outputs, inputs and IDs, and (with the other pipeline modules)
+end-to-end HDF5 and EDF runs on tiny synthetic nights, the validated cache among them."""
 from __future__ import annotations
 
 import json
@@ -11,62 +11,11 @@ import pytest
 from helpers import interrupted_on_call, write_edf, write_processed, write_tiny_checkpoint
 
 import inference_ppg_only as inf
+from sleepppg.cache import CACHE_META_FILE, CACHE_WINDOWS_FILE
 from sleepppg.constants import SAMPLES_PER_WINDOW
 from sleepppg.preprocessing import preprocess_recording
 
 W, L, D, R, U = 0, 1, 2, 3, -1  # Wake, Light, Deep, REM, unscored
-
-
-# ----------------------------------------------------------------------------------------------------------
-# sleep_report on hand-made hypnograms (30-s epochs: 2 epochs = 1 min)
-
-
-def test_sleep_report_textbook_night():
-    # 10 min awake, sleep L L D D, 2 epochs wake (WASO), R R, L, then 4 epochs wake at the end
-    hyp = [W] * 20 + [L, L, D, D, W, W, R, R, L] + [W] * 4
-    rep = inf.sleep_report(hyp)
-    assert rep["n_epochs"] == rep["n_epochs_with_stage"] == 33
-    assert rep["time_in_bed_min"] == 16.5
-    assert rep["total_sleep_time_min"] == 3.5  # 7 sleep epochs
-    assert rep["sleep_efficiency_pct"] == pytest.approx(100 * 7 / 33)
-    assert rep["sleep_onset_latency_min"] == 10.0
-    assert rep["sleep_period_min"] == 4.5  # epochs 20..28
-    assert rep["waso_min"] == 1.0  # the two wake epochs inside; the final 4 are after the final awakening
-    assert rep["rem_latency_min"] == 3.0  # first REM at epoch 26, onset at 20
-    assert rep["stage_minutes"] == {"Wake": 13.0, "Light": 1.5, "Deep": 1.0, "REM": 1.0}
-    pct = rep["stage_percent_of_tst"]
-    assert pct["Light"] == pytest.approx(300 / 7) and pct["Deep"] == pytest.approx(200 / 7)
-    assert sum(pct.values()) == pytest.approx(100.0)
-    assert rep["wake_percent_of_time_in_bed"] == pytest.approx(100 * 26 / 33)
-
-
-def test_sleep_report_no_sleep_and_empty():
-    rep = inf.sleep_report([W] * 10)
-    assert rep["total_sleep_time_min"] == 0 and rep["sleep_efficiency_pct"] == 0
-    for key in ("sleep_onset_latency_min", "waso_min", "rem_latency_min", "sleep_period_min"):
-        assert rep[key] is None
-    assert all(v is None for v in rep["stage_percent_of_tst"].values())
-    empty = inf.sleep_report([])
-    assert empty["time_in_bed_min"] == 0 and empty["sleep_efficiency_pct"] is None
-
-
-def test_sleep_report_unscored_epochs_and_no_rem():
-    # unscored epochs keep their place in time but count toward no total
-    hyp = [U, U, W, L, U, D, W, L]
-    rep = inf.sleep_report(hyp, epoch_s=60)
-    assert rep["n_epochs"] == 8 and rep["n_epochs_with_stage"] == 5 and rep["time_in_bed_min"] == 5.0
-    assert rep["sleep_onset_latency_min"] == 3.0  # first sleep at epoch 3 (1-min epochs)
-    assert rep["sleep_period_min"] == 5.0 and rep["waso_min"] == 1.0
-    assert rep["rem_latency_min"] is None
-    assert rep["sleep_efficiency_pct"] == pytest.approx(60.0)
-    with pytest.raises(ValueError):
-        inf.sleep_report([0, 4])
-
-
-def test_sleep_report_immediate_sleep_all_rem():
-    rep = inf.sleep_report([R] * 6)
-    assert rep["sleep_onset_latency_min"] == 0 and rep["rem_latency_min"] == 0 and rep["waso_min"] == 0
-    assert rep["sleep_efficiency_pct"] == 100.0 and rep["stage_percent_of_tst"]["REM"] == 100.0
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -129,54 +78,6 @@ def _fake_edf(tmp_path: Path, name="mesa-sleep-0042.edf") -> Path:
     p = tmp_path / name
     p.write_bytes(b"0" * 100)
     return p
-
-
-def test_cache_roundtrip_and_invalidation(tmp_path):
-    edf = _fake_edf(tmp_path)
-    settings = inf.preprocessing_settings("linear", ["Pleth", "ppg"], n_windows=6)
-    windows = np.random.default_rng(0).standard_normal((6, SAMPLES_PER_WINDOW)).astype(np.float32)
-    cache = tmp_path / "cache" / "0042"
-    assert inf.load_cache(cache, inf.edf_signature(edf), settings)[2] == "no cache yet"
-    inf.write_cache(cache, windows, {"edf": inf.edf_signature(edf), "settings": settings, "n_recorded_windows": 5})
-    got, meta, reason = inf.load_cache(cache, inf.edf_signature(edf), settings)
-    assert reason == "" and np.array_equal(got, windows) and meta["n_recorded_windows"] == 5
-    assert sorted(p.name for p in cache.iterdir()) == ["meta.json", "ppg_windows.npy"]  # no temp files left
-
-    # other settings -> stale
-    for other in (inf.preprocessing_settings("polyphase", ["pleth", "ppg"], 6),
-                  inf.preprocessing_settings("linear", ["pleth"], 6),
-                  inf.preprocessing_settings("linear", ["pleth", "ppg"], 7)):
-        assert inf.load_cache(cache, inf.edf_signature(edf), other)[0] is None
-    # the EDF changes (new mtime) -> stale
-    st = edf.stat()
-    os.utime(edf, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert "EDF changed" in inf.load_cache(cache, inf.edf_signature(edf), settings)[2]
-
-
-@pytest.mark.parametrize("damage", ["truncate_npy", "delete_npy", "bad_json", "json_list", "wrong_shape",
-                                    "delete_meta"])
-def test_corrupt_cache_is_rejected(tmp_path, damage):
-    edf = _fake_edf(tmp_path)
-    sig = inf.edf_signature(edf)
-    settings = inf.preprocessing_settings("linear", ["pleth"], n_windows=4)
-    cache = tmp_path / "c"
-    inf.write_cache(cache, np.ones((4, SAMPLES_PER_WINDOW), np.float32),
-                    {"edf": sig, "settings": settings, "n_recorded_windows": 4})
-    npy, meta = cache / inf.CACHE_WINDOWS_FILE, cache / inf.CACHE_META_FILE
-    if damage == "truncate_npy":
-        npy.write_bytes(npy.read_bytes()[:1000])
-    elif damage == "delete_npy":
-        npy.unlink()
-    elif damage == "bad_json":
-        meta.write_text("{not json")
-    elif damage == "json_list":
-        meta.write_text("[1, 2]")
-    elif damage == "wrong_shape":
-        np.save(npy, np.ones((3, SAMPLES_PER_WINDOW), np.float32))
-    elif damage == "delete_meta":
-        meta.unlink()
-    got, _, reason = inf.load_cache(cache, sig, settings)
-    assert got is None and reason and reason != "no cache yet"
 
 
 def test_resolve_inputs_and_ids(tmp_path):
@@ -325,7 +226,7 @@ def test_cache_reuse_invalidation_and_corruption(tmp_path, checkpoint, monkeypat
     assert any("rebuilding cache" in r.getMessage() and "EDF changed" in r.getMessage() for r in caplog.records)
 
     # a truncated .npy: rebuilt, with a log line
-    npy = tmp_path / "cache" / "0042" / inf.CACHE_WINDOWS_FILE
+    npy = tmp_path / "cache" / "0042" / CACHE_WINDOWS_FILE
     npy.write_bytes(npy.read_bytes()[:5000])
     caplog.clear()
     code, fourth, _ = run(cfg, tmp_path / "o4", "--edf", str(edf))
@@ -522,41 +423,6 @@ def write_damaged_edf(path: Path, minutes: float, mode: str, share: float, fs: i
     return path
 
 
-def _quality_slow(x: np.ndarray, step_sd: float, run_samples: float) -> float:
-    """ppg_quality's flat share, the obvious way: walk the samples, count runs of still steps."""
-    flat, run = 0, 1  # run = samples in the current still run
-    for i in range(1, x.size + 1):
-        if i < x.size and abs(float(x[i]) - float(x[i - 1])) < step_sd:
-            run += 1
-            continue
-        if run >= run_samples and run > 1:
-            flat += run
-        run = 1
-    return flat / x.size
-
-
-def test_ppg_quality_matches_a_slow_count():
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal(6 * SAMPLES_PER_WINDOW).astype(np.float32)
-    x[100:400] = 1.5  # 300 samples (8.8 s) flat
-    x[1000:1040] = -0.2  # 40 samples (1.2 s): shorter than FLAT_RUN_S, not counted
-    x[5000:5200] = 0.0
-    windows = x.reshape(6, SAMPLES_PER_WINDOW)
-    q = inf.ppg_quality(windows, 6)
-    expected = _quality_slow(x, inf.FLAT_STEP_SD, inf.FLAT_RUN_S * inf.TARGET_FS)
-    assert q["flat_share"] == pytest.approx(expected) and q["flat_share"] == pytest.approx(500 / x.size)
-    assert q["clipped_share"] == pytest.approx(2 / x.size)  # one max and one min sample
-    assert inf.quality_warnings(q) == []
-    assert inf.ppg_quality(windows, 0) == {"flat_share": 0.0, "clipped_share": 0.0}
-    clipped = np.clip(x, -1.0, 1.0)  # ~32% of the samples at the clip
-    assert inf.quality_warnings(inf.ppg_quality(clipped.reshape(6, -1), 6))[0].endswith("excursions)")
-    # a gap in the recording (zero-filled epochs, not staged) is no flat signal
-    gapped = windows.copy()
-    gapped[2:4] = 0.0
-    assert inf.ppg_quality(gapped, 6)["flat_share"] > 1 / 3
-    assert inf.ppg_quality(gapped, 6, gap_epochs=[2, 3])["flat_share"] == pytest.approx(500 / (4 * 1024))
-
-
 def test_edf_failures_at_any_step_are_listed_and_the_rest_is_kept(tmp_path, checkpoint, monkeypatch, capsys):
     """A file that breaks the reader (here an EDF header claiming 0 signals), a night whose outputs cannot be
     written, and saturated/dropout PPG among good nights."""
@@ -608,7 +474,7 @@ def test_damaged_cache_is_rebuilt(tmp_path, checkpoint, caplog):
     cfg = make_config(tmp_path, **{"inference.best_model": str(checkpoint)})
     assert run(cfg, tmp_path / "o0", "--edf", str(edf))[0] == 0
     cache = tmp_path / "cache" / "0042"
-    npy, meta_path = cache / inf.CACHE_WINDOWS_FILE, cache / inf.CACHE_META_FILE
+    npy, meta_path = cache / CACHE_WINDOWS_FILE, cache / CACHE_META_FILE
     pristine_npy, pristine_meta = npy.read_bytes(), meta_path.read_text()
 
     def flip_bytes():  # same size, same mtime: only the checksum can tell
