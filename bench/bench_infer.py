@@ -12,7 +12,7 @@ in its own fresh process (as each would be run), one after the other, --repeats 
   BatchNorm, `run_edf_mode` on an empty cache (cold: preprocess in background threads + cache write + batched
   forward + CSV + hypnogram PNG + sleep report), the same call again (warm: every night from the cache), and
   `predict_proba` alone on the cached windows (forward only).
-Goals (issue 4): cold <= reference forward + half the reference preprocessing; warm ~ forward only.
+Goals: cold <= reference forward + half the reference preprocessing; warm ~ forward only.
 Figures are medians over the repeats, in seconds per night: wall time (the goal) and process CPU time over
 all threads (steadier when other jobs share the machine). The bench also checks that both sides give the
 same hypnograms.
@@ -151,10 +151,12 @@ def run_ours(edfs: list[Path], workdir: Path, config: str, workers: int | None) 
     """One repeat of our side (in its own process), set up as `python inference_ppg_only.py` sets itself up."""
     import torch
 
-    import inference_ppg_only as inf
+    from sleepppg.cache import cache_settings, load_cache, recording_signature
+    from sleepppg.runio import make_run_dir
+    from sleepppg.staging import fold_batchnorm, predict_proba, run_edf_mode
 
     keep_freed_memory()
-    model = inf.fold_batchnorm(build_model())
+    model = fold_batchnorm(build_model())
     device = torch.device("cpu")
     overrides = {"inference.cache_root": str(workdir / "cache"), "inference.save_dir": str(workdir / "out"),
                  "gpu.mixed_precision": False}
@@ -165,24 +167,22 @@ def run_ours(edfs: list[Path], workdir: Path, config: str, workers: int | None) 
     # one-time costs (imports, kernels, matplotlib fonts, thread pools) before timing, on a separate cache
     warmup_cfg = load_config(config, {**overrides, "inference.cache_root": str(workdir / "warmup-cache")})
     shutil.rmtree(workdir / "warmup-cache", ignore_errors=True)  # a full preprocess, as the reference's warm-up
-    inf.run_edf_mode(model, WINDOWS_PER_SUBJECT, warmup_cfg, edfs[:1], inf.make_run_dir(workdir / "out"),
-                     device, flags)
+    run_edf_mode(model, WINDOWS_PER_SUBJECT, warmup_cfg, edfs[:1], make_run_dir(workdir / "out"), device, flags)
     shutil.rmtree(workdir / "cache", ignore_errors=True)
     timer = Timer(MEASURES["ours"])
     for name in ("ours_cold", "ours_warm"):
-        record = timer(name, inf.run_edf_mode, model, WINDOWS_PER_SUBJECT, cfg, edfs,
-                       inf.make_run_dir(workdir / "out"), device, flags)
+        record = timer(name, run_edf_mode, model, WINDOWS_PER_SUBJECT, cfg, edfs, make_run_dir(workdir / "out"),
+                       device, flags)
         if record.failed:
             raise SystemExit(f"bench nights failed: {record.failed}")
     items = record.nights
-    settings = inf.preprocessing_settings(cfg["preprocessing"]["resample_method"],
-                                          cfg["preprocessing"]["ppg_channels"], WINDOWS_PER_SUBJECT)
-    windows = [inf.load_cache(Path(i["cache_dir"]), inf.edf_signature(Path(i["source_file"])), settings)[0]
+    settings = cache_settings(cfg, WINDOWS_PER_SUBJECT)
+    windows = [load_cache(Path(i["cache_dir"]), recording_signature(Path(i["source_file"])), settings)[0]
                for i in items]
     batch = cfg["inference"]["batch_size"]
     preds = []
     for k in range(0, len(windows), batch):
-        probs = timer("ours_forward_only", inf.predict_proba, model, np.stack(windows[k:k + batch]), device)
+        probs = timer("ours_forward_only", predict_proba, model, np.stack(windows[k:k + batch]), device)
         preds += list(probs.argmax(-1))
     np.save(workdir / "preds_ours.npy", np.stack(preds))
     return {"wall": timer.wall, "cpu": timer.cpu, "n_staged": [i["n_epochs_staged"] for i in items],
@@ -221,11 +221,12 @@ def bench_csv_night(workdir: Path, config: str, hours: float) -> dict:
     """Cold and warm seconds for one CSV night (--ppg) beside the same night as EDF (--edf), one process."""
     import torch
 
-    import inference_ppg_only as inf
+    from sleepppg.runio import make_run_dir
+    from sleepppg.staging import fold_batchnorm, run_edf_mode
 
     keep_freed_memory()
     csv_path, edf_path = write_csv_and_edf_night(workdir, hours)
-    model = inf.fold_batchnorm(build_model())
+    model = fold_batchnorm(build_model())
     device = torch.device("cpu")
     flags = {"save_csv": True, "save_graph": True, "save_json": True}
     results = {}
@@ -236,8 +237,8 @@ def bench_csv_night(workdir: Path, config: str, hours: float) -> dict:
                                    "gpu.mixed_precision": False, "inference.ppg_file": ppg_file})
         for phase in ("cold", "warm"):
             t0 = time.perf_counter()
-            record = inf.run_edf_mode(model, WINDOWS_PER_SUBJECT, cfg, [path], inf.make_run_dir(workdir / "out"),
-                                      device, flags)
+            record = run_edf_mode(model, WINDOWS_PER_SUBJECT, cfg, [path], make_run_dir(workdir / "out"), device,
+                                  flags)
             if record.failed:
                 raise SystemExit(f"bench night failed: {record.failed}")
             items = record.nights
@@ -277,7 +278,7 @@ def main(argv=None) -> int:
         args.nights, args.repeats = max(args.nights, FULL_NIGHTS), max(args.repeats, FULL_REPEATS)
     workdir = Path(args.workdir)
     if args.csv:
-        logging.getLogger("inference_ppg_only").setLevel(logging.ERROR)
+        logging.getLogger("sleepppg").setLevel(logging.ERROR)  # the staging modules' per-night warnings
         res = bench_csv_night(workdir / "csv_night", args.config, args.csv_hours)
         write_text_atomic(workdir / "bench_infer_csv.json", json.dumps(res, indent=2))
         print(f"one {res['hours']:.1f}-h night at {res['fs']:.0f} Hz, CPU, seconds: CSV ({res['csv_mb']:.0f} MB) "
@@ -288,7 +289,7 @@ def main(argv=None) -> int:
     n = len(edfs)
 
     if args.part:  # a child process: one side, one repeat
-        logging.getLogger("inference_ppg_only").setLevel(logging.ERROR)  # no per-night truncation warnings
+        logging.getLogger("sleepppg").setLevel(logging.ERROR)  # no per-night truncation warnings
         out = (run_reference(edfs, workdir) if args.part == "reference"
                else run_ours(edfs, workdir, args.config, args.workers))
         write_text_atomic(workdir / f"part_{args.part}.json", json.dumps(out))

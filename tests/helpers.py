@@ -5,7 +5,9 @@ and the extraction command on it, and tiny processed HDF5 files written straight
   verifiers (nights of 10-20 min, `W` = 40 windows per subject);
 - `write_processed`: mesa_ppg_with_labels.h5, mesa_real_ecg.h5 and mesa_subject_index.h5 for the model,
   dataset, training and inference tests. Their PPG is a pulse-like wave whose rate and regularity depend on
-  the stage, plus per-subject offsets and noise, so a small model can learn it, but not perfectly.
+  the stage, plus per-subject offsets and noise, so a small model can learn it, but not perfectly;
+- `fake_edf`, `read_csv`, `assert_png`, `npy_data_offset`: a stand-in input file and checks of what inference
+  writes.
 """
 from __future__ import annotations
 
@@ -271,3 +273,37 @@ def interrupted_on_call(real, n: int):
         return real(*args, **kwargs)
 
     return wrapper
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Inference: stand-in recordings and what a run writes
+
+
+def fake_edf(folder: Path, name: str = "mesa-sleep-0042.edf") -> Path:
+    """A file with an EDF's name and 100 bytes of filler: enough for input resolution and cache signatures."""
+    path = folder / name
+    path.write_bytes(b"0" * 100)
+    return path
+
+
+def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a CSV that inference wrote, every cell a string."""
+    lines = path.read_text().splitlines()
+    return lines[0].split(","), [line.split(",") for line in lines[1:]]
+
+
+def assert_png(path: Path) -> None:
+    """`path` is a PNG that matplotlib reads back as an image larger than 100 x 100 pixels."""
+    import matplotlib.image as mpimg
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+
+
+def npy_data_offset(path: Path) -> int:
+    """Byte offset where a .npy file's array data starts (after its magic string and header)."""
+    with open(path, "rb") as fh:
+        major, _ = np.lib.format.read_magic(fh)
+        (np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0)(fh)
+        return fh.tell()

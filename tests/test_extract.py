@@ -591,9 +591,10 @@ def _alive(pid: int) -> bool:
 
 
 def test_one_preprocessing_version_and_signature_for_parts_and_inference_cache(tmp_path, monkeypatch):
-    import inference_ppg_only as inf
+    import sleepppg.cache as inference_cache
 
-    assert inf.preprocessing_settings is preprocessing_settings and inf.edf_signature is file_signature
+    assert inference_cache.preprocessing_settings is preprocessing_settings
+    assert inference_cache.file_signature is file_signature
     edf = write_edf(tmp_path / "a.edf", 1)
     settings = preprocessing_settings("linear", ["Pleth"], 4)
     assert settings["version"] == PREPROCESSING_VERSION

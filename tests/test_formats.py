@@ -345,7 +345,7 @@ def test_wfdb_data_file_named_in_the_header(tmp_path):
     folder does not take it for a recording of its own."""
     import wfdb
 
-    import inference_ppg_only as inf
+    from sleepppg.nights import resolve_edf_inputs
 
     wfdb.wrsamp("night", fs=FS, units=["NU"], sig_name=["PLETH"], p_signal=np.round(pulse(N, FS) * 1000)[:, None],
                 fmt=["16"], adc_gain=[1.0], baseline=[0], write_dir=str(tmp_path))
@@ -353,7 +353,7 @@ def test_wfdb_data_file_named_in_the_header(tmp_path):
     header = tmp_path / "night.hea"
     header.write_text(header.read_text().replace("night.dat", "signals.dat"))
     assert [p.name for p in rf.recording_files(header)] == ["night.hea", "signals.dat"]
-    assert inf.resolve_edf_inputs(str(tmp_path / "*"), ppg=True) == [header]
+    assert resolve_edf_inputs(str(tmp_path / "*"), ppg=True) == [header]
     assert rf.read_recording(header).info["column"] == "PLETH"
 
 

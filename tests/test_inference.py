@@ -1,5 +1,5 @@
-"""Tests for inference_ppg_only.py: sleep report on hand-made hypnograms, CSV/PNG outputs, the validated
-cache, and (with the other pipeline modules) end-to-end HDF5 and EDF runs on tiny synthetic nights."""
+"""Tests for inference_ppg_only.py: end-to-end HDF5 and EDF runs on tiny synthetic nights (with the package
+modules it drives: sleepppg.nights, .cache, .staging, .outputs, .report), bad setup, bad data and Ctrl-C."""
 from __future__ import annotations
 
 import json
@@ -8,220 +8,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import interrupted_on_call, write_edf, write_processed, write_tiny_checkpoint
+from helpers import (
+    assert_png,
+    interrupted_on_call,
+    npy_data_offset,
+    read_csv,
+    write_edf,
+    write_processed,
+    write_tiny_checkpoint,
+)
 
 import inference_ppg_only as inf
+import sleepppg.nights
+import sleepppg.outputs
+import sleepppg.staging
+from sleepppg.cache import CACHE_META_FILE, CACHE_WINDOWS_FILE
 from sleepppg.constants import SAMPLES_PER_WINDOW
+from sleepppg.errors import SetupError
+from sleepppg.nights import select_hdf5_nights
+from sleepppg.outputs import CSV_COLUMNS, RESULT_FORMAT
 from sleepppg.preprocessing import preprocess_recording
-
-W, L, D, R, U = 0, 1, 2, 3, -1  # Wake, Light, Deep, REM, unscored
-
-
-# ----------------------------------------------------------------------------------------------------------
-# sleep_report on hand-made hypnograms (30-s epochs: 2 epochs = 1 min)
-
-
-def test_sleep_report_textbook_night():
-    # 10 min awake, sleep L L D D, 2 epochs wake (WASO), R R, L, then 4 epochs wake at the end
-    hyp = [W] * 20 + [L, L, D, D, W, W, R, R, L] + [W] * 4
-    rep = inf.sleep_report(hyp)
-    assert rep["n_epochs"] == rep["n_epochs_with_stage"] == 33
-    assert rep["time_in_bed_min"] == 16.5
-    assert rep["total_sleep_time_min"] == 3.5  # 7 sleep epochs
-    assert rep["sleep_efficiency_pct"] == pytest.approx(100 * 7 / 33)
-    assert rep["sleep_onset_latency_min"] == 10.0
-    assert rep["sleep_period_min"] == 4.5  # epochs 20..28
-    assert rep["waso_min"] == 1.0  # the two wake epochs inside; the final 4 are after the final awakening
-    assert rep["rem_latency_min"] == 3.0  # first REM at epoch 26, onset at 20
-    assert rep["stage_minutes"] == {"Wake": 13.0, "Light": 1.5, "Deep": 1.0, "REM": 1.0}
-    pct = rep["stage_percent_of_tst"]
-    assert pct["Light"] == pytest.approx(300 / 7) and pct["Deep"] == pytest.approx(200 / 7)
-    assert sum(pct.values()) == pytest.approx(100.0)
-    assert rep["wake_percent_of_time_in_bed"] == pytest.approx(100 * 26 / 33)
-
-
-def test_sleep_report_no_sleep_and_empty():
-    rep = inf.sleep_report([W] * 10)
-    assert rep["total_sleep_time_min"] == 0 and rep["sleep_efficiency_pct"] == 0
-    for key in ("sleep_onset_latency_min", "waso_min", "rem_latency_min", "sleep_period_min"):
-        assert rep[key] is None
-    assert all(v is None for v in rep["stage_percent_of_tst"].values())
-    empty = inf.sleep_report([])
-    assert empty["time_in_bed_min"] == 0 and empty["sleep_efficiency_pct"] is None
-
-
-def test_sleep_report_unscored_epochs_and_no_rem():
-    # unscored epochs keep their place in time but count toward no total
-    hyp = [U, U, W, L, U, D, W, L]
-    rep = inf.sleep_report(hyp, epoch_s=60)
-    assert rep["n_epochs"] == 8 and rep["n_epochs_with_stage"] == 5 and rep["time_in_bed_min"] == 5.0
-    assert rep["sleep_onset_latency_min"] == 3.0  # first sleep at epoch 3 (1-min epochs)
-    assert rep["sleep_period_min"] == 5.0 and rep["waso_min"] == 1.0
-    assert rep["rem_latency_min"] is None
-    assert rep["sleep_efficiency_pct"] == pytest.approx(60.0)
-    with pytest.raises(ValueError):
-        inf.sleep_report([0, 4])
-
-
-def test_sleep_report_immediate_sleep_all_rem():
-    rep = inf.sleep_report([R] * 6)
-    assert rep["sleep_onset_latency_min"] == 0 and rep["rem_latency_min"] == 0 and rep["waso_min"] == 0
-    assert rep["sleep_efficiency_pct"] == 100.0 and rep["stage_percent_of_tst"]["REM"] == 100.0
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Outputs
-
-
-def _probs(n: int, seed: int = 0) -> np.ndarray:
-    logits = np.random.default_rng(seed).standard_normal((n, 4))
-    e = np.exp(logits)
-    return (e / e.sum(1, keepdims=True)).astype(np.float32)
-
-
-def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
-    lines = path.read_text().splitlines()
-    return lines[0].split(","), [line.split(",") for line in lines[1:]]
-
-
-def test_write_csv_with_and_without_labels(tmp_path):
-    probs = _probs(7)
-    pred = probs.argmax(1)
-    inf.write_csv(tmp_path / "a.csv", probs)
-    header, rows = _read_csv(tmp_path / "a.csv")
-    assert header == list(inf.CSV_COLUMNS) and len(rows) == 7
-    assert all(r[4] == r[5] == r[6] == "" for r in rows)
-    assert [int(r[2]) for r in rows] == pred.tolist()
-    assert float(rows[2][1]) == pytest.approx(2 * 30 / 3600, abs=1e-6)
-    sums = [sum(float(v) for v in r[7:]) for r in rows]
-    assert np.allclose(sums, 1.0, atol=1e-5)
-
-    truth = pred.copy()
-    truth[0] = (pred[0] + 1) % 4
-    truth[3] = -1
-    inf.write_csv(tmp_path / "b.csv", probs, true_W=truth)
-    _, rows = _read_csv(tmp_path / "b.csv")
-    assert rows[0][6] == "1" and rows[1][6] == "0" and rows[3][4:7] == ["", "", ""]
-    assert rows[1][5] == inf.STAGE_NAMES[truth[1]]
-
-
-def _assert_png(path: Path) -> None:
-    import matplotlib.image as mpimg
-
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    img = mpimg.imread(path)
-    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
-
-
-def test_plots_are_valid_png(tmp_path):
-    pred = np.array([W, W, L, D, D, R, L, W])
-    inf.plot_hypnogram(tmp_path / "p.png", pred, "pred")
-    inf.plot_hypnogram(tmp_path / "q.png", pred, "with labels", true_W=np.array([W, U, L, D, L, R, R, W]))
-    _assert_png(tmp_path / "p.png")
-    _assert_png(tmp_path / "q.png")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Cache logic (no EDF needed)
-
-
-def _fake_edf(tmp_path: Path, name="mesa-sleep-0042.edf") -> Path:
-    p = tmp_path / name
-    p.write_bytes(b"0" * 100)
-    return p
-
-
-def test_cache_roundtrip_and_invalidation(tmp_path):
-    edf = _fake_edf(tmp_path)
-    settings = inf.preprocessing_settings("linear", ["Pleth", "ppg"], n_windows=6)
-    windows = np.random.default_rng(0).standard_normal((6, SAMPLES_PER_WINDOW)).astype(np.float32)
-    cache = tmp_path / "cache" / "0042"
-    assert inf.load_cache(cache, inf.edf_signature(edf), settings)[2] == "no cache yet"
-    inf.write_cache(cache, windows, {"edf": inf.edf_signature(edf), "settings": settings, "n_recorded_windows": 5})
-    got, meta, reason = inf.load_cache(cache, inf.edf_signature(edf), settings)
-    assert reason == "" and np.array_equal(got, windows) and meta["n_recorded_windows"] == 5
-    assert sorted(p.name for p in cache.iterdir()) == ["meta.json", "ppg_windows.npy"]  # no temp files left
-
-    # other settings -> stale
-    for other in (inf.preprocessing_settings("polyphase", ["pleth", "ppg"], 6),
-                  inf.preprocessing_settings("linear", ["pleth"], 6),
-                  inf.preprocessing_settings("linear", ["pleth", "ppg"], 7)):
-        assert inf.load_cache(cache, inf.edf_signature(edf), other)[0] is None
-    # the EDF changes (new mtime) -> stale
-    st = edf.stat()
-    os.utime(edf, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert "EDF changed" in inf.load_cache(cache, inf.edf_signature(edf), settings)[2]
-
-
-@pytest.mark.parametrize("damage", ["truncate_npy", "delete_npy", "bad_json", "json_list", "wrong_shape",
-                                    "delete_meta"])
-def test_corrupt_cache_is_rejected(tmp_path, damage):
-    edf = _fake_edf(tmp_path)
-    sig = inf.edf_signature(edf)
-    settings = inf.preprocessing_settings("linear", ["pleth"], n_windows=4)
-    cache = tmp_path / "c"
-    inf.write_cache(cache, np.ones((4, SAMPLES_PER_WINDOW), np.float32),
-                    {"edf": sig, "settings": settings, "n_recorded_windows": 4})
-    npy, meta = cache / inf.CACHE_WINDOWS_FILE, cache / inf.CACHE_META_FILE
-    if damage == "truncate_npy":
-        npy.write_bytes(npy.read_bytes()[:1000])
-    elif damage == "delete_npy":
-        npy.unlink()
-    elif damage == "bad_json":
-        meta.write_text("{not json")
-    elif damage == "json_list":
-        meta.write_text("[1, 2]")
-    elif damage == "wrong_shape":
-        np.save(npy, np.ones((3, SAMPLES_PER_WINDOW), np.float32))
-    elif damage == "delete_meta":
-        meta.unlink()
-    got, _, reason = inf.load_cache(cache, sig, settings)
-    assert got is None and reason and reason != "no cache yet"
-
-
-def test_resolve_inputs_and_ids(tmp_path):
-    a = _fake_edf(tmp_path, "mesa-sleep-0001.edf")
-    b = _fake_edf(tmp_path, "night_B.EDF")
-    (tmp_path / "notes.txt").write_text("x")
-    assert inf.resolve_edf_inputs(str(a)) == [a]
-    assert inf.resolve_edf_inputs(str(tmp_path)) == sorted([a, b])
-    assert inf.resolve_edf_inputs(str(tmp_path / "mesa-*.edf")) == [a]
-    assert inf.subject_id_for(a) == "0001" and inf.subject_id_for(b) == "night_B"
-    assert inf.unique_ids([a, b, a]) == ["0001", "night_B", "0001_2"]
-    # a suffixed ID never takes another file's own name (night_2.txt keeps night_2; night.npy gets night_3)
-    nights = [Path("recs/night.csv"), Path("recs/night.npy"), Path("recs/night_2.txt")]
-    assert inf.unique_ids(nights) == ["night", "night_3", "night_2"]
-    assert inf.unique_ids([Path("x/0001_2.edf"), a, a]) == ["0001_2", "0001", "0001_3"]
-    cfs = _fake_edf(tmp_path, "cfs-visit5-800002.edf")  # another cohort's names: preprocessing.id_pattern
-    assert inf.subject_id_for(cfs) == "cfs-visit5-800002"
-    assert inf.unique_ids([cfs, a], r"cfs-visit5-(\d+)") == ["800002", "mesa-sleep-0001"]
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    for spec in (str(empty), str(tmp_path / "nothing-*.edf"), str(tmp_path / "missing.edf")):
-        with pytest.raises(inf.SetupError):
-            inf.resolve_edf_inputs(spec)
-
-
-def test_select_test_subjects_is_seeded():
-    subs = [f"{i:04d}" for i in range(20)]
-    first = inf.select_test_subjects(subs, 5, seed=42)
-    assert first == inf.select_test_subjects(list(reversed(subs)), 5, seed=42)
-    assert len(first) == 5 and set(first) <= set(subs)
-    assert inf.select_test_subjects(subs, 50, seed=1) != subs and len(inf.select_test_subjects(subs, 50, 1)) == 20
-
-
-def test_recorded_epochs_ignores_padding():
-    ppg = np.zeros((6, SAMPLES_PER_WINDOW), np.float32)
-    ppg[:3] = 1.0
-    labels = np.array([0, 1, -1, 2, -1, -1])
-    assert inf.recorded_epochs(ppg, labels) == 4
-    assert inf.recorded_epochs(np.zeros_like(ppg), np.full(6, -1)) == 0
-
-
-def test_json_safe():
-    out = inf.json_safe({"a": float("nan"), "b": [np.float32(1.5), np.int64(2)], 3: (float("inf"),)})
-    assert json.loads(json.dumps(out, allow_nan=False)) == {"a": None, "b": [1.5, 2], "3": [None]}
-
 
 # ----------------------------------------------------------------------------------------------------------
 # End to end: a tiny untrained model (40 windows = 20 min) and short synthetic EDFs
@@ -258,21 +64,6 @@ def run(cfg: Path, out: Path, *extra: str) -> tuple[int, dict, Path]:
     return code, json.loads((runs[-1] / "result.json").read_text()), runs[-1]
 
 
-def test_predict_proba_is_a_softmax(checkpoint):
-    import torch
-
-    from multimodal_sleep_model import load_model_from_checkpoint
-
-    model, _ = load_model_from_checkpoint(checkpoint)
-    x = np.random.default_rng(1).standard_normal((2, N_WIN, SAMPLES_PER_WINDOW)).astype(np.float32)
-    probs = inf.predict_proba(model, x, torch.device("cpu"))
-    assert probs.shape == (2, N_WIN, 4) and probs.dtype == np.float32
-    assert np.allclose(probs.sum(-1), 1.0, atol=1e-5) and (probs > 0).all()
-    with torch.no_grad():
-        logits = model(torch.from_numpy(x).reshape(2, 1, -1))
-    assert np.array_equal(probs.argmax(-1), logits.argmax(1).numpy())
-
-
 def test_edf_folder_channel_variants_rates_and_broken_files(tmp_path, checkpoint):
     edfs = tmp_path / "edfs"
     good = {"0001": ("Pleth", 256), "0002": ("PPG", 125), "0003": ("BVP", 250), "0004": ("Plethysmogram", 256)}
@@ -293,11 +84,11 @@ def test_edf_folder_channel_variants_rates_and_broken_files(tmp_path, checkpoint
         label, fs = good[sid]
         assert item["ppg_channel"] == label and item["ppg_fs"] == fs
         assert item["cache_used"] is False and item["n_epochs_staged"] == N_WIN and not item["truncated"]
-        header, rows = _read_csv(run_dir / "csv" / sid / f"{sid}.csv")
-        assert header == list(inf.CSV_COLUMNS) and len(rows) == N_WIN
+        header, rows = read_csv(run_dir / "csv" / sid / f"{sid}.csv")
+        assert header == list(CSV_COLUMNS) and len(rows) == N_WIN
         assert all(r[4] == r[5] == r[6] == "" for r in rows)
         assert np.allclose([sum(float(v) for v in r[7:]) for r in rows], 1.0, atol=1e-5)
-        _assert_png(run_dir / "graph" / sid / f"{sid}.png")
+        assert_png(run_dir / "graph" / sid / f"{sid}.png")
         assert not (run_dir / "graph" / sid / f"{sid}_with_label.png").exists()
         assert item["sleep_report"]["time_in_bed_min"] == N_WIN / 2
         assert sorted(p.name for p in (tmp_path / "cache" / sid).iterdir()) == ["meta.json", "ppg_windows.npy"]
@@ -308,14 +99,14 @@ def test_cache_reuse_invalidation_and_corruption(tmp_path, checkpoint, monkeypat
     cfg = make_config(tmp_path, **{"inference.best_model": str(checkpoint)})
     code, first, run1 = run(cfg, tmp_path / "o1", "--edf", str(edf))
     assert code == 0 and first["nights"][0]["cache_used"] is False
-    pred_first = [r[2:] for r in _read_csv(run1 / "csv" / "0042" / "0042.csv")[1]]  # stage and probabilities
+    pred_first = [r[2:] for r in read_csv(run1 / "csv" / "0042" / "0042.csv")[1]]  # stage and probabilities
 
     calls = []
     real = preprocess_recording
-    monkeypatch.setattr(inf, "preprocess_recording", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setattr(sleepppg.nights, "preprocess_recording", lambda *a, **k: calls.append(a) or real(*a, **k))
     code, second, run2 = run(cfg, tmp_path / "o2", "--edf", str(edf))
     assert code == 0 and second["nights"][0]["cache_used"] is True and calls == []
-    assert [r[2:] for r in _read_csv(run2 / "csv" / "0042" / "0042.csv")[1]] == pred_first
+    assert [r[2:] for r in read_csv(run2 / "csv" / "0042" / "0042.csv")[1]] == pred_first
 
     # the EDF is rewritten (new content, new mtime): rebuilt
     write_edf(edf, 20, seed=7)
@@ -325,7 +116,7 @@ def test_cache_reuse_invalidation_and_corruption(tmp_path, checkpoint, monkeypat
     assert any("rebuilding cache" in r.getMessage() and "EDF changed" in r.getMessage() for r in caplog.records)
 
     # a truncated .npy: rebuilt, with a log line
-    npy = tmp_path / "cache" / "0042" / inf.CACHE_WINDOWS_FILE
+    npy = tmp_path / "cache" / "0042" / CACHE_WINDOWS_FILE
     npy.write_bytes(npy.read_bytes()[:5000])
     caplog.clear()
     code, fourth, _ = run(cfg, tmp_path / "o4", "--edf", str(edf))
@@ -346,10 +137,10 @@ def test_short_and_long_nights(tmp_path, checkpoint):
     short, long_ = items["0100"], items["0101"]
     assert short["n_epochs_staged"] == 30 and not short["truncated"]
     assert short["sleep_report"]["time_in_bed_min"] == 15.0  # the padding is not staged
-    assert len(_read_csv(run_dir / "csv" / "0100" / "0100.csv")[1]) == 30
+    assert len(read_csv(run_dir / "csv" / "0100" / "0100.csv")[1]) == 30
     assert long_["n_epochs_staged"] == N_WIN and long_["truncated"] is True
     assert long_["recording_hours"] == pytest.approx(25 / 60)
-    assert len(_read_csv(run_dir / "csv" / "0101" / "0101.csv")[1]) == N_WIN
+    assert len(read_csv(run_dir / "csv" / "0101" / "0101.csv")[1]) == N_WIN
     assert not (run_dir / "graph").exists()
 
 
@@ -369,14 +160,14 @@ def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint, capsys):
     assert code == 0 and result["mode"] == "HDF5" and len(result["nights"]) == 2
     test_ids = set(sleepppg_test_subjects()[1:4])
     from sleepppg.config import load_config
-    sel = inf.select_hdf5_nights(load_config(cfg), N_WIN, n_subjects=10)
+    sel = select_hdf5_nights(load_config(cfg), N_WIN, n_subjects=10)
     assert sorted(sel.subjects) == sorted(test_ids)  # valid test subjects only, capped at what exists
     assert sel.subjects[:2] == [i["subject_id"] for i in result["nights"]]
     all_true, all_pred, accs = [], [], []
     for item in result["nights"]:
         sid = item["subject_id"]
         assert sid in test_ids
-        _, rows = _read_csv(run_dir / "csv" / sid / f"{sid}.csv")
+        _, rows = read_csv(run_dir / "csv" / sid / f"{sid}.csv")
         assert len(rows) == item["n_epochs_staged"]
         scored = [r for r in rows if r[4] != ""]
         y_true = [int(r[4]) for r in scored]
@@ -386,7 +177,7 @@ def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint, capsys):
         assert item["performance"]["accuracy"] == pytest.approx(acc)
         assert item["performance"]["kappa"] == pytest.approx(cohen_kappa_score(y_true, y_pred, labels=[0, 1, 2, 3]))
         assert item["performance"]["n_epochs_compared"] == len(scored)
-        _assert_png(run_dir / "graph" / sid / f"{sid}_with_label.png")
+        assert_png(run_dir / "graph" / sid / f"{sid}_with_label.png")
         all_true += y_true
         all_pred += y_pred
         accs.append(acc)
@@ -429,7 +220,7 @@ def test_bad_setup_exits_2(tmp_path, checkpoint):
     ecg_model = MultiModalSleepNet(n_windows=N_WIN, fusion_strategy="concat")
     wrong = tmp_path / "ecg.pth"
     torch.save({**checkpoint_model_fields(ecg_model), "model_state_dict": ecg_model.state_dict()}, wrong)
-    with pytest.raises(inf.SetupError, match="real_ecg"):
+    with pytest.raises(SetupError, match="real_ecg"):
         inf.load_model(str(wrong), torch.device("cpu"))
     assert run(cfg, out, "--checkpoint", str(wrong), "--edf", str(edf))[0] == inf.EXIT_SETUP
     hdf5_cfg = make_config(tmp_path, **{"inference.only_inference": False, "data.windows_per_subject": 1200})
@@ -438,31 +229,6 @@ def test_bad_setup_exits_2(tmp_path, checkpoint):
     bad_cfg.write_text(cfg.read_text().replace("only_inference: false", "only_inference: flase"))
     assert run(bad_cfg, out, "--checkpoint", str(checkpoint))[0] == inf.EXIT_SETUP
     assert not out.exists()  # nothing written on bad setup
-
-
-def test_fold_batchnorm_keeps_outputs():
-    import copy
-
-    import torch
-
-    from multimodal_sleep_model import SleepPPGNet
-
-    torch.manual_seed(0)
-    model = SleepPPGNet(n_windows=8).eval()
-    for mod in model.modules():  # non-trivial BatchNorm statistics, as after training
-        if isinstance(mod, torch.nn.BatchNorm1d):
-            mod.running_mean.normal_()
-            mod.running_var.uniform_(0.5, 2.0)
-            mod.weight.data.normal_()
-            mod.bias.data.normal_()
-    folded = inf.fold_batchnorm(copy.deepcopy(model))
-    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in folded.modules())
-    x = torch.randn(2, 1, 8 * SAMPLES_PER_WINDOW)
-    x_before = x.clone()
-    with torch.inference_mode():
-        ref, out = model(x), folded(x)
-    assert torch.allclose(ref, out, atol=1e-4, rtol=1e-4)
-    assert torch.equal(x, x_before)  # the in-place activations never touch the input
 
 
 def test_output_flags_are_honoured(tmp_path, checkpoint):
@@ -522,41 +288,6 @@ def write_damaged_edf(path: Path, minutes: float, mode: str, share: float, fs: i
     return path
 
 
-def _quality_slow(x: np.ndarray, step_sd: float, run_samples: float) -> float:
-    """ppg_quality's flat share, the obvious way: walk the samples, count runs of still steps."""
-    flat, run = 0, 1  # run = samples in the current still run
-    for i in range(1, x.size + 1):
-        if i < x.size and abs(float(x[i]) - float(x[i - 1])) < step_sd:
-            run += 1
-            continue
-        if run >= run_samples and run > 1:
-            flat += run
-        run = 1
-    return flat / x.size
-
-
-def test_ppg_quality_matches_a_slow_count():
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal(6 * SAMPLES_PER_WINDOW).astype(np.float32)
-    x[100:400] = 1.5  # 300 samples (8.8 s) flat
-    x[1000:1040] = -0.2  # 40 samples (1.2 s): shorter than FLAT_RUN_S, not counted
-    x[5000:5200] = 0.0
-    windows = x.reshape(6, SAMPLES_PER_WINDOW)
-    q = inf.ppg_quality(windows, 6)
-    expected = _quality_slow(x, inf.FLAT_STEP_SD, inf.FLAT_RUN_S * inf.TARGET_FS)
-    assert q["flat_share"] == pytest.approx(expected) and q["flat_share"] == pytest.approx(500 / x.size)
-    assert q["clipped_share"] == pytest.approx(2 / x.size)  # one max and one min sample
-    assert inf.quality_warnings(q) == []
-    assert inf.ppg_quality(windows, 0) == {"flat_share": 0.0, "clipped_share": 0.0}
-    clipped = np.clip(x, -1.0, 1.0)  # ~32% of the samples at the clip
-    assert inf.quality_warnings(inf.ppg_quality(clipped.reshape(6, -1), 6))[0].endswith("excursions)")
-    # a gap in the recording (zero-filled epochs, not staged) is no flat signal
-    gapped = windows.copy()
-    gapped[2:4] = 0.0
-    assert inf.ppg_quality(gapped, 6)["flat_share"] > 1 / 3
-    assert inf.ppg_quality(gapped, 6, gap_epochs=[2, 3])["flat_share"] == pytest.approx(500 / (4 * 1024))
-
-
 def test_edf_failures_at_any_step_are_listed_and_the_rest_is_kept(tmp_path, checkpoint, monkeypatch, capsys):
     """A file that breaks the reader (here an EDF header claiming 0 signals), a night whose outputs cannot be
     written, and saturated/dropout PPG among good nights."""
@@ -567,14 +298,14 @@ def test_edf_failures_at_any_step_are_listed_and_the_rest_is_kept(tmp_path, chec
     write_damaged_edf(edfs / "mesa-sleep-0003.edf", 20, "saturated", 0.3)
     write_damaged_edf(edfs / "mesa-sleep-0004.edf", 20, "dropout", 0.25)
     write_edf(edfs / "mesa-sleep-0005.edf", 20, seed=5)
-    real_write_csv = inf.write_csv
+    real_write_csv = sleepppg.outputs.write_csv
 
     def failing_write_csv(path, *args, **kwargs):
         if path.stem == "0005":
             raise OSError(28, "No space left on device")
         return real_write_csv(path, *args, **kwargs)
 
-    monkeypatch.setattr(inf, "write_csv", failing_write_csv)
+    monkeypatch.setattr(sleepppg.outputs, "write_csv", failing_write_csv)
     cfg = make_config(tmp_path, **{"inference.best_model": str(checkpoint)})
     code, result, run_dir = run(cfg, tmp_path / "out", "--edf", str(edfs))
     assert code == inf.EXIT_NIGHT_FAILED
@@ -594,7 +325,7 @@ def test_edf_failures_at_any_step_are_listed_and_the_rest_is_kept(tmp_path, chec
     out = capsys.readouterr().out
     assert "FAILED 0002" in out and "FAILED 0005" in out and out.count("WARNING:") == 2
     # result.json as a newcomer reads it: every path absolute and pointing at a file
-    assert result["paths"] == "absolute" and result["result_format"] == inf.RESULT_FORMAT
+    assert result["paths"] == "absolute" and result["result_format"] == RESULT_FORMAT
     for n in result["nights"]:
         for key in ("csv", "hypnogram"):
             assert Path(n["outputs"][key]).is_absolute() and Path(n["outputs"][key]).is_file()
@@ -608,7 +339,7 @@ def test_damaged_cache_is_rebuilt(tmp_path, checkpoint, caplog):
     cfg = make_config(tmp_path, **{"inference.best_model": str(checkpoint)})
     assert run(cfg, tmp_path / "o0", "--edf", str(edf))[0] == 0
     cache = tmp_path / "cache" / "0042"
-    npy, meta_path = cache / inf.CACHE_WINDOWS_FILE, cache / inf.CACHE_META_FILE
+    npy, meta_path = cache / CACHE_WINDOWS_FILE, cache / CACHE_META_FILE
     pristine_npy, pristine_meta = npy.read_bytes(), meta_path.read_text()
 
     def flip_bytes():  # same size, same mtime: only the checksum can tell
@@ -659,6 +390,38 @@ def test_damaged_cache_is_rebuilt(tmp_path, checkpoint, caplog):
     assert any("cannot write the cache" in r.getMessage() for r in caplog.records)
 
 
+def test_one_flipped_byte_in_the_cache_is_refused_and_rebuilt(tmp_path, checkpoint, caplog):
+    """One bit of ppg_windows.npy flipped in its data part (header, size and mtime intact, every value still
+    finite): the checksum in meta.json refuses it, the log names why, and the night is rebuilt and staged
+    with the same probabilities."""
+    edf = write_edf(tmp_path / "edfs" / "mesa-sleep-0042.edf", 20)
+    cfg = make_config(tmp_path, **{"inference.best_model": str(checkpoint)})
+    code, first, run1 = run(cfg, tmp_path / "o1", "--edf", str(edf))
+    assert code == 0 and first["nights"][0]["cache_used"] is False
+    npy = tmp_path / "cache" / "0042" / CACHE_WINDOWS_FILE
+    pristine = npy.read_bytes()
+    offset = npy_data_offset(npy) + 4 * (3 * SAMPLES_PER_WINDOW + 100)  # low mantissa byte of a window-3 sample
+    assert npy_data_offset(npy) < offset < len(pristine)
+    damaged = bytearray(pristine)
+    damaged[offset] ^= 0x01
+    st = npy.stat()
+    npy.write_bytes(bytes(damaged))
+    os.utime(npy, ns=(st.st_atime_ns, st.st_mtime_ns))
+    windows = np.load(npy)
+    assert np.isfinite(windows).all() and windows.shape == (N_WIN, SAMPLES_PER_WINDOW)
+
+    caplog.clear()
+    code, second, run2 = run(cfg, tmp_path / "o2", "--edf", str(edf))
+    assert code == 0 and second["n_nights_failed"] == 0 and second["nights"][0]["cache_used"] is False
+    assert any("0042: rebuilding cache" in r.getMessage() and "does not match the checksum" in r.getMessage()
+               for r in caplog.records)
+    assert npy.read_bytes() == pristine  # rebuilt, byte for byte
+    probs = [r[2:] for r in read_csv(run1 / "csv" / "0042" / "0042.csv")[1]]  # stage and probabilities
+    assert [r[2:] for r in read_csv(run2 / "csv" / "0042" / "0042.csv")[1]] == probs
+    code, third, _ = run(cfg, tmp_path / "o3", "--edf", str(edf))
+    assert code == 0 and third["nights"][0]["cache_used"] is True  # the rebuilt cache is reused
+
+
 def test_bad_checkpoints_are_one_line_exit_2(tmp_path, checkpoint, caplog):
     import torch
 
@@ -689,7 +452,7 @@ def test_setup_problems_and_ctrl_c(tmp_path, checkpoint, monkeypatch, caplog):
     code = inf.main(["--config", str(cfg), "--out", str(tmp_path / "afile"), "--device", "cpu", "--edf", str(edfs)])
     assert code == inf.EXIT_SETUP and any("is a file" in r.getMessage() for r in caplog.records)
 
-    monkeypatch.setattr(inf, "stage_nights", interrupted_on_call(inf.stage_nights, 2))  # on the second batch
+    monkeypatch.setattr(sleepppg.staging, "stage_nights", interrupted_on_call(sleepppg.staging.stage_nights, 2))  # on the second batch
     code, result, run_dir = run(cfg, tmp_path / "out", "--edf", str(edfs))
     assert code == inf.EXIT_INTERRUPTED == 130
     assert result["interrupted"] is True and [n["subject_id"] for n in result["nights"]] == ["0001"]

@@ -1,0 +1,282 @@
+"""The nights inference stages, and each one read into the model's input: which files or test subjects
+(`resolve_edf_inputs`, `unique_ids`, `select_hdf5_nights`), and a `prepare` function per input kind that
+turns one `NightJob` into a `Night` (preprocessed PPG windows, the epochs to stage, labels where there are
+some, source facts for result.json).
+
+- EDF or any PPG format (`prepare_edf_night`): the night's cache (sleepppg.cache) when valid, else the
+  training preprocessing (`preprocess_recording`, or sleepppg.formats for --ppg) and a new cache.
+- HDF5 (`prepare_hdf5_night`): the night's rows of the processed PPG file, with their labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import glob
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from sleepppg.cache import NO_CACHE, load_cache, recording_signature, write_cache
+from sleepppg.constants import IGNORE_INDEX, MESA_ID_PATTERN, SAMPLES_PER_WINDOW, WINDOW_SECONDS
+from sleepppg.errors import BadRecordingError, SetupError
+from sleepppg.ids import subject_id_from_filename
+from sleepppg.preprocessing import preprocess_recording
+
+log = logging.getLogger("sleepppg.nights")
+
+
+@dataclasses.dataclass(frozen=True)
+class NightJob:
+    """One night to stage: its subject ID in this run and the file it comes from (an EDF, or the processed
+    PPG file in HDF5 mode, then with the night's first row)."""
+
+    subject_id: str
+    path: Path
+    start_row: int | None = None
+
+
+@dataclasses.dataclass
+class Night:
+    """One night ready for the model (what a `prepare` function returns for a NightJob)."""
+
+    subject_id: str
+    source_file: Path
+    ppg_windows_WS: np.ndarray | None  # float32 (n_windows, 1024), zero-padded past n_recorded
+    n_recorded: int  # epochs to stage (recorded, within the model's span)
+    truncated: bool  # the recording was longer than the model's span; only its start is staged
+    labels_W: np.ndarray | None = None  # int64 (n_windows,) in HDF5 mode
+    info: dict = dataclasses.field(default_factory=dict)  # source facts for result.json (channel, cache ...)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Which nights: files and their subject IDs, or test subjects of the processed files
+
+
+def subject_id_for(edf_path: str | os.PathLike, id_pattern: str = MESA_ID_PATTERN) -> str:
+    """The subject ID in a file name by `id_pattern` (config preprocessing.id_pattern; MESA's by default:
+    mesa-sleep-0010.edf -> '0010'), else the file stem."""
+    stem = Path(edf_path).stem
+    return subject_id_from_filename(stem, id_pattern) or stem
+
+
+def resolve_edf_inputs(spec: str, ppg: bool = False) -> list[Path]:
+    """Files named by `spec`: a file, a folder (sorted: its *.edf, any case; with `ppg`, every file with a
+    recording extension, see sleepppg.formats.is_recording_file) or a glob pattern (sorted; with `ppg`, WFDB
+    data files whose .hea matched too are left to their header).
+
+    Raises:
+        SetupError: when nothing matches, naming what was searched.
+    """
+    what, setting = ("PPG", "inference.ppg_file is empty and no --ppg") if ppg else (
+        "EDF", "inference.edf_file is empty and no --edf")
+    if not spec.strip():
+        raise SetupError(f"no {what} input: {setting} was given")
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        if ppg:
+            from sleepppg import formats
+
+            found = sorted(p for p in path.iterdir() if p.is_file() and formats.is_recording_file(p))
+        else:
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".edf")
+        if not found:
+            raise SetupError(f"no {'recording' if ppg else '.edf'} file in folder {path}")
+        return found
+    if glob.has_magic(spec):
+        found = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
+        if ppg:
+            from sleepppg import formats
+
+            data_files = {d.resolve() for p in found if p.suffix.lower() == ".hea"
+                          for d in formats.wfdb_data_files(p)}  # part of a record, not one
+            found = [p for p in found if p.resolve() not in data_files]
+        if not found:
+            raise SetupError(f"no file matches the pattern {spec!r}")
+        return found
+    raise SetupError(f"{what} input not found: {spec} (give a file, a folder or a glob pattern)")
+
+
+def unique_ids(paths: Sequence[Path], id_pattern: str = MESA_ID_PATTERN) -> list[str]:
+    """Subject IDs for `paths` (`subject_id_for`), made unique within the run: the first file with an ID keeps
+    it, a later one gets the first of _2, _3 ... that no other file's ID already is (night.csv, night.npy and
+    night_2.txt -> night, night_3, night_2), so no two nights share a cache folder or output files."""
+    base = [subject_id_for(p, id_pattern) for p in paths]
+    taken = set(base)
+    out, kept = [], set()
+    for sid in base:
+        if sid not in kept:
+            kept.add(sid)
+            out.append(sid)
+            continue
+        k = 2
+        while f"{sid}_{k}" in taken:
+            k += 1
+        taken.add(f"{sid}_{k}")
+        out.append(f"{sid}_{k}")
+    return out
+
+
+def select_test_subjects(subjects: Sequence[str], n_subjects: int, seed: int) -> list[str]:
+    """The reference's selection: sort, shuffle with `seed` (numpy default_rng), take the first n."""
+    pool = sorted(subjects)
+    np.random.default_rng(seed).shuffle(pool)
+    if n_subjects > len(pool):
+        log.warning("n_subjects=%d but only %d test subjects are available: staging all of them",
+                    n_subjects, len(pool))
+    return pool[:n_subjects]
+
+
+@dataclasses.dataclass
+class Hdf5Selection:
+    """The test nights to stage in HDF5 mode and where they are."""
+
+    ppg_file: Path
+    index_file: Path
+    subjects: list[str]  # in staging order
+    starts: dict[str, int]  # first row of each subject's night in the PPG file
+
+
+def select_hdf5_nights(cfg: dict, n_windows: int, n_subjects: int) -> Hdf5Selection:
+    """Valid subjects (exactly n_windows windows) on the SleepPPG-Net test list, sorted, shuffled with
+    inference.random_seed, the first n_subjects (the reference's selection).
+
+    Raises:
+        SetupError: window-count mismatch with the model, missing files, no test subject.
+    """
+    import multimodal_dataset_aligned as mda
+
+    data_cfg = cfg["data"]
+    if data_cfg["windows_per_subject"] != n_windows:
+        raise SetupError(f"the checkpoint's model stages {n_windows} windows per night but "
+                         f"data.windows_per_subject is {data_cfg['windows_per_subject']}")
+    paths = mda.data_paths_from_config(cfg)
+    for key in ("ppg", "index"):
+        if not Path(paths[key]).is_file():
+            raise SetupError(f"processed data file not found: {paths[key]} (run extract_mesa_data.py first)")
+    try:
+        valid = mda.select_valid_subjects(mda.read_window_counts(paths["index"]), n_windows)
+        # the test list of training.test_subjects_file; the SleepPPG-Net list when the split is random
+        test_list = mda.test_subjects_from_config(cfg) or mda.SLEEPPPG_TEST_SUBJECTS
+        test_set = set(test_list)
+        pool = [sid for sid in valid if sid in test_set]
+        if not pool:
+            raise SetupError(f"none of the {len(valid)} valid subjects (with {n_windows} windows) in "
+                             f"{paths['index']} is on the test list ({len(test_list)} IDs)")
+        missing = len(test_set) - len(pool)
+        if missing:
+            log.info("%s", mda.missing_test_message(missing, len(test_set), n_windows))
+        chosen = select_test_subjects(pool, n_subjects, cfg["inference"]["random_seed"])
+        starts = mda.read_night_starts(paths["index"], chosen, n_windows)
+    except (OSError, ValueError, KeyError) as err:
+        raise SetupError(f"cannot read the processed data index {paths['index']}: {err}") from None
+    return Hdf5Selection(Path(paths["ppg"]), Path(paths["index"]), chosen,
+                         {sid: int(start) for sid, start in zip(chosen, starts)})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One night -> model input
+
+
+def prepare_edf_night(job: NightJob, cache_root: Path, settings: dict) -> Night:
+    """Cached or freshly preprocessed PPG windows of one EDF, or with the --ppg `cache_settings` of one
+    recording in any format sleepppg.formats reads (the cache then also covers a WFDB record's data files);
+    a cache that cannot be written only costs the reuse next time (a warning), not the night.
+
+    Raises:
+        BadRecordingError (a ValueError) or OSError for an unusable recording; anything else a broken file
+        makes the reader raise (the caller records it as this night's failure).
+    """
+    subject_id, edf_path = job.subject_id, job.path
+    n_windows = settings["n_windows"]
+    cache_dir = cache_root / subject_id
+    any_format = settings.get("source") == "ppg"
+    signature = recording_signature(edf_path, any_format)
+    if signature is None:
+        raise BadRecordingError(f"EDF not found: {edf_path}", kind="missing_edf")
+    windows_WS, meta, reason = load_cache(cache_dir, signature, settings)
+    cache_used = windows_WS is not None
+    if not cache_used:
+        if reason != NO_CACHE:
+            log.warning("%s: rebuilding cache in %s: %s", subject_id, cache_dir, reason)
+        windows_WS, meta = _preprocess_night(job, signature, settings, any_format)
+        try:
+            write_cache(cache_dir, windows_WS, meta)
+        except OSError as err:
+            log.warning("%s: cannot write the cache in %s (%s); the night is staged anyway", subject_id,
+                        cache_dir, err.strerror or err)
+    n_recorded = int(meta["n_recorded_windows"])
+    truncated = bool(meta.get("truncated", False))
+    if truncated:
+        log.warning("%s: recording is %.2f h long; staging only its first %.1f h (%d epochs)", subject_id,
+                    meta.get("recording_hours") or float("nan"), n_windows * WINDOW_SECONDS / 3600, n_windows)
+    info = {"cache_dir": str(cache_dir.resolve()), "cache_used": cache_used,
+            "ppg_channel": meta.get("ppg_channel"), "ppg_fs": meta.get("ppg_fs"),
+            "recording_hours": meta.get("recording_hours")}
+    if any_format:  # what the file turned out to be; gap epochs are not staged
+        info.update({key: meta.get(key) for key in ("source_format", "ppg_fs_found", "gaps", "gap_epochs")})
+    return Night(subject_id, Path(signature["path"]), windows_WS, n_recorded, truncated, None, info)
+
+
+def _preprocess_night(job: NightJob, signature: dict, settings: dict, any_format: bool) -> tuple[np.ndarray, dict]:
+    """The training preprocessing of one recording: (float32 windows (n_windows, 1024), the cache's meta)."""
+    n_windows = settings["n_windows"]
+    t0 = time.perf_counter()
+    if any_format:
+        from sleepppg import formats
+
+        pre = formats.preprocess_file(
+            job.path, n_windows, settings["resample_method"], tuple(settings["ppg_channels"]),
+            settings["ppg_fs"], settings["ppg_column"], settings["max_gap_s"])
+    else:
+        pre = preprocess_recording(
+            job.path, n_windows=n_windows, method=settings["resample_method"],
+            ppg_patterns=tuple(settings["ppg_channels"]), with_ecg=False)
+    windows_WS = np.asarray(pre["ppg_windows"], dtype=np.float32)
+    if windows_WS.shape != (n_windows, SAMPLES_PER_WINDOW):
+        raise ValueError(f"preprocessing returned shape {windows_WS.shape}, expected "
+                         f"{(n_windows, SAMPLES_PER_WINDOW)}")
+    duration_s = float(pre["duration_s"])  # the PPG recording length
+    n_recorded = int(pre["n_recorded_windows"])
+    meta = {
+        "subject_id": job.subject_id, "edf": signature, "settings": settings,
+        "n_recorded_windows": n_recorded,
+        "recording_hours": duration_s / 3600.0,
+        "truncated": bool(duration_s > n_windows * WINDOW_SECONDS),
+        "ppg_channel": pre.get("ppg_channel"), "ppg_fs": pre.get("ppg_fs"),
+        "source_format": pre.get("source_format", "edf"), "ppg_fs_found": pre.get("ppg_fs_found", pre["ppg_fs"]),
+        "gaps": pre.get("gaps", []),
+        "gap_epochs": [e for e in pre["gap_epochs"] if e < n_recorded],
+        "created_at": dt.datetime.now().isoformat(timespec="seconds"),
+        "preprocess_s": round(time.perf_counter() - t0, 3),
+    }
+    return windows_WS, meta
+
+
+def recorded_epochs(ppg_WS: np.ndarray, labels_W: np.ndarray) -> int:
+    """Epochs up to the last window that holds signal or a label (trailing padding windows are all zero)."""
+    has_data = np.any(ppg_WS != 0, axis=1) | (labels_W != IGNORE_INDEX)
+    idx = np.flatnonzero(has_data)
+    return int(idx[-1]) + 1 if idx.size else 0
+
+
+def prepare_hdf5_night(job: NightJob, ppg_h5, n_windows: int) -> Night:
+    """One test night from the open processed PPG file (rows job.start_row ... + n_windows - 1).
+
+    Raises:
+        ValueError: rows missing; BadRecordingError (kind no_scored_epochs): no recorded or scored epoch.
+    """
+    import multimodal_dataset_aligned as mda
+
+    arrays = mda.read_night({"ppg": ppg_h5}, job.start_row, n_windows)
+    ppg_WS, labels_W = arrays["ppg"], arrays["labels"]
+    n_rec = recorded_epochs(ppg_WS, labels_W)
+    if n_rec == 0 or not (labels_W != IGNORE_INDEX).any():
+        raise BadRecordingError("no recorded or scored epochs", kind="no_scored_epochs")
+    return Night(job.subject_id, job.path.resolve(), ppg_WS, n_rec, False, labels_W, {"start_row": job.start_row})
