@@ -1,7 +1,7 @@
 """Benchmark extract_mesa_data.py against a re-creation of the reference's approach, same cohort, same run.
 
-The cohort is MESA-sized: 10.5-h nights with MESA's channels and rates (make_synthetic_mesa.make_cohort; if
-that module is missing, a plain EDF writer below). For each cohort size N (--sizes) it runs, each in its own
+The cohort is MESA-sized: 10.5-h nights with MESA's channels and rates (sleepppg.synthetic.cohort.make_cohort;
+if that module is missing, a plain EDF writer below). For each cohort size N (--sizes) it runs, each in its own
 subprocess so peak memory is measured cleanly:
 - "reference": the reference's approach re-created from its extract_mesa_data.py: one process, every
   subject's PPG and ECG windows kept in memory as float64 until the end, then stacked and written with gzip
@@ -16,7 +16,7 @@ First, EDF reading alone on the first night (`--read-repeats` times, best time k
 used it before (one open for the channel names, a second to read PPG and ECG), with the values compared.
 
 `--dreamt` measures instead a DREAMT-shaped cohort (one 14-column CSV per participant at 64 Hz, 8-h nights by
-default; make_synthetic_mesa.write_dreamt_subject when that exists, else a plain writer below) through
+default; sleepppg.synthetic.dreamt.write_dreamt_subject when that exists, else a plain writer below) through
 `extract_mesa_data.py --format dreamt`: seconds per subject and peak memory for each N, which should stay flat
 in N (there is no reference approach for DREAMT).
 
@@ -91,14 +91,14 @@ def _simple_subject(root: Path, sid: str, hours: float, seed: int) -> None:
 def make_cohort(root: Path, n: int, hours: float) -> list[str]:
     """A MESA-shaped cohort of n subjects with every night `hours` long and ECG present; returns IDs."""
     try:
-        import make_synthetic_mesa
+        from sleepppg.synthetic.cohort import make_cohort as make_synthetic_cohort
     except ImportError:
         ids = [f"{i:04d}" for i in range(1, n + 1)]
         for k, sid in enumerate(ids):
             if not (root / "polysomnography" / "edfs" / f"mesa-sleep-{sid}.edf").exists():
                 _simple_subject(root, sid, hours, seed=k)
         return ids
-    return make_synthetic_mesa.make_cohort(root, n, hours=hours, seed=0, no_ecg_fraction=0.0, workers=2)
+    return make_synthetic_cohort(root, n, hours=hours, seed=0, no_ecg_fraction=0.0, workers=2)
 
 
 # ----------------------------------------------------------------------------------------------------------
