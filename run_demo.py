@@ -19,8 +19,8 @@ edited config or a deleted output reruns the step, and every step after it), and
 stop the demo (exit 2) instead of adding other nights to it: delete <workdir> to start over with them. A
 training step that was killed part-way continues from its `last.pth` in the same run folder (`--resume
 RUN_DIR`, when that run's config is the demo's); a run folder that never saved a checkpoint is removed, so
-TensorBoard shows no dead runs. A step that fails stops the demo with the step's name, its exit status or the
-signal that killed it, and the peak memory of its process tree (sampled every 0.5 s from /proc on Linux).
+TensorBoard shows no dead runs. A step that fails stops the demo with the step's name and its exit status or
+the signal that killed it (SIGKILL: most often the out-of-memory killer, quoted with the memory the step needs).
 
 What the demo's size trades (configs/config_demo.yaml; measured figures in the README): the cohort, the
 pipeline and every output are full size (MESA-length nights, 1,200 windows = 10 h staged, MESA's files and
@@ -49,7 +49,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -70,10 +69,8 @@ MODEL = "ppg_only"
 LAST_CHECKPOINT = "checkpoints/last.pth"  # train_ppg_only.py rewrites it after every epoch (--resume reads it)
 TEST_RESULTS = "results/test_results.json"  # a training run is finished once this exists
 INFERENCE_RESULT = "result.json"  # an inference run folder is finished once this exists
-MEMORY_SAMPLE_S = 0.5  # how often the peak memory of a running step's process tree is sampled
-# Peak memory (GB, whole process tree) of each step with the shipped demo config on a 2-core VM, measured (PSS,
-# sampled by this script; 2026-11-26) and rounded up; quoted when a step is killed by SIGKILL and no earlier run
-# of that step with this config left its own figure.
+# Peak memory (GB, PSS of the step's whole process tree) of each step with the shipped demo config on a 2-core VM,
+# measured on 2026-11-26 (docs/benchmarks.md) and rounded up; quoted when a step is killed by SIGKILL.
 STEP_MEMORY_GB = {"generate": 0.9, "pair_check": 0.1, "extract": 1.2, "verify_outputs": 0.2, "train": 2.7,
                   "infer": 1.7}
 
@@ -94,7 +91,6 @@ class StepResult:
     skipped: bool  # reused from an earlier run (stamp matched), not rerun
     seconds: float  # this run's wall time, or the earlier run's when skipped
     cpu_s: float | None  # CPU time (user + system) of the step's processes, children included
-    peak_gb: float | None  # peak memory of the step's process tree (None where /proc is missing)
     outputs: list[str]  # the run folders the step made (training, inference)
 
 
@@ -123,86 +119,6 @@ class Context:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Memory of a running step
-
-
-def peak_resident_bytes() -> int:
-    """This process's peak resident set size in bytes (VmHWM of /proc/self/status, Linux).
-
-    Not getrusage's ru_maxrss: Linux carries it over fork and exec, so a child started by a big parent reports
-    at least the parent's size.
-    """
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def tree_pids(pid: int) -> list[int]:
-    """`pid` and all its descendants (Linux /proc/<pid>/task/<tid>/children)."""
-    pids, stack = [], [pid]
-    while stack:
-        p = stack.pop()
-        pids.append(p)
-        for children in Path(f"/proc/{p}/task").glob("*/children"):
-            try:
-                stack += [int(c) for c in children.read_text().split()]
-            except (OSError, ValueError):
-                pass
-    return pids
-
-
-def tree_memory_bytes(pid: int) -> int | None:
-    """Proportional set size (PSS) of a process tree in bytes: pages shared by forked workers are split
-    between them, not counted twice. None where /proc is not available."""
-    if not Path(f"/proc/{pid}").exists():
-        return None
-    total_kb = 0
-    for p in tree_pids(pid):
-        try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total_kb += int(line.split()[1])
-                    break
-        except (OSError, ValueError):  # the process ended between listing and reading
-            pass
-    return total_kb * 1024
-
-
-class PeakMemory:
-    """Samples a process tree's memory (PSS, `tree_memory_bytes`) every `interval` seconds in a thread;
-    `.peak_bytes` is the highest so far, `stop()` ends sampling and returns it in GB. Also a context manager
-    (the benchmarks sample their own process tree with it)."""
-
-    def __init__(self, pid: int, interval: float = MEMORY_SAMPLE_S):
-        self.pid, self.interval = pid, interval
-        self.peak_bytes, self.available = 0, Path("/proc/self/smaps_rollup").exists()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        if self.available:
-            self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, tree_memory_bytes(self.pid) or 0)
-            self._stop.wait(self.interval)
-
-    def stop(self) -> float | None:
-        """Stop sampling; the peak in GB (None where /proc is not available)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        return round(self.peak_bytes / 1e9, 2) if self.available else None
-
-    def __enter__(self) -> "PeakMemory":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Steps
 
 
@@ -219,24 +135,22 @@ def read_stamp(path: Path) -> dict:
     return stamp if isinstance(stamp, dict) else {}
 
 
-def describe_exit(name: str, returncode: int, seconds: float, peak_gb: float | None, need: str,
-                  command: str) -> str:
+def signal_name(signum: int) -> str:
+    """'SIGINT' for 2; 'signal 99' for a number that names no signal."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def describe_exit(name: str, returncode: int, seconds: float, need: str, command: str) -> str:
     """One line saying how a step ended badly: its exit status, or the signal that killed it (for SIGKILL also
     the usual culprit and the memory the step needs)."""
     if returncode >= 0:
-        peak = f" (its processes had reached {peak_gb:.1f} GB)" if peak_gb else ""
-        return f"step '{name}' failed with exit status {returncode} after {seconds:.0f} s{peak}: {command}"
-    try:
-        sig = signal.Signals(-returncode).name
-    except ValueError:
-        sig = f"signal {-returncode}"
-    notes = []
-    if -returncode == signal.SIGKILL:
-        notes.append(f"most often the out-of-memory killer; this step needs about {need}")
-    if peak_gb:
-        notes.append(f"its processes had reached {peak_gb:.1f} GB")
-    why = f" ({'; '.join(notes)})" if notes else ""
-    return f"step '{name}' was killed by {sig} after {seconds:.0f} s{why}: {command}"
+        return f"step '{name}' failed with exit status {returncode} after {seconds:.0f} s: {command}"
+    why = (f" (most often the out-of-memory killer; this step needs about {need})"
+           if -returncode == signal.SIGKILL else "")
+    return f"step '{name}' was killed by {signal_name(-returncode)} after {seconds:.0f} s{why}: {command}"
 
 
 def children_cpu_s() -> float:
@@ -281,7 +195,7 @@ def run_step(name: str, cmd: list[str], ctx: Context, *, kind: str, folders: Run
     made still exists, and no earlier step ran in this invocation.
 
     Args:
-        kind: the step's entry in STEP_MEMORY_GB.
+        kind: the step's entry in STEP_MEMORY_GB (quoted when the step is killed by SIGKILL).
         folders: the run folders the step makes; the new finished ones are recorded as its outputs, and a failed
             step's unfinished ones are removed unless `folders.keep` says they can be resumed.
         identity: the command the stamp records (default `cmd`): training that resumes a killed run adds
@@ -298,8 +212,7 @@ def run_step(name: str, cmd: list[str], ctx: Context, *, kind: str, folders: Run
     stamp = read_stamp(stamp_path)
     if stamp_matches(stamp, key, ctx):
         log.info("[%s] done before (%.0f s), skipped: %s", name, stamp.get("seconds", 0), key)
-        return StepResult(name, True, float(stamp.get("seconds", 0)), stamp.get("cpu_s"), stamp.get("peak_gb"),
-                          stamp.get("outputs", []))
+        return StepResult(name, True, float(stamp.get("seconds", 0)), stamp.get("cpu_s"), stamp.get("outputs", []))
 
     log.info("[%s] $ %s", name, shown)
     ctx.upstream_ran = True
@@ -307,13 +220,11 @@ def run_step(name: str, cmd: list[str], ctx: Context, *, kind: str, folders: Run
     start, cpu_start = time.perf_counter(), children_cpu_s()
     # The step's stdout goes to our stderr: stdout is kept for the summary (see the module docstring).
     proc = subprocess.Popen(cmd, stdout=sys.stderr)
-    memory = PeakMemory(proc.pid)
     try:
         returncode = wait_for(proc)
     except KeyboardInterrupt:
         raise Interrupted(name) from None
     finally:
-        peak_gb = memory.stop()
         seconds, cpu_s = time.perf_counter() - start, children_cpu_s() - cpu_start
         new = sorted((folders.all() - before) if folders else [])
         if folders and proc.returncode != 0:
@@ -324,19 +235,15 @@ def run_step(name: str, cmd: list[str], ctx: Context, *, kind: str, folders: Run
     if returncode in (EXIT_INTERRUPTED, -signal.SIGINT):
         raise Interrupted(name)
     if returncode != 0:
-        if stamp.get("peak_gb") and stamp.get("config_sha256") == ctx.config_digest:
-            need = f"{stamp['peak_gb']:.1f} GB when it last finished with this config"
-        else:
-            need = f"{STEP_MEMORY_GB[kind]:.1f} GB with {DEFAULT_CONFIG}"
-        raise StepFailed(describe_exit(name, returncode, seconds, peak_gb, need, shown))
+        need = f"{STEP_MEMORY_GB[kind]:.1f} GB with {DEFAULT_CONFIG}"
+        raise StepFailed(describe_exit(name, returncode, seconds, need, shown))
     outputs = [str(p) for p in ([resumed] if resumed else []) + [f for f in new if folders.finished(f)]
                + [p for p in made or [] if Path(p).exists()]]
     write_text_atomic(stamp_path, json.dumps({"command": key, "config_sha256": ctx.config_digest,
                                               "seconds": round(seconds, 1), "cpu_s": round(cpu_s, 1),
-                                              "peak_gb": peak_gb, "outputs": outputs}, indent=1))
-    log.info("[%s] done in %.0f s (CPU %.0f s)%s", name, seconds, cpu_s,
-             f", peak memory {peak_gb:.2f} GB" if peak_gb else "")
-    return StepResult(name, False, seconds, cpu_s, peak_gb, outputs)
+                                              "outputs": outputs}, indent=1))
+    log.info("[%s] done in %.0f s (CPU %.0f s)", name, seconds, cpu_s)
+    return StepResult(name, False, seconds, cpu_s, outputs)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -506,17 +413,13 @@ def print_summary(run_dir: Path, checkpoint: Path, steps: list[StepResult], cfg:
             label = "HDF5 inference" if step.name.startswith("6_") else "EDF inference"
             for out in step.outputs:
                 lines.append(f"{label:<17}: {out}  (result.json, csv/<id>/<id>.csv, graph/<id>/<id>.png)")
-    lines.append("Steps (wall seconds, CPU seconds, peak memory of the step's processes):")
+    lines.append("Steps (wall seconds, CPU seconds of the step's processes):")
     for step in steps:
-        cost = f"{step.seconds:.0f} s" + (f", CPU {step.cpu_s:.0f} s" if step.cpu_s is not None else "") + (
-            f", {step.peak_gb:.2f} GB" if step.peak_gb else "")
+        cost = f"{step.seconds:.0f} s" + (f", CPU {step.cpu_s:.0f} s" if step.cpu_s is not None else "")
         lines.append(f"  {step.name:<28} " + (f"skipped (done), {cost} last time" if step.skipped else cost))
     ran = [s for s in steps if not s.skipped]
-    peak = max((s.peak_gb or 0 for s in ran), default=0)
-    own_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
     lines.append(f"This run: {total_s:.0f} s, CPU {sum(s.cpu_s or 0 for s in ran):.0f} s, {len(ran)} step(s) run, "
-                 f"{len(steps) - len(ran)} skipped" + (f"; peak memory {peak + own_gb:.2f} GB (the largest step's "
-                                                       f"processes and this script)" if peak else ""))
+                 f"{len(steps) - len(ran)} skipped")
     print("\n".join(lines), flush=True)
 
 

@@ -10,7 +10,7 @@ subprocess so peak memory is measured cleanly:
   so the comparison isolates the pipeline design, not the EDF reader;
 - "ours": extract_mesa_data.main with --workers W for each W in --workers.
 Printed: seconds in total and per subject, peak memory (the PSS of the whole process tree, main + workers,
-sampled every 50 ms from /proc; the main process's ru_maxrss beside it), and ours/reference ratios.
+sampled every 50 ms by bench/memory.py; the main process's ru_maxrss beside it), and ours/reference ratios.
 First, EDF reading alone on the first night (`--read-repeats` times, best time kept): our reader
 (sleepppg.edf.read_edf: one open, one pass over the records for PPG and ECG) against mne as extraction
 used it before (one open for the channel names, a second to read PPG and ECG), with the values compared.
@@ -265,7 +265,7 @@ def _simple_dreamt_subject(root: Path, sid: str, hours: float, seed: int) -> Pat
 def make_dreamt_cohort(root: Path, n: int, hours: float) -> list[str]:
     """n DREAMT-shaped participants under <root>/data_64Hz (written once, reused)."""
     try:
-        from make_synthetic_mesa import write_dreamt_subject
+        from sleepppg.synthetic.dreamt import write_dreamt_subject
     except ImportError:
         write_dreamt_subject = _simple_dreamt_subject
     ids = [f"S{100 + i:03d}" for i in range(n)]
@@ -282,9 +282,9 @@ def measure_one(kind: str, edf_dir: Path, xml_dir: Path, out_dir: Path, ids: lis
     import h5py  # noqa: F401  imported before the clock starts: both approaches pay the same start-up
     import mne  # noqa: F401
     import scipy.signal  # noqa: F401
+    from memory import PeakMemory, peak_resident_bytes  # PSS of the tree: shared pages are not counted twice
 
     import extract_mesa_data
-    from run_demo import PeakMemory, peak_resident_bytes  # PSS of the tree: shared pages are not counted twice
     from sleepppg.runtime import keep_freed_memory
 
     t0 = time.perf_counter()
