@@ -82,7 +82,8 @@ class ChildProcesses:
             yield self
         finally:
             for signum, handler in previous.items():
-                signal.signal(signum, handler)
+                if handler is not None:  # None: a handler not set from Python, which cannot be put back
+                    signal.signal(signum, handler)
 
     def _record(self, signum: int, frame) -> None:
         # Only recorded here: the waiting loop in `run` passes it on, so no signal is sent twice.
