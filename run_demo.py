@@ -19,8 +19,8 @@ edited config or a deleted output reruns the step, and every step after it), and
 stop the demo (exit 2) instead of adding other nights to it: delete <workdir> to start over with them. A
 training step that was killed part-way continues from its `last.pth` in the same run folder (`--resume
 RUN_DIR`, when that run's config is the demo's); a run folder that never saved a checkpoint is removed, so
-TensorBoard shows no dead runs. A step that fails stops the demo with the step's name, its exit status or the
-signal that killed it, and the peak memory of its process tree (sampled every 0.5 s from /proc on Linux).
+TensorBoard shows no dead runs. A step that fails stops the demo with the step's name and its exit status or
+the signal that killed it (SIGKILL: most often the out-of-memory killer, quoted with the memory the step needs).
 
 What the demo's size trades (configs/config_demo.yaml; measured figures in the README): the cohort, the
 pipeline and every output are full size (MESA-length nights, 1,200 windows = 10 h staged, MESA's files and
@@ -29,7 +29,14 @@ fit a laptop: 24 synthetic nights instead of MESA's 1,900, 4 epochs, and steps o
 of eight whole nights (training.segment_windows; ~2.6 GB for the whole demo instead of ~10 GB), so the model
 stages this cohort well above chance, not as well as it could (`--epochs N` trains longer).
 
-Exit status: 0 done; 1 a step failed; 2 bad setup or arguments; 130 interrupted (Ctrl-C; rerun to continue).
+Signals: each step runs in a session of its own, and run_demo passes on what it receives. Ctrl-C, or SIGINT,
+SIGTERM, SIGHUP or SIGQUIT sent to run_demo's process alone (`kill -INT PID`), goes to the running step's whole
+process group (the step and every process it started); run_demo waits up to STEP_STOP_GRACE_S for it to stop,
+kills what is left with SIGKILL, says in one line which step was interrupted, and exits 128 + the signal's number.
+No step outlives it. Ctrl-Z stops the step with run_demo; `fg` continues both.
+
+Exit status: 0 done; 1 a step failed; 2 bad setup or arguments; 130 interrupted by Ctrl-C (SIGINT), 143 by SIGTERM
+(129 SIGHUP, 131 SIGQUIT); rerun the same command to continue.
 All metrics printed here are on SYNTHETIC data: they say the pipeline works, not how well it stages MESA.
 
 Usage: python run_demo.py [--config configs/config_demo.yaml] [--subjects N] [--hours H] [--epochs N]
@@ -47,13 +54,12 @@ import resource
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable
 
+from sleepppg.children import ChildProcesses, exit_status, signal_name
 from sleepppg.cli import HelpFormatter, non_negative_int, positive_int, positive_number, setup_logging
 from sleepppg.config import adopt_recorded_parent_hash, load_config
 from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP
@@ -70,10 +76,9 @@ MODEL = "ppg_only"
 LAST_CHECKPOINT = "checkpoints/last.pth"  # train_ppg_only.py rewrites it after every epoch (--resume reads it)
 TEST_RESULTS = "results/test_results.json"  # a training run is finished once this exists
 INFERENCE_RESULT = "result.json"  # an inference run folder is finished once this exists
-MEMORY_SAMPLE_S = 0.5  # how often the peak memory of a running step's process tree is sampled
-# Peak memory (GB, whole process tree) of each step with the shipped demo config on a 2-core VM, measured (PSS,
-# sampled by this script; 2026-11-26) and rounded up; quoted when a step is killed by SIGKILL and no earlier run
-# of that step with this config left its own figure.
+STEP_STOP_GRACE_S = 30.0  # s a step may take to stop after a signal (training saves its checkpoint), then SIGKILL
+# Peak memory (GB, PSS of the step's whole process tree) of each step with the shipped demo config on a 2-core VM,
+# measured on 2026-11-26 (docs/benchmarks.md) and rounded up; quoted when a step is killed by SIGKILL.
 STEP_MEMORY_GB = {"generate": 0.9, "pair_check": 0.1, "extract": 1.2, "verify_outputs": 0.2, "train": 2.7,
                   "infer": 1.7}
 
@@ -85,7 +90,24 @@ class StepFailed(RuntimeError):
 
 
 class Interrupted(RuntimeError):
-    """The user pressed Ctrl-C during a step (args[0]: the step's name)."""
+    """A signal (Ctrl-C, SIGTERM, ...) stopped the demo at a step (args[0]: the step's name).
+
+    Attributes:
+        signum: the signal.
+        started: whether the step had started (False: the signal came before it).
+        killed: whether the step outlived STEP_STOP_GRACE_S and was killed with SIGKILL.
+    """
+
+    def __init__(self, step: str, signum: int = signal.SIGINT, started: bool = True, killed: bool = False):
+        super().__init__(step)
+        self.signum, self.started, self.killed = signum, started, killed
+
+    def describe(self) -> str:
+        """The one line the demo ends with."""
+        where = "during" if self.started else "before"
+        killed = f" (it did not stop within {STEP_STOP_GRACE_S:g} s and was killed)" if self.killed else ""
+        return (f"interrupted by {signal_name(self.signum)} {where} step '{self.args[0]}'{killed}; run the same "
+                "command again to continue from there")
 
 
 @dataclasses.dataclass
@@ -94,7 +116,6 @@ class StepResult:
     skipped: bool  # reused from an earlier run (stamp matched), not rerun
     seconds: float  # this run's wall time, or the earlier run's when skipped
     cpu_s: float | None  # CPU time (user + system) of the step's processes, children included
-    peak_gb: float | None  # peak memory of the step's process tree (None where /proc is missing)
     outputs: list[str]  # the run folders the step made (training, inference)
 
 
@@ -120,86 +141,7 @@ class Context:
     config_digest: str  # sha256 of the config file's bytes: an edited config reruns the steps
     force: bool
     upstream_ran: bool = False  # a step ran in this invocation: every later step runs too (its inputs changed)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Memory of a running step
-
-
-def peak_resident_bytes() -> int:
-    """This process's peak resident set size in bytes (VmHWM of /proc/self/status, Linux).
-
-    Not getrusage's ru_maxrss: Linux carries it over fork and exec, so a child started by a big parent reports
-    at least the parent's size.
-    """
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def tree_pids(pid: int) -> list[int]:
-    """`pid` and all its descendants (Linux /proc/<pid>/task/<tid>/children)."""
-    pids, stack = [], [pid]
-    while stack:
-        p = stack.pop()
-        pids.append(p)
-        for children in Path(f"/proc/{p}/task").glob("*/children"):
-            try:
-                stack += [int(c) for c in children.read_text().split()]
-            except (OSError, ValueError):
-                pass
-    return pids
-
-
-def tree_memory_bytes(pid: int) -> int | None:
-    """Proportional set size (PSS) of a process tree in bytes: pages shared by forked workers are split
-    between them, not counted twice. None where /proc is not available."""
-    if not Path(f"/proc/{pid}").exists():
-        return None
-    total_kb = 0
-    for p in tree_pids(pid):
-        try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total_kb += int(line.split()[1])
-                    break
-        except (OSError, ValueError):  # the process ended between listing and reading
-            pass
-    return total_kb * 1024
-
-
-class PeakMemory:
-    """Samples a process tree's memory (PSS, `tree_memory_bytes`) every `interval` seconds in a thread;
-    `.peak_bytes` is the highest so far, `stop()` ends sampling and returns it in GB. Also a context manager
-    (the benchmarks sample their own process tree with it)."""
-
-    def __init__(self, pid: int, interval: float = MEMORY_SAMPLE_S):
-        self.pid, self.interval = pid, interval
-        self.peak_bytes, self.available = 0, Path("/proc/self/smaps_rollup").exists()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        if self.available:
-            self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, tree_memory_bytes(self.pid) or 0)
-            self._stop.wait(self.interval)
-
-    def stop(self) -> float | None:
-        """Stop sampling; the peak in GB (None where /proc is not available)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        return round(self.peak_bytes / 1e9, 2) if self.available else None
-
-    def __enter__(self) -> "PeakMemory":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    children: ChildProcesses = dataclasses.field(default_factory=ChildProcesses)  # runs the steps, owns signals
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -219,47 +161,20 @@ def read_stamp(path: Path) -> dict:
     return stamp if isinstance(stamp, dict) else {}
 
 
-def describe_exit(name: str, returncode: int, seconds: float, peak_gb: float | None, need: str,
-                  command: str) -> str:
+def describe_exit(name: str, returncode: int, seconds: float, need: str, command: str) -> str:
     """One line saying how a step ended badly: its exit status, or the signal that killed it (for SIGKILL also
     the usual culprit and the memory the step needs)."""
     if returncode >= 0:
-        peak = f" (its processes had reached {peak_gb:.1f} GB)" if peak_gb else ""
-        return f"step '{name}' failed with exit status {returncode} after {seconds:.0f} s{peak}: {command}"
-    try:
-        sig = signal.Signals(-returncode).name
-    except ValueError:
-        sig = f"signal {-returncode}"
-    notes = []
-    if -returncode == signal.SIGKILL:
-        notes.append(f"most often the out-of-memory killer; this step needs about {need}")
-    if peak_gb:
-        notes.append(f"its processes had reached {peak_gb:.1f} GB")
-    why = f" ({'; '.join(notes)})" if notes else ""
-    return f"step '{name}' was killed by {sig} after {seconds:.0f} s{why}: {command}"
+        return f"step '{name}' failed with exit status {returncode} after {seconds:.0f} s: {command}"
+    why = (f" (most often the out-of-memory killer; this step needs about {need})"
+           if -returncode == signal.SIGKILL else "")
+    return f"step '{name}' was killed by {signal_name(-returncode)} after {seconds:.0f} s{why}: {command}"
 
 
 def children_cpu_s() -> float:
     """User + system CPU seconds of every finished child process (and their waited-for children) so far."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def wait_for(proc: subprocess.Popen) -> int:
-    """Wait for a step's process. On Ctrl-C (which the step, in the same process group, receives too) give it
-    time to stop cleanly, pass the interrupt on if it is still running, and kill it as a last resort."""
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        for action, grace_s in ((None, 5), (proc.send_signal, 30), (proc.kill, None)):
-            if action is not None:
-                action(signal.SIGINT) if action is proc.send_signal else action()
-            try:
-                proc.wait(timeout=grace_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        raise KeyboardInterrupt from None
 
 
 def stamp_matches(stamp: dict, command: str, ctx: Context) -> bool:
@@ -281,7 +196,7 @@ def run_step(name: str, cmd: list[str], ctx: Context, *, kind: str, folders: Run
     made still exists, and no earlier step ran in this invocation.
 
     Args:
-        kind: the step's entry in STEP_MEMORY_GB.
+        kind: the step's entry in STEP_MEMORY_GB (quoted when the step is killed by SIGKILL).
         folders: the run folders the step makes; the new finished ones are recorded as its outputs, and a failed
             step's unfinished ones are removed unless `folders.keep` says they can be resumed.
         identity: the command the stamp records (default `cmd`): training that resumes a killed run adds
@@ -291,52 +206,47 @@ def run_step(name: str, cmd: list[str], ctx: Context, *, kind: str, folders: Run
             step runs again).
     Raises:
         StepFailed: the step exited non-zero or was killed by a signal.
-        Interrupted: Ctrl-C.
+        Interrupted: a signal reached the demo before or during the step, or the step exited 130 or by SIGINT.
     """
+    if ctx.children.received:  # a signal came between steps: start no other
+        raise Interrupted(name, ctx.children.received[0], started=False)
     stamp_path = ctx.stamps / f"{name}.json"
     shown, key = printable(cmd), printable(identity or cmd)
     stamp = read_stamp(stamp_path)
     if stamp_matches(stamp, key, ctx):
         log.info("[%s] done before (%.0f s), skipped: %s", name, stamp.get("seconds", 0), key)
-        return StepResult(name, True, float(stamp.get("seconds", 0)), stamp.get("cpu_s"), stamp.get("peak_gb"),
-                          stamp.get("outputs", []))
+        return StepResult(name, True, float(stamp.get("seconds", 0)), stamp.get("cpu_s"), stamp.get("outputs", []))
 
     log.info("[%s] $ %s", name, shown)
     ctx.upstream_ran = True
     before = folders.all() if folders else set()
     start, cpu_start = time.perf_counter(), children_cpu_s()
-    # The step's stdout goes to our stderr: stdout is kept for the summary (see the module docstring).
-    proc = subprocess.Popen(cmd, stdout=sys.stderr)
-    memory = PeakMemory(proc.pid)
+    returncode = None
     try:
-        returncode = wait_for(proc)
-    except KeyboardInterrupt:
-        raise Interrupted(name) from None
+        # The step's stdout goes to our stderr: stdout is kept for the summary (see the module docstring).
+        returncode = ctx.children.run(cmd, stdout=sys.stderr)
     finally:
-        peak_gb = memory.stop()
         seconds, cpu_s = time.perf_counter() - start, children_cpu_s() - cpu_start
         new = sorted((folders.all() - before) if folders else [])
-        if folders and proc.returncode != 0:
+        if folders and returncode != 0:
             for folder in new:
                 if not folders.finished(folder) and not folders.keep(folder):
                     shutil.rmtree(folder, ignore_errors=True)
                     log.info("[%s] removed %s: the step stopped before it had anything to keep", name, folder)
+    if ctx.children.received:
+        raise Interrupted(name, ctx.children.received[0], killed=ctx.children.killed)
     if returncode in (EXIT_INTERRUPTED, -signal.SIGINT):
         raise Interrupted(name)
     if returncode != 0:
-        if stamp.get("peak_gb") and stamp.get("config_sha256") == ctx.config_digest:
-            need = f"{stamp['peak_gb']:.1f} GB when it last finished with this config"
-        else:
-            need = f"{STEP_MEMORY_GB[kind]:.1f} GB with {DEFAULT_CONFIG}"
-        raise StepFailed(describe_exit(name, returncode, seconds, peak_gb, need, shown))
+        need = f"{STEP_MEMORY_GB[kind]:.1f} GB with {DEFAULT_CONFIG}"
+        raise StepFailed(describe_exit(name, returncode, seconds, need, shown))
     outputs = [str(p) for p in ([resumed] if resumed else []) + [f for f in new if folders.finished(f)]
                + [p for p in made or [] if Path(p).exists()]]
     write_text_atomic(stamp_path, json.dumps({"command": key, "config_sha256": ctx.config_digest,
                                               "seconds": round(seconds, 1), "cpu_s": round(cpu_s, 1),
-                                              "peak_gb": peak_gb, "outputs": outputs}, indent=1))
-    log.info("[%s] done in %.0f s (CPU %.0f s)%s", name, seconds, cpu_s,
-             f", peak memory {peak_gb:.2f} GB" if peak_gb else "")
-    return StepResult(name, False, seconds, cpu_s, peak_gb, outputs)
+                                              "outputs": outputs}, indent=1))
+    log.info("[%s] done in %.0f s (CPU %.0f s)", name, seconds, cpu_s)
+    return StepResult(name, False, seconds, cpu_s, outputs)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -401,6 +311,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def run_pipeline(args: argparse.Namespace, cfg: dict, ctx: Context, gen: list[str],
+                 train: list[str]) -> tuple[list[StepResult], Path, Path]:
+    """Run (or skip) every step in order. Returns (the steps, the training run folder, its best checkpoint).
+
+    Raises:
+        StepFailed, Interrupted: as `run_step`.
+    """
+    py = sys.executable
+    workdir = ctx.stamps.parent
+    edf_dir = Path(cfg["preprocessing"]["edf_dir"])
+    runs = RunFolders(Path(cfg["output"]["save_dir"]), f"{MODEL}_*", TEST_RESULTS, keep=has_checkpoint)
+    infer_root = Path(cfg["inference"]["save_dir"])
+    hdf5_runs = RunFolders(infer_root / "hdf5_mode", "*", INFERENCE_RESULT)
+    edf_runs = RunFolders(infer_root / "edf_mode", "*", INFERENCE_RESULT)
+    steps = [run_step("1_generate", gen, ctx, kind="generate", made=[edf_dir, Path(cfg["preprocessing"]["xml_dir"])])]
+    pair_json = workdir / "paircheck_result.json"
+    steps.append(run_step("2_pair_check", [
+        py, str(REPO_DIR / "verify_mesa_dataset.py"), "--xml-dir", cfg["preprocessing"]["xml_dir"],
+        "--edf-dir", str(edf_dir), "--out", str(pair_json)], ctx, kind="pair_check", made=[pair_json]))
+    steps.append(run_step("3_extract", [
+        py, str(REPO_DIR / "extract_mesa_data.py"), "--config", args.config], ctx, kind="extract",
+        made=[Path(cfg["data"][key]) for key in ("ppg_file", "ecg_file", "index_file")]))
+    steps.append(run_step("4_verify_outputs", [
+        py, str(REPO_DIR / "verify_mesa_outputs.py"), "--base", cfg["preprocessing"]["out_dir"]], ctx,
+        kind="verify_outputs"))
+    will_skip = stamp_matches(read_stamp(ctx.stamps / "5_train.json"), printable(train), ctx)
+    resume = None if will_skip else prepare_training(runs, cfg)
+    if resume is not None:
+        log.info("continuing the unfinished training run %s from its last checkpoint", resume)
+    steps.append(run_step("5_train", train + (["--resume", str(resume)] if resume else []), ctx, kind="train",
+                          folders=runs, identity=train, resumed=resume))
+    run_dir = newest_finished(runs, steps[-1].outputs)
+    checkpoint = run_dir / "checkpoints" / "best_model.pth"
+    infer = [py, str(REPO_DIR / "inference_ppg_only.py"), "--config", args.config, "--checkpoint", str(checkpoint)]
+    steps.append(run_step("6_infer_hdf5", infer + ["--out", str(hdf5_runs.parent)], ctx, kind="infer",
+                          folders=hdf5_runs))
+    for edf in sorted(edf_dir.glob("*.edf"))[: args.edf_nights]:
+        steps.append(run_step(f"7_infer_edf_{edf.stem}", infer + ["--edf", str(edf), "--out", str(edf_runs.parent)],
+                              ctx, kind="infer", folders=edf_runs))
+    return steps, run_dir, checkpoint
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
@@ -419,14 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     py = sys.executable
     ctx = Context(stamps=Path(cfg["preprocessing"]["out_dir"]).parent / ".demo_steps",
-                  config_digest=hashlib.sha256(Path(args.config).read_bytes()).hexdigest(), force=args.force)
-    workdir = ctx.stamps.parent
-    edf_dir = Path(cfg["preprocessing"]["edf_dir"])
-    runs = RunFolders(Path(cfg["output"]["save_dir"]), f"{MODEL}_*", TEST_RESULTS, keep=has_checkpoint)
-    infer_root = Path(cfg["inference"]["save_dir"])
-    hdf5_runs = RunFolders(infer_root / "hdf5_mode", "*", INFERENCE_RESULT)
-    edf_runs = RunFolders(infer_root / "edf_mode", "*", INFERENCE_RESULT)
-
+                  config_digest=hashlib.sha256(Path(args.config).read_bytes()).hexdigest(), force=args.force,
+                  children=ChildProcesses(grace_s=STEP_STOP_GRACE_S))
     gen = [py, str(REPO_DIR / "make_synthetic_mesa.py"), "--out", str(cohort_root(cfg)),
            "--n-subjects", str(args.subjects), "--seed", str(args.seed), "--workers", str(GENERATE_WORKERS)]
     if args.hours is not None:
@@ -435,54 +381,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is not None:
         train += ["--epochs", str(args.epochs)]
     made_with = shlex.split(read_stamp(ctx.stamps / "1_generate.json").get("command", ""))[2:]
-    if made_with and made_with != gen[2:] and any(edf_dir.glob("*.edf")):
+    if made_with and made_with != gen[2:] and any(Path(cfg["preprocessing"]["edf_dir"]).glob("*.edf")):
         log.error("the synthetic cohort in %s was made with other settings (%s); these (%s) would add other "
                   "nights to it. Delete %s to start over with them, or rerun with the earlier --subjects, --seed "
-                  "and --hours", cohort_root(cfg), printable(made_with), printable(gen[2:]), workdir)
+                  "and --hours", cohort_root(cfg), printable(made_with), printable(gen[2:]), ctx.stamps.parent)
         return EXIT_SETUP
-    steps: list[StepResult] = []
-    try:
-        steps.append(run_step("1_generate", gen, ctx, kind="generate",
-                              made=[edf_dir, Path(cfg["preprocessing"]["xml_dir"])]))
-        pair_json = workdir / "paircheck_result.json"
-        steps.append(run_step("2_pair_check", [
-            py, str(REPO_DIR / "verify_mesa_dataset.py"), "--xml-dir", cfg["preprocessing"]["xml_dir"],
-            "--edf-dir", str(edf_dir), "--out", str(pair_json)], ctx, kind="pair_check", made=[pair_json]))
-        steps.append(run_step("3_extract", [
-            py, str(REPO_DIR / "extract_mesa_data.py"), "--config", args.config], ctx, kind="extract",
-            made=[Path(cfg["data"][key]) for key in ("ppg_file", "ecg_file", "index_file")]))
-        steps.append(run_step("4_verify_outputs", [
-            py, str(REPO_DIR / "verify_mesa_outputs.py"), "--base", cfg["preprocessing"]["out_dir"]], ctx,
-            kind="verify_outputs"))
-        will_skip = stamp_matches(read_stamp(ctx.stamps / "5_train.json"), printable(train), ctx)
-        resume = None if will_skip else prepare_training(runs, cfg)
-        if resume is not None:
-            log.info("continuing the unfinished training run %s from its last checkpoint", resume)
-        steps.append(run_step("5_train", train + (["--resume", str(resume)] if resume else []), ctx, kind="train",
-                              folders=runs, identity=train, resumed=resume))
-        run_dir = newest_finished(runs, steps[-1].outputs)
-        checkpoint = run_dir / "checkpoints" / "best_model.pth"
-        infer = [py, str(REPO_DIR / "inference_ppg_only.py"), "--config", args.config,
-                 "--checkpoint", str(checkpoint)]
-        steps.append(run_step("6_infer_hdf5", infer + ["--out", str(hdf5_runs.parent)], ctx, kind="infer",
-                              folders=hdf5_runs))
-        for edf in sorted(edf_dir.glob("*.edf"))[: args.edf_nights]:
-            steps.append(run_step(f"7_infer_edf_{edf.stem}", infer + ["--edf", str(edf), "--out",
-                                                                      str(edf_runs.parent)],
-                                  ctx, kind="infer", folders=edf_runs))
-    except StepFailed as err:
-        log.error("%s", err)
-        return EXIT_FAILED
-    except Interrupted as err:
-        log.error("interrupted during step '%s'; run the same command again to continue from there", err.args[0])
-        return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        log.error("interrupted; run the same command again to continue from there")
-        return EXIT_INTERRUPTED
-    try:
-        print_summary(run_dir, checkpoint, steps, cfg, time.perf_counter() - started)
-    except BrokenPipeError:  # `python run_demo.py | head`: the reader stopped reading; the demo itself is done
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    with ctx.children.forwarding():  # from here on, the demo's signals reach the running step (module docstring)
+        try:
+            steps, run_dir, checkpoint = run_pipeline(args, cfg, ctx, gen, train)
+        except StepFailed as err:
+            log.error("%s", err)
+            return EXIT_FAILED
+        except Interrupted as err:
+            log.error("%s", err.describe())
+            return exit_status(err.signum)
+        if ctx.children.received:
+            log.error("interrupted by %s after the last step", signal_name(ctx.children.received[0]))
+            return exit_status(ctx.children.received[0])
+        try:
+            print_summary(run_dir, checkpoint, steps, cfg, time.perf_counter() - started)
+        except BrokenPipeError:  # `python run_demo.py | head`: the reader stopped reading; the demo itself is done
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK
 
 
@@ -506,19 +425,18 @@ def print_summary(run_dir: Path, checkpoint: Path, steps: list[StepResult], cfg:
             label = "HDF5 inference" if step.name.startswith("6_") else "EDF inference"
             for out in step.outputs:
                 lines.append(f"{label:<17}: {out}  (result.json, csv/<id>/<id>.csv, graph/<id>/<id>.png)")
-    lines.append("Steps (wall seconds, CPU seconds, peak memory of the step's processes):")
+    lines.append("Steps (wall seconds, CPU seconds of the step's processes):")
     for step in steps:
-        cost = f"{step.seconds:.0f} s" + (f", CPU {step.cpu_s:.0f} s" if step.cpu_s is not None else "") + (
-            f", {step.peak_gb:.2f} GB" if step.peak_gb else "")
+        cost = f"{step.seconds:.0f} s" + (f", CPU {step.cpu_s:.0f} s" if step.cpu_s is not None else "")
         lines.append(f"  {step.name:<28} " + (f"skipped (done), {cost} last time" if step.skipped else cost))
     ran = [s for s in steps if not s.skipped]
-    peak = max((s.peak_gb or 0 for s in ran), default=0)
-    own_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
     lines.append(f"This run: {total_s:.0f} s, CPU {sum(s.cpu_s or 0 for s in ran):.0f} s, {len(ran)} step(s) run, "
-                 f"{len(steps) - len(ran)} skipped" + (f"; peak memory {peak + own_gb:.2f} GB (the largest step's "
-                                                       f"processes and this script)" if peak else ""))
+                 f"{len(steps) - len(ran)} skipped")
     print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C before the steps start (while they run, the handler owns the signal)
+        sys.exit(EXIT_INTERRUPTED)

@@ -1,7 +1,7 @@
 """Benchmark extract_mesa_data.py against a re-creation of the reference's approach, same cohort, same run.
 
-The cohort is MESA-sized: 10.5-h nights with MESA's channels and rates (make_synthetic_mesa.make_cohort; if
-that module is missing, a plain EDF writer below). For each cohort size N (--sizes) it runs, each in its own
+The cohort is MESA-sized: 10.5-h nights with MESA's channels and rates (sleepppg.synthetic.cohort.make_cohort;
+if that module is missing, a plain EDF writer below). For each cohort size N (--sizes) it runs, each in its own
 subprocess so peak memory is measured cleanly:
 - "reference": the reference's approach re-created from its extract_mesa_data.py: one process, every
   subject's PPG and ECG windows kept in memory as float64 until the end, then stacked and written with gzip
@@ -10,13 +10,13 @@ subprocess so peak memory is measured cleanly:
   so the comparison isolates the pipeline design, not the EDF reader;
 - "ours": extract_mesa_data.main with --workers W for each W in --workers.
 Printed: seconds in total and per subject, peak memory (the PSS of the whole process tree, main + workers,
-sampled every 50 ms from /proc; the main process's ru_maxrss beside it), and ours/reference ratios.
+sampled every 50 ms by bench/memory.py; the main process's ru_maxrss beside it), and ours/reference ratios.
 First, EDF reading alone on the first night (`--read-repeats` times, best time kept): our reader
 (sleepppg.edf.read_edf: one open, one pass over the records for PPG and ECG) against mne as extraction
 used it before (one open for the channel names, a second to read PPG and ECG), with the values compared.
 
 `--dreamt` measures instead a DREAMT-shaped cohort (one 14-column CSV per participant at 64 Hz, 8-h nights by
-default; make_synthetic_mesa.write_dreamt_subject when that exists, else a plain writer below) through
+default; sleepppg.synthetic.dreamt.write_dreamt_subject when that exists, else a plain writer below) through
 `extract_mesa_data.py --format dreamt`: seconds per subject and peak memory for each N, which should stay flat
 in N (there is no reference approach for DREAMT).
 
@@ -91,14 +91,14 @@ def _simple_subject(root: Path, sid: str, hours: float, seed: int) -> None:
 def make_cohort(root: Path, n: int, hours: float) -> list[str]:
     """A MESA-shaped cohort of n subjects with every night `hours` long and ECG present; returns IDs."""
     try:
-        import make_synthetic_mesa
+        from sleepppg.synthetic.cohort import make_cohort as make_synthetic_cohort
     except ImportError:
         ids = [f"{i:04d}" for i in range(1, n + 1)]
         for k, sid in enumerate(ids):
             if not (root / "polysomnography" / "edfs" / f"mesa-sleep-{sid}.edf").exists():
                 _simple_subject(root, sid, hours, seed=k)
         return ids
-    return make_synthetic_mesa.make_cohort(root, n, hours=hours, seed=0, no_ecg_fraction=0.0, workers=2)
+    return make_synthetic_cohort(root, n, hours=hours, seed=0, no_ecg_fraction=0.0, workers=2)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -265,7 +265,7 @@ def _simple_dreamt_subject(root: Path, sid: str, hours: float, seed: int) -> Pat
 def make_dreamt_cohort(root: Path, n: int, hours: float) -> list[str]:
     """n DREAMT-shaped participants under <root>/data_64Hz (written once, reused)."""
     try:
-        from make_synthetic_mesa import write_dreamt_subject
+        from sleepppg.synthetic.dreamt import write_dreamt_subject
     except ImportError:
         write_dreamt_subject = _simple_dreamt_subject
     ids = [f"S{100 + i:03d}" for i in range(n)]
@@ -282,9 +282,9 @@ def measure_one(kind: str, edf_dir: Path, xml_dir: Path, out_dir: Path, ids: lis
     import h5py  # noqa: F401  imported before the clock starts: both approaches pay the same start-up
     import mne  # noqa: F401
     import scipy.signal  # noqa: F401
+    from memory import PeakMemory, peak_resident_bytes  # PSS of the tree: shared pages are not counted twice
 
     import extract_mesa_data
-    from run_demo import PeakMemory, peak_resident_bytes  # PSS of the tree: shared pages are not counted twice
     from sleepppg.runtime import keep_freed_memory
 
     t0 = time.perf_counter()

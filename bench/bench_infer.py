@@ -1,6 +1,6 @@
 """Benchmark EDF inference on CPU: seconds per 10-h night from EDF to hypnogram, ours beside the reference.
 
-Measured in one run, on the same synthetic MESA-shaped nights (make_synthetic_mesa.py, PPG "Pleth" at 256 Hz)
+Measured in one run, on the same synthetic MESA-shaped nights (sleepppg.synthetic, PPG "Pleth" at 256 Hz)
 and the same untrained SleepPPG-Net (1,200 windows, seed 0; weights do not change the cost). Each side runs
 in its own fresh process (as each would be run), one after the other, --repeats times:
 - reference: its inference script's per-night steps as written there: read the PPG channel in float64,
@@ -98,16 +98,16 @@ def reference_forward(model, ppg_T: np.ndarray) -> np.ndarray:
 
 def make_nights(workdir: Path, n: int, hours: float) -> list[Path]:
     """Synthetic nights (written once, reused by later runs of the same length)."""
-    import make_synthetic_mesa
+    from sleepppg.synthetic.mesa import edf_path, write_subject
 
     root = workdir / f"cohort_{hours:g}h"  # the length in the name: a run asking for other nights never reuses these
     paths = []
     for i in range(n):
         sid = f"{9001 + i:04d}"
-        edf = make_synthetic_mesa.edf_path(root, sid)
+        edf = edf_path(root, sid)
         if not edf.exists():
             log.info("writing synthetic night %s (%.1f h)", sid, hours)
-            make_synthetic_mesa.write_subject(root, sid, hours=hours, seed=0)
+            write_subject(root, sid, hours=hours, seed=0)
         paths.append(edf)
     return paths
 

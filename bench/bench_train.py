@@ -55,10 +55,10 @@ for _p in (REPO, REPO / "bench"):
         sys.path.insert(0, str(_p))
 
 from bench_loader import reference_item, write_files  # noqa: E402
+from memory import peak_resident_bytes  # noqa: E402
 
 from multimodal_dataset_aligned import PPGOnlyDataset  # noqa: E402
 from multimodal_sleep_model import SleepPPGNet, set_activation_checkpointing  # noqa: E402
-from run_demo import peak_resident_bytes  # noqa: E402
 from sleepppg.constants import IGNORE_INDEX, N_CLASSES, SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT  # noqa: E402
 from sleepppg.loss import masked_cross_entropy  # noqa: E402
 from sleepppg.runtime import keep_freed_memory  # noqa: E402

@@ -773,10 +773,11 @@ def test_synthetic_dreamt_cohort_extracts(tmp_path):
     import extract_mesa_data
     import make_synthetic_mesa
     from sleepppg.constants import PPG_FILE
+    from sleepppg.synthetic.dreamt import dreamt_path
 
     assert make_synthetic_mesa.main(["--format", "dreamt", "--out", str(tmp_path / "dreamt"), "--n-subjects", "2",
                                      "--hours", "0.4"]) == 0
-    csv_dir = make_synthetic_mesa.dreamt_path(tmp_path / "dreamt", "x").parent
+    csv_dir = dreamt_path(tmp_path / "dreamt", "x").parent
     ids = sorted(rf.find_dreamt_files(csv_dir)[0])
     out = tmp_path / "x"
     assert extract_mesa_data.main(["--format", "dreamt", "--csv-dir", str(csv_dir), "--out-dir", str(out),

@@ -1,8 +1,10 @@
-"""Tests for make_synthetic_mesa.py: MESA layout, EDF channels/rates (read back with mne), NSRR XML schema,
-determinism (seed, workers), resume, ECG-less subjects and the physiology a model has to learn; other cohorts
-(file names, 6-digit and leading-zero IDs, Profusion XML giving the NSRR labels, generate -> pair check ->
-extract), DREAMT-shaped CSVs, and the command line (--n-subjects, the deprecated --subjects, help)."""
+"""Tests for make_synthetic_mesa.py and the generator in sleepppg.synthetic: MESA layout, EDF channels/rates
+(read back with mne), NSRR XML schema, determinism (seed, workers, a whole tiny cohort's bytes), resume, ECG-less
+subjects and the physiology a model has to learn; other cohorts (file names, 6-digit and leading-zero IDs,
+Profusion XML giving the NSRR labels, generate -> pair check -> extract), DREAMT-shaped CSVs, and the command
+line (--n-subjects, the deprecated --subjects, help)."""
 
+import hashlib
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -15,6 +17,12 @@ import make_synthetic_mesa as syn
 from sleepppg.annotations import xml_to_labels
 from sleepppg.constants import CONCEPT_TO_CLASS
 from sleepppg.ids import mesa_commercial_ids, sleepppg_test_subjects
+from sleepppg.synthetic.cohort import make_cohort
+from sleepppg.synthetic.dreamt import DREAMT_COLUMNS, DREAMT_EVENT_COLUMNS, write_dreamt_subject
+from sleepppg.synthetic.hypnogram import N3, STAGE_CONCEPTS, WAKE, simulate_hypnogram, simulate_states, stage_runs
+from sleepppg.synthetic.mesa import EDF_SUBDIR, MESA_ORDER, XML_SUBDIR, edf_path, write_subject, xml_path
+from sleepppg.synthetic.physiology import FS_CTRL, HR_OFFSET_BPM, simulate_physiology, stage_curve
+from sleepppg.synthetic.signals import last_onset, lookup, resample, subject_rng
 
 COHORT_HOURS = 1.0  # short nights keep the file fast; the hypnogram is compressed so every stage appears
 COHORT_SIZE = 6
@@ -23,7 +31,7 @@ COHORT_SIZE = 6
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic-mesa")
-    ids = syn.make_cohort(root, COHORT_SIZE, hours=COHORT_HOURS, seed=1, no_ecg_fraction=0.2,
+    ids = make_cohort(root, COHORT_SIZE, hours=COHORT_HOURS, seed=1, no_ecg_fraction=0.2,
                           test_fraction=0.5)
     return root, ids
 
@@ -73,7 +81,7 @@ def test_edf_channels_and_rates_read_by_mne(cohort):
     root, ids = cohort
     with_ecg = 0
     for sid in ids:
-        edf = syn.edf_path(root, sid)
+        edf = edf_path(root, sid)
         raw = mne.io.read_raw_edf(edf, verbose="error")
         expected = ["EKG", "EEG1", "Flow", "Thor", "Abdo", "Pos", "Pleth", "SpO2", "HR"]
         if "EKG" in raw.ch_names:
@@ -90,8 +98,8 @@ def test_edf_channels_and_rates_read_by_mne(cohort):
         spo2, _ = read_channel(edf, "SpO2")
         assert 70 <= spo2.min() and spo2.max() <= 100
     assert with_ecg == COHORT_SIZE - round(0.2 * COHORT_SIZE)  # no_ecg_fraction=0.2 -> 1 without EKG
-    ecg_sid = next(s for s in ids if "EKG" in mne.io.read_raw_edf(syn.edf_path(root, s), verbose="error").ch_names)
-    ekg, fs = read_channel(syn.edf_path(root, ecg_sid), "EKG")
+    ecg_sid = next(s for s in ids if "EKG" in mne.io.read_raw_edf(edf_path(root, s), verbose="error").ch_names)
+    ekg, fs = read_channel(edf_path(root, ecg_sid), "EKG")
     assert fs == 256 and 0.3e-3 < np.percentile(ekg, 99.9) < 5e-3  # R peaks of ~1 mV (mne returns volts)
 
 
@@ -101,13 +109,13 @@ def test_xml_schema_and_stage_runs_tile_the_night(cohort):
     root, ids = cohort
     duration = COHORT_HOURS * 3600
     for sid in ids:
-        events = read_xml(syn.xml_path(root, sid))
+        events = read_xml(xml_path(root, sid))
         etype, concept, start, dur, first = events[0]
         assert (etype, concept, start, dur) == ("", "Recording Start Time", 0.0, duration)
         assert first.find("EventType").text is None  # <EventType/>
         clock = first.findtext("ClockTime")
         assert re.fullmatch(r"00\.00\.00 \d\d\.\d\d\.\d\d", clock)
-        assert read_edf(syn.edf_path(root, sid)).starttime.strftime("%H.%M.%S") == clock.split()[1]
+        assert read_edf(edf_path(root, sid)).starttime.strftime("%H.%M.%S") == clock.split()[1]
         starts = [e[2] for e in events[1:]]
         assert starts == sorted(starts)  # time order
         stages = [e for e in events if e[0] == "Stages|Stages"]
@@ -129,7 +137,7 @@ def test_every_concept_and_event_type_appears_across_the_cohort(cohort):
     root, ids = cohort
     concepts, types = Counter(), Counter()
     for sid in ids:
-        for etype, concept, *_ in read_xml(syn.xml_path(root, sid))[1:]:
+        for etype, concept, *_ in read_xml(xml_path(root, sid))[1:]:
             types[etype] += 1
             if etype == "Stages|Stages":
                 concepts[concept] += 1
@@ -137,16 +145,16 @@ def test_every_concept_and_event_type_appears_across_the_cohort(cohort):
     assert {"Arousals|Arousals", "Respiratory|Respiratory"} <= set(types)
     # Each subject holds every 4-class label, even on a short night.
     for sid in ids:
-        codes = epoch_codes(read_xml(syn.xml_path(root, sid)), int(COHORT_HOURS * 120))
+        codes = epoch_codes(read_xml(xml_path(root, sid)), int(COHORT_HOURS * 120))
         assert (codes != -99).all()
-        labels = {CONCEPT_TO_CLASS[syn.STAGE_CONCEPTS[c]] for c in codes}
+        labels = {CONCEPT_TO_CLASS[STAGE_CONCEPTS[c]] for c in codes}
         assert {0, 1, 2, 3} <= labels
 
 
 def test_same_seed_identical_different_seed_differs(tmp_path):
-    a = syn.write_subject(tmp_path / "a", "0001", 0.2, seed=5)
-    b = syn.write_subject(tmp_path / "b", "0001", 0.2, seed=5)
-    c = syn.write_subject(tmp_path / "c", "0001", 0.2, seed=6)
+    a = write_subject(tmp_path / "a", "0001", 0.2, seed=5)
+    b = write_subject(tmp_path / "b", "0001", 0.2, seed=5)
+    c = write_subject(tmp_path / "c", "0001", 0.2, seed=6)
     for pa, pb, pc in zip(a, b, c):
         assert pa.read_bytes() == pb.read_bytes()
         assert pa.read_bytes() != pc.read_bytes()
@@ -154,8 +162,8 @@ def test_same_seed_identical_different_seed_differs(tmp_path):
 
 def test_parallel_equals_serial_and_resume_skips(tmp_path):
     kwargs = dict(hours=0.2, seed=2, no_ecg_fraction=0.34)
-    serial = syn.make_cohort(tmp_path / "serial", 3, workers=1, **kwargs)
-    parallel = syn.make_cohort(tmp_path / "parallel", 3, workers=2, **kwargs)
+    serial = make_cohort(tmp_path / "serial", 3, workers=1, **kwargs)
+    parallel = make_cohort(tmp_path / "parallel", 3, workers=2, **kwargs)
     assert serial == parallel
     files = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*.*"))
     assert len(files) == 6
@@ -165,49 +173,71 @@ def test_parallel_equals_serial_and_resume_skips(tmp_path):
     # Resume: existing subjects are skipped; a subject missing one file is rewritten identically.
     root = tmp_path / "serial"
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*.*")}
-    victim = syn.xml_path(root, serial[0])
+    victim = xml_path(root, serial[0])
     original = victim.read_bytes()
     victim.unlink()
-    assert syn.make_cohort(root, 3, workers=1, **kwargs) == serial
+    assert make_cohort(root, 3, workers=1, **kwargs) == serial
     assert victim.read_bytes() == original
     for path, mtime in before.items():
         if path.stem.split("-")[2] != serial[0]:
             assert path.stat().st_mtime_ns == mtime, f"{path} was rewritten"
     # --overwrite rewrites everything (and gives the same bytes).
     contents = {p: p.read_bytes() for p in before}
-    syn.make_cohort(root, 3, workers=1, overwrite=True, **kwargs)
+    make_cohort(root, 3, workers=1, overwrite=True, **kwargs)
     assert all(p.stat().st_mtime_ns != m for p, m in before.items() if p != victim)
     assert all(p.read_bytes() == data for p, data in contents.items())
+
+
+def _cohort_hashes(root) -> dict:
+    """sha256 of every file under `root`, by its path relative to `root`."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_tiny_cohort_is_byte_identical_for_the_same_seed(tmp_path, capsys):
+    """Every file the command line writes (EDF with the full montage, with and without EKG, NSRR and Profusion
+    XML, DREAMT CSVs) has the same sha256 in two generations with one seed, and another seed changes each."""
+    def generate(folder: str, seed: int) -> dict:
+        root = tmp_path / folder
+        for extra in (["--xml-format", "both", "--full-montage", "--no-ecg-fraction", "0.5"], ["--format", "dreamt"]):
+            assert syn.main(["--out", str(root), "--n-subjects", "2", "--hours", "0.1", "--seed", str(seed),
+                             *extra]) == 0
+        return _cohort_hashes(root)
+
+    first, second, other = generate("a", 11), generate("b", 11), generate("c", 12)
+    assert len(first) == 2 * 3 + 2  # per MESA subject an EDF and two XMLs, and one CSV per DREAMT subject
+    assert first == second
+    assert all(other.get(name) != digest for name, digest in first.items())  # other IDs or other bytes
 
 
 def test_without_ecg_and_other_ppg_rate(tmp_path):
     import mne
 
-    edf, _ = syn.write_subject(tmp_path, "0002", 0.1, seed=0, with_ecg=False, fs_ppg=128, ppg_label="PPG")
+    edf, _ = write_subject(tmp_path, "0002", 0.1, seed=0, with_ecg=False, fs_ppg=128, ppg_label="PPG")
     raw = mne.io.read_raw_edf(edf, verbose="error")
     assert "EKG" not in raw.ch_names and "PPG" in raw.ch_names and "Pleth" not in raw.ch_names
     _, fs = read_channel(edf, "PPG")
     assert fs == 128
     # Dropping the EKG leaves the other channels unchanged.
-    without, _ = syn.write_subject(tmp_path / "a", "0002", 0.1, seed=0, with_ecg=False)
-    with_ecg, _ = syn.write_subject(tmp_path / "b", "0002", 0.1, seed=0, with_ecg=True)
+    without, _ = write_subject(tmp_path / "a", "0002", 0.1, seed=0, with_ecg=False)
+    with_ecg, _ = write_subject(tmp_path / "b", "0002", 0.1, seed=0, with_ecg=True)
     for channel in ("Pleth", "EEG1", "Thor"):
         assert np.array_equal(read_channel(without, channel)[0], read_channel(with_ecg, channel)[0])
     with pytest.raises(ValueError, match="fs_ppg"):
-        syn.write_subject(tmp_path, "0002", 0.1, seed=0, fs_ppg=34.5)
+        write_subject(tmp_path, "0002", 0.1, seed=0, fs_ppg=34.5)
     with pytest.raises(ValueError, match="hours"):
-        syn.write_subject(tmp_path, "0002", 0, seed=0)
+        write_subject(tmp_path, "0002", 0, seed=0)
     with pytest.raises(ValueError, match="n_subjects"):
-        syn.make_cohort(tmp_path, 5000, hours=0.1)
+        make_cohort(tmp_path, 5000, hours=0.1)
 
 
 def test_full_montage_adds_mesa_channels_and_keeps_the_basic_ones(tmp_path):
     import mne
 
-    basic, xml_basic = syn.write_subject(tmp_path / "basic", "0003", 0.1, seed=0)
-    full, xml_full = syn.write_subject(tmp_path / "full", "0003", 0.1, seed=0, full_montage=True)
+    basic, xml_basic = write_subject(tmp_path / "basic", "0003", 0.1, seed=0)
+    full, xml_full = write_subject(tmp_path / "full", "0003", 0.1, seed=0, full_montage=True)
     raw = mne.io.read_raw_edf(full, verbose="error")
-    assert raw.ch_names == list(syn.MESA_ORDER)  # all 20 MESA channels, in MESA's order
+    assert raw.ch_names == list(MESA_ORDER)  # all 20 MESA channels, in MESA's order
     for channel in ("Pleth", "EKG", "Thor", "SpO2"):
         assert np.array_equal(read_channel(basic, channel)[0], read_channel(full, channel)[0])
     assert xml_basic.read_bytes() == xml_full.read_bytes()
@@ -215,8 +245,8 @@ def test_full_montage_adds_mesa_channels_and_keeps_the_basic_ones(tmp_path):
 
 
 def test_stage_runs_merge_equal_epochs():
-    assert syn.stage_runs(np.array([0, 0, 2, 2, 2, 5, 0])) == [(0, 0, 2), (2, 2, 3), (5, 5, 1), (0, 6, 1)]
-    assert syn.stage_runs(np.array([], dtype=int)) == []
+    assert stage_runs(np.array([0, 0, 2, 2, 2, 5, 0])) == [(0, 0, 2), (2, 2, 3), (5, 5, 1), (0, 6, 1)]
+    assert stage_runs(np.array([], dtype=int)) == []
 
 
 def test_hypnogram_architecture():
@@ -224,8 +254,8 @@ def test_hypnogram_architecture():
     n1 = n2 = n3 = rem = 0
     n3_first_third = rem_last_half = 0
     for i in range(40):
-        codes = syn.simulate_hypnogram(np.random.default_rng(i), 1200)
-        assert set(np.unique(codes)) <= set(syn.STAGE_CONCEPTS)
+        codes = simulate_hypnogram(np.random.default_rng(i), 1200)
+        assert set(np.unique(codes)) <= set(STAGE_CONCEPTS)
         first_sleep = np.flatnonzero(np.isin(codes, [1, 2, 3, 4, 5]))[0]
         assert 10 * 2 <= first_sleep <= 60 * 2 + 2  # 10-30 min latency + up to 30 min to lights off
         n1 += np.sum(codes == 1)
@@ -244,24 +274,24 @@ def test_hypnogram_architecture():
 
 
 def test_stage_effects_change_smoothly_not_at_epoch_boundaries():
-    states = np.array([syn.WAKE] * 4 + [syn.N3] * 4)
-    n_ctrl = states.size * 30 * syn.FS_CTRL
-    curve = syn._stage_curve(syn.HR_OFFSET_BPM, states, 1.35, n_ctrl)
-    step = 1.35 * (syn.HR_OFFSET_BPM[syn.WAKE] - syn.HR_OFFSET_BPM[syn.N3])
-    assert curve[0] == pytest.approx(1.35 * syn.HR_OFFSET_BPM[syn.WAKE], abs=0.05)
-    assert curve[-1] == pytest.approx(1.35 * syn.HR_OFFSET_BPM[syn.N3], abs=0.05)
-    per_second = np.abs(np.diff(curve[::syn.FS_CTRL]))
+    states = np.array([WAKE] * 4 + [N3] * 4)
+    n_ctrl = states.size * 30 * FS_CTRL
+    curve = stage_curve(HR_OFFSET_BPM, states, 1.35, n_ctrl)
+    step = 1.35 * (HR_OFFSET_BPM[WAKE] - HR_OFFSET_BPM[N3])
+    assert curve[0] == pytest.approx(1.35 * HR_OFFSET_BPM[WAKE], abs=0.05)
+    assert curve[-1] == pytest.approx(1.35 * HR_OFFSET_BPM[N3], abs=0.05)
+    per_second = np.abs(np.diff(curve[::FS_CTRL]))
     assert per_second.max() < 0.03 * step  # a ~1-min transition, not a jump at the boundary
-    boundary = 120 * syn.FS_CTRL
-    assert 0.2 * step < curve[boundary - 15 * syn.FS_CTRL] - curve[boundary + 15 * syn.FS_CTRL] < 0.8 * step
+    boundary = 120 * FS_CTRL
+    assert 0.2 * step < curve[boundary - 15 * FS_CTRL] - curve[boundary + 15 * FS_CTRL] < 0.8 * step
 
 
 def _subject_hr_by_state(seed, sid, hours):
     """Mean HR (bpm from beat times) per physiological state and per-epoch HR, for one simulated subject."""
-    rng = syn.subject_rng(seed, sid)
+    rng = subject_rng(seed, sid)
     rng.integers(0, 4 * 3600)  # the start-clock draw of write_subject
-    states = syn._simulate_states(rng, int(hours * 120))
-    phys = syn.simulate_physiology(rng, states)
+    states = simulate_states(rng, int(hours * 120))
+    phys = simulate_physiology(rng, states)
     beats = phys["beats"]
     hr = 60 / np.diff(beats)
     epoch = (beats[1:] // 30).astype(int)
@@ -273,8 +303,8 @@ def test_heart_rate_follows_stage_but_overlaps_across_subjects():
     wake_means, deep_means, wake_epochs, deep_epochs = [], [], [], []
     for sid in ("0001", "0002", "0006", "0010", "0012", "0014"):
         states, epoch_hr = _subject_hr_by_state(0, sid, 8.0)
-        wake = epoch_hr[states == syn.WAKE]
-        deep = epoch_hr[states == syn.N3]
+        wake = epoch_hr[states == WAKE]
+        deep = epoch_hr[states == N3]
         assert deep.mean() < wake.mean()  # HR lower in N3 than in wake, within each subject
         wake_means.append(wake.mean())
         deep_means.append(deep.mean())
@@ -293,7 +323,7 @@ def test_heart_rate_follows_stage_but_overlaps_across_subjects():
 def test_ppg_and_ekg_carry_the_same_beats(tmp_path):
     from scipy.signal import find_peaks
 
-    edf, xml = syn.write_subject(tmp_path, "0010", 0.25, seed=4)
+    edf, xml = write_subject(tmp_path, "0010", 0.25, seed=4)
     ppg, fs = read_channel(edf, "Pleth")
     ekg, _ = read_channel(edf, "EKG")
     r_peaks, _ = find_peaks(ekg, height=0.5 * np.percentile(ekg, 99.5), distance=int(0.33 * fs))
@@ -332,13 +362,13 @@ def test_cli_summary_and_bad_arguments(tmp_path, capsys):
 
 def test_profusion_and_nsrr_xml_of_a_night_give_identical_labels(tmp_path):
 
-    edf, nsrr = syn.write_subject(tmp_path / "both", "0005", 0.5, seed=2, xml_format="both")
-    profusion = syn.xml_path(tmp_path / "both", "0005", dialect="profusion")
+    edf, nsrr = write_subject(tmp_path / "both", "0005", 0.5, seed=2, xml_format="both")
+    profusion = xml_path(tmp_path / "both", "0005", dialect="profusion")
     assert profusion == tmp_path / "both/polysomnography/annotations-events-profusion/mesa-sleep-0005-profusion.xml"
     root = ET.parse(profusion).getroot()
     assert root.tag == "CMPStudyConfig" and root.findtext("EpochLength") == "30"
     codes = [int(s.text) for s in root.findall("SleepStages/SleepStage")]
-    assert len(codes) == 60 and set(codes) <= set(syn.STAGE_CONCEPTS)
+    assert len(codes) == 60 and set(codes) <= set(STAGE_CONCEPTS)
     assert {e.findtext("Name") for e in root.find("ScoredEvents")} <= {"Arousal ()", "Hypopnea", "SpO2 desaturation"}
     for n_windows in (60, 70, 45):
         nsrr_labels = xml_to_labels(nsrr, n_windows)
@@ -346,9 +376,9 @@ def test_profusion_and_nsrr_xml_of_a_night_give_identical_labels(tmp_path):
         assert {0, 1, 2, 3} <= set(nsrr_labels.tolist())
     # The per-epoch codes are the NSRR XML's stage runs; 'both' leaves the EDF and NSRR XML as 'nsrr' writes them.
     assert codes == epoch_codes(read_xml(nsrr), 60).tolist()
-    edf_only, nsrr_only = syn.write_subject(tmp_path / "nsrr", "0005", 0.5, seed=2)
+    edf_only, nsrr_only = write_subject(tmp_path / "nsrr", "0005", 0.5, seed=2)
     assert edf.read_bytes() == edf_only.read_bytes() and nsrr.read_bytes() == nsrr_only.read_bytes()
-    _, prof_only = syn.write_subject(tmp_path / "prof", "0005", 0.5, seed=2, xml_format="profusion")
+    _, prof_only = write_subject(tmp_path / "prof", "0005", 0.5, seed=2, xml_format="profusion")
     assert prof_only.read_bytes() == profusion.read_bytes()
     assert not (tmp_path / "prof" / "polysomnography" / "annotations-events-nsrr").exists()
 
@@ -385,35 +415,35 @@ def test_other_cohort_end_to_end_generate_pair_check_extract(tmp_path, capsys):
 def test_leading_zero_ids_kept_and_reported(tmp_path, capsys):
     import verify_mesa_dataset as vd
 
-    assert syn.make_cohort(tmp_path, 0, hours=0.05, ids=["282"], no_ecg_fraction=0) == ["282"]  # text kept
-    assert syn.edf_path(tmp_path, "282").name == "mesa-sleep-282.edf" and syn.edf_path(tmp_path, "282").is_file()
+    assert make_cohort(tmp_path, 0, hours=0.05, ids=["282"], no_ecg_fraction=0) == ["282"]  # text kept
+    assert edf_path(tmp_path, "282").name == "mesa-sleep-282.edf" and edf_path(tmp_path, "282").is_file()
     # the generator refuses two IDs that differ only by leading zeros (they would be the same night, and the
     # pair check and extraction could not tell them apart) ...
     with pytest.raises(ValueError, match="differ only by leading zeros"):
-        syn.make_cohort(tmp_path, 0, hours=0.05, ids=["282", "0282"])
+        make_cohort(tmp_path, 0, hours=0.05, ids=["282", "0282"])
     # ... and the pair check reports such a pair when it meets one (here copied by hand)
-    for path in (syn.edf_path(tmp_path, "282"), syn.xml_path(tmp_path, "282")):
+    for path in (edf_path(tmp_path, "282"), xml_path(tmp_path, "282")):
         path.with_name(path.name.replace("-282", "-0282")).write_bytes(path.read_bytes())
     out = tmp_path / "pair.json"
-    assert vd.main(["--xml-dir", str(tmp_path / syn.XML_SUBDIR), "--edf-dir", str(tmp_path / syn.EDF_SUBDIR),
+    assert vd.main(["--xml-dir", str(tmp_path / XML_SUBDIR), "--edf-dir", str(tmp_path / EDF_SUBDIR),
                     "--out", str(out)]) == 1
     assert [c["ids"] for c in json.loads(out.read_text())["id_clashes"]] == [["0282", "282"]]
     with pytest.raises(ValueError, match="more than once"):
-        syn.make_cohort(tmp_path, 0, hours=0.05, ids=["0001", "0001"])
+        make_cohort(tmp_path, 0, hours=0.05, ids=["0001", "0001"])
     with pytest.raises(ValueError, match="letters, digits"):
-        syn.make_cohort(tmp_path, 0, hours=0.05, ids=["../x"])
+        make_cohort(tmp_path, 0, hours=0.05, ids=["../x"])
 
 
 def test_dreamt_csv_shape_columns_and_stages(tmp_path):
     import pandas as pd
 
-    ids = syn.make_cohort(tmp_path / "a", 2, hours=0.25, seed=4, fmt="dreamt")
+    ids = make_cohort(tmp_path / "a", 2, hours=0.25, seed=4, fmt="dreamt")
     assert ids == ["S002", "S003"]
     csv = tmp_path / "a" / "data_64Hz" / "S002_whole_df.csv"
     assert sorted(p.name for p in (tmp_path / "a" / "data_64Hz").iterdir()) == ["S002_whole_df.csv",
                                                                                  "S003_whole_df.csv"]
     df = pd.read_csv(csv)
-    assert list(df.columns) == list(syn.DREAMT_COLUMNS)
+    assert list(df.columns) == list(DREAMT_COLUMNS)
     assert len(df) == 0.25 * 3600 * 64
     assert np.array_equal(df["TIMESTAMP"].to_numpy(), np.arange(len(df)) / 64)  # s from 0, 64 Hz, exact
     stages = df["Sleep_Stage"].to_numpy().astype(str)
@@ -428,7 +458,7 @@ def test_dreamt_csv_shape_columns_and_stages(tmp_path):
     assert df[["BVP", "TEMP", "EDA", "HR", "IBI"]].notna().all().all()
     assert df["TEMP"].between(30, 38).all() and (df["EDA"] >= 0).all() and df["HR"].between(35, 150).all()
     assert np.allclose(60 / df["IBI"].median(), df["HR"].median(), rtol=0.1)
-    events = df[list(syn.DREAMT_EVENT_COLUMNS)]
+    events = df[list(DREAMT_EVENT_COLUMNS)]
     assert set(np.unique(events.to_numpy()[~np.isnan(events.to_numpy())])) <= {1.0}
     assert (events.notna().sum(axis=1)[df["Sleep_Stage"].isin(["P"])] == 0).all()  # no events before lights-off
     # BVP carries the heart beats: its dominant rhythm is the HR column's.
@@ -438,8 +468,8 @@ def test_dreamt_csv_shape_columns_and_stages(tmp_path):
     peaks, _ = find_peaks(bvp, distance=int(0.6 * 64 * 60 / df["HR"].median()))
     assert len(peaks) / (len(df) / 64 / 60) == pytest.approx(df["HR"].mean(), rel=0.1)
     # Byte-identical per seed (the workers share make_cohort's code, tested on MESA nights); another seed differs.
-    assert csv.read_bytes() == syn.write_dreamt_subject(tmp_path / "b", "S002", 0.25, seed=4).read_bytes()
-    assert csv.read_bytes() != syn.write_dreamt_subject(tmp_path / "c", "S002", 0.25, seed=5).read_bytes()
+    assert csv.read_bytes() == write_dreamt_subject(tmp_path / "b", "S002", 0.25, seed=4).read_bytes()
+    assert csv.read_bytes() != write_dreamt_subject(tmp_path / "c", "S002", 0.25, seed=5).read_bytes()
 
 
 def test_cli_n_subjects_deprecated_alias_and_help(tmp_path, capsys, caplog):
@@ -473,7 +503,7 @@ def test_resample_gives_the_values_of_np_interp(fs_in, fs_out, first, count):
     n = x.size * fs_out // fs_in
     want = np.interp(np.arange(n) / fs_out, np.arange(x.size) / fs_in, x)
     stop = n if count is None else first + count
-    got = syn._resample(x, fs_in, fs_out, first, count)
+    got = resample(x, fs_in, fs_out, first, count)
     assert got.shape == (stop - first,)
     np.testing.assert_allclose(got, want[first:stop], rtol=0, atol=1e-12)
 
@@ -483,9 +513,9 @@ def test_lookup_and_last_onset_match_np_interp_and_searchsorted():
     table = rng.standard_normal(50)
     pos = np.r_[rng.uniform(-3, 52, 500), 0.0, 49.0, 48.9999]
     want = np.interp(pos, np.arange(table.size), table, left=0.0, right=0.0)
-    np.testing.assert_allclose(syn._lookup(table, pos), want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(lookup(table, pos), want, rtol=0, atol=1e-12)
     onsets = np.sort(rng.integers(-50, 1200, 40))  # repeats and onsets before/after the chunk included
     for first, count in ((0, 1000), (100, 37), (990, 300)):
         i = np.arange(first, first + count)
-        np.testing.assert_array_equal(syn._last_onset(onsets, first, count),
+        np.testing.assert_array_equal(last_onset(onsets, first, count),
                                       np.searchsorted(onsets, i, side="right") - 1)
