@@ -248,46 +248,8 @@ def write_report(out: Path, args: argparse.Namespace, status_rows: list[dict], r
     write_text_atomic(out / "report.md", "\n".join(lines))
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from sleepppg.validation_stats import BOOTSTRAP_RESAMPLES
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    p.add_argument("paths", nargs="+", metavar="PATH", help="night CSV, or a folder searched for *.csv")
-    p.add_argument("--out-dir", required=True, type=Path, help="folder for the report (made if needed)")
-    p.add_argument("--metadata", help="subject metadata CSV, one row per subject (e.g. NSRR's harmonized dataset)")
-    p.add_argument("--id-column", help=f"subject ID column of --metadata (default: {NSRR_ID_COLUMN})")
-    p.add_argument("--covariates", help=f"comma-separated covariate columns of --metadata (default: "
-                                        f"{','.join(NSRR_COVARIATES)})")
-    p.add_argument("--synthetic", action="store_true", help="the nights come from the synthetic cohort: the "
-                                                            "report says so")
-    p.add_argument("--bootstrap", type=positive_int, default=BOOTSTRAP_RESAMPLES, metavar="N",
-                   help="bootstrap resamples of the CIs of a statistic whose differences are not normal")
-    return p.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Write the report; returns the exit status (0 done, 1 a night could not be read; SetupError: bad setup)."""
-    args = parse_args(argv)
-    setup_logging()
-    if args.metadata is None and (args.id_column or args.covariates):
-        raise SetupError("--id-column and --covariates need --metadata")
-    covariate_names = [c.strip() for c in (args.covariates or ",".join(NSRR_COVARIATES)).split(",") if c.strip()]
-    if not covariate_names:
-        raise SetupError("--covariates names no column")
-    if importlib.util.find_spec("yasa") is None:
-        raise SetupError("yasa is not installed: pip install -r requirements.txt")
-    csv_paths = find_night_csvs(args.paths, exclude=args.out_dir)
-    metadata = (read_metadata(args.metadata, args.id_column or NSRR_ID_COLUMN, covariate_names)
-                if args.metadata else None)
-    try:
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise SetupError(f"cannot create {args.out_dir}: {err.strerror or err}") from None
-    with log_to_file(args.out_dir / "validation_report.log"):
-        return report(args, csv_paths, metadata)
-
-
-def report(args: argparse.Namespace, csv_paths: list[Path], metadata) -> int:
+def run_report(args: argparse.Namespace, csv_paths: list[Path], metadata) -> int:
+    """Read the nights, compute, write every output; returns the exit status (1 when a night was unreadable)."""
     import pandas as pd
 
     from sleepppg import validation_stats as vs
@@ -331,6 +293,45 @@ def report(args: argparse.Namespace, csv_paths: list[Path], metadata) -> int:
     print(f"{len(nights)} night(s) compared, pooled kappa {results['agreement'].loc['pooled', 'kappa']:.3f}; "
           f"{n_failed} unreadable. Report: {out / 'report.md'}")
     return EXIT_FAILED if n_failed else EXIT_OK
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    from sleepppg.validation_stats import BOOTSTRAP_RESAMPLES
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="night CSV, or a folder searched for *.csv")
+    p.add_argument("--out-dir", required=True, type=Path, help="folder for the report (made if needed)")
+    p.add_argument("--metadata", help="subject metadata CSV, one row per subject (e.g. NSRR's harmonized dataset)")
+    p.add_argument("--id-column", help=f"subject ID column of --metadata (default: {NSRR_ID_COLUMN})")
+    p.add_argument("--covariates", help=f"comma-separated covariate columns of --metadata (default: "
+                                        f"{','.join(NSRR_COVARIATES)})")
+    p.add_argument("--synthetic", action="store_true", help="the nights come from the synthetic cohort: the "
+                                                            "report says so")
+    p.add_argument("--bootstrap", type=positive_int, default=BOOTSTRAP_RESAMPLES, metavar="N",
+                   help="bootstrap resamples of the CIs of a statistic whose differences are not normal")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write the report; returns the exit status (0 done, 1 a night could not be read; SetupError: bad setup)."""
+    args = parse_args(argv)
+    setup_logging()
+    if args.metadata is None and (args.id_column or args.covariates):
+        raise SetupError("--id-column and --covariates need --metadata")
+    covariate_names = [c.strip() for c in (args.covariates or ",".join(NSRR_COVARIATES)).split(",") if c.strip()]
+    if not covariate_names:
+        raise SetupError("--covariates names no column")
+    if importlib.util.find_spec("yasa") is None:
+        raise SetupError("yasa is not installed: pip install -r requirements.txt")
+    csv_paths = find_night_csvs(args.paths, exclude=args.out_dir)
+    metadata = (read_metadata(args.metadata, args.id_column or NSRR_ID_COLUMN, covariate_names)
+                if args.metadata else None)
+    try:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SetupError(f"cannot create {args.out_dir}: {err.strerror or err}") from None
+    with log_to_file(args.out_dir / "validation_report.log"):
+        return run_report(args, csv_paths, metadata)
 
 
 if __name__ == "__main__":

@@ -267,7 +267,7 @@ def calibration(nights: Sequence[Night], n_bins: int = CALIBRATION_BINS):
         ece[target] = float(np.sum(counts[filled] / counts.sum() * np.abs(observed - mean_p)))
         rows += [{"target": target, "bin": int(b), "bin_lower": edges[b], "bin_upper": edges[b + 1],
                   "n": int(counts[b]), "mean_probability": m, "observed_frequency": o}
-                 for b, m, o in zip(filled, mean_p, observed)]
+                 for b, m, o in zip(filled, mean_p, observed, strict=True)]
     return pd.DataFrame(rows), ece
 
 
