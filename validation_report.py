@@ -40,6 +40,7 @@ from sleepppg.runio import write_text_atomic
 from sleepppg.validation import (
     NSRR_COVARIATES,
     NSRR_ID_COLUMN,
+    POOLED,
     Night,
     find_night_csvs,
     match_metadata,
@@ -121,7 +122,7 @@ def write_figures(out: Path, nights: list[Night], results: dict, covariates) -> 
     save(confusion_figure(cm_CC, f"All {len(nights)} nights, compared epochs (rows: scored, columns: predicted)"),
          "confusion_matrix")
 
-    kappa = results["agreement"]["kappa"].drop("pooled")
+    kappa = results["agreement"]["kappa"].drop(POOLED)
     save(vf.kappa_distribution_figure(kappa), "kappa_distribution")
 
     sc, pr, ba = results["scored"], results["predicted"], results["bland_altman"]
@@ -177,7 +178,7 @@ def _inputs_section(args: argparse.Namespace, status_rows: list[dict], checkpoin
 
 
 def _agreement_section(agreement, pngs: dict) -> list[str]:
-    pooled, kappa = agreement.loc["pooled"], agreement["kappa"].drop("pooled").dropna()
+    pooled, kappa = agreement.loc[POOLED], agreement["kappa"].drop(POOLED).dropna()
     lines = ["## Epoch by epoch ([epoch_agreement.csv](epoch_agreement.csv))", "",
              (f"Pooled over {int(pooled['n_epochs'])} epochs: accuracy {_fmt(pooled['accuracy'], '.3f')}, "
               f"Cohen's kappa {_fmt(pooled['kappa'], '.3f')}, MCC {_fmt(pooled['mcc'], '.3f')}. Per-night kappa: "
@@ -271,10 +272,8 @@ def run_report(args: argparse.Namespace, csv_paths: list[Path], metadata) -> int
     results["bland_altman"] = vs.bland_altman(results["scored"], results["predicted"], n_resamples=args.bootstrap)
     results["calibration"], results["ece"] = vs.calibration(nights)
     write_csv(out / "epoch_agreement.csv", results["agreement"], index=True)
-    side_by_side = pd.concat({vs.SCORED: results["scored"], vs.PREDICTED: results["predicted"]}, axis=1)
-    side_by_side = side_by_side.swaplevel(axis=1)[[(s, w) for s in vs.SLEEP_STATISTICS for w in (vs.SCORED,
-                                                                                                   vs.PREDICTED)]]
-    side_by_side.columns = [f"{s}_{w}" for s, w in side_by_side.columns]
+    frames = ((vs.SCORED, results["scored"]), (vs.PREDICTED, results["predicted"]))
+    side_by_side = pd.DataFrame({f"{s}_{who}": frame[s] for s in vs.SLEEP_STATISTICS for who, frame in frames})
     write_csv(out / "sleep_stats.csv", side_by_side, index=True)
     write_csv(out / "bland_altman.csv", results["bland_altman"])
     write_csv(out / "calibration.csv", results["calibration"])
@@ -284,13 +283,13 @@ def run_report(args: argparse.Namespace, csv_paths: list[Path], metadata) -> int
         if no_metadata:
             log.warning("%d subject(s) without metadata (kept, group %r): %s", len(no_metadata), vs.MISSING_GROUP,
                         ", ".join(no_metadata))
-        kappa = results["agreement"]["kappa"].drop("pooled")
+        kappa = results["agreement"]["kappa"].drop(POOLED)
         tst_difference = results["predicted"]["TST"] - results["scored"]["TST"]
         results["subgroups"] = vs.subgroups(nights, kappa, tst_difference, covariates)
         write_csv(out / "subgroups.csv", results["subgroups"])
     pngs = write_figures(out, nights, results, covariates)
     write_report(out, args, status_rows, results, pngs, run_checkpoints(csv_paths), no_metadata)
-    print(f"{len(nights)} night(s) compared, pooled kappa {results['agreement'].loc['pooled', 'kappa']:.3f}; "
+    print(f"{len(nights)} night(s) compared, pooled kappa {results['agreement'].loc[POOLED, 'kappa']:.3f}; "
           f"{n_failed} unreadable. Report: {out / 'report.md'}")
     return EXIT_FAILED if n_failed else EXIT_OK
 

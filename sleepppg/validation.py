@@ -27,6 +27,7 @@ from sleepppg.ids import zero_free_id
 
 PROBA_COLUMNS = ("p_wake", "p_light", "p_deep", "p_rem")  # softmax outputs, in class order 0..3
 REQUIRED_COLUMNS = ("epoch", "pred_idx", "true_idx", *PROBA_COLUMNS)
+POOLED = "pooled"  # the report's row of all nights together: no night may have this ID
 NSRR_ID_COLUMN = "nsrrid"
 # NSRR harmonized variables: age (years), sex (male/female), BMI (kg/m2), AHI (events/h: >= 3% desaturation or
 # arousal, AASM 2015 hypopnea rule)
@@ -77,6 +78,8 @@ def find_night_csvs(paths: Sequence[str | os.PathLike], exclude: str | os.PathLi
         raise SetupError(f"no night CSV (*.csv) found in {', '.join(str(p) for p in paths)}")
     by_id: dict[str, Path] = {}
     for path in found:
+        if path.stem == POOLED:
+            raise SetupError(f"{path}: '{POOLED}' names the row of all nights together; rename the file")
         if path.stem in by_id and by_id[path.stem].resolve() != path.resolve():
             raise SetupError(f"two CSVs for night {path.stem}: {by_id[path.stem]} and {path}; give one run's folder")
         by_id[path.stem] = path

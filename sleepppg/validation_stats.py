@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from sleepppg.constants import IGNORE_INDEX, N_CLASSES, STAGE_NAMES, WINDOW_SECONDS
-from sleepppg.validation import Night
+from sleepppg.validation import POOLED, Night
 
 SCORED, PREDICTED = "scored", "predicted"  # yasa scorer names: reference, observed
 YASA_STAGES = tuple(name.upper() for name in STAGE_NAMES)  # yasa's 4-stage labels WAKE, LIGHT, DEEP, REM
@@ -121,7 +121,7 @@ def epoch_agreement(nights: Sequence[Night]):
 
     yasa, percent = _yasa()
     pairs = {n.night_id: compared_stages(n) for n in nights}
-    pooled = {"pooled": tuple(np.concatenate(arrays) for arrays in zip(*pairs.values()))}
+    pooled = {POOLED: tuple(np.concatenate(arrays) for arrays in zip(*pairs.values()))}
     return pd.concat([_agreement(yasa, percent, pairs), _agreement(yasa, percent, pooled)])
 
 
@@ -129,7 +129,7 @@ def pooled_kappa(nights: Sequence[Night]) -> float:
     """Cohen's kappa over every compared epoch of `nights` together (yasa)."""
     yasa, percent = _yasa()
     scored, predicted = (np.concatenate(a) for a in zip(*(compared_stages(n) for n in nights)))
-    return float(_agreement(yasa, percent, {"pooled": (scored, predicted)})["kappa"].iloc[0])
+    return float(_agreement(yasa, percent, {POOLED: (scored, predicted)})["kappa"].iloc[0])
 
 
 def sleep_statistics(nights: Sequence[Night]):
