@@ -67,7 +67,7 @@ from pathlib import Path
 import numpy as np
 
 from sleepppg.assembly import assemble_isolated, write_stats
-from sleepppg.cli import setup_logging
+from sleepppg.cli import run_entry_point, setup_logging
 from sleepppg.config import load_config
 from sleepppg.constants import ECG_FILE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, INDEX_FILE, PPG_FILE
 from sleepppg.diskfull import DiskFullError, bytes_needed, disk_full_message, naming_a_full_disk
@@ -82,8 +82,9 @@ from sleepppg.extraction import (
 )
 from sleepppg.ids import compile_id_pattern
 from sleepppg.parts import PARTS_DIR, BadPartError, part_path, remove_stale_temporaries
-from sleepppg.paths import is_disk_full
+from sleepppg.paths import OutputPathError, OutputRoot, is_disk_full
 from sleepppg.preprocessing import file_signature
+from sleepppg.processed import STATS_NPY, STATS_TXT
 from sleepppg.runio import write_text_atomic
 from sleepppg.runtime import keep_freed_memory
 
@@ -140,6 +141,12 @@ def check_setup(settings: dict) -> str | None:
         (out / ".write_test").unlink()
     except OSError as err:
         return f"output folder {out} is not writable: {err.strerror or err}"
+    root = OutputRoot(out)
+    for name in (PPG_FILE, ECG_FILE, INDEX_FILE, STATS_NPY, STATS_TXT, FAILED_FILE, WARNINGS_FILE, MANIFEST_FILE):
+        try:  # refused before any work: a link planted at an output name, a folder where a file goes
+            root.path(name)
+        except OutputPathError as err:
+            return str(err)
     if settings["workers"] < 1:
         return f"--workers must be >= 1, got {settings['workers']}"
     if settings["windows_per_subject"] < 1:
@@ -354,4 +361,4 @@ if __name__ == "__main__":
     # pages saves ~12% per subject here. Forked workers inherit the setting.
     keep_freed_memory()
     logging.raiseExceptions = False  # a log line that cannot be written (a full disk) is dropped, not a traceback
-    sys.exit(main())
+    sys.exit(run_entry_point(main))

@@ -102,7 +102,7 @@ from typing import Any, Sequence
 
 import torch
 
-from sleepppg.cli import log_to_file, setup_logging
+from sleepppg.cli import log_to_file, run_entry_point, setup_logging
 from sleepppg.config import load_config
 from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, WINDOW_SECONDS, WINDOWS_PER_SUBJECT
 from sleepppg.errors import ConfigError, SetupError
@@ -310,4 +310,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     keep_freed_memory()  # process-wide allocator setting: for the script's own process, not for importers
-    sys.exit(main())
+    sys.exit(run_entry_point(main))

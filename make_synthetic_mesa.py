@@ -53,8 +53,8 @@ import logging
 import sys
 import time
 
-from sleepppg.cli import HelpFormatter, non_negative_int, positive_int, positive_number, setup_logging
-from sleepppg.constants import EXIT_INTERRUPTED, EXIT_OK
+from sleepppg.cli import HelpFormatter, non_negative_int, positive_int, positive_number, run_entry_point, setup_logging
+from sleepppg.constants import EXIT_OK
 from sleepppg.ids import mesa_commercial_ids
 from sleepppg.synthetic.cohort import FORMATS, check_ids, make_cohort_counted
 from sleepppg.synthetic.dreamt import MAX_DREAMT_DRAWN
@@ -152,7 +152,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(run_entry_point(main))

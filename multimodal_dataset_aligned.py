@@ -47,6 +47,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
+from sleepppg.cli import run_entry_point
 from sleepppg.config import load_config
 from sleepppg.constants import (
     ECG_FILE,
@@ -600,4 +601,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry_point(main))

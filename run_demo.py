@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Callable
 
 from sleepppg.children import ChildProcesses, exit_status, signal_name
-from sleepppg.cli import HelpFormatter, non_negative_int, positive_int, positive_number, setup_logging
+from sleepppg.cli import HelpFormatter, non_negative_int, positive_int, positive_number, run_entry_point, setup_logging
 from sleepppg.config import adopt_recorded_parent_hash, load_config
 from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP
 from sleepppg.errors import ConfigError
@@ -436,7 +436,4 @@ def print_summary(run_dir: Path, checkpoint: Path, steps: list[StepResult], cfg:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # Ctrl-C before the steps start (while they run, the handler owns the signal)
-        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(run_entry_point(main))

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sleepppg.cli import log_to_file, positive_int, setup_logging
+from sleepppg.cli import log_to_file, positive_int, run_entry_point, setup_logging
 from sleepppg.config import load_config
 from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP
 from sleepppg.distributed import DistContext, autocast, check_compile_setup, kernel_settings, use_autocast, wrap_model
@@ -564,4 +564,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     keep_freed_memory()  # CPU steps: reuse freed activation memory instead of faulting in fresh pages
-    sys.exit(main())
+    sys.exit(run_entry_point(main))

@@ -35,9 +35,9 @@ import re
 import sys
 from pathlib import Path
 
-from sleepppg.cli import HelpFormatter
+from sleepppg.cli import HelpFormatter, run_entry_point
 from sleepppg.config import load_config
-from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, MESA_ID_PATTERN
+from sleepppg.constants import EXIT_FAILED, EXIT_OK, EXIT_SETUP, MESA_ID_PATTERN
 from sleepppg.errors import ConfigError
 from sleepppg.ids import compile_id_pattern
 from sleepppg.pairing import pair_files
@@ -180,7 +180,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(run_entry_point(main))

@@ -27,6 +27,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from sleepppg.cli import run_entry_point
 from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP
 from sleepppg.processed import verify
 
@@ -62,4 +63,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry_point(main))

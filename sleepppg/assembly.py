@@ -153,6 +153,8 @@ def _assembly_child(send, out_dir: Path, subjects: list[str], parts_dir: Path, s
     except BaseException as err:
         if is_disk_full(err):
             send.send(("disk_full", "No space left on device"))
+        elif isinstance(err, SetupError):  # an output path refused (a planted link, a folder at a file's name)
+            send.send(("setup", str(err)))
         elif isinstance(err, OSError):
             send.send(("os_error", f"{err.strerror or err}"))
         else:  # a bug: its traceback goes to the main process, which raises it
@@ -199,6 +201,8 @@ def assemble_isolated(out_dir: Path, subjects: list[str], parts_dir: Path, setti
         raise BadPartError(*payload)
     if kind == "disk_full":
         raise OSError(errno.ENOSPC, payload, str(out_dir / PPG_FILE))
+    if kind == "setup":
+        raise SetupError(payload)
     if kind == "os_error":
         raise OSError(f"writing the HDF5 files in {out_dir} failed: {payload}")
     raise RuntimeError(f"assembly failed: {payload}")

@@ -54,6 +54,7 @@ from sleepppg.channels import PPG_PATTERNS, find_ppg_channel
 from sleepppg.constants import IGNORE_INDEX, WINDOW_SECONDS, WINDOWS_PER_SUBJECT
 from sleepppg.edf import read_edf, read_edf_header
 from sleepppg.errors import BadRecordingError
+from sleepppg.ids import safe_id
 from sleepppg.preprocessing import preprocess_signals
 
 log = logging.getLogger("sleepppg.formats")
@@ -703,12 +704,17 @@ def recording_files(path: Path) -> list[Path]:
 
 
 def dreamt_subject_id(path: Path) -> str:
-    """S002_whole_df.csv -> 'S002' (the participant); other names -> the file stem."""
+    """S002_whole_df.csv -> 'S002' (the participant); other names -> the file stem; always one safe file-name
+    part (sleepppg.ids.safe_id; the whole file name's safe form when the prefix cannot be one)."""
     stem = path.stem
     for suffix in DREAMT_FILE_SUFFIXES:
         if stem.endswith(suffix):
-            return stem[:-len(suffix)]
-    return stem
+            stem = stem[:-len(suffix)]
+            break
+    try:
+        return safe_id(stem)
+    except ValueError:
+        return safe_id(path.name)
 
 
 def find_dreamt_files(csv_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:

@@ -36,10 +36,15 @@ def compile_id_pattern(pattern: str | re.Pattern) -> re.Pattern:
 def subject_id_from_filename(name: str, pattern: str | re.Pattern = MESA_ID_PATTERN) -> str | None:
     """The subject ID in a file name: the text of the pattern's one group at its first match, any case
     ('mesa-sleep-0001-nsrr.xml' -> '0001' with the MESA pattern; 'cfs-visit5-800002.edf' -> '800002' with
-    'cfs-visit5-(\\d+)'). The ID keeps its text: leading zeros, letters, any length. None when the name
-    carries none."""
+    'cfs-visit5-(\\d+)'). The ID keeps its text (leading zeros, letters), made one safe file-name part by
+    `safe_id`. None when the name carries none, or only text no file name can stand for ('..', '')."""
     match = compile_id_pattern(pattern).search(name)
-    return match.group(1) if match else None
+    if not match:
+        return None
+    try:
+        return safe_id(match.group(1))
+    except ValueError:
+        return None
 
 
 def read_id_list(path: str | os.PathLike) -> list[str]:

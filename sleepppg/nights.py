@@ -24,7 +24,8 @@ import numpy as np
 from sleepppg.cache import NO_CACHE, load_cache, recording_signature, write_cache
 from sleepppg.constants import IGNORE_INDEX, MESA_ID_PATTERN, SAMPLES_PER_WINDOW, WINDOW_SECONDS
 from sleepppg.errors import BadRecordingError, SetupError
-from sleepppg.ids import subject_id_from_filename
+from sleepppg.ids import safe_id, subject_id_from_filename
+from sleepppg.paths import OutputRoot
 from sleepppg.preprocessing import preprocess_recording
 
 log = logging.getLogger("sleepppg.nights")
@@ -59,9 +60,13 @@ class Night:
 
 def subject_id_for(edf_path: str | os.PathLike, id_pattern: str = MESA_ID_PATTERN) -> str:
     """The subject ID in a file name by `id_pattern` (config preprocessing.id_pattern; MESA's by default:
-    mesa-sleep-0010.edf -> '0010'), else the file stem."""
-    stem = Path(edf_path).stem
-    return subject_id_from_filename(stem, id_pattern) or stem
+    mesa-sleep-0010.edf -> '0010'), else the file stem; always one safe file-name part (sleepppg.ids.safe_id):
+    a stem that cannot be one ('...csv' has the stem '..') gives the safe form of the whole file name."""
+    path = Path(edf_path)
+    try:
+        return safe_id(subject_id_from_filename(path.stem, id_pattern) or path.stem)
+    except ValueError:
+        return safe_id(path.name)
 
 
 def resolve_edf_inputs(spec: str, ppg: bool = False) -> list[Path]:
@@ -195,19 +200,26 @@ def prepare_edf_night(job: NightJob, cache_root: Path, settings: dict) -> Night:
     """
     subject_id, edf_path = job.subject_id, job.path
     n_windows = settings["n_windows"]
-    cache_dir = cache_root / subject_id
     any_format = settings.get("source") == "ppg"
     signature = recording_signature(edf_path, any_format)
     if signature is None:
         raise BadRecordingError(f"EDF not found: {edf_path}", kind="missing_edf")
-    windows_WS, meta, reason = load_cache(cache_dir, signature, settings)
+    try:  # inside cache_root, no link followed
+        cache_dir: Path | None = OutputRoot(cache_root).folder(subject_id)
+    except OSError as err:  # OutputPathError too: a link planted at the cache folder, cache_root a file...
+        log.warning("%s: cannot write the cache (%s); the night is staged anyway", subject_id,
+                    getattr(err, "strerror", None) or err)
+        cache_dir = None
+    windows_WS, meta, reason = (None, None, NO_CACHE) if cache_dir is None else load_cache(cache_dir, signature,
+                                                                                             settings)
     cache_used = windows_WS is not None
     if not cache_used:
         if reason != NO_CACHE:
             log.warning("%s: rebuilding cache in %s: %s", subject_id, cache_dir, reason)
         windows_WS, meta = _preprocess_night(job, signature, settings, any_format)
         try:
-            write_cache(cache_dir, windows_WS, meta)
+            if cache_dir is not None:
+                write_cache(cache_dir, windows_WS, meta)
         except OSError as err:
             log.warning("%s: cannot write the cache in %s (%s); the night is staged anyway", subject_id,
                         cache_dir, err.strerror or err)
@@ -216,7 +228,7 @@ def prepare_edf_night(job: NightJob, cache_root: Path, settings: dict) -> Night:
     if truncated:
         log.warning("%s: recording is %.2f h long; staging only its first %.1f h (%d epochs)", subject_id,
                     meta.get("recording_hours") or float("nan"), n_windows * WINDOW_SECONDS / 3600, n_windows)
-    info = {"cache_dir": str(cache_dir.resolve()), "cache_used": cache_used,
+    info = {"cache_dir": None if cache_dir is None else str(cache_dir.resolve()), "cache_used": cache_used,
             "ppg_channel": meta.get("ppg_channel"), "ppg_fs": meta.get("ppg_fs"),
             "recording_hours": meta.get("recording_hours")}
     if any_format:  # what the file turned out to be; gap epochs are not staged

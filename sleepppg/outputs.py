@@ -21,6 +21,7 @@ import numpy as np
 from sleepppg.constants import IGNORE_INDEX, N_CLASSES, STAGE_NAMES, WINDOW_SECONDS
 from sleepppg.figures import hypnogram_figure, save_figure
 from sleepppg.nights import Night
+from sleepppg.paths import OutputRoot
 from sleepppg.runio import json_safe, write_text_atomic
 
 CSV_COLUMNS = ("epoch", "time_hours", "pred_idx", "pred_name", "true_idx", "true_name", "mismatch",
@@ -72,24 +73,24 @@ def write_night_outputs(run_dir: Path, night: Night, probs_WC: np.ndarray, flags
     Raises:
         OSError: a file cannot be written.
     """
-    sid = night.subject_id
+    sid, root = night.subject_id, OutputRoot(run_dir)  # every path checked: inside run_dir, no link followed
     pred_W = predicted_stages(probs_WC)
     true_W = None if night.labels_W is None else night.labels_W[:night.n_recorded]
     paths: dict[str, str | None] = dict(NO_OUTPUTS)
     if flags["save_csv"]:
-        csv_path = run_dir / "csv" / sid / f"{sid}.csv"
+        csv_path = root.path("csv", sid, f"{sid}.csv")
         write_csv(csv_path, probs_WC, WINDOW_SECONDS, true_W)
         paths["csv"] = str(csv_path.resolve())
     if flags["save_graph"]:
         hours = night.n_recorded * WINDOW_SECONDS / 3600
         note = " (first part of a longer recording)" if night.truncated else ""
-        png = run_dir / "graph" / sid / f"{sid}.png"
+        png = root.path("graph", sid, f"{sid}.png")
         plot_hypnogram(png, pred_W, f"{sid}: predicted hypnogram, {hours:.2f} h{note}")
         paths["hypnogram"] = str(png.resolve())
         if true_W is not None and performance is not None:
             kappa = performance.get("kappa")
             kappa_txt = "undefined" if kappa is None else f"{kappa:.3f}"
-            png_lab = run_dir / "graph" / sid / f"{sid}_with_label.png"
+            png_lab = root.path("graph", sid, f"{sid}_with_label.png")
             plot_hypnogram(png_lab, pred_W, f"{sid}: kappa {kappa_txt}, accuracy {performance['accuracy']:.1%} "
                            f"({performance['n_epochs_compared']} scored epochs compared)", true_W=true_W)
             paths["hypnogram_with_labels"] = str(png_lab.resolve())
@@ -130,7 +131,7 @@ def write_result(run_dir: Path, run: dict) -> Path:
     Raises:
         OSError: the file cannot be written.
     """
-    path = run_dir / "result.json"
+    path = OutputRoot(run_dir).path("result.json")
     document = {"result_format": RESULT_FORMAT, "paths": "absolute", **run}
     write_text_atomic(path, json.dumps(json_safe(document), indent=2, ensure_ascii=False))
     return path

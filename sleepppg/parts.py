@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sleepppg import paths
 from sleepppg.constants import SAMPLES_PER_WINDOW
 from sleepppg.runio import atomic_output
 
@@ -86,8 +87,7 @@ def read_part_meta(part: Path) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
-def remove_stale_temporaries(out_dir: Path) -> None:
-    """Temporaries left by a killed run (atomic_output names them .<final name>.<random>.tmp), in the output
-    folder and its parts folder."""
-    for tmp in list(out_dir.glob(".*.tmp")) + list((out_dir / PARTS_DIR).glob(".*.tmp")):
-        tmp.unlink(missing_ok=True)
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Temporaries a killed run left in the output folder and its parts folder: only our own (the prefix of
+    sleepppg.paths), never a user's file."""
+    return paths.remove_stale_temporaries(out_dir) + paths.remove_stale_temporaries(out_dir / PARTS_DIR)

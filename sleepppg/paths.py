@@ -302,7 +302,11 @@ def _writer_alive(name: str) -> bool:
         return False
     except OSError:  # PermissionError: it exists, under another user; anything else: keep the file
         return True
-    return True
+    try:  # a killed process nobody has reaped yet (a zombie, state Z) still answers signal 0 but writes nothing
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:

@@ -35,6 +35,7 @@ from sleepppg.errors import SetupError
 from sleepppg.metrics import compute_metrics, summary_stats
 from sleepppg.nights import Hdf5Selection, Night, NightJob, prepare_edf_night, prepare_hdf5_night, unique_ids
 from sleepppg.outputs import OutputWriter, predicted_stages
+from sleepppg.paths import OutputPathError
 from sleepppg.quality import ppg_quality, quality_warnings
 from sleepppg.report import report_difference, sleep_report
 from sleepppg.runio import json_safe
@@ -117,15 +118,18 @@ class RunRecord:
                 kind: str | None = None) -> T | None:
         """The per-night error boundary: run `work()` (which returns a value, never None) for `nights` at
         `step` ("reading", "staging", "writing outputs"). Whatever it raises (a file that breaks the reader, a
-        flat PPG, a forward pass out of memory, a full disk) is logged and listed as a failure of each of
-        `nights`, and None is returned so the run goes on with the other nights. Ctrl-C (KeyboardInterrupt)
-        passes through.
+        flat PPG, a forward pass out of memory) is logged and listed as a failure of each of `nights`, and None
+        is returned so the run goes on with the other nights. Ctrl-C (KeyboardInterrupt) and an output path
+        refused by sleepppg.paths (a full disk, a link planted in the output tree: every later night would
+        fail alike) pass through and stop the run.
 
         Args:
             kind: the failure's kind; default the exception's `kind` (BadRecordingError), else its type name.
         """
         try:
             return work()
+        except OutputPathError:  # a refused output path, a full disk: every later night would fail alike
+            raise
         except Exception as err:  # noqa: BLE001 - the one per-night boundary: whatever a broken night raises
             for night in nights:
                 self._fail(night, step, err, kind)
