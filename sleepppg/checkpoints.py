@@ -444,16 +444,19 @@ def load_model_from_checkpoint(path: str | os.PathLike, map_location: Any = "cpu
             f"{REFERENCE_N_WINDOWS}, dropout {REFERENCE_DROPOUT} and a causal TCN are the reference's fixed "
             f"settings (a reference checkpoint stores no model arguments)")
         ckpt["reference_version"] = version
-        ckpt[INTEGRITY_KEY] = REFERENCE_NO_CHECKSUM
-        log.info("%s: reference checkpoint of %s (it carries no checksum); %s", path, version,
-                 ckpt["model_fields_inferred"])
+        if isinstance(ckpt.get(INTEGRITY_KEY), dict):  # written by save_checkpoint: verified on reading
+            log.info("%s: reference checkpoint of %s; %s", path, version, ckpt["model_fields_inferred"])
+        else:
+            ckpt[INTEGRITY_KEY] = REFERENCE_NO_CHECKSUM
+            log.info("%s: reference checkpoint of %s (it carries no checksum); %s", path, version,
+                     ckpt["model_fields_inferred"])
     else:
         kind, model_args = ckpt["model_kind"], ckpt["model_args"]
         if kind not in MODEL_CLASSES:
             raise CheckpointError(f"{path}: unknown model_kind {kind!r}; expected one of {sorted(MODEL_CLASSES)}")
         if not isinstance(model_args, dict):
             raise CheckpointError(f"{path}: model_args must be a mapping, got {type(model_args).__name__}")
-        if not isinstance(ckpt.get(INTEGRITY_KEY), dict):  # read_checkpoint_file verified a record that is there
+        if not isinstance(ckpt.get(INTEGRITY_KEY), dict):  # a record there was verified by read_checkpoint_file
             ckpt[INTEGRITY_KEY] = NO_CHECKSUM
             log.info("%s carries no checksum (not written by save_checkpoint): its tensor data is not verified",
                      path)
