@@ -107,7 +107,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> dict:
     """Write `payload` to `path` atomically (torch.save), with the checksum of its tensors recorded in it.
 
     The file holds `payload` plus the key "integrity" (see the module docstring); `payload` itself is not
-    changed. Until the rename at the end the old file at `path`, if any, stays whole.
+    changed. Until the rename at the end the old file at `path`, if any, stays whole; a failed write raises
+    the OSError (errno ENOSPC on a full disk) and leaves no temporary file.
 
     Args:
         path: the .pth file to write; its folder is made if missing.
@@ -120,8 +121,10 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> dict:
         raise ValueError("a checkpoint payload must be a dict with a model_state_dict")
     record = {"algorithm": INTEGRITY_ALGORITHM, "covers": [k for k in INTEGRITY_COVERS if k in payload],
               "tensors": tensor_checksum(payload)}
-    with atomic_output(path) as tmp:
-        torch.save({**payload, INTEGRITY_KEY: record}, tmp)
+    # through a Python file object, so that a failed write (a full disk) is an OSError with its errno; torch's
+    # own file writer reports a RuntimeError that does not say why
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        torch.save({**payload, INTEGRITY_KEY: record}, f)
     return record
 
 

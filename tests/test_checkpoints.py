@@ -1,6 +1,7 @@
 """Tests for sleepppg.checkpoints: our checkpoints (round trip, errors, wrapper prefixes, another window count,
 TCN causality), the integrity record (save_checkpoint, a changed tensor byte refused, files without one), the
 reference's checkpoints of both versions, and files that cannot be a usable model."""
+import errno
 import logging
 import pickle
 import re
@@ -273,13 +274,13 @@ def test_save_checkpoint_needs_weights_and_keeps_the_old_file_when_writing_fails
     good = path.read_bytes()
 
     def full_disk(obj, f):
-        with open(f, "wb") as fh:
-            fh.write(b"half a checkpoint")
-        raise OSError("No space left on device")
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OSError, match="No space") as info:
         save_checkpoint(path, {**payload, "epoch": 3})
+    assert info.value.errno == errno.ENOSPC
     assert path.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == ["last.pth"]
 
 
