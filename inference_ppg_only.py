@@ -140,13 +140,13 @@ def load_model(checkpoint: str, device: torch.device) -> tuple[torch.nn.Module, 
     Raises:
         SetupError: one line naming the file: missing, not a checkpoint, another model kind, non-finite weights.
     """
-    import multimodal_sleep_model
+    from sleepppg.checkpoints import load_model_from_checkpoint
 
     path = Path(checkpoint)
     if not path.is_file():
         raise SetupError(f"checkpoint not found: {path} (set inference.best_model or pass --checkpoint)")
     try:
-        model, ckpt = multimodal_sleep_model.load_model_from_checkpoint(path, map_location="cpu",
+        model, ckpt = load_model_from_checkpoint(path, map_location="cpu",
                                                                           expected_kind="ppg_only")
     except (ValueError, KeyError, RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
         reason = " ".join(str(err).split())  # one line, whatever the loader said

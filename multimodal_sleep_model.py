@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 from torch.utils.checkpoint import checkpoint as checkpoint_activations
 
+from sleepppg.cli import run_entry_point
 from sleepppg.constants import N_CLASSES, SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT
 
 # ----------------------------------------------------------------------------------------------------------
@@ -472,22 +473,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------------------------------------
-# What callers import from here: the checkpoint names below live in sleepppg.checkpoints, which imports this
-# module; they are looked up there on first use (PEP 562), so neither module imports the other while loading.
-_CHECKPOINT_NAMES = frozenset({
-    "CHECKPOINT_FORMATS", "NUMPY_SAFE_GLOBALS", "REFERENCE_VERSIONS", "CheckpointError", "checkpoint_model_fields",
-    "convert_reference_state_dict", "is_reference_state_dict", "load_model_from_checkpoint", "read_checkpoint_file",
-    "reference_version", "save_checkpoint"})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _CHECKPOINT_NAMES:
-        from sleepppg import checkpoints
-
-        return getattr(checkpoints, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry_point(main))

@@ -25,10 +25,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from sleepppg import checkpoints
 from sleepppg.distributed import DistContext
 from sleepppg.errors import DataError, SetupError, TrainingDiverged
 from sleepppg.paths import disk_full_error
-from sleepppg.runio import atomic_output
 
 log = logging.getLogger("sleepppg.runstate")
 
@@ -185,7 +185,7 @@ def restore_rng_state(state: dict, device: torch.device) -> None:
 
 def checkpoint_payload(run: RunSetup, state: TrainState, metrics: dict, rng_states: list) -> dict:
     """Everything a checkpoint holds (weights_only-safe types); `restore_checkpoint` is its inverse."""
-    from multimodal_sleep_model import checkpoint_model_fields
+    from sleepppg.checkpoints import checkpoint_model_fields
 
     return {
         **checkpoint_model_fields(run.eval_raw_model),  # n_windows = a whole night: what inference rebuilds
@@ -208,13 +208,11 @@ def checkpoint_payload(run: RunSetup, state: TrainState, metrics: dict, rng_stat
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write `payload` to `path` atomically. On a full disk: an OSError (ENOSPC) naming `path`, with the file
-    already under `path` as it was and no temporary left."""
+    """Write `payload` to `path` atomically, with the checksum of its tensors (sleepppg.checkpoints). On a
+    full disk: an OSError (ENOSPC) naming `path`, with the file already under `path` as it was and no
+    temporary left."""
     try:
-        # through a Python file object, so that a failed write is an OSError with its errno (torch's own file
-        # writer reports a RuntimeError that does not say why)
-        with atomic_output(path) as tmp, open(tmp, "wb") as f:
-            torch.save(payload, f)
+        checkpoints.save_checkpoint(path, payload)
     except (OSError, RuntimeError) as err:
         full = disk_full_error(err)
         if full is None:
@@ -223,18 +221,17 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """A training checkpoint, loaded with weights_only=True (no arbitrary code runs).
+    """A training checkpoint, read with weights_only=True (no arbitrary code runs) and its tensor checksum
+    verified (sleepppg.checkpoints.read_checkpoint_file).
 
     Raises:
-        SetupError: the file cannot be read (truncated or corrupt), or it lacks what a resume needs.
+        SetupError: the file cannot be read (truncated or corrupt), fails its checksum, or lacks what a resume
+            needs.
     """
-    import pickle
-
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SetupError(f"cannot load checkpoint {path} (truncated or corrupt?): {first_line}") from None
+        ckpt = checkpoints.read_checkpoint_file(path, "cpu")
+    except (checkpoints.CheckpointError, FileNotFoundError) as err:
+        raise SetupError(f"cannot load checkpoint {path} (truncated or corrupt?): {err}") from None
     if not isinstance(ckpt, dict):
         raise SetupError(f"{path} is not a training checkpoint (a {type(ckpt).__name__}, not a dict)")
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]

@@ -91,7 +91,7 @@ def parent_mismatches(parent: dict, wanted: dict) -> list[str]:
 def load_parent(cfg: dict, model_kind: str) -> ParentCheckpoint | None:
     """The checkpoint named by training.init_from, checked against this run's model; None when the key is empty.
 
-    Ours or the reference's format (multimodal_sleep_model.load_model_from_checkpoint reads both, with
+    Ours or the reference's format (sleepppg.checkpoints.load_model_from_checkpoint reads both, with
     weights_only=True). Stops the program, naming the problem, when the file is missing or unreadable, its
     sha256 is not training.init_from_sha256 (when that is set), or its model kind, window count, TCN causality,
     fusion or class count differ from this run's: all before any run folder is made.
@@ -99,7 +99,7 @@ def load_parent(cfg: dict, model_kind: str) -> ParentCheckpoint | None:
     train_cfg = cfg["training"]
     if not train_cfg["init_from"]:
         return None
-    from multimodal_sleep_model import load_model_from_checkpoint
+    from sleepppg.checkpoints import load_model_from_checkpoint
 
     path = Path(train_cfg["init_from"])
     if not path.is_file():

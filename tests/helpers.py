@@ -11,6 +11,7 @@ and the extraction command on it, and tiny processed HDF5 files written straight
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -252,7 +253,8 @@ def write_tiny_checkpoint(path: Path, n_windows: int, seed: int = 0) -> Path:
     writes it: model kind and arguments, state dict, config, epoch, metrics."""
     import torch
 
-    from multimodal_sleep_model import SleepPPGNet, checkpoint_model_fields
+    from multimodal_sleep_model import SleepPPGNet
+    from sleepppg.checkpoints import checkpoint_model_fields
 
     torch.manual_seed(seed)
     model = SleepPPGNet(n_windows=n_windows)
@@ -307,3 +309,20 @@ def npy_data_offset(path: Path) -> int:
         major, _ = np.lib.format.read_magic(fh)
         (np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0)(fh)
         return fh.tell()
+
+
+def rewrite_torch_archive(path, pick=max, flip=True):
+    """Rewrite the torch zip archive at `path` member by member, with one byte in the middle of one tensor record
+    (data/<n>; the largest with pick=max, the smallest with min) flipped when `flip`. The zip's CRCs are
+    computed anew, so only the tensor data differs. Returns the record's name."""
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+        contents = {info.filename: archive.read(info) for info in infos}
+    target = pick((i for i in infos if i.filename.split("/")[-2:-1] == ["data"]), key=lambda i: i.file_size)
+    data = bytearray(contents[target.filename])
+    data[len(data) // 2] ^= 0x01 if flip else 0x00
+    contents[target.filename] = bytes(data)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for info in infos:
+            archive.writestr(info, contents[info.filename])
+    return target.filename

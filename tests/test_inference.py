@@ -207,7 +207,8 @@ def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint, capsys):
 def test_bad_setup_exits_2(tmp_path, checkpoint):
     import torch
 
-    from multimodal_sleep_model import MultiModalSleepNet, checkpoint_model_fields
+    from multimodal_sleep_model import MultiModalSleepNet
+    from sleepppg.checkpoints import checkpoint_model_fields
 
     edf = write_edf(tmp_path / "mesa-sleep-0001.edf", 20)
     cfg = make_config(tmp_path)

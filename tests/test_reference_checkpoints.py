@@ -13,7 +13,8 @@ from helpers import REPO, write_processed
 from reference_model import NAMINGS, RefMultiModalSleepNet, RefSleepPPGNet, randomize
 
 import inference_ppg_only as inf
-from multimodal_sleep_model import FUSION_STRATEGIES, REFERENCE_VERSIONS, build_model
+from multimodal_sleep_model import FUSION_STRATEGIES, build_model
+from sleepppg.checkpoints import REFERENCE_VERSIONS
 from sleepppg.config import load_config
 from sleepppg.constants import SAMPLES_PER_WINDOW
 from sleepppg.transfer import load_parent, run_model_args

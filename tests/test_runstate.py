@@ -9,6 +9,7 @@ import errno
 import pytest
 import torch
 
+import sleepppg.checkpoints
 import sleepppg.runstate
 from sleepppg.paths import disk_full_error
 from sleepppg.runstate import HISTORY_KEYS, TrainState, save_checkpoint
@@ -34,8 +35,8 @@ def test_train_state_early_stopping_and_checkpoint_round_trip():
 
 def test_a_checkpoint_write_on_a_full_disk_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "last.pth"
-    save_checkpoint(path, {"epoch": 1, "weights": torch.arange(1000.0)})
-    real = sleepppg.runstate.atomic_output
+    save_checkpoint(path, {"epoch": 1, "model_state_dict": {"weights": torch.arange(1000.0)}})
+    real = sleepppg.checkpoints.atomic_output
 
     @contextlib.contextmanager
     def half_written_then_full(target):
@@ -49,13 +50,13 @@ def test_a_checkpoint_write_on_a_full_disk_keeps_the_previous_file(tmp_path, mon
             except OSError:
                 raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from None
 
-    monkeypatch.setattr(sleepppg.runstate, "atomic_output", half_written_then_full)
+    monkeypatch.setattr(sleepppg.checkpoints, "atomic_output", half_written_then_full)
     with pytest.raises(OSError) as caught:
-        save_checkpoint(path, {"epoch": 2, "weights": torch.zeros(1000)})
+        save_checkpoint(path, {"epoch": 2, "model_state_dict": {"weights": torch.zeros(1000)}})
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(path)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # the temporary is gone
     kept = torch.load(path, weights_only=True)
-    assert kept["epoch"] == 1 and torch.equal(kept["weights"], torch.arange(1000.0))
+    assert kept["epoch"] == 1 and torch.equal(kept["model_state_dict"]["weights"], torch.arange(1000.0))
 
 
 def test_disk_full_error_follows_the_chain_of_exceptions():
@@ -71,3 +72,23 @@ def test_disk_full_error_follows_the_chain_of_exceptions():
         assert disk_full_error(err) is full
     assert disk_full_error(OSError(errno.EACCES, "Permission denied")) is None
     assert disk_full_error(RuntimeError("something else")) is None
+
+
+def test_a_training_checkpoint_carries_a_checksum_and_a_flipped_byte_is_refused(tmp_path):
+    """What training writes (last.pth, best_model.pth) is verified when a run resumes from it."""
+    from helpers import rewrite_torch_archive
+
+    from sleepppg.errors import SetupError
+    from sleepppg.runstate import CHECKPOINT_KEYS, load_checkpoint
+
+    model = torch.nn.Linear(64, 4)
+    payload = {key: None for key in CHECKPOINT_KEYS}
+    payload.update(model_state_dict=model.state_dict(), epoch=3)
+    path = tmp_path / "checkpoints" / "last.pth"
+    save_checkpoint(path, payload)
+    loaded = load_checkpoint(path)
+    assert loaded["epoch"] == 3 and loaded["integrity"]["algorithm"] == "sha256"
+    assert torch.equal(loaded["model_state_dict"]["weight"], model.weight)
+    rewrite_torch_archive(path)
+    with pytest.raises(SetupError, match=r"last\.pth.*fails its integrity check"):
+        load_checkpoint(path)

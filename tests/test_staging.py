@@ -26,7 +26,7 @@ def checkpoint(tmp_path_factory):
 
 
 def test_predict_proba_is_a_softmax(checkpoint):
-    from multimodal_sleep_model import load_model_from_checkpoint
+    from sleepppg.checkpoints import load_model_from_checkpoint
 
     model, _ = load_model_from_checkpoint(checkpoint)
     x = np.random.default_rng(1).standard_normal((2, N_WIN, SAMPLES_PER_WINDOW)).astype(np.float32)

@@ -160,7 +160,7 @@ def test_tensorboard_scalars_and_images(straight_run):
 
 
 def test_checkpoints_are_self_describing(straight_run):
-    from multimodal_sleep_model import load_model_from_checkpoint
+    from sleepppg.checkpoints import load_model_from_checkpoint
 
     ckpt = torch.load(straight_run / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)
     assert ckpt["model_kind"] == "ppg_only" and ckpt["model_args"]["n_windows"] == W
@@ -334,7 +334,7 @@ def segment_run(data, tmp_path_factory):
 
 
 def test_segment_training_evaluates_whole_nights(segment_run, data):
-    from multimodal_sleep_model import load_model_from_checkpoint
+    from sleepppg.checkpoints import load_model_from_checkpoint
 
     ckpt = torch.load(segment_run / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)
     assert ckpt["segment_windows"] == SEGMENT and ckpt["config"]["training"]["segment_windows"] == SEGMENT
@@ -654,7 +654,7 @@ def test_resume_refuses_a_changed_setup_and_survives_a_broken_checkpoint(data, t
 
 
 def no_space_after(n_writes: int, real):
-    """A stand-in for runstate.atomic_output: the first `n_writes` checkpoints are written, every later one
+    """A stand-in for checkpoints.atomic_output: the first `n_writes` checkpoints are written, every later one
     fails as torch.save fails on a full disk (half the bytes in the temporary file, then torch's RuntimeError
     raised while handling the OSError ENOSPC of the write)."""
     import contextlib
@@ -688,12 +688,12 @@ def assert_intact_checkpoints(run_dir: Path, epoch: int) -> None:
 
 def test_a_full_disk_while_a_checkpoint_is_written_is_one_line_and_resume_completes(data, tmp_path, monkeypatch,
                                                                                     caplog):
-    import sleepppg.runstate
+    import sleepppg.checkpoints
 
     cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", num_epochs=2)
     # epoch 1 writes best_model.pth and last.pth; the disk is full from the first write of epoch 2 (best_model.pth
     # on a new best, else checkpoint_epoch_2.pth)
-    monkeypatch.setattr(sleepppg.runstate, "atomic_output", no_space_after(2, sleepppg.runstate.atomic_output))
+    monkeypatch.setattr(sleepppg.checkpoints, "atomic_output", no_space_after(2, sleepppg.checkpoints.atomic_output))
     text = fails(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"], 2,
                  r"^disk full while writing .*checkpoints/(best_model|checkpoint_epoch_2)\.pth: checkpoints/last\.pth "
                  r"keeps epoch 1, "

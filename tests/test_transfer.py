@@ -18,7 +18,7 @@ from helpers import REPO, write_processed
 
 import multimodal_dataset_aligned as mda
 import train_ppg_only as T
-from multimodal_sleep_model import load_model_from_checkpoint
+from sleepppg.checkpoints import load_model_from_checkpoint
 from sleepppg.config import CONFIG_SCHEMA, load_config
 from sleepppg.distributed import DistContext
 from sleepppg.errors import ConfigError
