@@ -625,9 +625,9 @@ def measure(reader: str, path: Path) -> dict:
 
 def time_readers(root: Path, hours: float) -> tuple[Path, list[dict]]:
     _repo_paths()
-    import make_synthetic_mesa
+    from sleepppg.synthetic.mesa import write_subject
 
-    edf, _ = make_synthetic_mesa.write_subject(root / "night", "0001", hours, seed=0)
+    edf, _ = write_subject(root / "night", "0001", hours, seed=0)
     results = []
     for reader in READERS:
         out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--measure", reader, str(edf)],

@@ -25,6 +25,7 @@ import torch
 
 import multimodal_dataset_aligned as mda
 from sleepppg.constants import N_CLASSES, STAGE_NAMES
+from sleepppg.crops import SegmentSampler
 from sleepppg.errors import DataError, SetupError
 from sleepppg.loss import class_weights_from_labels
 from sleepppg.preprocessing import file_signature
@@ -126,7 +127,7 @@ def set_loader_epoch(loader, run_seed: int, epoch: int) -> None:
     from torch.utils.data import DistributedSampler, RandomSampler
 
     sampler = loader.sampler
-    if isinstance(sampler, mda.SegmentSampler):
+    if isinstance(sampler, SegmentSampler):
         sampler.set_epoch(epoch_seed(run_seed, epoch))
         sampler = sampler.sampler
     if isinstance(sampler, DistributedSampler):  # its permutation is seeded with seed + epoch

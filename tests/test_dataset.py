@@ -16,6 +16,7 @@ from multimodal_dataset_aligned import (
     make_split,
     split_subjects,
 )
+from sleepppg import crops
 from sleepppg.config import load_config
 from sleepppg.constants import SAMPLES_PER_WINDOW
 from sleepppg.ids import sleepppg_test_subjects
@@ -175,7 +176,7 @@ def test_distributed_shuffles_differ_between_epochs_and_runs():
         loader = torch.utils.data.DataLoader(items, sampler=sampler)
         set_loader_epoch(loader, run_seed, epoch)
         if segments:  # the SegmentSampler alone, as a user of get_dataloaders would call it
-            wrapped = mda.SegmentSampler(torch.utils.data.DistributedSampler(items, num_replicas=2, rank=0,
+            wrapped = crops.SegmentSampler(torch.utils.data.DistributedSampler(items, num_replicas=2, rank=0,
                                                                              shuffle=True, seed=42), None)
             wrapped.set_epoch(epoch_seed(run_seed, epoch))
             return list(wrapped.sampler)
@@ -277,24 +278,24 @@ def test_crop_candidates_equal_the_slow_version():
         labels_W = rng.choice([-1, -1, 0, 1, 2, 3], size=w)
         labels_W[int(rng.integers(0, w + 1)):] = -1  # padded tail, sometimes the whole night
         for n in {1, max(1, w // 3), w}:
-            assert mda.crop_candidates(labels_W, n).tolist() == slow_crop_candidates(labels_W.tolist(), n)
-    assert mda.crop_candidates(np.array([-1, -1, 2, -1, -1, -1]), 2).tolist() == [1, 2]
+            assert crops.crop_candidates(labels_W, n).tolist() == slow_crop_candidates(labels_W.tolist(), n)
+    assert crops.crop_candidates(np.array([-1, -1, 2, -1, -1, -1]), 2).tolist() == [1, 2]
     with pytest.raises(ValueError, match="does not fit"):
-        mda.crop_candidates(np.zeros(4), 5)
+        crops.crop_candidates(np.zeros(4), 5)
 
 
 def test_crops_are_deterministic_per_seed_and_epoch_and_spread_over_the_night():
     candidates = np.array([0, 1, 2, 5, 6, 9, 10, 11, 12])
-    draws = [mda.draw_crop_starts(candidates, 3, epoch_seed=11, night=n).tolist() for n in range(20)]
-    assert draws == [mda.draw_crop_starts(candidates, 3, epoch_seed=11, night=n).tolist() for n in range(20)]
+    draws = [crops.draw_crop_starts(candidates, 3, epoch_seed=11, night=n).tolist() for n in range(20)]
+    assert draws == [crops.draw_crop_starts(candidates, 3, epoch_seed=11, night=n).tolist() for n in range(20)]
     for starts in draws:  # one start from each third of the candidates
         assert starts[0] in (0, 1, 2) and starts[1] in (5, 6, 9) and starts[2] in (10, 11, 12)
     assert len({tuple(d) for d in draws}) > 5
-    assert draws != [mda.draw_crop_starts(candidates, 3, epoch_seed=12, night=n).tolist() for n in range(20)]
-    few = mda.draw_crop_starts(np.array([4, 7]), 5, epoch_seed=1, night=0)  # fewer candidates than crops
+    assert draws != [crops.draw_crop_starts(candidates, 3, epoch_seed=12, night=n).tolist() for n in range(20)]
+    few = crops.draw_crop_starts(np.array([4, 7]), 5, epoch_seed=1, night=0)  # fewer candidates than crops
     assert few.size == 5 and set(few.tolist()) <= {4, 7}
-    assert mda.crops_per_night(1200, 240) == 5 and mda.crops_per_night(1200, 500) == 2
-    assert mda.crops_per_night(10, 10) == 1
+    assert crops.crops_per_night(1200, 240) == 5 and crops.crops_per_night(1200, 500) == 2
+    assert crops.crops_per_night(10, 10) == 1
     # whole nights per evaluation batch: no more windows than a training batch, at least one night
     assert mda.eval_batch_size(8, 0, 1200) == 8 and mda.eval_batch_size(2, 240, 1200) == 1
     assert mda.eval_batch_size(16, 240, 1200) == 3 and mda.eval_batch_size(8, 600, 1200) == 4
@@ -304,7 +305,7 @@ def test_segment_loader_items_are_crops_of_the_raw_rows(data):
     n = 5
     kwargs = dict(batch_size=3, windows_per_subject=W, return_index=True, segment_windows=n, seed=42)
     train0, val0, _, train_ds, _, _ = get_dataloaders(_paths(data), num_workers=0, **kwargs)
-    assert isinstance(train0.sampler, mda.SegmentSampler)
+    assert isinstance(train0.sampler, crops.SegmentSampler)
     assert next(iter(val0))[0].shape[-1] == W * SAMPLES_PER_WINDOW  # validation stays whole nights
     assert val0.batch_size == 1  # 3 crops of 5 windows: fewer windows than one 16-window night
 
@@ -324,14 +325,14 @@ def test_segment_loader_items_are_crops_of_the_raw_rows(data):
             raw_labels = _raw_rows(data["ppg"], "labels", sid)
             raw_ppg = _raw_rows(data["ppg"], "ppg", sid)
             assert (labels_W != -1).any() or (raw_labels == -1).all()  # never an all-padding crop
-            starts = [s for s in mda.draw_crop_starts(train_ds.crop_starts[idx], k, 7, idx).tolist()
+            starts = [s for s in crops.draw_crop_starts(train_ds.crop_starts[idx], k, 7, idx).tolist()
                       if np.array_equal(raw_labels[s:s + n], labels_W.numpy())
                       and np.array_equal(raw_ppg[s:s + n].reshape(-1), ppg_T.numpy())]
             assert starts, f"night {idx}: an item that is none of its epoch's crops"
             seen.setdefault(idx, []).append(starts[0])
     assert sorted(seen) == list(range(len(train_ds)))  # every night, k crops each, spread over the night
     for idx, starts in seen.items():
-        assert sorted(starts) == mda.draw_crop_starts(train_ds.crop_starts[idx], k, 7, idx).tolist()
+        assert sorted(starts) == crops.draw_crop_starts(train_ds.crop_starts[idx], k, 7, idx).tolist()
     # the same epoch seed gives the same crops again, also from 2 worker processes; another seed others
     train2 = get_dataloaders(_paths(data), num_workers=2, **kwargs)[0]
     for a, b in zip(first, epoch_items(train2, 7)):
