@@ -44,7 +44,7 @@ output folder that is a file or not writable, no subjects, a bad config) or a fu
 much to free; run the same command again); 130 on Ctrl-C (finished subjects are kept).
 
 DREAMT (`--format dreamt --csv-dir DIR`, or preprocessing.format/csv_dir): one CSV per participant
-(S002_whole_df.csv -> subject S002) read by sleepppg.formats.preprocess_dreamt: the `preprocessing.ppg_column`
+(S002_whole_df.csv -> subject S002) read by sleepppg.dreamt.preprocess_dreamt: the `preprocessing.ppg_column`
 (BVP) signal, the ECG column when present, stages from Sleep_Stage; epochs start at lights-off (the first
 sample not staged P). The same preprocessing, part files, outputs and bad-subject handling as the EDF path.
 

@@ -75,9 +75,9 @@ def find_subjects(edf_dir: Path, xml_dir: Path, id_pattern: str = MESA_ID_PATTER
 def find_dreamt_subjects(csv_dir: Path) -> tuple[dict[str, tuple[Path, Path]], dict[str, tuple[str, str]]]:
     """DREAMT: participant ID -> (csv, csv) (one file holds both the signals and the stages), plus {id:
     ('duplicate_files', reason)} for IDs with more than one CSV (not processed), as `find_subjects`."""
-    from sleepppg import formats
+    from sleepppg import dreamt
 
-    files, duplicates = formats.find_dreamt_files(csv_dir)
+    files, duplicates = dreamt.find_dreamt_files(csv_dir)
     return ({sid: (path, path) for sid, path in files.items()},
             {sid: ("duplicate_files", reason) for sid, reason in duplicates.items()})
 
@@ -164,9 +164,9 @@ def _preprocess_and_write(job: dict) -> dict:
     """
     n_windows = job["windows_per_subject"]
     if job.get("format") == "dreamt":
-        from sleepppg import formats
+        from sleepppg import dreamt
 
-        labels, rec = formats.preprocess_dreamt(job["edf"], n_windows, job["resample_method"], job["ppg_column"],
+        labels, rec = dreamt.preprocess_dreamt(job["edf"], n_windows, job["resample_method"], job["ppg_column"],
                                                 job["nominal_fs"], job["max_gap_s"])
         labels = np.array(labels, dtype=np.int64)
         labels[rec["n_recorded_windows"]:] = IGNORE_INDEX  # epochs beyond the recording

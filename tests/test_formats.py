@@ -12,7 +12,9 @@ from helpers import write_raw_edf, write_tiny_checkpoint
 
 import sleepppg.formats as rf
 from sleepppg.constants import IGNORE_INDEX
+from sleepppg.dreamt import dreamt_subject_id, epoch_labels, find_dreamt_files, read_dreamt
 from sleepppg.errors import BadRecordingError
+from sleepppg.grid import integer_rails, mark_missing, measure_rate, to_uniform_grid
 
 # ----------------------------------------------------------------------------------------------------------
 # Helpers
@@ -80,7 +82,7 @@ def test_uniform_grid_matches_slow_version_with_jitter_duplicates_and_gaps():
     x = np.delete(x, np.arange(3000, 3300))
     x[:5] = np.nan  # missing at the very start (0.25 s): held
     order = rng.permutation(t.size)  # stamps out of order
-    fast, gaps = rf.to_uniform_grid(t[order], x[order], fs, max_gap_s=10.0)
+    fast, gaps = to_uniform_grid(t[order], x[order], fs, max_gap_s=10.0)
     slow = slow_grid(t, x, fs, 10.0)
     assert fast.shape == slow.shape
     assert np.array_equal(np.isnan(fast), np.isnan(slow))
@@ -91,38 +93,38 @@ def test_uniform_grid_matches_slow_version_with_jitter_duplicates_and_gaps():
 
 def test_uniform_grid_keeps_regular_samples_exactly_and_flags_edges():
     x = np.arange(100.0)
-    out, gaps = rf.to_uniform_grid(np.arange(100) / 4.0, x, 4.0)
+    out, gaps = to_uniform_grid(np.arange(100) / 4.0, x, 4.0)
     assert np.array_equal(out, x) and gaps == []
     y = np.arange(200.0)
     y[:60] = np.nan  # 15 s missing at the start, limit 10 s: a gap
     y[-45:] = np.nan  # 11.25 s missing at the end: a gap
     y[100:130] = np.nan  # 7.5 s inside: interpolated
-    out, gaps = rf.to_uniform_grid(np.arange(200) / 4.0, y, 4.0, max_gap_s=10.0)
+    out, gaps = to_uniform_grid(np.arange(200) / 4.0, y, 4.0, max_gap_s=10.0)
     assert np.isnan(out[:60]).all() and np.isnan(out[-45:]).all()
     assert np.allclose(out[60:-45], np.arange(60.0, 155.0)) and gaps == [[0.0, 15.0], [38.5, 11.25]]
     with pytest.raises(BadRecordingError) as info:
-        rf.to_uniform_grid(np.arange(10.0), np.full(10, np.nan), 1.0)
+        to_uniform_grid(np.arange(10.0), np.full(10, np.nan), 1.0)
     assert info.value.kind == "no_signal"
 
 
 def test_measure_rate_ignores_gaps_and_counts_duplicates():
     rng = np.random.default_rng(0)
     t = np.sort(np.concatenate([np.arange(0, 100, 1 / 64), np.arange(200, 300, 1 / 64)]))
-    fs, n_dup = rf.measure_rate(t + rng.uniform(-1e-4, 1e-4, t.size))
+    fs, n_dup = measure_rate(t + rng.uniform(-1e-4, 1e-4, t.size))
     assert fs == 64.0 and n_dup == 0  # snapped: within 0.1% of 64
-    fs, n_dup = rf.measure_rate(np.sort(np.concatenate([t, t[:10]])))
+    fs, n_dup = measure_rate(np.sort(np.concatenate([t, t[:10]])))
     assert fs == 64.0 and n_dup == 10
-    assert rf.measure_rate(np.arange(0, 10, 1 / 33.3))[0] == pytest.approx(33.3)
+    assert measure_rate(np.arange(0, 10, 1 / 33.3))[0] == pytest.approx(33.3)
     with pytest.raises(BadRecordingError, match="distinct"):
-        rf.measure_rate(np.zeros(5))
+        measure_rate(np.zeros(5))
 
 
 def test_integer_rails_and_missing():
-    assert rf.integer_rails(np.array([1.5, 2.0])) is None
-    assert rf.integer_rails(np.array([0.0, 4095.0, 100.0])) == (0.0, 4095.0)
-    assert rf.integer_rails(np.array([-5.0, 300.0])) == (-512.0, 511.0)
-    assert rf.integer_rails(np.array([1, 2]), np.dtype(np.int16)) == (-32768.0, 32767.0)
-    x = rf.mark_missing(np.array([1.0, np.inf, 4095.0, 7.0, 0.0]), (0.0, 4095.0))
+    assert integer_rails(np.array([1.5, 2.0])) is None
+    assert integer_rails(np.array([0.0, 4095.0, 100.0])) == (0.0, 4095.0)
+    assert integer_rails(np.array([-5.0, 300.0])) == (-512.0, 511.0)
+    assert integer_rails(np.array([1, 2]), np.dtype(np.int16)) == (-32768.0, 32767.0)
+    x = mark_missing(np.array([1.0, np.inf, 4095.0, 7.0, 0.0]), (0.0, 4095.0))
     assert np.isnan(x).tolist() == [False, True, True, False, True]
 
 
@@ -394,7 +396,7 @@ def test_epoch_labels_majority_matches_slow_version():
     rng = np.random.default_rng(0)
     fs = 4.0
     codes = rng.choice([-2, -1, 0, 1, 2, 3], size=int(fs * 30 * 7.5)).astype(np.int8)
-    fast = rf.epoch_labels(codes, fs, n_windows=10)
+    fast = epoch_labels(codes, fs, n_windows=10)
     slow = []
     for w in range(8):
         seg = codes[w * 120:(w + 1) * 120]
@@ -409,13 +411,13 @@ def test_dreamt_lights_off_labels_and_ecg(tmp_path):
     # 45 s of P, then W 60 s, N2 45 s, N3 30 s, R 40 s, Missing 20 s: epochs from lights-off (t = 45 s)
     path = write_dreamt(tmp_path / "S002_whole_df.csv",
                         [("P", 45), ("W", 60), ("N2", 45), ("N3", 30), ("R", 40), ("Missing", 20)], ecg=True)
-    out = rf.read_dreamt(path, n_windows=10)
+    out = read_dreamt(path, n_windows=10)
     assert out["fs"] == 64.0 and out["info"]["lights_off_s"] == 45.0 and out["info"]["fs_found"] == 64.0
     # epochs: [0,30) W, [30,60) W, [60,90) N2, [90,120) N2 15 s + N3 15 s -> tie: scored, lower class (Light)
     # [120,150) N3 15 + R 15 -> Deep; [150,180) R; [180,210) R 5 s + Missing 20 s -> unscored; then padding
     assert out["labels_W"].tolist() == [0, 0, 1, 1, 2, 3, -1, -1, -1, -1]
     assert out["ppg"].size == pytest.approx(195 * 64, abs=1) and out["ecg"].size == out["ppg"].size
-    assert rf.dreamt_subject_id(path) == "S002"
+    assert dreamt_subject_id(path) == "S002"
 
 
 @pytest.mark.parametrize("case, kind", [
@@ -456,14 +458,14 @@ def test_dreamt_bad_inputs(tmp_path, case, kind):
         lines = path.read_text().splitlines()
         path.write_text("\n".join(lines[:64 * 80] + lines[64 * 120:]) + "\n")  # 40 s missing after lights-off
     with pytest.raises(BadRecordingError) as info:
-        rf.read_dreamt(path, n_windows=10)
+        read_dreamt(path, n_windows=10)
     assert info.value.kind == kind and "S009_whole_df.csv" in str(info.value)
 
 
 def test_find_dreamt_files(tmp_path):
     for name in ("S002_whole_df.csv", "S003_whole_df.csv", "S003_PSG_df.csv", "notes.txt"):
         (tmp_path / name).write_text("x\n")
-    files, duplicates = rf.find_dreamt_files(tmp_path)
+    files, duplicates = find_dreamt_files(tmp_path)
     assert sorted(files) == ["S002", "S003"] and list(duplicates) == ["S003"]
 
 
@@ -778,12 +780,12 @@ def test_synthetic_dreamt_cohort_extracts(tmp_path):
     assert make_synthetic_mesa.main(["--format", "dreamt", "--out", str(tmp_path / "dreamt"), "--n-subjects", "2",
                                      "--hours", "0.4"]) == 0
     csv_dir = dreamt_path(tmp_path / "dreamt", "x").parent
-    ids = sorted(rf.find_dreamt_files(csv_dir)[0])
+    ids = sorted(find_dreamt_files(csv_dir)[0])
     out = tmp_path / "x"
     assert extract_mesa_data.main(["--format", "dreamt", "--csv-dir", str(csv_dir), "--out-dir", str(out),
                                    "--workers", "1", "--windows-per-subject", "60"]) == 0
     with h5py.File(out / PPG_FILE) as f:
         assert f["ppg"].shape == (60 * len(ids), 1024)
         for i, sid in enumerate(ids):
-            expected = rf.read_dreamt(csv_dir / f"{sid}_whole_df.csv", n_windows=60)["labels_W"]
+            expected = read_dreamt(csv_dir / f"{sid}_whole_df.csv", n_windows=60)["labels_W"]
             assert np.array_equal(f["labels"][i * 60:(i + 1) * 60], expected) and (expected >= 0).sum() > 20
