@@ -1,5 +1,5 @@
-"""PPG tables as people export them (.csv, .tsv, .txt). Delimiter from the extension (.csv comma, or semicolon/tab when the first line has no comma; .tsv
-tab; .txt tab, comma, semicolon or white space, whichever the first line has). A first line with a
+"""PPG tables as people export them (.csv, .tsv, .txt). Delimiter from the extension (.csv comma, or
+semicolon/tab when the first line has no comma; .tsv tab; .txt tab, comma, semicolon or white space, whichever the first line has). A first line with a
 non-numeric field is the header. The time column, when there is one, is a header named like time, timestamp,
 datetime, date, t, seconds, sec, ms, or a column of ISO date-times (2024-03-01T22:15:00.015, with or
 without a time zone), or in a table without a header the first of two columns when it rises monotonically.
