@@ -326,3 +326,40 @@ def rewrite_torch_archive(path, pick=max, flip=True):
         for info in infos:
             archive.writestr(info, contents[info.filename])
     return target.filename
+
+
+TINY_WINDOWS = 8  # a 4-min "night": cheap on CPU (model and checkpoint tests)
+
+
+def model_inputs(batch=2, n_windows=TINY_WINDOWS, seed=0):
+    """(ppg_B1T, ecg_B1T): seeded random nights of `n_windows` windows for the model tests."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, 1, n_windows * SAMPLES_PER_WINDOW, generator=g),
+            torch.randn(batch, 1, n_windows * SAMPLES_PER_WINDOW, generator=g))
+
+
+def model_forward(model, ppg, ecg):
+    """The PPG-only model takes the PPG, the PPG+ECG model both."""
+    from multimodal_sleep_model import SleepPPGNet
+
+    return model(ppg) if ecg is None or isinstance(model, SleepPPGNet) else model(ppg, ecg)
+
+
+def tmpfs_unavailable(probe: Path) -> str | None:
+    """None when a small tmpfs can be mounted at the new folder `probe`, else the reason (tests that need a real
+    full disk are then skipped)."""
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return "mounting a small tmpfs needs root and mount(8)"
+    probe.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        return f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}"
+    subprocess.run(["umount", str(probe)], check=True)
+    return None

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, rewrite_torch_archive
+from helpers import REPO, TINY_WINDOWS, model_forward, model_inputs, rewrite_torch_archive
 from reference_model import NAMINGS, RefMultiModalSleepNet, RefSleepPPGNet, randomize
 
 from multimodal_sleep_model import FUSION_STRATEGIES, SleepPPGNet, build_model, count_parameters
@@ -27,20 +27,10 @@ from sleepppg.checkpoints import (
     tensor_checksum,
     verify_integrity,
 )
-from sleepppg.constants import SAMPLES_PER_WINDOW
 
-N_WINDOWS = 8  # a 4-min "night": cheap on CPU
+N_WINDOWS = TINY_WINDOWS
 VARIANTS = [("ppg_only", {})] + [("real_ecg", {"fusion_strategy": s}) for s in FUSION_STRATEGIES]
 
-
-def _inputs(batch=2, n_windows=N_WINDOWS, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 1, n_windows * SAMPLES_PER_WINDOW, generator=g),
-            torch.randn(batch, 1, n_windows * SAMPLES_PER_WINDOW, generator=g))
-
-
-def _forward(model, ppg, ecg):
-    return model(ppg) if ecg is None or isinstance(model, SleepPPGNet) else model(ppg, ecg)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -51,8 +41,8 @@ def _forward(model, ppg, ecg):
 def test_checkpoint_round_trip(tmp_path, kind, extra):
     torch.manual_seed(1)
     model = build_model(kind, n_windows=N_WINDOWS, dropout=0.1, **extra)
-    ppg, ecg = _inputs(batch=1, seed=3)
-    _forward(model.train(), ppg, ecg)  # move BatchNorm running stats away from their init
+    ppg, ecg = model_inputs(batch=1, seed=3)
+    model_forward(model.train(), ppg, ecg)  # move BatchNorm running stats away from their init
     model.eval()
     path = tmp_path / "best_model.pth"
     torch.save({**checkpoint_model_fields(model), "model_state_dict": model.state_dict(), "epoch": 3,
@@ -61,7 +51,7 @@ def test_checkpoint_round_trip(tmp_path, kind, extra):
     assert ckpt["epoch"] == 3 and ckpt["model_args"]["n_windows"] == N_WINDOWS
     assert not loaded.training and type(loaded) is type(model) and loaded.model_args == model.model_args
     with torch.no_grad():
-        assert torch.equal(_forward(model, ppg, ecg), _forward(loaded, ppg, ecg))
+        assert torch.equal(model_forward(model, ppg, ecg), model_forward(loaded, ppg, ecg))
 
 
 def test_checkpoint_errors(tmp_path):
@@ -94,7 +84,7 @@ def test_checkpoint_errors(tmp_path):
 def test_checkpoint_fields_unwrap_compiled_or_ddp_prefixes(tmp_path):
     torch.manual_seed(2)
     model = SleepPPGNet(n_windows=N_WINDOWS).eval()
-    ppg, _ = _inputs(batch=1)
+    ppg, _ = model_inputs(batch=1)
     # DDP; compile(DDP(m)) as train_ppg_only wraps; DDP/DataParallel(compile(m)), the other order
     for prefix in ("module.", "_orig_mod.module.", "module._orig_mod."):
         state = {prefix + k: v for k, v in model.state_dict().items()}
@@ -107,7 +97,7 @@ def test_checkpoint_fields_unwrap_compiled_or_ddp_prefixes(tmp_path):
 def test_loading_at_another_window_count_equals_a_model_built_there(tmp_path):
     torch.manual_seed(3)
     short = SleepPPGNet(n_windows=4, tcn_causal=False)
-    _forward(short.train(), *_inputs(batch=2, n_windows=4))  # move BatchNorm stats off their init
+    model_forward(short.train(), *model_inputs(batch=2, n_windows=4))  # move BatchNorm stats off their init
     short.eval()
     built = SleepPPGNet(n_windows=N_WINDOWS, tcn_causal=False).eval()
     built.load_state_dict(short.state_dict())
@@ -116,7 +106,7 @@ def test_loading_at_another_window_count_equals_a_model_built_there(tmp_path):
     loaded, ckpt = load_model_from_checkpoint(path, n_windows=N_WINDOWS)
     assert ckpt["trained_n_windows"] == 4 and ckpt["model_args"]["n_windows"] == N_WINDOWS
     assert ckpt["checkpoint_format"] == "sleepppg"
-    ppg, _ = _inputs(batch=1, seed=8)
+    ppg, _ = model_inputs(batch=1, seed=8)
     with torch.no_grad():
         assert torch.equal(loaded(ppg), built(ppg))
     with pytest.raises(ValueError, match="n_windows"):
@@ -130,7 +120,7 @@ def test_tcn_causal_round_trip(tmp_path):
     torch.save({**checkpoint_model_fields(centred), "model_state_dict": centred.state_dict()}, tmp_path / "c.pth")
     loaded, ckpt = load_model_from_checkpoint(tmp_path / "c.pth")
     assert ckpt["model_args"]["tcn_causal"] is False and loaded.model_args == centred.model_args
-    ppg, _ = _inputs(batch=1)
+    ppg, _ = model_inputs(batch=1)
     with torch.no_grad():
         assert torch.equal(loaded(ppg), centred(ppg))
 
@@ -152,7 +142,7 @@ def _trained_payload(seed=1):
     torch.manual_seed(seed)
     model = SleepPPGNet(n_windows=N_WINDOWS, dropout=0.1)
     optimizer = torch.optim.Adam(model.parameters(), lr=2.5e-4)
-    ppg, _ = _inputs(batch=2, seed=seed)
+    ppg, _ = model_inputs(batch=2, seed=seed)
     torch.nn.functional.cross_entropy(model.train()(ppg), torch.randint(0, 4, (2, N_WINDOWS))).backward()
     optimizer.step()
     model.eval()
@@ -175,7 +165,7 @@ def test_save_checkpoint_records_the_checksum_and_loads_the_same_model(tmp_path)
     assert list(loaded.state_dict()) == list(model.state_dict())
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
-    ppg, _ = _inputs(batch=1, seed=5)
+    ppg, _ = model_inputs(batch=1, seed=5)
     with torch.no_grad():
         assert torch.equal(loaded(ppg), model(ppg))
     raw = read_checkpoint_file(path)
@@ -226,7 +216,7 @@ def test_a_checkpoint_without_a_checksum_loads_with_a_note(tmp_path, caplog):
         loaded, ckpt = load_model_from_checkpoint(path)
     assert ckpt["integrity"] == NO_CHECKSUM
     assert f"{path} carries no checksum" in caplog.text
-    ppg, _ = _inputs(batch=1, seed=5)
+    ppg, _ = model_inputs(batch=1, seed=5)
     with torch.no_grad():
         assert torch.equal(loaded(ppg), model(ppg))
     assert "integrity" not in read_checkpoint_file(path)
@@ -281,7 +271,7 @@ def _reference_and_ours_outputs(ref_model, ours, ppg, ecg):
     hook = ref_model.final_conv.register_forward_hook(lambda m, i, out: captured.update(logits=out))
     with torch.no_grad():
         probs = ref_model(ppg) if isinstance(ref_model, RefSleepPPGNet) else ref_model(ppg, ecg)
-        logits = _forward(ours, ppg, ecg)
+        logits = model_forward(ours, ppg, ecg)
     hook.remove()
     return probs, captured["logits"], logits
 
@@ -307,7 +297,7 @@ def test_reference_checkpoint_gives_the_reference_outputs(tmp_path, fusion, nami
     assert ckpt["model_args"].get("fusion_strategy") == fusion and ckpt["model_args"]["tcn_causal"] is True
     assert "inferred" in ckpt["model_fields_inferred"] and ckpt["epoch"] == 7
     assert ckpt["best_overall_kappa"] == pytest.approx(0.68)
-    ppg, ecg = _inputs(batch=2, seed=9)
+    ppg, ecg = model_inputs(batch=2, seed=9)
     probs, ref_logits, logits = _reference_and_ours_outputs(ref, ours, ppg, ecg)
     assert torch.allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
     assert torch.allclose(logits.softmax(dim=1), probs, rtol=1e-5, atol=1e-6)
@@ -324,7 +314,7 @@ def test_reference_bare_state_dict_and_weight_norm_are_the_same_function(tmp_pat
     g, v = ref.tcnblock2.network[3].conv2.weight_g, ref.tcnblock2.network[3].conv2.weight_v
     w = g * v / v.norm(dim=(1, 2), keepdim=True)
     assert torch.allclose(ours.head.tcn[1][3].net[3].conv.weight, w, atol=1e-6)
-    ppg, _ = _inputs(batch=1, seed=4)
+    ppg, _ = model_inputs(batch=1, seed=4)
     probs, ref_logits, logits = _reference_and_ours_outputs(ref, ours, ppg, None)
     assert torch.allclose(logits, ref_logits, atol=1e-5)
     # at the reference's own 1,200 windows by default (no n_windows given)

@@ -2,6 +2,7 @@
 checkpointing, window counts, causal TCN. Checkpoint files are tests/test_checkpoints.py."""
 import pytest
 import torch
+from helpers import TINY_WINDOWS, model_forward, model_inputs
 
 from multimodal_sleep_model import (
     FUSION_STRATEGIES,
@@ -18,18 +19,9 @@ from multimodal_sleep_model import (
 )
 from sleepppg.constants import SAMPLES_PER_WINDOW
 
-N_WINDOWS = 8  # a 4-min "night": cheap on CPU
+N_WINDOWS = TINY_WINDOWS
 VARIANTS = [("ppg_only", {})] + [("real_ecg", {"fusion_strategy": s}) for s in FUSION_STRATEGIES]
 
-
-def _inputs(batch=2, n_windows=N_WINDOWS, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 1, n_windows * SAMPLES_PER_WINDOW, generator=g),
-            torch.randn(batch, 1, n_windows * SAMPLES_PER_WINDOW, generator=g))
-
-
-def _forward(model, ppg, ecg):
-    return model(ppg) if ecg is None or isinstance(model, SleepPPGNet) else model(ppg, ecg)
 
 
 def test_ppg_only_parameter_count_matches_reference_and_full_night_runs():
@@ -63,9 +55,9 @@ def test_weight_norm_uses_parametrizations():
 def test_shapes_and_outputs_are_logits(kind, extra):
     torch.manual_seed(0)
     model = build_model(kind, n_windows=N_WINDOWS, **extra).eval()
-    ppg, ecg = _inputs()
+    ppg, ecg = model_inputs()
     with torch.no_grad():
-        logits_BCW = _forward(model, ppg, ecg)
+        logits_BCW = model_forward(model, ppg, ecg)
     assert logits_BCW.shape == (2, 4, N_WINDOWS)
     assert torch.isfinite(logits_BCW).all()
     # logits, not probabilities: columns do not sum to 1 and some values are negative
@@ -76,7 +68,7 @@ def test_shapes_and_outputs_are_logits(kind, extra):
 def test_training_step_backpropagates():
     torch.manual_seed(0)
     model = SleepPPGNet(n_windows=N_WINDOWS)
-    ppg, _ = _inputs()
+    ppg, _ = model_inputs()
     labels = torch.randint(0, 4, (2, N_WINDOWS))
     labels[0, -2:] = -1
     loss = torch.nn.functional.cross_entropy(model(ppg), labels, ignore_index=-1)
@@ -97,7 +89,7 @@ def test_wrong_length_message_names_expected_samples():
     with pytest.raises(ValueError, match=f"{N_WINDOWS * SAMPLES_PER_WINDOW}"):
         model(torch.zeros(1, 1, 1200 * SAMPLES_PER_WINDOW // 100))
     mm = MultiModalSleepNet("gated", n_windows=N_WINDOWS)
-    ppg, _ = _inputs()
+    ppg, _ = model_inputs()
     with pytest.raises(ValueError, match="ecg"):
         mm(ppg, torch.zeros(2, 1, 100))
 
@@ -136,7 +128,7 @@ def test_window_outputs_depend_only_on_past_and_own_window():
     """Causal TCN and per-window regrouping: changing window k cannot change the logits of windows < k."""
     torch.manual_seed(0)
     model = SleepPPGNet(n_windows=N_WINDOWS).eval()
-    ppg, _ = _inputs(batch=1)
+    ppg, _ = model_inputs(batch=1)
     changed = ppg.clone()
     k = 5
     changed[..., k * SAMPLES_PER_WINDOW:] += 1.0
@@ -167,7 +159,7 @@ def test_cli_default_window_count_is_not_the_class_count(capsys):
 def _train_step(model, ppg, ecg, labels):
     model.train()
     model.zero_grad(set_to_none=True)
-    logits = _forward(model, ppg, ecg)
+    logits = model_forward(model, ppg, ecg)
     torch.nn.functional.cross_entropy(logits, labels).backward()
     return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -179,7 +171,7 @@ def test_activation_checkpointing_same_outputs_gradients_and_batchnorm_stats(kin
     ckpt = build_model(kind, n_windows=N_WINDOWS, dropout=0.0, **extra)
     ckpt.load_state_dict(plain.state_dict())
     assert set_activation_checkpointing(ckpt, True) is ckpt
-    ppg, ecg = _inputs(batch=2, seed=1)
+    ppg, ecg = model_inputs(batch=2, seed=1)
     labels = torch.randint(0, 4, (2, N_WINDOWS))
     out_a, grads_a = _train_step(plain, ppg, ecg, labels)
     out_b, grads_b = _train_step(ckpt, ppg, ecg, labels)
@@ -200,7 +192,7 @@ def test_activation_checkpointing_same_outputs_gradients_and_batchnorm_stats(kin
 def test_activation_checkpointing_keeps_less_for_backward():
     """The encoder keeps far fewer bytes for backward with checkpointing (what saves memory on a full night)."""
     saved = {}
-    ppg, _ = _inputs(batch=1, n_windows=32)
+    ppg, _ = model_inputs(batch=1, n_windows=32)
     for enabled in (False, True):
         encoder = set_activation_checkpointing(SleepPPGNet(n_windows=32), enabled).encoder
         total = [0]
@@ -222,14 +214,14 @@ def test_activation_checkpointing_keeps_less_for_backward():
 def test_with_n_windows_equals_a_model_built_there():
     torch.manual_seed(3)
     short = SleepPPGNet(n_windows=4, tcn_causal=False)
-    _forward(short.train(), *_inputs(batch=2, n_windows=4))  # move BatchNorm stats off their init
+    model_forward(short.train(), *model_inputs(batch=2, n_windows=4))  # move BatchNorm stats off their init
     short.eval()
     built = SleepPPGNet(n_windows=N_WINDOWS, tcn_causal=False).eval()
     built.load_state_dict(short.state_dict())
     rebuilt = with_n_windows(short, N_WINDOWS)
     assert rebuilt.n_windows == N_WINDOWS and rebuilt.model_args == {**short.model_args, "n_windows": N_WINDOWS}
     assert not rebuilt.training and short.n_windows == 4  # a copy; the original is untouched
-    ppg, _ = _inputs(batch=1, seed=8)
+    ppg, _ = model_inputs(batch=1, seed=8)
     with torch.no_grad():
         assert torch.equal(rebuilt(ppg), built(ppg))
     with pytest.raises(ValueError, match="not a model of this module"):
@@ -266,7 +258,7 @@ def test_activation_checkpointing_under_torch_compile():
     ckpt = set_activation_checkpointing(SleepPPGNet(n_windows=2), True).encoder
     ckpt.load_state_dict(plain.state_dict())
     compiled = torch.compile(ckpt, backend="aot_eager")  # no C++ compiler needed
-    ppg, _ = _inputs(batch=2, n_windows=2)
+    ppg, _ = model_inputs(batch=2, n_windows=2)
     out_a, out_b = plain(ppg), compiled(ppg)
     out_a.square().sum().backward()
     out_b.square().sum().backward()

@@ -6,15 +6,13 @@ Each test also checks that nothing outside the output folders changed."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from helpers import REPO, make_cohort, run_cli, write_edf, write_tiny_checkpoint
+from helpers import REPO, make_cohort, run_cli, tmpfs_unavailable, write_edf, write_tiny_checkpoint
 
 import inference_ppg_only as inf
 from sleepppg.config import load_config
@@ -124,20 +122,9 @@ def test_extraction_refuses_a_link_or_a_folder_at_an_output_file_and_keeps_a_use
     assert (out / "notes.tmp").read_text() == "mine\n" and (out / ".draft.tmp").read_text() == "mine too\n"
 
 
-def _tmpfs_unavailable(probe: Path) -> str | None:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        return "mounting a small tmpfs needs root and mount(8)"
-    probe.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        return f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}"
-    subprocess.run(["umount", str(probe)], check=True)
-    return None
-
 
 def test_a_full_disk_in_inference_stops_with_one_line_and_a_rerun_completes(tmp_path, checkpoint, capsys, caplog):
-    reason = _tmpfs_unavailable(tmp_path / "probe")
+    reason = tmpfs_unavailable(tmp_path / "probe")
     if reason:
         pytest.skip(reason)
     edfs = [write_edf(tmp_path / "edfs" / f"mesa-sleep-00{k}1.edf", 20, seed=k) for k in range(4)]

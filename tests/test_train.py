@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import interrupted_on_call, write_processed
+from helpers import interrupted_on_call, tmpfs_unavailable, write_processed
 
 import sleepppg.distributed
 import sleepppg.evaluation
@@ -733,24 +733,11 @@ def test_a_full_disk_while_the_results_are_written_is_one_line_and_resume_comple
     assert json.loads((run_dir / "results" / "test_results.json").read_text())["epochs_trained"] == 1
 
 
-def tmpfs_unavailable(tmp_path: Path) -> str | None:
-    """None when a small tmpfs can be mounted here, else the reason (the real full-disk test is skipped)."""
-    if os.geteuid() != 0:
-        return "mounting a small tmpfs needs root"
-    probe = tmp_path / "probe"
-    probe.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        return f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}"
-    subprocess.run(["umount", str(probe)], check=True)
-    return None
-
 
 def test_a_real_full_disk_is_one_line_and_resume_completes(straight_run, data, tmp_path, caplog):
     """The run folder on a tmpfs with room for two checkpoints (epoch 1's best_model.pth and last.pth): the
     first write of epoch 2 fills it. After the disk grows, --resume finishes the run."""
-    reason = tmpfs_unavailable(tmp_path)
+    reason = tmpfs_unavailable(tmp_path / "probe")
     if reason:
         pytest.skip(reason)
     checkpoint_bytes = (straight_run / "checkpoints" / "last.pth").stat().st_size
