@@ -74,6 +74,8 @@ def test_training_step_backpropagates():
     loss = torch.nn.functional.cross_entropy(model(ppg), labels, ignore_index=-1)
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+    zero = [name for name, p in model.named_parameters() if not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
+    assert not zero, f"parameters without a gradient signal: {zero[:5]}"  # every layer learns, none is cut off
 
 
 @pytest.mark.parametrize("bad_shape", [(2, 1, N_WINDOWS * SAMPLES_PER_WINDOW - 1), (2, 2, N_WINDOWS * 1024),
