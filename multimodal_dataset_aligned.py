@@ -61,7 +61,7 @@ from sleepppg.constants import (
 )
 from sleepppg.crops import SegmentSampler, crop_candidates, crops_per_night
 from sleepppg.errors import ConfigError
-from sleepppg.ids import sleepppg_test_subjects
+from sleepppg.ids import read_id_list, sleepppg_test_subjects
 from sleepppg.processed import check_rows, read_night_starts
 
 # ----------------------------------------------------------------------------------------------------------
@@ -130,13 +130,11 @@ def read_test_subjects(path: str | os.PathLike) -> list[str]:
     key = "training.test_subjects_file"
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        ids = read_id_list(path)  # the one reader of ID lists
     except FileNotFoundError:
         raise ConfigError(f"{key} = {path}: file not found") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{key} = {path}: cannot read the test-subject list: {err}") from None
-    ids = [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    ids = list(dict.fromkeys(i for i in ids if i))
     if not ids:
         raise ConfigError(f"{key} = {path}: the file lists no subject ID (one ID per line expected)")
     return ids

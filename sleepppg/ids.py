@@ -48,13 +48,14 @@ def subject_id_from_filename(name: str, pattern: str | re.Pattern = MESA_ID_PATT
 
 
 def read_id_list(path: str | os.PathLike) -> list[str]:
-    """Read one subject ID per line (4 digits, leading zeros kept); blank lines and '#' comments ignored."""
-    ids = []
-    for line in Path(path).read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            ids.append(line.zfill(4))
-    return ids
+    """The one reader of subject-ID lists: one ID per line, kept as written (leading zeros, letters), in file
+    order, each once; blank lines and '#' comments ignored.
+
+    Raises:
+        OSError or UnicodeDecodeError when the file cannot be read as UTF-8 text.
+    """
+    ids = [line.split("#", 1)[0].strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    return list(dict.fromkeys(i for i in ids if i))
 
 
 def sleepppg_test_subjects() -> list[str]:

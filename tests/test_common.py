@@ -430,3 +430,16 @@ def test_atomic_output_gives_a_new_file_the_umask_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o640  # 0o666 less the umask, not mkstemp's 0o600
+
+
+def test_one_reader_of_id_lists_keeps_ids_as_written(tmp_path):
+    """sleepppg.ids.read_id_list serves the shipped lists and a cohort's test list alike: text kept (leading
+    zeros, letters), comments and blanks dropped, repeats once, file order."""
+    from sleepppg.ids import mesa_commercial_ids, read_id_list, sleepppg_test_subjects
+
+    listed = tmp_path / "ids.txt"
+    listed.write_text("# my cohort\n0042\n\nS002  # a wearable participant\n42\n0042\n")
+    assert read_id_list(listed) == ["0042", "S002", "42"]
+    test_ids, release = sleepppg_test_subjects(), mesa_commercial_ids()
+    assert len(test_ids) == 204 and len(release) == 1900 and test_ids[:2] == ["0001", "0021"]
+    assert all(len(i) == 4 and i.isdigit() for i in test_ids + release)
