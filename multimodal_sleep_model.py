@@ -250,7 +250,12 @@ class StagingHead(nn.Module):
     def forward(self, feat_BCL: torch.Tensor) -> torch.Tensor:
         feat_BCW = regroup_windows(feat_BCL, self.n_windows)
         emb_BEW = self.dense(feat_BCW.transpose(1, 2)).transpose(1, 2)
-        return self.classifier(self.tcn(emb_BEW))
+        hidden_BEW = self.tcn(emb_BEW)
+        # The output layer runs in fp32 even under bf16 autocast: logits rounded to bf16 (8 bits of mantissa)
+        # could flip near-ties between stages, and the loss is computed from them. It is 128 -> 4 per window:
+        # no measurable cost.
+        with torch.autocast(device_type=hidden_BEW.device.type, enabled=False):
+            return self.classifier(hidden_BEW.float())
 
 
 class CrossModalAttention(nn.Module):

@@ -19,7 +19,8 @@ def masked_cross_entropy(logits_BCW: torch.Tensor, labels_BW: torch.Tensor,
     """Cross-entropy summed over scored epochs, and how many epochs were scored.
 
     Args:
-        logits_BCW: raw class scores (B, C, W); cast to float32 so bf16 autocast does not round the loss.
+        logits_BCW: raw class scores (B, C, W); the model computes them in float32 (its output layer runs
+            outside autocast), and the loss stays in float32.
         labels_BW: int64 labels (B, W); IGNORE_INDEX (-1) marks unscored epochs and padding.
         class_weights_C: optional per-class weights (C,).
     Returns:

@@ -269,3 +269,20 @@ def test_activation_checkpointing_under_torch_compile():
         assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), name
     for (name, a), b in zip(plain.named_buffers(), ckpt.buffers()):  # running stats updated once, not twice
         assert torch.allclose(a.double(), b.double()), name
+
+
+def test_logits_stay_fp32_under_bf16_autocast():
+    """The classifier runs outside autocast: logits keep fp32 precision (near-ties between stages must not be
+    rounded to bf16), and equal the fp32 classifier applied to the (bf16-computed) hidden features."""
+    torch.manual_seed(0)
+    model = SleepPPGNet(n_windows=N_WINDOWS).eval()
+    ppg, _ = model_inputs(batch=1)
+    captured = {}
+    model.head.tcn.register_forward_hook(lambda m, i, out: captured.update(hidden=out))
+    with torch.no_grad(), torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        logits = model(ppg)
+    assert captured["hidden"].dtype == torch.bfloat16  # the rest of the model did run in bf16
+    assert logits.dtype == torch.float32
+    with torch.no_grad():
+        expected = model.head.classifier(captured["hidden"].float())
+    assert torch.equal(logits, expected)
