@@ -363,7 +363,9 @@ def train(run: RunSetup, state: TrainState) -> None:
 
 
 def sync_eval_model(run: RunSetup) -> None:
-    """Copy the trained weights (and BatchNorm statistics) into the whole-night model, when they differ."""
+    """Rank 0's BatchNorm statistics on every rank (one model is evaluated and saved, not a mix of ranks'),
+    then the trained weights and statistics into the whole-night model, when they differ."""
+    run.ctx.broadcast_buffers(run.raw_model)
     if run.eval_raw_model is not run.raw_model:
         run.eval_raw_model.load_state_dict(run.raw_model.state_dict())
 

@@ -67,6 +67,17 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) into `module` on every rank, in place. DDP shares
+        them only at the start of a training forward, so after the last step each rank holds its own; a model
+        evaluated or saved from them would differ between ranks."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src=0)
+
     def all_gather(self, obj: Any) -> list:
         if not self.enabled:
             return [obj]
