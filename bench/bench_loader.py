@@ -9,7 +9,7 @@ Compares, on the same synthetic nights (a pulse-like PPG with noise, z-scored; W
 - ours: `PPGOnlyDataset` over float32 files with one night per chunk, uncompressed and lzf.
 
 Every variant reads every night once per pass; one untimed pass first warms the page cache for all of them,
-so the figures measure decoding and copying, not the disk. The goal (issue 3 §2): ours >= 10x the reference
+so the figures measure decoding and copying, not the disk. The goal: ours >= 10x the reference
 (the reference loader measured ~14 nights/s per core on MESA).
 
 Usage: `python bench/bench_loader.py [--nights 16] [--windows 1200] [--repeats 3]`  (about a minute)
@@ -38,7 +38,7 @@ from sleepppg.constants import SAMPLES_PER_WINDOW, TARGET_FS, WINDOWS_PER_SUBJEC
 # Constants
 DEFAULT_NIGHTS = 16  # ~160 MB of float64: a minute in total on one core
 REFERENCE_CHUNK_WINDOWS = 100  # the reference's chunks=(100, 1024)
-GOAL_SPEEDUP = 10.0  # issue 3 §2
+GOAL_SPEEDUP = 10.0  # ours against the reference loader
 
 log = logging.getLogger("sleepppg.bench_loader")
 

@@ -12,7 +12,7 @@ Two recipes on the same synthetic nights (bench_loader.write_files: W windows x 
 
 Both: SleepPPG-Net (multimodal_sleep_model.SleepPPGNet), Adam, gradient clipping 1.0, the same batch size.
 Printed for each recipe: nights/s of the training step alone (a batch already on the device), of the loader
-alone, and end to end (loader + step, what an epoch costs), then ours / reference ratios. Issue 3 goals: on
+alone, and end to end (loader + step, what an epoch costs), then ours / reference ratios. Goals: on
 the CPU ours is no slower per step; on a GPU ours end to end >= 3.5x the reference.
 
 Memory (--mode memory or both): our training step with and without activation checkpointing of the encoder

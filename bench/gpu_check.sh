@@ -87,12 +87,12 @@ import json, math, sys
 from pathlib import Path
 import yaml
 sys.path.insert(0, ".")
-import sleepppg_common
 import train_ppg_only
+from sleepppg.config import CONFIG_SCHEMA
 
 work = Path(sys.argv[1])
 base = yaml.safe_load((work / "config_gpu_check.yaml").read_text())
-checkpointing = "activation_checkpointing" in sleepppg_common.CONFIG_SCHEMA["training"]
+checkpointing = "activation_checkpointing" in CONFIG_SCHEMA["training"]
 variants = {"eager": {}, "compile": {"gpu": {"compile": True}}}
 if checkpointing:
     variants["compile"]["training"] = {"activation_checkpointing": True}
