@@ -111,19 +111,20 @@ def resolve_edf_inputs(spec: str, ppg: bool = False) -> list[Path]:
 def unique_ids(paths: Sequence[Path], id_pattern: str = MESA_ID_PATTERN) -> list[str]:
     """Subject IDs for `paths` (`subject_id_for`), made unique within the run: the first file with an ID keeps
     it, a later one gets the first of _2, _3 ... that no other file's ID already is (night.csv, night.npy and
-    night_2.txt -> night, night_3, night_2), so no two nights share a cache folder or output files."""
+    night_2.txt -> night, night_3, night_2; IDs that differ only in letter case count as the same), so no two
+    nights share a cache folder or output files."""
     base = [subject_id_for(p, id_pattern) for p in paths]
-    taken = set(base)
+    taken = {sid.casefold() for sid in base}  # letter case ignored: S1 and s1 are one folder on some disks
     out, kept = [], set()
     for sid in base:
-        if sid not in kept:
-            kept.add(sid)
+        if sid.casefold() not in kept:
+            kept.add(sid.casefold())
             out.append(sid)
             continue
         k = 2
-        while f"{sid}_{k}" in taken:
+        while f"{sid}_{k}".casefold() in taken:
             k += 1
-        taken.add(f"{sid}_{k}")
+        taken.add(f"{sid}_{k}".casefold())
         out.append(f"{sid}_{k}")
     return out
 

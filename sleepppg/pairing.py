@@ -67,10 +67,12 @@ class Pairing:
         return sorted(out, key=lambda d: (d["id"], d["kind"]))
 
     def id_clashes(self) -> list[dict]:
-        """[{ids, files}] for each group of IDs (EDF and XML together) that differ only by leading zeros."""
+        """[{ids, files}] for each group of IDs (EDF and XML together) that differ only by leading zeros or
+        letter case ('0282'/'282', 'S1'/'s1'): their output files would collide on a file system that ignores
+        case, and a subject must not be two."""
         groups: dict[str, list[str]] = {}
         for sid in self.ids():
-            groups.setdefault(zero_free_id(sid), []).append(sid)
+            groups.setdefault(zero_free_id(sid).casefold(), []).append(sid)
         clashes = []
         for ids in groups.values():
             if len(ids) > 1:

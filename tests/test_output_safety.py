@@ -149,3 +149,19 @@ def test_a_full_disk_in_inference_stops_with_one_line_and_a_rerun_completes(tmp_
         assert len(json.loads((runs[-1] / "result.json").read_text())["nights"]) == 4
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_ids_that_differ_only_in_letter_case_never_share_outputs(tmp_path):
+    from sleepppg.nights import unique_ids
+    from sleepppg.pairing import pair_files
+
+    assert unique_ids([Path("S1.csv"), Path("s1.csv"), Path("s1_2.csv")]) == ["S1", "s1_3", "s1_2"]
+    edf_dir, xml_dir = tmp_path / "edfs", tmp_path / "xml"
+    for folder in (edf_dir, xml_dir):
+        folder.mkdir()
+    for name in ("night_S1.edf", "night_s1.edf"):
+        (edf_dir / name).write_bytes(b"0")
+    for name in ("night_S1-nsrr.xml", "night_s1-nsrr.xml"):
+        (xml_dir / name).write_text("<PSGAnnotation/>")
+    (clash,) = pair_files(edf_dir, xml_dir, r"night_([a-z0-9]+)").id_clashes()
+    assert sorted(clash["ids"]) == ["S1", "s1"] and "night_s1.edf" in clash["files"]
