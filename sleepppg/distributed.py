@@ -78,6 +78,15 @@ class DistContext:
         for buffer in module.buffers():
             dist.broadcast(buffer.data, src=0)
 
+    def max_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` replaced in place by its elementwise maximum over the ranks (e.g. 0/1 flags: 1 when any
+        rank raised it); a device-side all-reduce, no host sync of its own. Returns `tensor`."""
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor
+
     def all_gather(self, obj: Any) -> list:
         if not self.enabled:
             return [obj]
