@@ -260,8 +260,9 @@ def compare(args: argparse.Namespace, device: torch.device, device_name: str) ->
             if cuda:
                 torch.cuda.empty_cache()
 
-    ours_desc = ("bf16 autocast" if device.type == "cuda" and not args.no_amp else "fp32") + \
-                (" + torch.compile" if args.compile else "") + ", training's step (masked CE, checks, one sync), float32 loader"
+    ours_desc = (("bf16 autocast" if device.type == "cuda" and not args.no_amp else "fp32")
+                 + (" + torch.compile" if args.compile else "")
+                 + ", training's step (masked CE, checks, one sync), float32 loader")
     print(f"device: {device_name}; torch {torch.__version__}; nights of {args.n_windows} windows; batch {batch}; "
           f"{steps} timed steps after {warmup} warm-up; {workers} loader workers; best of 2 runs per recipe "
           "(order reference, ours, ours, reference)")

@@ -27,6 +27,7 @@ import torch
 import multimodal_dataset_aligned as mda
 from sleepppg.constants import N_CLASSES, STAGE_NAMES
 from sleepppg.crops import SegmentSampler
+from sleepppg.distributed import loader_context
 from sleepppg.errors import DataError, SetupError
 from sleepppg.loss import class_weights_from_labels
 from sleepppg.preprocessing import file_signature
@@ -111,6 +112,7 @@ def build_data(cfg: dict, model_kind: str, device: torch.device, distributed: bo
             pin_memory=device.type == "cuda",
             return_index=True,
             segment_windows=cfg["training"]["segment_windows"],
+            multiprocessing_context=loader_context(device, distributed, data["num_workers"]),
         )
     except ValueError as err:  # e.g. a night whose rows are not contiguous in the files
         raise SetupError(f"cannot build the train/val/test split: {err}") from None

@@ -399,7 +399,7 @@ def test_bf16_autocast_on_cpu_trains_saves_and_resumes(data, tmp_path, monkeypat
         contexts.append(autocast(device, enabled))
         return contexts[-1]
 
-    monkeypatch.setattr(T, "autocast", recording_autocast)  # the training steps
+    monkeypatch.setattr(sleepppg.step, "autocast", recording_autocast)  # the training steps
     monkeypatch.setattr(sleepppg.evaluation, "autocast", recording_autocast)  # validation and test
     gpu_recipe_run(data, tmp_path, mixed_precision=True, mixed_precision_on_cpu=True)
     assert contexts and all(isinstance(c, torch.autocast) and c.device == "cpu" and c.fast_dtype == torch.bfloat16
