@@ -4,7 +4,7 @@
 #
 # 1. the card(s), driver, CUDA and torch versions; the light packages (pip installs the missing ones, never
 #    torch or mne);
-# 2. bench/bench_train.py on CUDA: reference vs ours (bf16 eager; ours is the step training runs), 30 timed
+# 2. bench/bench_train.py on CUDA: reference vs ours (bf16 eager; ours is the step training runs), 20 timed
 #    steps after 3 warm-up ones; then --mode memory at 2 and 4 full nights, with and without activation
 #    checkpointing (peak allocated, peak reserved, CUDA context, the batch that fits 24/40/80 GB);
 # 3. a synthetic processed cohort (tests/helpers.write_processed: 40 nights of 1,200 windows, 28 train, 8
@@ -52,8 +52,8 @@ else
   echo "all present"
 fi
 
-stamp "bench_train: reference vs ours (bf16, eager; 30 timed steps)"
-"$PY" bench/bench_train.py --device cuda --n-windows 1200 --nights 16 --steps 30 --warmup 3 \
+stamp "bench_train: reference vs ours (bf16, eager; 20 timed steps)"
+"$PY" bench/bench_train.py --device cuda --n-windows 1200 --nights 16 --steps 20 --warmup 3 \
   --work-dir "$WORK/bench" --mode compare --json "$WORK/bench_eager.json"
 
 stamp "bench_train: training-step memory (bf16, cuDNN autotuning; 2 and 4 nights; checkpointing off/on)"
