@@ -583,7 +583,7 @@ def test_bad_data_stops_naming_the_subject(data, tmp_path, caplog):
         text = fails(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"], 1, re.escape(message), caplog)
         if name != "nan":  # found before any run folder is made
             assert not (tmp_path / f"out_{name}").exists()
-        else:  # found as the batch is read, in epoch 1: nothing to resume, and it says so
+        else:  # found in the step that reads it, in epoch 1: nothing to resume, and it says so
             assert "nothing to resume" in text
 
 
