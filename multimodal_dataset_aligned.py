@@ -424,7 +424,7 @@ def get_dataloaders(data_path: dict | str | os.PathLike, batch_size: int = 1, nu
                     use_sleepppg_test_set: bool = True, windows_per_subject: int = WINDOWS_PER_SUBJECT,
                     seed: int = 42, distributed: bool = False, pin_memory: bool = False,
                     return_index: bool = False, test_subjects: list[str] | None = None,
-                    segment_windows: int = 0) -> tuple[Any, ...]:
+                    segment_windows: int = 0, multiprocessing_context: str | None = None) -> tuple[Any, ...]:
     """(train_loader, val_loader, test_loader, train_ds, val_ds, test_ds), as the reference returns them.
 
     `test_subjects` is the test list (None = the SleepPPG-Net MESA IDs; `test_subjects_from_config(cfg)`
@@ -439,7 +439,8 @@ def get_dataloaders(data_path: dict | str | os.PathLike, batch_size: int = 1, nu
     `SegmentSampler`; call its `set_epoch(epoch_seed)` every epoch. Validation and test batches then hold
     `eval_batch_size(batch_size, segment_windows, W)` whole nights: no more windows than a training batch (at
     least one night), so the memory sized for training crops also holds evaluation (a forward pass without
-    gradients needs less per window than a training step).
+    gradients needs less per window than a training step). `multiprocessing_context` ("forkserver", "spawn")
+    starts the workers that way when num_workers > 0 (training passes "forkserver" under torchrun on CUDA).
     """
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
@@ -478,7 +479,8 @@ def get_dataloaders(data_path: dict | str | os.PathLike, batch_size: int = 1, nu
         # loader has its own generator. (Without workers every epoch draws alike, and runs stay as they were.)
         own = torch.Generator().manual_seed(seed) if num_workers > 0 else None
         loaders.append(DataLoader(ds, batch_size=nights_per_batch, sampler=sampler, num_workers=num_workers,
-                                  pin_memory=pin_memory, persistent_workers=num_workers > 0, generator=own))
+                                  pin_memory=pin_memory, persistent_workers=num_workers > 0, generator=own,
+                                  multiprocessing_context=multiprocessing_context if num_workers > 0 else None))
     return (*loaders, *datasets)
 
 

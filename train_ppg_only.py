@@ -53,11 +53,10 @@ import torch
 from sleepppg.cli import log_to_file, positive_int, run_entry_point, setup_logging
 from sleepppg.config import load_config
 from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP
-from sleepppg.distributed import DistContext, autocast, check_compile_setup, kernel_settings, use_autocast, wrap_model
+from sleepppg.distributed import DistContext, check_compile_setup, kernel_settings, use_autocast, wrap_model
 from sleepppg.errors import ConfigError, DataError, SetupError, TrainingDiverged
 from sleepppg.evaluation import build_test_results, evaluate, summarize_runs, write_test_results
 from sleepppg.figures import confusion_figure, hypnogram_figure, save_figure
-from sleepppg.loss import masked_cross_entropy
 from sleepppg.resume import Resume, check_resume, find_resume_point, resumed_config
 from sleepppg.runio import make_run_dir, write_json
 from sleepppg.runstate import (
@@ -77,7 +76,16 @@ from sleepppg.runstate import (
     stop_explained,
 )
 from sleepppg.runtime import keep_freed_memory, resolve_device
-from sleepppg.trainingdata import batch_on_device, build_data, preflight_data, set_loader_epoch, training_class_weights
+from sleepppg.step import BAD_DATA, Step, train_step
+from sleepppg.trainingdata import (
+    batch_on_device,
+    build_data,
+    nonfinite_error,
+    nonfinite_nights,
+    preflight_data,
+    set_loader_epoch,
+    training_class_weights,
+)
 from sleepppg.transfer import (
     FREEZE_ALL_EPOCHS,
     ParentCheckpoint,
@@ -260,13 +268,15 @@ def build_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.devi
 
 
 def train_one_epoch(model, loader, optimizer, class_weights_C, device, *, n_inputs: int, amp: bool,
-                    grad_clip: float, progress: bool, desc: str, subjects: list[str], frozen: tuple = ()) -> dict:
-    """One pass over the training loader. Returns {"loss_sum", "n_valid", "windows", "seconds"} (this rank;
-    windows: all windows trained on, so that crops and whole nights give comparable speeds).
-    The modules in `frozen` (a frozen encoder) stay in eval mode: see `set_encoder_frozen`.
+                    grad_clip: float, progress: bool, desc: str, subjects: list[str], frozen: tuple = (),
+                    ctx: DistContext | None = None) -> dict:
+    """One pass over the training loader (`train_step` on each batch). Returns {"loss_sum", "n_valid",
+    "windows", "seconds"} (this rank; windows: all windows trained on, so that crops and whole nights give
+    comparable speeds). The modules in `frozen` (a frozen encoder) stay in eval mode: see `set_encoder_frozen`.
 
-    Raises DataError on a non-finite input (naming the subject) and TrainingDiverged when the loss or the
-    gradient norm is NaN/Inf, before the optimizer step, so the weights stay those of the last good step."""
+    Raises DataError on a NaN/Inf input (naming the subject, from whichever rank read it) and TrainingDiverged
+    when the loss or the gradient norm is NaN/Inf, before the optimizer step, so the weights stay those of the
+    last good step; under torchrun every rank raises at the same step."""
     from tqdm import tqdm
 
     model.train()
@@ -277,26 +287,31 @@ def train_one_epoch(model, loader, optimizer, class_weights_C, device, *, n_inpu
     windows = 0
     start = time.perf_counter()
     for step, batch in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True), 1):
-        inputs, labels_BW, index_B = batch_on_device(batch, n_inputs, subjects, device)
-        with autocast(device, amp):  # bf16 (gpu.mixed_precision): no GradScaler needed, unlike fp16
-            logits_BCW = model(*inputs)
-        batch_loss_sum, batch_valid = masked_cross_entropy(logits_BCW, labels_BW, class_weights_C)
-        loss = batch_loss_sum / batch_valid.clamp(min=1)  # mean over scored epochs; padding counts not at all
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=grad_clip)  # grad_clip > 0
-        if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):  # one device sync per step
-            nights_B = ", ".join(subjects[int(i)] for i in index_B)
-            raise TrainingDiverged(f"{desc}, step {step}: the loss is {float(loss.detach()):g} and the gradient "
-                                   f"norm {float(grad_norm):g} (nights {nights_B})")
-        optimizer.step()
-        loss_sum += batch_loss_sum.detach().double()
-        n_valid += batch_valid
+        inputs, labels_BW, index_B = batch_on_device(batch, n_inputs, device)
+        result = train_step(model, optimizer, inputs, labels_BW, class_weights_C, amp=amp, grad_clip=grad_clip,
+                            ctx=ctx)
+        if not result.ok:
+            raise step_error(f"{desc}, step {step}", result, index_B, subjects, ctx)
+        loss_sum += result.loss_sum.double()
+        n_valid += result.n_valid
         windows += labels_BW.numel()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return {"loss_sum": float(loss_sum.item()), "n_valid": int(n_valid.item()), "windows": windows,
             "seconds": time.perf_counter() - start}
+
+
+def step_error(where: str, result: Step, index_B: torch.Tensor, subjects: list[str],
+               ctx: DistContext | None) -> DataError | TrainingDiverged:
+    """The error of a failed step, the same on every rank (the step's flags are agreed): bad data names the
+    nights of every rank (gathered here, on the failure path only), else the loss and gradient norm diverged."""
+    if result.flags[BAD_DATA] > 0:
+        mine = nonfinite_nights(result.bad_IB, index_B, subjects)
+        bad = [night for share in (ctx.all_gather(mine) if ctx is not None else [mine]) for night in share]
+        return nonfinite_error(where, bad)
+    nights_B = ", ".join(subjects[int(i)] for i in index_B)
+    return TrainingDiverged(f"{where}: the loss is {float(result.loss):g} and the gradient norm "
+                            f"{float(result.grad_norm):g} (nights {nights_B})")
 
 
 def train(run: RunSetup, state: TrainState) -> None:
@@ -325,7 +340,7 @@ def train(run: RunSetup, state: TrainState) -> None:
         stats = train_one_epoch(run.model, run.loaders["train"], run.optimizer, class_weights_C, run.device,
                                 n_inputs=run.n_inputs, amp=run.amp, grad_clip=train_cfg["grad_clip"],
                                 progress=ctx.is_main, desc=f"epoch {epoch}/{num_epochs}",
-                                subjects=run.datasets["train"].subjects, frozen=frozen)
+                                subjects=run.datasets["train"].subjects, frozen=frozen, ctx=ctx)
         loss_sum, n_valid, windows, train_seconds = ctx.all_sum(
             [stats["loss_sum"], stats["n_valid"], stats["windows"], stats["seconds"] / ctx.world_size])
         nights = windows / cfg["data"]["windows_per_subject"]  # night-equivalents: crops count by length
@@ -545,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a run in progress has said what last.pth keeps and how to resume
         return EXIT_INTERRUPTED
     except (DataError, TrainingDiverged) as err:
-        log.error("%s", err)
+        if ctx.is_main:  # every rank raises the same error at the same step (the step's checks are agreed)
+            log.error("%s", err)
         return EXIT_FAILED
     except ConfigError as err:
         log.error("config error: %s", err)

@@ -6,8 +6,9 @@ Two recipes on the same synthetic nights (bench_loader.write_files: W windows x 
   followed by .mean() (the reference's double softmax and padded mean); the loader opens the gzip float64
   file (chunks of 100 windows) for every night, as the reference dataset does; every 10th batch
   torch.cuda.empty_cache() on CUDA, as the reference;
-- ours: logits into the masked cross-entropy of sleepppg.loss (sum over scored epochs / their count); the
-  loader is multimodal_dataset_aligned.PPGOnlyDataset over a float32 file with one night per chunk; on CUDA
+- ours: the step train_ppg_only.py runs, imported from it (sleepppg.step.train_step: logits into the masked
+  cross-entropy of sleepppg.loss, sum over scored epochs / their count; NaN/Inf checks of the batch, loss and
+  gradient norm read in one host sync per step; the optimizer step only after them); the loader is multimodal_dataset_aligned.PPGOnlyDataset over a float32 file with one night per chunk; on CUDA
   bf16 autocast, cuDNN autotuning, pinned memory and non-blocking copies, and torch.compile with --compile.
 
 Both: SleepPPG-Net (multimodal_sleep_model.SleepPPGNet), Adam, gradient clipping 1.0, the same batch size.
@@ -21,9 +22,11 @@ Memory (--mode memory or both): our training step with and without activation ch
 the next one's peak) that builds the model, optimizer and a random batch, then reports the peak memory rise
 of the step above what it held before it: on the CPU the process's peak resident set size (VmHWM of
 /proc/self/status, reset just before the first step) minus its resident size then; on CUDA
-torch.cuda.max_memory_allocated minus the memory allocated before it. Per night = the slope between the two
-batch sizes; the batch that fits in 24/40/80 GB is derived from that slope and the fixed part (it is not
-measured). CPU figures are fp32; a GPU step with bf16 autocast keeps smaller activations, so run it on the GPU
+torch.cuda.max_memory_allocated minus the memory allocated before it, and beside it the peak
+torch.cuda.max_memory_reserved (the caching allocator's blocks) and the CUDA context (torch.cuda.mem_get_info
+once CUDA is up, before any tensor), with cuDNN autotuning on as in training. Per night = the slope between the
+two batch sizes; the batch that fits in 24/40/80 GB is derived from that slope and the fixed part (it is not
+measured): on CUDA from reserved + context (the allocated-only figure, optimistic, is printed beside it). CPU figures are fp32; a GPU step with bf16 autocast keeps smaller activations, so run it on the GPU
 for GPU figures.
 
 Usage: python bench/bench_train.py                  (CPU: 1,200-window nights, batch 1, 3 timed steps, then
@@ -60,8 +63,8 @@ from memory import peak_resident_bytes  # noqa: E402
 from multimodal_dataset_aligned import PPGOnlyDataset  # noqa: E402
 from multimodal_sleep_model import SleepPPGNet, set_activation_checkpointing  # noqa: E402
 from sleepppg.constants import IGNORE_INDEX, N_CLASSES, SAMPLES_PER_WINDOW, WINDOWS_PER_SUBJECT  # noqa: E402
-from sleepppg.loss import masked_cross_entropy  # noqa: E402
 from sleepppg.runtime import keep_freed_memory  # noqa: E402
+from sleepppg.step import train_step  # noqa: E402
 
 log = logging.getLogger("sleepppg.bench_train")
 
@@ -101,11 +104,6 @@ def reference_loss(logits_BCW: torch.Tensor, labels_BW: torch.Tensor, weights_C:
     return loss.mean()
 
 
-def our_loss(logits_BCW: torch.Tensor, labels_BW: torch.Tensor, weights_C: torch.Tensor) -> torch.Tensor:
-    loss_sum, n_valid = masked_cross_entropy(logits_BCW, labels_BW, weights_C)
-    return loss_sum / n_valid.clamp(min=1)
-
-
 class Recipe:
     """A model, optimizer and step function for one recipe on one device."""
 
@@ -118,7 +116,6 @@ class Recipe:
         set_activation_checkpointing(self.model, activation_checkpointing)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE, weight_decay=1e-5)
         self.forward = torch.compile(self.model) if compile_model else self.model
-        self.loss_fn = reference_loss if name == "reference" else our_loss
         self.weights_C = torch.tensor(CLASS_WEIGHTS, device=device)
         self.non_blocking = name == "ours" and device.type == "cuda"
         self.steps_done = 0
@@ -129,19 +126,25 @@ class Recipe:
                 labels_BW.to(self.device, non_blocking=self.non_blocking))
 
     def step(self, ppg_B1T: torch.Tensor, labels_BW: torch.Tensor) -> None:
+        if self.name == "ours":  # the step training runs, its NaN/Inf checks and one host sync included
+            result = train_step(self.forward, self.optimizer, [ppg_B1T], labels_BW, self.weights_C, amp=self.amp,
+                                grad_clip=GRAD_CLIP)
+            if not result.ok:
+                raise SystemExit(f"ours: a step failed its checks (loss {float(result.loss):g})")
+            return
         self.model.train()
         if self.amp:
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
                 logits_BCW = self.forward(ppg_B1T)
         else:
             logits_BCW = self.forward(ppg_B1T)
-        loss = self.loss_fn(logits_BCW, labels_BW, self.weights_C)
+        loss = reference_loss(logits_BCW, labels_BW, self.weights_C)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
         self.optimizer.step()
         self.steps_done += 1
-        if self.name == "reference" and self.device.type == "cuda" and self.steps_done % EMPTY_CACHE_EVERY == 0:
+        if self.device.type == "cuda" and self.steps_done % EMPTY_CACHE_EVERY == 0:
             torch.cuda.empty_cache()
 
 
@@ -257,8 +260,9 @@ def compare(args: argparse.Namespace, device: torch.device, device_name: str) ->
             if cuda:
                 torch.cuda.empty_cache()
 
-    ours_desc = ("bf16 autocast" if device.type == "cuda" and not args.no_amp else "fp32") + \
-                (" + torch.compile" if args.compile else "") + ", logits + masked CE, float32 loader"
+    ours_desc = (("bf16 autocast" if device.type == "cuda" and not args.no_amp else "fp32")
+                 + (" + torch.compile" if args.compile else "")
+                 + ", training's step (masked CE, checks, one sync), float32 loader")
     print(f"device: {device_name}; torch {torch.__version__}; nights of {args.n_windows} windows; batch {batch}; "
           f"{steps} timed steps after {warmup} warm-up; {workers} loader workers; best of 2 runs per recipe "
           "(order reference, ours, ours, reference)")
@@ -296,15 +300,24 @@ def probe_memory(device: torch.device, n_windows: int, batch: int, checkpointing
                  steps: int) -> dict:
     """In this (fresh) process: peak memory rise and time of our training step for one setting.
 
-    One untimed step first (it also allocates the gradients and Adam's state), then `steps` timed steps; the
-    peak covers all of them. Returns a dict of plain numbers (bytes, seconds).
+    One untimed step first (it also allocates the gradients and Adam's state, and on CUDA lets cuDNN autotune,
+    as in training: cudnn.benchmark on), then `steps` timed steps; the peak covers all of them. On CUDA also
+    the peak reserved by the caching allocator (what the card must hold: allocated plus the allocator's cached
+    blocks) and the CUDA context (device memory in use once CUDA is up, before any tensor: torch.cuda.mem_get_info;
+    on a shared card it counts other processes too). Returns a dict of plain numbers (bytes, seconds).
     """
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # as train_ppg_only.py (kernel_settings): autotuned workspaces count
+        torch.cuda.init()
+        free, total = torch.cuda.mem_get_info(device)
+        context = total - free
     recipe = Recipe("ours", device, n_windows, amp=amp, compile_model=False, activation_checkpointing=checkpointing)
     g = torch.Generator().manual_seed(0)
     ppg_B1T = torch.randn(batch, 1, n_windows * SAMPLES_PER_WINDOW, generator=g).to(device)
     labels_BW = torch.randint(0, N_CLASSES, (batch, n_windows), generator=g).to(device)
     sync(device)
-    if device.type == "cuda":
+    if cuda:
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     else:
@@ -317,9 +330,14 @@ def probe_memory(device: torch.device, n_windows: int, batch: int, checkpointing
         recipe.step(ppg_B1T, labels_BW)
     sync(device)
     step_s = (time.perf_counter() - t0) / steps
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_resident_bytes()
-    return {"batch": batch, "activation_checkpointing": checkpointing, "before_bytes": before,
-            "peak_rise_bytes": peak - before, "step_s": step_s, "nights_per_s": batch / step_s}
+    peak = torch.cuda.max_memory_allocated(device) if cuda else peak_resident_bytes()
+    row = {"batch": batch, "activation_checkpointing": checkpointing, "before_bytes": before,
+           "peak_rise_bytes": peak - before, "step_s": step_s, "nights_per_s": batch / step_s}
+    if cuda:
+        free_after, _ = torch.cuda.mem_get_info(device)
+        row.update(peak_allocated_bytes=peak, peak_reserved_bytes=torch.cuda.max_memory_reserved(device),
+                   context_bytes=context, device_used_bytes=total - free_after, device_total_bytes=total)
+    return row
 
 
 def run_probe(args: argparse.Namespace, batch: int, checkpointing: bool) -> dict:
@@ -360,25 +378,39 @@ def memory_table(args: argparse.Namespace) -> dict:
         # what does not grow with the batch: on CUDA the model, optimizer and allocator before the step too
         fixed = by_batch[lo]["peak_rise_bytes"] - lo * per_night
         fixed += by_batch[lo]["before_bytes"] if args.device.startswith("cuda") else 0
-        summary["on" if checkpointing else "off"] = {"per_night_bytes": per_night, "fixed_bytes": fixed,
-                                                      "fits": fit_batches(per_night, fixed)}
+        entry = {"per_night_bytes": per_night, "fixed_bytes": fixed, "fits": fit_batches(per_night, fixed)}
+        if args.device.startswith("cuda"):  # what the card must hold: the allocator's reserved peak + context
+            entry["fits_allocated"] = entry["fits"]
+            per_night = (by_batch[hi]["peak_reserved_bytes"] - by_batch[lo]["peak_reserved_bytes"]) / (hi - lo)
+            fixed = by_batch[lo]["peak_reserved_bytes"] - lo * per_night + by_batch[lo]["context_bytes"]
+            entry.update(per_night_bytes=per_night, fixed_bytes=fixed, fits=fit_batches(per_night, fixed),
+                         basis="max_memory_reserved + CUDA context")
+        summary["on" if checkpointing else "off"] = entry
     return {"rows": rows, "summary": summary}
 
 
 def print_memory(mem: dict, device_name: str, n_windows: int, cuda: bool) -> None:
-    how = ("torch.cuda.max_memory_allocated rise" if cuda
-           else "peak RSS rise (VmHWM minus RSS before the step) of a fresh process per setting")
+    how = ("peak of torch.cuda.max_memory_allocated (rise over the step) and max_memory_reserved; cuDNN "
+           "autotuning on" if cuda else "peak RSS rise (VmHWM minus RSS before the step) of a fresh process "
+           "per setting")
     print(f"\ntraining-step memory, ours ({device_name}; {'bf16 autocast' if cuda else 'fp32'}; nights of "
           f"{n_windows} windows; {how}):")
-    print(f"{'checkpointing':<15}{'batch':>6}{'peak rise GB':>14}{'step s':>9}{'nights/s':>10}")
+    extra = f"{'reserved GB':>13}{'context GB':>12}{'in use GB':>11}" if cuda else ""
+    print(f"{'checkpointing':<15}{'batch':>6}{'peak rise GB':>14}{extra}{'step s':>9}{'nights/s':>10}")
     for row in mem["rows"]:
+        extra = (f"{row['peak_reserved_bytes'] / GB:>13.2f}{row['context_bytes'] / GB:>12.2f}"
+                 f"{row['device_used_bytes'] / GB:>11.2f}" if cuda else "")
         print(f"{'on' if row['activation_checkpointing'] else 'off':<15}{row['batch']:>6}"
-              f"{row['peak_rise_bytes'] / GB:>14.2f}{row['step_s']:>9.2f}{row['nights_per_s']:>10.3f}")
+              f"{row['peak_rise_bytes'] / GB:>14.2f}{extra}{row['step_s']:>9.2f}{row['nights_per_s']:>10.3f}")
     for key, s in mem["summary"].items():
         fits = ", ".join(f"{gb} GB: {'n/a' if n is None else n}" for gb, n in s["fits"].items())
+        basis = f" ({s['basis']})" if "basis" in s else ""
         print(f"checkpointing {key}: {s['per_night_bytes'] / GB:.2f} GB per night (slope between the batch sizes), "
-              f"fixed {s['fixed_bytes'] / GB:.2f} GB; largest batch that fits (derived from the slope, not "
+              f"fixed {s['fixed_bytes'] / GB:.2f} GB{basis}; largest batch that fits (derived from the slope, not "
               f"measured): {fits}")
+        if "fits_allocated" in s:
+            fits = ", ".join(f"{gb} GB: {'n/a' if n is None else n}" for gb, n in s["fits_allocated"].items())
+            print(f"  (from max_memory_allocated alone, optimistic: {fits})")
 
 
 # ----------------------------------------------------------------------------------------------------------

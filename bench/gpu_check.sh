@@ -1,32 +1,41 @@
 #!/usr/bin/env bash
-# GPU check for a bare CUDA machine that has PyTorch but not mne (about 8 minutes, under 10).
+# GPU check for a bare CUDA machine that has PyTorch but not mne: catches, on the first GPU it meets, the faults
+# that CPU tests (gloo) cannot show. About 7 minutes on one H200; any failed step stops it with a non-zero exit.
 #
-# 1. shows the GPU and checks that the light packages are importable (installs the missing ones with pip if
-#    the machine can reach an index; nothing heavy, never torch or mne);
-# 2. bench/bench_train.py on CUDA: reference recipe (fp32 eager, softmax + CE, gzip float64 loader) vs ours
-#    (bf16 autocast, logits, float32 loader), then again with torch.compile for ours; nights/s and ratios;
-# 3. bench/bench_train.py --mode memory on CUDA: our bf16 training step's peak memory with and without
-#    activation checkpointing of the encoder, at 2 and 4 full nights per step (skipped, saying so, when this
-#    checkout's bench has no memory mode);
-# 4. a small synthetic processed cohort (tests/helpers.write_processed, 24 nights of 1,200 windows) and two
-#    short train_ppg_only.py runs on it on CUDA (--epochs 2): bf16 eager, then bf16 + torch.compile (with
-#    activation checkpointing where the config has the key); each run's test_results.json headline, epoch
-#    seconds and nights/s and its files; asserts that both end with finite losses and that mne was never
-#    imported.
+# 1. the card(s), driver, CUDA and torch versions; the light packages (pip installs the missing ones, never
+#    torch or mne);
+# 2. bench/bench_train.py on CUDA: reference vs ours (bf16 eager; ours is the step training runs), 20 timed
+#    steps after 3 warm-up ones; then --mode memory at 2 and 4 full nights, with and without activation
+#    checkpointing (peak allocated, peak reserved, CUDA context, the batch that fits 24/40/80 GB);
+# 3. a synthetic processed cohort (tests/helpers.write_processed: 40 nights of 1,200 windows, 28 train, 8
+#    validation, 4 test) and train_ppg_only.py under torchrun (NCCL, one process per GPU present), every run
+#    with bf16 autocast, gpu.compile and training.activation_checkpointing together, on 120-window crops
+#    (training.segment_windows: 280 crops = 35 steps of 8 per epoch on one GPU, so the compile warm-up of epoch 1
+#    does not dominate the later epochs' speed) with validation and test on whole nights, and 2 loader workers
+#    (forkserver beside NCCL):
+#    a. 2 epochs; b. --resume of (a) to 3 epochs; c. a child of (a): --init-from its best_model.pth with
+#    --freeze-encoder 1 on 2 epochs (epoch 2 unfreezes the encoder: DDP is rebuilt, the graph recompiled).
+#    Each must exit 0 (torchrun fails when any process does), with finite losses and world_size = the GPU count.
 #
-# Everything is printed; work files go to $WORK (default: a temp dir). Usage: bash bench/gpu_check.sh
+# Figures go to $WORK/gpu_check.json (versions, bench nights/s and memory, each run's epoch seconds and
+# nights/s, test kappa); work files to $WORK (default: a temp dir). Usage: bash bench/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK="${WORK:-$(mktemp -d /tmp/gpu_check.XXXXXX)}"
 mkdir -p "$WORK"
+export WORK
 PY="${PYTHON:-python3}"
 START=$(date +%s)
 stamp() { echo "== [$(( $(date +%s) - START )) s] $*"; }
+trap 'echo "== gpu_check FAILED at line $LINENO (status $?); work files in $WORK" >&2' ERR
 
 stamp "machine"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "nvidia-smi not available"
-"$PY" -c "import torch, sys; print('python', sys.version.split()[0], '| torch', torch.__version__, '| CUDA', torch.version.cuda, '| available', torch.cuda.is_available()); sys.exit(0 if torch.cuda.is_available() else 1)" \
+nvidia-smi -L
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+"$PY" -c "import torch, sys; print('python', sys.version.split()[0], '| torch', torch.__version__, '| CUDA', torch.version.cuda, '| cuDNN', torch.backends.cudnn.version(), '| GPUs', torch.cuda.device_count()); sys.exit(0 if torch.cuda.is_available() else 1)" \
   || { echo "torch sees no CUDA device: stopping"; exit 1; }
+NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+[ "$NGPU" -ge 1 ]
 
 stamp "light packages"
 missing=$("$PY" - <<'EOF'
@@ -43,28 +52,15 @@ else
   echo "all present"
 fi
 
-# bench_train's --mode (compare | memory | both) exists once activation checkpointing is in; older checkouts
-# only compare.
-if "$PY" bench/bench_train.py --help | grep -q -- "--mode"; then HAS_MODES=1; COMPARE=(--mode compare); else
-  HAS_MODES=0; COMPARE=(); fi
+stamp "bench_train: reference vs ours (bf16, eager; 20 timed steps)"
+"$PY" bench/bench_train.py --device cuda --n-windows 1200 --nights 16 --steps 20 --warmup 3 \
+  --work-dir "$WORK/bench" --mode compare --json "$WORK/bench_eager.json"
 
-stamp "bench_train: reference vs ours (bf16, eager)"
-"$PY" bench/bench_train.py --device cuda --n-windows 1200 --nights 16 --work-dir "$WORK/bench" "${COMPARE[@]}" \
-  --json "$WORK/bench_eager.json"
+stamp "bench_train: training-step memory (bf16, cuDNN autotuning; 2 and 4 nights; checkpointing off/on)"
+"$PY" bench/bench_train.py --device cuda --n-windows 1200 --nights 4 --work-dir "$WORK/bench" --mode memory \
+  --memory-batches 2 4 --json "$WORK/bench_memory.json"
 
-stamp "bench_train: reference vs ours (bf16 + torch.compile)"
-"$PY" bench/bench_train.py --device cuda --n-windows 1200 --nights 16 --work-dir "$WORK/bench" --compile \
-  "${COMPARE[@]}" --json "$WORK/bench_compile.json"
-
-stamp "bench_train: training-step memory with and without activation checkpointing (bf16, 2 and 4 nights)"
-if [ "$HAS_MODES" = 1 ]; then
-  "$PY" bench/bench_train.py --device cuda --n-windows 1200 --nights 4 --work-dir "$WORK/bench" --mode memory \
-    --memory-batches 2 4 --json "$WORK/bench_memory.json"
-else
-  echo "skipped: this checkout's bench/bench_train.py has no --mode memory"
-fi
-
-stamp "synthetic processed cohort (24 nights x 1200 windows)"
+stamp "synthetic processed cohort (40 nights x 1200 windows) and the run configs"
 "$PY" - "$WORK" <<'EOF'
 import sys
 from pathlib import Path
@@ -73,53 +69,58 @@ sys.path[:0] = [".", "tests"]
 from helpers import write_processed
 
 work = Path(sys.argv[1])
-paths = write_processed(work / "mesa-x", n_subjects=24, windows_per_subject=1200, n_test=4)
+paths = write_processed(work / "mesa-x", n_subjects=40, windows_per_subject=1200, n_test=4)
 cfg = yaml.safe_load(Path("configs/config_cloud.yaml").read_text())
-cfg["data"].update(ppg_file=paths["ppg"], ecg_file=paths["ecg"], index_file=paths["index"])
+cfg["data"].update(ppg_file=paths["ppg"], ecg_file=paths["ecg"], index_file=paths["index"], batch_size=8,
+                   num_workers=2)
+cfg["gpu"].update(mixed_precision=True, compile=True)
+cfg["training"].update(activation_checkpointing=True, segment_windows=120)
 cfg["output"]["save_dir"] = str(work / "outputs")
 (work / "config_gpu_check.yaml").write_text(yaml.safe_dump(cfg))
-print("wrote", paths["ppg"], "and", work / "config_gpu_check.yaml")
+cfg["output"]["save_dir"] = str(work / "outputs_child")
+(work / "config_child.yaml").write_text(yaml.safe_dump(cfg))
+print("wrote", paths["ppg"], "and the configs in", work)
 EOF
 
-stamp "train_ppg_only.py on CUDA, 2 epochs: bf16 eager, then bf16 + torch.compile"
-"$PY" - "$WORK" <<'EOF'
-import json, math, sys
-from pathlib import Path
-import yaml
-sys.path.insert(0, ".")
-import train_ppg_only
-from sleepppg.config import CONFIG_SCHEMA
+TRAIN=("$PY" -m torch.distributed.run --standalone --nproc_per_node="$NGPU" train_ppg_only.py --model ppg_only
+       --device cuda)
+stamp "a. train, $NGPU GPU(s), NCCL: compile + activation checkpointing + crops, 2 epochs"
+"${TRAIN[@]}" --config "$WORK/config_gpu_check.yaml" --epochs 2
+stamp "b. --resume of (a) to 3 epochs"
+RUN_A=$(ls -d "$WORK"/outputs/ppg_only_*)
+"${TRAIN[@]}" --config "$WORK/config_gpu_check.yaml" --epochs 3 --resume "$RUN_A"
+stamp "c. child of (a): --init-from best_model.pth --freeze-encoder 1, 2 epochs (unfreezes in epoch 2)"
+"${TRAIN[@]}" --config "$WORK/config_child.yaml" --epochs 2 --init-from "$RUN_A/checkpoints/best_model.pth" \
+  --freeze-encoder 1
 
-work = Path(sys.argv[1])
-base = yaml.safe_load((work / "config_gpu_check.yaml").read_text())
-checkpointing = "activation_checkpointing" in CONFIG_SCHEMA["training"]
-variants = {"eager": {}, "compile": {"gpu": {"compile": True}}}
-if checkpointing:
-    variants["compile"]["training"] = {"activation_checkpointing": True}
-for name, changes in variants.items():
-    cfg = json.loads(json.dumps(base))
-    cfg["gpu"]["mixed_precision"] = True
-    cfg["output"]["save_dir"] = str(work / f"outputs_{name}")
-    for section, values in changes.items():
-        cfg[section].update(values)
-    path = work / f"config_{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    code = train_ppg_only.main(["--config", str(path), "--model", "ppg_only", "--device", "cuda", "--epochs", "2"])
-    assert code == 0, (name, code)
-    (results,) = (work / f"outputs_{name}").glob("ppg_only_*/results/test_results.json")
+stamp "checks and $WORK/gpu_check.json"
+"$PY" - "$WORK" "$NGPU" "$(( $(date +%s) - START ))" <<'EOF'
+import json, math, subprocess, sys
+from pathlib import Path
+import torch
+
+work, ngpu, seconds = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                     capture_output=True, text=True, check=True).stdout.strip().splitlines()
+runs = {}
+for name, folder, epochs in (("a+b resumed", "outputs", 3), ("c child", "outputs_child", 2)):
+    (results,) = (work / folder).glob("ppg_only_*/results/test_results.json")
     r = json.loads(results.read_text())
     losses = r["training_history"]["train_losses"] + r["training_history"]["val_losses"]
     assert all(math.isfinite(x) for x in losses), (name, losses)
-    print("%s%s: test kappa %.4f | accuracy %.4f | epochs %d | epoch s %s | nights/s %s | device %s" % (
-        name, " + activation checkpointing" if name == "compile" and checkpointing else "",
-        r["test_kappa_overall"], r["test_accuracy_overall"], r["epochs_trained"],
-        ", ".join("%.1f" % x for x in r["timing"]["epoch_seconds"]),
-        ", ".join("%.1f" % x for x in r["timing"]["train_nights_per_s"]), r["device"]))
-    for p in sorted(results.parents[1].rglob("*")):
-        if p.is_file():
-            print("  ", p.relative_to(results.parents[1]))
-assert "mne" not in sys.modules, "training imported mne"
-print("mne imported: no")
+    assert r["epochs_trained"] == epochs and r["world_size"] == ngpu, (name, r["epochs_trained"], r["world_size"])
+    runs[name] = {"epochs": r["epochs_trained"], "epoch_seconds": r["timing"]["epoch_seconds"],
+                  "train_nights_per_s": r["timing"]["train_nights_per_s"], "test_kappa": r["test_kappa_overall"],
+                  "test_accuracy": r["test_accuracy_overall"], "world_size": r["world_size"]}
+    print(f"{name}: test kappa {r['test_kappa_overall']:.4f} | epoch s "
+          f"{', '.join(f'{x:.1f}' for x in r['timing']['epoch_seconds'])} | nights/s "
+          f"{', '.join(f'{x:.1f}' for x in r['timing']['train_nights_per_s'])}")
+summary = {"gpus": smi, "n_gpus": ngpu, "torch": torch.__version__, "cuda": torch.version.cuda,
+           "cudnn": torch.backends.cudnn.version(),
+           "bench_compare": json.loads((work / "bench_eager.json").read_text()).get("figures"),
+           "bench_memory": json.loads((work / "bench_memory.json").read_text()).get("memory"),
+           "runs": runs, "seconds": seconds}
+(work / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
+print("wrote", work / "gpu_check.json")
 EOF
-
-stamp "done; work files in $WORK"
+stamp "done: every check passed; work files in $WORK"

@@ -78,6 +78,15 @@ class DistContext:
         for buffer in module.buffers():
             dist.broadcast(buffer.data, src=0)
 
+    def max_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` replaced in place by its elementwise maximum over the ranks (e.g. 0/1 flags: 1 when any
+        rank raised it); a device-side all-reduce, no host sync of its own. Returns `tensor`."""
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor
+
     def all_gather(self, obj: Any) -> list:
         if not self.enabled:
             return [obj]
@@ -140,9 +149,11 @@ def check_compile_setup(cfg: dict, device: torch.device) -> None:
 
 @contextlib.contextmanager
 def kernel_settings(device: torch.device) -> Iterator[None]:
-    """Reproducible kernels on the CPU (resume equivalence), autotuned ones on CUDA; the process-wide
-    deterministic-algorithms flag is set back as it was afterwards."""
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    """Reproducible kernels on the CPU (resume equivalence), autotuned ones on CUDA (cuDNN benchmark, TF32
+    matmuls and convolutions); every process-wide flag it sets is set back as it was afterwards, so a caller
+    that runs training in its own process (a test, a notebook) keeps its own settings."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     else:
@@ -153,3 +164,13 @@ def kernel_settings(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
+        torch.backends.cuda.matmul.allow_tf32 = before[3]
+        torch.backends.cudnn.allow_tf32 = before[4]
+
+
+def loader_context(device: torch.device, distributed: bool, num_workers: int) -> str | None:
+    """The multiprocessing start method of DataLoader workers: "forkserver" under torchrun on CUDA with workers
+    (a worker forked from a process that holds a CUDA context and NCCL threads can deadlock or fail in CUDA
+    calls; a forkserver child starts clean), else None (the default, fork on Linux: the fastest start)."""
+    return "forkserver" if distributed and device.type == "cuda" and num_workers > 0 else None

@@ -22,7 +22,7 @@ from sleepppg.figures import confusion_figure, save_figure
 from sleepppg.metrics import compute_metrics, summary_stats
 from sleepppg.runio import write_json
 from sleepppg.runstate import RunSetup, TrainState
-from sleepppg.trainingdata import batch_on_device
+from sleepppg.trainingdata import batch_on_device, nonfinite_error, nonfinite_inputs, nonfinite_nights
 
 SUMMARY_KEYS = ("test_accuracy_overall", "test_kappa_overall", "test_f1_overall", "test_median_kappa")
 
@@ -32,15 +32,19 @@ def predict(model, loader, device, *, n_inputs: int, amp: bool, progress: bool, 
             subjects: list[str]) -> dict:
     """Predictions of this rank's share of a loader built with return_index=True.
 
-    Returns {"index": (N,), "preds": (N, W) int8, "labels": (N, W) int8, "loss_sum": (N,), "n_valid": (N,)}
-    where loss_sum is the unweighted cross-entropy summed over each night's scored epochs.
+    Returns {"index": (N,), "preds": (N, W) int8, "labels": (N, W) int8, "loss_sum": (N,), "n_valid": (N,),
+    "nonfinite": [[subject, input name], ...]} where loss_sum is the unweighted cross-entropy summed over each
+    night's scored epochs and nonfinite lists this share's nights with NaN/Inf signals (read with the predictions,
+    no sync of its own; `evaluate` raises on them once every rank has finished).
     """
     from tqdm import tqdm
 
     model.eval()
     parts: dict[str, list] = {"index": [], "preds": [], "labels": [], "loss_sum": [], "n_valid": []}
+    nonfinite: list[list[str]] = []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
-        inputs, labels_BW, index_B = batch_on_device(batch, n_inputs, subjects, device)
+        inputs, labels_BW, index_B = batch_on_device(batch, n_inputs, device)
+        nonfinite += nonfinite_nights(nonfinite_inputs(inputs), index_B, subjects)
         with autocast(device, amp):
             logits_BCW = model(*inputs)
         loss_BW = F.cross_entropy(logits_BCW.float(), labels_BW, ignore_index=IGNORE_INDEX, reduction="none")
@@ -51,13 +55,13 @@ def predict(model, loader, device, *, n_inputs: int, amp: bool, progress: bool, 
         parts["n_valid"].append((labels_BW != IGNORE_INDEX).sum(dim=1).cpu().numpy())
     if not parts["index"]:
         return {"index": np.zeros(0, dtype=np.int64), "preds": None, "labels": None,
-                "loss_sum": np.zeros(0), "n_valid": np.zeros(0, dtype=np.int64)}
-    return {k: np.concatenate(v) for k, v in parts.items()}
+                "loss_sum": np.zeros(0), "n_valid": np.zeros(0, dtype=np.int64), "nonfinite": nonfinite}
+    return {**{k: np.concatenate(v) for k, v in parts.items()}, "nonfinite": nonfinite}
 
 
 def merge_predictions(parts: list[dict]) -> dict:
     """Merge the shares of all ranks, keep each night once (DistributedSampler pads with repeats), sort by index."""
-    parts = [p for p in parts if p["index"].size]
+    parts = [{k: v for k, v in p.items() if k != "nonfinite"} for p in parts if p["index"].size]
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     _, first = np.unique(merged["index"], return_index=True)
     return {k: v[first] for k, v in merged.items()}
@@ -83,7 +87,11 @@ def evaluate(model, loader, subjects, device, ctx: DistContext, *, n_inputs: int
     """
     share = predict(model, loader, device, n_inputs=n_inputs, amp=amp, progress=ctx.is_main, desc=desc,
                     subjects=subjects)
-    merged = merge_predictions(ctx.all_gather(share))
+    shares = ctx.all_gather(share)
+    bad = [night for s in shares for night in s["nonfinite"]]
+    if bad:  # every rank raises the same error, after the gather: none is left waiting
+        raise nonfinite_error(desc, bad)
+    merged = merge_predictions(shares)
     if merged["index"].size != len(subjects):
         raise RuntimeError(f"{desc}: predictions cover {merged['index'].size} of {len(subjects)} nights")
     return evaluation_metrics(merged, subjects), merged

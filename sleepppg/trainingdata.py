@@ -11,7 +11,8 @@ needs them:
 - `set_loader_epoch`: each epoch's shuffle (and crops) from (run seed, epoch) only, so a resumed run shuffles
   alike;
 - `training_class_weights`: inverse frequencies over every training label;
-- `batch_on_device`: a batch's signals checked for NaN/Inf (naming the subject) and moved to the device.
+- `batch_on_device`: a batch moved to the device; `nonfinite_inputs`/`nonfinite_error`: its NaN/Inf nights,
+  flagged on the device and named in one DataError.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 import multimodal_dataset_aligned as mda
 from sleepppg.constants import N_CLASSES, STAGE_NAMES
 from sleepppg.crops import SegmentSampler
+from sleepppg.distributed import loader_context
 from sleepppg.errors import DataError, SetupError
 from sleepppg.loss import class_weights_from_labels
 from sleepppg.preprocessing import file_signature
@@ -110,6 +112,7 @@ def build_data(cfg: dict, model_kind: str, device: torch.device, distributed: bo
             pin_memory=device.type == "cuda",
             return_index=True,
             segment_windows=cfg["training"]["segment_windows"],
+            multiprocessing_context=loader_context(device, distributed, data["num_workers"]),
         )
     except ValueError as err:  # e.g. a night whose rows are not contiguous in the files
         raise SetupError(f"cannot build the train/val/test split: {err}") from None
@@ -151,22 +154,34 @@ def training_class_weights(cfg: dict, train_ds) -> np.ndarray:
     return weights
 
 
-def check_inputs_finite(inputs: tuple, index_B: torch.Tensor, subjects: list[str]) -> None:
-    """Raise DataError naming the subjects whose signal holds NaN or Inf (checked on each batch as read)."""
-    for name, x_B1T in zip(("PPG", "ECG"), inputs):
-        finite_B = torch.isfinite(x_B1T).flatten(1).all(dim=1)
-        if not bool(finite_B.all()):
-            bad = [subjects[int(i)] for i in index_B[~finite_B]]
-            raise DataError(f"subject {', '.join(bad)}: NaN or infinite {name} values in the processed data "
-                            f"(re-extract the night, or leave the subject out)")
+INPUT_NAMES = ("PPG", "ECG")  # the order of a batch's inputs
 
 
-def batch_on_device(batch: list, n_inputs: int, subjects: list[str], device: torch.device):
-    """(inputs list, labels_BW, index_B) of a loader batch [ppg, (ecg,) labels, idx], the inputs checked for
-    NaN/Inf (DataError naming the night) and moved with the labels to `device` (asynchronously on CUDA, from
-    pinned memory); index_B stays on the CPU."""
+def nonfinite_inputs(inputs: list[torch.Tensor]) -> torch.Tensor:
+    """(n_inputs, B) bool on the inputs' device: True where a night's signal holds NaN or Inf. No host sync: it
+    is read with the step's own check (train_step) or with the predictions (evaluation)."""
+    return torch.stack([~torch.isfinite(x_B1T).flatten(1).all(dim=1) for x_B1T in inputs])
+
+
+def nonfinite_nights(bad_IB: torch.Tensor, index_B: torch.Tensor, subjects: list[str]) -> list[list[str]]:
+    """[subject, input name] of each night flagged in `bad_IB` (from `nonfinite_inputs`), on this rank."""
+    bad_IB = bad_IB.cpu()
+    return [[subjects[int(index_B[b])], INPUT_NAMES[i]] for i, b in zip(*torch.nonzero(bad_IB, as_tuple=True))]
+
+
+def nonfinite_error(where: str, bad: list[list[str]]) -> DataError:
+    """The DataError naming the nights with NaN/Inf signals ([subject, input name] pairs, from every rank)."""
+    names = sorted({name for _, name in bad}, key=INPUT_NAMES.index)
+    subjects = ", ".join(dict.fromkeys(sid for sid, _ in bad))
+    return DataError(f"{where}: subject {subjects}: NaN or infinite {'/'.join(names)} values in the processed "
+                     f"data (re-extract the night, or leave the subject out)")
+
+
+def batch_on_device(batch: list, n_inputs: int, device: torch.device):
+    """(inputs list, labels_BW, index_B) of a loader batch [ppg, (ecg,) labels, idx], the inputs and labels moved
+    to `device` (asynchronously on CUDA, from pinned memory); index_B stays on the CPU. The signals are checked
+    for NaN/Inf on the device (`nonfinite_inputs`), without a sync of their own."""
     inputs, labels_BW, index_B = tuple(batch[:n_inputs]), batch[n_inputs], batch[n_inputs + 1]
-    check_inputs_finite(inputs, index_B, subjects)
     non_blocking = device.type == "cuda"
     inputs = [x.to(device, non_blocking=non_blocking) for x in inputs]
     return inputs, labels_BW.to(device, non_blocking=non_blocking), index_B

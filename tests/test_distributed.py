@@ -1,9 +1,14 @@
-"""Tests for sleepppg.distributed under torchrun with 2 gloo processes on the CPU."""
+"""Tests for sleepppg.distributed: rank 0's BatchNorm statistics under torchrun with 2 gloo processes on the CPU,
+the kernel flags set back after a run, and the DataLoader workers' start method beside NCCL."""
 import json
 import subprocess
 import sys
 
-from helpers import REPO
+import pytest
+import torch
+from helpers import REPO, write_processed
+
+from sleepppg.distributed import kernel_settings, loader_context
 
 # Each rank gives its BatchNorm different running statistics (as after a last training step on its own
 # crops), then shares rank 0's; every rank writes what it holds.
@@ -39,3 +44,48 @@ def test_every_rank_takes_rank_0s_batchnorm_statistics(tmp_path):
     assert ranks[0]["before"] != ranks[1]["before"]  # they differed
     for held in ranks:
         assert held["mean"] == [1.0] * 3 and held["var"] == [10.0] * 3 and held["n"] == 5
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_kernel_settings_set_every_flag_back(device):
+    """The flags kernel_settings sets (CUDA's are plain flags: no GPU needed to set and read them) are as they
+    were after the run, whatever they were before it."""
+    def flags():
+        return (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+
+    saved = flags()
+    try:
+        for start in (False, True):
+            torch.use_deterministic_algorithms(start)
+            torch.backends.cudnn.benchmark = start
+            torch.backends.cuda.matmul.allow_tf32 = start
+            torch.backends.cudnn.allow_tf32 = start
+            with kernel_settings(torch.device(device)):
+                inside = flags()
+            assert flags() == (start,) * 4
+            assert inside == ((True, start, start, start) if device == "cpu" else (start, True, True, True))
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[1:]
+
+
+def test_loader_workers_start_by_forkserver_only_under_torchrun_on_cuda(tmp_path):
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert loader_context(cuda, True, 2) == "forkserver"
+    assert loader_context(cuda, True, 0) is None and loader_context(cuda, False, 2) is None
+    assert loader_context(cpu, True, 2) is None
+    # the datasets cross to a forkserver worker (pickled, files reopened there) and give the same batch
+    import multimodal_dataset_aligned as mda
+
+    data = write_processed(tmp_path, n_subjects=6, windows_per_subject=4, n_test=1)
+    paths = {k: data[k] for k in ("ppg", "ecg", "index")}
+    batches = []
+    for context, workers in ((None, 0), ("forkserver", 1)):
+        _, val, *_ = mda.get_dataloaders(paths, batch_size=2, num_workers=workers, windows_per_subject=4,
+                                         return_index=True, multiprocessing_context=context)
+        if context:
+            assert val.multiprocessing_context.get_start_method() == context
+        batches.append(next(iter(val)))
+    for a, b in zip(*batches):
+        assert torch.equal(a, b)

@@ -26,6 +26,7 @@ from helpers import interrupted_on_call, tmpfs_unavailable, write_processed
 
 import sleepppg.distributed
 import sleepppg.evaluation
+import sleepppg.step
 import train_ppg_only as T
 from sleepppg.config import load_config
 from sleepppg.distributed import autocast, inductor_cpp_compiler, use_autocast
@@ -398,7 +399,7 @@ def test_bf16_autocast_on_cpu_trains_saves_and_resumes(data, tmp_path, monkeypat
         contexts.append(autocast(device, enabled))
         return contexts[-1]
 
-    monkeypatch.setattr(T, "autocast", recording_autocast)  # the training steps
+    monkeypatch.setattr(sleepppg.step, "autocast", recording_autocast)  # the training steps
     monkeypatch.setattr(sleepppg.evaluation, "autocast", recording_autocast)  # validation and test
     gpu_recipe_run(data, tmp_path, mixed_precision=True, mixed_precision_on_cpu=True)
     assert contexts and all(isinstance(c, torch.autocast) and c.device == "cpu" and c.fast_dtype == torch.bfloat16
@@ -511,6 +512,40 @@ def test_ddp_two_cpu_processes_cover_the_whole_test_set(data, tmp_path):
     assert len(ckpt["rng_state"]) == 2 and not any(k.startswith("module.") for k in ckpt["model_state_dict"])
 
 
+def test_ddp_nan_night_on_one_rank_stops_both_ranks(data, tmp_path):
+    """2 gloo processes, one training night with a NaN (read by one rank only): both processes exit with status 1
+    within the timeout (neither is left waiting in the gradient sync), and rank 0's one error line names it.
+    Started as torchrun would start them (RANK, WORLD_SIZE, MASTER_*), to read each process's own status."""
+    import socket
+
+    sid, row = first_train_subject(data)
+    bad = copy_data(data, tmp_path / "nan")
+    with h5py.File(bad["ppg"], "r+") as f:
+        f["ppg"][row + 2, 10] = np.nan
+    cfg = write_config(tmp_path / "cfg.yaml", bad, tmp_path / "out", num_epochs=1)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", RANK=str(rank), LOCAL_RANK=str(rank),
+                   WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, str(REPO / "train_ppg_only.py"), "--config", str(cfg),
+                                       "--model", "ppg_only", "--device", "cpu"], env=env, cwd=tmp_path,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        outs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [1, 1], [o[1][-2000:] for o in outs]
+    errors = [line for line in outs[0][1].splitlines() if " ERROR " in line or line.startswith("ERROR")]
+    assert len(errors) == 1, outs[0][1][-3000:]
+    assert re.search(rf"epoch 1/1, step \d+: subject {sid}: NaN or infinite PPG", errors[0]), errors[0]
+    assert "Traceback" not in outs[0][1] + outs[1][1]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Hostile inputs: bad data, divergence, changed setup on resume, broken checkpoints
 
@@ -548,7 +583,7 @@ def test_bad_data_stops_naming_the_subject(data, tmp_path, caplog):
         text = fails(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"], 1, re.escape(message), caplog)
         if name != "nan":  # found before any run folder is made
             assert not (tmp_path / f"out_{name}").exists()
-        else:  # found as the batch is read, in epoch 1: nothing to resume, and it says so
+        else:  # found in the step that reads it, in epoch 1: nothing to resume, and it says so
             assert "nothing to resume" in text
 
 
@@ -579,14 +614,14 @@ def test_truncated_or_non_hdf5_files_are_one_line(data, tmp_path, caplog):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch, caplog):
     cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", num_epochs=3)
-    real_loss, calls = T.masked_cross_entropy, []
+    real_loss, calls = sleepppg.step.masked_cross_entropy, []
 
     def nan_from_epoch_2(logits_BCW, labels_BW, class_weights_C=None):
         calls.append(1)
         loss_sum, n_valid = real_loss(logits_BCW, labels_BW, class_weights_C)
         return (loss_sum * float("nan") if len(calls) > 2 else loss_sum), n_valid  # 2 steps per epoch
 
-    monkeypatch.setattr(T, "masked_cross_entropy", nan_from_epoch_2)
+    monkeypatch.setattr(sleepppg.step, "masked_cross_entropy", nan_from_epoch_2)
     fails(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"], 1,
           "epoch 2/3, step 1: the loss is nan.*keeps epoch 1", caplog)
     (run_dir,) = run_dirs(tmp_path / "out")
