@@ -3,7 +3,8 @@ its test and by inference in HDF5 mode): read the night CSVs, compute agreement,
 calibration and (with metadata) subgroups through sleepppg.validation_stats, write every table, figure and
 report.md. What each output means: validation_report.py's docstring and docs/validation.md.
 
-`validation_report(paths, out_dir, ...)` is the one entry; the `args` of the functions below is a
+`validation_report(paths, out_dir, ...)` is the one entry (`report_after_run`: the same for training and
+inference, where a failed report is a warning, not a failed run); the `args` of the functions below is a
 `ReportOptions` (sources, metadata file, synthetic or not, bootstrap resamples).
 """
 
@@ -323,3 +324,22 @@ def validation_report(paths: Sequence[str | os.PathLike], out_dir: str | os.Path
                             BOOTSTRAP_RESAMPLES if bootstrap is None else bootstrap)
     with log_to_file(out / "validation_report.log"):
         return run_report(options, out, csv_paths, table)
+
+
+def report_after_run(paths: Sequence[str | os.PathLike], out_dir: Path, metadata_file: str = "") -> Path | None:
+    """The validation report a finished run writes for its nights (training: its test set; inference: its HDF5
+    nights), with `evaluation.metadata_file` when set. The run's work is done and kept whatever happens here:
+    a report that cannot be made is a warning (with its traceback in the log), never the run's failure.
+
+    Returns:
+        report.md, or None when no report was written.
+    """
+    try:
+        status = validation_report(paths, out_dir, metadata=metadata_file or None)
+    except Exception as err:  # noqa: BLE001 - the run is finished; its report is an extra (traceback logged)
+        log.warning("no validation report in %s: %s: %s", out_dir, type(err).__name__, err,
+                    exc_info=not isinstance(err, SetupError))
+        return None
+    if status != EXIT_OK:
+        log.warning("validation report in %s: some nights could not be read (see nights.csv)", out_dir)
+    return out_dir / "report.md"
