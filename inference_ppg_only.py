@@ -64,6 +64,9 @@ Outputs under `<inference.save_dir or --out>/<run_id>/` (run_id = start time, YY
 - `graph/<id>/<id>.png`: predicted hypnogram; with labels also `<id>_with_label.png` (scored vs predicted,
   disagreeing epochs shaded orange, REM in red, a legend; accuracy and kappa in the title).
 - `inference.log`.
+- HDF5 mode: `validation/` (report.md with its tables and figures): the validation report of the staged nights
+  (sleepppg.validation_study; with `evaluation.metadata_file` when set, subgroups too). It needs the CSVs
+  (inference.save_csv); a report that cannot be made is a warning and does not change the exit status.
 The console prints each night's sleep report (with labels: predicted, scored and the difference side by side),
 its warnings, the failed nights and where the results are.
 
@@ -250,6 +253,8 @@ def stage_and_report(args: argparse.Namespace, run: Setup) -> int:
             log.error("cannot write %s: %s", run_dir / "result.json", err.strerror or err)
             status = status if interrupted else EXIT_FAILED
 
+    report = write_validation(run, record) if not edf_mode and not interrupted else None
+
     for entry in record.nights:
         print(format_night(entry))
     if metrics is not None:
@@ -260,7 +265,23 @@ def stage_and_report(args: argparse.Namespace, run: Setup) -> int:
         print(f"FAILED {fail['subject_id']} ({fail['file']}): {fail['reason']}")
     print(f"{len(record.nights)} night(s) staged, {len(record.failed)} failed"
           f"{' (interrupted)' if interrupted else ''} in {elapsed:.1f} s. Results at: {run_dir}")
+    if report is not None:
+        print(f"Validation report: {report}")
     return status
+
+
+def write_validation(run: Setup, record: RunRecord) -> Path | None:
+    """HDF5 mode: the validation report of the staged nights' CSVs in <run>/validation/ (with
+    evaluation.metadata_file when set); returns report.md, or None (a warning says why: no CSVs, or the
+    report failed; the run's status does not change)."""
+    from sleepppg.validation_study import report_after_run
+
+    csvs = [e["outputs"]["csv"] for e in record.nights if (e.get("outputs") or {}).get("csv")]
+    if not csvs:
+        if record.nights:
+            log.warning("no validation report: no night CSV was written (inference.save_csv is false)")
+        return None
+    return report_after_run(csvs, run.run_dir / "validation", run.cfg["evaluation"]["metadata_file"])
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

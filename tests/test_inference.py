@@ -156,7 +156,11 @@ def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint, capsys):
     overrides = {"data.ppg_file": files["ppg"], "data.ecg_file": files["ecg"], "data.index_file": files["index"],
                  "data.windows_per_subject": N_WIN, "inference.best_model": str(checkpoint),
                  "inference.only_inference": False}
-    cfg = make_config(tmp_path, **overrides)
+    meta = tmp_path / "metadata.csv"  # evaluation.metadata_file: NSRR IDs without leading zeros
+    meta.write_text("nsrrid,nsrr_age,nsrr_sex,nsrr_bmi,nsrr_ahi_hp3r_aasm15\n" + "".join(
+        f"{int(sid)},{50 + k},{'male' if k % 2 else 'female'},{24 + k},{3 + 5 * k}\n"
+        for k, sid in enumerate(sleepppg_test_subjects()[:4])))
+    cfg = make_config(tmp_path, **overrides, **{"evaluation.metadata_file": str(meta)})
     code, result, run_dir = run(cfg, tmp_path / "out", "--n-subjects", "2")
     assert code == 0 and result["mode"] == "HDF5" and len(result["nights"]) == 2
     test_ids = set(sleepppg_test_subjects()[1:4])
@@ -200,9 +204,20 @@ def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint, capsys):
     assert metrics["acc_mean"] == pytest.approx(np.mean(accs)) and metrics["acc_std"] == pytest.approx(np.std(accs))
     assert metrics["pooled"]["accuracy"] == pytest.approx(accuracy_score(all_true, all_pred))
     assert metrics["pooled"]["kappa"] == pytest.approx(cohen_kappa_score(all_true, all_pred, labels=[0, 1, 2, 3]))
-    # the same seed picks the same subjects
-    _, again, _ = run(cfg, tmp_path / "out2", "--n-subjects", "2")
+    # the validation report of the staged nights, with the metadata's subgroups
+    import pandas as pd
+    agreement = pd.read_csv(run_dir / "validation" / "epoch_agreement.csv", index_col=0)
+    assert agreement.loc["pooled", "kappa"] == pytest.approx(metrics["pooled"]["kappa"], abs=1e-6)
+    assert sorted(agreement.index.drop("pooled")) == sorted(i["subject_id"] for i in result["nights"])
+    assert set(pd.read_csv(run_dir / "validation" / "subgroups.csv")["covariate"]) >= {"nsrr_age", "nsrr_sex"}
+    assert f"Validation report: {run_dir / 'validation' / 'report.md'}" in out
+    # the same seed picks the same subjects; a report that cannot be made (metadata missing) is a warning only
+    (tmp_path / "c2").mkdir()
+    cfg2 = make_config(tmp_path / "c2", **overrides, **{"evaluation.metadata_file": str(tmp_path / "none.csv")})
+    code, again, run2 = run(cfg2, tmp_path / "out2", "--n-subjects", "2")
     assert [i["subject_id"] for i in again["nights"]] == [i["subject_id"] for i in result["nights"]]
+    assert code == 0 and not (run2 / "validation" / "report.md").exists()
+    assert "no validation report" in (run2 / "inference.log").read_text()
 
 
 def test_edf_mode_with_labels_scores_matched_nights(tmp_path, checkpoint, caplog):
