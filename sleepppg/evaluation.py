@@ -55,8 +55,9 @@ def predict(model, loader, device, *, n_inputs: int, amp: bool, progress: bool, 
         if keep_probs:
             parts["probs"].append(torch.softmax(logits_BCW.float(), dim=1).permute(0, 2, 1).cpu().numpy())
     if not parts["index"]:
-        return {"index": np.zeros(0, dtype=np.int64), "preds": None, "labels": None,
-                "loss_sum": np.zeros(0), "n_valid": np.zeros(0, dtype=np.int64), **({"probs": None} if keep_probs else {})}
+        empty = {"index": np.zeros(0, dtype=np.int64), "preds": None, "labels": None,
+                 "loss_sum": np.zeros(0), "n_valid": np.zeros(0, dtype=np.int64)}
+        return {**empty, "probs": None} if keep_probs else empty
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
