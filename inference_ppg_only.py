@@ -1,6 +1,6 @@
 """Stage nights with a trained SleepPPG-Net (PPG only): test-set nights from the processed HDF5 files (with
-labels: metrics) or raw recordings (with `--labels`, their scored stages and metrics too), with a validated per-night cache, CSV files, hypnograms
-and a sleep report.
+labels: metrics) or raw recordings (with `--labels`, their scored stages and metrics too), with a validated
+per-night cache, CSV files, hypnograms and a sleep report.
 
 Modes
 - HDF5 analysis (`inference.only_inference: false`): the valid subjects (exactly `data.windows_per_subject`
