@@ -328,18 +328,24 @@ def validation_report(paths: Sequence[str | os.PathLike], out_dir: str | os.Path
 
 def report_after_run(paths: Sequence[str | os.PathLike], out_dir: Path, metadata_file: str = "") -> Path | None:
     """The validation report a finished run writes for its nights (training: its test set; inference: its HDF5
-    nights), with `evaluation.metadata_file` when set. The run's work is done and kept whatever happens here:
-    a report that cannot be made is a warning (with its traceback in the log), never the run's failure.
+    nights), with `evaluation.metadata_file` when set. It runs in a child process, so the run's own process
+    never imports yasa (nor mne, which yasa imports). The run's work is done and kept whatever happens here:
+    a report that cannot be made is a warning (its log: out_dir/validation_report.log), never the run's failure.
 
     Returns:
         report.md, or None when no report was written.
     """
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
     try:
-        status = validation_report(paths, out_dir, metadata=metadata_file or None)
-    except Exception as err:  # noqa: BLE001 - the run is finished; its report is an extra (traceback logged)
-        log.warning("no validation report in %s: %s: %s", out_dir, type(err).__name__, err,
-                    exc_info=not isinstance(err, SetupError))
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            status = pool.submit(validation_report, [str(p) for p in paths], str(out_dir),
+                                 metadata=metadata_file or None).result()
+    except Exception as err:  # noqa: BLE001 - the run is finished; its report is an extra, the reason is logged
+        log.warning("no validation report in %s: %s: %s", out_dir, type(err).__name__, err)
         return None
     if status != EXIT_OK:
         log.warning("validation report in %s: some nights could not be read (see nights.csv)", out_dir)
-    return out_dir / "report.md"
+    return Path(out_dir) / "report.md"
