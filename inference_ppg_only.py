@@ -1,6 +1,6 @@
 """Stage nights with a trained SleepPPG-Net (PPG only): test-set nights from the processed HDF5 files (with
-labels: metrics) or raw EDF recordings (no labels), with a validated per-night cache, CSV files, hypnograms
-and a sleep report.
+labels: metrics) or raw recordings (with `--labels`, their scored stages and metrics too), with a validated
+per-night cache, CSV files, hypnograms and a sleep report.
 
 Modes
 - HDF5 analysis (`inference.only_inference: false`): the valid subjects (exactly `data.windows_per_subject`
@@ -24,6 +24,14 @@ Modes
   a break in the hypnogram; unscored in the sleep report) and listed in result.json (`gap_epochs`, `gaps`).
   Each night's entry also records source_format, ppg_channel (the column used), ppg_fs_found (the rate the
   file states or its stamps show). Same cache, preprocessing and outputs as EDF mode.
+
+Labels for raw recordings (`--labels PATH`, EDF / PPG mode only; in HDF5 mode the flag is refused, exit 2):
+a file or folder of NSRR or Profusion XML or CSV hypnograms (one stage per 30-s epoch: 0-3 / -1 or names such
+as W, N1, N2, N3, R, Wake, REM; every accepted spelling in sleepppg.scoring), matched to nights by subject ID
+as the pair check does (preprocessing.id_pattern, leading zeros ignored). A night with labels gets
+true_idx in its CSV, the scored side of its sleep report and its performance, as in HDF5 mode, and the run its
+metrics; a night without (no file, or one that cannot be read: a warning) is staged without them; the log
+counts both.
 
 Speed: nights are preprocessed in background threads (`preprocessing.workers`, 0 = one per CPU core) while
 the model runs on the nights already prepared (batches of at most `inference.batch_size`), outputs are written
@@ -52,10 +60,13 @@ Outputs under `<inference.save_dir or --out>/<run_id>/` (run_id = start time, YY
 - `csv/<id>/<id>.csv`: one row per staged epoch, columns
   epoch,time_hours,pred_idx,pred_name,true_idx,true_name,mismatch,p_wake,p_light,p_deep,p_rem
   (time_hours = epoch start from the recording start; p_* = softmax of the logits, summing to 1;
-  true_*/mismatch empty where there is no label: always in EDF mode, unscored epochs in HDF5 mode).
+  true_*/mismatch empty where there is no label: unscored epochs, or in EDF / PPG mode a night without labels).
 - `graph/<id>/<id>.png`: predicted hypnogram; with labels also `<id>_with_label.png` (scored vs predicted,
   disagreeing epochs shaded orange, REM in red, a legend; accuracy and kappa in the title).
 - `inference.log`.
+- HDF5 mode: `validation/` (report.md with its tables and figures): the validation report of the staged nights
+  (sleepppg.validation_study; with `evaluation.metadata_file` when set, subgroups too). It needs the CSVs
+  (inference.save_csv); a report that cannot be made is a warning and does not change the exit status.
 The console prints each night's sleep report (with labels: predicted, scored and the difference side by side),
 its warnings, the failed nights and where the results are.
 
@@ -112,6 +123,7 @@ from sleepppg.preprocessing import preprocessing_settings
 from sleepppg.report import format_night
 from sleepppg.runio import make_run_dir
 from sleepppg.runtime import keep_freed_memory, resolve_device
+from sleepppg.scoring import find_label_files
 from sleepppg.staging import RunRecord, fold_batchnorm, run_edf_mode, run_hdf5_mode, run_metrics
 
 EXIT_NIGHT_FAILED = EXIT_FAILED  # 1: some nights failed; the others were staged and written
@@ -131,6 +143,7 @@ class Setup:
     n_windows: int  # the model's span in 30-s epochs
     selection: Hdf5Selection | None  # HDF5 mode: the test nights
     run_dir: Path
+    label_files: dict[str, Path] | None = None  # EDF / PPG mode with --labels: label file by zero-free ID
 
 
 def load_model(checkpoint: str, device: torch.device) -> tuple[torch.nn.Module, dict, int]:
@@ -177,12 +190,16 @@ def set_up(args: argparse.Namespace) -> Setup:
     cfg = load_config(args.config, config_overrides(args))
     inf_cfg = cfg["inference"]
     edf_mode, ppg_spec = inf_cfg["only_inference"], inf_cfg["ppg_file"]
+    if args.labels and not edf_mode:
+        raise SetupError("--labels applies to EDF / PPG mode (--edf, --ppg) only: HDF5 mode reads the scored "
+                         "stages from the processed files")
+    label_files = find_label_files(args.labels, cfg["preprocessing"]["id_pattern"]) if args.labels else None
     inputs = resolve_edf_inputs(ppg_spec or inf_cfg["edf_file"], ppg=bool(ppg_spec)) if edf_mode else []
     device = resolve_device(args.device, cfg["gpu"]["device_id"])
     model, model_info, n_windows = load_model(inf_cfg["best_model"], device)
     selection = None if edf_mode else select_hdf5_nights(cfg, n_windows, inf_cfg["n_subjects"])
     run_dir = make_run_dir(inf_cfg["save_dir"])  # last: a failed setup leaves no empty run folder
-    return Setup(cfg, inputs, device, model, model_info, n_windows, selection, run_dir)
+    return Setup(cfg, inputs, device, model, model_info, n_windows, selection, run_dir, label_files)
 
 
 def stage_and_report(args: argparse.Namespace, run: Setup) -> int:
@@ -203,14 +220,18 @@ def stage_and_report(args: argparse.Namespace, run: Setup) -> int:
     record, interrupted = RunRecord(), False
     try:
         if edf_mode:
-            run_edf_mode(run.model, n_windows, cfg, run.inputs, run_dir, run.device, flags, record)
+            run_edf_mode(run.model, n_windows, cfg, run.inputs, run_dir, run.device, flags, record, run.label_files)
         else:
             run_hdf5_mode(run.model, n_windows, cfg, run.selection, run_dir, run.device, flags, record)
     except KeyboardInterrupt:
         interrupted = True
         log.error("interrupted (Ctrl-C): reporting the %d night(s) staged so far", len(record.nights))
     elapsed = time.perf_counter() - t0
-    metrics = run_metrics(record) if not edf_mode else None
+    metrics = run_metrics(record)
+    if run.label_files is not None:
+        unlabelled = [e["subject_id"] for e in record.nights if "performance" not in e]
+        log.info("%d of %d staged night(s) compared with their labels; %d without labels%s", len(record.scored),
+                 len(record.nights), len(unlabelled), f": {', '.join(unlabelled)}" if unlabelled else "")
 
     status = EXIT_INTERRUPTED if interrupted else (EXIT_FAILED if record.failed else EXIT_OK)
     if flags["save_json"]:
@@ -232,6 +253,8 @@ def stage_and_report(args: argparse.Namespace, run: Setup) -> int:
             log.error("cannot write %s: %s", run_dir / "result.json", err.strerror or err)
             status = status if interrupted else EXIT_FAILED
 
+    report = write_validation(run, record) if not edf_mode and not interrupted else None
+
     for entry in record.nights:
         print(format_night(entry))
     if metrics is not None:
@@ -242,7 +265,23 @@ def stage_and_report(args: argparse.Namespace, run: Setup) -> int:
         print(f"FAILED {fail['subject_id']} ({fail['file']}): {fail['reason']}")
     print(f"{len(record.nights)} night(s) staged, {len(record.failed)} failed"
           f"{' (interrupted)' if interrupted else ''} in {elapsed:.1f} s. Results at: {run_dir}")
+    if report is not None:
+        print(f"Validation report: {report}")
     return status
+
+
+def write_validation(run: Setup, record: RunRecord) -> Path | None:
+    """HDF5 mode: the validation report of the staged nights' CSVs in <run>/validation/ (with
+    evaluation.metadata_file when set); returns report.md, or None (a warning says why: no CSVs, or the
+    report failed; the run's status does not change)."""
+    from sleepppg.validation_study import report_after_run
+
+    csvs = [e["outputs"]["csv"] for e in record.nights if (e.get("outputs") or {}).get("csv")]
+    if not csvs:
+        if record.nights:
+            log.warning("no validation report: no night CSV was written (inference.save_csv is false)")
+        return None
+    return report_after_run(csvs, run.run_dir / "validation", run.cfg["evaluation"]["metadata_file"])
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -265,6 +304,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto",
                    help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N (default: auto; auto and cuda "
                         "take gpu.device_id)")
+    p.add_argument("--labels", metavar="PATH",
+                   help="EDF / PPG mode: scored stages, a file or folder of NSRR or Profusion XML or CSV hypnograms "
+                        "(one stage per 30-s epoch; spellings in sleepppg.scoring), matched to nights by subject ID")
     p.add_argument("--n-subjects", type=int, help="HDF5 mode: subjects to stage; overrides inference.n_subjects")
     return p.parse_args(argv)
 

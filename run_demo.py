@@ -5,8 +5,9 @@ Steps (each one is a plain command of this repo, printed before it runs):
   2. verify_mesa_dataset.py    -> <workdir>/paircheck_result.json
   3. extract_mesa_data.py      -> data.* HDF5 files (preprocessing.out_dir)
   4. verify_mesa_outputs.py
-  5. train_ppg_only.py         -> output.save_dir/ppg_only_<timestamp>/ (TensorBoard logs, checkpoints, results)
-  6. inference_ppg_only.py     -> test subjects from the HDF5 (with labels: metrics, CSVs, hypnograms)
+  5. train_ppg_only.py         -> output.save_dir/ppg_only_<timestamp>/ (TensorBoard logs, checkpoints, results;
+                                  results/validation/report.md: the validation report of the test nights)
+  6. inference_ppg_only.py     -> test subjects from the HDF5 (with labels: metrics, CSVs, hypnograms, validation/)
   7. inference_ppg_only.py --edf -> raw EDF nights (no labels), with the .npy cache, one command per night
 Paths come from the config (default configs/config_demo.yaml); the cohort root is two folders above
 `preprocessing.edf_dir`. The steps' own output goes to stderr (the terminal); stdout holds only the final
@@ -75,6 +76,7 @@ MIN_SUBJECTS = 8  # train, validation and test each need nights
 MODEL = "ppg_only"
 LAST_CHECKPOINT = "checkpoints/last.pth"  # train_ppg_only.py rewrites it after every epoch (--resume reads it)
 TEST_RESULTS = "results/test_results.json"  # a training run is finished once this exists
+VALIDATION_REPORT = "results/validation/report.md"  # the training run's validation report of its test nights
 INFERENCE_RESULT = "result.json"  # an inference run folder is finished once this exists
 STEP_STOP_GRACE_S = 30.0  # s a step may take to stop after a signal (training saves its checkpoint), then SIGKILL
 # Peak memory (GB, PSS of the step's whole process tree) of each step with the shipped demo config on a 2-core VM,
@@ -408,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
 def print_summary(run_dir: Path, checkpoint: Path, steps: list[StepResult], cfg: dict, total_s: float) -> None:
     """Tell the user where everything is, what the SYNTHETIC test metrics were and what each step cost."""
     results = json.loads((run_dir / TEST_RESULTS).read_text())
+    report = run_dir / VALIDATION_REPORT
     lines = [
         "",
         "=" * 78,
@@ -419,12 +422,16 @@ def print_summary(run_dir: Path, checkpoint: Path, steps: list[StepResult], cfg:
         "Synthetic test set ({} nights): pooled accuracy {:.3f}, pooled kappa {:.3f}, median per-subject kappa "
         "{:.3f}".format(results["n_test_subjects"], results["test_accuracy_overall"], results["test_kappa_overall"],
                         results["test_median_kappa"]),
+        "Validation report: " + (f"{report}  (agreement, sleep statistics, Bland-Altman, calibration of the "
+                                 "synthetic test nights)" if report.is_file() else
+                                 "not written (the training log says why)"),
     ]
     for step in steps:
         if step.name.startswith(("6_", "7_")):
             label = "HDF5 inference" if step.name.startswith("6_") else "EDF inference"
             for out in step.outputs:
-                lines.append(f"{label:<17}: {out}  (result.json, csv/<id>/<id>.csv, graph/<id>/<id>.png)")
+                extra = ", validation/report.md" if step.name.startswith("6_") else ""
+                lines.append(f"{label:<17}: {out}  (result.json, csv/<id>/<id>.csv, graph/<id>/<id>.png{extra})")
     lines.append("Steps (wall seconds, CPU seconds of the step's processes):")
     for step in steps:
         cost = f"{step.seconds:.0f} s" + (f", CPU {step.cpu_s:.0f} s" if step.cpu_s is not None else "")

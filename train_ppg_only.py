@@ -18,7 +18,10 @@ Outputs, one folder per run: `<output.save_dir>/<model>_<YYYYmmdd_HHMMSS>[_runN]
     logs/         TensorBoard: Train/Loss, Val/Loss, Val/Overall_Accuracy, Val/Overall_Kappa, Val/Overall_F1,
                   Val/Median_Kappa, Train/Learning_Rate, Time/Epoch_Seconds, Speed/Train_Nights_per_s, a
                   confusion-matrix image and a validation hypnogram each epoch, hparams with test metrics
-    results/      test_results.json, confusion_matrix_epoch_<N|final>.png
+    results/      test_results.json, confusion_matrix_epoch_<N|final>.png; csv/<id>/<id>.csv (each test night
+                  as inference writes it, up to its last scored epoch) and validation/ (the validation report of
+                  the test nights, sleepppg.validation_study, with evaluation.metadata_file when set: report.md
+                  and its tables and figures; a report that cannot be made is a warning, not a failed run)
     console_logs/ <run folder name>.log (the console log, through a logging file handler)
 With several runs (`training.num_runs` or --runs) a `summary_results_<timestamp>.json` in save_dir holds the
 mean/median/std of the test metrics over runs (seed = training.seed + run, as the reference).
@@ -55,7 +58,7 @@ from sleepppg.config import load_config
 from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP
 from sleepppg.distributed import DistContext, check_compile_setup, kernel_settings, use_autocast, wrap_model
 from sleepppg.errors import ConfigError, DataError, SetupError, TrainingDiverged
-from sleepppg.evaluation import build_test_results, evaluate, summarize_runs, write_test_results
+from sleepppg.evaluation import build_test_results, evaluate, summarize_runs, write_test_nights, write_test_results
 from sleepppg.figures import confusion_figure, hypnogram_figure, save_figure
 from sleepppg.resume import Resume, check_resume, find_resume_point, resumed_config
 from sleepppg.runio import make_run_dir, write_json
@@ -444,8 +447,8 @@ def test_best_checkpoint(run: RunSetup, state: TrainState) -> dict | None:
                     "nights hold one stage only), so there is no best checkpoint: testing the last one (epoch %d) "
                     "on %d test nights", state.select_best_by, best["epoch"], n_test)
     run.eval_raw_model.load_state_dict(best["model_state_dict"])
-    test, _ = evaluate(run.eval_model, run.loaders["test"], run.datasets["test"].subjects, run.device, ctx,
-                       n_inputs=run.n_inputs, amp=run.amp, desc="test")
+    test, test_pred = evaluate(run.eval_model, run.loaders["test"], run.datasets["test"].subjects, run.device,
+                               ctx, n_inputs=run.n_inputs, amp=run.amp, desc="test", keep_probs=True)
     if not ctx.is_main:
         return None
     results = build_test_results(run, state, test, best)
@@ -466,7 +469,24 @@ def test_best_checkpoint(run: RunSetup, state: TrainState) -> dict | None:
              "(%d subjects)", test["loss"], test["accuracy"], test["kappa"], test["f1_weighted"],
              test["median_kappa"], test["n_nights"])
     log.info("results saved to %s", path)
+    write_test_validation(run, test_pred)
     return results
+
+
+def write_test_validation(run: RunSetup, test_pred: dict) -> None:
+    """The validation report of the test nights in results/validation/ (their CSVs in results/csv/); a report
+    that cannot be made is a warning: the tested run stands."""
+    from sleepppg.validation_study import report_after_run
+
+    results_dir = run.folder("results")
+    try:
+        csv_dir = write_test_nights(results_dir / "csv", list(run.datasets["test"].subjects), test_pred)
+    except OSError as err:
+        log.warning("no validation report: cannot write the test nights' CSVs: %s", err)
+        return
+    report = report_after_run([csv_dir], results_dir / "validation", run.cfg["evaluation"]["metadata_file"])
+    if report is not None:
+        log.info("validation report: %s", report)
 
 
 def train_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.device, ctx: DistContext,

@@ -123,6 +123,9 @@ CONFIG_SCHEMA: dict[str, dict[str, Any]] = {
         "ppg_fs": Default(OptionalNumber, None),  # --fs: rate (Hz) where the file does not say it
         "ppg_column": Default(OptionalStr, None),  # --column: PPG column / signal name (null: ppg_channels)
     },
+    "evaluation": {  # the validation report that training (test set) and inference (HDF5 mode) write
+        "metadata_file": Default(str, ""),  # subject metadata CSV (NSRR harmonized) for subgroups; "" = none
+    },
 }
 
 # Values that must be positive (> 0) or non-negative (>= 0); checked after types.
@@ -198,6 +201,13 @@ def _check_value(key: str, value: Any, expected: Any) -> Any:
     return value
 
 
+def _optional(expected: Any) -> bool:
+    """A key that may be left out: one with a Default, or a section whose every key may be left out."""
+    if isinstance(expected, dict):
+        return all(_optional(v) for v in expected.values())
+    return isinstance(expected, Default)
+
+
 def validate_config(raw: Any, schema: dict = CONFIG_SCHEMA, prefix: str = "") -> dict:
     """Check `raw` against `schema`; return a validated deep copy. Raises ConfigError naming the key."""
     where = prefix.rstrip(".") or "top level"
@@ -207,14 +217,14 @@ def validate_config(raw: Any, schema: dict = CONFIG_SCHEMA, prefix: str = "") ->
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(prefix + str(k) for k in unknown)} "
                           f"(allowed in {where}: {', '.join(schema)})")
-    missing = [prefix + k for k, v in schema.items() if k not in raw and not isinstance(v, Default)]
+    missing = [prefix + k for k, v in schema.items() if k not in raw and not _optional(v)]
     if missing:
         raise ConfigError(f"missing key(s): {', '.join(missing)}")
     out = {}
     for key, expected in schema.items():
         full = prefix + key
         if isinstance(expected, dict):
-            out[key] = validate_config(raw[key], expected, full + ".")
+            out[key] = validate_config(raw.get(key, {}), expected, full + ".")
             continue
         if isinstance(expected, Default):
             if key not in raw:

@@ -29,19 +29,22 @@ SUMMARY_KEYS = ("test_accuracy_overall", "test_kappa_overall", "test_f1_overall"
 
 @torch.no_grad()
 def predict(model, loader, device, *, n_inputs: int, amp: bool, progress: bool, desc: str,
-            subjects: list[str]) -> dict:
+            subjects: list[str], keep_probs: bool = False) -> dict:
     """Predictions of this rank's share of a loader built with return_index=True.
 
     Returns {"index": (N,), "preds": (N, W) int8, "labels": (N, W) int8, "loss_sum": (N,), "n_valid": (N,),
     "nonfinite": [[subject, input name], ...]} where loss_sum is the unweighted cross-entropy summed over each
     night's scored epochs and nonfinite lists this share's nights with NaN/Inf signals (read with the predictions,
-    no sync of its own; `evaluate` raises on them once every rank has finished).
+    no sync of its own; `evaluate` raises on them once every rank has finished); with `keep_probs` also
+    "probs": (N, W, 4) float32, the softmax of the logits (the test set's per-night CSVs).
     """
     from tqdm import tqdm
 
     model.eval()
     parts: dict[str, list] = {"index": [], "preds": [], "labels": [], "loss_sum": [], "n_valid": []}
     nonfinite: list[list[str]] = []
+    if keep_probs:
+        parts["probs"] = []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
         inputs, labels_BW, index_B = batch_on_device(batch, n_inputs, device)
         nonfinite += nonfinite_nights(nonfinite_inputs(inputs), index_B, subjects)
@@ -53,9 +56,12 @@ def predict(model, loader, device, *, n_inputs: int, amp: bool, progress: bool, 
         parts["labels"].append(labels_BW.to(torch.int8).cpu().numpy())
         parts["loss_sum"].append(loss_BW.double().sum(dim=1).cpu().numpy())
         parts["n_valid"].append((labels_BW != IGNORE_INDEX).sum(dim=1).cpu().numpy())
+        if keep_probs:
+            parts["probs"].append(torch.softmax(logits_BCW.float(), dim=1).permute(0, 2, 1).cpu().numpy())
     if not parts["index"]:
-        return {"index": np.zeros(0, dtype=np.int64), "preds": None, "labels": None,
-                "loss_sum": np.zeros(0), "n_valid": np.zeros(0, dtype=np.int64), "nonfinite": nonfinite}
+        empty = {"index": np.zeros(0, dtype=np.int64), "preds": None, "labels": None,
+                 "loss_sum": np.zeros(0), "n_valid": np.zeros(0, dtype=np.int64), "nonfinite": nonfinite}
+        return {**empty, "probs": None} if keep_probs else empty
     return {**{k: np.concatenate(v) for k, v in parts.items()}, "nonfinite": nonfinite}
 
 
@@ -79,14 +85,16 @@ def evaluation_metrics(pred: dict, subjects: list[str]) -> dict:
     return metrics
 
 
-def evaluate(model, loader, subjects, device, ctx: DistContext, *, n_inputs: int, amp: bool, desc: str):
-    """Whole-set metrics (gathered from every rank) and the merged predictions.
+def evaluate(model, loader, subjects, device, ctx: DistContext, *, n_inputs: int, amp: bool, desc: str,
+             keep_probs: bool = False):
+    """Whole-set metrics (gathered from every rank) and the merged predictions (with `keep_probs`, their
+    probabilities too).
 
     Returns:
         (metrics, predictions): `evaluation_metrics` of the whole set, and the merged `predict` output.
     """
     share = predict(model, loader, device, n_inputs=n_inputs, amp=amp, progress=ctx.is_main, desc=desc,
-                    subjects=subjects)
+                    subjects=subjects, keep_probs=keep_probs)
     shares = ctx.all_gather(share)
     bad = [night for s in shares for night in s["nonfinite"]]
     if bad:  # every rank raises the same error, after the gather: none is left waiting
@@ -157,6 +165,24 @@ def write_test_results(results_dir: Path, results: dict) -> Path:
         err.filename = str(figure)
         raise
     return path
+
+
+def write_test_nights(csv_dir: Path, subjects: list[str], pred: dict) -> Path:
+    """The test nights as inference's per-night CSVs (`<csv_dir>/<id>/<id>.csv`, sleepppg.outputs.write_csv),
+    the input of the validation report. A night's rows stop at its last scored epoch: the rest of the
+    1,200 windows is padding. Returns csv_dir.
+
+    Args:
+        pred: `evaluate`'s merged predictions with "probs" (keep_probs=True).
+    """
+    from sleepppg.outputs import write_csv
+
+    for index, labels_W, probs_WC in zip(pred["index"], pred["labels"].astype(np.int64), pred["probs"]):
+        sid = subjects[int(index)]
+        scored = np.flatnonzero(labels_W != IGNORE_INDEX)
+        n_epochs = int(scored[-1]) + 1 if scored.size else labels_W.size
+        write_csv(csv_dir / sid / f"{sid}.csv", probs_WC[:n_epochs], true_W=labels_W[:n_epochs])
+    return csv_dir
 
 
 def summarize_runs(all_results: dict[str, list[dict]]) -> dict:

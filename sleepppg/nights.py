@@ -6,6 +6,8 @@ some, source facts for result.json).
 - EDF or any PPG format (`prepare_edf_night`): the night's cache (sleepppg.cache) when valid, else the
   training preprocessing (`preprocess_recording`, or sleepppg.formats for --ppg) and a new cache.
 - HDF5 (`prepare_hdf5_night`): the night's rows of the processed PPG file, with their labels.
+- With `--labels` (`prepare_labelled_night`): an EDF or PPG night gets its scored stages from the label file
+  of its subject ID (sleepppg.scoring); a night without one, or whose file cannot be read, is staged without.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from sleepppg.errors import BadRecordingError, SetupError
 from sleepppg.ids import safe_id, subject_id_from_filename
 from sleepppg.paths import OutputRoot
 from sleepppg.preprocessing import preprocess_recording
+from sleepppg.scoring import labels_for, read_labels
 
 log = logging.getLogger("sleepppg.nights")
 
@@ -293,3 +296,25 @@ def prepare_hdf5_night(job: NightJob, ppg_h5, n_windows: int) -> Night:
     if n_rec == 0 or not (labels_W != IGNORE_INDEX).any():
         raise BadRecordingError("no recorded or scored epochs", kind="no_scored_epochs")
     return Night(job.subject_id, job.path.resolve(), ppg_WS, n_rec, False, labels_W, {"start_row": job.start_row})
+
+
+def prepare_labelled_night(job: NightJob, prepare, label_files: dict[str, Path], n_windows: int) -> Night:
+    """`prepare(job)`, with the scored stages of the night's label file (sleepppg.scoring.labels_for) when it
+    has one. A night without a label file, with one that cannot be read or that scores none of the staged
+    epochs, is staged without labels (a log line; result.json's `labels_file` / `labels_error` say which)."""
+    night = prepare(job)
+    path = labels_for(job.subject_id, label_files)
+    night.info["labels_file"] = None if path is None else str(path.resolve())
+    if path is None:
+        log.info("%s: no label file in --labels; staged without labels", job.subject_id)
+        return night
+    try:
+        labels_W = read_labels(path, n_windows)
+    except BadRecordingError as err:
+        night.info["labels_error"] = f"labels not used: {err}"
+    else:
+        if (labels_W[:night.n_recorded] != IGNORE_INDEX).any():
+            night.labels_W = labels_W
+            return night
+        night.info["labels_error"] = f"labels not used: {path.name} scores none of the staged epochs"
+    return night  # the error is one of the night's warnings (sleepppg.staging.night_entry logs it)

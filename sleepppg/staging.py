@@ -30,10 +30,18 @@ import numpy as np
 import torch
 
 from sleepppg.cache import cache_settings
-from sleepppg.constants import N_CLASSES, SAMPLES_PER_WINDOW, WINDOW_SECONDS
+from sleepppg.constants import IGNORE_INDEX, N_CLASSES, SAMPLES_PER_WINDOW, WINDOW_SECONDS
 from sleepppg.errors import SetupError
 from sleepppg.metrics import compute_metrics, summary_stats
-from sleepppg.nights import Hdf5Selection, Night, NightJob, prepare_edf_night, prepare_hdf5_night, unique_ids
+from sleepppg.nights import (
+    Hdf5Selection,
+    Night,
+    NightJob,
+    prepare_edf_night,
+    prepare_hdf5_night,
+    prepare_labelled_night,
+    unique_ids,
+)
 from sleepppg.outputs import OutputWriter, predicted_stages
 from sleepppg.paths import OutputPathError
 from sleepppg.quality import ppg_quality, quality_warnings
@@ -156,6 +164,8 @@ def night_entry(night: Night, probs_WC: np.ndarray) -> tuple[dict, dict | None]:
     pred_W = predicted_stages(probs_WC)
     quality = ppg_quality(night.ppg_windows_WS, night.n_recorded, night.info.get("gap_epochs") or ())
     warnings = quality_warnings(quality)
+    if night.info.get("labels_error"):
+        warnings.append(night.info["labels_error"])
     if night.truncated:
         warnings.append(f"recording longer than the model's span: only its first "
                         f"{night.n_recorded * WINDOW_SECONDS / 3600:.2f} h are staged")
@@ -168,7 +178,8 @@ def night_entry(night: Night, probs_WC: np.ndarray) -> tuple[dict, dict | None]:
     performance = None
     if night.labels_W is not None:
         true_W = night.labels_W[:night.n_recorded]
-        m = compute_metrics(true_W, pred_W)
+        # only epochs both staged and scored are compared (a gap in the recording is not staged)
+        m = compute_metrics(np.where(pred_W == IGNORE_INDEX, IGNORE_INDEX, true_W), pred_W)
         performance = {"accuracy": m["accuracy"], "kappa": json_safe(m["kappa"]), "n_epochs_compared": m["n_epochs"]}
         entry["performance"] = performance
         entry["sleep_report_scored"] = sleep_report(true_W)
@@ -264,9 +275,11 @@ def run_pipeline(model, jobs: Sequence[NightJob], prepare: Callable[[NightJob], 
 
 
 def run_edf_mode(model, n_windows: int, cfg: dict, edf_paths: list[Path], run_dir: Path | None,
-                 device: torch.device, flags: dict, record: RunRecord | None = None) -> RunRecord:
+                 device: torch.device, flags: dict, record: RunRecord | None = None,
+                 label_files: dict[str, Path] | None = None) -> RunRecord:
     """Stage every EDF, or with inference.ppg_file every recording of any format (preprocessed, or read from
-    the cache); returns the run record."""
+    the cache); with `label_files` (sleepppg.scoring.find_label_files) each night with a label file is staged
+    with its scored stages, as in HDF5 mode; returns the run record."""
     pre_cfg, inf_cfg = cfg["preprocessing"], cfg["inference"]
     record = RunRecord() if record is None else record
     jobs = [NightJob(sid, path) for sid, path in zip(unique_ids(edf_paths, pre_cfg["id_pattern"]), edf_paths)]
@@ -275,6 +288,9 @@ def run_edf_mode(model, n_windows: int, cfg: dict, edf_paths: list[Path], run_di
     workers = max(1, min(pre_cfg["workers"] or os.cpu_count() or 1, len(jobs)))
     prepare = functools.partial(prepare_edf_night, cache_root=Path(inf_cfg["cache_root"]),
                                 settings=cache_settings(cfg, n_windows))
+    if label_files:
+        prepare = functools.partial(prepare_labelled_night, prepare=prepare, label_files=label_files,
+                                    n_windows=n_windows)
     run_pipeline(model, jobs, prepare, record, device=device, bf16=cfg["gpu"]["mixed_precision"],
                  batch_size=inf_cfg["batch_size"], workers=workers, run_dir=run_dir, flags=flags)
     return record

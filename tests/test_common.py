@@ -35,6 +35,21 @@ def _write(tmp_path, text_from, old, new):
     return p
 
 
+def test_evaluation_section_is_optional_and_checked(tmp_path):
+    text = CONFIGS[0].read_text()
+    section = text[text.index("\nevaluation:"):]
+    without = tmp_path / "without.yaml"
+    without.write_text(text.replace(section, "\n"))
+    assert load_config(without)["evaluation"] == {"metadata_file": ""}
+    assert load_config(CONFIGS[0], {"evaluation.metadata_file": "m.csv"})["evaluation"]["metadata_file"] == "m.csv"
+    p = _write(tmp_path, CONFIGS[0], '  metadata_file: ""', '  metadata_fle: ""')
+    with pytest.raises(ConfigError, match="evaluation.metadata_fle"):
+        load_config(p)
+    p = _write(tmp_path, CONFIGS[0], '  metadata_file: ""', "  metadata_file: 3")
+    with pytest.raises(ConfigError, match="evaluation.metadata_file"):
+        load_config(p)
+
+
 def test_flase_is_rejected_naming_the_key(tmp_path):
     p = _write(tmp_path, CONFIGS[0], "only_inference: false", "only_inference: flase")
     with pytest.raises(ConfigError, match="inference.only_inference"):

@@ -493,6 +493,8 @@ def test_demo_end_to_end_training_killed_then_resumed(tmp_path):
     assert third.returncode == 0, third.stderr[-3000:]
     summary = third.stdout
     assert "SYNTHETIC" in summary and f"Training run     : {killed_run.relative_to(tmp_path)}" in summary
+    assert f"Validation report: {killed_run.relative_to(tmp_path) / run_demo.VALIDATION_REPORT}" in summary
+    assert (killed_run / run_demo.VALIDATION_REPORT).is_file()
     assert summary.count("skipped (done)") == 7 and "0 step(s) run, 7 skipped" in summary
     assert sorted(save_dir.glob("ppg_only_*")) == [killed_run]
     for mode, nights in (("hdf5_mode", 1), ("edf_mode", 1)):
@@ -503,3 +505,17 @@ def test_demo_end_to_end_training_killed_then_resumed(tmp_path):
         assert result["mode"] == ("HDF5" if mode == "hdf5_mode" else "EDF")
         assert len(list(out.glob("csv/*/*.csv"))) == nights and list(out.glob("graph/*/*.png"))
     assert len(list((demo_dir / "mesa-inference").glob("*/meta.json"))) == 1  # the EDF night's cache
+
+
+def test_summary_says_where_the_validation_report_is(tmp_path, capsys):
+    run_dir = tmp_path / "ppg_only_1"
+    (run_dir / "results").mkdir(parents=True)
+    (run_dir / run_demo.TEST_RESULTS).write_text(json.dumps({"n_test_subjects": 3, "test_accuracy_overall": 0.5,
+                                                             "test_kappa_overall": 0.2, "test_median_kappa": 0.1}))
+    cfg = {"output": {"save_dir": str(tmp_path)}}
+    run_demo.print_summary(run_dir, run_dir / "best.pth", [], cfg, 1.0)
+    assert "Validation report: not written" in capsys.readouterr().out
+    (run_dir / run_demo.VALIDATION_REPORT).parent.mkdir()
+    (run_dir / run_demo.VALIDATION_REPORT).write_text("# Validation report")
+    run_demo.print_summary(run_dir, run_dir / "best.pth", [], cfg, 1.0)
+    assert f"Validation report: {run_dir / run_demo.VALIDATION_REPORT}  (agreement" in capsys.readouterr().out

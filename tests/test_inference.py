@@ -16,6 +16,7 @@ from helpers import (
     write_edf,
     write_processed,
     write_tiny_checkpoint,
+    write_xml,
 )
 
 import inference_ppg_only as inf
@@ -155,7 +156,11 @@ def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint, capsys):
     overrides = {"data.ppg_file": files["ppg"], "data.ecg_file": files["ecg"], "data.index_file": files["index"],
                  "data.windows_per_subject": N_WIN, "inference.best_model": str(checkpoint),
                  "inference.only_inference": False}
-    cfg = make_config(tmp_path, **overrides)
+    meta = tmp_path / "metadata.csv"  # evaluation.metadata_file: NSRR IDs without leading zeros
+    meta.write_text("nsrrid,nsrr_age,nsrr_sex,nsrr_bmi,nsrr_ahi_hp3r_aasm15\n" + "".join(
+        f"{int(sid)},{50 + k},{'male' if k % 2 else 'female'},{24 + k},{3 + 5 * k}\n"
+        for k, sid in enumerate(sleepppg_test_subjects()[:4])))
+    cfg = make_config(tmp_path, **overrides, **{"evaluation.metadata_file": str(meta)})
     code, result, run_dir = run(cfg, tmp_path / "out", "--n-subjects", "2")
     assert code == 0 and result["mode"] == "HDF5" and len(result["nights"]) == 2
     test_ids = set(sleepppg_test_subjects()[1:4])
@@ -199,9 +204,74 @@ def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint, capsys):
     assert metrics["acc_mean"] == pytest.approx(np.mean(accs)) and metrics["acc_std"] == pytest.approx(np.std(accs))
     assert metrics["pooled"]["accuracy"] == pytest.approx(accuracy_score(all_true, all_pred))
     assert metrics["pooled"]["kappa"] == pytest.approx(cohen_kappa_score(all_true, all_pred, labels=[0, 1, 2, 3]))
-    # the same seed picks the same subjects
-    _, again, _ = run(cfg, tmp_path / "out2", "--n-subjects", "2")
+    # the validation report of the staged nights, with the metadata's subgroups
+    import pandas as pd
+    agreement = pd.read_csv(run_dir / "validation" / "epoch_agreement.csv", index_col=0)
+    assert agreement.loc["pooled", "kappa"] == pytest.approx(metrics["pooled"]["kappa"], abs=1e-6)
+    assert sorted(agreement.index.drop("pooled")) == sorted(i["subject_id"] for i in result["nights"])
+    assert set(pd.read_csv(run_dir / "validation" / "subgroups.csv")["covariate"]) >= {"nsrr_age", "nsrr_sex"}
+    assert f"Validation report: {run_dir / 'validation' / 'report.md'}" in out
+    # the same seed picks the same subjects; a report that cannot be made (metadata missing) is a warning only
+    (tmp_path / "c2").mkdir()
+    cfg2 = make_config(tmp_path / "c2", **overrides, **{"evaluation.metadata_file": str(tmp_path / "none.csv")})
+    code, again, run2 = run(cfg2, tmp_path / "out2", "--n-subjects", "2")
     assert [i["subject_id"] for i in again["nights"]] == [i["subject_id"] for i in result["nights"]]
+    assert code == 0 and not (run2 / "validation" / "report.md").exists()
+    assert "no validation report" in (run2 / "inference.log").read_text()
+
+
+def test_edf_mode_with_labels_scores_matched_nights(tmp_path, checkpoint, caplog):
+    from sklearn.metrics import accuracy_score, cohen_kappa_score
+
+    edfs, labels = tmp_path / "edfs", tmp_path / "labels"
+    for i, sid in enumerate(("0001", "0002", "0003", "0004")):
+        write_edf(edfs / f"mesa-sleep-{sid}.edf", 20, seed=i)
+    stages = [("Wake|0", 0, 300), ("Stage 2 sleep|2", 300, 300), ("Stage 3 sleep|3", 600, 300),
+              ("REM sleep|5", 900, 300)]
+    write_xml(labels / "mesa-sleep-1-nsrr.xml", stages)  # leading zeros dropped: still night 0001
+    labels.joinpath("mesa-sleep-0002.csv").write_text("stage\n" + "W\nN1\nN2\nN3\nR\n" * 8)
+    labels.joinpath("mesa-sleep-0004.csv").write_text("stage\nN9\n")  # unreadable: staged without labels
+    cfg = make_config(tmp_path)
+    caplog.set_level("INFO")
+    code, result, run_dir = run(cfg, tmp_path / "out", "--checkpoint", str(checkpoint), "--edf", str(edfs),
+                                "--labels", str(labels))
+    assert code == 0 and len(result["nights"]) == 4
+    nights = {n["subject_id"]: n for n in result["nights"]}
+    assert set(nights["0001"]) >= {"performance", "sleep_report_scored", "sleep_report_difference"}
+    assert "performance" in nights["0002"] and "performance" not in nights["0003"]
+    assert "performance" not in nights["0004"] and "N9" in nights["0004"]["labels_error"]
+    assert any("N9" in w for w in nights["0004"]["warnings"])
+    assert nights["0003"]["labels_file"] is None
+    assert nights["0001"]["labels_file"] == str((labels / "mesa-sleep-1-nsrr.xml").resolve())
+    all_true, all_pred = [], []
+    for sid in ("0001", "0002"):
+        _, rows = read_csv(run_dir / "csv" / sid / f"{sid}.csv")
+        y_true, y_pred = [int(r[4]) for r in rows if r[4] != ""], [int(r[2]) for r in rows if r[4] != ""]
+        assert len(y_true) == 40 and nights[sid]["performance"]["n_epochs_compared"] == 40
+        assert nights[sid]["performance"]["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+        assert_png(run_dir / "graph" / sid / f"{sid}_with_label.png")
+        all_true += y_true
+        all_pred += y_pred
+    _, rows = read_csv(run_dir / "csv" / "0001" / "0001.csv")
+    assert [int(r[4]) for r in rows[::10]] == [0, 1, 2, 3]
+    _, rows = read_csv(run_dir / "csv" / "0003" / "0003.csv")
+    assert all(r[4] == "" for r in rows)
+    assert result["metrics"]["subjects"] == 2
+    assert result["metrics"]["pooled"]["kappa"] == pytest.approx(cohen_kappa_score(all_true, all_pred,
+                                                                                   labels=[0, 1, 2, 3]))
+    assert "2 of 4 staged night(s) compared with their labels; 2 without labels: 0003, 0004" in caplog.text
+
+
+def test_labels_flag_is_refused_in_hdf5_mode(tmp_path, checkpoint, caplog):
+    labels = tmp_path / "l.csv"
+    labels.write_text("W\n")
+    cfg = make_config(tmp_path, **{"inference.only_inference": False})
+    out = tmp_path / "out"
+    assert run(cfg, out, "--checkpoint", str(checkpoint), "--labels", str(labels))[0] == inf.EXIT_SETUP
+    assert "--labels" in caplog.text and not out.exists()
+    edf = write_edf(tmp_path / "mesa-sleep-0001.edf", 20)
+    assert run(make_config(tmp_path), out, "--edf", str(edf), "--checkpoint", str(checkpoint), "--labels",
+               str(tmp_path / "nowhere"))[0] == inf.EXIT_SETUP
 
 
 def test_bad_setup_exits_2(tmp_path, checkpoint):

@@ -145,6 +145,47 @@ def test_test_results_fields(straight_run, data):
     assert r["best_epoch"] == int(np.argmin(history["val_losses"])) + 1  # best = lowest validation loss
 
 
+def test_validation_report_of_the_test_nights(straight_run, data):
+    import pandas as pd
+    from sklearn.metrics import cohen_kappa_score
+
+    results = straight_run / "results"
+    tested = json.loads((results / "test_results.json").read_text())
+    with h5py.File(data["ppg"]) as f:
+        sids, labels = f["subject_ids"][:].astype(str), f["labels"][:]
+    true_all, pred_all = [], []
+    for sid in tested["test_subjects"]:
+        night = pd.read_csv(results / "csv" / sid / f"{sid}.csv")
+        labels_W = labels[sids == sid]
+        last = int(np.flatnonzero(labels_W != -1)[-1])
+        assert len(night) == last + 1  # rows stop at the last scored epoch
+        scored = labels_W[:last + 1] != -1
+        np.testing.assert_array_equal(night["true_idx"].to_numpy()[scored], labels_W[:last + 1][scored])
+        probs = night[["p_wake", "p_light", "p_deep", "p_rem"]].to_numpy()
+        np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
+        assert (night["pred_idx"].to_numpy() == probs.argmax(axis=1)).all()
+        true_all += labels_W[:last + 1][scored].tolist()
+        pred_all += night["pred_idx"].to_numpy()[scored].tolist()
+    assert cohen_kappa_score(true_all, pred_all) == pytest.approx(tested["test_kappa_overall"])
+    report = results / "validation" / "report.md"
+    assert f"# Validation report: {len(tested['test_subjects'])} nights" in report.read_text()
+    agreement = pd.read_csv(results / "validation" / "epoch_agreement.csv", index_col=0)
+    assert agreement.loc["pooled", "kappa"] == pytest.approx(tested["test_kappa_overall"], abs=1e-6)
+
+
+def test_a_failed_validation_report_is_a_warning(data, tmp_path, caplog):
+    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", num_epochs=1)
+    text = cfg.read_text().replace("metadata_file: ''", f"metadata_file: {str(tmp_path / 'none.csv')!r}")
+    assert str(tmp_path / "none.csv") in text
+    cfg.write_text(text)  # a metadata file that does not exist: the report stops (bad setup)
+    assert T.main(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu"]) == 0
+    assert "no validation report" in caplog.text and "none.csv" in caplog.text
+    (run_dir,) = run_dirs(tmp_path / "out")
+    assert (run_dir / "results" / "test_results.json").is_file()
+    assert (run_dir / "results" / "csv").is_dir()
+    assert not (run_dir / "results" / "validation" / "report.md").exists()
+
+
 def test_tensorboard_scalars_and_images(straight_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -1,0 +1,154 @@
+"""Scored stages for raw recordings (inference's `--labels`): annotation files found in a file or folder,
+matched to nights by subject ID, and read into one 4-class label per 30-s epoch.
+
+Accepted files:
+- NSRR XML (`*-nsrr.xml` or any `*.xml` with root `PSGAnnotation`) and Compumedics Profusion XML
+  (`*-profusion.xml`, root `CMPStudyConfig`), read by sleepppg.annotations.xml_to_labels;
+- a CSV hypnogram (`*.csv`, `*.tsv`, `*.txt`): one row per 30-s epoch from the recording start, in one column,
+  or in the column named stage, stages, sleep_stage, hypnogram, label, labels or true_idx (any case) when the
+  first row is a header. A value is a 4-class index 0 Wake, 1 Light, 2 Deep, 3 REM, -1 unscored, or a stage
+  name (any case): W, Wake, WK -> Wake; N1, N2, S1, S2, NREM1, NREM2, Light -> Light; N3, N4, S3, S4, NREM3,
+  NREM4, SWS, Deep -> Deep; R, REM -> REM; empty, ?, U, Unscored, M, MT, Movement, A, Artifact, -1 -> unscored.
+  Any other value stops the file (BadRecordingError): stages are never guessed.
+
+Matching follows the pair check (sleepppg.pairing): the subject ID is `preprocessing.id_pattern`'s group in the
+file name without its ending (`mesa-sleep-0001-nsrr.xml` -> 0001), else the stem; IDs are compared on their
+zero-free form (sleepppg.ids.zero_free_id: 0001 and 1 match). For one ID, NSRR XML is used before Profusion
+XML before a CSV hypnogram; two files of one kind for one ID are a setup error.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from sleepppg.annotations import xml_to_labels
+from sleepppg.constants import IGNORE_INDEX
+from sleepppg.errors import BadRecordingError, SetupError
+from sleepppg.ids import subject_id_from_filename, zero_free_id
+from sleepppg.pairing import ANNOTATION_SUFFIXES
+
+XML_SUFFIX = ".xml"
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
+STAGE_COLUMNS = ("stage", "stages", "sleep_stage", "hypnogram", "label", "labels", "true_idx")
+# stage spellings (lower case) -> 4-class label; numbers are the 4-class indices themselves
+STAGE_SPELLINGS = {
+    **dict.fromkeys(("0", "w", "wake", "wk"), 0),
+    **dict.fromkeys(("1", "n1", "n2", "s1", "s2", "nrem1", "nrem2", "light"), 1),
+    **dict.fromkeys(("2", "n3", "n4", "s3", "s4", "nrem3", "nrem4", "sws", "deep"), 2),
+    **dict.fromkeys(("3", "r", "rem"), 3),
+    **dict.fromkeys(("", "-1", "?", "u", "unscored", "m", "mt", "movement", "a", "artifact"), IGNORE_INDEX),
+}
+_PREFERENCE = ("nsrr", "profusion", "xml", "table")  # for one ID, the first kind present is used
+
+log = logging.getLogger("sleepppg.scoring")
+
+
+def _label_kind(path: Path) -> tuple[str, str] | None:
+    """(kind, name without its ending) of a label file, None for other files."""
+    name = path.name
+    for dialect, suffix in ANNOTATION_SUFFIXES.items():
+        if name.lower().endswith(suffix):
+            return dialect, name[:-len(suffix)]
+    if path.suffix.lower() == XML_SUFFIX:
+        return "xml", path.stem
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        return "table", path.stem
+    return None
+
+
+def find_label_files(spec: str | os.PathLike, id_pattern: str) -> dict[str, Path]:
+    """The label files of `spec` (a file, or a folder's label files, not recursive) by zero-free subject ID.
+
+    Raises:
+        SetupError: `spec` does not exist, holds no label file, or gives one ID two files of one kind.
+    """
+    path = Path(spec).expanduser()
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and _label_kind(p) is not None)
+    else:
+        raise SetupError(f"--labels: not found: {path}")
+    by_id: dict[str, dict[str, list[Path]]] = {}
+    for file in files:
+        kind = _label_kind(file)
+        if kind is None:
+            raise SetupError(f"--labels: {file} is neither annotation XML nor a CSV hypnogram (.csv .tsv .txt)")
+        sid = subject_id_from_filename(kind[1], id_pattern) or kind[1]
+        by_id.setdefault(zero_free_id(sid), {}).setdefault(kind[0], []).append(file)
+    if not by_id:
+        raise SetupError(f"--labels: no annotation XML or CSV hypnogram in {path}")
+    chosen = {}
+    for sid, kinds in sorted(by_id.items()):
+        kind = next(k for k in _PREFERENCE if k in kinds)
+        if len(kinds[kind]) > 1:
+            raise SetupError(f"--labels: subject {sid} has several label files: "
+                             f"{', '.join(p.name for p in kinds[kind])}")
+        chosen[sid] = kinds[kind][0]
+    return chosen
+
+
+def labels_for(subject_id: str, label_files: dict[str, Path]) -> Path | None:
+    """The label file of a night (matched on the zero-free ID), None when it has none."""
+    return label_files.get(zero_free_id(subject_id))
+
+
+def _stage_value(text: str, row: int, path: Path) -> int:
+    label = STAGE_SPELLINGS.get(text.strip().lower())
+    if label is None:
+        raise BadRecordingError(f"{path.name} row {row}: {text!r} is not a sleep stage (0-3, -1 or a name: "
+                                "W, N1, N2, N3, R, Wake, REM ...)", kind="bad_hypnogram")
+    return label
+
+
+def read_hypnogram_table(path: str | os.PathLike, n_windows: int) -> np.ndarray:
+    """A CSV hypnogram (see the module docstring) -> int64 (n_windows,): epochs past its end are unscored,
+    rows past n_windows are dropped.
+
+    Raises:
+        BadRecordingError: unreadable file, no stage column, an unknown stage value, no row.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise BadRecordingError(f"cannot read hypnogram {path}: {err}", kind="bad_hypnogram") from None
+    delimiter = "\t" if "\t" in text.split("\n", 1)[0] else ","
+    rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter) if r]
+    if not rows:
+        raise BadRecordingError(f"hypnogram {path.name} has no row", kind="bad_hypnogram")
+    header = [c.strip().lower() for c in rows[0]]
+    column, first = 0, 0
+    if not all(c in STAGE_SPELLINGS for c in header):  # a header row
+        first = 1
+        names = [c for c in STAGE_COLUMNS if c in header]
+        if names:
+            column = header.index(names[0])
+        elif len(header) > 1:
+            raise BadRecordingError(f"hypnogram {path.name}: no stage column (one of {', '.join(STAGE_COLUMNS)}) "
+                                    f"among {', '.join(rows[0])}", kind="bad_hypnogram")
+    elif len(header) > 1:
+        raise BadRecordingError(f"hypnogram {path.name}: several columns and no header naming the stage column",
+                                kind="bad_hypnogram")
+    values = [_stage_value(r[column] if column < len(r) else "", i + 1, path)
+              for i, r in enumerate(rows[first:first + n_windows], start=first)]
+    labels_W = np.full(n_windows, IGNORE_INDEX, dtype=np.int64)
+    labels_W[:len(values)] = values
+    return labels_W
+
+
+def read_labels(path: str | os.PathLike, n_windows: int) -> np.ndarray:
+    """Scored stages of one night from annotation XML or a CSV hypnogram: int64 (n_windows,), -1 unscored.
+
+    Raises:
+        BadRecordingError: the file cannot be read as either.
+    """
+    path = Path(path)
+    if path.suffix.lower() == XML_SUFFIX:
+        return xml_to_labels(path, n_windows)
+    return read_hypnogram_table(path, n_windows)
