@@ -58,7 +58,7 @@ from sleepppg.config import load_config
 from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP
 from sleepppg.distributed import DistContext, check_compile_setup, kernel_settings, use_autocast, wrap_model
 from sleepppg.errors import ConfigError, DataError, SetupError, TrainingDiverged
-from sleepppg.evaluation import build_test_results, evaluate, summarize_runs, write_test_nights, write_test_results
+from sleepppg.evaluation import build_test_results, evaluate, summarize_runs, write_test_results, write_test_validation
 from sleepppg.figures import confusion_figure, hypnogram_figure, save_figure
 from sleepppg.resume import Resume, check_resume, find_resume_point, resumed_config
 from sleepppg.runio import make_run_dir, write_json
@@ -469,24 +469,9 @@ def test_best_checkpoint(run: RunSetup, state: TrainState) -> dict | None:
              "(%d subjects)", test["loss"], test["accuracy"], test["kappa"], test["f1_weighted"],
              test["median_kappa"], test["n_nights"])
     log.info("results saved to %s", path)
-    write_test_validation(run, test_pred)
+    write_test_validation(run.folder("results"), list(run.datasets["test"].subjects), test_pred,
+                          run.cfg["evaluation"]["metadata_file"])
     return results
-
-
-def write_test_validation(run: RunSetup, test_pred: dict) -> None:
-    """The validation report of the test nights in results/validation/ (their CSVs in results/csv/); a report
-    that cannot be made is a warning: the tested run stands."""
-    from sleepppg.validation_study import report_after_run
-
-    results_dir = run.folder("results")
-    try:
-        csv_dir = write_test_nights(results_dir / "csv", list(run.datasets["test"].subjects), test_pred)
-    except OSError as err:
-        log.warning("no validation report: cannot write the test nights' CSVs: %s", err)
-        return
-    report = report_after_run([csv_dir], results_dir / "validation", run.cfg["evaluation"]["metadata_file"])
-    if report is not None:
-        log.info("validation report: %s", report)
 
 
 def train_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.device, ctx: DistContext,

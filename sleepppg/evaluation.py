@@ -9,6 +9,7 @@ night once and returns the loss over scored epochs (unweighted, as the reference
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from sleepppg.metrics import compute_metrics, summary_stats
 from sleepppg.runio import write_json
 from sleepppg.runstate import RunSetup, TrainState
 from sleepppg.trainingdata import batch_on_device, nonfinite_error, nonfinite_inputs, nonfinite_nights
+
+log = logging.getLogger("sleepppg.evaluation")
 
 SUMMARY_KEYS = ("test_accuracy_overall", "test_kappa_overall", "test_f1_overall", "test_median_kappa")
 
@@ -196,3 +199,18 @@ def summarize_runs(all_results: dict[str, list[dict]]) -> dict:
             summary[kind][key] = {"mean": stats["mean"], "median": stats["median"], "std": stats["std"],
                                   "values": values}
     return summary
+
+
+def write_test_validation(results_dir: Path, subjects: list[str], test_pred: dict, metadata_file: str) -> None:
+    """The validation report of the test nights in `results_dir`/validation/ (their CSVs in `results_dir`/csv/);
+    a report that cannot be made is a warning: the tested run stands."""
+    from sleepppg.validation_study import report_after_run
+
+    try:
+        csv_dir = write_test_nights(results_dir / "csv", subjects, test_pred)
+    except OSError as err:
+        log.warning("no validation report: cannot write the test nights' CSVs: %s", err)
+        return
+    report = report_after_run([csv_dir], results_dir / "validation", metadata_file)
+    if report is not None:
+        log.info("validation report: %s", report)
