@@ -512,7 +512,7 @@ def train_all(args: argparse.Namespace, ctx: DistContext) -> int:
             if parents[kind] is not None:
                 cfg["training"]["init_from_sha256"] = parents[kind].record["sha256"]  # into config.json
     device = resolve_device(args.device, cfg["gpu"]["device_id"], ctx.local_rank if ctx.enabled else None)
-    check_compile_setup(cfg, device)
+    check_compile_setup(cfg, device, distributed=ctx.enabled)
     kinds = [resume.ckpt["model_kind"]] if resume is not None else models_to_train(args.model, cfg)
     fingerprints = {kind: preflight_data(cfg, kind) for kind in kinds}
     if resume is not None:

@@ -140,9 +140,20 @@ def inductor_cpp_compiler() -> str | None:
         return None
 
 
-def check_compile_setup(cfg: dict, device: torch.device) -> None:
-    """gpu.compile on the CPU builds C++ kernels: stop before any run folder is made when no compiler exists."""
-    if cfg["gpu"]["compile"] and device.type == "cpu" and inductor_cpp_compiler() is None:
+MIN_TORCH_DDP_COMPILE_CHECKPOINTING = (2, 6)  # torch 2.5's DDP graph splitter refuses checkpointed graphs
+
+
+def check_compile_setup(cfg: dict, device: torch.device, distributed: bool = False) -> None:
+    """Stop before any run folder is made when gpu.compile cannot work here: on the CPU without a C++ compiler
+    (torch.compile builds C++ kernels), or several processes (DDP) with activation checkpointing on a torch
+    older than 2.6 (its DDP graph splitter raises "Found a higher order op in the graph" at the first step)."""
+    if not cfg["gpu"]["compile"]:
+        return
+    version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    if distributed and cfg["training"]["activation_checkpointing"] and version < MIN_TORCH_DDP_COMPILE_CHECKPOINTING:
+        raise SetupError(f"gpu.compile with training.activation_checkpointing under torchrun needs torch >= 2.6 "
+                         f"(this is {torch.__version__}): upgrade torch, or turn one of the two off")
+    if device.type == "cpu" and inductor_cpp_compiler() is None:
         raise SetupError("gpu.compile is true, but torch.compile on the CPU needs a C++ compiler and none was "
                          "found (torch looks for $CXX, g++ or clang++): install one, or set gpu.compile: false")
 

@@ -89,3 +89,21 @@ def test_loader_workers_start_by_forkserver_only_under_torchrun_on_cuda(tmp_path
         batches.append(next(iter(val)))
     for a, b in zip(*batches):
         assert torch.equal(a, b)
+
+
+def test_compile_with_checkpointing_under_ddp_needs_torch_2_6(monkeypatch):
+    import pytest
+    import torch
+
+    from sleepppg.distributed import check_compile_setup
+    from sleepppg.errors import SetupError
+
+    cfg = {"gpu": {"compile": True}, "training": {"activation_checkpointing": True}}
+    monkeypatch.setattr("sleepppg.distributed.inductor_cpp_compiler", lambda: "g++")
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cu121")
+    with pytest.raises(SetupError, match=r"needs torch >= 2.6 \(this is 2.5.1\+cu121\)"):
+        check_compile_setup(cfg, torch.device("cpu"), distributed=True)
+    check_compile_setup(cfg, torch.device("cpu"), distributed=False)  # one process: no DDP graph splitter
+    check_compile_setup({**cfg, "training": {"activation_checkpointing": False}}, torch.device("cpu"), distributed=True)
+    monkeypatch.setattr(torch, "__version__", "2.6.0")
+    check_compile_setup(cfg, torch.device("cpu"), distributed=True)
