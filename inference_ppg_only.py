@@ -54,9 +54,10 @@ Outputs under `<inference.save_dir or --out>/<run_id>/` (run_id = start time, YY
   mode `metrics` (per-subject mean/std and pooled). A night's entry: subject_id, source_file, n_epochs_staged,
   hours_staged, truncated, (EDF) cache_dir, cache_used, ppg_channel, ppg_fs, recording_hours, (HDF5) start_row;
   signal_quality (flat_share, clipped_share: see sleepppg.quality), warnings (texts, also logged and printed);
-  outputs (csv, hypnogram, hypnogram_with_labels: paths or None); sleep_report of the predicted stages; with
-  labels also performance (accuracy, kappa, n_epochs_compared = scored epochs the prediction is compared
-  with), sleep_report_scored and sleep_report_difference (predicted - scored).
+  outputs (csv, hypnogram, hypnogram_with_labels: paths or None); sleep_report of the predicted stages (yasa's
+  sleep statistics: sleepppg.report); with labels also performance (accuracy, kappa, n_epochs_compared = scored
+  epochs the prediction is compared with), sleep_report_scored and sleep_report_difference (predicted - scored),
+  both reports over the same epochs.
 - `csv/<id>/<id>.csv`: one row per staged epoch, columns
   epoch,time_hours,pred_idx,pred_name,true_idx,true_name,mismatch,p_wake,p_light,p_deep,p_rem
   (time_hours = epoch start from the recording start; p_* = softmax of the logits, summing to 1;

@@ -1,50 +1,61 @@
-"""The sleep report of one night: standard sleep statistics of a hypnogram, the difference between a predicted
-and a scored report, and the console text of a staged night.
+"""Sleep statistics of a hypnogram, by yasa (`yasa.Hypnogram.sleep_statistics`), for inference's per-night
+sleep report and the validation report alike, so that a night's numbers are the same wherever they appear; the
+difference between a predicted and a scored report; and the console text of a staged night.
 
-Definitions (`sleep_report`), over the epochs e = 0..N-1 of `epoch_s` seconds each (30 s), counted from the
-start of the recording, which is taken as lights-off (the files carry no separate lights-off/on markers).
-Sleep = Light, Deep or REM. Epochs without a stage (-1: unscored, or a gap in the recording) count toward no
-total and no stage, but keep their place in time.
-- time_in_bed_min: number of staged (scored) epochs x epoch length, i.e. the recorded, scored time.
-- total_sleep_time_min (TST): sleep epochs x epoch length.
-- sleep_efficiency_pct: 100 x TST / time in bed.
-- sleep_onset_latency_min: from the recording start to the start of the first sleep epoch.
-- sleep_period_min: from sleep onset to the end of the last sleep epoch (the final awakening).
-- waso_min (wake after sleep onset): Wake epochs after sleep onset and before the final awakening x epoch
-  length; wake after the final awakening is not counted.
-- rem_latency_min: from sleep onset to the start of the first REM epoch.
-- stage_minutes: minutes of Wake, Light, Deep and REM; stage_percent_of_tst: Light, Deep and REM as % of
-  TST; wake_percent_of_time_in_bed: Wake as % of time in bed.
-Latencies and the sleep period are None when there is no sleep (REM latency also when there is no REM);
-percentages are None when their denominator is zero.
+Definitions are yasa's (AASM), over a hypnogram of 30-s epochs that runs from the first to the last epoch
+with a stage (from the first to the last epoch both staged and scored when the two are compared); epochs
+without a stage inside it (-1: unscored, or a gap in the recording) are yasa's "UNS": they count in TIB but
+toward no stage. Sleep = Light, Deep or REM. Minutes unless stated:
+- TIB (time in bed): the hypnogram's length; SPT (sleep period): first to last sleep epoch;
+- TST: sleep epochs within SPT; WASO: Wake epochs within SPT;
+- SE: 100 x TST / TIB (%); SME: 100 x TST / SPT (%);
+- SOL: start of the hypnogram to the first sleep epoch; SOL_5min: to the first 5 min of continuous sleep;
+- Lat_REM: start of the hypnogram to the first REM epoch (yasa's; the AASM's REM latency is Lat_REM - SOL);
+- WAKE, LIGHT, DEEP, REM: minutes of each stage; %LIGHT, %DEEP, %REM: % of TST.
+Values yasa leaves undefined (no sleep, no REM) are None. yasa is imported only when a report is made.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
 
 from sleepppg.constants import IGNORE_INDEX, N_CLASSES, STAGE_NAMES, WINDOW_SECONDS
 
-SLEEP_STAGES = (1, 2, 3)  # class indices of Light, Deep and REM (0 is Wake)
-WAKE, REM = 0, 3
-REPORT_ROWS = (  # (label, sleep_report key) of the console table
-    ("time in bed (min)", "time_in_bed_min"), ("total sleep time, TST (min)", "total_sleep_time_min"),
-    ("sleep efficiency (%)", "sleep_efficiency_pct"), ("sleep onset latency (min)", "sleep_onset_latency_min"),
-    ("WASO (min)", "waso_min"), ("REM latency (min)", "rem_latency_min"), ("sleep period (min)", "sleep_period_min"),
+YASA_STAGES = tuple(name.upper() for name in STAGE_NAMES)  # yasa's 4-stage labels WAKE, LIGHT, DEEP, REM
+UNSCORED = "UNS"
+EPOCH_FREQ = f"{WINDOW_SECONDS}s"
+# yasa's sleep statistics reported (minutes, except SE/SME and % of TST). SFI is left out: yasa 0.7 states it
+# per 2 h of TST (a unit slip fixed in 0.8), so the two versions would disagree.
+SLEEP_STATISTICS = ("TIB", "SPT", "TST", "SE", "SME", "SOL", "SOL_5min", "WASO", "Lat_REM",
+                    "WAKE", "LIGHT", "DEEP", "REM", "%LIGHT", "%DEEP", "%REM")
+REPORT_ROWS = (  # (label, statistic) of the console table
+    ("time in bed, TIB (min)", "TIB"), ("total sleep time, TST (min)", "TST"), ("sleep efficiency, SE (%)", "SE"),
+    ("sleep onset latency, SOL (min)", "SOL"), ("WASO (min)", "WASO"), ("REM latency, Lat_REM (min)", "Lat_REM"),
+    ("sleep period, SPT (min)", "SPT"),
+    *((f"{name} (min)", label) for name, label in zip(STAGE_NAMES, YASA_STAGES)),
 )
 
 
-def sleep_report(stages_W: Sequence[int] | np.ndarray, epoch_s: float = WINDOW_SECONDS) -> dict:
-    """Standard sleep statistics of one hypnogram (definitions in the module docstring).
+def yasa_module():
+    """(yasa, True when it is 0.8 or later: percentages and the 0.8 names)."""
+    import yasa
 
-    Args:
-        stages_W: stage per epoch (0 Wake, 1 Light, 2 Deep, 3 REM, -1 no stage), in time order from the
-            recording start.
-        epoch_s: epoch length in seconds (30).
-    Returns:
-        dict of minutes (floats), percentages and None where undefined.
+    major, minor = (int(part) for part in yasa.__version__.split(".")[:2])
+    return yasa, (major, minor) >= (0, 8)
+
+
+def yasa_hypnogram(yasa, stages: np.ndarray, scorer: str):
+    """A 4-stage yasa Hypnogram of 30-s epochs; -1 becomes "UNS"."""
+    labels = np.array([*YASA_STAGES, UNSCORED], dtype=object)[np.where(stages == IGNORE_INDEX, N_CLASSES, stages)]
+    return yasa.Hypnogram(list(labels), n_stages=4, freq=EPOCH_FREQ, scorer=scorer)
+
+
+def check_stages(stages_W: Sequence[int] | np.ndarray) -> np.ndarray:
+    """`stages_W` as a 1-D int64 array.
+
     Raises:
         ValueError: a stage outside -1..3.
     """
@@ -52,36 +63,66 @@ def sleep_report(stages_W: Sequence[int] | np.ndarray, epoch_s: float = WINDOW_S
     bad = (stages_W < IGNORE_INDEX) | (stages_W >= N_CLASSES)
     if bad.any():
         raise ValueError(f"stages must be -1..{N_CLASSES - 1}, got {sorted(set(stages_W[bad].tolist()))}")
-    epoch_min = epoch_s / 60.0
-    counts = {name: int((stages_W == k).sum()) for k, name in enumerate(STAGE_NAMES)}
-    n_with_stage = int((stages_W != IGNORE_INDEX).sum())
-    sleep_idx = np.flatnonzero(np.isin(stages_W, SLEEP_STAGES))
-    tst_epochs = int(sleep_idx.size)
-    report: dict[str, Any] = {
-        "epoch_s": float(epoch_s),
-        "n_epochs": int(stages_W.size),
-        "n_epochs_with_stage": n_with_stage,
-        "time_in_bed_min": n_with_stage * epoch_min,
-        "total_sleep_time_min": tst_epochs * epoch_min,
-        "sleep_efficiency_pct": 100.0 * tst_epochs / n_with_stage if n_with_stage else None,
-        "sleep_onset_latency_min": None,
-        "sleep_period_min": None,
-        "waso_min": None,
-        "rem_latency_min": None,
-        "stage_minutes": {name: c * epoch_min for name, c in counts.items()},
-        "stage_percent_of_tst": {STAGE_NAMES[k]: (100.0 * counts[STAGE_NAMES[k]] / tst_epochs
-                                                  if tst_epochs else None) for k in SLEEP_STAGES},
-        "wake_percent_of_time_in_bed": 100.0 * counts[STAGE_NAMES[WAKE]] / n_with_stage if n_with_stage else None,
-    }
-    if tst_epochs:
-        onset, last = int(sleep_idx[0]), int(sleep_idx[-1])
-        report["sleep_onset_latency_min"] = onset * epoch_min
-        report["sleep_period_min"] = (last - onset + 1) * epoch_min
-        report["waso_min"] = int((stages_W[onset:last + 1] == WAKE).sum()) * epoch_min
-        rem_idx = np.flatnonzero(stages_W == REM)
-        if rem_idx.size:
-            report["rem_latency_min"] = (int(rem_idx[0]) - onset) * epoch_min
-    return report
+    return stages_W
+
+
+def same_epochs(true_W: np.ndarray, pred_W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scored, predicted) from the first to the last epoch both staged and scored, -1 in both where either
+    has none: the two hypnograms whose statistics are compared (empty when no epoch is both)."""
+    true_W, pred_W = check_stages(true_W), check_stages(pred_W)
+    both = (true_W != IGNORE_INDEX) & (pred_W != IGNORE_INDEX)
+    where = np.flatnonzero(both)
+    if where.size == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    span = slice(where[0], where[-1] + 1)
+    keep = both[span]
+    return np.where(keep, true_W[span], IGNORE_INDEX), np.where(keep, pred_W[span], IGNORE_INDEX)
+
+
+def hypnogram_statistics(stages: np.ndarray, scorer: str = "predicted") -> dict[str, float]:
+    """yasa's SLEEP_STATISTICS of one hypnogram (a stage per 30-s epoch, -1 unscored; at least one epoch),
+    NaN where yasa has none."""
+    yasa, _ = yasa_module()
+    stats = yasa_hypnogram(yasa, stages, scorer).sleep_statistics()
+    return {name: float(stats.get(name, math.nan)) for name in SLEEP_STATISTICS}
+
+
+def sleep_report(stages_W: Sequence[int] | np.ndarray, scorer: str = "predicted") -> dict:
+    """The sleep report of one hypnogram (definitions in the module docstring): yasa's statistics over the
+    span from the first to the last epoch with a stage.
+
+    Args:
+        stages_W: stage per 30-s epoch (0 Wake, 1 Light, 2 Deep, 3 REM, -1 no stage), in time order from the
+            recording start.
+        scorer: yasa's name of who staged it.
+    Returns:
+        {"first_epoch": index of the span's first epoch (None when no epoch has a stage), "n_epochs": the span's
+        epochs, "n_epochs_with_stage": those with a stage, and each of SLEEP_STATISTICS (None where undefined)}.
+    Raises:
+        ValueError: a stage outside -1..3.
+    """
+    stages_W = check_stages(stages_W)
+    where = np.flatnonzero(stages_W != IGNORE_INDEX)
+    report: dict[str, Any] = {"first_epoch": None, "n_epochs": 0, "n_epochs_with_stage": int(where.size)}
+    if where.size == 0:
+        return {**report, **dict.fromkeys(SLEEP_STATISTICS)}
+    span = stages_W[where[0]:where[-1] + 1]
+    report.update(first_epoch=int(where[0]), n_epochs=int(span.size))
+    stats = hypnogram_statistics(span, scorer)
+    return {**report, **{name: None if math.isnan(v) else v for name, v in stats.items()}}
+
+
+def compared_reports(true_W: np.ndarray, pred_W: np.ndarray) -> tuple[dict, dict] | None:
+    """(predicted, scored) sleep reports over the same epochs (`same_epochs`), `first_epoch` counted from the
+    recording start; None when no epoch is both staged and scored."""
+    scored, predicted = same_epochs(true_W, pred_W)
+    if scored.size == 0:
+        return None
+    offset = int(np.flatnonzero((check_stages(true_W) != IGNORE_INDEX) & (check_stages(pred_W) != IGNORE_INDEX))[0])
+    reports = sleep_report(predicted, "predicted"), sleep_report(scored, "scored")
+    for report in reports:
+        report["first_epoch"] += offset
+    return reports
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
@@ -89,11 +130,8 @@ def _diff(a: float | None, b: float | None) -> float | None:
 
 
 def report_difference(predicted: dict, scored: dict) -> dict:
-    """predicted - scored for each number of REPORT_ROWS and each stage's minutes (None where either is None)."""
-    out = {key: _diff(predicted[key], scored[key]) for _, key in REPORT_ROWS}
-    out["stage_minutes"] = {name: _diff(predicted["stage_minutes"][name], scored["stage_minutes"][name])
-                            for name in STAGE_NAMES}
-    return out
+    """predicted - scored for each of SLEEP_STATISTICS (None where either is None)."""
+    return {name: _diff(predicted[name], scored[name]) for name in SLEEP_STATISTICS}
 
 
 def format_sleep_report(subject_id: str, report: dict, extra: str = "", scored: dict | None = None) -> str:
@@ -103,13 +141,11 @@ def format_sleep_report(subject_id: str, report: dict, extra: str = "", scored: 
         return "n/a" if v is None else (f"{v:+.1f}" if signed else f"{v:.1f}")
 
     rows = [(label, report[key], None if scored is None else scored[key]) for label, key in REPORT_ROWS]
-    rows += [(f"{name} (min)", report["stage_minutes"][name],
-              None if scored is None else scored["stage_minutes"][name]) for name in STAGE_NAMES]
     if scored is None:
-        lines = [f"  {'':30s}{'predicted':>10s}"] + [f"  {label:30s}{fmt(p):>10s}" for label, p, _ in rows]
+        lines = [f"  {'':32s}{'predicted':>10s}"] + [f"  {label:32s}{fmt(p):>10s}" for label, p, _ in rows]
     else:
-        lines = [f"  {'':30s}{'predicted':>10s}{'scored':>10s}{'difference':>12s}"]
-        lines += [f"  {label:30s}{fmt(p):>10s}{fmt(t):>10s}{fmt(_diff(p, t), signed=True):>12s}"
+        lines = [f"  {'':32s}{'predicted':>10s}{'scored':>10s}{'difference':>12s}"]
+        lines += [f"  {label:32s}{fmt(p):>10s}{fmt(t):>10s}{fmt(_diff(p, t), signed=True):>12s}"
                   for label, p, t in rows]
     return f"[{subject_id}]{extra}\n" + "\n".join(lines)
 

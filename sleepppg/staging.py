@@ -45,7 +45,7 @@ from sleepppg.nights import (
 from sleepppg.outputs import OutputWriter, predicted_stages
 from sleepppg.paths import OutputPathError
 from sleepppg.quality import ppg_quality, quality_warnings
-from sleepppg.report import report_difference, sleep_report
+from sleepppg.report import compared_reports, report_difference, sleep_report
 from sleepppg.runio import json_safe
 
 log = logging.getLogger("sleepppg.staging")
@@ -171,19 +171,22 @@ def night_entry(night: Night, probs_WC: np.ndarray) -> tuple[dict, dict | None]:
                         f"{night.n_recorded * WINDOW_SECONDS / 3600:.2f} h are staged")
     for text in warnings:
         log.warning("%s: %s", night.subject_id, text)
+    true_W = None if night.labels_W is None else night.labels_W[:night.n_recorded]
+    # with scored stages, predicted and scored statistics cover the same epochs: those both staged and scored
+    reports = None if true_W is None else compared_reports(true_W, pred_W)
     entry = {"subject_id": night.subject_id, "source_file": str(night.source_file),
              "n_epochs_staged": night.n_recorded, "hours_staged": night.n_recorded * WINDOW_SECONDS / 3600,
              "truncated": night.truncated, **night.info, "signal_quality": quality, "warnings": warnings,
-             "sleep_report": sleep_report(pred_W)}
+             "sleep_report": sleep_report(pred_W) if reports is None else reports[0]}
     performance = None
-    if night.labels_W is not None:
-        true_W = night.labels_W[:night.n_recorded]
+    if true_W is not None:
         # only epochs both staged and scored are compared (a gap in the recording is not staged)
         m = compute_metrics(np.where(pred_W == IGNORE_INDEX, IGNORE_INDEX, true_W), pred_W)
         performance = {"accuracy": m["accuracy"], "kappa": json_safe(m["kappa"]), "n_epochs_compared": m["n_epochs"]}
         entry["performance"] = performance
-        entry["sleep_report_scored"] = sleep_report(true_W)
-        entry["sleep_report_difference"] = report_difference(entry["sleep_report"], entry["sleep_report_scored"])
+    if reports is not None:
+        entry["sleep_report_scored"] = reports[1]
+        entry["sleep_report_difference"] = report_difference(*reports)
     return entry, performance
 
 

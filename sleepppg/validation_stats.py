@@ -24,17 +24,18 @@ from typing import Sequence
 
 import numpy as np
 
-from sleepppg.constants import IGNORE_INDEX, N_CLASSES, STAGE_NAMES, WINDOW_SECONDS
+from sleepppg.constants import STAGE_NAMES
+from sleepppg.report import (
+    SLEEP_STATISTICS,
+    YASA_STAGES,
+    hypnogram_statistics,
+    same_epochs,
+    yasa_hypnogram,
+    yasa_module,
+)
 from sleepppg.validation import POOLED, Night
 
 SCORED, PREDICTED = "scored", "predicted"  # yasa scorer names: reference, observed
-YASA_STAGES = tuple(name.upper() for name in STAGE_NAMES)  # yasa's 4-stage labels WAKE, LIGHT, DEEP, REM
-UNSCORED = "UNS"
-EPOCH_FREQ = f"{WINDOW_SECONDS}s"
-# yasa's sleep statistics reported (minutes, except SE/SME and % of TST). SFI is left out: yasa 0.7 states it
-# per 2 h of TST (a unit slip fixed in 0.8), so the two versions would disagree.
-SLEEP_STATISTICS = ("TIB", "SPT", "TST", "SE", "SME", "SOL", "SOL_5min", "WASO", "Lat_REM",
-                    "WAKE", "LIGHT", "DEEP", "REM", "%LIGHT", "%DEEP", "%REM")
 # TIB is the same for both hypnograms by construction (same epochs): nothing to compare
 AGREEMENT_STATISTICS = tuple(s for s in SLEEP_STATISTICS if s != "TIB")
 MIN_NIGHTS = 3  # fewest nights for the framework's tests (Shapiro-Wilk, regression with n - 2 dof)
@@ -54,20 +55,6 @@ MISSING_GROUP = "(missing)"
 log = logging.getLogger(__name__)
 
 
-def _yasa():
-    """(yasa, True when it is 0.8 or later: percentages and the 0.8 names)."""
-    import yasa
-
-    major, minor = (int(part) for part in yasa.__version__.split(".")[:2])
-    return yasa, (major, minor) >= (0, 8)
-
-
-def _hypnogram(yasa, stages: np.ndarray, scorer: str):
-    """A 4-stage yasa Hypnogram of 30-s epochs; -1 becomes "UNS"."""
-    labels = np.array([*YASA_STAGES, UNSCORED], dtype=object)[np.where(stages == IGNORE_INDEX, N_CLASSES, stages)]
-    return yasa.Hypnogram(list(labels), n_stages=4, freq=EPOCH_FREQ, scorer=scorer)
-
-
 def compared_stages(night: Night) -> tuple[np.ndarray, np.ndarray]:
     """(scored, predicted) stages of the epochs both staged and scored, in time order."""
     keep = night.compared_E
@@ -76,10 +63,7 @@ def compared_stages(night: Night) -> tuple[np.ndarray, np.ndarray]:
 
 def timeline_stages(night: Night) -> tuple[np.ndarray, np.ndarray]:
     """(scored, predicted) stages from the first to the last compared epoch, -1 in both where either has none."""
-    where = np.flatnonzero(night.compared_E)
-    span = slice(where[0], where[-1] + 1)
-    keep = night.compared_E[span]
-    return np.where(keep, night.true_E[span], IGNORE_INDEX), np.where(keep, night.pred_E[span], IGNORE_INDEX)
+    return same_epochs(night.true_E, night.pred_E)
 
 
 def _agreement(yasa, percent: bool, pairs: dict[str, tuple[np.ndarray, np.ndarray]]):
@@ -88,8 +72,8 @@ def _agreement(yasa, percent: bool, pairs: dict[str, tuple[np.ndarray, np.ndarra
     F1; one never scored no sensitivity; one never predicted no precision)."""
     import pandas as pd
 
-    ebe = yasa.EpochByEpochAgreement({k: _hypnogram(yasa, t, SCORED) for k, (t, _) in pairs.items()},
-                                     {k: _hypnogram(yasa, p, PREDICTED) for k, (_, p) in pairs.items()})
+    ebe = yasa.EpochByEpochAgreement({k: yasa_hypnogram(yasa, t, SCORED) for k, (t, _) in pairs.items()},
+                                     {k: yasa_hypnogram(yasa, p, PREDICTED) for k, (_, p) in pairs.items()})
     scale = 100.0 if percent else 1.0
     with warnings.catch_warnings():  # sklearn on a night without some stage; such values are made NaN below
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
@@ -119,7 +103,7 @@ def epoch_agreement(nights: Sequence[Night]):
     kappa, mcc, sensitivity_/precision_/f1_<stage> (yasa.EpochByEpochAgreement)."""
     import pandas as pd
 
-    yasa, percent = _yasa()
+    yasa, percent = yasa_module()
     pairs = {n.night_id: compared_stages(n) for n in nights}
     pooled = {POOLED: tuple(np.concatenate(arrays) for arrays in zip(*pairs.values()))}
     return pd.concat([_agreement(yasa, percent, pairs), _agreement(yasa, percent, pooled)])
@@ -127,7 +111,7 @@ def epoch_agreement(nights: Sequence[Night]):
 
 def pooled_kappa(nights: Sequence[Night]) -> float:
     """Cohen's kappa over every compared epoch of `nights` together (yasa)."""
-    yasa, percent = _yasa()
+    yasa, percent = yasa_module()
     scored, predicted = (np.concatenate(a) for a in zip(*(compared_stages(n) for n in nights)))
     return float(_agreement(yasa, percent, {POOLED: (scored, predicted)})["kappa"].iloc[0])
 
@@ -141,11 +125,10 @@ def sleep_statistics(nights: Sequence[Night]):
     """
     import pandas as pd
 
-    yasa, _ = _yasa()
     frames = {SCORED: {}, PREDICTED: {}}
     for night in nights:
         for scorer, stages in zip((SCORED, PREDICTED), timeline_stages(night)):
-            frames[scorer][night.night_id] = _hypnogram(yasa, stages, scorer).sleep_statistics()
+            frames[scorer][night.night_id] = hypnogram_statistics(stages, scorer)
     return tuple(pd.DataFrame.from_dict(frames[s], orient="index").reindex(columns=list(SLEEP_STATISTICS))
                  .rename_axis("night").astype(float) for s in (SCORED, PREDICTED))
 
@@ -225,7 +208,7 @@ def bland_altman(scored, predicted, n_resamples: int = BOOTSTRAP_RESAMPLES):
     """
     import pandas as pd
 
-    yasa, v08 = _yasa()
+    yasa, v08 = yasa_module()
     rows = []
     for statistic in AGREEMENT_STATISTICS:
         both = scored[statistic].notna() & predicted[statistic].notna()

@@ -639,7 +639,7 @@ def test_every_format_gives_the_edf_predictions(tmp_path, checkpoint):
         names, probs = read_predictions(run_dir, sid)
         assert names == ref_names and np.allclose(probs, ref_probs, atol=1e-5), sid
         assert (run_dir / "graph" / sid / f"{sid}.png").stat().st_size > 1000
-        assert item["sleep_report"]["time_in_bed_min"] == STAGE_MIN
+        assert item["sleep_report"]["TIB"] == STAGE_MIN
 
     # the same signal in the EDF path (--edf), and an EDF with an unusual label picked by --column
     code, edf_result, edf_run = stage(tmp_path, checkpoint, "--edf", str(rec / "a_edf.edf"))
@@ -704,7 +704,9 @@ def test_gaps_are_not_staged_and_are_marked(tmp_path, checkpoint):
     header = (run_dir / "csv" / "gappy" / "gappy.csv").read_text().splitlines()
     assert all(line.count(",") == header[0].count(",") for line in header)
     report = item["sleep_report"]
-    assert report["time_in_bed_min"] == STAGE_MIN - 2 and report["n_epochs_with_stage"] == STAGE_MIN * 2 - 4
+    # the gap's epochs keep their place in time: in the time in bed (yasa's "UNS"), in no stage
+    assert report["TIB"] == STAGE_MIN and report["n_epochs_with_stage"] == STAGE_MIN * 2 - 4
+    assert report["WAKE"] + report["TST"] == pytest.approx(STAGE_MIN - 2)
 
 
 def test_rates_lengths_and_truncation(tmp_path, checkpoint):

@@ -91,7 +91,7 @@ def test_edf_folder_channel_variants_rates_and_broken_files(tmp_path, checkpoint
         assert np.allclose([sum(float(v) for v in r[7:]) for r in rows], 1.0, atol=1e-5)
         assert_png(run_dir / "graph" / sid / f"{sid}.png")
         assert not (run_dir / "graph" / sid / f"{sid}_with_label.png").exists()
-        assert item["sleep_report"]["time_in_bed_min"] == N_WIN / 2
+        assert item["sleep_report"]["TIB"] == N_WIN / 2
         assert sorted(p.name for p in (tmp_path / "cache" / sid).iterdir()) == ["meta.json", "ppg_windows.npy"]
 
 
@@ -137,7 +137,7 @@ def test_short_and_long_nights(tmp_path, checkpoint):
     items = {i["subject_id"]: i for i in result["nights"]}
     short, long_ = items["0100"], items["0101"]
     assert short["n_epochs_staged"] == 30 and not short["truncated"]
-    assert short["sleep_report"]["time_in_bed_min"] == 15.0  # the padding is not staged
+    assert short["sleep_report"]["TIB"] == 15.0  # the padding is not staged
     assert len(read_csv(run_dir / "csv" / "0100" / "0100.csv")[1]) == 30
     assert long_["n_epochs_staged"] == N_WIN and long_["truncated"] is True
     assert long_["recording_hours"] == pytest.approx(25 / 60)
@@ -190,15 +190,12 @@ def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint, capsys):
     out = capsys.readouterr().out
     first = result["nights"][0]
     pred_rep, true_rep, diff = first["sleep_report"], first["sleep_report_scored"], first["sleep_report_difference"]
-    assert diff["total_sleep_time_min"] == pytest.approx(pred_rep["total_sleep_time_min"]
-                                                        - true_rep["total_sleep_time_min"])
-    assert diff["stage_minutes"]["REM"] == pytest.approx(pred_rep["stage_minutes"]["REM"]
-                                                        - true_rep["stage_minutes"]["REM"])
+    assert diff["TST"] == pytest.approx(pred_rep["TST"] - true_rep["TST"])
+    assert diff["REM"] == pytest.approx(pred_rep["REM"] - true_rep["REM"])
+    assert pred_rep["TIB"] == true_rep["TIB"] and diff["TIB"] == 0  # the same epochs on both sides
     assert "predicted    scored  difference" in out
     tst_line = next(line for line in out.splitlines() if "total sleep time" in line)
-    assert tst_line.split()[-3:] == [f"{pred_rep['total_sleep_time_min']:.1f}",
-                                     f"{true_rep['total_sleep_time_min']:.1f}",
-                                     f"{diff['total_sleep_time_min']:+.1f}"]
+    assert tst_line.split()[-3:] == [f"{pred_rep['TST']:.1f}", f"{true_rep['TST']:.1f}", f"{diff['TST']:+.1f}"]
     assert result["paths"] == "absolute" and first["source_file"] == str(Path(files["ppg"]).resolve())
     metrics = result["metrics"]
     assert metrics["acc_mean"] == pytest.approx(np.mean(accs)) and metrics["acc_std"] == pytest.approx(np.std(accs))
@@ -210,6 +207,13 @@ def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint, capsys):
     assert agreement.loc["pooled", "kappa"] == pytest.approx(metrics["pooled"]["kappa"], abs=1e-6)
     assert sorted(agreement.index.drop("pooled")) == sorted(i["subject_id"] for i in result["nights"])
     assert set(pd.read_csv(run_dir / "validation" / "subgroups.csv")["covariate"]) >= {"nsrr_age", "nsrr_sex"}
+    # each night's sleep report in result.json is the validation report's sleep_stats.csv row
+    stats = pd.read_csv(run_dir / "validation" / "sleep_stats.csv", index_col=0, dtype={"night": str})
+    for item in result["nights"]:
+        for key in ("TIB", "TST", "SE", "SOL", "WASO", "Lat_REM", "REM"):
+            for report, who in ((item["sleep_report"], "predicted"), (item["sleep_report_scored"], "scored")):
+                value = stats.loc[item["subject_id"], f"{key}_{who}"]
+                assert (report[key] is None) if np.isnan(value) else report[key] == pytest.approx(value)
     assert f"Validation report: {run_dir / 'validation' / 'report.md'}" in out
     # the same seed picks the same subjects; a report that cannot be made (metadata missing) is a warning only
     (tmp_path / "c2").mkdir()
