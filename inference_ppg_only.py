@@ -47,7 +47,7 @@ those up to the last window that holds signal or a label (the padding windows ar
 
 Outputs under `<inference.save_dir or --out>/<run_id>/` (run_id = start time, YYYYmmdd_HHMMSS):
 - `result.json` (`result_format` 2; every path in it is absolute, `"paths": "absolute"`): run settings, the
-  checkpoint (`checkpoint`: path, model_kind, checkpoint_format, model_args, epoch; reference_version for a
+  checkpoint (`checkpoint`: path, sha256, model_kind, checkpoint_format, model_args, epoch; reference_version for a
   reference checkpoint), `nights` (one entry per
   staged night), `failed` (one entry per night that could not be staged: subject_id, file, step = reading /
   staging / writing outputs, kind, reason), `n_nights_staged`, `n_nights_failed`, `interrupted`, and in HDF5
@@ -154,7 +154,7 @@ def load_model(checkpoint: str, device: torch.device) -> tuple[torch.nn.Module, 
     Raises:
         SetupError: one line naming the file: missing, not a checkpoint, another model kind, non-finite weights.
     """
-    from sleepppg.checkpoints import load_model_from_checkpoint
+    from sleepppg.checkpoints import file_sha256, load_model_from_checkpoint
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -168,7 +168,7 @@ def load_model(checkpoint: str, device: torch.device) -> tuple[torch.nn.Module, 
     model_args = dict(ckpt.get("model_args") or {})
     n_windows = int(model_args.get("n_windows", WINDOWS_PER_SUBJECT))
     fold_batchnorm(model).to(device)
-    info = {"path": str(path.resolve()), "model_kind": ckpt.get("model_kind"),
+    info = {"path": str(path.resolve()), "sha256": file_sha256(path), "model_kind": ckpt.get("model_kind"),
             "checkpoint_format": ckpt.get("checkpoint_format", "sleepppg"), "model_args": model_args,
             "epoch": ckpt.get("epoch")}
     if "reference_version" in ckpt:

@@ -437,12 +437,13 @@ def test_best_checkpoint(run: RunSetup, state: TrainState) -> dict | None:
     ctx, cfg = run.ctx, run.cfg
     ctx.barrier()
     n_test = len(run.datasets["test"])
+    tested_path = run.folder("checkpoints") / (BEST_CHECKPOINT if state.best_epoch > 0 else LAST_CHECKPOINT)
     if state.best_epoch > 0:
-        best = load_checkpoint(run.folder("checkpoints") / BEST_CHECKPOINT)
+        best = load_checkpoint(tested_path)
         log.info("testing the best checkpoint (epoch %d by %s; validation loss %.4f) on %d test nights",
                  best["epoch"], state.select_best_by, best["early_stopping"]["best_val_loss"], n_test)
     else:
-        best = load_checkpoint(run.folder("checkpoints") / LAST_CHECKPOINT)
+        best = load_checkpoint(tested_path)
         log.warning("no epoch had a finite %s on the validation set (kappa is undefined when the validation "
                     "nights hold one stage only), so there is no best checkpoint: testing the last one (epoch %d) "
                     "on %d test nights", state.select_best_by, best["epoch"], n_test)
@@ -451,7 +452,7 @@ def test_best_checkpoint(run: RunSetup, state: TrainState) -> dict | None:
                                ctx, n_inputs=run.n_inputs, amp=run.amp, desc="test", keep_probs=True)
     if not ctx.is_main:
         return None
-    results = build_test_results(run, state, test, best)
+    results = build_test_results(run, state, test, best, tested_path)
     path = write_test_results(run.folder("results"), results)
     run.writer.add_hparams(
         {"model": run.kind, "learning_rate": cfg["training"]["learning_rate"],

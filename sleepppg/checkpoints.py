@@ -66,6 +66,15 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the one-line message names the file and the problem."""
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a file's bytes, read 1 MB at a time: how runs and reports name the checkpoint they used."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def checkpoint_model_fields(model: nn.Module) -> dict:
     """{"model_kind", "model_args"}: what a checkpoint needs to rebuild `model` (wrappers are unwrapped)."""
     model = unwrap_model(model)

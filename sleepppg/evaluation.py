@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sleepppg.checkpoints import file_sha256
 from sleepppg.constants import IGNORE_INDEX
 from sleepppg.distributed import DistContext, autocast
 from sleepppg.figures import confusion_figure, save_figure
@@ -108,12 +109,13 @@ def evaluate(model, loader, subjects, device, ctx: DistContext, *, n_inputs: int
     return evaluation_metrics(merged, subjects), merged
 
 
-def build_test_results(run: RunSetup, state: TrainState, test: dict, tested: dict) -> dict:
+def build_test_results(run: RunSetup, state: TrainState, test: dict, tested: dict, tested_path: Path) -> dict:
     """The contents of results/test_results.json.
 
     Args:
         run: the run; state: its state at the end of training.
-        test: `evaluate`'s metrics on the test set; tested: the checkpoint that was tested.
+        test: `evaluate`'s metrics on the test set; tested: the checkpoint that was tested, read from
+            `tested_path`.
     """
     stats = test["per_subject_kappa_stats"]
     return {
@@ -131,6 +133,9 @@ def build_test_results(run: RunSetup, state: TrainState, test: dict, tested: dic
         "timing": state.timing,
         "best_epoch": state.best_epoch,  # 0: none (the last epoch was tested)
         "tested_epoch": int(tested["epoch"]),
+        # the validation report of the test nights names the checkpoint it evaluates (path and sha256)
+        "checkpoint": {"path": str(Path(tested_path).resolve()), "sha256": file_sha256(tested_path),
+                       "model_kind": run.kind, "epoch": int(tested["epoch"])},
         "best_val_loss": tested["early_stopping"]["best_val_loss"],
         "select_best_by": state.select_best_by,
         "best_value": state.best_value,

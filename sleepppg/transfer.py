@@ -10,15 +10,14 @@ config, every checkpoint and test_results.json.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sleepppg.checkpoints import file_sha256
 from sleepppg.constants import N_CLASSES
 from sleepppg.errors import ConfigError, SetupError
 
@@ -35,14 +34,6 @@ class ParentCheckpoint:
     # path, sha256, checkpoint_format (+ reference_version), model_kind, model_args, epoch (+ val_before_training)
     record: dict
     state_dict: dict
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run_model_args(cfg: dict, model_kind: str) -> dict:

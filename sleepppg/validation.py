@@ -138,23 +138,27 @@ def read_night(path: str | os.PathLike) -> Night:
     return Night(path.stem, path, pred_E, true_E, probs_EC)
 
 
+RUN_RESULTS = ("result.json", "test_results.json")  # inference's run record; training's results/ record
+
+
 def run_checkpoints(csv_paths: Sequence[Path]) -> list[dict]:
-    """The checkpoint of each inference run the CSVs come from (`<run>/csv/<id>/<id>.csv` -> `<run>/result.json`,
-    its `checkpoint` entry: path, sha256 when recorded, model_kind, epoch); an unreadable result.json is logged
-    and left out."""
+    """The checkpoint of each run the CSVs come from: `<run>/csv/<id>/<id>.csv` -> the `checkpoint` entry (path,
+    sha256, model_kind, epoch) of `<run>/result.json` (inference) or `<run>/test_results.json` (a training
+    run's results/ folder); an unreadable file is logged and left out."""
     runs = sorted({p.resolve().parents[2] for p in csv_paths if p.resolve().parent.parent.name == "csv"})
     found = []
     for run in runs:
-        result = run / "result.json"
-        if not result.is_file():
-            continue
-        try:
-            checkpoint = json.loads(result.read_text()).get("checkpoint") or {}
-        except (OSError, ValueError, AttributeError) as err:
-            log.warning("cannot read the checkpoint from %s: %s", result, err)
-            continue
-        if checkpoint.get("path"):
-            found.append({"run": str(run), **{k: checkpoint.get(k) for k in ("path", "sha256", "model_kind", "epoch")}})
+        for result in (run / name for name in RUN_RESULTS):
+            if not result.is_file():
+                continue
+            try:
+                checkpoint = json.loads(result.read_text()).get("checkpoint") or {}
+            except (OSError, ValueError, AttributeError) as err:
+                log.warning("cannot read the checkpoint from %s: %s", result, err)
+                continue
+            if checkpoint.get("path"):
+                keys = ("path", "sha256", "model_kind", "epoch")
+                found.append({"run": str(run), **{k: checkpoint.get(k) for k in keys}})
     return found
 
 

@@ -152,7 +152,8 @@ def _inputs_section(args, status_rows: list[dict], checkpoints: list[dict],
     by_status = {s: [r for r in status_rows if r["status"] == s] for s in ("compared", "left out", "unreadable")}
     lines = ["## Inputs", "", f"- Sources: {', '.join(str(Path(p).resolve()) for p in args.paths)}"]
     lines += [f"- Checkpoint: {c['path']} (sha256 {c.get('sha256') or 'not recorded'}; run {c['run']})"
-              for c in checkpoints] or ["- Checkpoint: not known (no result.json with checkpoint.path beside the CSVs)"]
+              for c in checkpoints] or ["- Checkpoint: not known (no result.json or test_results.json with "
+                                        "checkpoint.path beside the CSVs' csv/ folder)"]
     lines.append(f"- Nights compared: {len(by_status['compared'])}; left out: {len(by_status['left out'])}")
     lines += [f"  - {r['night']}: {r['reason']}" for r in by_status["left out"]]
     lines.append(f"- Nights that could not be read: {len(by_status['unreadable'])}")

@@ -215,6 +215,9 @@ def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint, capsys):
                 value = stats.loc[item["subject_id"], f"{key}_{who}"]
                 assert (report[key] is None) if np.isnan(value) else report[key] == pytest.approx(value)
     assert f"Validation report: {run_dir / 'validation' / 'report.md'}" in out
+    from sleepppg.checkpoints import file_sha256
+    assert result["checkpoint"]["sha256"] == file_sha256(checkpoint)
+    assert f"(sha256 {result['checkpoint']['sha256']};" in (run_dir / "validation" / "report.md").read_text()
     # the same seed picks the same subjects; a report that cannot be made (metadata missing) is a warning only
     (tmp_path / "c2").mkdir()
     cfg2 = make_config(tmp_path / "c2", **overrides, **{"evaluation.metadata_file": str(tmp_path / "none.csv")})

@@ -169,6 +169,12 @@ def test_validation_report_of_the_test_nights(straight_run, data):
     assert cohen_kappa_score(true_all, pred_all) == pytest.approx(tested["test_kappa_overall"])
     report = results / "validation" / "report.md"
     assert f"# Validation report: {len(tested['test_subjects'])} nights" in report.read_text()
+    # the report names the tested checkpoint: the file and its sha256, as test_results.json records them
+    from sleepppg.checkpoints import file_sha256
+    checkpoint = tested["checkpoint"]
+    assert Path(checkpoint["path"]).name in ("best_model.pth", "last.pth")
+    assert checkpoint["sha256"] == file_sha256(checkpoint["path"]) and checkpoint["epoch"] == tested["tested_epoch"]
+    assert f"- Checkpoint: {checkpoint['path']} (sha256 {checkpoint['sha256']};" in report.read_text()
     agreement = pd.read_csv(results / "validation" / "epoch_agreement.csv", index_col=0)
     assert agreement.loc["pooled", "kappa"] == pytest.approx(tested["test_kappa_overall"], abs=1e-6)
 

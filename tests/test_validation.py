@@ -386,5 +386,5 @@ def test_report_on_inference_csvs(tmp_path):
         assert table.loc[entry["subject_id"], "n_epochs"] == entry["performance"]["n_epochs_compared"]
     assert table.loc["pooled", "kappa"] == pytest.approx(result["metrics"]["pooled"]["kappa"], rel=1e-6)
     text = (out / "report.md").read_text()
-    assert f"{result['checkpoint']['path']} (sha256 not recorded" in text and "Synthetic data" not in text
+    assert f"{result['checkpoint']['path']} (sha256 {result['checkpoint']['sha256']};" in text and "Synthetic data" not in text
     assert (out / "figures" / "bland_altman_TST.png").stat().st_size > 5000
