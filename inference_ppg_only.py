@@ -273,6 +273,9 @@ def write_validation(run: Setup, record: RunRecord) -> Path | None:
     report failed; the run's status does not change)."""
     from sleepppg.validation_study import report_after_run
 
+    if not run.cfg["evaluation"]["validation_report"]:
+        log.info("validation report not made (evaluation.validation_report: false)")
+        return None
     csvs = [e["outputs"]["csv"] for e in record.nights if (e.get("outputs") or {}).get("csv")]
     if not csvs:
         if record.nights:

@@ -471,7 +471,7 @@ def test_best_checkpoint(run: RunSetup, state: TrainState) -> dict | None:
              test["median_kappa"], test["n_nights"])
     log.info("results saved to %s", path)
     write_test_validation(run.folder("results"), list(run.datasets["test"].subjects), test_pred,
-                          run.cfg["evaluation"]["metadata_file"])
+                          run.cfg["evaluation"])
     return results
 
 

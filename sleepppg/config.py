@@ -125,6 +125,7 @@ CONFIG_SCHEMA: dict[str, dict[str, Any]] = {
     },
     "evaluation": {  # the validation report that training (test set) and inference (HDF5 mode) write
         "metadata_file": Default(str, ""),  # subject metadata CSV (NSRR harmonized) for subgroups; "" = none
+        "validation_report": Default(bool, True),  # false: only the night CSVs (report later: validation_report.py)
     },
 }
 

@@ -206,9 +206,9 @@ def summarize_runs(all_results: dict[str, list[dict]]) -> dict:
     return summary
 
 
-def write_test_validation(results_dir: Path, subjects: list[str], test_pred: dict, metadata_file: str) -> None:
-    """The validation report of the test nights in `results_dir`/validation/ (their CSVs in `results_dir`/csv/);
-    a report that cannot be made is a warning: the tested run stands."""
+def write_test_validation(results_dir: Path, subjects: list[str], test_pred: dict, evaluation_cfg: dict) -> None:
+    """The test nights' CSVs in `results_dir`/csv/ and, with evaluation.validation_report, their validation
+    report in `results_dir`/validation/; a report that cannot be made is a warning: the tested run stands."""
     from sleepppg.validation_study import report_after_run
 
     try:
@@ -216,6 +216,11 @@ def write_test_validation(results_dir: Path, subjects: list[str], test_pred: dic
     except OSError as err:
         log.warning("no validation report: cannot write the test nights' CSVs: %s", err)
         return
+    if not evaluation_cfg["validation_report"]:
+        log.info("validation report not made (evaluation.validation_report: false); to make it: python "
+                 "validation_report.py %s --out-dir %s", csv_dir, results_dir / "validation")
+        return
+    metadata_file = evaluation_cfg["metadata_file"]
     report = report_after_run([csv_dir], results_dir / "validation", metadata_file)
     if report is not None:
         log.info("validation report: %s", report)

@@ -40,7 +40,7 @@ def test_evaluation_section_is_optional_and_checked(tmp_path):
     section = text[text.index("\nevaluation:"):]
     without = tmp_path / "without.yaml"
     without.write_text(text.replace(section, "\n"))
-    assert load_config(without)["evaluation"] == {"metadata_file": ""}
+    assert load_config(without)["evaluation"] == {"metadata_file": "", "validation_report": True}
     assert load_config(CONFIGS[0], {"evaluation.metadata_file": "m.csv"})["evaluation"]["metadata_file"] == "m.csv"
     p = _write(tmp_path, CONFIGS[0], '  metadata_file: ""', '  metadata_fle: ""')
     with pytest.raises(ConfigError, match="evaluation.metadata_fle"):

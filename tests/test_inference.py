@@ -49,7 +49,8 @@ def make_config(tmp_path: Path, **overrides) -> Path:
 
     repo = Path(inf.__file__).resolve().parent
     base = {"inference.cache_root": str(tmp_path / "cache"), "inference.save_dir": str(tmp_path / "out"),
-            "inference.batch_size": 2, "gpu.mixed_precision": False}
+            "inference.batch_size": 2, "gpu.mixed_precision": False,
+            "evaluation.validation_report": False}  # HDF5 mode's report: on where a test checks it
     cfg = load_config(repo / "configs" / "config_demo.yaml", {**base, **overrides})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -160,7 +161,8 @@ def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint, capsys):
     meta.write_text("nsrrid,nsrr_age,nsrr_sex,nsrr_bmi,nsrr_ahi_hp3r_aasm15\n" + "".join(
         f"{int(sid)},{50 + k},{'male' if k % 2 else 'female'},{24 + k},{3 + 5 * k}\n"
         for k, sid in enumerate(sleepppg_test_subjects()[:4])))
-    cfg = make_config(tmp_path, **overrides, **{"evaluation.metadata_file": str(meta)})
+    cfg = make_config(tmp_path, **overrides,
+                      **{"evaluation.metadata_file": str(meta), "evaluation.validation_report": True})
     code, result, run_dir = run(cfg, tmp_path / "out", "--n-subjects", "2")
     assert code == 0 and result["mode"] == "HDF5" and len(result["nights"]) == 2
     test_ids = set(sleepppg_test_subjects()[1:4])
@@ -220,7 +222,8 @@ def test_hdf5_mode_metrics_match_sklearn(tmp_path, checkpoint, capsys):
     assert f"(sha256 {result['checkpoint']['sha256']};" in (run_dir / "validation" / "report.md").read_text()
     # the same seed picks the same subjects; a report that cannot be made (metadata missing) is a warning only
     (tmp_path / "c2").mkdir()
-    cfg2 = make_config(tmp_path / "c2", **overrides, **{"evaluation.metadata_file": str(tmp_path / "none.csv")})
+    cfg2 = make_config(tmp_path / "c2", **overrides, **{"evaluation.metadata_file": str(tmp_path / "none.csv"),
+                                                        "evaluation.validation_report": True})
     code, again, run2 = run(cfg2, tmp_path / "out2", "--n-subjects", "2")
     assert [i["subject_id"] for i in again["nights"]] == [i["subject_id"] for i in result["nights"]]
     assert code == 0 and not (run2 / "validation" / "report.md").exists()

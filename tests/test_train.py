@@ -42,10 +42,12 @@ SCALAR_TAGS = ("Train/Loss", "Val/Loss", "Val/Overall_Accuracy", "Val/Overall_Ka
                "Val/Median_Kappa", "Train/Learning_Rate", "Time/Epoch_Seconds", "Speed/Train_Nights_per_s")
 
 
-def write_config(path: Path, data: dict, save_dir: Path, windows: int = W, **training) -> Path:
+def write_config(path: Path, data: dict, save_dir: Path, windows: int = W, report: bool = False, **training) -> Path:
     """A config file like configs/config_demo.yaml, pointing at `data`, sized for a test: whole nights and
-    the learning-rate schedule these tests were measured with, whatever the demo uses."""
+    the learning-rate schedule these tests were measured with, whatever the demo uses; the validation report of
+    the test nights only with `report` (it runs in a child process: seconds per run)."""
     cfg = yaml.safe_load((REPO / "configs" / "config_demo.yaml").read_text())
+    cfg["evaluation"]["validation_report"] = report
     cfg["data"].update(ppg_file=data["ppg"], ecg_file=data["ecg"], index_file=data["index"], batch_size=4,
                        num_workers=0, windows_per_subject=windows)
     cfg["output"].update(save_dir=str(save_dir), save_frequency=2, save_intermediate=True)
@@ -77,7 +79,7 @@ def data(tmp_path_factory):
 def straight_run(data, tmp_path_factory):
     """4 epochs in one go; reused by the layout, TensorBoard, checkpoint and resume tests."""
     root = tmp_path_factory.mktemp("straight")
-    cfg = write_config(root / "cfg.yaml", data, root / "out")
+    cfg = write_config(root / "cfg.yaml", data, root / "out", report=True)
     assert T.main(["--config", str(cfg), "--model", "ppg_only", "--device", "cpu", "--epochs", "4"]) == 0
     (run_dir,) = run_dirs(root / "out")
     return run_dir
@@ -180,7 +182,7 @@ def test_validation_report_of_the_test_nights(straight_run, data):
 
 
 def test_a_failed_validation_report_is_a_warning(data, tmp_path, caplog):
-    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", num_epochs=1)
+    cfg = write_config(tmp_path / "cfg.yaml", data, tmp_path / "out", report=True, num_epochs=1)
     text = cfg.read_text().replace("metadata_file: ''", f"metadata_file: {str(tmp_path / 'none.csv')!r}")
     assert str(tmp_path / "none.csv") in text
     cfg.write_text(text)  # a metadata file that does not exist: the report stops (bad setup)
@@ -241,6 +243,8 @@ def test_both_models_two_runs_and_summary(data, tmp_path):
         assert summary["summary"][kind]["test_kappa_overall"]["mean"] == pytest.approx(np.mean(kappas))
         assert summary["summary"][kind]["test_kappa_overall"]["median"] == pytest.approx(np.median(kappas))
     ecg_run = next(p for p in run_dirs(tmp_path / "out") if p.name.startswith("real_ecg"))
+    # evaluation.validation_report: false: the test nights' CSVs for a later report, no report
+    assert any((ecg_run / "results" / "csv").rglob("*.csv")) and not (ecg_run / "results" / "validation").exists()
     ckpt = torch.load(ecg_run / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)
     assert ckpt["model_kind"] == "real_ecg" and ckpt["model_args"]["fusion_strategy"] == "concat"
 

@@ -38,6 +38,7 @@ def data(tmp_path_factory):
 
 def _config_file(tmp_path, data, **training) -> str:
     raw = yaml.safe_load((REPO / "configs" / "config_demo.yaml").read_text())
+    raw["evaluation"]["validation_report"] = False  # the report has its own tests
     raw["data"].update(ppg_file=data["ppg"], ecg_file=data["ecg"], index_file=data["index"], windows_per_subject=W)
     raw["training"].update({"segment_windows": 0, **training})  # whole (tiny) nights
     path = tmp_path / "cfg.yaml"
@@ -185,6 +186,7 @@ def _load(path):
 
 def _run_config(tmp_path, data, name, **training) -> Path:
     raw = yaml.safe_load((REPO / "configs" / "config_demo.yaml").read_text())
+    raw["evaluation"]["validation_report"] = False  # the report has its own tests
     raw["data"].update(ppg_file=data["ppg"], ecg_file=data["ecg"], index_file=data["index"], windows_per_subject=W,
                        batch_size=4, num_workers=0)
     raw["output"].update(save_dir=str(tmp_path / "out"), save_frequency=1, save_intermediate=False)

@@ -371,7 +371,8 @@ def test_report_on_inference_csvs(tmp_path):
         "data.ppg_file": files["ppg"], "data.ecg_file": files["ecg"], "data.index_file": files["index"],
         "data.windows_per_subject": N_WIN, "inference.best_model": str(checkpoint),
         "inference.only_inference": False, "inference.cache_root": str(tmp_path / "cache"),
-        "inference.save_dir": str(tmp_path / "runs"), "inference.batch_size": 2, "gpu.mixed_precision": False})
+        "inference.save_dir": str(tmp_path / "runs"), "inference.batch_size": 2, "gpu.mixed_precision": False,
+        "evaluation.validation_report": False})  # the report is made below, from the run's CSVs
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert inf.main(["--config", str(tmp_path / "config.yaml"), "--device", "cpu", "--n-subjects", "4"]) == 0
     run_dir = next((tmp_path / "runs").iterdir())
