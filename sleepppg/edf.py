@@ -6,9 +6,10 @@ scale or no samples) becomes a `BadRecordingError` naming the file, never an ass
 bytes read as signal.
 
 Why our own reader rather than edfio (already a dependency): measured with bench/edf_readers.py on 2026-12-04,
-edfio 0.4.18 agrees with it to 2e-16 of the range on valid EDF, BDF and EDF+ files and is 1.2-1.45x faster on a
-10.5-h night (PPG + ECG), but peaks 1.66x higher in memory (339 against 204 MB) and fails 16 of the 41 files of
-tests/test_extract.py that this reader passes: ZeroDivisionError (no signals), UnboundLocalError (record
+edfio 0.4.18 agrees with it to 2e-16 of the range on valid EDF, BDF and EDF+C files and is 1.2-1.45x faster on a
+10.5-h night (PPG + ECG), but peaks 1.66x higher in memory (339 against 204 MB) and fails 17 of the 41 hand-made
+files (those of tests/test_extract.py and an EDF+D) that this reader passes: an EDF+D returned in file order (its
+30-s pause dropped, the later records early, silently), ZeroDivisionError (no signals), UnboundLocalError (record
 duration 0), IndexError (999 signals; a file cut inside the header), or wrong values with at most a warning
 (sampling rates of -256 Hz, NaN or 2.6e302 Hz; stored integers returned uncalibrated when a scale field is equal
 to its pair or does not parse; NaN values; data read at a wrong offset when the header size disagrees; trailing

@@ -6,7 +6,8 @@ Missing data. NaN/inf samples, saturated integer samples (an integer signal at a
 32767 or -32768 for 16 bits) and time gaps are missing, not signal. A missing stretch up to `max_gap_s`
 (default 30 s) is bridged by linear interpolation; a longer one stays a gap: its samples are NaN on the grid,
 and preprocess_signals marks the 30-s epochs it touches (inference does not stage them; a
-DREAMT night with such a gap is a bad subject).
+DREAMT night with such a gap is a bad subject). Stamps that go back by more than one sampling step (a clock that
+restarts or jumps back) are refused (`check_stamps_rise`): sorting them would average two stretches into one.
 """
 
 from __future__ import annotations

@@ -159,6 +159,7 @@ def test_inference_stages_each_part_at_its_real_time_and_the_pause_as_a_gap(tmp_
 
 def test_extraction_keeps_the_xml_stages_of_the_later_part_at_its_real_time(tmp_path):
     from sleepppg.extraction import process_subject
+    from sleepppg.formats import preprocess_file
     from sleepppg.parts import read_part
 
     edf = paused_night(tmp_path / "mesa-sleep-0042.edf")
@@ -170,6 +171,8 @@ def test_extraction_keeps_the_xml_stages_of_the_later_part_at_its_real_time(tmp_
            "signature": "x", "windows_per_subject": N_WIN, "resample_method": "linear",
            "ppg_channels": ["pleth"], "format": "mesa"}
     result = process_subject(job)
+    staged_as_any_format = preprocess_file(edf, N_WIN, patterns=("pleth",))  # --ppg reads an EDF+D alike
+    assert staged_as_any_format["gap_epochs"] == GAP_EPOCHS and len(staged_as_any_format["gaps"]) == 1
     assert result["ok"], result
     assert any("EDF+D: 1 pause(s)" in w and "54.0 min" in w for w in result["warnings"])
     _, arrays = read_part(tmp_path / "parts" / "0042.npz", N_WIN)
