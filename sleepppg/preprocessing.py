@@ -231,7 +231,7 @@ def preprocess_signals(ppg: np.ndarray, ppg_fs: float, n_windows: int = WINDOWS_
     Args:
         ppg: 1-D raw PPG at `ppg_fs` Hz. NaN/inf samples: up to 1% are interpolated, more make the recording
             bad, unless `nan_is_gap`, where NaN marks gaps (see `bridge_gaps`): bridged for filtering, their
-            epochs zeroed and listed in `gap_epochs`.
+            epochs zeroed and listed in `gap_epochs`; a flat PPG is then judged on the recorded samples alone.
         ecg, ecg_fs: optional ECG; one that is flat or mostly NaN is dropped (has_ecg False), with a warning.
             With `nan_is_gap` its NaN are gaps too (bridged for filtering; its windows of gap epochs zeroed).
         name: the recording's name, for log lines; ppg_what, ecg_what: how messages name the signals (e.g.
@@ -246,10 +246,13 @@ def preprocess_signals(ppg: np.ndarray, ppg_fs: float, n_windows: int = WINDOWS_
     """
     ppg = np.asarray(ppg, dtype=np.float64)
     gap_W = np.zeros(n_windows, dtype=bool)
+    recorded = None
     if nan_is_gap:
+        if np.isnan(ppg).any():  # flatness is judged on recorded samples, not on the bridges through gaps
+            recorded = ppg[~np.isnan(ppg)]
         ppg, gap_W = bridge_gaps(ppg, ppg_fs, n_windows)
     ppg = repair_nonfinite(ppg, ppg_what)
-    flat = flat_fraction(ppg, ppg_fs)
+    flat = flat_fraction(ppg if recorded is None else recorded, ppg_fs)
     if flat > MAX_FLAT_FRACTION:
         raise BadRecordingError(f"flat {ppg_what}: {flat:.0%} of 30-s segments are constant", kind="flat_ppg")
     ppg_z = preprocess_ppg(ppg, ppg_fs, method)
@@ -259,10 +262,12 @@ def preprocess_signals(ppg: np.ndarray, ppg_fs: float, n_windows: int = WINDOWS_
     if ecg is not None:
         try:
             ecg, ecg_gap_W = np.asarray(ecg, dtype=np.float64), np.zeros(n_windows, dtype=bool)
+            ecg_recorded = None
             if nan_is_gap and np.isnan(ecg).any():  # gaps in both signals (an EDF+D's pauses)
+                ecg_recorded = ecg[~np.isnan(ecg)]
                 ecg, ecg_gap_W = bridge_gaps(ecg, ecg_fs, n_windows)
             ecg = repair_nonfinite(ecg, ecg_what)
-            if flat_fraction(ecg, ecg_fs) > MAX_FLAT_FRACTION:
+            if flat_fraction(ecg if ecg_recorded is None else ecg_recorded, ecg_fs) > MAX_FLAT_FRACTION:
                 raise BadRecordingError(f"flat {ecg_what}", kind="flat_ecg")
             ecg_windows = to_windows(preprocess_ecg(ecg, ecg_fs, method), n_windows)
             ecg_windows[gap_W | ecg_gap_W] = 0.0

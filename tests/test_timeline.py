@@ -113,10 +113,15 @@ def test_untrustworthy_time_keeping_is_refused_by_kind(tmp_path, case, kind, wor
 
 
 def paused_night(path: Path) -> Path:
-    """An EDF+D: 3 min from the start time, a 54-min pause, 3 more min (timeline 60 min = 120 epochs)."""
+    """An EDF+D: 3 min from the start time, a 54-min pause, 3 more min (timeline 60 min = 120 epochs). The
+    samples on either side of the pause are equal, so the bridge through it is constant: it must not count as a
+    flat PPG (the pause is 90% of the timeline)."""
     seconds = PART_MIN * 60
     onsets = two_part_onsets(seconds, GAP_MIN * 60.0, seconds)
-    return write_raw_edf(path, channels(2 * seconds) + [annotation_channel(onsets)], edf_plus="EDF+D")
+    chans = channels(2 * seconds)
+    for c in chans:
+        c["digital"][seconds * c["spr"]] = c["digital"][seconds * c["spr"] - 1]
+    return write_raw_edf(path, chans + [annotation_channel(onsets)], edf_plus="EDF+D")
 
 
 GAP_EPOCHS = list(range(2 * PART_MIN, N_WIN - 2 * PART_MIN))  # epochs 6..113: the pause
