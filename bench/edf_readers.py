@@ -7,7 +7,7 @@ The project keeps its own code only where the field's library fails cases ours p
   uV/mV channels as ours returns them. An ECG whose `.data` raises is dropped, as ours drops an unreadable ECG.
 
 Cases (2- to 12-min nights, 1-s records): (1) the valid and hostile files of tests/test_extract.py, built with
-tests/helpers.py (valid EDF, BDF 24-bit, EDF+D with a 30-s gap, duplicate labels, saturated PPG, every absurd
+tests/helpers.py (valid EDF, BDF 24-bit, EDF+D with a 30-s pause, duplicate labels, saturated PPG, every absurd
 header field of test_absurd_header_fields_make_a_bad_subject, record counts that disagree with the file size,
 bytes after the last record, truncated and non-EDF files), each with an expected answer: the error kind the
 tests assert for ours, or the values the file holds (the EDF formula on the known stored integers; for
@@ -267,6 +267,16 @@ def _edf_plus_d(channels: list[dict], gap_after: int, gap_s: float) -> tuple[lis
     return channels + [annotations], mark
 
 
+def _on_timeline(truth: dict, gap_after: int, gap_s: int) -> dict:
+    """`truth` of 1-s records with a `gap_s` pause after record `gap_after`: NaN samples in the pause."""
+    out = dict(truth)
+    for ch in ("ppg", "ecg"):
+        spr = truth[f"{ch}_spr"]
+        x = np.insert(truth[ch], gap_after * spr, np.full(gap_s * spr, np.nan))
+        out[ch] = out[f"{ch}_all"] = x
+    return out
+
+
 def hand_cases(root: Path) -> list[dict]:
     """The valid and hostile files of tests/test_extract.py, each with its expected answer: `expect` is "read"
     (then `truth` holds the values and rates) or the error kind the tests assert for ours (then `truth` holds
@@ -294,8 +304,8 @@ def hand_cases(root: Path) -> list[dict]:
     add("valid: BDF 24-bit", write_raw_edf(root / "x.bdf", bdf_channels, bdf=True).read_bytes(), "read",
         _truth_from_channels(bdf_channels), suffix=".bdf")
     plus_d, mark = _edf_plus_d(channels, gap_after=60, gap_s=30)
-    add("EDF+D: 30-s gap after record 60 (expected: the records in file order)",
-        mark(write_raw_edf(root / "d.edf", plus_d).read_bytes()), "read", truth)
+    add("EDF+D: 30-s pause after record 60 (expected: the records on their timeline, the pause missing)",
+        mark(write_raw_edf(root / "d.edf", plus_d).read_bytes()), "read", _on_timeline(truth, 60, 30))
     dup = dict(channels[1], label="PLETH", digital=channels[1]["digital"] // 2)
     add("duplicate labels: 'Pleth' and 'PLETH\\0\\0' (expected: the first)",
         set_field(write_raw_edf(root / "dup.edf", channels + [dup]).read_bytes(), 4, "label", b"PLETH\x00\x00 ", 3),
@@ -473,6 +483,14 @@ def judge_values(rec: dict, truth: dict) -> tuple[str, str]:
         if rec[f"{ch}_fs"] != truth[f"{ch}_fs"]:
             wrong.append(f"{name} rate {float(rec[f'{ch}_fs']):.3g} Hz")
         spr, n, m = truth[f"{ch}_spr"], got.size, want.size
+        pauses = np.isnan(want)  # an EDF+D on its timeline: no samples in its pauses
+        if pauses.any():
+            if n != m or not np.array_equal(np.isnan(got), pauses):
+                wrong.append(f"{name} pauses not placed ({n / spr:g} records of samples where the timeline spans "
+                             f"{m / spr:g} records)")
+            elif _rel_diff(got[~pauses], want[~pauses]) > AGREE_REL:
+                wrong.append(f"{name} values off by {_rel_diff(got[~pauses], want[~pauses]):.2g} of the range")
+            continue
         diff = _rel_diff(got[:min(n, m)], want[:min(n, m)])
         if not np.isfinite(got).all():
             wrong.append(f"{name} values NaN or inf")

@@ -18,7 +18,14 @@ import numpy as np
 from sleepppg.constants import IGNORE_INDEX, WINDOW_SECONDS, WINDOWS_PER_SUBJECT
 from sleepppg.errors import BadRecordingError
 from sleepppg.formats import naming_file
-from sleepppg.grid import MAX_GAP_S, RATE_MISMATCH_TOLERANCE, mark_missing, measure_rate, to_uniform_grid
+from sleepppg.grid import (
+    MAX_GAP_S,
+    RATE_MISMATCH_TOLERANCE,
+    check_stamps_rise,
+    mark_missing,
+    measure_rate,
+    to_uniform_grid,
+)
 from sleepppg.ids import safe_id
 from sleepppg.preprocessing import preprocess_signals
 from sleepppg.tables import check_times_finite, iter_blocks, sniff_table
@@ -95,7 +102,8 @@ def read_dreamt(path: Path, ppg_column: str = "BVP", nominal_fs: float = 64.0, m
         dict(ppg float64, fs, ecg float64 or None, labels_W int64 (n_windows,), info: fs_found, column,
         lights_off_s (from the first stamp), duplicated_stamps).
     Raises:
-        BadRecordingError: 'empty_file', 'missing_column', 'bad_timestamps', 'rate_mismatch' (the stamps'
+        BadRecordingError: 'empty_file', 'missing_column', 'bad_timestamps', 'stamps_go_back' (the clock restarts
+        or goes back: grid.check_stamps_rise), 'rate_mismatch' (the stamps'
         rate more than 5% off `nominal_fs`), 'no_stages' (no stage other than P), 'gap_in_recording' (missing
         data longer than `max_gap_s` after lights-off), 'no_signal'.
     """
@@ -122,7 +130,8 @@ def read_dreamt(path: Path, ppg_column: str = "BVP", nominal_fs: float = 64.0, m
     del parts
     t, codes = data["time"], data["stage"]
     check_times_finite(t, path, DREAMT_TIME_COLUMN)
-    if np.any(np.diff(t) < 0):
+    check_stamps_rise(t, f"{path.name}: {DREAMT_TIME_COLUMN}")
+    if np.any(np.diff(t) < 0):  # rows out of order by less than a sampling step (jitter)
         order = np.argsort(t, kind="stable")
         data = {key: values[order] for key, values in data.items()}
         t, codes = data["time"], data["stage"]

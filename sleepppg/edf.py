@@ -6,9 +6,10 @@ scale or no samples) becomes a `BadRecordingError` naming the file, never an ass
 bytes read as signal.
 
 Why our own reader rather than edfio (already a dependency): measured with bench/edf_readers.py on 2026-12-04,
-edfio 0.4.18 agrees with it to 2e-16 of the range on valid EDF, BDF and EDF+ files and is 1.2-1.45x faster on a
-10.5-h night (PPG + ECG), but peaks 1.66x higher in memory (339 against 204 MB) and fails 16 of the 41 files of
-tests/test_extract.py that this reader passes: ZeroDivisionError (no signals), UnboundLocalError (record
+edfio 0.4.18 agrees with it to 2e-16 of the range on valid EDF, BDF and EDF+C files and is 1.2-1.45x faster on a
+10.5-h night (PPG + ECG), but peaks 1.66x higher in memory (339 against 204 MB) and fails 17 of the 41 hand-made
+files (those of tests/test_extract.py and an EDF+D) that this reader passes: an EDF+D returned in file order (its
+30-s pause dropped, the later records early, silently), ZeroDivisionError (no signals), UnboundLocalError (record
 duration 0), IndexError (999 signals; a file cut inside the header), or wrong values with at most a warning
 (sampling rates of -256 Hz, NaN or 2.6e302 Hz; stored integers returned uncalibrated when a scale field is equal
 to its pair or does not parse; NaN values; data read at a wrong offset when the header size disagrees; trailing
@@ -27,6 +28,13 @@ from typing import BinaryIO
 import numpy as np
 
 from sleepppg.channels import PPG_PATTERNS, _log_ppg_choice, find_ecg_channel, find_ppg_channel
+from sleepppg.edfplus import (
+    ANNOTATION_LABELS,
+    annotation_bytes,
+    edf_plus_kind,
+    record_onsets,
+    record_timeline,
+)
 from sleepppg.errors import BadRecordingError
 
 # EDF/BDF files (layout in the "EDF reading" section below)
@@ -96,6 +104,7 @@ class EdfHeader:
     record_s: float  # duration of one data record, s
     signals: tuple[EdfSignal, ...]
     warnings: tuple[str, ...]  # disagreements that were resolved (record count, trailing bytes, labels)
+    edf_plus: str = ""  # 'C' (EDF+C), 'D' (EDF+D: records with pauses between them) or '' (plain EDF/BDF)
 
     @property
     def labels(self) -> list[str]:
@@ -211,7 +220,8 @@ def read_edf_header(fh: BinaryIO, path: Path, file_size: int) -> EdfHeader:
                             "(ignoring case and padding); a search by name takes the first")
         else:
             seen[key] = s.index
-    return EdfHeader(path, bytes_per_sample, header_bytes, n_records, record_s, signals, tuple(warnings))
+    return EdfHeader(path, bytes_per_sample, header_bytes, n_records, record_s, signals, tuple(warnings),
+                     edf_plus_kind(_text(head[192:236])))
 
 
 def _read_digital(fh: BinaryIO, header: EdfHeader, indices: list[int]) -> list[np.ndarray]:
@@ -272,15 +282,20 @@ def read_edf(edf_path: str | os.PathLike, ppg_patterns: tuple[str, ...] | list[s
     one open, one header parse, one pass over the data records. The PPG channel is the label `ppg_label`
     exactly when given, else the one `find_ppg_channel` picks with `ppg_patterns`.
 
+    An EDF+D (records with pauses between them) comes back on its real timeline (sleepppg.edfplus): from the
+    header's start time, each record at its time-keeping onset, NaN in the pauses, which `gaps` lists.
+
     Returns:
         dict(ppg=float64 1-D, ppg_fs=Hz, ppg_channel=label, ecg=float64 1-D or None, ecg_fs=Hz or None,
-        ecg_channel=label or None, duration_s=PPG duration in s, warnings=list of str). Values are physical,
-        in volts for uV/mV channels (as mne gives them), else in the channel's own unit. An ECG that cannot
-        be read is dropped with a warning.
+        ecg_channel=label or None, duration_s=PPG duration in s (pauses included), gaps=[start_s, duration_s]
+        of the pauses of an EDF+D (empty otherwise), warnings=list of str). Values are physical, in volts for
+        uV/mV channels (as mne gives them), else in the channel's own unit. An ECG that cannot be read is
+        dropped with a warning.
     Raises:
         BadRecordingError: kind 'missing_edf', 'unreadable_edf' (not an EDF, no read permission, I/O error),
             'truncated_edf', 'bad_edf_header' (see `read_edf_header`; the PPG channel's own scale or rate
-            included) or 'no_ppg_channel'.
+            included), 'no_ppg_channel', or one of sleepppg.edfplus.record_timeline (EDF+ records whose
+            time keeping is missing, out of order, overlapping, or disagrees with EDF+C).
     """
     edf_path = Path(edf_path)
     try:
@@ -307,7 +322,10 @@ def read_edf(edf_path: str | os.PathLike, ppg_patterns: tuple[str, ...] | list[s
                 warnings.append(f"ECG not used: {ecg_signal.check_readable()}")
                 ecg_signal = None
             wanted = [ppg_signal] + ([ecg_signal] if ecg_signal is not None else [])
-            digital = _read_digital(fh, header, [s.index for s in wanted])
+            annotations = next((s for s in header.signals if header.edf_plus and s.label in ANNOTATION_LABELS
+                                and s.samples_per_record > 0), None)  # EDF+ time keeping: the first one
+            digital = _read_digital(fh, header, [s.index for s in wanted]
+                                    + ([annotations.index] if annotations is not None else []))
     except FileNotFoundError:
         raise BadRecordingError(f"EDF not found: {edf_path}", kind="missing_edf") from None
     except PermissionError:
@@ -315,13 +333,17 @@ def read_edf(edf_path: str | os.PathLike, ppg_patterns: tuple[str, ...] | list[s
                                 kind="unreadable_edf") from None
     except OSError as err:
         raise BadRecordingError(f"unreadable EDF {edf_path}: {err.strerror or err}", kind="unreadable_edf") from None
+    onsets = None if annotations is None else record_onsets(
+        annotation_bytes(digital[-1], annotations.samples_per_record, header.bytes_per_sample))
+    timeline = record_timeline(header.edf_plus, onsets, header.record_s, header.n_records, edf_path.name)
     saturated = saturated_fraction(digital[0], ppg_signal, header.bytes_per_sample)
     if saturated > SATURATION_WARN_FRACTION:
         warnings.append(f"PPG {ppg_signal.label!r} sits at its digital limits (saturated, or dropout markers) "
                         f"for {saturated:.0%} of the recording")
-    ppg = to_physical(digital[0], ppg_signal)
-    ecg = to_physical(digital[1], ecg_signal) if ecg_signal is not None else None
+    ppg = timeline.place(to_physical(digital[0], ppg_signal), ppg_signal.samples_per_record, ppg_signal.fs)
+    ecg = None if ecg_signal is None else timeline.place(to_physical(digital[1], ecg_signal),
+                                                         ecg_signal.samples_per_record, ecg_signal.fs)
     return {"ppg": ppg, "ppg_fs": ppg_signal.fs, "ppg_channel": ppg_signal.label,
             "ecg": ecg, "ecg_fs": ecg_signal.fs if ecg_signal is not None else None,
             "ecg_channel": ecg_signal.label if ecg_signal is not None else None,
-            "duration_s": header.n_records * header.record_s, "warnings": warnings}
+            "duration_s": timeline.duration_s, "gaps": [list(g) for g in timeline.gaps], "warnings": warnings}

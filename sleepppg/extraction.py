@@ -134,7 +134,9 @@ def plan(wanted: list[str], all_subjects: dict, problems: dict, settings: dict,
 
 def labels_for(labels_long: np.ndarray, xml: str, rec: dict, n_windows: int) -> tuple[np.ndarray, list[str]]:
     """From the XML's labels over LABEL_HORIZON_EPOCHS (`xml_to_labels`): the labels of the first
-    `n_windows` epochs (-1 after the recording) and warnings about the XML's length against the EDF's.
+    `n_windows` epochs (-1 after the recording and in its gaps: the XML and the EDF both count time from the
+    EDF's start time, so an EDF+D's later part keeps its own stages) and warnings about the XML's length
+    against the EDF's.
 
     Raises:
         BadRecordingError: 'no_scored_epochs' when no epoch within the recording carries a stage (e.g. every
@@ -142,6 +144,7 @@ def labels_for(labels_long: np.ndarray, xml: str, rec: dict, n_windows: int) -> 
     """
     labels = labels_long[:n_windows].copy()
     labels[rec["n_recorded_windows"]:] = IGNORE_INDEX  # epochs beyond the recording
+    labels[rec.get("gap_epochs") or []] = IGNORE_INDEX  # epochs inside a gap (an EDF+D pause) hold no signal
     scored = np.flatnonzero(labels_long != IGNORE_INDEX)
     hours = rec["duration_s"] / 3600
     if not (labels != IGNORE_INDEX).any():

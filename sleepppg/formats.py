@@ -21,6 +21,7 @@ import numpy as np
 from sleepppg.channels import PPG_PATTERNS, find_ppg_channel
 from sleepppg.constants import WINDOWS_PER_SUBJECT
 from sleepppg.edf import read_edf, read_edf_header
+from sleepppg.edfplus import bridge_pauses
 from sleepppg.errors import BadRecordingError
 from sleepppg.grid import MAX_GAP_S, Recording, check_rate, integer_rails, mark_missing, regular_signal
 from sleepppg.preprocessing import preprocess_signals
@@ -117,10 +118,11 @@ def read_wfdb(path: Path, column: str | None = None, patterns: Sequence[str] = P
                                   "duplicated_stamps": 0, "start_time": None, "gaps": gaps})
 
 
-def read_edf_ppg(path: Path, column: str | None = None, patterns: Sequence[str] = PPG_PATTERNS) -> Recording:
+def read_edf_ppg(path: Path, column: str | None = None, patterns: Sequence[str] = PPG_PATTERNS,
+                 max_gap_s: float = MAX_GAP_S) -> Recording:
     """The PPG channel of an EDF/BDF through read_edf (the MESA reader): `column` is an
-    exact label (any case), else the configured patterns. No gap handling: as for MESA, up to 1% NaN samples
-    are interpolated by preprocessing and more make the night bad."""
+    exact label (any case), else the configured patterns. The pauses of an EDF+D are missing data
+    (sleepppg.edfplus.bridge_pauses: bridged up to `max_gap_s`, gaps beyond)."""
 
     label = None
     if column:  # the header alone, with the same parser as read_edf (BadRecordingError when it is broken)
@@ -131,9 +133,12 @@ def read_edf_ppg(path: Path, column: str | None = None, patterns: Sequence[str] 
             raise BadRecordingError(f"unreadable EDF {path.name}: {err}", kind="unreadable_edf") from None
         label = _pick_signal(header.labels, [s.fs for s in header.signals], column, patterns, path, "channel")
     rec = read_edf(path, patterns, with_ecg=False, ppg_label=label)
-    return Recording(rec["ppg"], float(rec["ppg_fs"]),
+    ppg, _, gaps, pause_warnings = bridge_pauses(rec, max_gap_s)
+    for text in pause_warnings:
+        log.warning("%s: %s", path.name, text)
+    return Recording(ppg, float(rec["ppg_fs"]),
                      {"source_format": "edf", "column": rec["ppg_channel"], "fs_found": float(rec["ppg_fs"]),
-                      "time_column": None, "duplicated_stamps": 0, "start_time": None, "gaps": []})
+                      "time_column": None, "duplicated_stamps": 0, "start_time": None, "gaps": gaps})
 
 
 def recording_format(path: Path) -> str:
@@ -172,7 +177,7 @@ def read_recording(path: Path, fs: float | None = None, column: str | None = Non
     readers = {"table": lambda: read_table(path, fs, column, patterns, max_gap_s),
                "npy": lambda: read_npy(path, fs, max_gap_s),
                "wfdb": lambda: read_wfdb(path, column, patterns, max_gap_s),
-               "edf": lambda: read_edf_ppg(path, column, patterns)}
+               "edf": lambda: read_edf_ppg(path, column, patterns, max_gap_s)}
     with naming_file(path):
         return readers[kind]()
 
@@ -233,7 +238,7 @@ def preprocess_file(path: str | Path, n_windows: int = WINDOWS_PER_SUBJECT, meth
     rec = read_recording(path, fs, column, patterns, max_gap_s)
     with naming_file(path):
         out = preprocess_signals(rec.signal_T, rec.fs, n_windows, method, name=path.name,
-                                                   nan_is_gap=rec.info["source_format"] != "edf")
+                                 nan_is_gap=rec.info["source_format"] != "edf" or bool(rec.info["gaps"]))
     out.update(ppg_channel=rec.info["column"], source_format=rec.info["source_format"],
                ppg_fs_found=rec.info["fs_found"], gaps=rec.info["gaps"])
     return out

@@ -6,7 +6,8 @@ Missing data. NaN/inf samples, saturated integer samples (an integer signal at a
 32767 or -32768 for 16 bits) and time gaps are missing, not signal. A missing stretch up to `max_gap_s`
 (default 30 s) is bridged by linear interpolation; a longer one stays a gap: its samples are NaN on the grid,
 and preprocess_signals marks the 30-s epochs it touches (inference does not stage them; a
-DREAMT night with such a gap is a bad subject).
+DREAMT night with such a gap is a bad subject). Stamps that go back by more than one sampling step (a clock that
+restarts or jumps back) are refused (`check_stamps_rise`): sorting them would average two stretches into one.
 """
 
 from __future__ import annotations
@@ -96,6 +97,27 @@ def measure_rate(t_s: np.ndarray) -> tuple[float, int]:
         raise BadRecordingError("fewer than two distinct time stamps", kind="bad_timestamps")
     ordinary = positive[positive <= REGULAR_STEP_FACTOR * np.median(positive)]
     return snap_rate(ordinary.size / float(ordinary.sum())), n_dup
+
+
+def check_stamps_rise(t_s: np.ndarray, what: str) -> None:
+    """Refuse time stamps (seconds, in file order) that go back by more than one sampling step: a clock that
+    restarts at 0 or jumps backwards half-way makes two stretches of one table, and sorting them would
+    interleave (average) the two into half a night. A step back within one sampling step (the median positive
+    step) is jitter of rows written slightly out of order, sorted by `to_uniform_grid`.
+
+    Raises:
+        BadRecordingError 'stamps_go_back' naming the first data row (1-based) where the clock goes back.
+    """
+    steps = np.diff(t_s)
+    positive = steps[steps > 0]
+    if positive.size == 0 or not (steps < 0).any():
+        return
+    back = np.flatnonzero(steps < -np.median(positive))
+    if back.size:
+        i = int(back[0]) + 1
+        raise BadRecordingError(f"{what} goes back at data row {i + 1}, from {t_s[i - 1]:g} s to {t_s[i]:g} s: the "
+                                "clock restarts or jumps backwards, so the table is not "
+                                "one continuous recording; split it at that row", kind="stamps_go_back")
 
 
 def to_uniform_grid(t_s: np.ndarray, x: np.ndarray, fs: float, max_gap_s: float = MAX_GAP_S,

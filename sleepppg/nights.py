@@ -237,6 +237,8 @@ def prepare_edf_night(job: NightJob, cache_root: Path, settings: dict) -> Night:
             "recording_hours": meta.get("recording_hours")}
     if any_format:  # what the file turned out to be; gap epochs are not staged
         info.update({key: meta.get(key) for key in ("source_format", "ppg_fs_found", "gaps", "gap_epochs")})
+    elif meta.get("gap_epochs"):  # an EDF+D whose pauses are gaps: their epochs are not staged
+        info.update({key: meta.get(key) for key in ("gaps", "gap_epochs")})
     return Night(subject_id, Path(signature["path"]), windows_WS, n_recorded, truncated, None, info)
 
 

@@ -29,13 +29,15 @@ from sleepppg.constants import (
     WINDOWS_PER_SUBJECT,
 )
 from sleepppg.edf import read_edf
+from sleepppg.edfplus import bridge_pauses
 from sleepppg.errors import BadRecordingError
+from sleepppg.grid import MAX_GAP_S
 
 log = logging.getLogger("sleepppg.preprocessing")
 
 # The one preprocessing version: bump it whenever EDF reading, preprocessing, labelling or the part layout
 # changes. Extraction's part files and inference's per-night caches built by another version are rebuilt.
-PREPROCESSING_VERSION = 2
+PREPROCESSING_VERSION = 3
 
 # PPG: Chebyshev II low-pass, order 8, 40 dB stop band, 8 Hz (SleepPPG-Net, Kotzen et al. 2023)
 PPG_FILTER_ORDER = 8
@@ -229,8 +231,9 @@ def preprocess_signals(ppg: np.ndarray, ppg_fs: float, n_windows: int = WINDOWS_
     Args:
         ppg: 1-D raw PPG at `ppg_fs` Hz. NaN/inf samples: up to 1% are interpolated, more make the recording
             bad, unless `nan_is_gap`, where NaN marks gaps (see `bridge_gaps`): bridged for filtering, their
-            epochs zeroed and listed in `gap_epochs`.
+            epochs zeroed and listed in `gap_epochs`; a flat PPG is then judged on the recorded samples alone.
         ecg, ecg_fs: optional ECG; one that is flat or mostly NaN is dropped (has_ecg False), with a warning.
+            With `nan_is_gap` its NaN are gaps too (bridged for filtering; its windows of gap epochs zeroed).
         name: the recording's name, for log lines; ppg_what, ecg_what: how messages name the signals (e.g.
             "PPG 'Pleth'", with the channel).
     Returns:
@@ -243,10 +246,13 @@ def preprocess_signals(ppg: np.ndarray, ppg_fs: float, n_windows: int = WINDOWS_
     """
     ppg = np.asarray(ppg, dtype=np.float64)
     gap_W = np.zeros(n_windows, dtype=bool)
+    recorded = None
     if nan_is_gap:
+        if np.isnan(ppg).any():  # flatness is judged on recorded samples, not on the bridges through gaps
+            recorded = ppg[~np.isnan(ppg)]
         ppg, gap_W = bridge_gaps(ppg, ppg_fs, n_windows)
     ppg = repair_nonfinite(ppg, ppg_what)
-    flat = flat_fraction(ppg, ppg_fs)
+    flat = flat_fraction(ppg if recorded is None else recorded, ppg_fs)
     if flat > MAX_FLAT_FRACTION:
         raise BadRecordingError(f"flat {ppg_what}: {flat:.0%} of 30-s segments are constant", kind="flat_ppg")
     ppg_z = preprocess_ppg(ppg, ppg_fs, method)
@@ -255,10 +261,16 @@ def preprocess_signals(ppg: np.ndarray, ppg_fs: float, n_windows: int = WINDOWS_
     ecg_windows, warnings = None, []
     if ecg is not None:
         try:
-            ecg = repair_nonfinite(np.asarray(ecg, dtype=np.float64), ecg_what)
-            if flat_fraction(ecg, ecg_fs) > MAX_FLAT_FRACTION:
+            ecg, ecg_gap_W = np.asarray(ecg, dtype=np.float64), np.zeros(n_windows, dtype=bool)
+            ecg_recorded = None
+            if nan_is_gap and np.isnan(ecg).any():  # gaps in both signals (an EDF+D's pauses)
+                ecg_recorded = ecg[~np.isnan(ecg)]
+                ecg, ecg_gap_W = bridge_gaps(ecg, ecg_fs, n_windows)
+            ecg = repair_nonfinite(ecg, ecg_what)
+            if flat_fraction(ecg if ecg_recorded is None else ecg_recorded, ecg_fs) > MAX_FLAT_FRACTION:
                 raise BadRecordingError(f"flat {ecg_what}", kind="flat_ecg")
             ecg_windows = to_windows(preprocess_ecg(ecg, ecg_fs, method), n_windows)
+            ecg_windows[gap_W | ecg_gap_W] = 0.0
         except BadRecordingError as err:
             warnings.append(f"ECG not used: {err}")
             log.warning("%s: ECG not used (%s)", name, err)
@@ -280,21 +292,28 @@ def preprocess_recording(edf_path: str | os.PathLike, n_windows: int = WINDOWS_P
     """Read one EDF and turn it into model input with `preprocess_signals` (`with_ecg=False`: PPG only, the
     ECG is neither read nor filtered; PPG-only inference uses this).
 
+    The pauses of an EDF+D are missing data (sleepppg.edfplus.bridge_pauses): up to MAX_GAP_S bridged, longer
+    ones gaps (`gap_epochs`: zeroed, not staged).
+
     Returns:
-        `preprocess_signals`'s dict plus ppg_channel (the EDF label used); its warnings include the reader's
-        (record count, trailing bytes, repeated labels, a saturated PPG, an unusable ECG).
+        `preprocess_signals`'s dict plus ppg_channel (the EDF label used) and gaps ([start_s, duration_s] longer
+        than MAX_GAP_S); its warnings include the reader's (record count, trailing bytes, repeated labels, a
+        saturated PPG, an unusable ECG) and the pauses of an EDF+D.
     Raises:
         BadRecordingError: reading errors (see `read_edf`) and those of `preprocess_signals`; no other
             exception for anything in the file.
     """
     rec = read_edf(edf_path, ppg_patterns, with_ecg=with_ecg)
     name = Path(edf_path).name
-    for text in rec["warnings"]:
+    ppg, ecg, gaps, pause_warnings = bridge_pauses(rec, MAX_GAP_S)
+    for text in rec["warnings"] + pause_warnings:
         log.warning("%s: %s", name, text)
-    out = preprocess_signals(rec["ppg"], rec["ppg_fs"], n_windows, method, rec["ecg"], rec["ecg_fs"], name=name,
-                             ppg_what=f"PPG {rec['ppg_channel']!r}", ecg_what=f"ECG {rec['ecg_channel']!r}")
+    out = preprocess_signals(ppg, rec["ppg_fs"], n_windows, method, ecg, rec["ecg_fs"], name=name,
+                             nan_is_gap=bool(gaps), ppg_what=f"PPG {rec['ppg_channel']!r}",
+                             ecg_what=f"ECG {rec['ecg_channel']!r}")
     out["ppg_channel"] = rec["ppg_channel"]
-    out["warnings"] = rec["warnings"] + out["warnings"]
+    out["gaps"] = gaps
+    out["warnings"] = rec["warnings"] + pause_warnings + out["warnings"]
     return out
 
 

@@ -31,6 +31,7 @@ from sleepppg.grid import (
     RATE_MISMATCH_TOLERANCE,
     Recording,
     check_rate,
+    check_stamps_rise,
     integer_rails,
     mark_missing,
     measure_rate,
@@ -295,7 +296,8 @@ def read_table(path: Path, fs: float | None = None, column: str | None = None,
         fs: the rate (Hz); required without a time column, checked against the stamps with one.
         column: header name (any case) or 1-based column number of the PPG.
     Raises:
-        BadRecordingError: 'empty_file', 'unreadable_table', 'no_ppg_column', 'bad_timestamps', 'needs_fs',
+        BadRecordingError: 'empty_file', 'unreadable_table', 'no_ppg_column', 'bad_timestamps', 'stamps_go_back'
+            (grid.check_stamps_rise: the clock restarts or goes back), 'needs_fs',
             'rate_mismatch', 'low_sampling_rate', 'no_signal'.
     """
     layout = sniff_table(path)
@@ -323,6 +325,7 @@ def read_table(path: Path, fs: float | None = None, column: str | None = None,
             t = None
         else:
             info["time_column"] = layout.names[time_idx]
+            check_stamps_rise(t, f"{path.name}: the time column {layout.names[time_idx]!r}")
     if t is None:
         if fs is None:
             raise BadRecordingError(f"{path.name}: no time column, so the sampling rate is unknown; pass --fs",

@@ -210,13 +210,35 @@ def set_field(data: bytes, n_signals: int, field: str, text: str | bytes, signal
     return data[:offset] + raw.ljust(width)[:width] + data[offset + width:]
 
 
-def write_raw_edf(path: Path, channels: list[dict], record_s: float = 1.0, bdf: bool = False) -> Path:
+def annotation_channel(onsets: list[float | None], spr: int = 30, bdf: bool = False) -> dict:
+    """An "EDF Annotations" channel for `write_raw_edf`: per data record one time-keeping TAL
+    (`+onset\x14\x14\x00`, the record's start in s), or none where the onset is None; `spr` samples per record
+    (2 bytes each, 3 in a BDF)."""
+    width = 3 if bdf else 2
+    raw = b""
+    for onset in onsets:
+        tal = b"" if onset is None else f"{onset:+.10g}\x14\x14\x00".encode()
+        raw += tal.ljust(width * spr, b"\x00")
+    if bdf:
+        b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int64)
+        digital = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        digital -= (digital & 0x800000) << 1
+    else:
+        digital = np.frombuffer(raw, "<i2").astype(np.int64)
+    top = 2**23 if bdf else 2**15
+    return dict(label="EDF Annotations", spr=spr, digital=digital, pmin=-1, pmax=1, dmin=-top, dmax=top - 1, dim="")
+
+
+def write_raw_edf(path: Path, channels: list[dict], record_s: float = 1.0, bdf: bool = False,
+                  edf_plus: str = "") -> Path:
     """A hand-made EDF (or BDF) from digital values: channels of dict(label, spr, digital (int array),
-    pmin, pmax, dmin, dmax, dim)."""
+    pmin, pmax, dmin, dmax, dim). `edf_plus` "EDF+C" or "EDF+D" marks the header's reserved field (add an
+    `annotation_channel` for the records' onsets)."""
     n_records = len(channels[0]["digital"]) // channels[0]["spr"]
     ns = len(channels)
     head = (b"\xffBIOSEMI" if bdf else b"0".ljust(8)) + b"X X X X".ljust(80) + b"Startdate X X X X".ljust(80)
-    head += b"01.01.01" + b"22.00.00" + str(256 * (ns + 1)).encode().ljust(8) + (b"24BIT" if bdf else b"").ljust(44)
+    reserved = edf_plus.encode() or (b"24BIT" if bdf else b"")
+    head += b"01.01.01" + b"22.00.00" + str(256 * (ns + 1)).encode().ljust(8) + reserved.ljust(44)
     head += str(n_records).encode().ljust(8) + f"{record_s:g}".encode().ljust(8) + str(ns).encode().ljust(4)
     columns = {"label": lambda c: c["label"], "transducer": lambda c: "", "physical_dimension": lambda c: c["dim"],
                "physical_min": lambda c: f"{c['pmin']:g}", "physical_max": lambda c: f"{c['pmax']:g}",
