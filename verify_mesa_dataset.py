@@ -1,4 +1,4 @@
-"""Check that the EDF recordings and XML annotations of a cohort (MESA by default) pair 1:1 by subject ID.
+r"""Check that the EDF recordings and XML annotations of a cohort (MESA by default) pair 1:1 by subject ID.
 
 Inputs: an EDF folder and an XML folder. The annotation of a night `<stem>.edf` is `<stem>-nsrr.xml` (NSRR
 XML) or `<stem>-profusion.xml` (Compumedics Profusion XML), the names NSRR uses for every cohort it serves
