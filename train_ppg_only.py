@@ -14,7 +14,8 @@ the PPG+ECG model), nights of `data.windows_per_subject` windows x 1,024 samples
 
 Outputs, one folder per run: `<output.save_dir>/<model>_<YYYYmmdd_HHMMSS>[_runN]/`
     checkpoints/  config.json, best_model.pth (best by training.select_best_by), checkpoint_epoch_N.pth (every
-                  output.save_frequency epochs), last.pth (every epoch, for --resume)
+                  output.save_frequency epochs), last.pth (every epoch, for --resume), run.json (the run's
+                  run_uid, which every checkpoint carries: --resume takes only the run's own checkpoints)
     logs/         TensorBoard: Train/Loss, Val/Loss, Val/Overall_Accuracy, Val/Overall_Kappa, Val/Overall_F1,
                   Val/Median_Kappa, Train/Learning_Rate, Time/Epoch_Seconds, Speed/Train_Nights_per_s, a
                   confusion-matrix image and a validation hypnogram each epoch, hparams with test metrics
