@@ -67,7 +67,7 @@ from pathlib import Path
 import numpy as np
 
 from sleepppg.assembly import assemble_isolated, write_stats
-from sleepppg.cli import file_argument, non_negative_int, positive_int, run_entry_point, setup_logging
+from sleepppg.cli import file_argument, non_negative_int, one_line, positive_int, run_entry_point, setup_logging
 from sleepppg.config import load_config
 from sleepppg.constants import ECG_FILE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, INDEX_FILE, PPG_FILE
 from sleepppg.diskfull import DiskFullError, bytes_needed, disk_full_message, naming_a_full_disk
@@ -225,7 +225,7 @@ def collect(results: list[dict], reused: dict[str, list[str]], failed: list[dict
             ok.append(result["id"])
             warnings[result["id"]] = result["warnings"]
         else:
-            log.warning("subject %s skipped (%s): %s", result["id"], result["kind"], result["reason"])
+            log.warning("subject %s skipped (%s): %s", result["id"], result["kind"], one_line(result["reason"]))
             failed.append({"id": result["id"], "file": result["file"], "kind": result["kind"],
                            "reason": result["reason"]})
     ok.sort()
@@ -296,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
         jobs, reused, failed = plan(wanted, all_subjects, problems, settings, args.overwrite and attempt == 0)
         if attempt == 0:
             for item in failed:
-                log.warning("subject %s skipped (%s): %s", item["id"], item["kind"], item["reason"])
+                log.warning("subject %s skipped (%s): %s", item["id"], item["kind"], one_line(item["reason"]))
         log.info("%d subjects: %d to process, %d reused from %s, %d without a usable pair; %d worker(s)",
                  len(wanted), len(jobs), len(reused), parts_dir, len(failed), settings["workers"])
         n_ok_max = len(jobs) + len(reused)

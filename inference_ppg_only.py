@@ -121,6 +121,7 @@ from sleepppg.cli import (
     positive_number,
     run_entry_point,
     setup_logging,
+    some_of,
 )
 from sleepppg.config import load_config
 from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, WINDOW_SECONDS, WINDOWS_PER_SUBJECT
@@ -250,7 +251,7 @@ def stage_and_report(args: argparse.Namespace, run: Setup) -> int:
     if run.label_files is not None:
         unlabelled = [e["subject_id"] for e in record.nights if "performance" not in e]
         log.info("%d of %d staged night(s) compared with their labels; %d without labels%s", len(record.scored),
-                 len(record.nights), len(unlabelled), f": {', '.join(unlabelled)}" if unlabelled else "")
+                 len(record.nights), len(unlabelled), f": {some_of(unlabelled, 10, 'nights')}" if unlabelled else "")
 
     status = EXIT_INTERRUPTED if interrupted else (EXIT_FAILED if record.failed else EXIT_OK)
     if flags["save_json"]:

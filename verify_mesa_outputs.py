@@ -27,7 +27,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sleepppg.cli import positive_int, run_entry_point
+from sleepppg.cli import one_line, positive_int, run_entry_point
 from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP
 from sleepppg.processed import verify
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     print("\n".join(report.lines))
     if report.failed:
-        print(f"FAILED {len(report.failed)} check(s): {'; '.join(report.failed)}")
+        print(f"FAILED {len(report.failed)} check(s): {one_line('; '.join(report.failed), 1000)}")
         return EXIT_FAILED
     print("all checks passed")
     return EXIT_OK
