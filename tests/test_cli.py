@@ -86,6 +86,7 @@ def test_a_symlink_planted_at_a_log_path_is_not_followed(tmp_path):
     ("train_ppg_only", ["--freeze-encoder", "-2"], "--freeze-encoder"),
     ("make_synthetic_mesa", ["--out", "x", "--n-subjects", "2", "--seed", "-1"], "--seed"),
     ("run_demo", ["--seed", "-5"], "--seed"),
+    ("run_demo", ["--edf-nights", "-1"], "--edf-nights"),
     ("validation_report", ["a.csv", "--out-dir", "v", "--bootstrap", "0"], "--bootstrap"),
     ("multimodal_dataset_aligned", ["--config", "c.yaml", "--windows-per-subject", "0"], "--windows-per-subject"),
 ])
@@ -107,6 +108,7 @@ def test_a_bad_number_flag_is_refused_by_its_name_before_any_config_is_read(caps
     ("train_ppg_only", ["--init-from", "{d}"], "--init-from"),
     ("validation_report", ["a.csv", "--out-dir", "v", "--metadata", "{d}"], "--metadata"),
     ("multimodal_dataset_aligned", ["--config", "{d}"], "--config"),
+    ("run_demo", ["--config", "{d}"], "--config"),
 ])
 def test_a_folder_given_to_a_file_flag_is_refused_as_a_folder(tmp_path, capsys, script, argv, flag):
     module = __import__(script)
