@@ -67,7 +67,7 @@ from pathlib import Path
 import numpy as np
 
 from sleepppg.assembly import assemble_isolated, write_stats
-from sleepppg.cli import run_entry_point, setup_logging
+from sleepppg.cli import file_argument, non_negative_int, one_line, positive_int, run_entry_point, setup_logging
 from sleepppg.config import load_config
 from sleepppg.constants import ECG_FILE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, INDEX_FILE, PPG_FILE
 from sleepppg.diskfull import DiskFullError, bytes_needed, disk_full_message, naming_a_full_disk
@@ -109,12 +109,14 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         "ppg_channels": [p.lower() for p in pre["ppg_channels"]],
         "compression": args.compression or pre["compression"],
         "chunk_windows": pre["chunk_windows"],
-        "windows_per_subject": args.windows_per_subject or cfg["data"]["windows_per_subject"],
+        "windows_per_subject": (args.windows_per_subject if args.windows_per_subject is not None
+                                else cfg["data"]["windows_per_subject"]),
         "id_pattern": pre["id_pattern"],
         "format": args.format or pre["format"],
         "csv_dir": args.csv_dir or pre["csv_dir"],
         **{key: pre[key] for key in DREAMT_KEYS},
     }
+    check_format_flags(args, settings["format"])
     if args.id_pattern is not None:
         try:
             settings["id_pattern"] = compile_id_pattern(args.id_pattern).pattern
@@ -123,6 +125,20 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     if settings["workers"] == 0:
         settings["workers"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return settings
+
+
+def check_format_flags(args: argparse.Namespace, fmt: str) -> None:
+    """Refuse a folder flag that the input format (--format, else preprocessing.format) does not read, so that it
+    is never silently ignored: --csv-dir is read by the DREAMT format only, --edf-dir and --xml-dir by the EDF
+    format only."""
+    if fmt != "dreamt" and args.csv_dir is not None:
+        raise ConfigError(f"--csv-dir applies to --format dreamt only; the input format is {fmt!r} (add --format "
+                          "dreamt, or leave --csv-dir out)")
+    if fmt == "dreamt":
+        given = [flag for flag, value in (("--edf-dir", args.edf_dir), ("--xml-dir", args.xml_dir)) if value is not None]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to --format edf "
+                              "only; --format dreamt reads the CSVs of --csv-dir")
 
 
 def check_setup(settings: dict) -> str | None:
@@ -177,7 +193,7 @@ def list_subjects(args: argparse.Namespace, settings: dict) -> tuple[dict, dict,
             raise SetupError(f"--subjects: no EDF or XML file for {', '.join(unknown)}")
         wanted = requested
     if args.limit is not None:
-        wanted = wanted[:max(args.limit, 0)]
+        wanted = wanted[:args.limit]
     if not any(all_subjects[s][0] and all_subjects[s][1] for s in wanted):
         where = f"CSV files in {settings['csv_dir']}" if dreamt else f"EDF/XML pairs in {edf_dir} and {xml_dir}"
         raise SetupError(f"no {where} to process")
@@ -209,7 +225,7 @@ def collect(results: list[dict], reused: dict[str, list[str]], failed: list[dict
             ok.append(result["id"])
             warnings[result["id"]] = result["warnings"]
         else:
-            log.warning("subject %s skipped (%s): %s", result["id"], result["kind"], result["reason"])
+            log.warning("subject %s skipped (%s): %s", result["id"], result["kind"], one_line(result["reason"]))
             failed.append({"id": result["id"], "file": result["file"], "kind": result["kind"],
                            "reason": result["reason"]})
     ok.sort()
@@ -221,7 +237,7 @@ def collect(results: list[dict], reused: dict[str, list[str]], failed: list[dict
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="YAML config (preprocessing section and data.windows_per_subject); "
+    parser.add_argument("--config", type=file_argument, help="YAML config (preprocessing section and data.windows_per_subject); "
                                          "default: the defaults of configs/config_cloud.yaml")
     parser.add_argument("--edf-dir", help="EDF folder (default ./mesa-commercial-use/polysomnography/edfs)")
     parser.add_argument("--xml-dir", help="XML folder (default .../polysomnography/annotations-events-nsrr)")
@@ -229,15 +245,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--format", choices=("edf", "dreamt"),
                         help="edf: MESA EDF + NSRR XML (default); dreamt: one DREAMT CSV per participant in --csv-dir")
     parser.add_argument("--csv-dir", help="--format dreamt: the folder of DREAMT CSVs (e.g. data_64Hz)")
-    parser.add_argument("--workers", type=int, help="processes (default: preprocessing.workers; 0 = all cores)")
+    parser.add_argument("--workers", type=non_negative_int, help="processes (default: preprocessing.workers; 0 = all cores)")
     parser.add_argument("--subjects", help="only these IDs, comma-separated (e.g. 0001,0002)")
     parser.add_argument("--id-pattern", help="regex with one group around the subject ID, searched in file "
                                              "names, any case (default: preprocessing.id_pattern, MESA's "
                                              "'mesa[-_]?sleep[-_]?(\\d+)')")
-    parser.add_argument("--limit", type=int, help="only the first N subject IDs (sorted)")
+    parser.add_argument("--limit", type=positive_int, help="only the first N subject IDs (sorted)")
     parser.add_argument("--overwrite", action="store_true", help="redo every subject, ignoring earlier results")
     parser.add_argument("--keep-parts", action="store_true", help="keep the per-subject part files after success")
-    parser.add_argument("--windows-per-subject", type=int, help="windows per night (default 1200 = 10 h)")
+    parser.add_argument("--windows-per-subject", type=positive_int, help="windows per night (default 1200 = 10 h)")
     parser.add_argument("--resample-method", choices=("linear", "polyphase"),
                         help="linear (the reference) or polyphase (default: preprocessing.resample_method, linear)")
     parser.add_argument("--compression", choices=("none", "lzf", "gzip"),
@@ -280,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
         jobs, reused, failed = plan(wanted, all_subjects, problems, settings, args.overwrite and attempt == 0)
         if attempt == 0:
             for item in failed:
-                log.warning("subject %s skipped (%s): %s", item["id"], item["kind"], item["reason"])
+                log.warning("subject %s skipped (%s): %s", item["id"], item["kind"], one_line(item["reason"]))
         log.info("%d subjects: %d to process, %d reused from %s, %d without a usable pair; %d worker(s)",
                  len(wanted), len(jobs), len(reused), parts_dir, len(failed), settings["workers"])
         n_ok_max = len(jobs) + len(reused)

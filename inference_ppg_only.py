@@ -7,8 +7,8 @@ Modes
   windows) that are on the fixed SleepPPG-Net test list, sorted, shuffled with `inference.random_seed`, the
   first `inference.n_subjects`. Per subject: accuracy and Cohen's kappa over the scored epochs (label != -1);
   summary: mean/std over subjects plus pooled figures (`sleepppg.metrics.compute_metrics`).
-- EDF (`inference.only_inference: true`, or `--edf PATH|FOLDER|GLOB`): one EDF, every *.edf of a folder, or
-  a glob. Each night is preprocessed by `preprocess_recording` (the training
+- EDF (`inference.only_inference: true`, or `--edf PATH|FOLDER|GLOB`): one EDF, every *.edf and *.bdf of a
+  folder, or a glob. Each night is preprocessed by `preprocess_recording` (the training
   preprocessing: `preprocessing.resample_method`, `preprocessing.ppg_channels`) to the model's number of
   30-s windows, and cached in `<inference.cache_root>/<id>/` as `ppg_windows.npy` (float32, n_windows x 1024)
   + `meta.json`. The cache is reused only when meta.json matches the EDF (absolute path, size, mtime_ns) and
@@ -114,7 +114,16 @@ from typing import Any, Sequence
 
 import torch
 
-from sleepppg.cli import log_to_file, run_entry_point, setup_logging
+from sleepppg.cli import (
+    file_argument,
+    log_to_file,
+    one_line,
+    positive_int,
+    positive_number,
+    run_entry_point,
+    setup_logging,
+    some_of,
+)
 from sleepppg.config import load_config
 from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, WINDOW_SECONDS, WINDOWS_PER_SUBJECT
 from sleepppg.errors import ConfigError, SetupError
@@ -190,6 +199,7 @@ def set_up(args: argparse.Namespace) -> Setup:
     if args.labels and not edf_mode:
         raise SetupError("--labels applies to EDF / PPG mode (--edf, --ppg) only: HDF5 mode reads the scored "
                          "stages from the processed files")
+    check_mode_flags(args, edf_mode, bool(ppg_spec))
     label_files = find_label_files(args.labels, cfg["preprocessing"]["id_pattern"]) if args.labels else None
     inputs = resolve_edf_inputs(ppg_spec or inf_cfg["edf_file"], ppg=bool(ppg_spec)) if edf_mode else []
     device = resolve_device(args.device, cfg["gpu"]["device_id"])
@@ -197,6 +207,20 @@ def set_up(args: argparse.Namespace) -> Setup:
     selection = None if edf_mode else select_hdf5_nights(cfg, n_windows, inf_cfg["n_subjects"])
     run_dir = make_run_dir(inf_cfg["save_dir"])  # last: a failed setup leaves no empty run folder
     return Setup(cfg, inputs, device, model, model_info, n_windows, selection, run_dir, label_files)
+
+
+def check_mode_flags(args: argparse.Namespace, edf_mode: bool, ppg_mode: bool) -> None:
+    """Refuse a flag that the mode does not read, so that none is silently ignored: --fs and --column are read
+    in PPG mode only (EDF mode finds the PPG by preprocessing.ppg_channels and takes the rate from the header;
+    --ppg reads EDF files too and takes both flags), --n-subjects in HDF5 mode only (EDF / PPG mode stages
+    every file given)."""
+    mode = ("PPG" if ppg_mode else "EDF") if edf_mode else "HDF5"
+    for flag, given in (("--fs", args.fs is not None), ("--column", args.column is not None)):
+        if given and mode != "PPG":
+            raise SetupError(f"{flag} applies to PPG mode (--ppg) only, not to {mode} mode"
+                             + ("; --ppg reads EDF files too and takes it" if mode == "EDF" else ""))
+    if args.n_subjects is not None and mode != "HDF5":
+        raise SetupError(f"--n-subjects applies to HDF5 mode only; {mode} mode stages every file given")
 
 
 def stage_and_report(args: argparse.Namespace, run: Setup) -> int:
@@ -228,7 +252,7 @@ def stage_and_report(args: argparse.Namespace, run: Setup) -> int:
     if run.label_files is not None:
         unlabelled = [e["subject_id"] for e in record.nights if "performance" not in e]
         log.info("%d of %d staged night(s) compared with their labels; %d without labels%s", len(record.scored),
-                 len(record.nights), len(unlabelled), f": {', '.join(unlabelled)}" if unlabelled else "")
+                 len(record.nights), len(unlabelled), f": {some_of(unlabelled, 10, 'nights')}" if unlabelled else "")
 
     status = EXIT_INTERRUPTED if interrupted else (EXIT_FAILED if record.failed else EXIT_OK)
     if flags["save_json"]:
@@ -259,7 +283,7 @@ def stage_and_report(args: argparse.Namespace, run: Setup) -> int:
               f"kappa {metrics['kappa_mean']:.3f} +/- {metrics['kappa_std']:.3f} (per subject); pooled accuracy "
               f"{metrics['pooled']['accuracy']:.3f}, kappa {metrics['pooled']['kappa']:.3f}")
     for fail in record.failed:
-        print(f"FAILED {fail['subject_id']} ({fail['file']}): {fail['reason']}")
+        print(f"FAILED {fail['subject_id']} ({fail['file']}): {one_line(fail['reason'])}")
     print(f"{len(record.nights)} night(s) staged, {len(record.failed)} failed"
           f"{' (interrupted)' if interrupted else ''} in {elapsed:.1f} s. Results at: {run_dir}")
     if report is not None:
@@ -287,13 +311,13 @@ def write_validation(run: Setup, record: RunRecord) -> Path | None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="YAML config (configs/config_cloud.yaml or config_demo.yaml)")
-    p.add_argument("--checkpoint", help="model checkpoint (.pth); overrides inference.best_model")
-    p.add_argument("--edf", help="EDF mode on this file, folder (*.edf) or glob; overrides inference.edf_file "
+    p.add_argument("--config", required=True, type=file_argument, help="YAML config (configs/config_cloud.yaml or config_demo.yaml)")
+    p.add_argument("--checkpoint", type=file_argument, help="model checkpoint (.pth); overrides inference.best_model")
+    p.add_argument("--edf", help="EDF mode on this file, folder (*.edf, *.bdf) or glob; overrides inference.edf_file "
                                  "and only_inference")
     p.add_argument("--ppg", help="stage PPG recordings of any format: a file, a folder or a glob (.csv .tsv .txt "
                                  ".npy .hea .edf .bdf); overrides inference.ppg_file and only_inference")
-    p.add_argument("--fs", type=float, help="--ppg: sampling rate in Hz where the file does not state it (a .npy, "
+    p.add_argument("--fs", type=positive_number, help="--ppg: sampling rate in Hz where the file does not state it (a .npy, "
                                             "a table without a time column); overrides inference.ppg_fs")
     p.add_argument("--column", help="--ppg: the PPG column of a table (name or 1-based number) or the signal "
                                     "name of a WFDB/EDF record; overrides inference.ppg_column (default: "
@@ -307,7 +331,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--labels", metavar="PATH",
                    help="EDF / PPG mode: scored stages, a file or folder of NSRR or Profusion XML or CSV hypnograms "
                         "(one stage per 30-s epoch; spellings in sleepppg.scoring), matched to nights by subject ID")
-    p.add_argument("--n-subjects", type=int, help="HDF5 mode: subjects to stage; overrides inference.n_subjects")
+    p.add_argument("--n-subjects", type=positive_int, help="HDF5 mode: subjects to stage; overrides inference.n_subjects")
     return p.parse_args(argv)
 
 
@@ -329,7 +353,7 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["inference.only_inference"] = True
     if args.fs is not None:
         overrides["inference.ppg_fs"] = args.fs
-    if args.column:
+    if args.column is not None:
         overrides["inference.ppg_column"] = args.column
     return overrides
 

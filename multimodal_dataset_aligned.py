@@ -47,7 +47,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-from sleepppg.cli import run_entry_point
+from sleepppg.cli import file_argument, positive_int, run_entry_point
 from sleepppg.config import load_config
 from sleepppg.constants import (
     ECG_FILE,
@@ -490,10 +490,10 @@ def get_dataloaders(data_path: dict | str | os.PathLike, batch_size: int = 1, nu
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Print the train/val/test split of the processed data.")
-    p.add_argument("--config", required=True, help="YAML config (data.* paths, training.seed, "
+    p.add_argument("--config", required=True, type=file_argument, help="YAML config (data.* paths, training.seed, "
                                                    "training.use_sleepppg_test_set, "
                                                    "training.test_subjects_file)")
-    p.add_argument("--windows-per-subject", type=int, default=None,
+    p.add_argument("--windows-per-subject", type=positive_int, default=None,
                    help="override data.windows_per_subject")
     return p.parse_args(argv)
 

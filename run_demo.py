@@ -61,7 +61,15 @@ from pathlib import Path
 from typing import Callable
 
 from sleepppg.children import ChildProcesses, exit_status, signal_name
-from sleepppg.cli import HelpFormatter, non_negative_int, positive_int, positive_number, run_entry_point, setup_logging
+from sleepppg.cli import (
+    HelpFormatter,
+    file_argument,
+    non_negative_int,
+    positive_int,
+    positive_number,
+    run_entry_point,
+    setup_logging,
+)
 from sleepppg.config import adopt_recorded_parent_hash, load_config
 from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP
 from sleepppg.errors import ConfigError
@@ -301,13 +309,13 @@ def newest_finished(runs: RunFolders, outputs: list[str]) -> Path:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config (paths and sizes)")
+    p.add_argument("--config", default=DEFAULT_CONFIG, type=file_argument, help="YAML config (paths and sizes)")
     p.add_argument("--n-subjects", "--subjects", dest="subjects", type=int, default=DEFAULT_SUBJECTS,
                    help="synthetic nights to generate (--subjects is an older name)")
     p.add_argument("--hours", type=positive_number, default=None,
                    help="fixed night length in hours (default: lengths vary around 10 h, as in MESA)")
     p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: training.num_epochs)")
-    p.add_argument("--edf-nights", type=int, default=DEFAULT_EDF_NIGHTS, help="nights staged in raw-EDF mode")
+    p.add_argument("--edf-nights", type=non_negative_int, default=DEFAULT_EDF_NIGHTS, help="nights staged in raw-EDF mode")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the synthetic cohort")
     p.add_argument("--force", action="store_true", help="rerun every step even if it finished before")
     return p.parse_args(argv)
@@ -366,9 +374,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_SETUP
     if args.subjects < MIN_SUBJECTS:
         log.error("--subjects must be at least %d (train, validation and test each need nights)", MIN_SUBJECTS)
-        return EXIT_SETUP
-    if args.edf_nights < 0:
-        log.error("--edf-nights must be >= 0")
         return EXIT_SETUP
     started = time.perf_counter()
     py = sys.executable

@@ -14,7 +14,8 @@ the PPG+ECG model), nights of `data.windows_per_subject` windows x 1,024 samples
 
 Outputs, one folder per run: `<output.save_dir>/<model>_<YYYYmmdd_HHMMSS>[_runN]/`
     checkpoints/  config.json, best_model.pth (best by training.select_best_by), checkpoint_epoch_N.pth (every
-                  output.save_frequency epochs), last.pth (every epoch, for --resume)
+                  output.save_frequency epochs), last.pth (every epoch, for --resume), run.json (the run's
+                  run_uid, which every checkpoint carries: --resume takes only the run's own checkpoints)
     logs/         TensorBoard: Train/Loss, Val/Loss, Val/Overall_Accuracy, Val/Overall_Kappa, Val/Overall_F1,
                   Val/Median_Kappa, Train/Learning_Rate, Time/Epoch_Seconds, Speed/Train_Nights_per_s, a
                   confusion-matrix image and a validation hypnogram each epoch, hparams with test metrics
@@ -53,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sleepppg.cli import log_to_file, positive_int, run_entry_point, setup_logging
+from sleepppg.cli import file_argument, log_to_file, non_negative_int, positive_int, run_entry_point, setup_logging
 from sleepppg.config import load_config
 from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP
 from sleepppg.distributed import DistContext, check_compile_setup, kernel_settings, use_autocast, wrap_model
@@ -66,6 +67,7 @@ from sleepppg.runstate import (
     BEST_CHECKPOINT,
     HISTORY_KEYS,
     LAST_CHECKPOINT,
+    RUN_IDENTITY_FILE,
     RUN_SUBDIRS,
     RunSetup,
     TrainState,
@@ -73,6 +75,8 @@ from sleepppg.runstate import (
     checkpoint_payload,
     disk_full_error,
     load_checkpoint,
+    new_run_identity,
+    read_run_identity,
     restore_checkpoint,
     save_checkpoint,
     seed_everything,
@@ -114,12 +118,12 @@ SCALAR_TAGS = {"Train/Loss": "train_losses", "Val/Loss": "val_losses", "Val/Over
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train SleepPPG-Net (PPG) or the PPG+ECG model, then test it.")
-    p.add_argument("--config", default=None,
+    p.add_argument("--config", default=None, type=file_argument,
                    help=f"YAML config (default: {DEFAULT_CONFIG}); with --resume PATH the run's own config is "
                         f"used unless one is given here (then it must match the run's)")
     p.add_argument("--model", choices=(*MODEL_KINDS, "both"), default="both",
                    help="which model to train; 'both' = those enabled under model: in the config")
-    p.add_argument("--runs", type=int, default=None, help="number of runs (overrides training.num_runs)")
+    p.add_argument("--runs", type=positive_int, default=None, help="number of runs (overrides training.num_runs)")
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs (overrides training.num_epochs)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
                    help="continue a run: PATH = a run folder or a checkpoint; without PATH the newest run of "
@@ -127,10 +131,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume-anyway", action="store_true",
                    help="resume even though the data files, the split or the config changed since the run "
                         "started (listed in the warning); without it such a resume is refused")
-    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+    p.add_argument("--init-from", default=None, type=file_argument, metavar="CHECKPOINT",
                    help="start from this trained model's weights (ours or the reference's .pth) instead of random "
                         "ones (overrides training.init_from)")
-    p.add_argument("--freeze-encoder", nargs="?", type=int, const=0, default=None, metavar="N",
+    p.add_argument("--freeze-encoder", nargs="?", type=non_negative_int, const=0, default=None, metavar="N",
                    help="with --init-from: keep the 8 ResConv encoder blocks fixed for the first N epochs; without "
                         "N (or 0) for every epoch (overrides training.freeze_encoder_epochs)")
     p.add_argument("--device", default="auto",
@@ -149,8 +153,6 @@ def _overrides(args: argparse.Namespace) -> dict:
         out["training.init_from"] = args.init_from
         out["training.init_from_sha256"] = ""  # a new parent: its hash is taken from the file
     if args.freeze_encoder is not None:
-        if args.freeze_encoder < 0:
-            raise SetupError(f"--freeze-encoder N: N must be >= 0 (0 or none = every epoch), got {args.freeze_encoder}")
         out["training.freeze_encoder_epochs"] = args.freeze_encoder or FREEZE_ALL_EPOCHS
     return out
 
@@ -188,7 +190,8 @@ def models_to_train(choice: str, cfg: dict) -> list[str]:
 
 
 def open_run_dir(cfg: dict, model_kind: str, run_id: int | None, ctx: DistContext, resume: Resume | None) -> Path:
-    """The run folder (rank 0 creates a new one unless resuming; every rank gets its path) and its subfolders."""
+    """The run folder (rank 0 creates a new one, with its identity in checkpoints/run.json, unless resuming;
+    every rank gets its path) and its subfolders."""
     if resume is not None:
         run_dir = resume.run_dir
     else:
@@ -198,6 +201,9 @@ def open_run_dir(cfg: dict, model_kind: str, run_id: int | None, ctx: DistContex
     if ctx.is_main:
         for name in RUN_SUBDIRS:
             (run_dir / name).mkdir(parents=True, exist_ok=True)
+        if resume is None:
+            write_json(run_dir / "checkpoints" / RUN_IDENTITY_FILE, {"run_uid": new_run_identity(),
+                                                                     "model_kind": model_kind})
     return run_dir
 
 
@@ -259,7 +265,7 @@ def build_run(cfg: dict, model_kind: str, run_id: int | None, device: torch.devi
                    loaders={"train": train_loader, "val": val_loader, "test": test_loader},
                    datasets={"train": train_ds, "val": val_ds, "test": test_ds},
                    amp=use_autocast(cfg, device), data_fingerprint=data_fingerprint, writer=None,
-                   parent=parent_record)
+                   parent=parent_record, run_uid=read_run_identity(run_dir) if ctx.is_main else None)
     state = (restore_checkpoint(run, resume.ckpt) if resume is not None
              else TrainState(select_best_by=train_cfg["select_best_by"]))
     if ctx.is_main:

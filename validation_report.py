@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from sleepppg.cli import HelpFormatter, positive_int, run_entry_point, setup_logging
+from sleepppg.cli import HelpFormatter, file_argument, positive_int, run_entry_point, setup_logging
 from sleepppg.errors import SetupError
 from sleepppg.validation import NSRR_COVARIATES, NSRR_ID_COLUMN
 from sleepppg.validation_study import validation_report
@@ -41,7 +41,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("paths", nargs="+", metavar="PATH", help="night CSV, or a folder searched for *.csv")
     p.add_argument("--out-dir", required=True, type=Path, help="folder for the report (made if needed)")
-    p.add_argument("--metadata", help="subject metadata CSV, one row per subject (e.g. NSRR's harmonized dataset)")
+    p.add_argument("--metadata", type=file_argument, help="subject metadata CSV, one row per subject (e.g. NSRR's harmonized dataset)")
     p.add_argument("--id-column", help=f"subject ID column of --metadata (default: {NSRR_ID_COLUMN})")
     p.add_argument("--covariates", help=f"comma-separated covariate columns of --metadata (default: "
                                         f"{','.join(NSRR_COVARIATES)})")
@@ -58,6 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     if args.metadata is None and (args.id_column or args.covariates):
         raise SetupError("--id-column and --covariates need --metadata")
+    out = args.out_dir.expanduser().resolve()
+    for spec in args.paths:
+        if Path(spec).expanduser().resolve().is_relative_to(out):
+            raise SetupError(f"--out-dir {args.out_dir} holds the input {spec}: the report's files (nights.csv, "
+                             "...) could replace a night CSV; give an --out-dir apart from the inputs")
     covariate_names = [c.strip() for c in (args.covariates or ",".join(NSRR_COVARIATES)).split(",") if c.strip()]
     if not covariate_names:
         raise SetupError("--covariates names no column")

@@ -1,4 +1,4 @@
-"""Check that the EDF recordings and XML annotations of a cohort (MESA by default) pair 1:1 by subject ID.
+r"""Check that the EDF recordings and XML annotations of a cohort (MESA by default) pair 1:1 by subject ID.
 
 Inputs: an EDF folder and an XML folder. The annotation of a night `<stem>.edf` is `<stem>-nsrr.xml` (NSRR
 XML) or `<stem>-profusion.xml` (Compumedics Profusion XML), the names NSRR uses for every cohort it serves
@@ -21,7 +21,8 @@ Output: a JSON report with a `summary` (`xml_dir`, `edf_dir`, `id_pattern`, `xml
 `also` when a Profusion XML was passed over), `only_xml`, `only_edf`, `duplicates`, `id_clashes`, `no_id`,
 `ignored_xml`, written atomically; a short human summary is printed.
 Exit status: 0 when every file pairs 1:1 with none of the problems above, 1 when not, 2 on bad arguments
-(missing folder, bad ID pattern or config).
+(missing folder, bad ID pattern or config, an --out that is inside an input folder or is an existing file
+other than a pair-check report: nothing is written).
 
 Usage: python verify_mesa_dataset.py --xml-dir X --edf-dir E --out paircheck_result.json [--id-pattern RE]
 """
@@ -35,7 +36,7 @@ import re
 import sys
 from pathlib import Path
 
-from sleepppg.cli import HelpFormatter, run_entry_point
+from sleepppg.cli import HelpFormatter, file_argument, inside_inputs, run_entry_point
 from sleepppg.config import load_config
 from sleepppg.constants import EXIT_FAILED, EXIT_OK, EXIT_SETUP, MESA_ID_PATTERN
 from sleepppg.errors import ConfigError
@@ -130,6 +131,27 @@ def _examples(names: list[str], n: int = 5) -> str:
     return " e.g. " + ", ".join(names[:n]) + more
 
 
+def out_problem(out: str, edf_dir: str, xml_dir: str) -> str | None:
+    """Why --out cannot be written, or None: it lies inside an input folder (it could replace a recording or
+    an annotation, and a rerun would find it among them), is a folder, or is an existing file that is not a
+    report of this script (a JSON object with `summary` and `matched`): such a file is never overwritten."""
+    inside = inside_inputs(out, {"--edf-dir": edf_dir, "--xml-dir": xml_dir})
+    if inside is not None:
+        return f"--out {out} is inside the input folder {inside}; write the report elsewhere"
+    path = Path(out)
+    if path.is_dir():
+        return f"--out {out} is a folder; give the JSON file to write"
+    if path.exists() or path.is_symlink():
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            earlier = None
+        if not (isinstance(earlier, dict) and {"summary", "matched"} <= earlier.keys()):
+            return (f"--out {out} exists and is not a pair-check report; it is not overwritten (remove it or give "
+                    "another --out)")
+    return None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--xml-dir", help="folder of annotations (*-nsrr.xml and/or *-profusion.xml); "
@@ -139,7 +161,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--id-pattern", help="regex with one group around the subject ID, searched in file "
                                              "names, any case (default: preprocessing.id_pattern of --config, "
                                              f"else MESA's '{MESA_ID_PATTERN}')")
-    parser.add_argument("--config", help="YAML config: its preprocessing.id_pattern, edf_dir and xml_dir are the "
+    parser.add_argument("--config", type=file_argument, help="YAML config: its preprocessing.id_pattern, edf_dir and xml_dir are the "
                                          "defaults of the flags above")
     return parser.parse_args(argv)
 
@@ -168,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(directory).is_dir():
             print(f"error: {name} {directory} is not a folder", file=sys.stderr)
             return EXIT_SETUP
+    problem = out_problem(args.out, edf_dir, xml_dir)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_SETUP
     report = pair_report(xml_dir, edf_dir, id_pattern)
     try:
         write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")

@@ -27,7 +27,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sleepppg.cli import run_entry_point
+from sleepppg.cli import one_line, positive_int, run_entry_point
 from sleepppg.constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP
 from sleepppg.processed import verify
 
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out-dir", "--base", dest="base", required=True, metavar="DIR",
                         help="folder with the processed HDF5 files: extraction's --out-dir (e.g. ./mesa-x); "
                              "--base is the reference's name for it")
-    parser.add_argument("--windows-per-subject", type=int,
+    parser.add_argument("--windows-per-subject", type=positive_int,
                         help="expected windows per subject (default: the files' attr, else 1200)")
     return parser.parse_args(argv)
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     print("\n".join(report.lines))
     if report.failed:
-        print(f"FAILED {len(report.failed)} check(s): {'; '.join(report.failed)}")
+        print(f"FAILED {len(report.failed)} check(s): {one_line('; '.join(report.failed), 1000)}")
         return EXIT_FAILED
     print("all checks passed")
     return EXIT_OK

@@ -305,6 +305,19 @@ def _looks_like_text(path: Path) -> bool:
     return b"\x00" not in head
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first 8 bytes of an HDF5 file (e.g. the processed data)
+
+
+def _file_kind(path: Path) -> str:
+    """What a file that torch cannot load looks like from its first bytes: "an HDF5 file", "a text file", or ""
+    (unknown: random bytes, a damaged archive, another binary format)."""
+    with path.open("rb") as f:
+        head = f.read(8)
+    if head == HDF5_SIGNATURE:
+        return "an HDF5 file (processed data?)"
+    return "a text file" if _looks_like_text(path) else ""
+
+
 def _refused_globals(path: Path, err: Exception) -> list[str]:
     """The Python globals a weights-only load refused: read from the archive, else from torch's message."""
     if zipfile.is_zipfile(path):
@@ -344,16 +357,20 @@ def read_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> 
         # line here (the cause stays chained). torch's own text advises weights_only=False, which we never do.
         weights_only_refusal = "weights only" in str(err).lower()
         refused = _refused_globals(path, err) if weights_only_refusal else []
-        if not refused and _looks_like_text(path):
-            raise CheckpointError(f"{path} is a text file, not a PyTorch checkpoint") from err
-        if weights_only_refusal:
+        kind = _file_kind(path)
+        if not refused and kind:
+            raise CheckpointError(f"{path} is {kind}, not a PyTorch checkpoint") from err
+        if refused:
             what = f" ({', '.join(refused[:5])})" if refused else ""
             raise CheckpointError(
                 f"{path} holds Python objects other than tensors and plain values{what}; it is refused so that "
                 f"no code from it runs (a checkpoint of this project or of the reference holds only weights and "
                 f"plain values)") from err
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (damaged, truncated or another kind of "
-                              f"file): {type(err).__name__}: {_one_line(err) or 'no details'}") from err
+        # torch's weights-only text advises weights_only=False, which we never do: only its reason is kept
+        reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:Check the documentation|$)", str(err), re.S)
+        detail = _one_line(reason.group(1)) if reason else f"{type(err).__name__}: {_one_line(err) or 'no details'}"
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (damaged, truncated or another kind of file): "
+                              f"{detail}") from err
     verify_integrity(path, raw)
     return raw
 

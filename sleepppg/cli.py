@@ -1,6 +1,11 @@
-"""What every entry point shares on its command line: the one error handler (`run_entry_point`), number
-argument types that name the flag, help that shows real defaults, and logging set up once (console, optional
-file).
+"""What every entry point shares on its command line: the one error handler (`run_entry_point`), argument
+types that name the flag, help that shows real defaults, reasons cut to one line with a count of what was cut,
+and logging set up once (console, optional file).
+
+Every number flag of every script goes through one of the argument types here (`positive_int`,
+`non_negative_int`, `positive_number`), so a value that the config key it overrides would refuse (0, a negative
+number, NaN) is refused by argparse with the flag's own name ("argument --fs: must be > 0 and finite, got nan",
+exit 2), before any config is read; file flags go through `file_argument`, which refuses a folder by name.
 """
 
 from __future__ import annotations
@@ -50,6 +55,27 @@ def non_negative_int(text: str) -> int:
 def positive_number(text: str) -> float:
     """argparse type: a finite number > 0 (hours, a rate)."""
     return _number_argument(text, float, 0, inclusive=False)
+
+
+def file_argument(text: str) -> str:
+    """argparse type of a flag that names one file (--config, --checkpoint, --metadata, --init-from): a folder is
+    refused by name; a path that does not exist is left to the reader, whose message says so."""
+    if text and Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file")
+    return text
+
+
+def inside_inputs(output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> str | None:
+    """The name of the input (flag -> a file or folder) that `output` is, or lies inside; None when it is apart
+    from all of them. Links are resolved, so a second name of an input counts as the input."""
+    out = Path(output).expanduser().resolve()
+    for flag, given in inputs.items():
+        if given is None:
+            continue
+        source = Path(given).expanduser().resolve()
+        if out == source or (source.is_dir() and out.is_relative_to(source)):
+            return f"{flag} {given}"
+    return None
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -113,9 +139,29 @@ DEBUG_FLAG = "--debug"  # every entry point: show the traceback of an unexpected
 DEBUG_HELP = "show the full traceback of an unexpected error (otherwise one line)"
 
 
-def _one_line(err: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text) - limit + 20} more characters)"
+REASON_LIMIT = 300  # characters of a reason printed on one console line; the rest is counted, not shown
+
+
+def one_line(text: object, limit: int = REASON_LIMIT) -> str:
+    """`text` on one line (white space collapsed), cut to about `limit` characters with a count of what was cut:
+    "... (+312 more characters)". The files that record a reason (failed_subjects.json, result.json) keep it
+    whole."""
+    line = " ".join(str(text).split())
+    if len(line) <= limit:
+        return line
+    kept = limit - 30
+    return f"{line[:kept]}... (+{len(line) - kept} more characters)"
+
+
+def some_of(names: Sequence[str], shown: int = 10, what: str = "") -> str:
+    """The first `shown` of `names`, comma-separated, and "(and N more WHAT)" for the rest."""
+    names = list(names)
+    more = f" (and {len(names) - shown} more{' ' + what if what else ''})" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _one_line(err: BaseException, limit: int = REASON_LIMIT) -> str:
+    return one_line(err, limit) or type(err).__name__
 
 
 def run_entry_point(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:

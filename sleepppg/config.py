@@ -136,6 +136,8 @@ _POSITIVE = {
     "output.save_frequency", "inference.n_subjects", "inference.batch_size",
     "preprocessing.nominal_fs", "preprocessing.max_gap_s", "inference.ppg_fs",
 }
+# Seeds go to scikit-learn (the split) and numpy, which take 0 .. 2**32 - 1 only
+_SEEDS, MAX_SEED = {"training.seed", "inference.random_seed"}, 2**32 - 1
 _ID_PATTERNS = {"preprocessing.id_pattern"}  # must compile, with exactly one capturing group
 _NON_NEGATIVE = {
     "data.num_workers", "preprocessing.workers", "training.weight_decay", "training.patience",
@@ -237,6 +239,8 @@ def validate_config(raw: Any, schema: dict = CONFIG_SCHEMA, prefix: str = "") ->
             raise ConfigError(f"key '{full}': must be > 0, got {value!r}")
         if full in _NON_NEGATIVE and value < 0:
             raise ConfigError(f"key '{full}': must be >= 0, got {value!r}")
+        if full in _SEEDS and not 0 <= value <= MAX_SEED:
+            raise ConfigError(f"key '{full}': a seed must be within 0..{MAX_SEED}, got {value!r}")
         if full in _ID_PATTERNS:
             try:
                 compile_id_pattern(value)

@@ -45,6 +45,8 @@ EDF_SIGNAL_FIELDS = (("label", 16), ("transducer", 80), ("physical_dimension", 8
                      ("samples_per_record", 8), ("reserved", 32))
 VOLTS_PER_UNIT = {"uV": 1e-6, "\u00b5V": 1e-6, "\u03bcV": 1e-6, "mV": 1e-3}  # voltage channels in volts, as mne
 MAX_SAMPLING_RATE_HZ = 100_000.0  # far above any PSG channel: a higher rate means a broken header
+# The fastest signal of a recording below this (one sample per 100 s) means a record duration far too long
+MIN_TOP_SAMPLING_RATE_HZ = 0.01
 READ_BLOCK_BYTES = 8 * 2**20  # data records are read in blocks of about 8 MB (memory stays ~1 channel per night)
 SATURATION_WARN_FRACTION = 0.05  # warn when more of the PPG than this sits at its digital limits
 
@@ -145,7 +147,8 @@ def read_edf_header(fh: BinaryIO, path: Path, file_size: int) -> EdfHeader:
         BadRecordingError: kind 'unreadable_edf' (not an EDF/BDF file), 'truncated_edf' (shorter than its
             header or its declared records) or 'bad_edf_header' (a field that is absent, not a number or
             absurd: no signals, a record duration that is not a positive finite number, a header size that
-            disagrees with the number of signals, records without samples).
+            disagrees with the number of signals, records without samples, a record duration that puts the
+            fastest signal's rate outside MIN_TOP_SAMPLING_RATE_HZ..MAX_SAMPLING_RATE_HZ).
     """
     name = path.name
     head = fh.read(EDF_FIXED_HEADER_BYTES)
@@ -193,6 +196,11 @@ def read_edf_header(fh: BinaryIO, path: Path, file_size: int) -> EdfHeader:
         physical_min=_header_float(fields["physical_min"][i]), physical_max=_header_float(fields["physical_max"][i]),
         digital_min=_header_float(fields["digital_min"][i]), digital_max=_header_float(fields["digital_max"][i]),
         samples_per_record=per_record[i], fs=per_record[i] / record_s) for i in range(n_signals))
+    top_fs = max(per_record) / record_s
+    if not MIN_TOP_SAMPLING_RATE_HZ <= top_fs <= MAX_SAMPLING_RATE_HZ:
+        raise bad(f"record duration {record_s:g} s makes the fastest signal's rate {top_fs:g} Hz "
+                  f"({max(per_record)} samples per record), outside {MIN_TOP_SAMPLING_RATE_HZ:g}.."
+                  f"{MAX_SAMPLING_RATE_HZ:g} Hz")
 
     warnings = []
     record_bytes = sum(per_record) * bytes_per_sample

@@ -73,7 +73,7 @@ def subject_id_for(edf_path: str | os.PathLike, id_pattern: str = MESA_ID_PATTER
 
 
 def resolve_edf_inputs(spec: str, ppg: bool = False) -> list[Path]:
-    """Files named by `spec`: a file, a folder (sorted: its *.edf, any case; with `ppg`, every file with a
+    """Files named by `spec`: a file, a folder (sorted: its *.edf and *.bdf, any case: the reader reads both; with `ppg`, every file with a
     recording extension, see sleepppg.formats.is_recording_file) or a glob pattern (sorted; with `ppg`, WFDB
     data files whose .hea matched too are left to their header).
 
@@ -93,9 +93,9 @@ def resolve_edf_inputs(spec: str, ppg: bool = False) -> list[Path]:
 
             found = sorted(p for p in path.iterdir() if p.is_file() and formats.is_recording_file(p))
         else:
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".edf")
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in (".edf", ".bdf"))
         if not found:
-            raise SetupError(f"no {'recording' if ppg else '.edf'} file in folder {path}")
+            raise SetupError(f"no {'recording' if ppg else '.edf or .bdf'} file in folder {path}")
         return found
     if glob.has_magic(spec):
         found = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())

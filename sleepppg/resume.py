@@ -2,7 +2,11 @@
 
 - `find_resume_point`: `--resume PATH` (a checkpoint, a run folder or its checkpoints/ folder) or, without a
   PATH, the newest run of the model under output.save_dir; an unreadable last.pth falls back to the newest
-  intact checkpoint of the run, saying so.
+  intact checkpoint of the run, saying so. The checkpoint must lie in the checkpoints/ folder of a run folder
+  (with config.json beside it: `check_run_folder`), and belong to that run (`check_run_identity`: the run_uid
+  of the checkpoint is the one in checkpoints/run.json); else the resume is refused before anything is
+  written. A checkpoint and a folder that both lack a run_uid (a run made by an older version) are accepted
+  with a warning.
 - `resumed_config`: the config given with `--config` (it must then match the run's), else the one saved in
   the checkpoint, with `--epochs`/`--runs` applied.
 - `check_resume`: refuses (SetupError, naming what changed) when the data files (path, size, mtime), the split
@@ -18,7 +22,7 @@ from pathlib import Path
 
 from sleepppg.config import adopt_recorded_parent_hash, validate_config
 from sleepppg.errors import ConfigError, SetupError
-from sleepppg.runstate import LAST_CHECKPOINT, load_checkpoint
+from sleepppg.runstate import LAST_CHECKPOINT, RUN_IDENTITY_FILE, load_checkpoint, read_run_identity
 
 log = logging.getLogger("sleepppg.resume")
 
@@ -58,6 +62,44 @@ def resolve_resume_path(path: str) -> Path:
                      f"checkpoints/{LAST_CHECKPOINT}")
 
 
+def check_run_folder(path: Path) -> None:
+    """Refuse (SetupError, naming what is missing) a checkpoint that does not lie in the checkpoints/ folder of
+    a run folder of this project, with the run's config.json beside it: a resume writes into the folder above
+    checkpoints/, and a checkpoint anywhere else would make a run layout wherever it lies."""
+    folder = path.resolve().parent
+    if folder.name != "checkpoints":
+        raise SetupError(f"--resume {path}: not inside a run folder (a checkpoint to resume lies in "
+                         f"<run folder>/checkpoints/, this one in {folder}); give the run folder, or start a new "
+                         "run from its weights with --init-from")
+    if not (folder / "config.json").is_file():
+        raise SetupError(f"--resume {path}: {folder} is not the checkpoints/ folder of a run (no config.json "
+                         "beside the checkpoint); give the run folder, or start a new run from its weights with "
+                         "--init-from")
+
+
+def check_run_identity(resume: Resume) -> None:
+    """Refuse (SetupError) a checkpoint that belongs to another run than the folder it lies in: its run_uid
+    differs from the one in checkpoints/run.json, or only one of them has one (a checkpoint copied from
+    elsewhere). Both without one (a run of an older version): accepted, with a warning."""
+    folder_uid = read_run_identity(resume.run_dir)
+    ckpt_uid = resume.ckpt.get("run_uid")
+    if folder_uid is None and ckpt_uid is None:
+        log.warning("%s and its run folder carry no run identity (a run made by an older version): cannot check "
+                    "that the checkpoint belongs to this run folder", resume.path)
+        return
+    if folder_uid == ckpt_uid:
+        return
+    if ckpt_uid is None:
+        why = f"it carries no run id, while the run folder is run {folder_uid}"
+    elif folder_uid is None:
+        why = f"it belongs to run {ckpt_uid}, while the run folder has no checkpoints/{RUN_IDENTITY_FILE}"
+    else:
+        why = f"it belongs to run {ckpt_uid}, the run folder is run {folder_uid}"
+    raise SetupError(f"--resume: {resume.path} is not a checkpoint of the run folder {resume.run_dir} ({why}); "
+                     "resume the run it was written by from its own folder, or start a new run from its weights "
+                     "with --init-from")
+
+
 def load_resume_point(path: Path) -> Resume:
     """The checkpoint at `path`; when it cannot be read (a truncated or corrupt file, e.g. a disk that filled
     up), the newest intact checkpoint beside it (checkpoint_epoch_N.pth, best_model.pth), saying so."""
@@ -87,7 +129,9 @@ def find_resume_point(resume_arg: str, model: str, save_dir: str | None) -> Resu
         ckpt_path = newest_run_checkpoint(Path(save_dir), model)
     else:
         ckpt_path = resolve_resume_path(resume_arg)
+    check_run_folder(ckpt_path)
     resume = load_resume_point(ckpt_path)
+    check_run_identity(resume)
     if model != "both" and model != resume.ckpt["model_kind"]:
         raise SetupError(f"--resume {ckpt_path} holds a {resume.ckpt['model_kind']} model, not {model}")
     return resume

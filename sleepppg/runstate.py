@@ -8,16 +8,20 @@ stopped. Checkpoints are written atomically (`save_checkpoint`): a full disk or 
 leaves the previous file under its name and no temporary behind; `stop_explained` then says which epoch
 last.pth keeps and how to continue.
 
-Run folder: checkpoints/ (best_model.pth, checkpoint_epoch_N.pth, last.pth, config.json), logs/ (TensorBoard),
-results/, console_logs/.
+Run folder: checkpoints/ (best_model.pth, checkpoint_epoch_N.pth, last.pth, config.json, run.json), logs/
+(TensorBoard), results/, console_logs/. run.json holds the run's identity (`run_uid`, a random id drawn when the
+folder is made); every checkpoint carries the same `run_uid`, so that `--resume` can tell the run's own
+checkpoints from another run's copied into its folder (sleepppg.resume.check_run_identity).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import random
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,6 +36,7 @@ from sleepppg.paths import disk_full_error
 
 log = logging.getLogger("sleepppg.runstate")
 
+RUN_IDENTITY_FILE = "run.json"  # in checkpoints/: {"run_uid": ..., "model_kind": ...}, written once
 LAST_CHECKPOINT = "last.pth"  # rewritten after every epoch; --resume continues from it
 BEST_CHECKPOINT = "best_model.pth"  # best validation figure (training.select_best_by; the reference: lowest loss)
 RUN_SUBDIRS = ("checkpoints", "logs", "results", "console_logs")
@@ -135,6 +140,7 @@ class RunSetup:
     data_fingerprint: dict  # the data files' signatures and the split (see trainingdata.preflight_data)
     writer: Any  # TensorBoard SummaryWriter on rank 0, None elsewhere
     parent: dict | None = None  # the record of the checkpoint this run started from (training.init_from)
+    run_uid: str | None = None  # the run's identity (run.json), written into every checkpoint; None: an older run
 
     @property
     def n_inputs(self) -> int:
@@ -202,9 +208,30 @@ def checkpoint_payload(run: RunSetup, state: TrainState, metrics: dict, rng_stat
         "rng_state": rng_states,  # one per process
         "seed": run.seed,
         "run_id": run.run_id,
+        "run_uid": run.run_uid,
         "world_size": run.ctx.world_size,
         "parent_checkpoint": run.parent,
     }
+
+
+def new_run_identity() -> str:
+    """A random run id (32 hex digits) for a new run folder: no two runs share one, copies of a folder aside."""
+    return uuid.uuid4().hex
+
+
+def read_run_identity(run_dir: Path) -> str | None:
+    """The run_uid in `run_dir`/checkpoints/run.json; None when the file is absent (a run folder made by an
+    older version). Raises SetupError when it exists but cannot be read or holds no run_uid."""
+    path = run_dir / "checkpoints" / RUN_IDENTITY_FILE
+    if not path.exists():
+        return None
+    try:
+        uid = json.loads(path.read_text(encoding="utf-8")).get("run_uid")
+    except (OSError, ValueError, AttributeError) as err:
+        raise SetupError(f"cannot read the run identity {path}: {err}") from None
+    if not isinstance(uid, str) or not uid:
+        raise SetupError(f"{path} holds no run_uid: not a run identity written by this project")
+    return uid
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:

@@ -93,6 +93,8 @@ def load_parent(cfg: dict, model_kind: str) -> ParentCheckpoint | None:
     from sleepppg.checkpoints import load_model_from_checkpoint
 
     path = Path(train_cfg["init_from"])
+    if path.is_dir():
+        raise SetupError(f"training.init_from (--init-from) = {path} is a folder; give the checkpoint file")
     if not path.is_file():
         raise SetupError(f"training.init_from (--init-from) = {path}: checkpoint not found")
     sha256 = file_sha256(path)

@@ -409,3 +409,23 @@ def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, bad_value):
     torch.save({"model_state_dict": ref_state}, tmp_path / "ref.pth")
     with pytest.raises(CheckpointError, match="weight resconv_blocks.2.bn1.running_var holds NaN or Inf"):
         load_model_from_checkpoint(tmp_path / "ref.pth")
+
+
+@pytest.mark.parametrize("kind", ["random", "hdf5", "pickle"])
+def test_a_file_that_is_not_a_checkpoint_says_so(tmp_path, kind):
+    import h5py
+
+    path = tmp_path / "model.pth"
+    if kind == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "hdf5":
+        with h5py.File(path, "w") as f:
+            f["ppg"] = np.zeros((4, 8), dtype=np.float32)
+    else:
+        path.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}, protocol=4))
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint_file(path)
+    message = str(err.value)
+    assert "not a PyTorch checkpoint" in message and "\n" not in message
+    assert "weights_only" not in message and "Python objects" not in message
+    assert ("an HDF5 file" in message) == (kind == "hdf5")

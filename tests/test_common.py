@@ -104,6 +104,13 @@ def test_ppg_fs_must_be_a_positive_number_or_null(tmp_path, value):
     assert load_config(_write(tmp_path, CONFIGS[0], "ppg_fs: null", "ppg_fs: 64"))["inference"]["ppg_fs"] == 64.0
 
 
+@pytest.mark.parametrize("key,value", [("seed", "-1"), ("random_seed", "-7"), ("seed", "4294967296")])
+def test_a_seed_outside_what_numpy_and_scikit_learn_take_is_refused_by_key(tmp_path, key, value):
+    p = _write(tmp_path, CONFIGS[0], f"\n  {key}: 42", f"\n  {key}: {value}")
+    with pytest.raises(ConfigError, match=rf"'(training|inference)\.{key}': a seed must be within 0\.\.4294967295"):
+        load_config(p)
+
+
 def test_an_override_into_a_missing_section_reports_the_section(tmp_path):
     import yaml
 

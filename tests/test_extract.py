@@ -532,6 +532,34 @@ def test_bad_setup_exits_2(tmp_path, capsys):
     assert "preprocessing.workers" in capsys.readouterr().err
 
 
+def test_folder_flags_of_the_other_format_are_refused_by_name_and_nothing_is_written(tmp_path, capsys):
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ["0001"], minutes=2)
+    out = tmp_path / "o"
+    assert run_cli(edf_dir, xml_dir, out, "--csv-dir", str(tmp_path)) == 2
+    assert "--csv-dir applies to --format dreamt only" in capsys.readouterr().err
+    assert ex.main(["--format", "dreamt", "--csv-dir", str(tmp_path), "--edf-dir", str(edf_dir),
+                    "--out-dir", str(out)]) == 2
+    assert "--edf-dir applies to --format edf only" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_zero_windows_per_subject_or_a_negative_limit_is_refused_not_replaced(tmp_path, capsys):
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ["0001"], minutes=2)
+    for flag, value in (("--windows-per-subject", "0"), ("--limit", "-3"), ("--limit", "0")):
+        with pytest.raises(SystemExit) as stop:
+            run_cli(edf_dir, xml_dir, tmp_path / "o", flag, value)
+        assert stop.value.code == 2 and f"argument {flag}: must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("record_s", [1e-6, 1e6])
+def test_a_record_duration_that_makes_the_rate_absurd_is_a_header_error(tmp_path, record_s):
+    path = write_raw_edf(tmp_path / "a.edf", channels_for_raw_edf(seconds=4), record_s=record_s)
+    with pytest.raises(BadRecordingError, match="record duration .* rate .* Hz") as err, path.open("rb") as fh:
+        read_edf_header(fh, path, path.stat().st_size)
+    assert err.value.kind == "bad_edf_header"
+
+
 def test_config_paths_and_cli_subprocess(tmp_path):
     """--config supplies paths and settings; the script runs as a command and exits 0."""
     import yaml

@@ -555,3 +555,30 @@ def test_read_night_names_the_file_and_rows(tmp_path):
         assert night["ppg"][0, 0] == SAMPLES_PER_WINDOW and night["labels"].tolist() == [1, 2, 3]
         with pytest.raises(ValueError, match=r"p\.h5: rows 3\.\.5 asked for, but 'ppg' has 5 rows"):
             mda.read_night({"ppg": f}, 3, 3)
+
+
+def test_flags_the_mode_does_not_read_are_refused_by_name(tmp_path, checkpoint, caplog):
+    edf = write_edf(tmp_path / "mesa-sleep-0001.edf", 20)
+    out = tmp_path / "out"
+    edf_cfg, hdf5_cfg = make_config(tmp_path), make_config(tmp_path, **{"inference.only_inference": False})
+    for cfg, extra, message in ((edf_cfg, ["--edf", str(edf), "--column", "Pleth"], "--column applies to PPG mode"),
+                                (edf_cfg, ["--edf", str(edf), "--fs", "64"], "--fs applies to PPG mode"),
+                                (edf_cfg, ["--edf", str(edf), "--n-subjects", "2"], "--n-subjects applies to HDF5"),
+                                (hdf5_cfg, ["--fs", "64"], "--fs applies to PPG mode (--ppg) only, not to HDF5")):
+        caplog.clear()
+        assert run(cfg, out, "--checkpoint", str(checkpoint), *extra)[0] == inf.EXIT_SETUP
+        assert message in caplog.text, extra
+    assert not out.exists()
+
+
+def test_bdf_files_in_an_edf_folder_are_staged(tmp_path, checkpoint):
+    from helpers import channels_for_raw_edf, write_raw_edf
+
+    folder = tmp_path / "nights"
+    folder.mkdir()
+    write_edf(folder / "mesa-sleep-0001.edf", 20)
+    write_raw_edf(folder / "mesa-sleep-0002.BDF", channels_for_raw_edf(seconds=20 * 60, bdf=True), bdf=True)
+    code, result, _ = run(make_config(tmp_path), tmp_path / "out", "--checkpoint", str(checkpoint),
+                          "--edf", str(folder))
+    assert code == 0 and sorted(n["subject_id"] for n in result["nights"]) == ["0001", "0002"]
+    assert result["nights"][1]["n_epochs_staged"] == 40

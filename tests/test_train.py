@@ -358,6 +358,27 @@ def test_ctrl_c_while_checkpoints_are_written_names_the_epoch_saved(data, tmp_pa
     assert T.main(["--resume", str(run_dir), "--device", "cpu"]) == 130
     assert "last.pth keeps epoch 1" in caplog.text and f"--resume {run_dir}" in caplog.text
 
+def test_resume_refuses_a_checkpoint_outside_its_run_folder_before_writing(straight_run, tmp_path, caplog):
+    """A run's own checkpoints carry its identity; its last.pth in a folder of no run, or copied into another
+    run's folder, is refused (exit 2) and nothing is written or replaced."""
+    import shutil
+
+    identity = json.loads((straight_run / "checkpoints" / "run.json").read_text())["run_uid"]
+    assert torch.load(straight_run / "checkpoints" / "last.pth", weights_only=True)["run_uid"] == identity
+    loose = tmp_path / "downloads" / "myrun" / "last.pth"
+    loose.parent.mkdir(parents=True)
+    shutil.copy(straight_run / "checkpoints" / "last.pth", loose)
+    fails(["--resume", str(loose), "--device", "cpu"], 2, "not inside a run folder", caplog)
+    assert sorted(p.name for p in (tmp_path / "downloads").rglob("*")) == ["last.pth", "myrun"]
+    other = tmp_path / "other_run"
+    shutil.copytree(straight_run, other)
+    (other / "checkpoints" / "run.json").write_text(json.dumps({"run_uid": "f" * 32, "model_kind": "ppg_only"}))
+    best = (other / "checkpoints" / "best_model.pth").read_bytes()
+    fails(["--resume", str(other), "--epochs", "5", "--device", "cpu"], 2,
+          f"not a checkpoint of the run folder .*belongs to run {identity}, the run folder is run f{{32}}", caplog)
+    assert (other / "checkpoints" / "best_model.pth").read_bytes() == best
+
+
 def test_resume_without_path_takes_newest_run(straight_run, tmp_path):
     cfg = json.loads((straight_run / "checkpoints" / "config.json").read_text())
     save_dir = Path(cfg["output"]["save_dir"])

@@ -295,7 +295,7 @@ def test_read_night_gaps_unscored_and_bad_values(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["misspelled covariate", "default covariate missing", "no csv",
-                                  "unreadable metadata", "missing input"])
+                                  "unreadable metadata", "missing input", "out-dir holds an input"])
 def test_bad_setup_is_exit_2_and_one_line(tmp_path, capsys, case):
     night = write_night_csv(tmp_path / "in" / "0001.csv", np.array([W, L]), np.array([W, L]),
                             np.tile([0.25] * 4, (2, 1)))
@@ -308,9 +308,11 @@ def test_bad_setup_is_exit_2_and_one_line(tmp_path, capsys, case):
         "no csv": ([str(tmp_path / "empty")], "no night CSV"),
         "unreadable metadata": ([str(night), "--metadata", str(tmp_path / "nope.csv")], "nope.csv"),
         "missing input": ([str(tmp_path / "nowhere")], "nowhere"),
+        "out-dir holds an input": ([str(night)], "--out-dir " + str(tmp_path / "in") + " holds the input"),
     }[case]
     (tmp_path / "empty").mkdir()
-    assert report([*argv, "--out-dir", str(tmp_path / "out")]) == 2
+    out = tmp_path / ("in" if case == "out-dir holds an input" else "out")
+    assert report([*argv, "--out-dir", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
 

@@ -181,3 +181,23 @@ def test_subject_id_pattern():
     assert subject_id_from_filename("shhs1-200001.edf", r"shhs1-(\d+)") == "200001"
     assert subject_id_from_filename("S002_whole_df", r"(S\d+)_whole") == "S002"
     assert compile_id_pattern(MESA_ID_PATTERN).flags & 2  # re.IGNORECASE
+
+
+def test_an_out_that_would_replace_an_input_or_another_file_is_refused_and_nothing_is_written(tmp_path, capsys):
+    _touch(tmp_path / "edf", "mesa-sleep-0001.edf")
+    _touch(tmp_path / "xml", "mesa-sleep-0001-nsrr.xml")
+    edf = tmp_path / "edf" / "mesa-sleep-0001.edf"
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}')
+    base = ["--xml-dir", str(tmp_path / "xml"), "--edf-dir", str(tmp_path / "edf")]
+    for out, message in ((edf, "is inside the input folder --edf-dir"),
+                         (tmp_path / "xml" / "new.json", "is inside the input folder --xml-dir"),
+                         (notes, "exists and is not a pair-check report"),
+                         (tmp_path, "is a folder")):
+        assert vd.main([*base, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err, out
+    assert edf.read_text() == "x" and notes.read_text() == '{"mine": 1}'
+    assert sorted(p.name for p in (tmp_path / "xml").iterdir()) == ["mesa-sleep-0001-nsrr.xml"]
+    report = tmp_path / "pair.json"
+    assert vd.main([*base, "--out", str(report)]) == 0
+    assert vd.main([*base, "--out", str(report)]) == 0  # its own earlier report is rewritten
