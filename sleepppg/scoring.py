@@ -12,9 +12,10 @@ Accepted files:
   Any other value stops the file (BadRecordingError): stages are never guessed.
 
 Matching follows the pair check (sleepppg.pairing): the subject ID is `preprocessing.id_pattern`'s group in the
-file name without its ending (`mesa-sleep-0001-nsrr.xml` -> 0001), else the stem; IDs are compared on their
-zero-free form (sleepppg.ids.zero_free_id: 0001 and 1 match). For one ID, NSRR XML is used before Profusion
-XML before a CSV hypnogram; two files of one kind for one ID are a setup error.
+file name without its ending (`mesa-sleep-0001-nsrr.xml` -> 0001), else the stem; IDs are compared by the one
+ID rule (sleepppg.ids.id_key: leading zeros and letter case ignored, 0001 matches 1, S003 matches s3). For
+one ID, NSRR XML is used before Profusion XML before a CSV hypnogram; two files of one kind for one ID, and
+two label files whose IDs clash (S3.csv and S003.csv: which one scores night S3?), are a setup error.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 from sleepppg.annotations import xml_to_labels
 from sleepppg.constants import IGNORE_INDEX
 from sleepppg.errors import BadRecordingError, SetupError
-from sleepppg.ids import subject_id_from_filename, zero_free_id
+from sleepppg.ids import clash_reason, id_clashes, id_key, subject_id_from_filename
 from sleepppg.pairing import ANNOTATION_SUFFIXES
 
 XML_SUFFIX = ".xml"
@@ -62,10 +63,11 @@ def _label_kind(path: Path) -> tuple[str, str] | None:
 
 
 def find_label_files(spec: str | os.PathLike, id_pattern: str) -> dict[str, Path]:
-    """The label files of `spec` (a file, or a folder's label files, not recursive) by zero-free subject ID.
+    """The label files of `spec` (a file, or a folder's label files, not recursive) by `id_key` of the ID.
 
     Raises:
-        SetupError: `spec` does not exist, holds no label file, or gives one ID two files of one kind.
+        SetupError: `spec` does not exist, holds no label file, gives one ID two files of one kind, or holds
+            files whose IDs clash.
     """
     path = Path(spec).expanduser()
     if path.is_file():
@@ -75,12 +77,19 @@ def find_label_files(spec: str | os.PathLike, id_pattern: str) -> dict[str, Path
     else:
         raise SetupError(f"--labels: not found: {path}")
     by_id: dict[str, dict[str, list[Path]]] = {}
+    files_of: dict[str, list[str]] = {}  # ID as written -> its files, for clash messages
     for file in files:
         kind = _label_kind(file)
         if kind is None:
             raise SetupError(f"--labels: {file} is neither annotation XML nor a CSV hypnogram (.csv .tsv .txt)")
         sid = subject_id_from_filename(kind[1], id_pattern) or kind[1]
-        by_id.setdefault(zero_free_id(sid), {}).setdefault(kind[0], []).append(file)
+        files_of.setdefault(sid, []).append(file.name)
+        by_id.setdefault(id_key(sid), {}).setdefault(kind[0], []).append(file)
+    clashes = id_clashes(files_of)
+    if clashes:
+        ids = clashes[0]
+        raise SetupError(f"--labels: label {clash_reason(ids, [n for sid in ids for n in files_of[sid]])}"
+                         + (f" ({len(clashes) - 1} more such group(s))" if len(clashes) > 1 else ""))
     if not by_id:
         raise SetupError(f"--labels: no annotation XML or CSV hypnogram in {path}")
     chosen = {}
@@ -94,8 +103,8 @@ def find_label_files(spec: str | os.PathLike, id_pattern: str) -> dict[str, Path
 
 
 def labels_for(subject_id: str, label_files: dict[str, Path]) -> Path | None:
-    """The label file of a night (matched on the zero-free ID), None when it has none."""
-    return label_files.get(zero_free_id(subject_id))
+    """The label file of a night (matched by sleepppg.ids.id_key), None when it has none."""
+    return label_files.get(id_key(subject_id))
 
 
 def _stage_value(text: str, row: int, path: Path) -> int:

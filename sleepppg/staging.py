@@ -37,9 +37,11 @@ from sleepppg.nights import (
     Hdf5Selection,
     Night,
     NightJob,
+    id_clash_reasons,
     prepare_edf_night,
     prepare_hdf5_night,
     prepare_labelled_night,
+    refuse_clashing_night,
     unique_ids,
 )
 from sleepppg.outputs import OutputWriter, predicted_stages
@@ -288,6 +290,9 @@ def run_edf_mode(model, n_windows: int, cfg: dict, edf_paths: list[Path], run_di
     workers = max(1, min(pre_cfg["workers"] or os.cpu_count() or 1, len(jobs)))
     prepare = functools.partial(prepare_edf_night, cache_root=Path(inf_cfg["cache_root"]),
                                 settings=cache_settings(cfg, n_windows))
+    clashes = id_clash_reasons(edf_paths, pre_cfg["id_pattern"])  # S3 and S003: both refused, by both names
+    if clashes:
+        prepare = functools.partial(refuse_clashing_night, prepare=prepare, clashes=clashes)
     if label_files:
         prepare = functools.partial(prepare_labelled_night, prepare=prepare, label_files=label_files,
                                     n_windows=n_windows)

@@ -182,6 +182,28 @@ def test_extraction_mixed_dialects_bad_xml_and_clashes(tmp_path, capsys):
     assert "3 failed" in capsys.readouterr().out
 
 
+def test_dreamt_ids_that_differ_by_zeros_or_case_are_a_clash(tmp_path):
+    """DREAMT S3 and S003 (and s2 beside S002) are one participant written two ways: both are skipped as
+    'id_clash' naming both files, as for MESA EDFs; S004 alone goes on."""
+    from sleepppg.extraction import find_dreamt_subjects, plan
+
+    for name in ("S3_whole_df.csv", "S003_whole_df.csv", "S002_whole_df.csv", "s2_whole_df.csv",
+                 "S004_whole_df.csv"):
+        (tmp_path / name).write_text("TIMESTAMP,BVP,Sleep_Stage\n")
+    subjects, problems = find_dreamt_subjects(tmp_path)
+    assert sorted(subjects) == ["S002", "S003", "S004", "S3", "s2"]
+    assert {sid: kind for sid, (kind, _) in problems.items()} == {sid: "id_clash" for sid in
+                                                                   ("S002", "s2", "S003", "S3")}
+    assert "IDs S003 and S3 differ only by leading zeros or letter case" in problems["S3"][1]
+    assert "S003_whole_df.csv, S3_whole_df.csv" in problems["S003"][1]
+    settings = {"out_dir": str(tmp_path / "out"), "windows_per_subject": W, "resample_method": "linear",
+                "ppg_channels": ["Pleth"], "format": "dreamt", "ppg_column": "BVP", "nominal_fs": 64.0,
+                "max_gap_s": 30.0}
+    jobs, _, failed = plan(sorted(subjects), subjects, problems, settings, overwrite=False)
+    assert [j["id"] for j in jobs] == ["S004"]
+    assert sorted(f["id"] for f in failed) == ["S002", "S003", "S3", "s2"]
+
+
 def test_extraction_with_an_id_pattern(tmp_path):
     edf_dir, xml_dir = tmp_path / "edfs", tmp_path / "xml"
     for k, sid in enumerate(["800002", "800010"]):
