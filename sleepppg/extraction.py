@@ -176,9 +176,11 @@ def _preprocess_and_write(job: dict) -> dict:
         labels[rec["n_recorded_windows"]:] = IGNORE_INDEX  # epochs beyond the recording
         xml_warnings = []
     else:
-        labels_long = xml_to_labels(job["xml"], max(n_windows, LABEL_HORIZON_EPOCHS))  # first: it is cheap
+        stage_warnings: list[str] = []  # unknown stage values left unscored
+        labels_long = xml_to_labels(job["xml"], max(n_windows, LABEL_HORIZON_EPOCHS), stage_warnings)  # cheap
         rec = preprocess_recording(job["edf"], n_windows, job["resample_method"], tuple(job["ppg_channels"]))
         labels, xml_warnings = labels_for(labels_long, job["xml"], rec, n_windows)
+        xml_warnings = stage_warnings + xml_warnings
     for text in xml_warnings:
         log.warning("%s: %s", Path(job["xml"]).name, text)
     meta = {"id": job["id"], "signature": job["signature"], "has_ecg": rec["has_ecg"],

@@ -328,7 +328,8 @@ def prepare_hdf5_night(job: NightJob, ppg_h5, n_windows: int) -> Night:
 def prepare_labelled_night(job: NightJob, prepare, label_files: dict[str, Path], n_windows: int) -> Night:
     """`prepare(job)`, with the scored stages of the night's label file (sleepppg.scoring.labels_for) when it
     has one. A night without a label file, with one that cannot be read or that scores none of the staged
-    epochs, is staged without labels (a log line; result.json's `labels_file` / `labels_error` say which)."""
+    epochs, is staged without labels (a log line; result.json's `labels_file` / `labels_error` say which);
+    unknown stage values left unscored are in `labels_warnings`, which join the night's warnings."""
     night = prepare(job)
     path = labels_for(job.subject_id, label_files)
     night.info["labels_file"] = None if path is None else str(path.resolve())
@@ -336,7 +337,7 @@ def prepare_labelled_night(job: NightJob, prepare, label_files: dict[str, Path],
         log.info("%s: no label file in --labels; staged without labels", job.subject_id)
         return night
     try:
-        labels_W = read_labels(path, n_windows)
+        labels_W = read_labels(path, n_windows, night.info.setdefault("labels_warnings", []))
     except BadRecordingError as err:
         night.info["labels_error"] = f"labels not used: {err}"
     else:

@@ -168,6 +168,7 @@ def night_entry(night: Night, probs_WC: np.ndarray) -> tuple[dict, dict | None]:
     warnings = quality_warnings(quality)
     if night.info.get("labels_error"):
         warnings.append(night.info["labels_error"])
+    warnings += night.info.pop("labels_warnings", [])  # unknown stage values left unscored (not a key of its own)
     if night.truncated:
         warnings.append(f"recording longer than the model's span: only its first "
                         f"{night.n_recorded * WINDOW_SECONDS / 3600:.2f} h are staged")

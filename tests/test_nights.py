@@ -11,8 +11,10 @@ from helpers import fake_edf
 from sleepppg.constants import SAMPLES_PER_WINDOW
 from sleepppg.errors import BadRecordingError, SetupError
 from sleepppg.nights import (
+    Night,
     NightJob,
     id_clash_reasons,
+    prepare_labelled_night,
     recorded_epochs,
     refuse_clashing_night,
     resolve_edf_inputs,
@@ -59,6 +61,17 @@ def test_a_folder_with_clashing_ids_refuses_those_nights_by_both_names():
     assert err.value.kind == "id_clash"
     job = NightJob("night", Path("r/night.csv"))
     assert refuse_clashing_night(job, lambda j: j, reasons) is job
+
+
+def test_a_labelled_night_carries_its_unknown_stage_values_as_warnings(tmp_path):
+    from sleepppg.scoring import find_label_files
+
+    (tmp_path / "S3.csv").write_text("stage\nW\nStg9\nN2\nR\n")
+    job = NightJob("s003", tmp_path / "s003.npy")
+    night = prepare_labelled_night(job, lambda j: Night(j.subject_id, j.path, None, 4, False),
+                                   find_label_files(tmp_path, r"(S\d+)"), n_windows=4)
+    assert night.labels_W.tolist() == [0, -1, 1, 3]
+    assert night.info["labels_warnings"] == ["hypnogram S3.csv: unknown stage 'Stg9' in 1 row: left unscored"]
 
 
 def test_select_test_subjects_is_seeded():

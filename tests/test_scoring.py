@@ -45,6 +45,23 @@ def test_label_ids_follow_the_one_id_rule_across_formats(tmp_path):
         find_label_files(folder, MESA_ID_PATTERN)
 
 
+def test_table_stage_spellings_unknown_values_and_rk_numbers(tmp_path):
+    """One table for every reader (sleepppg.stages): N4, S3, Stage 2 and lower case map; an unknown name is
+    unscored with a warning by value and count; R&K numbers (4, 5) are refused, since 3 would be read as REM."""
+    path = tmp_path / "h.csv"
+    path.write_text("stage\nwake\nN4\nS3\nStage 2\nStg9\nrem\nStg9\nMT\n")
+    warnings = []
+    assert read_labels(path, 9, warnings).tolist() == [0, 2, 2, 1, -1, 3, -1, -1, -1]
+    assert warnings == ["hypnogram h.csv: unknown stage 'Stg9' in 2 rows: left unscored"]
+    path.write_text("0\n1\n2\n5\n4\n")
+    with pytest.raises(BadRecordingError, match="row 4: '5' is not a 4-class stage index.*R&K"):
+        read_hypnogram_table(path, 5)
+    path.write_text("stage\nStg9\nW\nX\n")
+    with pytest.raises(BadRecordingError, match="2 of 3 rows carry a stage this reader does not know") as err:
+        read_hypnogram_table(path, 5)
+    assert err.value.kind == "unknown_stages"
+
+
 def test_xml_labels_match_the_annotation_reader(tmp_path):
     xml = write_xml(tmp_path / "mesa-sleep-0001-nsrr.xml", [("Wake|0", 0, 60), ("Stage 2 sleep|2", 60, 30),
                                                            ("REM sleep|5", 90, 30)])
