@@ -4,7 +4,8 @@ matched to nights by subject ID, and read into one 4-class label per 30-s epoch.
 Accepted files:
 - NSRR XML (`*-nsrr.xml` or any `*.xml` with root `PSGAnnotation`) and Compumedics Profusion XML
   (`*-profusion.xml`, root `CMPStudyConfig`), read by sleepppg.annotations.xml_to_labels;
-- a CSV hypnogram (`*.csv`, `*.tsv`, `*.txt`): one row per 30-s epoch from the recording start, in one column,
+- a CSV hypnogram (`*.csv`, `*.tsv`, `*.txt`): one row per 30-s epoch from the recording start (an empty row
+  is an unscored epoch), in one column,
   or in the column named stage, stages, sleep_stage, hypnogram, label, labels or true_idx (any case) when the
   first row is a header. A value is a 4-class index 0 Wake, 1 Light, 2 Deep, 3 REM, -1 unscored, or a stage
   name of the one table of sleepppg.stages (any case: W, Wake, N1..N4, S1..S4, R, REM, Unscored ...). Another
@@ -124,7 +125,9 @@ def read_hypnogram_table(path: str | os.PathLike, n_windows: int, warnings: list
     except (OSError, UnicodeDecodeError) as err:
         raise BadRecordingError(f"cannot read hypnogram {path}: {err}", kind="bad_hypnogram") from None
     delimiter = "\t" if "\t" in text.split("\n", 1)[0] else ","
-    rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter) if r]
+    rows = list(csv.reader(text.splitlines(), delimiter=delimiter))
+    while rows and not any(cell.strip() for cell in rows[-1]):  # an empty line inside is an unscored epoch
+        rows.pop()
     if not rows:
         raise BadRecordingError(f"hypnogram {path.name} has no row", kind="bad_hypnogram")
     header = [c.strip().lower() for c in rows[0]]

@@ -44,10 +44,17 @@ _SHOWN_VALUES = 5  # unknown values named in one message
 
 def stage_class(text: str, numbers: bool = True) -> int | None:
     """The 4-class label of a stage name (any case, see the module docstring) or, with `numbers`, of a 4-class
-    index written as a number ('0'..'3', '-1'); None for an unknown spelling."""
+    index written as a number ('0'..'3', '-1', also '2.0' as a table with empty cells exports it); None for an
+    unknown spelling."""
     key = text.strip().lower()
     label = STAGE_SPELLINGS.get(key)
-    return CLASS_NUMBERS.get(key) if label is None and numbers else label
+    if label is not None or not numbers:
+        return label
+    try:
+        number = float(key)
+    except ValueError:
+        return None
+    return CLASS_NUMBERS.get(str(int(number))) if number.is_integer() else None
 
 
 def rk_code_class(code: int) -> int | None:

@@ -53,6 +53,8 @@ def test_table_stage_spellings_unknown_values_and_rk_numbers(tmp_path):
     warnings = []
     assert read_labels(path, 9, warnings).tolist() == [0, 2, 2, 1, -1, 3, -1, -1, -1]
     assert warnings == ["hypnogram h.csv: unknown stage 'Stg9' in 2 rows: left unscored"]
+    path.write_text("0.0\n1\n\n2.0\n-1.0\n")  # class indices as a float export writes them
+    assert read_hypnogram_table(path, 5).tolist() == [0, 1, -1, 2, -1]
     path.write_text("0\n1\n2\n5\n4\n")
     with pytest.raises(BadRecordingError, match="row 4: '5' is not a 4-class stage index.*R&K"):
         read_hypnogram_table(path, 5)
