@@ -3,7 +3,8 @@
 Other NSRR-style cohorts work too: files pair by the subject ID that `preprocessing.id_pattern` (`--id-pattern`,
 a regex with one group; MESA's by default) finds in their names, and the annotation of `<stem>.edf` is
 `<stem>-nsrr.xml` (NSRR XML) or `<stem>-profusion.xml` (Compumedics Profusion XML; NSRR preferred when both).
-IDs that differ only by leading zeros (282, 0282) are all skipped as 'id_clash'.
+IDs that differ only by leading zeros or letter case (282 and 0282, S3 and s003; MESA and DREAMT alike) are
+all skipped as 'id_clash'.
 
 For every subject with both files: read the PPG (Pleth) and ECG (EKG) channels (our own EDF/BDF reader: one
 open and one pass per file), filter, resample to 34.133 Hz (1,024 samples per 30-s epoch), clip at

@@ -10,8 +10,9 @@ Profusion XML, the NSRR one is used and the pair says so.
 Problems it reports (each makes the exit status 1):
 - files without a partner (`only_edf`, `only_xml`);
 - two files of one kind for one ID (`duplicates`, e.g. `mesa-sleep-0003.edf` and `mesasleep0003.edf`);
-- IDs that differ only by leading zeros (`id_clashes`, e.g. `282` and `0282`): the same subject written two
-  ways, or two subjects one zero apart; pairing them either way could be wrong, so neither is guessed;
+- IDs that differ only by leading zeros or letter case (`id_clashes`, e.g. `282` and `0282`, `S1` and `s1`):
+  the same subject written two ways, or two subjects one zero apart; pairing them either way could be wrong,
+  so neither is guessed;
 - `.edf`/`-nsrr.xml`/`-profusion.xml` files whose name the ID pattern does not match (`no_id`).
 Other `.xml` files in the XML folder are listed in `ignored_xml` (informational).
 
@@ -110,7 +111,7 @@ def format_summary(report: dict) -> str:
         f"XML without EDF: {s['only_xml']}" + _examples(report["only_xml"]),
         f"IDs with duplicate files: EDF {s['edf_duplicates']}, XML {s['xml_duplicates']}"
         + _examples([d["id"] for d in report["duplicates"]]),
-        f"IDs that differ only by leading zeros: {s['id_clashes']}"
+        f"IDs that differ only by leading zeros or letter case: {s['id_clashes']}"
         + _examples([" and ".join(c["ids"]) for c in report["id_clashes"]]),
         f"files whose name has no ID (pattern {s['id_pattern']!r}): {s['no_id']}" + _examples(report["no_id"]),
     ]

@@ -1,12 +1,14 @@
 """The one YAML config: its schema, loader and validator.
 
-`load_config(path, overrides)` reads one YAML file, rejects unknown/missing keys, wrong types and non-booleans
-such as the reference's `flase`, and returns a plain nested dict. Usage:
+`load_config(path, overrides)` reads one UTF-8 YAML file as YAML 1.2 does (`0042` is 42, `yes` is text, not a
+boolean), rejects unknown/missing keys, wrong types and non-booleans such as the reference's `flase` or `yes`,
+expands `~` and $VARIABLES in path keys, and returns a plain nested dict. Usage:
 `cfg = load_config("configs/config_demo.yaml", {"training.num_epochs": 2})`
 """
 
 from __future__ import annotations
 
+import codecs
 import copy
 import math
 import os
@@ -143,11 +145,29 @@ _NON_NEGATIVE = {
     "data.num_workers", "preprocessing.workers", "training.weight_decay", "training.patience",
     "training.lr_patience", "gpu.device_id", "training.segment_windows",
 }
+# Keys that name a file or folder: `~` and environment variables ($HOME, ${DATA}) in them are expanded as a
+# shell would, so `~/mesa` never becomes a folder named "~"; "" (not set) stays "".
+PATH_KEYS = {
+    "data.ppg_file", "data.ecg_file", "data.index_file", "preprocessing.edf_dir", "preprocessing.xml_dir",
+    "preprocessing.out_dir", "preprocessing.csv_dir", "training.test_subjects_file", "training.init_from",
+    "output.save_dir", "inference.save_dir", "inference.best_model", "inference.cache_root",
+    "inference.edf_file", "inference.ppg_file", "evaluation.metadata_file",
+}
+_ENV_VARIABLE = re.compile(r"\$(?:([A-Za-z_][A-Za-z0-9_]*)|\{([^}]*)\})")  # $NAME or ${NAME}
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key written twice in one mapping (the reference's sample config has
-    `random_seed` and `save_dir` twice under `inference`; YAML silently keeps the last one)."""
+    """SafeLoader that reads plain scalars as the YAML 1.2 core schema does, and refuses a key written twice in
+    one mapping (the reference's sample config has `random_seed` and `save_dir` twice under `inference`; YAML
+    silently keeps the last one).
+
+    PyYAML follows YAML 1.1, where `0042` is 34 (octal), `1:30` is 90 (base 60), `yes`/`no`/`on`/`off` are
+    booleans, `2024-01-01` is a date and `1e-5` is a string. Here, as in YAML 1.2 and JSON: booleans are only
+    true/false, integers are decimal (`0042` is 42; `0o17` octal and `0x1F` hex are written so), floats
+    include the exponent form, null is null or `~` or nothing; every other plain scalar is a string, and the
+    validator then names the key whose type does not fit (`yes` for a boolean: "write true or false")."""
+
+    yaml_implicit_resolvers: dict = {}  # none of SafeLoader's YAML 1.1 resolvers; the 1.2 ones follow
 
 
 def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -166,13 +186,65 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, d
     return loader.construct_mapping(node, deep=deep)
 
 
+def _construct_core_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """A YAML 1.2 core integer: decimal with an optional sign, `0o` octal or `0x` hex."""
+    text = loader.construct_scalar(node)
+    if text[:2] in ("0o", "0x"):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text)
+
+
+def _construct_core_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    """A YAML 1.2 core float: decimal or exponent form, `.inf`, `-.inf`, `.nan` (the validator refuses the last
+    three for every number key)."""
+    text = loader.construct_scalar(node).lower()
+    if text.lstrip("+-") == ".inf":
+        return -math.inf if text.startswith("-") else math.inf
+    return math.nan if text == ".nan" else float(text)
+
+
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
-# PyYAML follows YAML 1.1, where a float needs a dot: `1e-5` would load as the string "1e-5" (and so would the
-# `1e-05` that json.dumps writes into a run's config.json). Numbers in exponent form load as floats here, as in
-# YAML 1.2 and JSON.
-_UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_core_int)
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", _construct_core_float)
+for _tag, _regex, _first in [  # the YAML 1.2 core schema's tag resolution (yaml.org/spec/1.2.2, 10.3.2)
+    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
+    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", list("-+0123456789")),
+    ("tag:yaml.org,2002:float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                                r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", list("-+0123456789.")),
+    ("tag:yaml.org,2002:merge", r"^(?:<<)$", ["<"]),  # `<<: *defaults`, which configs use to share values
+]:
+    _UniqueKeyLoader.add_implicit_resolver(_tag, re.compile(_regex), _first)
+
+
+def expand_path(key: str, value: str) -> str:
+    """`value` with `~` (the home folder) and $NAME / ${NAME} (environment variables) expanded.
+
+    Raises:
+        ConfigError: naming the key and the variable when a variable is not set, or when `~user` names no
+            user: such a path would otherwise create a folder literally named so.
+    """
+    def variable(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in os.environ:
+            raise ConfigError(f"key '{key}': {value!r} uses the environment variable {name!r}, which is not set "
+                              "(set it, or write the path without it)")
+        return os.environ[name]
+
+    expanded = os.path.expanduser(_ENV_VARIABLE.sub(variable, value))
+    if expanded.startswith("~"):
+        raise ConfigError(f"key '{key}': cannot expand {value.split('/', 1)[0]!r} in {value!r} (no such user); "
+                          "write the full path")
+    return expanded
+
+
+def _scalar_hint(value: Any) -> str:
+    """Why a plain YAML value is not the text it looks like, for messages about text keys."""
+    if value is None:
+        return " (an empty value, null or ~ alone is YAML's null; write the text in quotes)"
+    if isinstance(value, (bool, int, float)):
+        return " (YAML reads this as a number or boolean; write the text in quotes)"
+    return ""
 
 
 def _check_value(key: str, value: Any, expected: Any) -> Any:
@@ -183,7 +255,7 @@ def _check_value(key: str, value: Any, expected: Any) -> Any:
         return value
     if expected is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"key '{key}': got {value!r}, expected a boolean (true or false)")
+            raise ConfigError(f"key '{key}': got {value!r}, expected a boolean: write true or false")
         return value
     if expected is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -200,7 +272,8 @@ def _check_value(key: str, value: Any, expected: Any) -> Any:
     if expected == OptionalNumber:
         return None if value is None else _check_value(key, value, float)
     if not isinstance(value, expected):
-        raise ConfigError(f"key '{key}': got {value!r}, expected {getattr(expected, '__name__', expected)}")
+        raise ConfigError(f"key '{key}': got {value!r}, expected {getattr(expected, '__name__', expected)}"
+                          + (_scalar_hint(value) if expected is str else ""))
     return value
 
 
@@ -246,6 +319,8 @@ def validate_config(raw: Any, schema: dict = CONFIG_SCHEMA, prefix: str = "") ->
                 compile_id_pattern(value)
             except ValueError as err:
                 raise ConfigError(f"key '{full}': {err}") from None
+        if full in PATH_KEYS and value:
+            value = expand_path(full, value)
         out[key] = copy.deepcopy(value)
     return out
 
@@ -265,6 +340,21 @@ def _set_dotted(cfg: dict, dotted: str, value: Any, schema: dict = CONFIG_SCHEMA
     node[parts[-1]] = value
 
 
+def _wide_encoding(data: bytes) -> str | None:
+    """'UTF-16' or 'UTF-32' (with the byte order) when `data` starts with that byte-order mark, or is text
+    whose every other byte is NUL (UTF-16 without a mark); None otherwise."""
+    for mark, name in ((codecs.BOM_UTF32_LE, "UTF-32-LE"), (codecs.BOM_UTF32_BE, "UTF-32-BE"),
+                       (codecs.BOM_UTF16_LE, "UTF-16-LE"), (codecs.BOM_UTF16_BE, "UTF-16-BE")):
+        if data.startswith(mark):
+            return name
+    if len(data) >= 4 and len(data) % 2 == 0:
+        if not any(data[1::2]) and all(data[0::2]):
+            return "UTF-16-LE"
+        if not any(data[0::2]) and all(data[1::2]):
+            return "UTF-16-BE"
+    return None
+
+
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> dict:
     """Load and validate a YAML config.
 
@@ -281,9 +371,15 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        text = path.read_bytes().decode("utf-8")
+        data = path.read_bytes()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the config file: {err.strerror or err}") from None
+    encoding = _wide_encoding(data)
+    if encoding:
+        raise ConfigError(f"{path}: the file is {encoding} encoded; save it as UTF-8 (in Notepad: Save as, "
+                          "Encoding UTF-8)")
+    try:
+        text = data.decode("utf-8-sig")  # a UTF-8 byte-order mark (Windows editors write one) is dropped
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file (not UTF-8); a config is a YAML text file") from None
     if "\x00" in text:

@@ -3,7 +3,9 @@ start), BVP (Empatica E4 PPG, 64 Hz), ACC_X/Y/Z, TEMP, EDA, HR, IBI, Sleep_Stage
 lights-off, W, N1, N2, N3, R, Missing) and apnea columns; data_100Hz/S002_PSG_df.csv holds the signals at
 100 Hz with PSG channels such as ECG. The night starts at the first sample whose stage is not P
 (lights-off); epoch w covers [30 w, 30 w + 30) s from there and is labelled with the class that covers most
-of it (W 0, N1/N2 1, N3 2, R 3; P, Missing, empty or unknown -1; a tie goes to the scored class). Files are
+of it (stage names by the one table of sleepppg.stages: W 0, N1/N2 1, N3 2, R 3, also Wake, REM, N4 ...;
+P, Missing or empty -1; a tie goes to the scored class). A value the table does not know is left unscored and
+reported by value, or refuses the participant when it covers half of the staged samples or more. Files are
 read in blocks of rows (numpy.loadtxt on 16-MB blocks, only the needed columns), so memory holds the chosen
 columns, not the table.
 """
@@ -11,6 +13,7 @@ columns, not the table.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,7 @@ from sleepppg.grid import (
 )
 from sleepppg.ids import safe_id
 from sleepppg.preprocessing import preprocess_signals
+from sleepppg.stages import stage_class, unknown_stage_report
 from sleepppg.tables import check_times_finite, iter_blocks, sniff_table
 
 # DREAMT
@@ -35,7 +39,6 @@ DREAMT_TIME_COLUMN = "TIMESTAMP"
 DREAMT_STAGE_COLUMN = "Sleep_Stage"
 DREAMT_ECG_COLUMN = "ECG"
 DREAMT_PREPARATION = "P"  # before lights-off
-DREAMT_STAGE_TO_CLASS = {"W": 0, "N1": 1, "N2": 1, "N3": 2, "R": 3}  # P, Missing, unknown -> IGNORE_INDEX
 DREAMT_FILE_SUFFIXES = ("_whole_df", "_PSG_df")  # S002_whole_df.csv -> subject S002
 PREPARATION_CODE = -2  # per-sample stage code of P (before lights-off), below the classes and IGNORE_INDEX
 
@@ -69,12 +72,18 @@ def find_dreamt_files(csv_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
     return {sid: paths[0] for sid, paths in by_id.items()}, duplicates
 
 
-def stage_codes(texts: np.ndarray) -> np.ndarray:
-    """DREAMT Sleep_Stage texts -> int8 per sample: class 0..3, PREPARATION_CODE for P, IGNORE_INDEX else."""
-    values, inverse = np.unique(np.char.strip(texts.astype(str)), return_inverse=True)
-    table = np.array([PREPARATION_CODE if v == DREAMT_PREPARATION else DREAMT_STAGE_TO_CLASS.get(v, IGNORE_INDEX)
-                      for v in values.tolist()], dtype=np.int8)
-    return table[inverse.reshape(-1)]
+def stage_codes(texts: np.ndarray, unknown: Counter | None = None) -> np.ndarray:
+    """DREAMT Sleep_Stage texts -> int8 per sample: class 0..3 (sleepppg.stages.stage_class, names only),
+    PREPARATION_CODE for P, IGNORE_INDEX for unscored and unknown values; `unknown` (value -> samples) gets
+    the unknown ones counted."""
+    values, inverse, counts = np.unique(np.char.strip(texts.astype(str)), return_inverse=True, return_counts=True)
+    codes = []
+    for value, count in zip(values.tolist(), counts.tolist()):
+        label = PREPARATION_CODE if value == DREAMT_PREPARATION else stage_class(value, numbers=False)
+        if label is None and unknown is not None:
+            unknown[value] += count
+        codes.append(IGNORE_INDEX if label is None else label)
+    return np.array(codes, dtype=np.int8)[inverse.reshape(-1)]
 
 
 def epoch_labels(codes_T: np.ndarray, fs: float, n_windows: int) -> np.ndarray:
@@ -100,12 +109,12 @@ def read_dreamt(path: Path, ppg_column: str = "BVP", nominal_fs: float = 64.0, m
 
     Returns:
         dict(ppg float64, fs, ecg float64 or None, labels_W int64 (n_windows,), info: fs_found, column,
-        lights_off_s (from the first stamp), duplicated_stamps).
+        lights_off_s (from the first stamp), duplicated_stamps, warnings (unknown stage values)).
     Raises:
         BadRecordingError: 'empty_file', 'missing_column', 'bad_timestamps', 'stamps_go_back' (the clock restarts
-        or goes back: grid.check_stamps_rise), 'rate_mismatch' (the stamps'
-        rate more than 5% off `nominal_fs`), 'no_stages' (no stage other than P), 'gap_in_recording' (missing
-        data longer than `max_gap_s` after lights-off), 'no_signal'.
+        or goes back: grid.check_stamps_rise), 'rate_mismatch' (the stamps' rate more than 5% off `nominal_fs`),
+        'no_stages' (no stage other than P), 'unknown_stages' (half of the staged samples or more carry unknown
+        values), 'gap_in_recording' (missing data longer than `max_gap_s` after lights-off), 'no_signal'.
     """
     layout = sniff_table(path)
     if not layout.has_header:
@@ -120,8 +129,9 @@ def read_dreamt(path: Path, ppg_column: str = "BVP", nominal_fs: float = 64.0, m
     if DREAMT_ECG_COLUMN in names:
         columns["ecg"] = (names[DREAMT_ECG_COLUMN], "f8")
     parts: dict[str, list] = {key: [] for key in columns}
+    unknown: Counter = Counter()
     for block in iter_blocks(path, layout, columns):
-        parts["stage"].append(stage_codes(block.pop("stage")))
+        parts["stage"].append(stage_codes(block.pop("stage"), unknown))
         for key, values in block.items():
             parts[key].append(values)
     if not parts["time"]:
@@ -140,6 +150,7 @@ def read_dreamt(path: Path, ppg_column: str = "BVP", nominal_fs: float = 64.0, m
         raise BadRecordingError(f"{path.name}: {DREAMT_TIME_COLUMN} gives {fs_found:.4g} Hz, expected about "
                                 f"{nominal_fs:g} Hz (preprocessing.nominal_fs)", kind="rate_mismatch")
     scored = np.flatnonzero(codes != PREPARATION_CODE)
+    stage_warnings = unknown_stage_report(unknown, scored.size, path.name, unit="sample")
     if not (codes >= 0).any() or scored.size == 0:
         raise BadRecordingError(f"{path.name}: no sleep stages in {DREAMT_STAGE_COLUMN} (only P, Missing or "
                                 "empty)", kind="no_stages")
@@ -163,7 +174,8 @@ def read_dreamt(path: Path, ppg_column: str = "BVP", nominal_fs: float = 64.0, m
     labels = epoch_labels(codes_T, nominal_fs, n_windows)
     return {"ppg": ppg, "fs": float(nominal_fs), "ecg": ecg, "labels_W": labels,
             "info": {"source_format": "dreamt", "column": ppg_column, "fs_found": fs_found,
-                     "lights_off_s": round(lights_off - float(t[0]), 6), "duplicated_stamps": n_dup}}
+                     "lights_off_s": round(lights_off - float(t[0]), 6), "duplicated_stamps": n_dup,
+                     "warnings": stage_warnings}}
 
 
 def preprocess_dreamt(path: str | Path, n_windows: int = WINDOWS_PER_SUBJECT, method: str = "linear",
@@ -182,4 +194,5 @@ def preprocess_dreamt(path: str | Path, n_windows: int = WINDOWS_PER_SUBJECT, me
         rec = preprocess_signals(night["ppg"], night["fs"], n_windows, method, night["ecg"],
                                                    night["fs"] if night["ecg"] is not None else None, name=path.name)
     rec["ppg_channel"] = ppg_column
+    rec["warnings"] = night["info"]["warnings"] + rec["warnings"]
     return night["labels_W"], rec

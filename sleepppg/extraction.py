@@ -26,6 +26,7 @@ from sleepppg.annotations import xml_to_labels
 from sleepppg.constants import IGNORE_INDEX, MESA_ID_PATTERN, WINDOW_SECONDS
 from sleepppg.diskfull import disk_full_at
 from sleepppg.errors import BadRecordingError
+from sleepppg.ids import clash_reason, id_clashes
 from sleepppg.parts import PARTS_DIR, BadPartError, part_path, read_part, read_part_meta, write_part
 from sleepppg.paths import is_disk_full
 from sleepppg.preprocessing import input_signature, preprocess_recording, preprocessing_settings
@@ -41,7 +42,7 @@ def find_subjects(edf_dir: Path, xml_dir: Path, id_pattern: str = MESA_ID_PATTER
                   ) -> tuple[dict[str, tuple[Path | None, Path | None]], dict[str, tuple[str, str]]]:
     """All subject IDs seen in either folder -> (edf or None, xml or None), plus {id: (kind, reason)} for IDs
     that are not processed: 'duplicate_files' (two files of one kind) and 'id_clash' (IDs that differ only
-    by leading zeros, e.g. 282 and 0282: every one of them is skipped, none is guessed).
+    by leading zeros or letter case, e.g. 282 and 0282: every one of them is skipped, none is guessed).
 
     Annotations are `<stem>-nsrr.xml` or `<stem>-profusion.xml` (sleepppg.pairing); when an ID has both, the
     NSRR XML is used and the log says so.
@@ -54,8 +55,7 @@ def find_subjects(edf_dir: Path, xml_dir: Path, id_pattern: str = MESA_ID_PATTER
         problems[dup["id"]] = ("duplicate_files", f"more than one {dup['kind']} file for this ID: {dup['files']}")
     for clash in pairing.id_clashes():
         for sid in clash["ids"]:
-            problems[sid] = ("id_clash", f"IDs {' and '.join(clash['ids'])} differ only by leading zeros "
-                                         f"(files {', '.join(clash['files'])}): not paired, rename the files")
+            problems[sid] = ("id_clash", clash_reason(clash["ids"], clash["files"]))
     subjects, both = {}, []
     for sid in pairing.ids():
         edfs, annotation = pairing.edf_by_id.get(sid, []), pairing.annotation(sid)
@@ -73,13 +73,17 @@ def find_subjects(edf_dir: Path, xml_dir: Path, id_pattern: str = MESA_ID_PATTER
 
 
 def find_dreamt_subjects(csv_dir: Path) -> tuple[dict[str, tuple[Path, Path]], dict[str, tuple[str, str]]]:
-    """DREAMT: participant ID -> (csv, csv) (one file holds both the signals and the stages), plus {id:
-    ('duplicate_files', reason)} for IDs with more than one CSV (not processed), as `find_subjects`."""
+    """DREAMT: participant ID -> (csv, csv) (one file holds both the signals and the stages), plus {id: (kind,
+    reason)} for IDs not processed, as `find_subjects`: 'duplicate_files' (more than one CSV) and 'id_clash'
+    (S3 and S003: sleepppg.ids.id_clashes)."""
     from sleepppg import dreamt
 
     files, duplicates = dreamt.find_dreamt_files(csv_dir)
-    return ({sid: (path, path) for sid, path in files.items()},
-            {sid: ("duplicate_files", reason) for sid, reason in duplicates.items()})
+    problems = {sid: ("duplicate_files", reason) for sid, reason in duplicates.items()}
+    for ids in id_clashes(files):
+        for sid in ids:
+            problems[sid] = ("id_clash", clash_reason(ids, [files[i].name for i in ids]))
+    return {sid: (path, path) for sid, path in files.items()}, problems
 
 
 def part_settings(settings: dict) -> dict:
@@ -175,9 +179,11 @@ def _preprocess_and_write(job: dict) -> dict:
         labels[rec["n_recorded_windows"]:] = IGNORE_INDEX  # epochs beyond the recording
         xml_warnings = []
     else:
-        labels_long = xml_to_labels(job["xml"], max(n_windows, LABEL_HORIZON_EPOCHS))  # first: it is cheap
+        stage_warnings: list[str] = []  # unknown stage values left unscored
+        labels_long = xml_to_labels(job["xml"], max(n_windows, LABEL_HORIZON_EPOCHS), stage_warnings)  # cheap
         rec = preprocess_recording(job["edf"], n_windows, job["resample_method"], tuple(job["ppg_channels"]))
         labels, xml_warnings = labels_for(labels_long, job["xml"], rec, n_windows)
+        xml_warnings = stage_warnings + xml_warnings
     for text in xml_warnings:
         log.warning("%s: %s", Path(job["xml"]).name, text)
     meta = {"id": job["id"], "signature": job["signature"], "has_ecg": rec["has_ecg"],

@@ -1,6 +1,8 @@
 """Subject IDs: the one rule that finds an ID in a file name (`id_pattern`, a regex with one group), the one
-rule that turns an ID into a safe file-name part (`safe_id`, `safe_ids`, `check_unique`), and the shipped ID
-lists (the SleepPPG-Net test subjects, the MESA commercial-use release).
+rule that says when two IDs name the same subject (`id_key`, `id_clashes`: leading zeros and letter case are
+ignored, so S3 and S003, 0042 and 42, S1 and s1 are one subject), the one rule that turns an ID into a safe
+file-name part (`safe_id`, `safe_ids`, `check_unique`), and the shipped ID lists (the SleepPPG-Net test
+subjects, the MESA commercial-use release).
 """
 
 from __future__ import annotations
@@ -75,6 +77,29 @@ def zero_free_id(subject_id: str) -> str:
     """The ID with the leading zeros of each run of digits removed ('0282' -> '282', 'S002' -> 'S2'): two IDs
     with the same zero-free form differ only by leading zeros."""
     return _LEADING_ZEROS.sub("", subject_id)
+
+
+def id_key(subject_id: str) -> str:
+    """The form under which IDs are compared: zero-free and case-folded ('S003' and 's3' -> 's3'). The pair
+    check, extraction (MESA and DREAMT), inference's folders and `--labels`, and the metadata join all match
+    IDs on it: cohorts write IDs with and without leading zeros (MESA files 0042, NSRR tables 42) and file
+    systems that ignore case make 'S1' and 's1' one file."""
+    return zero_free_id(subject_id).casefold()
+
+
+def id_clashes(subject_ids: Iterable[str]) -> list[list[str]]:
+    """Groups of two or more different IDs with one `id_key` ('S3' and 'S003'), each sorted, in the order of
+    their first ID: every such ID is a clash, reported by all its names and never resolved by a guess."""
+    groups: dict[str, list[str]] = {}
+    for sid in dict.fromkeys(subject_ids):
+        groups.setdefault(id_key(sid), []).append(sid)
+    return sorted((sorted(ids) for ids in groups.values() if len(ids) > 1), key=lambda ids: ids[0])
+
+
+def clash_reason(ids: Iterable[str], files: Iterable[str]) -> str:
+    """The one message for a clash: both IDs, their files, what to do."""
+    return (f"IDs {' and '.join(ids)} differ only by leading zeros or letter case, so they name one subject "
+            f"(files {', '.join(files)}); rename the files so that each subject has one ID")
 
 
 MAX_ID_BYTES = 64  # UTF-8 bytes: an ID inside a name ("<id>_ppg.npz", "mesa-sleep-<id>.edf") stays far below the

@@ -26,7 +26,7 @@ import numpy as np
 from sleepppg.cache import NO_CACHE, load_cache, recording_signature, write_cache
 from sleepppg.constants import IGNORE_INDEX, MESA_ID_PATTERN, SAMPLES_PER_WINDOW, WINDOW_SECONDS
 from sleepppg.errors import BadRecordingError, SetupError
-from sleepppg.ids import safe_id, subject_id_from_filename
+from sleepppg.ids import clash_reason, id_clashes, safe_id, subject_id_from_filename
 from sleepppg.paths import OutputRoot
 from sleepppg.preprocessing import preprocess_recording
 from sleepppg.scoring import labels_for, read_labels
@@ -130,6 +130,33 @@ def unique_ids(paths: Sequence[Path], id_pattern: str = MESA_ID_PATTERN) -> list
         taken.add(f"{sid}_{k}".casefold())
         out.append(f"{sid}_{k}")
     return out
+
+
+def id_clash_reasons(paths: Sequence[Path], id_pattern: str = MESA_ID_PATTERN) -> dict[Path, str]:
+    """The reason for each file whose subject ID clashes with another file's (S3.csv and S003.edf: they differ
+    only by leading zeros or letter case, sleepppg.ids.id_clashes), naming both IDs and their files. Such
+    nights are refused (kind 'id_clash'), as extraction refuses them: a label file or a metadata row would
+    match both. Files with one same ID (night.csv, night.npy) are not a clash: `unique_ids` tells them apart."""
+    base = {path: subject_id_for(path, id_pattern) for path in paths}
+    files_of: dict[str, list[str]] = {}
+    for path, sid in base.items():
+        files_of.setdefault(sid, []).append(path.name)
+    reasons = {}
+    for ids in id_clashes(files_of):
+        reason = clash_reason(ids, [name for sid in ids for name in files_of[sid]])
+        reasons.update({path: reason for path, sid in base.items() if sid in ids})
+    return reasons
+
+
+def refuse_clashing_night(job: NightJob, prepare, clashes: dict[Path, str]) -> Night:
+    """`prepare(job)`, unless the night's file is in `clashes` (`id_clash_reasons`).
+
+    Raises:
+        BadRecordingError: kind 'id_clash', with the clash's reason.
+    """
+    if job.path in clashes:
+        raise BadRecordingError(f"{job.path.name}: {clashes[job.path]}", kind="id_clash", path=str(job.path))
+    return prepare(job)
 
 
 def select_test_subjects(subjects: Sequence[str], n_subjects: int, seed: int) -> list[str]:
@@ -303,7 +330,8 @@ def prepare_hdf5_night(job: NightJob, ppg_h5, n_windows: int) -> Night:
 def prepare_labelled_night(job: NightJob, prepare, label_files: dict[str, Path], n_windows: int) -> Night:
     """`prepare(job)`, with the scored stages of the night's label file (sleepppg.scoring.labels_for) when it
     has one. A night without a label file, with one that cannot be read or that scores none of the staged
-    epochs, is staged without labels (a log line; result.json's `labels_file` / `labels_error` say which)."""
+    epochs, is staged without labels (a log line; result.json's `labels_file` / `labels_error` say which);
+    unknown stage values left unscored are in `labels_warnings`, which join the night's warnings."""
     night = prepare(job)
     path = labels_for(job.subject_id, label_files)
     night.info["labels_file"] = None if path is None else str(path.resolve())
@@ -311,7 +339,7 @@ def prepare_labelled_night(job: NightJob, prepare, label_files: dict[str, Path],
         log.info("%s: no label file in --labels; staged without labels", job.subject_id)
         return night
     try:
-        labels_W = read_labels(path, n_windows)
+        labels_W = read_labels(path, n_windows, night.info.setdefault("labels_warnings", []))
     except BadRecordingError as err:
         night.info["labels_error"] = f"labels not used: {err}"
     else:

@@ -3,7 +3,8 @@ inference share.
 
 Files pair by the subject ID that `id_pattern` finds in their names; the annotation of `<stem>.edf` is
 `<stem>-nsrr.xml` (NSRR XML) or `<stem>-profusion.xml` (Compumedics Profusion XML), NSRR first when an ID has
-both. IDs that differ only by leading zeros (282, 0282) are clashes, never merged.
+both. IDs that differ only by leading zeros or letter case (282 and 0282, S1 and s1: sleepppg.ids.id_key)
+are clashes, never merged.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sleepppg.constants import MESA_ID_PATTERN
-from sleepppg.ids import compile_id_pattern, subject_id_from_filename, zero_free_id
+from sleepppg.ids import compile_id_pattern, id_clashes, subject_id_from_filename
 
 EDF_SUFFIX = ".edf"
 XML_SUFFIX = ".xml"
@@ -70,15 +71,11 @@ class Pairing:
         """[{ids, files}] for each group of IDs (EDF and XML together) that differ only by leading zeros or
         letter case ('0282'/'282', 'S1'/'s1'): their output files would collide on a file system that ignores
         case, and a subject must not be two."""
-        groups: dict[str, list[str]] = {}
-        for sid in self.ids():
-            groups.setdefault(zero_free_id(sid).casefold(), []).append(sid)
         clashes = []
-        for ids in groups.values():
-            if len(ids) > 1:
-                files = [name for sid in ids for name in self.edf_by_id.get(sid, [])
-                         + [n for names in self.xml_by_id.get(sid, {}).values() for n in names]]
-                clashes.append({"ids": ids, "files": sorted(files)})
+        for ids in id_clashes(self.ids()):
+            files = [name for sid in ids for name in self.edf_by_id.get(sid, [])
+                     + [n for names in self.xml_by_id.get(sid, {}).values() for n in names]]
+            clashes.append({"ids": ids, "files": sorted(files)})
         return clashes
 
 

@@ -37,9 +37,11 @@ from sleepppg.nights import (
     Hdf5Selection,
     Night,
     NightJob,
+    id_clash_reasons,
     prepare_edf_night,
     prepare_hdf5_night,
     prepare_labelled_night,
+    refuse_clashing_night,
     unique_ids,
 )
 from sleepppg.outputs import OutputWriter, predicted_stages
@@ -166,6 +168,7 @@ def night_entry(night: Night, probs_WC: np.ndarray) -> tuple[dict, dict | None]:
     warnings = quality_warnings(quality)
     if night.info.get("labels_error"):
         warnings.append(night.info["labels_error"])
+    warnings += night.info.pop("labels_warnings", [])  # unknown stage values left unscored (not a key of its own)
     if night.truncated:
         warnings.append(f"recording longer than the model's span: only its first "
                         f"{night.n_recorded * WINDOW_SECONDS / 3600:.2f} h are staged")
@@ -291,6 +294,9 @@ def run_edf_mode(model, n_windows: int, cfg: dict, edf_paths: list[Path], run_di
     workers = max(1, min(pre_cfg["workers"] or os.cpu_count() or 1, len(jobs)))
     prepare = functools.partial(prepare_edf_night, cache_root=Path(inf_cfg["cache_root"]),
                                 settings=cache_settings(cfg, n_windows))
+    clashes = id_clash_reasons(edf_paths, pre_cfg["id_pattern"])  # S3 and S003: both refused, by both names
+    if clashes:
+        prepare = functools.partial(refuse_clashing_night, prepare=prepare, clashes=clashes)
     if label_files:
         prepare = functools.partial(prepare_labelled_night, prepare=prepare, label_files=label_files,
                                     n_windows=n_windows)

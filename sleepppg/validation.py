@@ -7,7 +7,7 @@ empty pred_idx and empty probabilities, an unscored epoch an empty true_idx. The
 Epochs are compared only where they are both staged (a prediction) and scored (a label).
 
 NSRR writes `nsrrid` without leading zeros (1, 10) while MESA file names keep them (0001): IDs are matched on
-their zero-free form (sleepppg.ids.zero_free_id).
+the one ID rule (sleepppg.ids.id_key: leading zeros and letter case ignored).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 
 from sleepppg.constants import IGNORE_INDEX, N_CLASSES
 from sleepppg.errors import BadRecordingError, SetupError
-from sleepppg.ids import zero_free_id
+from sleepppg.ids import id_key
 
 PROBA_COLUMNS = ("p_wake", "p_light", "p_deep", "p_rem")  # softmax outputs, in class order 0..3
 REQUIRED_COLUMNS = ("epoch", "pred_idx", "true_idx", *PROBA_COLUMNS)
@@ -185,7 +185,7 @@ def read_metadata(path: str | os.PathLike, id_column: str = NSRR_ID_COLUMN,
     ids = table[id_column].fillna("").str.strip()
     if (ids == "").any():
         raise SetupError(f"metadata {path}: row {int((ids == '').idxmax()) + 2} has no {id_column}")
-    table.index = pd.Index([zero_free_id(i) for i in ids], name="subject")
+    table.index = pd.Index([id_key(i) for i in ids], name="subject")
     duplicated = table.index[table.index.duplicated()]
     if len(duplicated):
         raise SetupError(f"metadata {path}: subject {duplicated[0]} has more than one row ({id_column})")
@@ -198,12 +198,12 @@ def read_metadata(path: str | os.PathLike, id_column: str = NSRR_ID_COLUMN,
 
 
 def match_metadata(night_ids: Sequence[str], metadata) -> tuple:
-    """The metadata row of each night (by zero-free ID; all NaN where there is none) and the nights without one.
+    """The metadata row of each night (by sleepppg.ids.id_key; all NaN where there is none), the nights without.
 
     Returns:
         (DataFrame indexed by night ID, list of night IDs without metadata)
     """
-    keys = [zero_free_id(n) for n in night_ids]
+    keys = [id_key(n) for n in night_ids]
     rows = metadata.reindex(keys)
     rows.index = list(night_ids)
     missing = [n for n, k in zip(night_ids, keys) if k not in metadata.index]

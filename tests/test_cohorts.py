@@ -158,7 +158,9 @@ def test_extraction_mixed_dialects_bad_xml_and_clashes(tmp_path, capsys):
     write(xml_dir / "mesa-sleep-0001-nsrr.xml", nsrr_xml(stages))
     write(xml_dir / "mesa-sleep-0002-profusion.xml", profusion_xml(stages))
     write(xml_dir / "mesa-sleep-0003-nsrr.xml", "<?xml version='1.0'?><Annotations><Stage>2</Stage></Annotations>")
-    write(xml_dir / "mesa-sleep-0004-nsrr.xml", nsrr_xml([2] * W))  # both dialects: NSRR is used
+    # both dialects: NSRR is used; one epoch's concept is unknown (left unscored, a warning), one is in lower case
+    write(xml_dir / "mesa-sleep-0004-nsrr.xml", nsrr_xml([2] * W).replace("Stage 2 sleep|2", "Stg9", 1)
+          .replace("Stage 2 sleep|2", "stage 2 sleep|2", 1))
     write(xml_dir / "mesa-sleep-0004-profusion.xml", profusion_xml([5] * W))
     write(xml_dir / "mesa-sleep-282-nsrr.xml", nsrr_xml(stages))
     write(xml_dir / "mesa-sleep-0282-nsrr.xml", nsrr_xml(stages))
@@ -175,11 +177,61 @@ def test_extraction_mixed_dialects_bad_xml_and_clashes(tmp_path, capsys):
         labels = f["labels"][()].reshape(3, W)
     expected = [0, 0, 1, 1, 1, 2, 2, 2, 1, 3, 3, 0]
     assert labels[0].tolist() == labels[1].tolist() == expected  # NSRR and Profusion alike
-    assert labels[2].tolist() == [1] * W  # the NSRR XML, not the Profusion one (REM)
+    assert labels[2].tolist() == [-1] + [1] * (W - 1)  # the NSRR XML, not the Profusion one (REM)
+    warnings = json.loads((out / ex.WARNINGS_FILE).read_text())
+    assert [(w["id"], w["warning"]) for w in warnings] == [
+        ("0004", "mesa-sleep-0004-nsrr.xml: unknown stage 'Stg9' in 1 epoch: left unscored")]
     log_text = (out / "logs" / "processing.log").read_text()
     assert "1 subject(s) have both an NSRR and a Profusion XML; the NSRR XML is used (e.g. 0004)" in log_text
     assert "mesa-sleep-0002.edf: PPG channel 'Pleth'" in log_text
     assert "3 failed" in capsys.readouterr().out
+
+
+def test_stage_spellings_of_nsrr_and_profusion_follow_the_one_table(tmp_path):
+    """Lower-case NSRR concepts, names without a code, codes with another name; unknown values are counted
+    and named, and a night where they are the majority is refused by value."""
+    concepts = ["wake|0", "Stage 4 sleep", "REM|5", "N3", "W", "Movement|6", "Stg9", "Stg9", "Stage 1 sleep|1",
+                "sleep stage R|5"]
+    xml = write(tmp_path / "a-nsrr.xml", nsrr_xml([0] * len(concepts)))
+    text = xml.read_text()
+    for concept in concepts:
+        text = text.replace("<EventConcept>Wake|0<", f"<EventConcept>{concept}<", 1)
+    xml.write_text(text)
+    warnings = []
+    assert xml_to_labels(xml, 11, warnings).tolist() == [0, 2, 3, 2, 0, -1, -1, -1, 1, 3, -1]
+    assert warnings == ["a-nsrr.xml: unknown stage 'Stg9' in 2 epochs: left unscored"]
+    mostly = write(tmp_path / "b-nsrr.xml", text.replace("<EventConcept>wake|0<", "<EventConcept>Stg8<")
+                   .replace("Stage 4 sleep<", "Stg8<").replace("REM|5<", "Stg8<").replace("N3<", "Stg8<"))
+    with pytest.raises(BadRecordingError, match=r"6 of 10 epochs carry a stage .*'Stg8' in 4 epochs, 'Stg9' in "
+                                                r"2 epochs") as err:
+        xml_to_labels(mostly, 11)
+    assert err.value.kind == "unknown_stages"
+    profusion = write(tmp_path / "c-profusion.xml", profusion_xml([0, 5, 7, 4, 9, 2]))
+    warnings = []
+    assert xml_to_labels(profusion, 6, warnings).tolist() == [0, 3, -1, 2, -1, 1]
+    assert warnings == ["c-profusion.xml: unknown stage '7' in 1 Profusion epoch: left unscored"]
+
+
+def test_dreamt_ids_that_differ_by_zeros_or_case_are_a_clash(tmp_path):
+    """DREAMT S3 and S003 (and s2 beside S002) are one participant written two ways: both are skipped as
+    'id_clash' naming both files, as for MESA EDFs; S004 alone goes on."""
+    from sleepppg.extraction import find_dreamt_subjects, plan
+
+    for name in ("S3_whole_df.csv", "S003_whole_df.csv", "S002_whole_df.csv", "s2_whole_df.csv",
+                 "S004_whole_df.csv"):
+        (tmp_path / name).write_text("TIMESTAMP,BVP,Sleep_Stage\n")
+    subjects, problems = find_dreamt_subjects(tmp_path)
+    assert sorted(subjects) == ["S002", "S003", "S004", "S3", "s2"]
+    assert {sid: kind for sid, (kind, _) in problems.items()} == {sid: "id_clash" for sid in
+                                                                   ("S002", "s2", "S003", "S3")}
+    assert "IDs S003 and S3 differ only by leading zeros or letter case" in problems["S3"][1]
+    assert "S003_whole_df.csv, S3_whole_df.csv" in problems["S003"][1]
+    settings = {"out_dir": str(tmp_path / "out"), "windows_per_subject": W, "resample_method": "linear",
+                "ppg_channels": ["Pleth"], "format": "dreamt", "ppg_column": "BVP", "nominal_fs": 64.0,
+                "max_gap_s": 30.0}
+    jobs, _, failed = plan(sorted(subjects), subjects, problems, settings, overwrite=False)
+    assert [j["id"] for j in jobs] == ["S004"]
+    assert sorted(f["id"] for f in failed) == ["S002", "S003", "S3", "s2"]
 
 
 def test_extraction_with_an_id_pattern(tmp_path):

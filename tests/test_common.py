@@ -84,9 +84,10 @@ def test_missing_and_duplicate_keys(tmp_path):
 
 
 def test_yaml_quirks_give_a_config_error_or_load(tmp_path):
-    """A YAML 1.1 boolean key (`on:`) beside a typo, a list as a key, and a merge key (`<<: *anchor`)."""
+    """A YAML 1.1 boolean key (`on:`, read as the text 'on') beside a typo, a list as a key, and a merge key
+    (`<<: *anchor`)."""
     p = _write(tmp_path, CONFIGS[0], "  compile: false", "  compile: false\n  on: 1\n  compiel: true")
-    with pytest.raises(ConfigError, match="unknown key.*gpu.True, gpu.compiel"):
+    with pytest.raises(ConfigError, match="unknown key.*gpu.compiel, gpu.on"):
         load_config(p)
     p = _write(tmp_path, CONFIGS[0], "  compile: false", "  compile: false\n  [a, b]: 1")
     with pytest.raises(ConfigError, match="a list or mapping cannot be a key"):
@@ -94,6 +95,69 @@ def test_yaml_quirks_give_a_config_error_or_load(tmp_path):
     p = _write(tmp_path, CONFIGS[0], "gpu:", "gpu_defaults: &gpu_defaults\n  device_id: 0\ngpu:\n  <<: *gpu_defaults")
     with pytest.raises(ConfigError, match="unknown key.*gpu_defaults"):  # loads; the extra section is refused
         load_config(p)
+
+
+@pytest.mark.parametrize("old, new, key, reading", [
+    ("  only_inference: false", "  only_inference: no", "inference.only_inference", "write true or false"),
+    ("  compile: false", "  compile: off", "gpu.compile", "write true or false"),
+    ("  compile: false", "  compile: Yes", "gpu.compile", "write true or false"),
+    ("  batch_size: 8", "  batch_size: 1:30", "data.batch_size", "'1:30'.*integer"),
+    ("  batch_size: 8", "  batch_size: 1_000", "data.batch_size", "'1_000'.*integer"),
+    ("  ppg_column: BVP", "  ppg_column: 0042", "preprocessing.ppg_column", "got 42.*quotes"),
+    ("  ppg_column: BVP", "  ppg_column: ~", "preprocessing.ppg_column", "got None.*null"),
+    ("  ppg_column: BVP", "  ppg_column: true", "preprocessing.ppg_column", "got True.*quotes"),
+])
+def test_yaml_12_readings_refuse_what_does_not_fit_naming_the_key(tmp_path, old, new, key, reading):
+    """YAML 1.1's second readings (yes/off booleans, 1:30 in base 60) are text here, refused by key."""
+    p = _write(tmp_path, CONFIGS[0], old, new)
+    with pytest.raises(ConfigError, match=f"'{key}'.*{reading}"):
+        load_config(p)
+
+
+def test_yaml_12_numbers_load_as_written(tmp_path):
+    """`0042` is 42 (YAML 1.1: octal 34), `0o10` octal and `0x10` hex; a date stays text."""
+    cfg = load_config(_write(tmp_path, CONFIGS[0], "  batch_size: 8", "  batch_size: 0042"))
+    assert cfg["data"]["batch_size"] == 42
+    cfg = load_config(_write(tmp_path, CONFIGS[0], "  batch_size: 8", "  batch_size: 0o10"))
+    assert cfg["data"]["batch_size"] == 8
+    cfg = load_config(_write(tmp_path, CONFIGS[0], "  batch_size: 8", "  batch_size: 0x10"))
+    assert cfg["data"]["batch_size"] == 16
+    cfg = load_config(_write(tmp_path, CONFIGS[0], "  ppg_column: BVP", "  ppg_column: 2024-01-01"))
+    assert cfg["preprocessing"]["ppg_column"] == "2024-01-01"
+    cfg = load_config(_write(tmp_path, CONFIGS[0], "  ppg_column: BVP", "  ppg_column: on"))
+    assert cfg["preprocessing"]["ppg_column"] == "on"
+
+
+def test_path_keys_expand_home_and_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MESA_ROOT", "/data/mesa")
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    p = _write(tmp_path, CONFIGS[0], "  out_dir: ./mesa-x", "  out_dir: ~/mesa-x")
+    assert load_config(p)["preprocessing"]["out_dir"] == str(tmp_path / "home" / "mesa-x")
+    p = _write(tmp_path, CONFIGS[0], "  out_dir: ./mesa-x", "  out_dir: $HOME/x/${MESA_ROOT}")
+    assert load_config(p)["preprocessing"]["out_dir"] == f"{tmp_path}/home/x//data/mesa"
+    p = _write(tmp_path, CONFIGS[0], "  out_dir: ./mesa-x", "  out_dir: ${NOT_SET_ANYWHERE}/x")
+    with pytest.raises(ConfigError, match="'preprocessing.out_dir'.*'NOT_SET_ANYWHERE', which is not set"):
+        load_config(p)
+    p = _write(tmp_path, CONFIGS[0], "  out_dir: ./mesa-x", "  out_dir: ~no_such_user_xq/x")
+    with pytest.raises(ConfigError, match="'preprocessing.out_dir'.*'~no_such_user_xq'.*no such user"):
+        load_config(p)
+    cfg = load_config(CONFIGS[0], {"inference.save_dir": "~/runs"})  # a quoted flag is expanded too
+    assert cfg["inference"]["save_dir"] == str(tmp_path / "home" / "runs")
+    assert cfg["inference"]["ppg_column"] is None and cfg["training"]["init_from"] == ""  # no path: untouched
+
+
+@pytest.mark.parametrize("encoding, named", [("utf-16", "UTF-16-LE"), ("utf-16-be", "UTF-16-BE"),
+                                             ("utf-16-le", "UTF-16-LE"), ("utf-32", "UTF-32-LE")])
+def test_a_utf16_config_names_its_encoding_and_a_utf8_bom_loads(tmp_path, encoding, named):
+    p = tmp_path / "wide.yaml"
+    p.write_bytes(CONFIGS[0].read_text(encoding="utf-8").encode(encoding))
+    with pytest.raises(ConfigError, match=f"is {named} encoded; save it as UTF-8") as err:
+        load_config(p)
+    assert str(p) in str(err.value)
+    bom = tmp_path / "bom.yaml"
+    bom.write_bytes(b"\xef\xbb\xbf" + CONFIGS[0].read_bytes())
+    assert load_config(bom) == load_config(CONFIGS[0])
 
 
 @pytest.mark.parametrize("value", ["true", ".nan", "-5", "0"])

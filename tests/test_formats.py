@@ -420,6 +420,20 @@ def test_dreamt_lights_off_labels_and_ecg(tmp_path):
     assert dreamt_subject_id(path) == "S002"
 
 
+def test_dreamt_stage_spellings_and_unknown_values(tmp_path):
+    """Wake, REM and N4 map by the one table (sleepppg.stages); an unknown value is unscored and named with its
+    share, a majority of unknown values refuses the participant by value."""
+    path = write_dreamt(tmp_path / "S004_whole_df.csv",
+                        [("P", 10), ("Wake", 30), ("N4", 30), ("REM", 30), ("Stg9", 30), ("wake", 30)])
+    out = read_dreamt(path, n_windows=6)
+    assert out["labels_W"].tolist() == [0, 2, 3, -1, 0, -1]
+    assert out["info"]["warnings"] == ["S004_whole_df.csv: unknown stage 'Stg9' in 1,920 samples: left unscored"]
+    mostly = write_dreamt(tmp_path / "S005_whole_df.csv", [("P", 10), ("W", 30), ("2", 30), ("Stg9", 30)])
+    with pytest.raises(BadRecordingError, match=r"3,840 of 5,760 samples .*'2' in 1,920 samples") as err:
+        read_dreamt(mostly, n_windows=4)  # a digit is no DREAMT stage name: unknown, not guessed
+    assert err.value.kind == "unknown_stages"
+
+
 @pytest.mark.parametrize("case, kind", [
     ("no_stage_column", "missing_column"),
     ("no_bvp", "missing_column"),

@@ -9,8 +9,19 @@ import pytest
 from helpers import fake_edf
 
 from sleepppg.constants import SAMPLES_PER_WINDOW
-from sleepppg.errors import SetupError
-from sleepppg.nights import recorded_epochs, resolve_edf_inputs, select_test_subjects, subject_id_for, unique_ids
+from sleepppg.errors import BadRecordingError, SetupError
+from sleepppg.nights import (
+    Night,
+    NightJob,
+    id_clash_reasons,
+    prepare_labelled_night,
+    recorded_epochs,
+    refuse_clashing_night,
+    resolve_edf_inputs,
+    select_test_subjects,
+    subject_id_for,
+    unique_ids,
+)
 
 
 def test_resolve_inputs_and_ids(tmp_path):
@@ -34,6 +45,33 @@ def test_resolve_inputs_and_ids(tmp_path):
     for spec in (str(empty), str(tmp_path / "nothing-*.edf"), str(tmp_path / "missing.edf")):
         with pytest.raises(SetupError):
             resolve_edf_inputs(spec)
+
+
+def test_a_folder_with_clashing_ids_refuses_those_nights_by_both_names():
+    """S3.csv and S003.npy (or mesa-sleep-0042.edf and mesa-sleep-42.edf) would take one label file and one
+    metadata row: both nights are refused as 'id_clash'; night.csv and night.npy (one ID) are not a clash."""
+    paths = [Path("r/S3.csv"), Path("r/S003.npy"), Path("r/night.csv"), Path("r/night.npy"),
+             Path("r/mesa-sleep-0042.edf"), Path("r/mesa-sleep-42.edf"), Path("r/S30.csv")]
+    reasons = id_clash_reasons(paths)
+    assert sorted(p.name for p in reasons) == ["S003.npy", "S3.csv", "mesa-sleep-0042.edf", "mesa-sleep-42.edf"]
+    assert "IDs S003 and S3 differ only by leading zeros or letter case" in reasons[Path("r/S3.csv")]
+    assert "S003.npy" in reasons[Path("r/S3.csv")] and "0042 and 42" in reasons[Path("r/mesa-sleep-42.edf")]
+    with pytest.raises(BadRecordingError, match="S3.csv: IDs S003 and S3") as err:
+        refuse_clashing_night(NightJob("S3", Path("r/S3.csv")), lambda job: job, reasons)
+    assert err.value.kind == "id_clash"
+    job = NightJob("night", Path("r/night.csv"))
+    assert refuse_clashing_night(job, lambda j: j, reasons) is job
+
+
+def test_a_labelled_night_carries_its_unknown_stage_values_as_warnings(tmp_path):
+    from sleepppg.scoring import find_label_files
+
+    (tmp_path / "S3.csv").write_text("stage\nW\nStg9\nN2\nR\n")
+    job = NightJob("s003", tmp_path / "s003.npy")
+    night = prepare_labelled_night(job, lambda j: Night(j.subject_id, j.path, None, 4, False),
+                                   find_label_files(tmp_path, r"(S\d+)"), n_windows=4)
+    assert night.labels_W.tolist() == [0, -1, 1, 3]
+    assert night.info["labels_warnings"] == ["hypnogram S3.csv: unknown stage 'Stg9' in 1 row: left unscored"]
 
 
 def test_select_test_subjects_is_seeded():

@@ -30,6 +30,40 @@ def test_table_unknown_values_and_columns_are_refused(tmp_path, text):
         read_hypnogram_table(path, 5)
 
 
+def test_label_ids_follow_the_one_id_rule_across_formats(tmp_path):
+    """DREAMT-style IDs: S003.csv scores night S3 and s3 (leading zeros and case ignored); an XML for S3 beside
+    a CSV for S003 is a clash naming both, never a silent preference."""
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    (folder / "S003.csv").write_text("W\n")
+    files = find_label_files(folder, MESA_ID_PATTERN)
+    assert labels_for("S3", files).name == labels_for("s3", files).name == "S003.csv"
+    assert labels_for("S30", files) is None
+    write_xml(folder / "S3-nsrr.xml", [("Wake|0", 0, 30)])
+    with pytest.raises(SetupError, match="--labels: .*IDs S003 and S3 differ only by leading zeros or letter "
+                                         "case.*S003.csv, S3-nsrr.xml"):
+        find_label_files(folder, MESA_ID_PATTERN)
+
+
+def test_table_stage_spellings_unknown_values_and_rk_numbers(tmp_path):
+    """One table for every reader (sleepppg.stages): N4, S3, Stage 2 and lower case map; an unknown name is
+    unscored with a warning by value and count; R&K numbers (4, 5) are refused, since 3 would be read as REM."""
+    path = tmp_path / "h.csv"
+    path.write_text("stage\nwake\nN4\nS3\nStage 2\nStg9\nrem\nStg9\nMT\n")
+    warnings = []
+    assert read_labels(path, 9, warnings).tolist() == [0, 2, 2, 1, -1, 3, -1, -1, -1]
+    assert warnings == ["hypnogram h.csv: unknown stage 'Stg9' in 2 rows: left unscored"]
+    path.write_text("0.0\n1\n\n2.0\n-1.0\n")  # class indices as a float export writes them
+    assert read_hypnogram_table(path, 5).tolist() == [0, 1, -1, 2, -1]
+    path.write_text("0\n1\n2\n5\n4\n")
+    with pytest.raises(BadRecordingError, match="row 4: '5' is not a 4-class stage index.*R&K"):
+        read_hypnogram_table(path, 5)
+    path.write_text("stage\nStg9\nW\nX\n")
+    with pytest.raises(BadRecordingError, match="2 of 3 rows carry a stage this reader does not know") as err:
+        read_hypnogram_table(path, 5)
+    assert err.value.kind == "unknown_stages"
+
+
 def test_xml_labels_match_the_annotation_reader(tmp_path):
     xml = write_xml(tmp_path / "mesa-sleep-0001-nsrr.xml", [("Wake|0", 0, 60), ("Stage 2 sleep|2", 60, 30),
                                                            ("REM sleep|5", 90, 30)])
@@ -49,7 +83,12 @@ def test_matching_by_zero_free_id_and_preference(tmp_path):
     assert labels_for("night7", files).name == "night7.csv"
     assert labels_for("0003", files) is None
     assert find_label_files(folder / "mesa-sleep-0002.csv", MESA_ID_PATTERN) == {"2": folder / "mesa-sleep-0002.csv"}
-    (folder / "mesa-sleep-02.csv").write_text("W\n")  # same zero-free ID, same kind: ambiguous
+    (folder / "mesa-sleep-02.csv").write_text("W\n")  # same subject as 0002 written another way: ambiguous
+    with pytest.raises(SetupError, match="IDs 0002 and 02 differ only by leading zeros or letter case.*"
+                                         "mesa-sleep-0002.csv, mesa-sleep-02.csv"):
+        find_label_files(folder, MESA_ID_PATTERN)
+    (folder / "mesa-sleep-02.csv").unlink()
+    (folder / "mesa-sleep-0002.tsv").write_text("W\n")  # one ID, two files of one kind
     with pytest.raises(SetupError, match="several label files"):
         find_label_files(folder, MESA_ID_PATTERN)
     with pytest.raises(SetupError, match="not found"):

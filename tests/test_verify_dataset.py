@@ -11,7 +11,7 @@ import verify_mesa_dataset as vd
 from sleepppg.config import load_config
 from sleepppg.constants import MESA_ID_PATTERN
 from sleepppg.errors import ConfigError
-from sleepppg.ids import compile_id_pattern, subject_id_from_filename, zero_free_id
+from sleepppg.ids import compile_id_pattern, id_clashes, id_key, subject_id_from_filename, zero_free_id
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,26 @@ def test_leading_zero_clash_is_named(tmp_path, capsys):
                                            "mesa-sleep-282-nsrr.xml", "mesa-sleep-282.edf"]}]
     assert report["summary"]["id_clashes"] == 2
     text = capsys.readouterr().out
-    assert "differ only by leading zeros: 2" in text and "0282 and 282" in text and "00450 and 0450" in text
+    assert "differ only by leading zeros or letter case: 2" in text and "0282 and 282" in text and "00450 and 0450" in text
+
+
+def test_one_id_rule_across_formats():
+    """id_key/id_clashes: the rule the pair check, extraction (MESA, DREAMT), inference and --labels share."""
+    assert id_key("S003") == id_key("s3") == id_key("S3") == "s3"
+    assert id_key("mesa-sleep-0042") == id_key("MESA-SLEEP-42")
+    assert id_key("S30") != id_key("S3")  # an inner zero is part of the number
+    assert id_clashes(["S3", "S002", "S003", "s3", "S2", "S004", "S3"]) == [["S002", "S2"], ["S003", "S3", "s3"]]
+    assert id_clashes(["0001", "0002", "night"]) == []
+
+
+def test_case_clash_is_named_with_a_letter_id_pattern(tmp_path, capsys):
+    _touch(tmp_path / "edf", "night_S3.edf", "night_s003.edf", "night_S4.edf")
+    _touch(tmp_path / "xml", "night_S3-nsrr.xml", "night_s003-nsrr.xml", "night_S4-nsrr.xml")
+    code, report = _run(tmp_path, "--id-pattern", r"night_([a-z0-9]+)")
+    assert code == 1
+    assert report["id_clashes"] == [{"ids": ["S3", "s003"], "files": [
+        "night_S3-nsrr.xml", "night_S3.edf", "night_s003-nsrr.xml", "night_s003.edf"]}]
+    assert "S3 and s003" in capsys.readouterr().out
 
 
 def test_zero_free_id():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sleepppg.ids import mesa_commercial_ids, sleepppg_test_subjects, zero_free_id
+from sleepppg.ids import id_clashes, mesa_commercial_ids, sleepppg_test_subjects
 from sleepppg.synthetic.dreamt import dreamt_ids, dreamt_path, write_dreamt_subject
 from sleepppg.synthetic.mesa import (
     MESA_NAME_FORMAT,
@@ -43,13 +43,11 @@ def check_ids(ids: list) -> list[str]:
     repeated = sorted({i for i in out if out.count(i) > 1})
     if repeated:
         raise ValueError(f"IDs given more than once: {repeated}")
-    # the pair check and extraction skip IDs that differ only by leading zeros (and digit IDs seed alike)
-    groups: dict[str, list[str]] = {}
-    for i in out:
-        groups.setdefault(zero_free_id(i), []).append(i)
-    clashes = [group for group in groups.values() if len(group) > 1]
+    # the pair check and extraction skip IDs that differ only by leading zeros or letter case (sleepppg.ids.id_key;
+    # digit IDs seed alike)
+    clashes = id_clashes(out)
     if clashes:
-        raise ValueError(f"IDs that differ only by leading zeros are the same subject: {clashes}")
+        raise ValueError(f"IDs that differ only by leading zeros or letter case are the same subject: {clashes}")
     return out
 
 
