@@ -1,7 +1,7 @@
 """Which EDF goes with which annotation XML: the one pairing rule that the pair check, extraction and
 inference share.
 
-Files pair by the subject ID that `id_pattern` finds in their names; the annotation of `<stem>.edf` is
+Files pair by the subject ID that `id_pattern` finds in their names; the annotation of `<stem>.edf` (or `.bdf`) is
 `<stem>-nsrr.xml` (NSRR XML) or `<stem>-profusion.xml` (Compumedics Profusion XML), NSRR first when an ID has
 both. IDs that differ only by leading zeros or letter case (282 and 0282, S1 and s1: sleepppg.ids.id_key)
 are clashes, never merged.
@@ -16,7 +16,7 @@ from pathlib import Path
 from sleepppg.constants import MESA_ID_PATTERN
 from sleepppg.ids import compile_id_pattern, id_clashes, subject_id_from_filename
 
-EDF_SUFFIX = ".edf"
+EDF_SUFFIXES = (".edf", ".bdf")  # EDF and BioSemi's 24-bit BDF: the reader (sleepppg.edf) reads both
 XML_SUFFIX = ".xml"
 # Annotation dialect -> file-name ending (NSRR's names for every cohort); the first is preferred when an
 # ID has both.
@@ -81,7 +81,7 @@ class Pairing:
 
 def pair_files(edf_dir: str | Path, xml_dir: str | Path, id_pattern: str | re.Pattern = MESA_ID_PATTERN
                ) -> Pairing:
-    """Scan both folders: EDFs (`*.edf`) and annotations (`*-nsrr.xml`, `*-profusion.xml`) by subject ID.
+    """Scan both folders: EDFs (`*.edf`, `*.bdf`) and annotations (`*-nsrr.xml`, `*-profusion.xml`) by subject ID.
 
     The ID pattern is searched in the name without its ending (`mesa-sleep-0001` of `mesa-sleep-0001-nsrr.xml`).
 
@@ -91,7 +91,8 @@ def pair_files(edf_dir: str | Path, xml_dir: str | Path, id_pattern: str | re.Pa
     pattern = compile_id_pattern(id_pattern)
     pairing = Pairing()
     for path in sorted(Path(edf_dir).iterdir()):
-        stem = _strip_suffix(path.name, EDF_SUFFIX) if path.is_file() else None
+        stems = [_strip_suffix(path.name, suffix) for suffix in EDF_SUFFIXES] if path.is_file() else []
+        stem = next((s for s in stems if s is not None), None)
         if stem is None:
             continue
         sid = subject_id_from_filename(stem, pattern)

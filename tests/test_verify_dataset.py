@@ -220,3 +220,11 @@ def test_an_out_that_would_replace_an_input_or_another_file_is_refused_and_nothi
     report = tmp_path / "pair.json"
     assert vd.main([*base, "--out", str(report)]) == 0
     assert vd.main([*base, "--out", str(report)]) == 0  # its own earlier report is rewritten
+
+
+def test_bdf_recordings_pair_like_edf(tmp_path):
+    _touch(tmp_path / "edf", "mesa-sleep-0001.bdf", "mesa-sleep-0002.BDF", "mesa-sleep-0003.edf")
+    _touch(tmp_path / "xml", "mesa-sleep-0001-nsrr.xml", "mesa-sleep-0002-nsrr.xml", "mesa-sleep-0003-nsrr.xml")
+    code, report = _run(tmp_path)
+    assert code == 0 and report["summary"]["matched"] == 3
+    assert [m["edf"] for m in report["matched"]] == ["mesa-sleep-0001.bdf", "mesa-sleep-0002.BDF", "mesa-sleep-0003.edf"]
