@@ -167,22 +167,29 @@ def check_rate(fs: float, path: Path) -> None:
                                 kind="low_sampling_rate")
 
 
-def check_stamp_rate(fs: float, column: str, unit: str | None, path: Path, n_duplicated: int = 0) -> None:
-    """The rate a time column gives must lie in 16 Hz - 1 kHz.
+def check_stamp_rate(fs: float, column: str, unit: str | None, path: Path, n_duplicated: int = 0,
+                     guessed: bool = False) -> None:
+    """The rate a time column gives must lie in 16 Hz - 1 kHz, in one reading of its unit.
 
     Args:
         unit: how the numbers were read (a key of TIME_UNITS_S); None for date-times and clock times.
+        guessed: the header states no unit (seconds or milliseconds were taken from the step).
     Raises:
         BadRecordingError 'time_unit' for a unit mistake, naming the column, the rate and the unit that fits:
-        a rate above 1 kHz, or one that another unit would bring into the range. 'low_sampling_rate' for any
-        other rate below 16 Hz (with the count of repeated stamps when the column's resolution is too coarse).
+        a rate above 1 kHz, one that another unit would bring into the range, or (a guessed unit) one where
+        two units both give a PPG rate. 'low_sampling_rate' for any other rate below 16 Hz (with the count of
+        repeated stamps when the column's resolution is too coarse).
     """
-    if MIN_FS <= fs <= MAX_STAMP_FS:
-        return
     factor = TIME_UNITS_S.get(unit or "s", 1.0)
     fits = [] if unit is None else [f"{TIME_UNIT_WORDS[u]} ({fs * factor / f:.4g} Hz)" for u, f in
                                     TIME_UNITS_S.items() if u != unit and MIN_FS <= fs * factor / f <= MAX_STAMP_FS]
     read_as = f" read as {TIME_UNIT_WORDS[unit]}" if unit else ""
+    if MIN_FS <= fs <= MAX_STAMP_FS:
+        if guessed and fits:
+            raise BadRecordingError(f"{path.name}: time column {column!r} states no unit: as {TIME_UNIT_WORDS[unit]} "
+                                    f"it gives {fs:.4g} Hz, as {' or '.join(fits)}; name the unit in its header "
+                                    "(e.g. time_s, time_min)", kind="time_unit")
+        return
     if fits or fs > MAX_STAMP_FS:
         hint = (f"; as {' or '.join(fits)} it would be a PPG rate: name the unit in the header (e.g. time_min, "
                 "'time (ms)')" if fits else "")

@@ -311,7 +311,7 @@ def read_table(path: Path, fs: float | None = None, column: str | None = None,
         n_filled = int(np.count_nonzero(np.isnan(ppg) & ~np.isnan(signal)))
         return Recording(signal, float(fs), {**info, "fs_found": float(fs), "gaps": gaps, "filled_samples": n_filled})
     fs_found, info["duplicated_stamps"] = measure_rate(np.sort(t))
-    check_stamp_rate(fs_found, info["time_column"], unit, path, info["duplicated_stamps"])
+    check_stamp_rate(fs_found, info["time_column"], unit, path, info["duplicated_stamps"], guessed=kind == "auto")
     signal, gaps = to_uniform_grid(t, ppg, fs_found, max_gap_s)
     info.update(fs_source=f"time column {info['time_column']!r}", filled_samples=filled_points(t, ppg, fs_found,
                                                                                                 max_gap_s))

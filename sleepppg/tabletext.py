@@ -46,8 +46,8 @@ def split_fields(line: str, delimiter: str | None) -> list[str]:
 def pick_delimiter(lines: Sequence[str], suffix: str) -> str | None:
     """The delimiter of a table from its first lines: tab for .tsv; else the first of semicolon, tab, comma
     (whose data fields hold no blank inside) and white space that splits every line into the same number (> 1)
-    of fields; a semicolon or tab never occurs inside a number, a comma may be its decimal mark. A table of one
-    column: comma for .csv, white space otherwise."""
+    of fields; a semicolon or tab never occurs inside a number, a comma may be its decimal mark. Otherwise the
+    delimiter the first line holds, else none (one column; None splits at white space)."""
     if suffix == ".tsv":
         return "\t"
     lines = list(lines[:SNIFF_LINES])
@@ -61,11 +61,14 @@ def pick_delimiter(lines: Sequence[str], suffix: str) -> str | None:
     counts = {len(line.split()) for line in data}
     if len(counts) == 1 and counts.pop() > 1:
         return None
-    return "," if suffix == ".csv" else None
+    if all(len(split_fields(line, ",")) <= 2 for line in data) and any(NUMBER_RE.match(f) and "," in f
+                                                                        for f in split_fields(data[0], None)):
+        return None  # one column of numbers, some with a decimal comma (512,5 and 513)
+    return next((d for d in (",", ";", "\t") if d in lines[0]), None)  # uneven rows: the header's delimiter
 
 
 def _numbers_apart(field: str) -> bool:
-    words = field.split()
+    words = [w.strip('"') for w in field.split()]
     return len(words) > 1 and all(NUMBER_RE.match(w) for w in words)
 
 
