@@ -160,7 +160,7 @@ def test_mutated_xml_never_escapes_bad_recording_error(originals, data):
 # ----------------------------------------------------------------------------------------------------------
 # PPG tables as people export them (sleepppg.tables through read_recording)
 
-TABLE_FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
+TABLE_FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                       suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 STAMP_UNITS = {"s": (1.0, "time"), "ms": (1e3, "time_ms"), "min": (1 / 60, "time_min")}  # factor, header
 
