@@ -20,7 +20,8 @@ from sleepppg.errors import BadRecordingError
 
 RATE_KEYS = ("fs", "fs_hz", "sfreq", "srate", "sr", "sampling_rate", "sample_rate", "samplerate",
              "sampling_frequency")  # a scalar under one of these names (any case) is the rate in Hz
-MAGIC = {b"\x93NUMPY": "npy", b"PK\x03\x04": "npz", b"MATLAB": "mat", b"\x89HDF\r\n\x1a\n": "mat"}
+MAGIC = {b"\x93NUMPY": "npy", b"PK\x03\x04": "npz", b"MATLAB 5.0 MAT-file": "mat", b"MATLAB 7.3 MAT-file": "mat",
+         b"\x89HDF\r\n\x1a\n": "mat"}  # first bytes (HDF5's also at 512, after MATLAB 7.3's text header)
 FORMAT_NAMES = {"npy": "a NumPy .npy array", "npz": "a NumPy .npz archive", "mat": "a MATLAB .mat file"}
 
 
