@@ -16,14 +16,16 @@ Modes
   a stale, truncated or otherwise unreadable cache is rebuilt, with a log line saying why.
 
 - PPG (`--ppg PATH|FOLDER|GLOB`, or `inference.ppg_file`): recordings of any format sleepppg.formats reads,
-  chosen by extension (.csv/.tsv/.txt tables, .npy, WFDB .hea with its .dat/.mat, .edf/.bdf; a folder gives
-  every such file). `--fs` (`inference.ppg_fs`) is the rate where the file does not state it; `--column`
-  (`inference.ppg_column`) the table column or record signal (default: the `preprocessing.ppg_channels`
-  patterns). Time-stamped tables are resampled onto a uniform grid; missing stretches longer than
-  `preprocessing.max_gap_s` are gaps: their epochs are not staged (CSV pred_name "Gap", empty probabilities;
+  chosen by extension (.csv/.tsv/.txt tables, .npy, .npz, MATLAB .mat, WFDB .hea with its .dat/.mat, .edf/.bdf;
+  a folder gives every such file, a .mat beside a .hea being that record's data). `--fs` (`inference.ppg_fs`) is
+  the rate of the files that do not state one (a file that states its rate is read at it; a different --fs is
+  one warning in its entry); `--column` (`inference.ppg_column`) the table column, array or record signal
+  (default: the `preprocessing.ppg_channels` patterns). Only whole 30-s epochs are staged. Time-stamped tables
+  are resampled onto a uniform grid; missing stretches longer than `preprocessing.max_gap_s` are gaps: their epochs are not staged (CSV pred_name "Gap", empty probabilities;
   a break in the hypnogram; unscored in the sleep report) and listed in result.json (`gap_epochs`, `gaps`).
   Each night's entry also records source_format, ppg_channel (the column used), ppg_fs_found (the rate the
-  file states or its stamps show). Same cache, preprocessing and outputs as EDF mode.
+  file states or its stamps show), filled_samples and filled_s (missing samples interpolated). Same cache,
+  preprocessing and outputs as EDF mode.
 
 Labels for raw recordings (`--labels PATH`, EDF / PPG mode only; in HDF5 mode the flag is refused, exit 2):
 a file or folder of NSRR or Profusion XML or CSV hypnograms (one stage per 30-s epoch: 0-3 / -1 or names such
@@ -311,14 +313,17 @@ def write_validation(run: Setup, record: RunRecord) -> Path | None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, type=file_argument, help="YAML config (configs/config_cloud.yaml or config_demo.yaml)")
+    p.add_argument("--config", required=True, type=file_argument,
+                   help="YAML config (configs/config_cloud.yaml or config_demo.yaml)")
     p.add_argument("--checkpoint", type=file_argument, help="model checkpoint (.pth); overrides inference.best_model")
     p.add_argument("--edf", help="EDF mode on this file, folder (*.edf, *.bdf) or glob; overrides inference.edf_file "
                                  "and only_inference")
     p.add_argument("--ppg", help="stage PPG recordings of any format: a file, a folder or a glob (.csv .tsv .txt "
-                                 ".npy .hea .edf .bdf); overrides inference.ppg_file and only_inference")
-    p.add_argument("--fs", type=positive_number, help="--ppg: sampling rate in Hz where the file does not state it (a .npy, "
-                                            "a table without a time column); overrides inference.ppg_fs")
+                                 ".npy .npz .mat .hea .edf .bdf); overrides inference.ppg_file and only_inference")
+    p.add_argument("--fs", type=positive_number,
+                   help="--ppg: sampling rate in Hz of the files that do not state one (a .npy, a table without a "
+                        "time column, a .npz/.mat without fs); a file that states its rate keeps it (a warning when "
+                        "they differ); overrides inference.ppg_fs")
     p.add_argument("--column", help="--ppg: the PPG column of a table (name or 1-based number) or the signal "
                                     "name of a WFDB/EDF record; overrides inference.ppg_column (default: "
                                     "preprocessing.ppg_channels patterns)")
@@ -331,7 +336,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--labels", metavar="PATH",
                    help="EDF / PPG mode: scored stages, a file or folder of NSRR or Profusion XML or CSV hypnograms "
                         "(one stage per 30-s epoch; spellings in sleepppg.scoring), matched to nights by subject ID")
-    p.add_argument("--n-subjects", type=positive_int, help="HDF5 mode: subjects to stage; overrides inference.n_subjects")
+    p.add_argument("--n-subjects", type=positive_int,
+                   help="HDF5 mode: subjects to stage; overrides inference.n_subjects")
     return p.parse_args(argv)
 
 

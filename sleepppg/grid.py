@@ -21,6 +21,10 @@ import numpy as np
 from sleepppg.errors import BadRecordingError
 
 MIN_FS = 16.0  # Hz: the PPG low-pass is at 8 Hz (SleepPPG-Net), so 16 Hz is the lowest rate that holds it
+MAX_STAMP_FS = 1000.0  # Hz: time stamps giving more than 1 kHz are in another unit (no PPG is sampled faster)
+TIME_UNITS_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}  # unit -> seconds
+TIME_UNIT_WORDS = {"us": "microseconds", "ms": "milliseconds", "s": "seconds", "min": "minutes", "h": "hours",
+                   "d": "days"}
 MAX_GAP_S = 30.0  # s: missing stretches up to this are interpolated; longer ones stay gaps (one epoch)
 RATE_SNAP_TOLERANCE = 1e-3  # a measured rate within 0.1% of a whole number of Hz is that number
 RATE_MISMATCH_TOLERANCE = 0.05  # a measured rate more than 5% off the declared/nominal one is an error
@@ -183,3 +187,58 @@ def check_rate(fs: float, path: Path) -> None:
     if not (math.isfinite(fs) and fs >= MIN_FS):
         raise BadRecordingError(f"{path.name}: sampled at {fs:g} Hz; PPG needs at least {MIN_FS:g} Hz",
                                 kind="low_sampling_rate")
+
+
+def check_stamp_rate(fs: float, column: str, unit: str | None, path: Path, n_duplicated: int = 0,
+                     guessed: bool = False) -> None:
+    """The rate a time column gives must lie in 16 Hz - 1 kHz, in one reading of its unit.
+
+    Args:
+        unit: how the numbers were read (a key of TIME_UNITS_S); None for date-times and clock times.
+        guessed: the header states no unit (seconds or milliseconds were taken from the step).
+    Raises:
+        BadRecordingError 'time_unit' for a unit mistake, naming the column, the rate and the unit that fits:
+        a rate above 1 kHz, one that another unit would bring into the range, or (a guessed unit) one where
+        two units both give a PPG rate. 'low_sampling_rate' for any other rate below 16 Hz (with the count of
+        repeated stamps when the column's resolution is too coarse).
+    """
+    factor = TIME_UNITS_S.get(unit or "s", 1.0)
+    fits = [] if unit is None else [f"{TIME_UNIT_WORDS[u]} ({fs * factor / f:.4g} Hz)" for u, f in
+                                    TIME_UNITS_S.items() if u != unit and MIN_FS <= fs * factor / f <= MAX_STAMP_FS]
+    read_as = f" read as {TIME_UNIT_WORDS[unit]}" if unit else ""
+    if MIN_FS <= fs <= MAX_STAMP_FS:
+        if guessed and fits:
+            raise BadRecordingError(f"{path.name}: time column {column!r} states no unit: as {TIME_UNIT_WORDS[unit]} "
+                                    f"it gives {fs:.4g} Hz, as {' or '.join(fits)}; name the unit in its header "
+                                    "(e.g. time_s, time_min)", kind="time_unit")
+        return
+    if fits or fs > MAX_STAMP_FS:
+        hint = (f"; as {' or '.join(fits)} it would be a PPG rate: name the unit in the header (e.g. time_min, "
+                "'time (ms)')" if fits else "")
+        raise BadRecordingError(f"{path.name}: time column {column!r}{read_as} gives {fs:.4g} Hz, outside "
+                                f"{MIN_FS:g} Hz - {MAX_STAMP_FS:g} Hz: a unit mistake{hint}", kind="time_unit")
+    repeats = (f" ({n_duplicated} stamps repeat the one before: the column's resolution is too coarse)"
+               if n_duplicated else "")
+    raise BadRecordingError(f"{path.name}: sampled at {fs:.4g} Hz by time column {column!r}{repeats}; PPG needs "
+                            f"at least {MIN_FS:g} Hz", kind="low_sampling_rate")
+
+
+def filled_points(t_s: np.ndarray, x: np.ndarray, fs: float, max_gap_s: float = MAX_GAP_S) -> int:
+    """Grid points `to_uniform_grid(t_s, x, fs, max_gap_s)` fills by interpolation rather than from a sample:
+    those inside a hole between two kept (non-NaN) samples wider than 1.5 steps and at most `max_gap_s`, and
+    those before the first or after the last kept sample within `max_gap_s` of it. Longer holes stay gaps
+    (NaN) and are not counted."""
+    t_s = np.asarray(t_s, dtype=np.float64)
+    t_k = np.unique(t_s[~np.isnan(x)])
+    if t_k.size == 0:
+        return 0
+    t_first, t_last, eps = float(t_s.min()), float(t_s.max()), 1e-6
+    steps = np.diff(t_k)
+    hole = (steps > REGULAR_STEP_FACTOR / fs) & (steps <= max_gap_s)
+    lo, hi = (t_k[:-1][hole] - t_first) * fs, (t_k[1:][hole] - t_first) * fs
+    n = int(np.sum(np.ceil(hi - eps) - np.floor(lo + eps) - 1))
+    if 0 < t_k[0] - t_first <= max_gap_s:
+        n += math.ceil((t_k[0] - t_first) * fs - eps)
+    if 0 < t_last - t_k[-1] <= max_gap_s:
+        n += math.floor((t_last - t_first) * fs + eps) - math.floor((t_k[-1] - t_first) * fs + eps)
+    return n

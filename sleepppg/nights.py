@@ -4,7 +4,9 @@ turns one `NightJob` into a `Night` (preprocessed PPG windows, the epochs to sta
 some, source facts for result.json).
 
 - EDF or any PPG format (`prepare_edf_night`): the night's cache (sleepppg.cache) when valid, else the
-  training preprocessing (`preprocess_recording`, or sleepppg.formats for --ppg) and a new cache.
+  training preprocessing (`preprocess_recording`, or sleepppg.formats for --ppg) and a new cache. Only whole
+  30-s epochs are staged (a trailing part shorter than 29 s is not an epoch); missing samples interpolated
+  are counted (`filled_samples`, `filled_s`) and warned about above 1% of the recording.
 - HDF5 (`prepare_hdf5_night`): the night's rows of the processed PPG file, with their labels.
 - With `--labels` (`prepare_labelled_night`): an EDF or PPG night gets its scored stages from the label file
   of its subject ID (sleepppg.scoring); a night without one, or whose file cannot be read, is staged without.
@@ -32,6 +34,8 @@ from sleepppg.preprocessing import preprocess_recording
 from sleepppg.scoring import labels_for, read_labels
 
 log = logging.getLogger("sleepppg.nights")
+
+FILLED_WARN_FRACTION = 0.01  # interpolated (missing) samples above 1% of a night: a warning in its entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,6 +247,8 @@ def prepare_edf_night(job: NightJob, cache_root: Path, settings: dict) -> Night:
         cache_dir = None
     windows_WS, meta, reason = (None, None, NO_CACHE) if cache_dir is None else load_cache(cache_dir, signature,
                                                                                              settings)
+    if meta is not None and not isinstance(meta.get("filled_samples"), int):  # facts result.json reports
+        windows_WS, meta, reason = None, None, "the cache was written by an older version (no filled_samples)"
     cache_used = windows_WS is not None
     if not cache_used:
         if reason != NO_CACHE:
@@ -261,7 +267,8 @@ def prepare_edf_night(job: NightJob, cache_root: Path, settings: dict) -> Night:
                     meta.get("recording_hours") or float("nan"), n_windows * WINDOW_SECONDS / 3600, n_windows)
     info = {"cache_dir": None if cache_dir is None else str(cache_dir.resolve()), "cache_used": cache_used,
             "ppg_channel": meta.get("ppg_channel"), "ppg_fs": meta.get("ppg_fs"),
-            "recording_hours": meta.get("recording_hours")}
+            "recording_hours": meta.get("recording_hours"), "filled_samples": meta.get("filled_samples"),
+            "filled_s": meta.get("filled_s"), "warnings": list(meta.get("warnings") or [])}
     if any_format:  # what the file turned out to be; gap epochs are not staged
         info.update({key: meta.get(key) for key in ("source_format", "ppg_fs_found", "gaps", "gap_epochs")})
     elif meta.get("gap_epochs"):  # an EDF+D whose pauses are gaps: their epochs are not staged
@@ -288,7 +295,12 @@ def _preprocess_night(job: NightJob, signature: dict, settings: dict, any_format
         raise ValueError(f"preprocessing returned shape {windows_WS.shape}, expected "
                          f"{(n_windows, SAMPLES_PER_WINDOW)}")
     duration_s = float(pre["duration_s"])  # the PPG recording length
-    n_recorded = int(pre["n_recorded_windows"])
+    n_recorded = int(pre["n_whole_windows"])  # whole epochs: a trailing part under 29 s is not staged
+    filled, fs = int(pre["filled_samples"]), float(pre["ppg_fs"])
+    warnings = list(pre["warnings"]) if any_format else []  # EDF mode: the reader's warnings are logged
+    if filled > FILLED_WARN_FRACTION * duration_s * fs:
+        warnings.append(f"{filled} missing samples ({filled / fs:.1f} s, {filled / (duration_s * fs):.1%} of the "
+                        f"recording) are interpolated")
     meta = {
         "subject_id": job.subject_id, "edf": signature, "settings": settings,
         "n_recorded_windows": n_recorded,
@@ -296,7 +308,8 @@ def _preprocess_night(job: NightJob, signature: dict, settings: dict, any_format
         "truncated": bool(duration_s > n_windows * WINDOW_SECONDS),
         "ppg_channel": pre.get("ppg_channel"), "ppg_fs": pre.get("ppg_fs"),
         "source_format": pre.get("source_format", "edf"), "ppg_fs_found": pre.get("ppg_fs_found", pre["ppg_fs"]),
-        "gaps": pre.get("gaps", []),
+        "gaps": pre.get("gaps", []), "filled_samples": filled, "filled_s": round(filled / fs, 3),
+        "warnings": warnings,
         "gap_epochs": [e for e in pre["gap_epochs"] if e < n_recorded],
         "created_at": dt.datetime.now().isoformat(timespec="seconds"),
         "preprocess_s": round(time.perf_counter() - t0, 3),

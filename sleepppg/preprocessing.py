@@ -50,6 +50,8 @@ ECG_MAX_NYQUIST_FRACTION = 0.99  # as the reference: upper edge at 0.99 x Nyquis
 CLIP_SD = 3.0  # clip at mean +/- 3 SD before z-scoring
 ZSCORE_EPS = 1e-8  # as the reference, avoids 0/0 on a constant signal
 MAX_NONFINITE_FRACTION = 0.01  # up to 1% NaN/inf samples (short dropouts) are interpolated; more -> bad
+# a last epoch short of at most 1 s (the last time stamp's jitter, the grid's rounding) is still a whole epoch
+EPOCH_SLACK_SAMPLES = round(TARGET_FS * 1.0)
 MAX_FLAT_FRACTION = 0.5  # a PPG whose 30-s segments are constant in more than half the night is "flat"
 
 
@@ -238,7 +240,10 @@ def preprocess_signals(ppg: np.ndarray, ppg_fs: float, n_windows: int = WINDOWS_
             "PPG 'Pleth'", with the channel).
     Returns:
         dict(ppg_windows (n_windows, 1024) float32, ecg_windows (n_windows, 1024) float32 or None, has_ecg,
-        n_recorded_windows = epochs holding recorded PPG (at most n_windows), gap_epochs = sorted epoch
+        n_recorded_windows = epochs holding recorded PPG (at most n_windows; extraction's labels stop there),
+        n_whole_windows = whole 30-s epochs of recorded PPG (at most n_windows; inference stages these: a
+        trailing part shorter than 29 s is no epoch), filled_samples = NaN/inf PPG samples interpolated
+        (at `ppg_fs`; gap samples under `nan_is_gap` are not counted), gap_epochs = sorted epoch
         indices touched by a gap (empty without gaps), ppg_fs, duration_s = the PPG's length in s,
         warnings = list of str: what looked wrong without stopping the night, e.g. a dropped ECG).
     Raises:
@@ -251,6 +256,7 @@ def preprocess_signals(ppg: np.ndarray, ppg_fs: float, n_windows: int = WINDOWS_
         if np.isnan(ppg).any():  # flatness is judged on recorded samples, not on the bridges through gaps
             recorded = ppg[~np.isnan(ppg)]
         ppg, gap_W = bridge_gaps(ppg, ppg_fs, n_windows)
+    n_filled = int(np.count_nonzero(~np.isfinite(ppg)))  # short dropouts repair_nonfinite interpolates
     ppg = repair_nonfinite(ppg, ppg_what)
     flat = flat_fraction(ppg if recorded is None else recorded, ppg_fs)
     if flat > MAX_FLAT_FRACTION:
@@ -279,6 +285,8 @@ def preprocess_signals(ppg: np.ndarray, ppg_fs: float, n_windows: int = WINDOWS_
         "ecg_windows": ecg_windows,
         "has_ecg": ecg_windows is not None,
         "n_recorded_windows": max(1, min(n_windows, math.ceil(ppg_z.size / SAMPLES_PER_WINDOW))),
+        "n_whole_windows": max(1, min(n_windows, (ppg_z.size + EPOCH_SLACK_SAMPLES) // SAMPLES_PER_WINDOW)),
+        "filled_samples": n_filled,
         "gap_epochs": np.flatnonzero(gap_W).tolist(),
         "ppg_fs": ppg_fs,
         "duration_s": ppg.size / ppg_fs,

@@ -165,7 +165,7 @@ def night_entry(night: Night, probs_WC: np.ndarray) -> tuple[dict, dict | None]:
     labels."""
     pred_W = predicted_stages(probs_WC)
     quality = ppg_quality(night.ppg_windows_WS, night.n_recorded, night.info.get("gap_epochs") or ())
-    warnings = quality_warnings(quality)
+    warnings = list(night.info.get("warnings") or []) + quality_warnings(quality)  # the reader's first
     if night.info.get("labels_error"):
         warnings.append(night.info["labels_error"])
     warnings += night.info.pop("labels_warnings", [])  # unknown stage values left unscored (not a key of its own)

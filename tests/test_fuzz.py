@@ -1,6 +1,8 @@
 """Fuzz tests: mutated EDF headers and bodies and mutated NSRR XML never make extraction's per-subject step
 (`process_subject`) or the shared `preprocess_recording` (which EDF inference uses) raise anything but the
 documented BadRecordingError, and never give a result of the wrong shape (windows x 1024, one label per window).
+PPG tables written every way people export them (delimiters, decimal marks, quoting, stamp units, header or
+not) are read at the right length and rate, or refused with BadRecordingError.
 
 Bounded for CI: a tiny 2-minute EDF, a few dozen examples per test, no deadline.
 """
@@ -21,6 +23,7 @@ from sleepppg.constants import IGNORE_INDEX, SAMPLES_PER_WINDOW
 from sleepppg.edf import EDF_SIGNAL_FIELDS
 from sleepppg.errors import BadRecordingError
 from sleepppg.extraction import process_subject
+from sleepppg.formats import read_recording
 from sleepppg.parts import read_part
 from sleepppg.preprocessing import preprocess_recording
 
@@ -152,3 +155,60 @@ def test_mutated_xml_never_escapes_bad_recording_error(originals, data):
             assert labels.shape == (N_WINDOWS,) and labels.dtype == np.int64
             assert np.isin(labels, [IGNORE_INDEX, 0, 1, 2, 3]).all()
         _run_subject(Path(folder), originals[0], xml)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# PPG tables as people export them (sleepppg.tables through read_recording)
+
+TABLE_FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
+                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+STAMP_UNITS = {"s": (1.0, "time"), "ms": (1e3, "time_ms"), "min": (1 / 60, "time_min")}  # factor, header
+
+
+def _field(value: float, decimal: str, thousands: bool, quote: bool) -> str:
+    text = f"{value:,.3f}" if thousands else f"{value:.9g}"
+    if decimal == ",":
+        text = text.replace(",", "\x00").replace(".", ",").replace("\x00", ".")
+    return f'"{text}"' if quote else text
+
+
+@TABLE_FUZZ
+@given(data=st.data())
+def test_tables_read_right_or_refuse_by_name(data):
+    """Random delimiters (comma, semicolon, tab, space), decimal marks, quoting, thousands separators, stamps in
+    s, ms or min, with or without a header: read_recording either refuses with BadRecordingError or returns
+    the written number of samples (within one) at the written rate (within 0.1%)."""
+    draw = data.draw
+    delimiter = draw(st.sampled_from([",", ";", "\t", " "]))
+    decimal = draw(st.sampled_from([".", ","]))
+    quote = draw(st.booleans()) or (decimal == "," and delimiter == ",")  # a comma table quotes decimal commas
+    thousands = quote and delimiter == "," and decimal == "." and draw(st.booleans())  # "1,234.500"
+    unit = draw(st.sampled_from(sorted(STAMP_UNITS)))
+    header = draw(st.booleans())
+    with_time = draw(st.booleans())
+    fs = draw(st.sampled_from([16.0, 25.0, 32.0, 64.0, 128.0, 250.0]))
+    n = int(fs * draw(st.integers(31, 45)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    ppg = np.round(1500 + 900 * np.sin(np.arange(n) / fs * 7.0) + rng.normal(0, 20, n), 3)
+    factor, time_name = STAMP_UNITS[unit]
+    rows = [[_field(v, decimal, thousands, quote)] for v in ppg]
+    if with_time:
+        rows = [[_field(i / fs * factor, decimal, False, quote)] + row for i, row in enumerate(rows)]
+    lines = [delimiter.join(row) for row in rows]
+    if header:
+        lines.insert(0, delimiter.join(([time_name] if with_time else []) + ["pleth"]))
+    suffix = draw(st.sampled_from([".csv", ".txt"] + ([".tsv"] if delimiter == "\t" else [])))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"night{suffix}"
+        path.write_text("\n".join(lines) + "\n")
+        given_fs = None if with_time and draw(st.booleans()) else fs
+        try:
+            rec = read_recording(path, fs=given_fs)
+        except BadRecordingError as err:
+            assert err.kind and path.name in str(err)
+            return
+    assert abs(rec.fs - fs) <= 1e-3 * fs, (rec.fs, fs, rec.info)
+    assert abs(rec.signal_T.size - n) <= 1 and np.isfinite(rec.signal_T).all(), (rec.signal_T.size, n)
+    assert rec.info["filled_samples"] == 0
+    m = min(n, rec.signal_T.size)
+    np.testing.assert_allclose(rec.signal_T[:m], ppg[:m], atol=2e-3)
