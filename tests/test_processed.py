@@ -44,7 +44,7 @@ def test_require_valid_returns_the_report_or_one_error(tmp_path):
     paths = write_processed(tmp_path, n_subjects=4, windows_per_subject=W, n_test=1, short_subjects=("9000",))
     report = require_valid(paths["ppg"], paths["ecg"], paths["index"], W)  # a short night is left out, not wrong
     assert any("1 of 4 subjects have other than 40 windows and are not used" in line for line in report.lines)
-    assert not any("ppg values finite" in line for line in report.lines)  # READABLE: no scan of the values
+    assert "[PASS] ppg values z-scored in every night (sampled rows of each night)" in report.lines  # READABLE
     with pytest.raises(ProcessedFilesError, match=r"40 windows per subject \(4 subjects; wrong counts"):
         require_valid(paths["ppg"], paths["ecg"], paths["index"], W, processed.WRITTEN)
     assert not require_valid(paths["ppg"], None, paths["index"], W).failed  # PPG-only: no ECG checks

@@ -8,7 +8,7 @@ import pytest
 from helpers import W, make_cohort, run_cli, write_processed
 
 import verify_mesa_outputs as vo
-from sleepppg.processed import high_frequency_share
+from sleepppg.processed_values import high_frequency_share
 
 
 def test_passes_on_extractor_output(tmp_path, capsys):
