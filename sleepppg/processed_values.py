@@ -19,7 +19,7 @@ Two ways to read the values, one result:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,11 +40,11 @@ class Values:
     """Per-subject counts and sums over the rows read."""
 
     n_subjects: int
-    nonfinite_S: np.ndarray | None = None  # (S,) NaN/inf samples in the rows read
-    absurd_S: np.ndarray | None = None  # (S,) finite samples beyond +/-MAX_ABS_SIGNAL
-    rows_with_signal: np.ndarray | None = None  # (S,) rows holding a non-zero finite sample
-    sum_S: np.ndarray | None = None  # (S,) float64 sum of those rows' values
-    sumsq_S: np.ndarray | None = None  # (S,) float64 sum of their squares
+    nonfinite_S: np.ndarray = field(init=False)  # (S,) NaN/inf samples in the rows read
+    absurd_S: np.ndarray = field(init=False)  # (S,) finite samples beyond +/-MAX_ABS_SIGNAL
+    rows_with_signal: np.ndarray = field(init=False)  # (S,) rows holding a non-zero finite sample
+    sum_S: np.ndarray = field(init=False)  # (S,) float64 sum of those rows' values
+    sumsq_S: np.ndarray = field(init=False)  # (S,) float64 sum of their squares
 
     def __post_init__(self) -> None:
         self.nonfinite_S = np.zeros(self.n_subjects, dtype=np.int64)
