@@ -561,8 +561,9 @@ def test_ddp_nan_night_on_one_rank_stops_both_ranks(data, tmp_path):
 
     sid, row = first_train_subject(data)
     bad = copy_data(data, tmp_path / "nan")
-    with h5py.File(bad["ppg"], "r+") as f:
-        f["ppg"][row + 2, 10] = np.nan
+    with h5py.File(bad["ppg"], "r+") as f:  # in an unscored window, which the pre-flight sample leaves out
+        f["ppg"][row + W - 1, 10] = np.nan
+        f["labels"][row + W - 1] = -1
     cfg = write_config(tmp_path / "cfg.yaml", bad, tmp_path / "out", num_epochs=1)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
