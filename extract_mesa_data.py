@@ -20,7 +20,8 @@ subject-ID order:
 - mesa_subject_index.h5: subjects/<id>/window_indices with attrs n_windows, has_ecg, n_recorded_windows;
 - data_stats.npy/.txt, failed_subjects.json (id, file, kind, reason per skipped subject),
   subject_warnings.json (id, file, warning per kept subject that looks suspicious), extract_manifest.json
-  (settings, sources, subjects: says whether a rerun is up to date), logs/processing.log.
+  (settings, sources, subjects, and each HDF5 file's size, mtime and dataset shapes: says whether a rerun is up
+  to date; a truncated or rewritten HDF5 file is written again), logs/processing.log.
 
 How it runs (sleepppg.extraction): worker processes preprocess subjects one at a time and each writes
 `<out>/.parts/<id>.npz` (sleepppg.parts: temporary name, then rename), so a run killed at any moment resumes
@@ -67,7 +68,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sleepppg.assembly import assemble_isolated, write_stats
+from sleepppg.assembly import assemble_isolated, files_changed, files_record, write_stats
 from sleepppg.cli import file_argument, non_negative_int, one_line, positive_int, run_entry_point, setup_logging
 from sleepppg.config import load_config
 from sleepppg.constants import ECG_FILE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SETUP, INDEX_FILE, PPG_FILE
@@ -284,10 +285,15 @@ def run(args: argparse.Namespace) -> int:
     outputs_exist = all((out_dir / name).is_file() for name in (PPG_FILE, ECG_FILE, INDEX_FILE))
     previous = None if args.overwrite or not outputs_exist else read_manifest(manifest_path)
     if previous is not None and previous.get("key") == manifest_key:
-        n_failed = len(previous.get("failed", []))
-        print(f"up to date: {out_dir} already holds {len(previous.get('subjects', []))} subjects "
-              f"({n_failed} failed earlier; see {FAILED_FILE}); use --overwrite to redo")
-        return EXIT_FAILED if n_failed else EXIT_OK
+        n_done = len(previous.get("subjects", []))
+        changed = files_changed(out_dir, previous.get("outputs"), n_done * settings["windows_per_subject"])
+        if changed is None:
+            n_failed = len(previous.get("failed", []))
+            print(f"up to date: {out_dir} already holds {n_done} subjects "
+                  f"({n_failed} failed earlier; see {FAILED_FILE}); use --overwrite to redo")
+            return EXIT_FAILED if n_failed else EXIT_OK
+        log.warning("the outputs in %s are not those extraction wrote: %s; writing them again (from the part "
+                    "files kept, the other subjects preprocessed again)", out_dir, changed)
     manifest_path.unlink(missing_ok=True)  # the outputs are about to change: the old manifest would not describe them
     remove_stale_temporaries(out_dir)
 
@@ -323,7 +329,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         stats["failed_subjects"] = len(failed)
         stats["subjects_with_warnings"] = len({w["id"] for w in warning_list})
-        manifest = {"key": manifest_key, "subjects": ok, "failed": [f["id"] for f in failed]}
+        manifest = {"key": manifest_key, "subjects": ok, "failed": [f["id"] for f in failed],
+                    "outputs": files_record(out_dir)}  # read back by the next run's up-to-date check
         with naming_a_full_disk(out_dir / MANIFEST_FILE):
             write_stats(out_dir, stats)
             write_text_atomic(manifest_path, json.dumps(manifest, indent=1) + "\n")

@@ -5,14 +5,16 @@ mesa_subject_index.h5. Checks, each printed as PASS/FAIL with its detail:
 - the reference's: 1,024 samples per window, sampling_rate x 30 s = 1,024, labels within {-1, 0, 1, 2, 3}
   (distribution printed), the expected windows per subject (1,200 unless the files or --windows-per-subject
   say otherwise), and the share of PPG energy above 8 Hz (reported; the 8-Hz low-pass leaves little there);
-- ours: each file is readable HDF5; integer labels; float32 signals that are finite and within +/-1,000
-  (they are z-scored: larger values mean corrupt data); no subject whose PPG is all zeros; file attrs that
-  match the data; and the three files consistent with each other (same rows, labels and subject IDs;
+- ours: each file is readable HDF5 and holds at least one subject, in sorted ID order; integer labels and a
+  scored epoch (a label other than -1) in every night; float32 signals that are finite and within +/-1,000;
+  every night z-scored as extraction writes it (over its windows with signal: mean within +/-1, SD 0.25..4,
+  so a rescaled or constant night fails); no subject whose PPG is all zeros; file attrs that match the data;
+  and the three files consistent with each other (same rows, labels and subject IDs;
   has_real_ecg / real_ecg_indices / ECG attrs agree; rows without ECG are zero; the index covers every row
   exactly once, each subject's entry pointing at one contiguous block of that subject's rows, with matching
   attrs).
 A damaged file (truncated, not HDF5, a dataset of the wrong kind) is a failed check naming the file and the
-error, never a traceback. Signals are read in blocks of rows, so a 5-GB PPG array needs only a few MB of memory.
+error, never a traceback; a check of the data names the subjects that fail it and what is wrong. Signals are read in blocks of rows, so a 5-GB PPG array needs only a few MB of memory.
 Exit status: 0 when every check passes, 1 naming the failed checks, 2 when the folder does not exist,
 130 on Ctrl-C.
 

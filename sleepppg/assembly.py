@@ -4,7 +4,9 @@ data_stats (their format: sleepppg.processed), one subject in memory at a time.
 `write_processed` writes the files from any source of subjects under temporary names renamed when all are
 complete, so no final name ever holds a half-written file; `assemble` feeds it the part files (sleepppg.parts);
 `assemble_isolated` runs that in a forked child, so that a failed HDF5 write (a full disk) cannot crash the main
-process, and hands back its outcome.
+process, and hands back its outcome. `files_record` describes the files written (size, mtime, every dataset's
+shape) for extraction's manifest; `files_changed` says why the files on disk are no longer those (a truncated or
+rewritten file), so a rerun never calls damaged outputs up to date.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from sleepppg.constants import (
 from sleepppg.errors import SetupError
 from sleepppg.parts import BadPartError, part_path, read_part
 from sleepppg.paths import is_disk_full
-from sleepppg.processed import ECG_KEYS, INDEX_LAYOUT, PPG_KEYS, STATS_NPY, STATS_TXT
+from sleepppg.processed import ECG_KEYS, INDEX_LAYOUT, PPG_KEYS, READ_ERRORS, STATS_NPY, STATS_TXT
 from sleepppg.runio import atomic_output, write_text_atomic
+
+FINAL_FILES = (PPG_FILE, ECG_FILE, INDEX_FILE)
 
 # one subject for the writer: (meta with has_ecg and n_recorded_windows, {"ppg", "labels"[, "ecg"]})
 SubjectReader = Callable[[str], tuple[dict, dict]]
@@ -127,6 +131,57 @@ def write_stats(out_dir: Path, stats: dict) -> None:
               f"Resample method: {stats['resample_method']}", ""]
     write_text_atomic(out_dir / STATS_TXT, "\n".join(lines))
 
+
+
+def _dataset_shapes(path: Path) -> dict[str, list[int]]:
+    """{dataset name: shape} of every dataset in one HDF5 file (raises what h5py raises on a damaged file)."""
+    import h5py
+
+    shapes: dict[str, list[int]] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: shapes.__setitem__(name, list(obj.shape))
+                     if isinstance(obj, h5py.Dataset) else None)
+    return shapes
+
+
+def files_record(out_dir: Path) -> dict:
+    """What identifies the three written files cheaply, for extraction's manifest: per file its size (bytes),
+    mtime (ns) and every dataset's shape. Reading it costs the metadata only, not the 100-GB signals."""
+    record = {}
+    for name in FINAL_FILES:
+        st = (out_dir / name).stat()
+        record[name] = {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns),
+                        "shapes": _dataset_shapes(out_dir / name)}
+    return record
+
+
+def files_changed(out_dir: Path, record: dict | None, n_rows: int) -> str | None:
+    """Why the three files in `out_dir` are not those extraction wrote, or None when they are.
+
+    Args:
+        record: `files_record` at the end of the writing run (None from a manifest without one: then only
+            readability and `n_rows` are checked).
+        n_rows: rows the signal arrays must hold (subjects x windows per subject).
+    """
+    for name in FINAL_FILES:
+        path, expected = out_dir / name, (record or {}).get(name)
+        try:
+            st = path.stat()
+            if expected is not None and st.st_size != expected.get("size"):
+                return f"{name} holds {st.st_size} bytes but extraction wrote {expected.get('size')} (truncated?)"
+            if expected is not None and st.st_mtime_ns != expected.get("mtime_ns"):
+                return f"{name} was modified after extraction wrote it"
+            shapes = _dataset_shapes(path)
+        except READ_ERRORS as err:
+            return f"{name} cannot be read ({type(err).__name__}: {err})"
+        if expected is not None and shapes != expected.get("shapes"):
+            differ = sorted(k for k in set(shapes) | set(expected.get("shapes", {}))
+                            if shapes.get(k) != expected.get("shapes", {}).get(k))
+            return f"{name}: datasets {', '.join(differ[:3])} differ in shape from what extraction wrote"
+        signal = {PPG_FILE: "ppg", ECG_FILE: "ecg"}.get(name)
+        if signal is not None and shapes.get(signal, [None])[0] != n_rows:
+            return f"{name}: '{signal}' holds {shapes.get(signal, ['no'])[0]} rows, the manifest's subjects {n_rows}"
+    return None
 
 
 def assemble(out_dir: Path, subjects: list[str], parts_dir: Path, settings: dict) -> dict:

@@ -7,7 +7,8 @@ some, source facts for result.json).
   training preprocessing (`preprocess_recording`, or sleepppg.formats for --ppg) and a new cache. Only whole
   30-s epochs are staged (a trailing part shorter than 29 s is not an epoch); missing samples interpolated
   are counted (`filled_samples`, `filled_s`) and warned about above 1% of the recording.
-- HDF5 (`prepare_hdf5_night`): the night's rows of the processed PPG file, with their labels.
+- HDF5 (`prepare_hdf5_night`): the night's rows of the processed PPG file, with their labels; windows holding
+  NaN/inf are left out (not staged, as a gap) and counted, the rest of the night is staged.
 - With `--labels` (`prepare_labelled_night`): an EDF or PPG night gets its scored stages from the label file
   of its subject ID (sleepppg.scoring); a night without one, or whose file cannot be read, is staged without.
 """
@@ -337,7 +338,17 @@ def prepare_hdf5_night(job: NightJob, ppg_h5, n_windows: int) -> Night:
     n_rec = recorded_epochs(ppg_WS, labels_W)
     if n_rec == 0 or not (labels_W != IGNORE_INDEX).any():
         raise BadRecordingError("no recorded or scored epochs", kind="no_scored_epochs")
-    return Night(job.subject_id, job.path.resolve(), ppg_WS, n_rec, False, labels_W, {"start_row": job.start_row})
+    info: dict = {"start_row": job.start_row}
+    bad_W = ~np.isfinite(ppg_WS).all(axis=1)
+    if bad_W.any():  # a NaN would spread through the convolutions to the whole night: stage the rest
+        left_out = np.flatnonzero(bad_W[:n_rec])
+        if left_out.size == n_rec:
+            raise BadRecordingError(f"every one of the {n_rec} recorded windows holds NaN/inf PPG values",
+                                    kind="nan_signal")
+        ppg_WS = np.where(bad_W[:, None], np.float32(0), ppg_WS)  # zero, as a gap in the recording
+        info["gap_epochs"] = left_out.tolist()
+        info["windows_left_out"] = {"count": int(left_out.size), "reason": "NaN/inf PPG values in the processed file"}
+    return Night(job.subject_id, job.path.resolve(), ppg_WS, n_rec, False, labels_W, info)
 
 
 def prepare_labelled_night(job: NightJob, prepare, label_files: dict[str, Path], n_windows: int) -> Night:

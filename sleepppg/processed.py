@@ -11,12 +11,14 @@ Files, rows in sorted subject-ID order, W windows per subject, N = subjects x W 
 - data_stats.npy (a pickled dict, as the reference) and data_stats.txt (STATS_NPY, STATS_TXT).
 
 The one validator: `verify_files` (and `verify` on a folder) reports each check as PASS/FAIL with its detail:
-layout, keys, attrs, shapes, dtypes, labels in -1..3, the index covering every row once in one contiguous block
-per subject, and every signal value finite and within +/-1,000. `Checks` says which run and how strictly:
-`WRITTEN`, all of them, for what the extractor writes (verify_mesa_outputs.py); `READABLE`, what a reader needs
-(no scan of the signal values; nights of another length and the reference's dtypes allowed). `require_valid`
-turns a failed report into one error for a program about to read the files; `read_night_starts` and `check_rows`
-are the same checks on just the subjects and arrays a dataset reads.
+layout, keys, attrs, shapes, dtypes, at least one subject, labels in -1..3 and a scored epoch in every night,
+the index covering every row once in one contiguous block per subject, and the signal values of every night as
+extraction writes them (sleepppg.processed_values: finite, z-scored, not all zero). `Checks` says which run and
+how strictly: `WRITTEN`, all of them, every value read, for what the extractor writes (verify_mesa_outputs.py);
+`READABLE`, what a reader needs (the values of a sample of each night's rows; nights of another length, any
+subject order and the reference's dtypes allowed). `require_valid` turns a failed report into one error for a
+program about to read the files; `read_night_starts` and `check_rows` are the same checks on just the subjects
+and arrays a dataset reads; `files_record` and `files_changed` tell a final file changed since it was written.
 """
 
 from __future__ import annotations
@@ -40,6 +42,18 @@ from sleepppg.constants import (
     WINDOWS_PER_SUBJECT,
 )
 from sleepppg.errors import DataError, SetupError
+from sleepppg.processed_values import (
+    ENERGY_WINDOWS,
+    HIGH_FREQ_HZ,
+    HIGH_FREQ_WARN,
+    MAX_ABS_MEAN,
+    MAX_ABS_SIGNAL,
+    SD_RANGE,
+    Values,
+    high_frequency_share,
+    sample_values,
+    scan_values,
+)
 
 PPG_KEYS = ("ppg", "labels", "subject_ids")
 ECG_KEYS = ("ecg", "has_real_ecg", "subject_ids", "labels", "real_ecg_indices")
@@ -47,11 +61,8 @@ INDEX_LAYOUT = "subjects/{subject_id}/window_indices"
 STATS_NPY, STATS_TXT = "data_stats.npy", "data_stats.txt"
 VALID_LABELS = set(range(IGNORE_INDEX, N_CLASSES))
 FS_TOLERANCE = 1e-6  # samples per window: |sampling_rate x 30 - 1024| must be below this
-MAX_ABS_SIGNAL = 1000.0  # z-scored windows after a 3-SD clip stay within a few units; beyond this is corruption
-HIGH_FREQ_HZ = 8.0  # PPG low-pass cut-off (Chebyshev II, 8 Hz, in extraction)
-HIGH_FREQ_WARN = 0.01  # report a warning when more than 1% of PPG power lies above 8 Hz
-ENERGY_WINDOWS = 200  # windows sampled (evenly over the file) for the spectrum
 BLOCK_ROWS = 1200  # rows per read: one night, 4.9 MB of float32
+SCAN, SAMPLE, NONE = "scan", "sample", "none"  # Checks.values: every row, a sample of each night's rows, none
 # what a damaged HDF5 file or dataset raises in h5py/numpy while it is read
 READ_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError)
 
@@ -60,13 +71,15 @@ READ_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError, AttributeEr
 class Checks:
     """Which checks the validator runs, and how strictly."""
 
-    signals: bool = True  # scan every signal value (in blocks of rows: a few MB of memory for any file size)
+    values: str = SCAN  # signal values read: SCAN every row (in blocks: a few MB of memory for any file size),
+    #                     SAMPLE a few scored rows of each night (sleepppg.processed_values), NONE
     every_night_full: bool = True  # a night of another length than W fails (else it is counted as information)
+    sorted_ids: bool = True  # subjects must follow in sorted ID order, as extraction writes them
     reference_dtypes: bool = False  # accept the reference's float64 signals and whole-number float labels
 
 
 WRITTEN = Checks()  # what extraction writes, every check
-READABLE = Checks(signals=False, every_night_full=False, reference_dtypes=True)  # what the datasets read
+READABLE = Checks(values=SAMPLE, every_night_full=False, sorted_ids=False, reference_dtypes=True)  # what readers need
 
 
 class ProcessedFilesError(ValueError):
@@ -122,18 +135,6 @@ def format_distribution(dist: dict[int, int]) -> str:
     return ", ".join(f"{names.get(k, k)} {v} ({v / total:.1%})" for k, v in sorted(dist.items()))
 
 
-def high_frequency_share(windows_WS: np.ndarray, fs: float, cutoff_hz: float = HIGH_FREQ_HZ) -> float:
-    """Share of total power above `cutoff_hz`, from the mean periodogram of non-constant windows (NaN if none)."""
-    from scipy.signal import welch
-
-    windows_WS = windows_WS[windows_WS.std(axis=1) > 0]
-    if windows_WS.size == 0:
-        return float("nan")
-    freqs, psd = welch(windows_WS, fs=fs, nperseg=min(512, windows_WS.shape[1]), axis=1)
-    psd = psd.mean(axis=0)
-    return float(psd[freqs > cutoff_hz].sum() / psd.sum())
-
-
 def _blocks(n_rows: int, block: int = BLOCK_ROWS):
     for start in range(0, n_rows, block):
         yield slice(start, min(start + block, n_rows))
@@ -149,7 +150,7 @@ def _signal_dtype(key: str, dtype: np.dtype, checks: Checks) -> tuple[str, bool,
 
 def check_ppg_file(f, report: Report, expected_wps: int | None, checks: Checks = WRITTEN) -> dict | None:
     """mesa_ppg_with_labels.h5: datasets, shapes, dtypes, attrs, labels, windows per subject, contiguous
-    subjects, and the PPG values (`checks.signals`). Returns what the other files' checks need, or None when the
+    subjects, and the PPG values (`checks.values`). Returns what the other files' checks need, or None when the
     file is too broken to go on."""
     missing = [k for k in PPG_KEYS if k not in f]
     if not report.check("ppg file datasets", not missing, f"missing {missing}" if missing else ", ".join(PPG_KEYS)):
@@ -178,6 +179,8 @@ def check_ppg_file(f, report: Report, expected_wps: int | None, checks: Checks =
     report.info("label distribution: " + format_distribution(label_distribution(labels)))
 
     subjects, first_rows, counts = np.unique(sids, return_index=True, return_counts=True)
+    report.check("the files hold at least one subject", n > 0 and subjects.size > 0,
+                 f"{n} rows, {subjects.size} subjects")
     wps = expected_wps or int(_attr(f, "windows_per_subject", WINDOWS_PER_SUBJECT))
     wrong = [(_text(s), int(c)) for s, c in zip(subjects, counts) if c != wps]
     if checks.every_night_full or not wrong:
@@ -189,30 +192,33 @@ def check_ppg_file(f, report: Report, expected_wps: int | None, checks: Checks =
     contiguous = all(np.all(sids[first_rows[i]:first_rows[i] + counts[i]] == subjects[i])
                      for i in np.argsort(first_rows))
     report.check("each subject's windows are contiguous", bool(contiguous))
+    in_file_order = subjects[np.argsort(first_rows)]
+    if checks.sorted_ids:
+        later = [i for i in range(1, len(in_file_order)) if in_file_order[i] < in_file_order[i - 1]]
+        report.check("subjects in sorted ID order", not later,
+                     f"{_text(in_file_order[later[0]])} follows {_text(in_file_order[later[0] - 1])} "
+                     f"({len(later)} out of order)" if later else "")
+    inverse = np.unique(sids, return_inverse=True)[1].reshape(-1) if sids.shape == (n,) else None
+    if inverse is not None and labels.shape == (n,):
+        scored = np.bincount(inverse, weights=labels != IGNORE_INDEX, minlength=subjects.size)
+        unscored = [_text(s) for s, k in zip(subjects, scored) if k == 0]
+        report.check("every subject has a scored epoch", not unscored,
+                     f"{len(unscored)} subjects with every label -1 (nothing to train or test on): "
+                     f"{', '.join(unscored[:10])}" if unscored else "")
     report.check("attr total_windows", _attr(f, "total_windows") == n, f"{_attr(f, 'total_windows')} vs {n} rows")
     report.check("attr total_subjects", _attr(f, "total_subjects") == len(subjects),
                  f"{_attr(f, 'total_subjects')} vs {len(subjects)} subjects")
-    info = {"n": n, "labels": labels, "sids": sids, "subjects": subjects}
-    if not checks.signals:
+    info = {"n": n, "labels": labels, "sids": sids, "subjects": subjects, "inverse": inverse}
+    if checks.values == NONE or inverse is None or ppg.shape != (n, SAMPLES_PER_WINDOW):
         return info
-
-    nonfinite, absurd = 0, 0
-    row_has_signal = np.zeros(n, dtype=bool)
-    for rows in _blocks(n):
-        block = ppg[rows]
-        finite = np.isfinite(block)
-        nonfinite += int((~finite).sum())
-        absurd += int((np.abs(np.where(finite, block, 0)) > MAX_ABS_SIGNAL).sum())
-        row_has_signal[rows] = np.any(block != 0, axis=1) if block.ndim == 2 else block != 0
-    report.check("ppg values finite", nonfinite == 0, f"{nonfinite} NaN/inf values" if nonfinite else "")
-    report.check(f"ppg values within +/-{MAX_ABS_SIGNAL:g}", absurd == 0,
-                 f"{absurd} values beyond (corrupt: the windows are z-scored)" if absurd else "")
-    if sids.shape == (n,):
-        _, inverse = np.unique(sids, return_inverse=True)
-        with_signal = np.bincount(inverse, weights=row_has_signal, minlength=len(subjects))
-        silent = [_text(s) for s, has in zip(subjects, with_signal) if has == 0]
-        report.check("every subject has non-zero PPG", not silent,
-                     f"{len(silent)} subjects whose PPG is all zeros: {silent[:10]}" if silent else "")
+    values = _read_values(ppg, info, checks)
+    where = " (sampled rows of each night)" if checks.values == SAMPLE else ""
+    _report_values(report, "ppg", values, subjects, where)
+    silent = [_text(subjects[i]) for i in values.silent()]
+    report.check("every subject has non-zero PPG" + where, not silent,
+                 f"{len(silent)} subjects whose PPG is all zeros: {silent[:10]}" if silent else "")
+    if checks.values == SAMPLE:
+        return info
     pick = np.unique(np.linspace(0, n - 1, min(ENERGY_WINDOWS, n)).astype(int)) if n else np.zeros(0, int)
     share = high_frequency_share(ppg[pick] if pick.size else np.zeros((0, SAMPLES_PER_WINDOW)), fs)
     flag = " (WARNING: more than expected after an 8-Hz low-pass)" if share > HIGH_FREQ_WARN else ""
@@ -240,18 +246,45 @@ def check_ecg_file(f, report: Report, ppg_info: dict, checks: Checks = WRITTEN) 
     report.check("attrs windows_with/without_real_ecg",
                  _attr(f, "windows_with_real_ecg") == n_with and _attr(f, "windows_without_real_ecg") == n - n_with,
                  f"{_attr(f, 'windows_with_real_ecg')}/{_attr(f, 'windows_without_real_ecg')} vs {n_with}/{n - n_with}")
-    if not checks.signals:
+    if checks.values == NONE or ppg_info["inverse"] is None or ecg.shape != (n, SAMPLES_PER_WINDOW):
         return has
-    nonfinite, nonzero_without = 0, 0
-    if ecg.shape == (n, SAMPLES_PER_WINDOW):
-        for rows in _blocks(n):
-            block = ecg[rows]
-            nonfinite += int((~np.isfinite(block)).sum())
-            nonzero_without += int(np.any(block[~has[rows]] != 0, axis=1).sum())
-    report.check("ecg values finite", nonfinite == 0, f"{nonfinite} NaN/inf values" if nonfinite else "")
+    if checks.values == SAMPLE:
+        values = _read_values(ecg, ppg_info, checks, has)
+        _report_values(report, "ecg", values, ppg_info["subjects"], " (sampled rows of each night with ECG)")
+        return has
+    values, nonzero_without = Values(ppg_info["subjects"].size), 0
+    for rows in _blocks(n):
+        block, with_ecg = ecg[rows], has[rows]
+        values.add(block[with_ecg], ppg_info["inverse"][rows][with_ecg])
+        nonzero_without += int(np.any(block[~with_ecg] != 0, axis=1).sum())
+    _report_values(report, "ecg", values, ppg_info["subjects"], "")
     report.check("rows without real ECG are zero", nonzero_without == 0,
                  f"{nonzero_without} non-zero rows marked without ECG" if nonzero_without else "")
     return has
+
+
+def _read_values(ds, info: dict, checks: Checks, rows_mask=None) -> Values:
+    """The per-subject values of the signal dataset `ds`: every row (SCAN) or a sample of each night's."""
+    if checks.values == SAMPLE:
+        return sample_values(ds, info["inverse"], info["subjects"].size, info["labels"], rows_mask)
+    return scan_values(ds, info["inverse"], info["subjects"].size, rows_mask, BLOCK_ROWS)
+
+
+def _report_values(report: Report, key: str, values: Values, subjects: np.ndarray, where: str) -> None:
+    """The checks of the values read: finite, within +/-MAX_ABS_SIGNAL, each night z-scored (naming each
+    night that is not, and how)."""
+    for name, counts_S, what in (("finite", values.nonfinite_S, "NaN/inf values"),
+                                 (f"within +/-{MAX_ABS_SIGNAL:g}", values.absurd_S,
+                                  "values beyond (corrupt: the windows are z-scored)")):
+        bad = np.flatnonzero(counts_S)
+        report.check(f"{key} values {name}{where}", bad.size == 0,
+                     f"{int(counts_S.sum())} {what} in {bad.size} subjects: "
+                     + ", ".join(f"{_text(subjects[i])} ({counts_S[i]})" for i in bad[:5]) if bad.size else "")
+    wrong = values.not_z_scored(SAMPLES_PER_WINDOW)
+    report.check(f"{key} values z-scored in every night{where}", not wrong,
+                 f"{len(wrong)} subjects not as extraction writes them (mean within +/-{MAX_ABS_MEAN:g}, SD "
+                 f"{SD_RANGE[0]:g}..{SD_RANGE[1]:g} over the windows with signal): "
+                 + "; ".join(f"{_text(subjects[i])} {what}" for i, what in wrong[:5]) if wrong else "")
 
 
 def check_index_file(f, report: Report, ppg_info: dict, has_ecg: np.ndarray | None) -> None:

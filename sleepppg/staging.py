@@ -169,6 +169,9 @@ def night_entry(night: Night, probs_WC: np.ndarray) -> tuple[dict, dict | None]:
     if night.info.get("labels_error"):
         warnings.append(night.info["labels_error"])
     warnings += night.info.pop("labels_warnings", [])  # unknown stage values left unscored (not a key of its own)
+    if night.info.get("windows_left_out"):
+        left_out = night.info["windows_left_out"]
+        warnings.append(f"{left_out['count']} of {night.n_recorded} windows not staged: {left_out['reason']}")
     if night.truncated:
         warnings.append(f"recording longer than the model's span: only its first "
                         f"{night.n_recorded * WINDOW_SECONDS / 3600:.2f} h are staged")
@@ -224,8 +227,10 @@ def prefetch(jobs: Sequence, prepare: Callable, lookahead: int,
 def _finish_night(night: Night, probs_WC: np.ndarray, writer: OutputWriter) -> tuple:
     """(the night as a job, without its signal; its entry; its scored hypnograms; the started output writes)."""
     entry, performance = night_entry(night, probs_WC)
+    pred_W = predicted_stages(probs_WC)  # -1 on epochs not staged (a gap), which are then not compared
     scored = (None if night.labels_W is None else
-              (night.subject_id, night.labels_W[:night.n_recorded], predicted_stages(probs_WC)))
+              (night.subject_id, np.where(pred_W == IGNORE_INDEX, IGNORE_INDEX, night.labels_W[:night.n_recorded]),
+               pred_W))
     return NightJob(night.subject_id, night.source_file), entry, scored, writer.submit(night, probs_WC, performance)
 
 

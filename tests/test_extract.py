@@ -1002,3 +1002,45 @@ def test_an_unforeseen_error_costs_only_its_subject(tmp_path, monkeypatch, capsy
         ("0002", "unexpected_error", "MemoryError: Unable to allocate 4.55 PiB")]
     with h5py.File(out / ex.INDEX_FILE) as f:
         assert sorted(f["subjects"]) == ["0001"]
+
+
+def test_damaged_final_files_are_never_up_to_date(tmp_path, capsys, caplog):
+    """The manifest records each HDF5 file's size, mtime and dataset shapes: a truncated PPG file, or one
+    rewritten in place, is written again (from the kept parts, or preprocessed again) and the run says why."""
+    ids = ["0003", "0008"]
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ids, minutes=4)
+    out = tmp_path / "out"
+    assert run_cli(edf_dir, xml_dir, out, "--keep-parts") == 0
+    clean = dataset_contents(out)
+    recorded = json.loads((out / ex.MANIFEST_FILE).read_text())["outputs"]
+    assert recorded[ex.PPG_FILE]["shapes"]["ppg"] == [2 * W, 1024] and set(recorded) == {
+        ex.PPG_FILE, ex.ECG_FILE, ex.INDEX_FILE}
+    ppg = out / ex.PPG_FILE
+    ppg.write_bytes(ppg.read_bytes()[:-4096])  # truncated
+    capsys.readouterr()
+    caplog.clear()
+    assert run_cli(edf_dir, xml_dir, out, "--keep-parts") == 0
+    assert "up to date" not in capsys.readouterr().out
+    assert f"{ex.PPG_FILE} holds" in caplog.text and "extraction wrote" in caplog.text
+    assert dataset_contents(out) == clean
+    with h5py.File(ppg, "r+") as f:  # rewritten in place, same size and shapes
+        f["ppg"][0] *= 250
+    caplog.clear()
+    assert run_cli(edf_dir, xml_dir, out) == 0  # parts removed at the end of this run
+    assert f"{ex.PPG_FILE} was modified after extraction wrote it" in caplog.text
+    assert dataset_contents(out) == clean
+    capsys.readouterr()
+    assert run_cli(edf_dir, xml_dir, out) == 0
+    assert "up to date" in capsys.readouterr().out
+    # a manifest without the record (an older run): readable files of the manifest's size are up to date,
+    # unreadable ones are not, even without parts (every subject is preprocessed again)
+    manifest = json.loads((out / ex.MANIFEST_FILE).read_text())
+    del manifest["outputs"]
+    (out / ex.MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert run_cli(edf_dir, xml_dir, out) == 0
+    assert "up to date" in capsys.readouterr().out
+    (out / ex.INDEX_FILE).write_bytes(b"not hdf5")
+    caplog.clear()
+    assert run_cli(edf_dir, xml_dir, out) == 0
+    assert f"{ex.INDEX_FILE} cannot be read" in caplog.text and "(0 reused)" in capsys.readouterr().out
+    assert dataset_contents(out) == clean

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from helpers import (
@@ -270,6 +271,38 @@ def test_edf_mode_with_labels_scores_matched_nights(tmp_path, checkpoint, caplog
     assert result["metrics"]["pooled"]["kappa"] == pytest.approx(cohen_kappa_score(all_true, all_pred,
                                                                                    labels=[0, 1, 2, 3]))
     assert "2 of 4 staged night(s) compared with their labels; 2 without labels: 0003, 0004" in caplog.text
+
+
+def test_hdf5_night_with_a_nan_sample_is_staged_where_valid(tmp_path, checkpoint, monkeypatch):
+    """One NaN sample in a test night of the processed file: that window is not staged (a gap, "Gap" in the
+    CSV), the rest of the night is, the night's warnings say how many windows were left out and why, and
+    accuracy/kappa are over the staged, scored epochs."""
+    from sklearn.metrics import accuracy_score
+
+    files = write_processed(tmp_path / "mesa-x", n_subjects=3, windows_per_subject=N_WIN, n_test=1)
+    sid = files["subjects"][0]  # the one test subject
+    with h5py.File(files["ppg"], "r+") as f:
+        start = int(np.flatnonzero(f["subject_ids"][()] == sid.encode())[0])
+        labels_W = f["labels"][start:start + N_WIN]
+        bad = int(np.flatnonzero(labels_W != -1)[5])  # a scored epoch
+        f["ppg"][start + bad, 100] = np.nan
+    overrides = {"data.ppg_file": files["ppg"], "data.ecg_file": files["ecg"], "data.index_file": files["index"],
+                 "data.windows_per_subject": N_WIN, "inference.best_model": str(checkpoint),
+                 "inference.only_inference": False, "inference.save_graph": False}
+    monkeypatch.setattr(inf, "write_validation", lambda run, record: None)  # the study has tests of its own
+    code, result, run_dir = run(make_config(tmp_path, **overrides), tmp_path / "out", "--n-subjects", "1")
+    assert code == 0 and result["n_nights_failed"] == 0
+    night = result["nights"][0]
+    n_staged = night["n_epochs_staged"]
+    assert night["gap_epochs"] == [bad] and night["windows_left_out"]["count"] == 1
+    assert f"1 of {n_staged} windows not staged: NaN/inf PPG values in the processed file" in night["warnings"]
+    _, rows = read_csv(run_dir / "csv" / sid / f"{sid}.csv")
+    assert rows[bad][3] == "Gap" and sum(r[3] == "Gap" for r in rows) == 1  # every other epoch staged
+    scored = [r for r in rows if r[4] != "" and r[3] != "Gap"]
+    assert night["performance"]["n_epochs_compared"] == len(scored) == int((labels_W[:n_staged] != -1).sum()) - 1
+    assert night["performance"]["accuracy"] == pytest.approx(
+        accuracy_score([int(r[4]) for r in scored], [int(r[2]) for r in scored]))
+    assert result["metrics"]["pooled"]["n_epochs"] == len(scored)
 
 
 def test_labels_flag_is_refused_in_hdf5_mode(tmp_path, checkpoint, caplog):

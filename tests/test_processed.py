@@ -44,7 +44,7 @@ def test_require_valid_returns_the_report_or_one_error(tmp_path):
     paths = write_processed(tmp_path, n_subjects=4, windows_per_subject=W, n_test=1, short_subjects=("9000",))
     report = require_valid(paths["ppg"], paths["ecg"], paths["index"], W)  # a short night is left out, not wrong
     assert any("1 of 4 subjects have other than 40 windows and are not used" in line for line in report.lines)
-    assert not any("ppg values finite" in line for line in report.lines)  # READABLE: no scan of the values
+    assert "[PASS] ppg values z-scored in every night (sampled rows of each night)" in report.lines  # READABLE
     with pytest.raises(ProcessedFilesError, match=r"40 windows per subject \(4 subjects; wrong counts"):
         require_valid(paths["ppg"], paths["ecg"], paths["index"], W, processed.WRITTEN)
     assert not require_valid(paths["ppg"], None, paths["index"], W).failed  # PPG-only: no ECG checks
@@ -107,3 +107,67 @@ def test_reference_dtypes_pass_for_a_reader_not_for_the_extractor_check(tmp_path
         f["labels"][3] = 0.5
     with pytest.raises(ProcessedFilesError, match="labels are integers"):
         require_valid(paths["ppg"], None, paths["index"], W)
+
+
+def test_values_per_night_agree_with_numpy(tmp_path):
+    """The blockwise per-subject statistics equal numpy's over each night's rows with signal, and a sample of
+    scored rows lands near them."""
+    from sleepppg.processed_values import sample_values, scan_values
+
+    paths = write_processed(tmp_path, n_subjects=4, windows_per_subject=W, n_test=1)
+    with h5py.File(paths["ppg"], "r") as f:
+        ppg, labels, sids = f["ppg"][()], f["labels"][()], f["subject_ids"][()]
+        subjects, inverse = np.unique(sids, return_inverse=True)
+        scanned = scan_values(f["ppg"], inverse, subjects.size, block=7)  # blocks that straddle nights
+        sampled = sample_values(f["ppg"], inverse, subjects.size, labels, per_subject=8)
+    for i in range(subjects.size):
+        night = ppg[inverse == i]
+        with_signal = night[np.any(night != 0, axis=1)]
+        n = with_signal.size
+        assert scanned.rows_with_signal[i] == len(with_signal)
+        np.testing.assert_allclose(scanned.sum_S[i] / n, with_signal.mean(dtype=np.float64), atol=1e-9)
+        np.testing.assert_allclose(scanned.sumsq_S[i] / n, (with_signal.astype(np.float64) ** 2).mean())
+        assert sampled.rows_with_signal[i] == 8
+        np.testing.assert_allclose(np.sqrt(sampled.sumsq_S[i] / (8 * SAMPLES_PER_WINDOW)), with_signal.std(),
+                                   rtol=0.1)
+    assert scanned.not_z_scored(SAMPLES_PER_WINDOW) == sampled.not_z_scored(SAMPLES_PER_WINDOW) == []
+
+
+@pytest.mark.parametrize("damage, detail", [
+    (lambda night: night * 250, r"ppg values z-scored in every night \(sampled rows of each night\) \(1 subjects "
+                                r"not as extraction writes them .*: {sid} mean \S+, SD \d\d\d\)"),
+    (lambda night: np.full_like(night, -1.5), r"{sid} constant \(SD 0, every value -1.5\)"),
+    (lambda night: np.zeros_like(night), r"every subject has non-zero PPG \(sampled rows of each night\) \(1 "
+                                         r"subjects whose PPG is all zeros: \['{sid}'\]\)"),
+    (lambda night: night + 3, r"{sid} mean 3\.\d+, SD 0\.\d+"),
+])
+def test_a_reader_is_refused_nights_extraction_cannot_write(tmp_path, damage, detail):
+    """require_valid (training's pre-flight) reads a sample of each night's rows and refuses a rescaled,
+    constant, all-zero or offset night, naming the subject."""
+    paths = write_processed(tmp_path, n_subjects=4, windows_per_subject=W, n_test=1)
+    sid = paths["subjects"][2]
+    with h5py.File(paths["ppg"], "r+") as f:
+        rows = slice(2 * W, 3 * W)
+        f["ppg"][rows] = damage(f["ppg"][rows])
+    with pytest.raises(ProcessedFilesError, match=detail.format(sid=sid)) as info:
+        require_valid(paths["ppg"], None, paths["index"], W)
+    assert len(info.value.report.failed) == 1
+
+
+def test_a_night_without_signal_where_sampled_is_read_in_full(tmp_path):
+    """A night whose sampled (scored) rows are zero but which holds signal elsewhere is not called all-zero:
+    its other rows are read."""
+    from sleepppg.processed_values import sample_values
+
+    paths = write_processed(tmp_path, n_subjects=2, windows_per_subject=W, n_test=1)
+    with h5py.File(paths["ppg"], "r+") as f:
+        labels, sids = f["labels"][()], f["subject_ids"][()]
+        first = slice(0, W)
+        scored = np.flatnonzero(labels[first] != -1)
+        f["ppg"][scored] = np.zeros((scored.size, SAMPLES_PER_WINDOW), np.float32)  # scored rows silent
+        f["ppg"][W - 1] = np.linspace(-1, 1, SAMPLES_PER_WINDOW)  # one unscored row with signal
+        labels[W - 1] = -1
+        f["labels"][...] = labels
+        inverse = np.unique(sids, return_inverse=True)[1]
+        values = sample_values(f["ppg"], inverse, 2, labels)
+    assert values.silent().tolist() == [] and values.rows_with_signal[0] == 1

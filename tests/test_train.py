@@ -592,8 +592,9 @@ def test_ddp_nan_night_on_one_rank_stops_both_ranks(data, tmp_path):
 
     sid, row = first_train_subject(data)
     bad = copy_data(data, tmp_path / "nan")
-    with h5py.File(bad["ppg"], "r+") as f:
-        f["ppg"][row + 2, 10] = np.nan
+    with h5py.File(bad["ppg"], "r+") as f:  # in an unscored window, which the pre-flight sample leaves out
+        f["ppg"][row + W - 1, 10] = np.nan
+        f["labels"][row + W - 1] = -1
     cfg = write_config(tmp_path / "cfg.yaml", bad, tmp_path / "out", num_epochs=1)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -645,7 +646,13 @@ def test_bad_data_stops_naming_the_subject(data, tmp_path, caplog):
     cases = {  # what is broken -> what the one error line must say
         "label": (lambda f: f["labels"].__setitem__(row + 3, 7), f"subject {sid}: label 7"),
         "ids": (lambda f: f["subject_ids"].__setitem__(row + 5, b"9999"), f"subject {sid}: the index puts it at rows"),
-        "nan": (lambda f: f["ppg"].__setitem__((row + 2, 10), np.nan), f"subject {sid}: NaN or infinite PPG"),
+        # in an unscored window, which the pre-flight sample of scored rows leaves out: found in the step
+        "nan": (lambda f: (f["ppg"].__setitem__((row + W - 1, 10), np.nan), f["labels"].__setitem__(row + W - 1, -1)),
+                f"subject {sid}: NaN or infinite PPG"),
+        "x250": (lambda f: f["ppg"].__setitem__(slice(row, row + W), f["ppg"][row:row + W] * 250),
+                 f"over the windows with signal): {sid} mean"),
+        "zero": (lambda f: f["ppg"].__setitem__(slice(row, row + W), np.zeros((W, 1024), np.float32)),
+                 f"whose PPG is all zeros: ['{sid}']"),
     }
     for name, (corrupt, message) in cases.items():
         bad = copy_data(data, tmp_path / name)

@@ -2,13 +2,15 @@
 naming the check, on each kind of corruption."""
 from __future__ import annotations
 
+import re
+
 import h5py
 import numpy as np
 import pytest
 from helpers import W, make_cohort, run_cli, write_processed
 
 import verify_mesa_outputs as vo
-from sleepppg.processed import high_frequency_share
+from sleepppg.processed_values import high_frequency_share
 
 
 def test_passes_on_extractor_output(tmp_path, capsys):
@@ -213,3 +215,82 @@ def test_ctrl_c_exits_130(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(vo, "verify", interrupted)
     assert vo.main(["--base", str(tmp_path)]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+def _rows_of(paths, i):
+    return slice(i * W, (i + 1) * W)
+
+
+def _scaled_night(paths):
+    with h5py.File(paths["ppg"], "r+") as f:
+        f["ppg"][_rows_of(paths, 1)] = f["ppg"][_rows_of(paths, 1)] * 250
+
+
+def _constant_night(paths):
+    with h5py.File(paths["ppg"], "r+") as f:
+        f["ppg"][_rows_of(paths, 1)] = 0.7
+
+
+def _scaled_ecg(paths):
+    with h5py.File(paths["ecg"], "r+") as f:
+        f["ecg"][_rows_of(paths, 1)] = f["ecg"][_rows_of(paths, 1)] * 250
+
+
+def _unscored_night(paths):
+    for key in ("ppg", "ecg"):
+        with h5py.File(paths[key], "r+") as f:
+            f["labels"][_rows_of(paths, 1)] = -1
+
+
+def _subjects_descending(paths):
+    """The same nights, in descending ID order; the index follows them (readers can still read it)."""
+    order = list(range(len(paths["subjects"])))[::-1]
+    for key, names in (("ppg", ("ppg", "labels", "subject_ids")), ("ecg", ("ecg", "labels", "subject_ids"))):
+        with h5py.File(paths[key], "r+") as f:
+            for name in names:
+                data = f[name][()]
+                f[name][...] = np.concatenate([data[_rows_of(paths, i)] for i in order])
+    with h5py.File(paths["index"], "r+") as f:
+        for new, old in enumerate(order):
+            g = f["subjects"][paths["subjects"][old]]
+            del g["window_indices"]
+            g["window_indices"] = np.arange(new * W, (new + 1) * W)
+
+
+def _empty(paths):
+    for key, signal in (("ppg", "ppg"), ("ecg", "ecg")):
+        with h5py.File(paths[key], "r+") as f:
+            for name in list(f):
+                data = f[name][()]
+                del f[name]
+                f[name] = data[:0]
+            f.attrs["total_windows"] = f.attrs["total_subjects"] = 0
+            if key == "ecg":
+                f.attrs["windows_with_real_ecg"] = f.attrs["windows_without_real_ecg"] = 0
+    with h5py.File(paths["index"], "r+") as f:
+        del f["subjects"]
+        f.create_group("subjects")
+        f.attrs["total_windows"] = f.attrs["total_subjects"] = 0
+
+
+@pytest.mark.parametrize("corrupt, failed_check, detail", [
+    (_scaled_night, "ppg values z-scored in every night", r"1 subjects not as extraction writes them .*: {s[1]} "
+                                                          r"mean \S+, SD \d\d\d$"),
+    (_constant_night, "ppg values z-scored in every night", r"{s[1]} constant \(SD 0, every value 0.7\)"),
+    (_scaled_ecg, "ecg values z-scored in every night", r"{s[1]} mean \S+, SD \d\d\d$"),
+    (_nan_ppg, "ppg values finite", r"1 NaN/inf values in 1 subjects: {s[0]} \(1\)"),
+    (_unscored_night, "every subject has a scored epoch", r"1 subjects with every label -1 .*: {s[1]}$"),
+    (_subjects_descending, "subjects in sorted ID order", r"{s[3]} follows {s[4]} \(4 out of order\)"),
+    (_empty, "the files hold at least one subject", r"0 rows, 0 subjects"),
+])
+def test_data_that_looks_valid_but_lies_fails_naming_the_subject(tmp_path, capsys, corrupt, failed_check, detail):
+    """Values extraction cannot write (rescaled, constant), nights with nothing scored, subjects out of order
+    and empty files: the FAIL line names the check, the subject and what is wrong."""
+    paths = write_processed(tmp_path, n_subjects=5, windows_per_subject=W, n_test=2)
+    corrupt(paths)
+    capsys.readouterr()
+    assert vo.main(["--base", str(tmp_path), "--windows-per-subject", str(W)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    fail = next(line for line in lines if line.startswith(f"[FAIL] {failed_check}"))
+    pattern = detail.format(s=paths["subjects"])
+    assert re.search(pattern, fail), fail
