@@ -88,7 +88,7 @@ def test_edf_folder_channel_variants_rates_and_broken_files(tmp_path, checkpoint
         header, rows = read_csv(run_dir / "csv" / sid / f"{sid}.csv")
         assert header == list(CSV_COLUMNS) and len(rows) == N_WIN
         assert all(r[4] == r[5] == r[6] == "" for r in rows)
-        assert np.allclose([sum(float(v) for v in r[7:]) for r in rows], 1.0, atol=1e-5)
+        assert np.allclose([sum(float(v) for v in r[7:11]) for r in rows], 1.0, atol=1e-5)
         assert_png(run_dir / "graph" / sid / f"{sid}.png")
         assert not (run_dir / "graph" / sid / f"{sid}_with_label.png").exists()
         assert item["sleep_report"]["time_in_bed_min"] == N_WIN / 2
