@@ -4,7 +4,7 @@ night is still staged).
 - Flat and clipped shares (`ppg_quality`): samples where the signal does not move, and samples at the
   +/-3 SD clip of preprocessing.
 - Pulse (`epoch_pulse`): whether each 30-s epoch holds a pulse wave, i.e. whether the signal is a PPG at all.
-  A PPG's power lies in the cardiac fundamental (30-200 bpm) and its first harmonic; white noise has no
+  A PPG's power lies in the cardiac fundamental (30-200 bpm) and its second harmonic; white noise has no
   periodicity; an ECG (an `EKG` or `II` channel taken for the PPG) repeats with the heart beat too, but its
   narrow QRS spikes spread the power over many harmonics up to the 8-Hz low-pass of preprocessing.
 """
@@ -49,7 +49,7 @@ class EpochPulse:
 
     @property
     def pulse_W(self) -> np.ndarray:
-        """A pulse: the epoch repeats at 30-200 bpm and its power lies in the fundamental and first harmonic."""
+        """A pulse: the epoch repeats at 30-200 bpm and its power lies in the fundamental and second harmonic."""
         return (self.periodicity_W >= MIN_PERIODICITY) & (self.harmonic_share_W <= MAX_HARMONIC_SHARE)
 
     @property
@@ -60,7 +60,7 @@ class EpochPulse:
 
 def epoch_pulse(ppg_WS: np.ndarray) -> EpochPulse:
     """Pulse measures of each window of a preprocessed PPG (34.13 Hz, any scale: every measure is normalised per
-    window), vectorised over windows: a 1,200-window night takes ~0.1 s.
+    window), vectorised over windows: a 1,200-window night takes ~0.03 s.
 
     Each window's mean is removed; its power spectrum (zero-padded to twice its length, so the autocorrelation
     does not wrap around) is kept over PULSE_BAND_HZ; the inverse transform is the window's autocorrelation in
@@ -115,7 +115,7 @@ def ppg_quality(ppg_WS: np.ndarray, n_recorded: int, gap_epochs: Sequence[int] =
     - clipped_share: share of the samples at the night's extreme values: extraction clips the PPG at
       mean +/- 3 SD before z-scoring, so a night with long excursions (saturated bursts) piles samples there;
       a clean night has a handful.
-    - pulse_share: share of the epochs with a pulse (`EpochPulse.pulse_W`).
+    - pulse_share: share of the epochs with a pulse (`EpochPulse.pulse_W`); None without a recorded epoch.
     - ecg_like_share: share of the epochs that repeat with narrow peaks, as an ECG does (`EpochPulse.ecg_like_W`).
     - pulse_rate_bpm: median pulse rate over the epochs with a pulse, beats per minute (None: no such epoch).
 
@@ -125,12 +125,13 @@ def ppg_quality(ppg_WS: np.ndarray, n_recorded: int, gap_epochs: Sequence[int] =
         gap_epochs: windows inside a gap of the recording.
         pulse: `epoch_pulse` of ppg_WS[:n_recorded] when the caller has it (else it is computed).
     Returns:
-        {"flat_share", "clipped_share", "pulse_share", "ecg_like_share": floats in 0..1, "pulse_rate_bpm"}.
+        {"flat_share", "clipped_share", "pulse_share", "ecg_like_share": floats in 0..1 (the last two None
+        without a recorded epoch), "pulse_rate_bpm"}.
     """
     keep = np.ones(n_recorded, dtype=bool)
     keep[[e for e in gap_epochs if 0 <= e < n_recorded]] = False
-    if not keep.any():
-        return {"flat_share": 0.0, "clipped_share": 0.0, "pulse_share": 0.0, "ecg_like_share": 0.0,
+    if not keep.any():  # nothing recorded outside gaps: no epoch to judge
+        return {"flat_share": 0.0, "clipped_share": 0.0, "pulse_share": None, "ecg_like_share": None,
                 "pulse_rate_bpm": None}
     kept_WS = np.asarray(ppg_WS[:n_recorded][keep], dtype=np.float32)
     pulse = epoch_pulse(ppg_WS[:n_recorded]) if pulse is None else pulse
@@ -160,7 +161,7 @@ def pulse_warning(quality: dict) -> str | None:
     flat share and the rest (epochs with no periodic wave at all: noise). None when enough epochs show a
     pulse."""
     share = quality["pulse_share"]
-    if share >= MIN_PULSE_SHARE:
+    if share is None or share >= MIN_PULSE_SHARE:
         return None
     ecg, flat = quality["ecg_like_share"], quality["flat_share"]
     noise = max(0.0, 1.0 - share - ecg - flat)

@@ -13,6 +13,7 @@ from helpers import (
     interrupted_on_call,
     npy_data_offset,
     read_csv,
+    synthetic_night,
     write_edf,
     write_processed,
     write_tiny_checkpoint,
@@ -545,3 +546,29 @@ def test_read_night_names_the_file_and_rows(tmp_path):
         assert night["ppg"][0, 0] == SAMPLES_PER_WINDOW and night["labels"].tolist() == [1, 2, 3]
         with pytest.raises(ValueError, match=r"p\.h5: rows 3\.\.5 asked for, but 'ppg' has 5 rows"):
             mda.read_night({"ppg": f}, 3, 3)
+
+
+def test_every_night_gets_a_pulse_figure_and_a_warning_where_it_is_no_ppg(tmp_path, checkpoint, capsys):
+    """--ppg nights as a user may hand them over: the synthetic cohort's Pleth, and its EKG (a column or label
+    that picks the ECG): result.json's signal_quality and warnings, and the CSV's pulse column. (White noise
+    and damaged traces: tests/test_quality.py.)"""
+    ppg, ecg, heart_rate = synthetic_night(20)
+    nights = tmp_path / "nights"
+    nights.mkdir()
+    np.save(nights / "pleth.npy", ppg)
+    np.save(nights / "ekg.npy", ecg)
+    cfg = make_config(tmp_path, **{"inference.best_model": str(checkpoint), "inference.save_graph": False})
+    code, result, run_dir = run(cfg, tmp_path / "out", "--ppg", str(nights), "--fs", "256")
+    assert code == 0 and result["n_nights_staged"] == 2
+    by_id = {n["subject_id"]: n for n in result["nights"]}
+    pleth, ekg = by_id["pleth"]["signal_quality"], by_id["ekg"]["signal_quality"]
+    assert pleth["pulse_share"] >= 0.85 and pleth["pulse_rate_bpm"] == pytest.approx(heart_rate, abs=2)
+    assert by_id["pleth"]["warnings"] == []
+    assert ekg["pulse_share"] <= 0.1 and ekg["ecg_like_share"] >= 0.5 and ekg["pulse_rate_bpm"] is None
+    assert len(by_id["ekg"]["warnings"]) == 1
+    assert "does not look like a PPG" in by_id["ekg"]["warnings"][0] and "ECG" in by_id["ekg"]["warnings"][0]
+    assert "does not look like a PPG" in capsys.readouterr().out  # on the console too
+    for sid, quality in (("pleth", pleth), ("ekg", ekg)):
+        header, rows = read_csv(run_dir / "csv" / sid / f"{sid}.csv")
+        assert header == list(CSV_COLUMNS) and header[-1] == "pulse" and len(rows) == N_WIN
+        assert np.mean([int(r[-1]) for r in rows]) == pytest.approx(quality["pulse_share"])

@@ -3,11 +3,11 @@
 damaged traces, each preprocessed as extraction does."""
 from __future__ import annotations
 
-import functools
 import time
 
 import numpy as np
 import pytest
+from helpers import synthetic_night
 
 from sleepppg.constants import SAMPLES_PER_WINDOW, TARGET_FS
 from sleepppg.preprocessing import preprocess_ppg, to_windows
@@ -24,7 +24,7 @@ from sleepppg.quality import (
     quality_warnings,
 )
 
-FS = 256  # Hz, the synthetic cohort's Pleth and EKG
+FS = 256  # Hz, synthetic_night's Pleth and EKG
 
 
 def _quality_slow(x: np.ndarray, step_sd: float, run_samples: float) -> float:
@@ -66,22 +66,6 @@ def _pulse_slow(x: np.ndarray) -> tuple[float, float, float]:
     return max(best, 0.0), float(power[freq > 2.5 * rate / 60].sum() / power.sum()), rate
 
 
-@functools.lru_cache(maxsize=1)
-def synthetic_night(minutes: int = 40) -> tuple[np.ndarray, np.ndarray, float]:
-    """(Pleth, EKG, median heart rate in bpm) of one synthetic subject (sleepppg.synthetic), at 256 Hz."""
-    from sleepppg.synthetic.hypnogram import simulate_states
-    from sleepppg.synthetic.physiology import simulate_physiology
-    from sleepppg.synthetic.signals import subject_rng
-    from sleepppg.synthetic.waveforms import FS_RESP, movement_artefact, synth_ecg, synth_ppg
-
-    rng = subject_rng(7, "0042")
-    phys = simulate_physiology(rng, simulate_states(rng, minutes * 2))
-    artefact = movement_artefact(rng, phys["movements"], minutes * 60, FS_RESP)
-    ecg = synth_ecg(subject_rng(7, "0042", 3), phys, minutes * 60, artefact)
-    ppg = synth_ppg(rng, phys, minutes * 60, FS, artefact)
-    return ppg, ecg, 60 / float(np.median(np.diff(phys["beats"])))
-
-
 def preprocessed(raw: np.ndarray) -> np.ndarray:
     """Raw 256-Hz signal -> extraction's windows (every window recorded)."""
     z = preprocess_ppg(raw, FS)
@@ -100,8 +84,9 @@ def test_ppg_quality_matches_a_slow_count():
     assert q["flat_share"] == pytest.approx(expected) and q["flat_share"] == pytest.approx(500 / x.size)
     assert q["clipped_share"] == pytest.approx(2 / x.size)  # one max and one min sample
     assert quality_warnings(q) == [pulse_warning(q)]  # white noise: no pulse, nothing flat or clipped
-    assert ppg_quality(windows, 0) == {"flat_share": 0.0, "clipped_share": 0.0, "pulse_share": 0.0,
-                                       "ecg_like_share": 0.0, "pulse_rate_bpm": None}
+    nothing = ppg_quality(windows, 0)  # no recorded epoch: nothing to judge, nothing to warn about
+    assert nothing == {"flat_share": 0.0, "clipped_share": 0.0, "pulse_share": None, "ecg_like_share": None,
+                       "pulse_rate_bpm": None} and quality_warnings(nothing) == []
     clipped = np.clip(x, -1.0, 1.0)  # ~32% of the samples at the clip
     assert quality_warnings(ppg_quality(clipped.reshape(6, -1), 6))[0].endswith("excursions)")
     # a gap in the recording (zero-filled epochs, not staged) is no flat signal
@@ -135,9 +120,13 @@ def test_epoch_pulse_matches_a_slow_version_and_known_rates():
 
 def test_a_full_night_is_measured_in_well_under_a_second():
     night = np.random.default_rng(0).standard_normal((1200, SAMPLES_PER_WINDOW)).astype(np.float32)
-    t0 = time.perf_counter()
-    ppg_quality(night, 1200)
-    assert time.perf_counter() - t0 < 0.5
+    ppg_quality(night[:2], 2)  # imports and FFT plans
+    seconds = []
+    for _ in range(3):  # the best of three: a busy test machine slows one call, not the measure
+        t0 = time.perf_counter()
+        ppg_quality(night, 1200)
+        seconds.append(time.perf_counter() - t0)
+    assert min(seconds) < 0.5  # ~0.03 s on one core
 
 
 def test_synthetic_ppg_has_a_pulse_in_nearly_every_epoch():
