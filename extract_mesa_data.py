@@ -19,7 +19,8 @@ subject-ID order:
   real_ecg_indices;
 - mesa_subject_index.h5: subjects/<id>/window_indices with attrs n_windows, has_ecg, n_recorded_windows;
 - data_stats.npy/.txt, failed_subjects.json (id, file, kind, reason per skipped subject),
-  subject_warnings.json (id, file, warning per kept subject that looks suspicious), extract_manifest.json
+  subject_warnings.json (id, file, warning per kept subject that looks suspicious), subject_quality.json (id,
+  file and the signal-quality figures of sleepppg.quality per kept subject), extract_manifest.json
   (settings, sources, subjects, and each HDF5 file's size, mtime and dataset shapes: says whether a rerun is up
   to date; a truncated or rewritten HDF5 file is written again), logs/processing.log.
 
@@ -38,8 +39,9 @@ foresaw ('unexpected_error'), or whose worker process is killed, also when it ru
 out-of-memory killer: 'worker_killed', the reason naming the signal); the other subjects go on. Suspicious but
 usable data (a PPG at its digital limits for over 5% of the night, stages ending over 30 min before or after the
 EDF, a record count that disagrees with the file size, bytes after the last record, two channels with the same
-label, an unusable ECG) is kept and listed in subject_warnings.json. A damaged part file from an earlier run is
-detected (each array's CRC-32 and shape) and rebuilt.
+label, an unusable ECG, a PPG flat or clipped beyond sleepppg.quality's limits, a signal that does not look like a
+PPG: a pulse in under half of its epochs, the likely cause named) is kept and listed in subject_warnings.json. A
+damaged part file from an earlier run is detected (each array's CRC-32 and shape) and rebuilt.
 
 Exit status: 0 every subject done; 1 some subjects failed; 2 bad setup (a missing or unreadable folder, an
 output folder that is a file or not writable, no subjects, a bad config) or a full disk (one line saying how
@@ -96,6 +98,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "config_cloud.yam
 FAILED_FILE = "failed_subjects.json"
 MANIFEST_FILE = "extract_manifest.json"
 WARNINGS_FILE = "subject_warnings.json"  # subjects kept despite something suspicious (id, file, warning)
+QUALITY_FILE = "subject_quality.json"  # every kept subject's PPG signal quality (id, file, sleepppg.quality figures)
 
 
 def resolve_settings(args: argparse.Namespace) -> dict:
@@ -214,18 +217,18 @@ def read_manifest(path: Path) -> dict | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def collect(results: list[dict], reused: dict[str, list[str]], failed: list[dict], all_subjects: dict
-            ) -> tuple[list[str], list[dict], list[dict]]:
+def collect(results: list[dict], reused: dict[str, dict], failed: list[dict], all_subjects: dict
+            ) -> tuple[list[str], list[dict], list[dict], list[dict]]:
     """(IDs done, sorted; failures, by ID, in failed_subjects.json's form; warnings, in
-    subject_warnings.json's form) from this run's results, the reused parts' warnings and the failures known
-    before processing. Each new failure is logged."""
-    warnings = dict(reused)
+    subject_warnings.json's form; signal quality, in subject_quality.json's form) from this run's results, the
+    reused parts' records and the failures known before processing. Each new failure is logged."""
+    records = dict(reused)
     ok = sorted(reused)
     failed = list(failed)
     for result in results:
         if result["ok"]:
             ok.append(result["id"])
-            warnings[result["id"]] = result["warnings"]
+            records[result["id"]] = result
         else:
             log.warning("subject %s skipped (%s): %s", result["id"], result["kind"], one_line(result["reason"]))
             failed.append({"id": result["id"], "file": result["file"], "kind": result["kind"],
@@ -233,8 +236,9 @@ def collect(results: list[dict], reused: dict[str, list[str]], failed: list[dict
     ok.sort()
     failed.sort(key=lambda item: item["id"])
     warning_list = [{"id": sid, "file": str(all_subjects[sid][0]), "warning": text}
-                    for sid in ok for text in warnings.get(sid, [])]
-    return ok, failed, warning_list
+                    for sid in ok for text in records[sid]["warnings"]]
+    quality_list = [{"id": sid, "file": str(all_subjects[sid][0]), **records[sid]["signal_quality"]} for sid in ok]
+    return ok, failed, warning_list, quality_list
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -309,10 +313,11 @@ def run(args: argparse.Namespace) -> int:
         n_ok_max = len(jobs) + len(reused)
         with naming_a_full_disk(parts_dir, bytes_needed(len(jobs), n_ok_max, n_windows)):
             results = run_subjects(jobs, settings["workers"])
-        ok, failed, warning_list = collect(results, reused, failed, all_subjects)
+        ok, failed, warning_list, quality_list = collect(results, reused, failed, all_subjects)
         with naming_a_full_disk(out_dir / FAILED_FILE, bytes_needed(0, len(ok), n_windows)):
             write_text_atomic(out_dir / FAILED_FILE, json.dumps(failed, indent=2) + "\n")
             write_text_atomic(out_dir / WARNINGS_FILE, json.dumps(warning_list, indent=2) + "\n")
+            write_text_atomic(out_dir / QUALITY_FILE, json.dumps(quality_list, indent=2) + "\n")
         if not ok:
             log.error("no subject could be processed; no HDF5 written (any HDF5 files in %s are from an earlier "
                       "run)", out_dir)

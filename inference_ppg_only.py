@@ -55,15 +55,16 @@ Outputs under `<inference.save_dir or --out>/<run_id>/` (run_id = start time, YY
   staging / writing outputs, kind, reason), `n_nights_staged`, `n_nights_failed`, `interrupted`, and in HDF5
   mode `metrics` (per-subject mean/std and pooled). A night's entry: subject_id, source_file, n_epochs_staged,
   hours_staged, truncated, (EDF) cache_dir, cache_used, ppg_channel, ppg_fs, recording_hours, (HDF5) start_row;
-  signal_quality (flat_share, clipped_share: see sleepppg.quality), warnings (texts, also logged and printed);
-  outputs (csv, hypnogram, hypnogram_with_labels: paths or None); sleep_report of the predicted stages (yasa's
-  sleep statistics: sleepppg.report); with labels also performance (accuracy, kappa, n_epochs_compared = scored
-  epochs the prediction is compared with), sleep_report_scored and sleep_report_difference (predicted - scored),
-  both reports over the same epochs.
+  signal_quality (flat_share, clipped_share, pulse_share, ecg_like_share, pulse_rate_bpm: see sleepppg.quality),
+  warnings (texts, also logged and printed); outputs (csv, hypnogram, hypnogram_with_labels: paths or None);
+  sleep_report of the predicted stages (yasa's sleep statistics: sleepppg.report); with labels also performance
+  (accuracy, kappa, n_epochs_compared = scored epochs the prediction is compared with), sleep_report_scored and
+  sleep_report_difference (predicted - scored), both reports over the same epochs.
 - `csv/<id>/<id>.csv`: one row per staged epoch, columns
-  epoch,time_hours,pred_idx,pred_name,true_idx,true_name,mismatch,p_wake,p_light,p_deep,p_rem
-  (time_hours = epoch start from the recording start; p_* = softmax of the logits, summing to 1;
-  true_*/mismatch empty where there is no label: unscored epochs, or in EDF / PPG mode a night without labels).
+  epoch,time_hours,pred_idx,pred_name,true_idx,true_name,mismatch,p_wake,p_light,p_deep,p_rem,pulse
+  (time_hours = epoch start from the recording start; p_* = softmax of the logits, summing to 1; pulse = 1
+  where the epoch shows a pulse wave, 0 where not, empty in a gap; true_*/mismatch empty where there is no
+  label: unscored epochs, or in EDF / PPG mode a night without labels).
 - `graph/<id>/<id>.png`: predicted hypnogram; with labels also `<id>_with_label.png` (scored vs predicted,
   disagreeing epochs shaded orange, REM in red, a legend; accuracy and kappa in the title).
 - `inference.log`.
@@ -80,9 +81,10 @@ other nights are staged and written; the exit status is then 1.
 A damaged cache (unreadable or truncated meta.json or .npy, wrong shape or dtype, bytes that do not match
 the sha256 in meta.json) is rebuilt with a log line; a cache that cannot be written is skipped with a warning.
 A night whose PPG is flat (saturated at the sensor's limit, sensor off, dropout markers) over more than
-20% of its length, or clipped over more than 2% (limits in sleepppg.quality), is staged with a warning in its
-entry. A checkpoint that is missing, not a checkpoint, of another model kind or with NaN/Inf weights stops the
-run before anything is written (one line, exit status 2).
+10% of its length, clipped over more than 2%, or that does not look like a PPG (a pulse in under half of its
+epochs: an ECG channel, noise, a flat trace; limits in sleepppg.quality) is staged with a warning in its
+entry naming the likely cause. A checkpoint that is missing, not a checkpoint, of another model kind or with
+NaN/Inf weights stops the run before anything is written (one line, exit status 2).
 
 Sleep report (sleepppg.report, where its statistics are defined), per night, over the staged epochs
 counted from the start of the recording (taken as lights-off): time in bed, total sleep time, sleep

@@ -9,8 +9,10 @@ the per-subject job inside its error boundary (the part files are then assembled
   boundary: any exception becomes a failed result with a kind and a reason, as does a worker killed by a
   signal (`worker_died`); only a full disk stops the run. `run_subjects` runs the jobs.
 
-A result is dict(id, ok, kind, reason, file, warnings, seconds[, has_ecg, n_recorded_windows]); a failure in
-failed_subjects.json is dict(id, file, kind, reason).
+A result is dict(id, ok, kind, reason, file, warnings, seconds[, has_ecg, n_recorded_windows, signal_quality]);
+a failure in failed_subjects.json is dict(id, file, kind, reason). signal_quality is sleepppg.quality's figures
+of the subject's preprocessed PPG (flat and clipped shares, share of epochs with a pulse...); the figures beyond
+their limits are among the subject's warnings.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from sleepppg.ids import clash_reason, id_clashes
 from sleepppg.parts import PARTS_DIR, BadPartError, part_path, read_part, read_part_meta, write_part
 from sleepppg.paths import is_disk_full
 from sleepppg.preprocessing import input_signature, preprocess_recording, preprocessing_settings
+from sleepppg.quality import ppg_quality, quality_warnings
 
 log = logging.getLogger("sleepppg.extraction")
 
@@ -98,8 +101,9 @@ def part_settings(settings: dict) -> dict:
 def plan(wanted: list[str], all_subjects: dict, problems: dict, settings: dict,
          overwrite: bool) -> tuple[list[dict], dict[str, list[str]], list[dict]]:
     """Split the wanted IDs into jobs to run, IDs whose part file from an earlier run still holds (same
-    settings, same source files, every array intact: {id: its warnings}), and failures known before reading
-    anything (missing partner, duplicate files, IDs that clash). A damaged part is logged and rebuilt."""
+    settings, same source files, every array intact: {id: {"warnings", "signal_quality"}}), and failures known
+    before reading anything (missing partner, duplicate files, IDs that clash). A damaged part is logged and
+    rebuilt."""
     parts_dir = Path(settings["out_dir"]) / PARTS_DIR
     jobs, reused, failed = [], {}, []
     for sid in wanted:
@@ -117,8 +121,8 @@ def plan(wanted: list[str], all_subjects: dict, problems: dict, settings: dict,
             meta = None if overwrite or not part.is_file() else read_part_meta(part)
             if meta is not None and meta.get("signature") == signature:
                 try:
-                    read_part(part, settings["windows_per_subject"])
-                    reused[sid] = list(meta.get("warnings", []))
+                    _, arrays = read_part(part, settings["windows_per_subject"])
+                    reused[sid] = _reused_record(meta, arrays["ppg"])
                     continue
                 except BadPartError as err:
                     log.warning("subject %s: %s; processing it again", sid, err)
@@ -130,6 +134,18 @@ def plan(wanted: list[str], all_subjects: dict, problems: dict, settings: dict,
                          "ppg_channels": settings["ppg_channels"], "format": settings["format"],
                          **{key: settings[key] for key in DREAMT_KEYS}})
     return jobs, reused, failed
+
+
+def _reused_record(meta: dict, ppg_WS: np.ndarray) -> dict:
+    """A reused part's warnings and signal quality; a part whose meta lacks the figures gets them (and their
+    warnings) from its PPG windows."""
+    warnings = list(meta.get("warnings", []))
+    quality = meta.get("signal_quality")
+    if not isinstance(quality, dict):
+        n_recorded = int(meta.get("n_recorded_windows", ppg_WS.shape[0]))
+        quality = ppg_quality(ppg_WS, n_recorded, meta.get("gap_epochs", []))
+        warnings += quality_warnings(quality)
+    return {"warnings": warnings, "signal_quality": quality}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -186,9 +202,14 @@ def _preprocess_and_write(job: dict) -> dict:
         xml_warnings = stage_warnings + xml_warnings
     for text in xml_warnings:
         log.warning("%s: %s", Path(job["xml"]).name, text)
+    quality = ppg_quality(rec["ppg_windows"], rec["n_recorded_windows"], rec["gap_epochs"])
+    signal_warnings = quality_warnings(quality)
+    for text in signal_warnings:
+        log.warning("%s: %s", Path(job["edf"]).name, text)
     meta = {"id": job["id"], "signature": job["signature"], "has_ecg": rec["has_ecg"],
             "n_recorded_windows": rec["n_recorded_windows"], "ppg_channel": rec["ppg_channel"],
-            "ppg_fs": rec["ppg_fs"], "warnings": rec["warnings"] + xml_warnings}
+            "ppg_fs": rec["ppg_fs"], "gap_epochs": rec["gap_epochs"], "signal_quality": quality,
+            "warnings": rec["warnings"] + xml_warnings + signal_warnings}
     arrays = {"ppg": rec["ppg_windows"], "labels": labels}
     if rec["has_ecg"]:
         arrays["ecg"] = rec["ecg_windows"]
@@ -209,8 +230,9 @@ def process_subject(job: dict) -> dict:
         job: dict(id, edf, xml, part, signature, windows_per_subject, resample_method, ppg_channels, format;
             with format 'dreamt' also ppg_column, nominal_fs, max_gap_s, and edf = xml = the participant's CSV).
     Returns:
-        dict(id, ok, kind, reason, file, warnings, seconds, has_ecg, n_recorded_windows); any exception gives
-        ok=False with its kind ('unexpected_error' for one nobody foresaw: out of memory...), reason and file.
+        dict(id, ok, kind, reason, file, warnings, seconds, has_ecg, n_recorded_windows, signal_quality); any
+        exception gives ok=False with its kind ('unexpected_error' for one nobody foresaw: out of memory...),
+        reason and file.
     Raises:
         OSError (ENOSPC, naming the part): only for a full disk, which stops the run, not the subject.
     """
@@ -226,7 +248,7 @@ def process_subject(job: dict) -> dict:
         return failure(job, "unexpected_error", f"{type(err).__name__}: {err}", seconds=time.perf_counter() - t0)
     return {"id": job["id"], "ok": True, "kind": None, "reason": None, "file": job["edf"],
             "warnings": meta["warnings"], "seconds": time.perf_counter() - t0, "has_ecg": meta["has_ecg"],
-            "n_recorded_windows": meta["n_recorded_windows"]}
+            "n_recorded_windows": meta["n_recorded_windows"], "signal_quality": meta["signal_quality"]}
 
 
 def worker_died(job: dict, how: str) -> dict:

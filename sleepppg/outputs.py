@@ -3,7 +3,8 @@ background writer thread), and the run's result.json.
 
 - `csv/<id>/<id>.csv`: one row per staged epoch, columns CSV_COLUMNS (time_hours = epoch start from the
   recording start; p_* = softmax of the logits; true_*/mismatch empty where there is no label; a gap epoch
-  has pred_name "Gap" and no prediction).
+  has pred_name "Gap" and no prediction; pulse = 1 where the epoch shows a pulse wave, 0 where not, empty where
+  not measured: sleepppg.quality).
 - `graph/<id>/<id>.png`: the predicted hypnogram; with labels also `<id>_with_label.png` (scored vs predicted).
 - `result.json`: RESULT_FORMAT, `"paths": "absolute"` and the run's fields (`write_result`).
 Every file is written atomically (sleepppg.runio), so no final name holds a half-written file.
@@ -25,7 +26,7 @@ from sleepppg.paths import OutputRoot
 from sleepppg.runio import json_safe, write_text_atomic
 
 CSV_COLUMNS = ("epoch", "time_hours", "pred_idx", "pred_name", "true_idx", "true_name", "mismatch",
-               "p_wake", "p_light", "p_deep", "p_rem")
+               "p_wake", "p_light", "p_deep", "p_rem", "pulse")
 RESULT_FORMAT = 2  # result.json layout: 2 = "nights"/"failed", absolute paths, split epoch counts
 NO_OUTPUTS = {"csv": None, "hypnogram": None, "hypnogram_with_labels": None}  # a night's "outputs" when none
 
@@ -38,10 +39,12 @@ def predicted_stages(probs_WC: np.ndarray) -> np.ndarray:
 
 
 def write_csv(path: Path, probs_WC: np.ndarray, epoch_s: float = WINDOW_SECONDS,
-              true_W: np.ndarray | None = None) -> None:
+              true_W: np.ndarray | None = None, pulse_W: np.ndarray | None = None) -> None:
     """One row per staged epoch (columns CSV_COLUMNS); true_*/mismatch empty where there is no label; a gap
-    epoch (not staged) has pred_name "Gap" and empty pred_idx, mismatch and probabilities."""
+    epoch (not staged) has pred_name "Gap" and empty pred_idx, mismatch, probabilities and pulse; pulse (1/0,
+    `sleepppg.quality.EpochPulse.pulse_W` per epoch) empty everywhere without `pulse_W`."""
     pred_W = predicted_stages(probs_WC)
+    pulses = [""] * pred_W.size if pulse_W is None else [str(int(v)) for v in pulse_W[:pred_W.size]]
     lines = [",".join(CSV_COLUMNS)]
     for e, (p, probs) in enumerate(zip(pred_W.tolist(), probs_WC.tolist())):
         t = "" if true_W is None else int(true_W[e])
@@ -50,10 +53,10 @@ def write_csv(path: Path, probs_WC: np.ndarray, epoch_s: float = WINDOW_SECONDS,
         else:
             truth = f"{t},{STAGE_NAMES[t]},{int(t != p)}"
         if p == IGNORE_INDEX:  # a gap: the label (if any) is kept, nothing is predicted
-            lines.append(f"{e},{e * epoch_s / 3600:.6f},,Gap,{truth.rsplit(',', 1)[0]}," + "," * N_CLASSES)
+            lines.append(f"{e},{e * epoch_s / 3600:.6f},,Gap,{truth.rsplit(',', 1)[0]}," + "," * (N_CLASSES + 1))
             continue
         lines.append(f"{e},{e * epoch_s / 3600:.6f},{p},{STAGE_NAMES[p]},{truth},"
-                     + ",".join(f"{v:.6f}" for v in probs))
+                     + ",".join(f"{v:.6f}" for v in probs) + f",{pulses[e]}")
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
@@ -65,8 +68,9 @@ def plot_hypnogram(path: Path, pred_W: np.ndarray, title: str, epoch_s: float = 
 
 
 def write_night_outputs(run_dir: Path, night: Night, probs_WC: np.ndarray, flags: dict,
-                        performance: dict | None = None) -> dict:
-    """CSV and hypnograms of one night (as the flags save_csv and save_graph allow).
+                        performance: dict | None = None, pulse_W: np.ndarray | None = None) -> dict:
+    """CSV and hypnograms of one night (as the flags save_csv and save_graph allow); `pulse_W`: the CSV's
+    pulse column (bool per staged epoch).
 
     Returns:
         {"csv", "hypnogram", "hypnogram_with_labels"}: absolute paths, None where not written.
@@ -79,7 +83,7 @@ def write_night_outputs(run_dir: Path, night: Night, probs_WC: np.ndarray, flags
     paths: dict[str, str | None] = dict(NO_OUTPUTS)
     if flags["save_csv"]:
         csv_path = root.path("csv", sid, f"{sid}.csv")
-        write_csv(csv_path, probs_WC, WINDOW_SECONDS, true_W)
+        write_csv(csv_path, probs_WC, WINDOW_SECONDS, true_W, pulse_W)
         paths["csv"] = str(csv_path.resolve())
     if flags["save_graph"]:
         hours = night.n_recorded * WINDOW_SECONDS / 3600
@@ -113,7 +117,8 @@ class OutputWriter:
     def __exit__(self, *exc_info) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def submit(self, night: Night, probs_WC: np.ndarray, performance: dict | None = None) -> concurrent.futures.Future:
+    def submit(self, night: Night, probs_WC: np.ndarray, performance: dict | None = None,
+               pulse_W: np.ndarray | None = None) -> concurrent.futures.Future:
         """Start writing the outputs of `night`; the future's result is `write_night_outputs`' dict of paths
         (NO_OUTPUTS at once when the run has no folder)."""
         if self.run_dir is None:
@@ -121,7 +126,7 @@ class OutputWriter:
             done.set_result(dict(NO_OUTPUTS))
             return done
         night = dataclasses.replace(night, ppg_windows_WS=None)  # the writer needs no signal: free it early
-        return self.pool.submit(write_night_outputs, self.run_dir, night, probs_WC, self.flags, performance)
+        return self.pool.submit(write_night_outputs, self.run_dir, night, probs_WC, self.flags, performance, pulse_W)
 
 
 def write_result(run_dir: Path, run: dict) -> Path:

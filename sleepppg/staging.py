@@ -46,7 +46,7 @@ from sleepppg.nights import (
 )
 from sleepppg.outputs import OutputWriter, predicted_stages
 from sleepppg.paths import OutputPathError
-from sleepppg.quality import ppg_quality, quality_warnings
+from sleepppg.quality import EpochPulse, epoch_pulse, ppg_quality, quality_warnings
 from sleepppg.report import compared_reports, report_difference, sleep_report
 from sleepppg.runio import json_safe
 
@@ -160,11 +160,11 @@ class RunRecord:
             self.scored.append(scored)
 
 
-def night_entry(night: Night, probs_WC: np.ndarray) -> tuple[dict, dict | None]:
+def night_entry(night: Night, probs_WC: np.ndarray, pulse: EpochPulse | None = None) -> tuple[dict, dict | None]:
     """The result.json entry of one staged night (outputs left to the writer) and its performance when it has
-    labels."""
+    labels. `pulse`: the night's `epoch_pulse` over its staged epochs, when the caller has it."""
     pred_W = predicted_stages(probs_WC)
-    quality = ppg_quality(night.ppg_windows_WS, night.n_recorded, night.info.get("gap_epochs") or ())
+    quality = ppg_quality(night.ppg_windows_WS, night.n_recorded, night.info.get("gap_epochs") or (), pulse)
     warnings = list(night.info.get("warnings") or []) + quality_warnings(quality)  # the reader's first
     if night.info.get("labels_error"):
         warnings.append(night.info["labels_error"])
@@ -226,12 +226,14 @@ def prefetch(jobs: Sequence, prepare: Callable, lookahead: int,
 
 def _finish_night(night: Night, probs_WC: np.ndarray, writer: OutputWriter) -> tuple:
     """(the night as a job, without its signal; its entry; its scored hypnograms; the started output writes)."""
-    entry, performance = night_entry(night, probs_WC)
+    pulse = epoch_pulse(night.ppg_windows_WS[:night.n_recorded])  # once: for result.json and the CSV's column
+    entry, performance = night_entry(night, probs_WC, pulse)
     pred_W = predicted_stages(probs_WC)  # -1 on epochs not staged (a gap), which are then not compared
     scored = (None if night.labels_W is None else
               (night.subject_id, np.where(pred_W == IGNORE_INDEX, IGNORE_INDEX, night.labels_W[:night.n_recorded]),
                pred_W))
-    return NightJob(night.subject_id, night.source_file), entry, scored, writer.submit(night, probs_WC, performance)
+    return (NightJob(night.subject_id, night.source_file), entry, scored,
+            writer.submit(night, probs_WC, performance, pulse.pulse_W))
 
 
 def run_pipeline(model, jobs: Sequence[NightJob], prepare: Callable[[NightJob], Night], record: RunRecord, *,

@@ -2,9 +2,10 @@
 metadata (NSRR's harmonized table).
 
 A night CSV (`<run>/csv/<id>/<id>.csv`, inference_ppg_only.write_csv) has one row per staged epoch, columns
-epoch,time_hours,pred_idx,pred_name,true_idx,true_name,mismatch,p_wake,p_light,p_deep,p_rem; a gap epoch has an
-empty pred_idx and empty probabilities, an unscored epoch an empty true_idx. The night's ID is the file stem.
-Epochs are compared only where they are both staged (a prediction) and scored (a label).
+epoch,time_hours,pred_idx,pred_name,true_idx,true_name,mismatch,p_wake,p_light,p_deep,p_rem,pulse (pulse is
+not read here); a gap epoch has an empty pred_idx and empty probabilities, an unscored epoch an empty
+true_idx. The night's ID is the file stem. Epochs are compared only where they are both staged (a prediction)
+and scored (a label).
 
 NSRR writes `nsrrid` without leading zeros (1, 10) while MESA file names keep them (0001): IDs are matched on
 the one ID rule (sleepppg.ids.id_key: leading zeros and letter case ignored).

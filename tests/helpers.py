@@ -6,11 +6,13 @@ and the extraction command on it, and tiny processed HDF5 files written straight
 - `write_processed`: mesa_ppg_with_labels.h5, mesa_real_ecg.h5 and mesa_subject_index.h5 for the model,
   dataset, training and inference tests. Their PPG is a pulse-like wave whose rate and regularity depend on
   the stage, plus per-subject offsets and noise, so a small model can learn it, but not perfectly;
+- `synthetic_night`: the synthetic cohort's Pleth and EKG of one subject, as raw 256-Hz arrays;
 - `fake_edf`, `read_csv`, `assert_png`, `npy_data_offset`: a stand-in input file and checks of what inference
   writes.
 """
 from __future__ import annotations
 
+import functools
 import zipfile
 from pathlib import Path
 
@@ -76,6 +78,23 @@ def write_edf(path: Path, minutes: float = 12, seed: int = 0, fs_ppg: float = 25
     path.parent.mkdir(parents=True, exist_ok=True)
     edfio.Edf(signals).write(path)
     return path
+
+
+@functools.lru_cache(maxsize=2)
+def synthetic_night(minutes: int = 40) -> tuple[np.ndarray, np.ndarray, float]:
+    """(Pleth, EKG, median heart rate in bpm) of one synthetic subject (sleepppg.synthetic, as
+    make_synthetic_mesa.py draws them), raw at 256 Hz: a realistic PPG and an ECG of the same heart beats."""
+    from sleepppg.synthetic.hypnogram import simulate_states
+    from sleepppg.synthetic.physiology import simulate_physiology
+    from sleepppg.synthetic.signals import subject_rng
+    from sleepppg.synthetic.waveforms import FS_RESP, movement_artefact, synth_ecg, synth_ppg
+
+    rng = subject_rng(7, "0042")
+    phys = simulate_physiology(rng, simulate_states(rng, minutes * 2))
+    artefact = movement_artefact(rng, phys["movements"], minutes * 60, FS_RESP)
+    ecg = synth_ecg(subject_rng(7, "0042", 3), phys, minutes * 60, artefact)
+    ppg = synth_ppg(rng, phys, minutes * 60, 256, artefact)
+    return ppg, ecg, 60 / float(np.median(np.diff(phys["beats"])))
 
 
 STAGE_CYCLE = ["Wake|0", "Stage 1 sleep|1", "Stage 2 sleep|2", "Stage 3 sleep|3", "REM sleep|5",

@@ -25,6 +25,7 @@ from helpers import (
     make_cohort,
     run_cli,
     set_field,
+    synthetic_night,
     write_edf,
     write_raw_edf,
     write_xml,
@@ -43,7 +44,7 @@ from sleepppg.constants import SAMPLES_PER_WINDOW, TARGET_FS
 from sleepppg.edf import _read_digital, read_edf, read_edf_header, to_physical
 from sleepppg.errors import BadRecordingError
 from sleepppg.extraction import worker_died
-from sleepppg.parts import read_part
+from sleepppg.parts import read_part, write_part
 from sleepppg.preprocessing import (
     PREPROCESSING_VERSION,
     file_signature,
@@ -861,6 +862,41 @@ def test_damaged_parts_and_manifest_are_rebuilt(tmp_path, capsys):
     assert dataset_contents(out) == dataset_contents(tmp_path / "clean")
     for sid in ids:
         read_part(parts[sid], W)  # all intact again
+
+
+def test_each_subject_records_its_signal_quality_and_a_warning_where_it_is_no_ppg(tmp_path, capsys):
+    """The synthetic cohort's EKG in the channel taken for the PPG: subject_quality.json holds every subject's
+    figures, subject_warnings.json says that one does not look like a PPG; a part reused from a run whose meta
+    has no figures gets them from its windows."""
+    import edfio
+
+    edf_dir, xml_dir = make_cohort(tmp_path / "raw", ["0001", "0002"], minutes=6)
+    _, ecg, _ = synthetic_night(6)
+    edfio.Edf([edfio.EdfSignal(ecg, 256, label="Pleth", physical_range=(-5, 5)),
+               edfio.EdfSignal(np.full(360, 95.0), 1, label="SpO2", physical_range=(0, 100))]).write(
+        edf_dir / "mesa-sleep-0002.edf")
+    out = tmp_path / "out"
+    assert run_cli(edf_dir, xml_dir, out, "--keep-parts") == 0
+    quality = {q["id"]: q for q in json.loads((out / ex.QUALITY_FILE).read_text())}
+    assert sorted(quality) == ["0001", "0002"] and quality["0002"]["file"] == str(edf_dir / "mesa-sleep-0002.edf")
+    assert quality["0001"]["pulse_share"] >= 0.9 and quality["0001"]["flat_share"] == 0
+    assert quality["0002"]["pulse_share"] <= 0.1 and quality["0002"]["ecg_like_share"] >= 0.5
+    warnings = json.loads((out / ex.WARNINGS_FILE).read_text())
+    assert [w["id"] for w in warnings] == ["0002"] and "does not look like a PPG" in warnings[0]["warning"]
+    assert "ECG" in warnings[0]["warning"]
+    with h5py.File(out / ex.PPG_FILE) as f:  # the processed files keep their datasets
+        assert sorted(f) == ["labels", "ppg", "subject_ids"]
+
+    part = out / ex.PARTS_DIR / "0002.npz"
+    meta, arrays = read_part(part, W)
+    write_part(part, arrays, {k: v for k, v in meta.items() if k not in ("signal_quality", "gap_epochs")}
+               | {"warnings": []})  # as a part written without the figures
+    (out / ex.MANIFEST_FILE).unlink()
+    capsys.readouterr()
+    assert run_cli(edf_dir, xml_dir, out) == 0
+    assert "(2 reused)" in capsys.readouterr().out
+    assert {q["id"]: q for q in json.loads((out / ex.QUALITY_FILE).read_text())} == quality
+    assert json.loads((out / ex.WARNINGS_FILE).read_text()) == warnings
 
 
 def test_ctrl_c_exits_130_and_keeps_finished_subjects(tmp_path, monkeypatch, capsys):

@@ -603,7 +603,7 @@ def stage(tmp_path: Path, checkpoint: Path, *extra: str) -> tuple[int, dict, Pat
 def read_predictions(run_dir: Path, sid: str) -> tuple[list[str], np.ndarray]:
     """(pred_name per row, probabilities (rows, 4), NaN where empty) of one night's CSV."""
     rows = [line.split(",") for line in (run_dir / "csv" / sid / f"{sid}.csv").read_text().splitlines()[1:]]
-    probs = np.array([[float(v) if v else np.nan for v in r[7:]] for r in rows])
+    probs = np.array([[float(v) if v else np.nan for v in r[7:11]] for r in rows])
     return [r[3] for r in rows], probs
 
 

@@ -14,6 +14,7 @@ from helpers import (
     interrupted_on_call,
     npy_data_offset,
     read_csv,
+    synthetic_night,
     write_edf,
     write_processed,
     write_tiny_checkpoint,
@@ -90,7 +91,7 @@ def test_edf_folder_channel_variants_rates_and_broken_files(tmp_path, checkpoint
         header, rows = read_csv(run_dir / "csv" / sid / f"{sid}.csv")
         assert header == list(CSV_COLUMNS) and len(rows) == N_WIN
         assert all(r[4] == r[5] == r[6] == "" for r in rows)
-        assert np.allclose([sum(float(v) for v in r[7:]) for r in rows], 1.0, atol=1e-5)
+        assert np.allclose([sum(float(v) for v in r[7:11]) for r in rows], 1.0, atol=1e-5)
         assert_png(run_dir / "graph" / sid / f"{sid}.png")
         assert not (run_dir / "graph" / sid / f"{sid}_with_label.png").exists()
         assert item["sleep_report"]["TIB"] == N_WIN / 2
@@ -615,3 +616,29 @@ def test_bdf_files_in_an_edf_folder_are_staged(tmp_path, checkpoint):
                           "--edf", str(folder))
     assert code == 0 and sorted(n["subject_id"] for n in result["nights"]) == ["0001", "0002"]
     assert result["nights"][1]["n_epochs_staged"] == 40
+
+
+def test_every_night_gets_a_pulse_figure_and_a_warning_where_it_is_no_ppg(tmp_path, checkpoint, capsys):
+    """--ppg nights as a user may hand them over: the synthetic cohort's Pleth, and its EKG (a column or label
+    that picks the ECG): result.json's signal_quality and warnings, and the CSV's pulse column. (White noise
+    and damaged traces: tests/test_quality.py.)"""
+    ppg, ecg, heart_rate = synthetic_night(20)
+    nights = tmp_path / "nights"
+    nights.mkdir()
+    np.save(nights / "pleth.npy", ppg)
+    np.save(nights / "ekg.npy", ecg)
+    cfg = make_config(tmp_path, **{"inference.best_model": str(checkpoint), "inference.save_graph": False})
+    code, result, run_dir = run(cfg, tmp_path / "out", "--ppg", str(nights), "--fs", "256")
+    assert code == 0 and result["n_nights_staged"] == 2
+    by_id = {n["subject_id"]: n for n in result["nights"]}
+    pleth, ekg = by_id["pleth"]["signal_quality"], by_id["ekg"]["signal_quality"]
+    assert pleth["pulse_share"] >= 0.85 and pleth["pulse_rate_bpm"] == pytest.approx(heart_rate, abs=2)
+    assert by_id["pleth"]["warnings"] == []
+    assert ekg["pulse_share"] <= 0.1 and ekg["ecg_like_share"] >= 0.5 and ekg["pulse_rate_bpm"] is None
+    assert len(by_id["ekg"]["warnings"]) == 1
+    assert "does not look like a PPG" in by_id["ekg"]["warnings"][0] and "ECG" in by_id["ekg"]["warnings"][0]
+    assert "does not look like a PPG" in capsys.readouterr().out  # on the console too
+    for sid, quality in (("pleth", pleth), ("ekg", ekg)):
+        header, rows = read_csv(run_dir / "csv" / sid / f"{sid}.csv")
+        assert header == list(CSV_COLUMNS) and header[-1] == "pulse" and len(rows) == N_WIN
+        assert np.mean([int(r[-1]) for r in rows]) == pytest.approx(quality["pulse_share"])

@@ -40,7 +40,7 @@ def test_write_csv_with_and_without_labels(tmp_path):
     assert all(r[4] == r[5] == r[6] == "" for r in rows)
     assert [int(r[2]) for r in rows] == pred.tolist()
     assert float(rows[2][1]) == pytest.approx(2 * 30 / 3600, abs=1e-6)
-    sums = [sum(float(v) for v in r[7:]) for r in rows]
+    sums = [sum(float(v) for v in r[7:11]) for r in rows]
     assert np.allclose(sums, 1.0, atol=1e-5)
 
     truth = pred.copy()
@@ -58,7 +58,7 @@ def test_gap_epochs_are_not_staged(tmp_path):
     assert predicted_stages(probs).tolist() == [probs[0].argmax(), -1, probs[2].argmax(), probs[3].argmax()]
     write_csv(tmp_path / "g.csv", probs, true_W=np.array([W, R, L, D]))
     _, rows = read_csv(tmp_path / "g.csv")
-    assert rows[1][2:] == ["", "Gap", "3", "REM", "", "", "", "", ""]
+    assert rows[1][2:] == ["", "Gap", "3", "REM", "", "", "", "", "", ""]
 
 
 def test_plots_are_valid_png(tmp_path):

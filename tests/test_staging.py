@@ -107,10 +107,10 @@ def test_pipeline_lists_a_failure_at_each_step_and_stages_the_rest(tmp_path, mon
 
     real_entry, real_csv = sleepppg.staging.night_entry, sleepppg.outputs.write_csv
 
-    def night_entry(night, probs_WC):
+    def night_entry(night, probs_WC, pulse=None):
         if night.subject_id == "0003":
             raise IndexError("no entry for this night")
-        return real_entry(night, probs_WC)
+        return real_entry(night, probs_WC, pulse)
 
     def write_csv(path, *args, **kwargs):
         if path.stem == "0004":
@@ -134,4 +134,4 @@ def test_pipeline_lists_a_failure_at_each_step_and_stages_the_rest(tmp_path, mon
     # the same nights alone give the same probabilities (batching and failures around them change nothing)
     alone = predict_proba(model, windows["0005"][None], torch.device("cpu"))[0]
     csv_rows = (tmp_path / "run" / "csv" / "0005" / "0005.csv").read_text().splitlines()[1:]
-    assert np.allclose([[float(v) for v in r.split(",")[7:]] for r in csv_rows], alone, atol=1e-5)
+    assert np.allclose([[float(v) for v in r.split(",")[7:11]] for r in csv_rows], alone, atol=1e-5)
