@@ -45,10 +45,16 @@ class DistContext:
         log.info("distributed: rank %d of %d, backend %s", self.rank, self.world_size, backend)
 
     def close(self) -> None:
+        """Leave the process group. Objects that still hold it (a DDP model kept alive by the frames of an
+        exception that stopped training) are collected first, so that gloo's worker threads end here and not
+        during interpreter teardown, where they abort the process (SIGABRT) instead of letting it exit."""
         if self.enabled:
+            import gc
+
             import torch.distributed as dist
 
             if dist.is_initialized():
+                gc.collect()
                 dist.destroy_process_group()
 
     def barrier(self) -> None:

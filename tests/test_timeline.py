@@ -154,11 +154,11 @@ def test_inference_stages_each_part_at_its_real_time_and_the_pause_as_a_gap(tmp_
     header, rows = read_csv(run_dir / "csv" / "0042" / "0042.csv")
     assert len(rows) == N_WIN
     gap_rows = [int(r[0]) for r in rows if r[3] == "Gap"]
-    assert gap_rows == GAP_EPOCHS and all(r[7:] == [""] * 4 for r in rows if r[3] == "Gap")
+    assert gap_rows == GAP_EPOCHS and all(r[7:] == [""] * 5 for r in rows if r[3] == "Gap")  # probabilities, pulse
     staged = [r for r in rows if r[3] != "Gap"]
     assert [int(r[0]) for r in staged] == list(range(2 * PART_MIN)) + LATER_PART
     assert float(staged[2 * PART_MIN][1]) == pytest.approx(57 / 60)  # the later part starts 57 min in
-    assert np.allclose([sum(float(v) for v in r[7:]) for r in staged], 1.0, atol=1e-5)
+    assert np.allclose([sum(float(v) for v in r[7:11]) for r in staged], 1.0, atol=1e-5)
     assert item["sleep_report"]["n_epochs_with_stage"] == 4 * PART_MIN
 
 
