@@ -140,7 +140,8 @@ def check_format_flags(args: argparse.Namespace, fmt: str) -> None:
         raise ConfigError(f"--csv-dir applies to --format dreamt only; the input format is {fmt!r} (add --format "
                           "dreamt, or leave --csv-dir out)")
     if fmt == "dreamt":
-        given = [flag for flag, value in (("--edf-dir", args.edf_dir), ("--xml-dir", args.xml_dir)) if value is not None]
+        given = [flag for flag, value in (("--edf-dir", args.edf_dir), ("--xml-dir", args.xml_dir))
+                 if value is not None]
         if given:
             raise ConfigError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to --format edf "
                               "only; --format dreamt reads the CSVs of --csv-dir")
@@ -243,15 +244,17 @@ def collect(results: list[dict], reused: dict[str, dict], failed: list[dict], al
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=file_argument, help="YAML config (preprocessing section and data.windows_per_subject); "
-                                         "default: the defaults of configs/config_cloud.yaml")
+    parser.add_argument("--config", type=file_argument,
+                        help="YAML config (preprocessing section and data.windows_per_subject); "
+                             "default: the defaults of configs/config_cloud.yaml")
     parser.add_argument("--edf-dir", help="EDF folder (default ./mesa-commercial-use/polysomnography/edfs)")
     parser.add_argument("--xml-dir", help="XML folder (default .../polysomnography/annotations-events-nsrr)")
     parser.add_argument("--out-dir", help="output folder (default ./mesa-x)")
     parser.add_argument("--format", choices=("edf", "dreamt"),
                         help="edf: MESA EDF + NSRR XML (default); dreamt: one DREAMT CSV per participant in --csv-dir")
     parser.add_argument("--csv-dir", help="--format dreamt: the folder of DREAMT CSVs (e.g. data_64Hz)")
-    parser.add_argument("--workers", type=non_negative_int, help="processes (default: preprocessing.workers; 0 = all cores)")
+    parser.add_argument("--workers", type=non_negative_int,
+                        help="processes (default: preprocessing.workers; 0 = all cores)")
     parser.add_argument("--subjects", help="only these IDs, comma-separated (e.g. 0001,0002)")
     parser.add_argument("--id-pattern", help="regex with one group around the subject ID, searched in file "
                                              "names, any case (default: preprocessing.id_pattern, MESA's "

@@ -21,8 +21,9 @@ Modes
   the rate of the files that do not state one (a file that states its rate is read at it; a different --fs is
   one warning in its entry); `--column` (`inference.ppg_column`) the table column, array or record signal
   (default: the `preprocessing.ppg_channels` patterns). Only whole 30-s epochs are staged. Time-stamped tables
-  are resampled onto a uniform grid; missing stretches longer than `preprocessing.max_gap_s` are gaps: their epochs are not staged (CSV pred_name "Gap", empty probabilities;
-  a break in the hypnogram; unscored in the sleep report) and listed in result.json (`gap_epochs`, `gaps`).
+  are resampled onto a uniform grid; missing stretches longer than `preprocessing.max_gap_s` are gaps: their
+  epochs are not staged (CSV pred_name "Gap", empty probabilities; a break in the hypnogram; unscored in the
+  sleep report) and listed in result.json (`gap_epochs`, `gaps`).
   Each night's entry also records source_format, ppg_channel (the column used), ppg_fs_found (the rate the
   file states or its stamps show), filled_samples and filled_s (missing samples interpolated). Same cache,
   preprocessing and outputs as EDF mode.

@@ -315,7 +315,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hours", type=positive_number, default=None,
                    help="fixed night length in hours (default: lengths vary around 10 h, as in MESA)")
     p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: training.num_epochs)")
-    p.add_argument("--edf-nights", type=non_negative_int, default=DEFAULT_EDF_NIGHTS, help="nights staged in raw-EDF mode")
+    p.add_argument("--edf-nights", type=non_negative_int, default=DEFAULT_EDF_NIGHTS,
+                   help="nights staged in raw-EDF mode")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the synthetic cohort")
     p.add_argument("--force", action="store_true", help="rerun every step even if it finished before")
     return p.parse_args(argv)

@@ -41,7 +41,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("paths", nargs="+", metavar="PATH", help="night CSV, or a folder searched for *.csv")
     p.add_argument("--out-dir", required=True, type=Path, help="folder for the report (made if needed)")
-    p.add_argument("--metadata", type=file_argument, help="subject metadata CSV, one row per subject (e.g. NSRR's harmonized dataset)")
+    p.add_argument("--metadata", type=file_argument,
+                   help="subject metadata CSV, one row per subject (e.g. NSRR's harmonized dataset)")
     p.add_argument("--id-column", help=f"subject ID column of --metadata (default: {NSRR_ID_COLUMN})")
     p.add_argument("--covariates", help=f"comma-separated covariate columns of --metadata (default: "
                                         f"{','.join(NSRR_COVARIATES)})")

@@ -162,8 +162,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--id-pattern", help="regex with one group around the subject ID, searched in file "
                                              "names, any case (default: preprocessing.id_pattern of --config, "
                                              f"else MESA's '{MESA_ID_PATTERN}')")
-    parser.add_argument("--config", type=file_argument, help="YAML config: its preprocessing.id_pattern, edf_dir and xml_dir are the "
-                                         "defaults of the flags above")
+    parser.add_argument("--config", type=file_argument,
+                        help="YAML config: its preprocessing.id_pattern, edf_dir and xml_dir are the defaults of the "
+                             "flags above")
     return parser.parse_args(argv)
 
 

@@ -14,7 +14,8 @@ mesa_subject_index.h5. Checks, each printed as PASS/FAIL with its detail:
   exactly once, each subject's entry pointing at one contiguous block of that subject's rows, with matching
   attrs).
 A damaged file (truncated, not HDF5, a dataset of the wrong kind) is a failed check naming the file and the
-error, never a traceback; a check of the data names the subjects that fail it and what is wrong. Signals are read in blocks of rows, so a 5-GB PPG array needs only a few MB of memory.
+error, never a traceback; a check of the data names the subjects that fail it and what is wrong. Signals are read in
+blocks of rows, so a 5-GB PPG array needs only a few MB of memory.
 Exit status: 0 when every check passes, 1 naming the failed checks, 2 when the folder does not exist,
 130 on Ctrl-C.
 

@@ -148,12 +148,12 @@ def profusion_labels(root: ET.Element, name: str, n_windows: int = WINDOWS_PER_S
                      warnings: list[str] | None = None) -> np.ndarray:
     """Compumedics Profusion XML -> one 4-class label per 30-s epoch.
 
-    Profusion lists one `<SleepStage>` integer per scoring epoch of `<EpochLength>` seconds, from the
-    recording start, inside `<SleepStages>`: 0 Wake, 1 N1, 2 N2, 3 N3, 4 stage 4, 5 REM, 6 movement and 9
-    unscored (PROFUSION_STAGE_TO_CLASS, the same classes as the NSRR concepts); another integer is an unknown
-    stage, left unscored and counted (sleepppg.stages.unknown_stage_report, in Profusion epochs). With 30-s epochs stage i is
-    the label of epoch i. Another EpochLength is put onto 30-s epochs exactly: a 30-s epoch gets a label when
-    every Profusion epoch overlapping it has that label, else -1 (it mixes stages, or runs past the scoring).
+    Profusion lists one `<SleepStage>` integer per scoring epoch of `<EpochLength>` seconds, from the recording
+    start, inside `<SleepStages>`: 0 Wake, 1 N1, 2 N2, 3 N3, 4 stage 4, 5 REM, 6 movement and 9 unscored
+    (PROFUSION_STAGE_TO_CLASS, the same classes as the NSRR concepts); another integer is an unknown stage, left
+    unscored and counted (sleepppg.stages.unknown_stage_report, in Profusion epochs). With 30-s epochs stage i is
+    the label of epoch i. Another EpochLength is put onto 30-s epochs exactly: a 30-s epoch gets a label when every
+    Profusion epoch overlapping it has that label, else -1 (it mixes stages, or runs past the scoring).
 
     Args:
         root: the parsed `<CMPStudyConfig>` element; name: the file name, for messages.

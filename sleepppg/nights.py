@@ -78,9 +78,9 @@ def subject_id_for(edf_path: str | os.PathLike, id_pattern: str = MESA_ID_PATTER
 
 
 def resolve_edf_inputs(spec: str, ppg: bool = False) -> list[Path]:
-    """Files named by `spec`: a file, a folder (sorted: its *.edf and *.bdf, any case: the reader reads both; with `ppg`, every file with a
-    recording extension, see sleepppg.formats.is_recording_file) or a glob pattern (sorted; with `ppg`, WFDB
-    data files whose .hea matched too are left to their header).
+    """Files named by `spec`: a file, a folder (sorted: its *.edf and *.bdf, any case: the reader reads both; with
+    `ppg`, every file with a recording extension, see sleepppg.formats.is_recording_file) or a glob pattern (sorted;
+    with `ppg`, WFDB data files whose .hea matched too are left to their header).
 
     Raises:
         SetupError: when nothing matches, naming what was searched.
