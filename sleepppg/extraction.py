@@ -200,6 +200,8 @@ def _preprocess_and_write(job: dict) -> dict:
         rec = preprocess_recording(job["edf"], n_windows, job["resample_method"], tuple(job["ppg_channels"]))
         labels, xml_warnings = labels_for(labels_long, job["xml"], rec, n_windows)
         xml_warnings = stage_warnings + xml_warnings
+    for text in rec["warnings"]:  # the reader's, EDF+D pauses, an unusable ECG (as in subject_warnings.json)
+        log.warning("%s: %s", Path(job["edf"]).name, text)
     for text in xml_warnings:
         log.warning("%s: %s", Path(job["xml"]).name, text)
     quality = ppg_quality(rec["ppg_windows"], rec["n_recorded_windows"], rec["gap_epochs"])

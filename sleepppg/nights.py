@@ -298,7 +298,7 @@ def _preprocess_night(job: NightJob, signature: dict, settings: dict, any_format
     duration_s = float(pre["duration_s"])  # the PPG recording length
     n_recorded = int(pre["n_whole_windows"])  # whole epochs: a trailing part under 29 s is not staged
     filled, fs = int(pre["filled_samples"]), float(pre["ppg_fs"])
-    warnings = list(pre["warnings"]) if any_format else []  # EDF mode: the reader's warnings are logged
+    warnings = list(pre["warnings"])  # the reader's (EDF: record count, saturation, pauses ...), in the entry
     if filled > FILLED_WARN_FRACTION * duration_s * fs:
         warnings.append(f"{filled} missing samples ({filled / fs:.1f} s, {filled / (duration_s * fs):.1%} of the "
                         f"recording) are interpolated")

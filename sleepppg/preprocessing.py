@@ -278,8 +278,7 @@ def preprocess_signals(ppg: np.ndarray, ppg_fs: float, n_windows: int = WINDOWS_
             ecg_windows = to_windows(preprocess_ecg(ecg, ecg_fs, method), n_windows)
             ecg_windows[gap_W | ecg_gap_W] = 0.0
         except BadRecordingError as err:
-            warnings.append(f"ECG not used: {err}")
-            log.warning("%s: ECG not used (%s)", name, err)
+            warnings.append(f"ECG not used: {err}")  # logged where the warnings are reported
     return {
         "ppg_windows": ppg_windows,
         "ecg_windows": ecg_windows,
@@ -313,9 +312,7 @@ def preprocess_recording(edf_path: str | os.PathLike, n_windows: int = WINDOWS_P
     """
     rec = read_edf(edf_path, ppg_patterns, with_ecg=with_ecg)
     name = Path(edf_path).name
-    ppg, ecg, gaps, pause_warnings = bridge_pauses(rec, MAX_GAP_S)
-    for text in rec["warnings"] + pause_warnings:
-        log.warning("%s: %s", name, text)
+    ppg, ecg, gaps, pause_warnings = bridge_pauses(rec, MAX_GAP_S)  # warnings: logged by the caller's report
     out = preprocess_signals(ppg, rec["ppg_fs"], n_windows, method, ecg, rec["ecg_fs"], name=name,
                              nan_is_gap=bool(gaps), ppg_what=f"PPG {rec['ppg_channel']!r}",
                              ecg_what=f"ECG {rec['ecg_channel']!r}")

@@ -434,11 +434,12 @@ def test_edf_failures_at_any_step_are_listed_and_the_rest_is_kept(tmp_path, chec
     assert nights["0001"]["warnings"] == [] and nights["0001"]["signal_quality"]["flat_share"] == 0
     assert nights["0003"]["signal_quality"]["flat_share"] == pytest.approx(0.3, abs=0.03)
     assert nights["0004"]["signal_quality"]["flat_share"] == pytest.approx(0.25, abs=0.03)
-    for sid in ("0003", "0004"):
-        assert len(nights[sid]["warnings"]) == 1 and "is flat" in nights[sid]["warnings"][0]
+    for sid in ("0003", "0004"):  # the reader's warning (samples at the digital limits), then the quality's
+        reader, flat = nights[sid]["warnings"]
+        assert "sits at its digital limits" in reader and "is flat" in flat
         assert Path(nights[sid]["outputs"]["csv"]).is_file()
     out = capsys.readouterr().out
-    assert "FAILED 0002" in out and "FAILED 0005" in out and out.count("WARNING:") == 2
+    assert "FAILED 0002" in out and "FAILED 0005" in out and out.count("WARNING:") == 4  # 2 per damaged night
     # result.json as a newcomer reads it: every path absolute and pointing at a file
     assert result["paths"] == "absolute" and result["result_format"] == RESULT_FORMAT
     for n in result["nights"]:
