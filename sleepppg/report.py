@@ -66,17 +66,24 @@ def check_stages(stages_W: Sequence[int] | np.ndarray) -> np.ndarray:
     return stages_W
 
 
-def same_epochs(true_W: np.ndarray, pred_W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(scored, predicted) from the first to the last epoch both staged and scored, -1 in both where either
-    has none: the two hypnograms whose statistics are compared (empty when no epoch is both)."""
+def _compared_span(true_W: np.ndarray, pred_W: np.ndarray) -> tuple[int, np.ndarray, np.ndarray] | None:
+    """(first epoch, scored, predicted) from the first to the last epoch both staged and scored, -1 in both
+    where either has none; None when no epoch is both."""
     true_W, pred_W = check_stages(true_W), check_stages(pred_W)
     both = (true_W != IGNORE_INDEX) & (pred_W != IGNORE_INDEX)
     where = np.flatnonzero(both)
     if where.size == 0:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
+        return None
     span = slice(where[0], where[-1] + 1)
     keep = both[span]
-    return np.where(keep, true_W[span], IGNORE_INDEX), np.where(keep, pred_W[span], IGNORE_INDEX)
+    return int(where[0]), np.where(keep, true_W[span], IGNORE_INDEX), np.where(keep, pred_W[span], IGNORE_INDEX)
+
+
+def same_epochs(true_W: np.ndarray, pred_W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scored, predicted) from the first to the last epoch both staged and scored, -1 in both where either
+    has none: the two hypnograms whose statistics are compared (empty when no epoch is both)."""
+    compared = _compared_span(true_W, pred_W)
+    return (np.empty(0, np.int64), np.empty(0, np.int64)) if compared is None else compared[1:]
 
 
 def hypnogram_statistics(stages: np.ndarray, scorer: str = "predicted") -> dict[str, float]:
@@ -115,10 +122,10 @@ def sleep_report(stages_W: Sequence[int] | np.ndarray, scorer: str = "predicted"
 def compared_reports(true_W: np.ndarray, pred_W: np.ndarray) -> tuple[dict, dict] | None:
     """(predicted, scored) sleep reports over the same epochs (`same_epochs`), `first_epoch` counted from the
     recording start; None when no epoch is both staged and scored."""
-    scored, predicted = same_epochs(true_W, pred_W)
-    if scored.size == 0:
+    compared = _compared_span(true_W, pred_W)
+    if compared is None:
         return None
-    offset = int(np.flatnonzero((check_stages(true_W) != IGNORE_INDEX) & (check_stages(pred_W) != IGNORE_INDEX))[0])
+    offset, scored, predicted = compared
     reports = sleep_report(predicted, "predicted"), sleep_report(scored, "scored")
     for report in reports:
         report["first_epoch"] += offset

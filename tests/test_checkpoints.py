@@ -32,7 +32,6 @@ N_WINDOWS = TINY_WINDOWS
 VARIANTS = [("ppg_only", {})] + [("real_ecg", {"fusion_strategy": s}) for s in FUSION_STRATEGIES]
 
 
-
 # ----------------------------------------------------------------------------------------------------------
 # Our checkpoints
 
